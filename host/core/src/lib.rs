@@ -1,1 +1,7 @@
-//! nimbus-core
+//! Nimbus core: the vocabulary every other crate speaks.
+//!
+//! Names and ids (parse, don't validate), resource and spec types, lifecycle state machines,
+//! the authorization request/decision types with the native grants policy, and the error
+//! catalog. This crate does no I/O.
+
+pub mod authz;
