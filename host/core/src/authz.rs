@@ -351,7 +351,12 @@ mod tests {
     #[test]
     fn sandbox_reach_allows_sessions_and_get_but_not_delete() {
         let p = principal("demo", &["sandbox:sbx_a:reach"]);
-        let mut open = req(p.clone(), actions::SESSIONS_OPEN, ResourceKind::Session, None);
+        let mut open = req(
+            p.clone(),
+            actions::SESSIONS_OPEN,
+            ResourceKind::Session,
+            None,
+        );
         open.context = vec![
             ("targetKind".into(), "sandbox".into()),
             ("targetName".into(), "sbx_a".into()),
@@ -364,7 +369,12 @@ mod tests {
             Some("sbx_a"),
         );
         assert!(decide_by_grants(&get).allow);
-        let del = req(p, actions::SANDBOXES_DELETE, ResourceKind::Sandbox, Some("sbx_a"));
+        let del = req(
+            p,
+            actions::SANDBOXES_DELETE,
+            ResourceKind::Sandbox,
+            Some("sbx_a"),
+        );
         assert!(!decide_by_grants(&del).allow);
     }
 
@@ -399,9 +409,19 @@ mod tests {
     #[test]
     fn tenant_read_allows_reads_only() {
         let p = principal("demo", &["tenant:read"]);
-        let get = req(p.clone(), actions::SERVICES_GET, ResourceKind::Service, Some("w"));
+        let get = req(
+            p.clone(),
+            actions::SERVICES_GET,
+            ResourceKind::Service,
+            Some("w"),
+        );
         assert!(decide_by_grants(&get).allow);
-        let upd = req(p, actions::SERVICES_UPDATE, ResourceKind::Service, Some("w"));
+        let upd = req(
+            p,
+            actions::SERVICES_UPDATE,
+            ResourceKind::Service,
+            Some("w"),
+        );
         assert!(!decide_by_grants(&upd).allow);
     }
 }

@@ -5,3 +5,9 @@
 //! catalog. This crate does no I/O.
 
 pub mod authz;
+pub mod error;
+pub mod lifecycle;
+pub mod names;
+pub mod spec;
+
+pub use error::{Error, ErrorCode};
