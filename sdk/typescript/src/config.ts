@@ -23,19 +23,19 @@ export interface Credential {
 
 export interface NimbusOptions {
   /** Base URL of the server, e.g. `http://localhost:8080`. */
-  endpoint?: string;
+  endpoint?: string | undefined;
   /** Default tenant for every call; a call can pass its own `tenantId`. */
-  tenantId?: string;
+  tenantId?: string | undefined;
   /** A bearer token. */
-  token?: string;
+  token?: string | undefined;
   /** An API key. */
-  apiKey?: string;
+  apiKey?: string | undefined;
   /** An explicit credential of any kind. */
-  credential?: Credential;
+  credential?: Credential | undefined;
   /** The `fetch` to use; defaults to the global `fetch` at request time. */
-  fetch?: typeof globalThis.fetch;
+  fetch?: typeof globalThis.fetch | undefined;
   /** Environment to discover settings from; defaults to `process.env`. */
-  env?: Record<string, string | undefined>;
+  env?: Record<string, string | undefined> | undefined;
 }
 
 /** Where a setting came from, for error messages and `describe()`. */

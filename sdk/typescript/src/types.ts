@@ -20,7 +20,7 @@ export interface ResourceMetadata {
   resourceVersion: string;
   createdAt: Timestamp;
   updatedAt: Timestamp;
-  labels?: Labels;
+  labels?: Labels | undefined;
 }
 
 export type ConditionStatus = "True" | "False" | "Unknown";
@@ -31,10 +31,10 @@ export interface Condition {
   type: string;
   status: ConditionStatus;
   /** CamelCase machine-readable reason. */
-  reason?: string;
-  message?: string;
-  lastTransitionTime?: Timestamp;
-  observedGeneration?: number;
+  reason?: string | undefined;
+  message?: string | undefined;
+  lastTransitionTime?: Timestamp | undefined;
+  observedGeneration?: number | undefined;
 }
 
 /** One page of a list call. `nextPageToken` is absent or empty on the last page. */
@@ -44,21 +44,21 @@ export interface ListResponse<T> {
 }
 
 export interface ListMetadata {
-  nextPageToken?: string;
+  nextPageToken?: string | undefined;
 }
 
 /** Options every call accepts. */
 export interface CallOptions {
   /** Tenant for this call; defaults to the client's `tenantId`. */
-  tenantId?: string;
+  tenantId?: string | undefined;
   /** Aborts the call (and, for waits, the polling). */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** Paging options for list calls. */
 export interface PageOptions {
-  limit?: number;
-  pageToken?: string;
+  limit?: number | undefined;
+  pageToken?: string | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ export type SandboxProfile = "worker" | "desktop";
 /** A sandbox created directly by a caller. */
 export interface StandaloneOwner {
   kind: "standalone";
-  displayName?: string;
+  displayName?: string | undefined;
 }
 
 /** A sandbox launched by the service manager on behalf of a service. */
@@ -119,9 +119,9 @@ export type SandboxRootKind = SandboxRoot["kind"];
 /** The process to run, as sent in a request. */
 export interface ProcessSpec {
   argv: string[];
-  environment?: Record<string, string>;
-  workingDir?: string;
-  user?: string;
+  environment?: Record<string, string> | undefined;
+  workingDir?: string | undefined;
+  user?: string | undefined;
 }
 
 /** How launch inputs come back in responses: their values are never readable back. */
@@ -133,28 +133,31 @@ export interface Redacted {
 /** The process as returned by the server: argv and environment redacted. */
 export interface ProcessView {
   argv: Redacted;
-  environment?: Redacted;
-  workingDir?: string;
-  user?: string;
+  environment: Redacted;
+  workingDir?: string | undefined;
+  user?: string | undefined;
 }
 
 export interface EgressRule {
+  /** An IP address or CIDR block, e.g. "10.213.0.2/32". */
   cidr: string;
-  ports?: number[];
+  /** Empty or absent means every port. */
+  ports?: number[] | undefined;
 }
 
 /** Outbound network policy; everything not allowed is denied. */
 export interface NetworkPolicy {
   egress?: {
-    default: "deny";
-    allow?: EgressRule[];
+    /** Only "deny" exists: egress is deny-by-default and widened by `allow` rules. */
+    default?: "deny" | undefined;
+    allow?: EgressRule[] | undefined;
   };
 }
 
 export interface ResourceLimits {
-  memoryMb?: number;
-  pids?: number;
-  cpus?: number;
+  memoryMb?: number | undefined;
+  pids?: number | undefined;
+  cpus?: number | undefined;
 }
 
 /** A sandbox spec as sent in a request. `owner` is generic so service backends can require a service owner. */
@@ -163,8 +166,10 @@ export interface SandboxSpec<Owner extends SandboxOwner = SandboxOwner> {
   backend: SandboxBackendKind;
   root: SandboxRoot;
   process: ProcessSpec;
-  network?: NetworkPolicy;
-  resources?: ResourceLimits;
+  network?: NetworkPolicy | undefined;
+  resources?: ResourceLimits | undefined;
+  /** Opt in to a workload identity token in the sandbox's environment. */
+  workloadIdentity?: boolean | undefined;
 }
 
 /** A sandbox spec as returned by the server (launch inputs redacted). */
@@ -172,7 +177,7 @@ export interface SandboxSpecView<Owner extends SandboxOwner = SandboxOwner>
   extends Omit<SandboxSpec<Owner>, "process"> {
   process: ProcessView;
   /** Echoed by servers that keep the profile in the spec. */
-  profile?: SandboxProfile;
+  profile?: SandboxProfile | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -198,25 +203,59 @@ export interface ExternalEndpoint {
   url: string;
 }
 
-/** How Nimbus authenticates to an external endpoint. */
+/** How Nimbus authenticates to an external endpoint. Default `{kind: "none"}`. */
 export interface NoExternalAuth {
   kind: "none";
 }
-export type ExternalAuth = NoExternalAuth;
-
-/** How Nimbus health-checks an external endpoint. */
-export interface HttpHealthCheck {
-  kind: "http";
-  path: string;
+/** Health checks send `Authorization: Bearer <token>`. The token never comes back in responses. */
+export interface BearerExternalAuth {
+  kind: "bearer";
+  token: string;
 }
-export type HealthCheck = HttpHealthCheck;
+export type ExternalAuth = NoExternalAuth | BearerExternalAuth;
+export type ExternalAuthKind = ExternalAuth["kind"];
+
+/** An external auth as returned by the server: the bearer token is redacted. */
+export type ExternalAuthView = NoExternalAuth | { kind: "bearer"; token: { redacted: true } };
+
+/** An inclusive range of HTTP status codes. */
+export interface StatusRange {
+  min: number;
+  max: number;
+}
+
+/** HTTP GET of `path` (default "/") on the endpoint; healthy when the status is within `expectStatus`. */
+export interface HttpHealthProbe {
+  kind: "http";
+  path?: string | undefined;
+  expectStatus?: StatusRange | undefined;
+  intervalSeconds?: number | undefined;
+  timeoutMs?: number | undefined;
+}
+
+/** A TCP connect to the endpoint's host and port. */
+export interface TcpHealthProbe {
+  kind: "tcp";
+  intervalSeconds?: number | undefined;
+  timeoutMs?: number | undefined;
+}
+
+/** Not checked; health stays `unknown`. The default. */
+export interface NoHealthProbe {
+  kind: "none";
+}
+
+export type HealthProbe = HttpHealthProbe | TcpHealthProbe | NoHealthProbe;
+export type HealthProbeKind = HealthProbe["kind"];
 
 /** An external endpoint Nimbus health-checks but does not run. */
 export interface ExternalServiceBackend {
   kind: "external";
   endpoint: ExternalEndpoint;
-  auth: ExternalAuth;
-  health?: HealthCheck;
+  /** Default `{kind: "none"}`. */
+  auth?: ExternalAuth | undefined;
+  /** Default `{kind: "none"}`. */
+  health?: HealthProbe | undefined;
 }
 
 export type ServiceBackend = SandboxServiceBackend | BuiltInServiceBackend | ExternalServiceBackend;
@@ -226,7 +265,7 @@ export type ServiceBackendKind = ServiceBackend["kind"];
 export type ServiceBackendView =
   | { kind: "sandbox"; sandbox: SandboxSpecView<ServiceOwner> }
   | BuiltInServiceBackend
-  | ExternalServiceBackend;
+  | { kind: "external"; endpoint: ExternalEndpoint; auth: ExternalAuthView; health: HealthProbe };
 
 /** `declared`: a definition that is not launched (built-in and external services today). */
 export type ServiceLifecycleState = "declared" | "stopped" | "starting" | "running" | "stopping" | "failed";
@@ -235,18 +274,23 @@ export type Health = "healthy" | "unhealthy" | "unknown";
 
 export interface ServiceMetadata extends ResourceMetadata {
   name: string;
-  id?: string;
+  id?: string | undefined;
 }
 
 export interface ServiceSpec {
   backend: ServiceBackendView;
 }
 
+/** What start/stop/restart last asked for. */
+export type DesiredRunState = "running" | "stopped";
+
 export interface ServiceStatus {
   lifecycleState: ServiceLifecycleState;
   readiness: Readiness;
   health: Health;
-  observedGeneration?: number;
+  observedGeneration?: number | undefined;
+  /** What start/stop/restart last asked for. */
+  desiredState?: DesiredRunState | undefined;
   conditions: Condition[];
 }
 
@@ -259,7 +303,7 @@ export interface Service {
 export interface CreateServiceRequest extends CallOptions {
   name: string;
   backend: ServiceBackend;
-  labels?: Labels;
+  labels?: Labels | undefined;
 }
 
 export interface GetServiceRequest extends CallOptions {
@@ -270,8 +314,8 @@ export interface ListServicesRequest extends CallOptions, PageOptions {}
 
 export interface UpdateServiceRequest extends CallOptions {
   name: string;
-  backend?: ServiceBackend;
-  labels?: Labels;
+  backend?: ServiceBackend | undefined;
+  labels?: Labels | undefined;
   /** The generation you last read; a stale value fails with `op.precondition_failed`. */
   ifMatchGeneration: number;
 }
@@ -280,7 +324,7 @@ export interface DeleteServiceRequest extends CallOptions {
   name: string;
   ifMatchGeneration: number;
   /** Tear down a service that is still running. */
-  force?: boolean;
+  force?: boolean | undefined;
 }
 
 /** What `wait` (and `waitUntil`) polls for. */
@@ -288,15 +332,15 @@ export type ServiceWaitTarget = "ready" | "healthy" | "stopped";
 
 export interface PollOptions {
   /** Deadline for the poll, in milliseconds. Default 30 000. */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** Delay between polls, in milliseconds. Default 250. */
-  intervalMs?: number;
+  intervalMs?: number | undefined;
 }
 
 export interface StartServiceRequest extends CallOptions, PollOptions {
   name: string;
   /** Poll until the service is ready or healthy before returning. */
-  waitUntil?: "ready" | "healthy";
+  waitUntil?: "ready" | "healthy" | undefined;
 }
 
 export type RestartServiceRequest = StartServiceRequest;
@@ -304,7 +348,7 @@ export type RestartServiceRequest = StartServiceRequest;
 export interface StopServiceRequest extends CallOptions, PollOptions {
   name: string;
   /** Poll until the service is stopped before returning. */
-  waitUntil?: "stopped";
+  waitUntil?: "stopped" | undefined;
 }
 
 export interface WaitServiceRequest extends CallOptions, PollOptions {
@@ -324,14 +368,15 @@ export interface SandboxMetadata extends ResourceMetadata {
 
 export interface SandboxEndpoint {
   address: string;
-  ports?: number[];
+  ports?: number[] | undefined;
 }
 
 export interface SandboxStatus {
   lifecycleState: SandboxLifecycleState;
-  endpoints?: SandboxEndpoint[];
-  exitCode?: number;
-  observedGeneration?: number;
+  readiness?: Readiness | undefined;
+  endpoints?: SandboxEndpoint[] | undefined;
+  exitCode?: number | undefined;
+  observedGeneration?: number | undefined;
   conditions: Condition[];
 }
 
@@ -339,14 +384,14 @@ export interface Sandbox {
   metadata: SandboxMetadata;
   spec: SandboxSpecView;
   status: SandboxStatus;
-  profile?: SandboxProfile;
+  profile?: SandboxProfile | undefined;
 }
 
 export interface CreateSandboxRequest extends CallOptions {
   profile: SandboxProfile;
   /** Standalone sandboxes only; service-owned sandboxes are created by the service manager. */
   spec: SandboxSpec<StandaloneOwner>;
-  labels?: Labels;
+  labels?: Labels | undefined;
 }
 
 export interface SandboxIdRequest extends CallOptions {
@@ -354,9 +399,9 @@ export interface SandboxIdRequest extends CallOptions {
 }
 
 export interface ListSandboxesRequest extends CallOptions, PageOptions {
-  labelKey?: string;
-  labelValue?: string;
-  state?: SandboxLifecycleState;
+  labelKey?: string | undefined;
+  labelValue?: string | undefined;
+  state?: SandboxLifecycleState | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,8 +429,8 @@ export type SessionLifecycleState = "open" | "closed" | "expired";
 /** What the session attached to, pinned at open time. */
 export interface TargetSnapshot {
   kind: "service" | "sandbox";
-  name?: string;
-  id?: string;
+  name?: string | undefined;
+  id?: string | undefined;
   generation: number;
   backend: ServiceBackendKind | SandboxBackendKind;
 }
@@ -397,7 +442,11 @@ export interface SessionMetadata extends ResourceMetadata {
 export interface SessionSpec {
   target: SessionTarget;
   channels: SessionChannel[];
-  requestedTtlMs?: number;
+  requestedTtlMs?: number | null | undefined;
+  /** The TTL applied after the default (15 minutes) and the cap (1 hour). */
+  ttlMs?: number | undefined;
+  /** True when the requested TTL was above the cap and was lowered to it. */
+  ttlClamped?: boolean | undefined;
   /** When the session expires; reflects the server's cap (1 hour) if the request asked for more. */
   expiresAt: Timestamp;
   targetSnapshot: TargetSnapshot;
@@ -405,8 +454,9 @@ export interface SessionSpec {
 
 export interface SessionStatus {
   lifecycleState: SessionLifecycleState;
-  closeReason?: string;
-  conditions?: Condition[];
+  closeReason?: string | undefined;
+  endedAt?: Timestamp | undefined;
+  conditions?: Condition[] | undefined;
 }
 
 export interface Session {
@@ -419,7 +469,7 @@ export interface OpenSessionRequest extends CallOptions {
   target: SessionTarget;
   channels: SessionChannel[];
   /** Default 15 minutes; capped at 1 hour. */
-  requestedTtlMs?: number;
+  requestedTtlMs?: number | undefined;
 }
 
 export interface SessionIdRequest extends CallOptions {
@@ -427,7 +477,7 @@ export interface SessionIdRequest extends CallOptions {
 }
 
 export interface ListSessionsRequest extends CallOptions, PageOptions {
-  state?: SessionLifecycleState;
+  state?: SessionLifecycleState | undefined;
 }
 
 export interface CloseSessionRequest extends CallOptions {
@@ -468,6 +518,6 @@ export interface ErrorBody {
   error: {
     code: string;
     message: string;
-    details?: Record<string, unknown>;
+    details?: Record<string, unknown> | undefined;
   };
 }

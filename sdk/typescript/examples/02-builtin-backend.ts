@@ -1,0 +1,15 @@
+// Guide sample: a built-in backend. The guide shows the `backend` value alone; here it sits in a create call.
+import { Nimbus } from "@nimbus/nimbus";
+const nimbus = new Nimbus({
+  endpoint: "http://localhost:8080",
+  tenantId: "demo",
+  token: process.env.NIMBUS_TOKEN,
+});
+
+const browser = await nimbus.services.create({
+  name: "browser",
+  // A built-in provider implemented by the server.
+  backend: { kind: "builtIn", provider: "browser" },
+  // Providers: "loadBalancer" | "serviceDiscovery" | "browser" | "modelGateway"
+});
+console.log(browser.metadata.name, browser.spec.backend.kind, browser.status.lifecycleState);
