@@ -8,6 +8,7 @@ pub mod authz;
 pub mod error;
 pub mod lifecycle;
 pub mod names;
+pub mod resource;
 pub mod spec;
 
 pub use error::{Error, ErrorCode};

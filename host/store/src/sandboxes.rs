@@ -1,0 +1,187 @@
+//! Sandboxes, keyed by id, with a label index for filtering.
+
+use nimbus_core::lifecycle::SandboxState;
+use nimbus_core::names::Name;
+use nimbus_core::resource::{AuditEvent, SandboxRecord};
+use nimbus_core::Error;
+
+use crate::{
+    commit, db_error, from_doc, insert_audit, next_resource_version, paginate, to_doc, Page, Store,
+};
+
+/// Filters of a sandbox listing; all given ones must match.
+#[derive(Debug, Default, Clone)]
+pub struct SandboxFilter {
+    pub label_key: Option<String>,
+    /// Only with `label_key`.
+    pub label_value: Option<String>,
+    pub state: Option<SandboxState>,
+}
+
+impl Store {
+    pub async fn create_sandbox(
+        &self,
+        record: &mut SandboxRecord,
+        audit: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin().await?;
+        record.meta.resource_version = next_resource_version(&mut tx).await?;
+        sqlx::query("INSERT INTO sandboxes (id, tenant_id, state, doc) VALUES (?, ?, ?, ?)")
+            .bind(record.id.as_str())
+            .bind(record.meta.tenant_id.as_str())
+            .bind(record.status.lifecycle_state.as_str())
+            .bind(to_doc(&*record)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        for (k, v) in &record.meta.labels {
+            sqlx::query("INSERT INTO sandbox_labels (sandbox_id, key, value) VALUES (?, ?, ?)")
+                .bind(record.id.as_str())
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        insert_audit(&mut tx, audit).await?;
+        commit(tx).await
+    }
+
+    pub async fn get_sandbox(
+        &self,
+        tenant: &Name,
+        id: &str,
+    ) -> Result<Option<SandboxRecord>, Error> {
+        let doc: Option<String> =
+            sqlx::query_scalar("SELECT doc FROM sandboxes WHERE tenant_id = ? AND id = ?")
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_error)?;
+        doc.as_deref().map(from_doc).transpose()
+    }
+
+    /// Ordered by id (creation order); `after` is the last id already seen.
+    pub async fn list_sandboxes(
+        &self,
+        tenant: &Name,
+        filter: &SandboxFilter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Page<SandboxRecord>, Error> {
+        let mut sql =
+            String::from("SELECT s.doc FROM sandboxes s WHERE s.tenant_id = ? AND s.id > ?");
+        if filter.state.is_some() {
+            sql.push_str(" AND s.state = ?");
+        }
+        if filter.label_key.is_some() {
+            sql.push_str(" AND EXISTS (SELECT 1 FROM sandbox_labels l WHERE l.sandbox_id = s.id AND l.key = ?");
+            if filter.label_value.is_some() {
+                sql.push_str(" AND l.value = ?");
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY s.id LIMIT ?");
+        let mut query = sqlx::query_scalar::<_, String>(&sql)
+            .bind(tenant.as_str())
+            .bind(after.unwrap_or(""));
+        if let Some(state) = filter.state {
+            query = query.bind(state.as_str());
+        }
+        if let Some(key) = &filter.label_key {
+            query = query.bind(key);
+            if let Some(value) = &filter.label_value {
+                query = query.bind(value);
+            }
+        }
+        let docs = query
+            .bind(limit + 1)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        let items = docs
+            .iter()
+            .map(|d| from_doc(d))
+            .collect::<Result<Vec<SandboxRecord>, _>>()?;
+        Ok(paginate(items, limit, |s| s.id.to_string()))
+    }
+
+    /// Every sandbox not yet in a terminal state, in every tenant (for controllers).
+    pub async fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>, Error> {
+        let docs: Vec<String> = sqlx::query_scalar(
+            "SELECT doc FROM sandboxes WHERE state NOT IN ('stopped', 'failed') ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_error)?;
+        docs.iter().map(|d| from_doc(d)).collect()
+    }
+
+    /// Guarded write of one sandbox (see `update_service`).
+    pub async fn update_sandbox(
+        &self,
+        tenant: &Name,
+        id: &str,
+        change: impl FnOnce(&mut SandboxRecord) -> Result<(), Error>,
+        audit: Option<&AuditEvent>,
+    ) -> Result<SandboxRecord, Error> {
+        let mut tx = self.begin().await?;
+        let doc: Option<String> =
+            sqlx::query_scalar("SELECT doc FROM sandboxes WHERE tenant_id = ? AND id = ?")
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let mut record: SandboxRecord = match doc {
+            Some(d) => from_doc(&d)?,
+            None => return Err(Error::not_found("sandbox", id)),
+        };
+        change(&mut record)?;
+        record.meta.resource_version = next_resource_version(&mut tx).await?;
+        sqlx::query("UPDATE sandboxes SET state = ?, doc = ? WHERE id = ?")
+            .bind(record.status.lifecycle_state.as_str())
+            .bind(to_doc(&record)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if let Some(a) = audit {
+            insert_audit(&mut tx, a).await?;
+        }
+        commit(tx).await?;
+        Ok(record)
+    }
+
+    pub async fn delete_sandbox(
+        &self,
+        tenant: &Name,
+        id: &str,
+        check: impl FnOnce(&SandboxRecord) -> Result<(), Error>,
+        audit: &AuditEvent,
+    ) -> Result<SandboxRecord, Error> {
+        let mut tx = self.begin().await?;
+        let doc: Option<String> =
+            sqlx::query_scalar("SELECT doc FROM sandboxes WHERE tenant_id = ? AND id = ?")
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let mut record: SandboxRecord = match doc {
+            Some(d) => from_doc(&d)?,
+            None => return Err(Error::not_found("sandbox", id)),
+        };
+        check(&record)?;
+        record.meta.resource_version = next_resource_version(&mut tx).await?;
+        sqlx::query("DELETE FROM sandboxes WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        insert_audit(&mut tx, audit).await?;
+        commit(tx).await?;
+        Ok(record)
+    }
+}

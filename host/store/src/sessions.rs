@@ -1,0 +1,207 @@
+//! Sessions, keyed by id, with the expiry index the reaper scans.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use nimbus_core::lifecycle::{SessionEvent, SessionState};
+use nimbus_core::names::Name;
+use nimbus_core::resource::{AuditEvent, SessionRecord};
+use nimbus_core::Error;
+
+use crate::{
+    commit, db_error, from_doc, insert_audit, next_resource_version, paginate, to_doc, Page, Store,
+};
+
+/// Timestamps are stored as fixed-width RFC 3339 UTC so text order is time order.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// What the target of a session must still look like when the open commits.
+#[derive(Debug, Clone)]
+pub enum TargetGuard {
+    /// The service must still exist at this generation.
+    Service { name: Name, generation: i64 },
+    /// The sandbox must still exist in the `ready` state.
+    Sandbox { id: String },
+}
+
+impl Store {
+    /// Inserts the session if its target is unchanged since the caller read it: a concurrent
+    /// change of the service definition is a `resource.conflict`.
+    pub async fn open_session(
+        &self,
+        record: &mut SessionRecord,
+        guard: &TargetGuard,
+        audit: &AuditEvent,
+    ) -> Result<(), Error> {
+        let tenant = record.meta.tenant_id.as_str();
+        let mut tx = self.begin().await?;
+        match guard {
+            TargetGuard::Service { name, generation } => {
+                let current: Option<i64> = sqlx::query_scalar(
+                    "SELECT generation FROM services WHERE tenant_id = ? AND name = ?",
+                )
+                .bind(tenant)
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                if current != Some(*generation) {
+                    return Err(Error::conflict(
+                        "service",
+                        name.as_str(),
+                        format!("service {:?} changed while the session was opening (read at generation {generation}); open it again", name.as_str()),
+                    ));
+                }
+            }
+            TargetGuard::Sandbox { id } => {
+                let state: Option<String> = sqlx::query_scalar(
+                    "SELECT state FROM sandboxes WHERE tenant_id = ? AND id = ?",
+                )
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+                if state.as_deref() != Some("ready") {
+                    return Err(Error::conflict("sandbox", id, format!("sandbox {id:?} changed state while the session was opening; open it again")));
+                }
+            }
+        }
+        record.meta.resource_version = next_resource_version(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, tenant_id, state, expires_at, doc) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(record.id.as_str())
+        .bind(tenant)
+        .bind(record.status.lifecycle_state.as_str())
+        .bind(ts(record.spec.expires_at))
+        .bind(to_doc(&*record)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        insert_audit(&mut tx, audit).await?;
+        commit(tx).await
+    }
+
+    pub async fn get_session(
+        &self,
+        tenant: &Name,
+        id: &str,
+    ) -> Result<Option<SessionRecord>, Error> {
+        let doc: Option<String> =
+            sqlx::query_scalar("SELECT doc FROM sessions WHERE tenant_id = ? AND id = ?")
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_error)?;
+        doc.as_deref().map(from_doc).transpose()
+    }
+
+    pub async fn list_sessions(
+        &self,
+        tenant: &Name,
+        state: Option<SessionState>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Page<SessionRecord>, Error> {
+        let docs: Vec<String> = match state {
+            Some(s) => sqlx::query_scalar("SELECT doc FROM sessions WHERE tenant_id = ? AND state = ? AND id > ? ORDER BY id LIMIT ?")
+                .bind(tenant.as_str())
+                .bind(s.as_str())
+                .bind(after.unwrap_or(""))
+                .bind(limit + 1)
+                .fetch_all(&self.reader)
+                .await,
+            None => sqlx::query_scalar("SELECT doc FROM sessions WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?")
+                .bind(tenant.as_str())
+                .bind(after.unwrap_or(""))
+                .bind(limit + 1)
+                .fetch_all(&self.reader)
+                .await,
+        }
+        .map_err(db_error)?;
+        let items = docs
+            .iter()
+            .map(|d| from_doc(d))
+            .collect::<Result<Vec<SessionRecord>, _>>()?;
+        Ok(paginate(items, limit, |s| s.id.to_string()))
+    }
+
+    /// Moves an open session to `event`'s state. Closing a session that already ended is a
+    /// `state.invalid_transition`.
+    pub async fn end_session(
+        &self,
+        tenant: &Name,
+        id: &str,
+        event: SessionEvent,
+        reason: Option<String>,
+        now: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> Result<SessionRecord, Error> {
+        let mut tx = self.begin().await?;
+        let doc: Option<String> =
+            sqlx::query_scalar("SELECT doc FROM sessions WHERE tenant_id = ? AND id = ?")
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let mut record: SessionRecord = match doc {
+            Some(d) => from_doc(&d)?,
+            None => return Err(Error::not_found("session", id)),
+        };
+        let next = record.status.lifecycle_state.on(event).map_err(|t| {
+            Error::invalid_transition(
+                "session",
+                id,
+                t.from,
+                format!(
+                    "session {id:?} is already {}; only open sessions can be closed",
+                    t.from
+                ),
+            )
+        })?;
+        record.status.lifecycle_state = next;
+        record.status.close_reason = reason;
+        record.status.ended_at = Some(now);
+        record.meta.updated_at = now;
+        record.meta.resource_version = next_resource_version(&mut tx).await?;
+        sqlx::query("UPDATE sessions SET state = ?, doc = ? WHERE id = ?")
+            .bind(next.as_str())
+            .bind(to_doc(&record)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        insert_audit(&mut tx, audit).await?;
+        commit(tx).await?;
+        Ok(record)
+    }
+
+    /// Open sessions whose expiry is at or before `now`, oldest first, at most `limit`.
+    pub async fn sessions_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>, Error> {
+        let docs: Vec<String> = sqlx::query_scalar("SELECT doc FROM sessions WHERE state = 'open' AND expires_at <= ? ORDER BY expires_at LIMIT ?")
+            .bind(ts(now))
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        docs.iter().map(|d| from_doc(d)).collect()
+    }
+
+    /// The earliest expiry among open sessions, so the reaper can sleep until then.
+    pub async fn next_session_expiry(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        let t: Option<String> =
+            sqlx::query_scalar("SELECT MIN(expires_at) FROM sessions WHERE state = 'open'")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(db_error)?;
+        Ok(t.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.with_timezone(&Utc)))
+    }
+}

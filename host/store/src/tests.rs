@@ -1,0 +1,168 @@
+//! Store tests against real SQLite files.
+
+use chrono::Utc;
+use nimbus_core::lifecycle::{DesiredRunState, ServiceState};
+use nimbus_core::names::Name;
+use nimbus_core::resource::{Health, Meta, Readiness, ServiceRecord, ServiceStatus};
+use nimbus_core::spec::{BuiltInProvider, ServiceBackend};
+use nimbus_core::ErrorCode;
+
+use crate::test_support::{audit, store};
+
+fn service(name: &str) -> ServiceRecord {
+    let now = Utc::now();
+    ServiceRecord {
+        name: Name::parse("name", name).unwrap(),
+        uid: "u".into(),
+        meta: Meta::new(Name::parse("t", "demo").unwrap(), Default::default(), now),
+        backend: ServiceBackend::BuiltIn {
+            provider: BuiltInProvider::Browser,
+        },
+        status: ServiceStatus {
+            lifecycle_state: ServiceState::Declared,
+            readiness: Readiness::NotReady,
+            health: Health::Unknown,
+            observed_generation: 1,
+            desired_state: DesiredRunState::Stopped,
+            conditions: vec![],
+        },
+    }
+}
+
+fn demo() -> Name {
+    Name::parse("t", "demo").unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_updates_with_the_same_generation_have_exactly_one_winner() {
+    let (store, _dir) = store().await;
+    store
+        .create_service(&mut service("worker"), &audit("c"))
+        .await
+        .unwrap();
+    let name = Name::parse("n", "worker").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, name) = (store.clone(), name.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .update_service(
+                    &demo(),
+                    &name,
+                    Some(1),
+                    |r| {
+                        r.meta.generation += 1;
+                        Ok(())
+                    },
+                    Some(&audit("u")),
+                )
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(e) => assert_eq!(e.code, ErrorCode::PreconditionFailed),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(
+        store
+            .get_service(&demo(), &name)
+            .await
+            .unwrap()
+            .unwrap()
+            .meta
+            .generation,
+        2
+    );
+}
+
+#[tokio::test]
+async fn every_write_bumps_the_resource_version() {
+    let (store, _dir) = store().await;
+    let mut s = service("a");
+    store.create_service(&mut s, &audit("c")).await.unwrap();
+    let first = s.meta.resource_version;
+    let updated = store
+        .update_service(&demo(), &s.name, None, |_| Ok(()), None)
+        .await
+        .unwrap();
+    assert!(updated.meta.resource_version > first);
+}
+
+#[tokio::test]
+async fn listing_pages_through_every_item_once_in_order() {
+    let (store, _dir) = store().await;
+    for i in 0..7 {
+        store
+            .create_service(&mut service(&format!("s{i}")), &audit("c"))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_services(&demo(), after.as_deref(), 3)
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|s| s.name.to_string()));
+        match page.next_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..7).map(|i| format!("s{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_failed_guard_writes_nothing_and_no_audit() {
+    let (store, _dir) = store().await;
+    store
+        .create_service(&mut service("a"), &audit("c"))
+        .await
+        .unwrap();
+    let before = store
+        .list_audit("demo", None, 100)
+        .await
+        .unwrap()
+        .items
+        .len();
+    let name = Name::parse("n", "a").unwrap();
+    let err = store
+        .update_service(
+            &demo(),
+            &name,
+            Some(1),
+            |_| Err(nimbus_core::Error::invalid_argument("x", "no")),
+            Some(&audit("u")),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidArgument);
+    assert_eq!(
+        store
+            .list_audit("demo", None, 100)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        before
+    );
+}
+
+#[tokio::test]
+async fn duplicate_names_are_already_exists() {
+    let (store, _dir) = store().await;
+    store
+        .create_service(&mut service("a"), &audit("c"))
+        .await
+        .unwrap();
+    let err = store
+        .create_service(&mut service("a"), &audit("c"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::AlreadyExists);
+}
