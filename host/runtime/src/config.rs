@@ -1,0 +1,97 @@
+//! The `[runtime]` table of `nimbus.toml`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Operator settings for the container backend. Every field has a default, so an absent
+/// `[runtime]` table is a working configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The crun executable (a name is looked up on PATH).
+    pub crun: PathBuf,
+    /// Registry host → mirrors tried before it, e.g. `"docker.io" = ["mirror.internal:5000"]`.
+    /// A mirror written `http://host` is spoken to over plain HTTP.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Registries spoken to over plain HTTP. Loopback registries always are.
+    pub insecure_registries: Vec<String>,
+    /// Docker client config with registry credentials; default `$DOCKER_CONFIG/config.json`
+    /// or `$HOME/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// IPv4 range sandbox addresses come from; the first address is the bridge's.
+    pub subnet: String,
+    /// Name of the host bridge sandboxes attach to.
+    pub bridge: String,
+    /// Seconds between SIGTERM and SIGKILL when a stop names no grace period.
+    pub stop_grace_seconds: u64,
+    /// Cap on each sandbox's log file; older output is dropped when it is reached.
+    pub log_max_bytes: u64,
+    /// Memory limit when the spec gives none.
+    pub default_memory_mb: u64,
+    /// Process limit when the spec gives none.
+    pub default_pids: u64,
+    /// Open-files rlimit inside sandboxes.
+    pub nofile: u64,
+    /// The monitor executable. Default: `nimbus-monitor` next to the running binary, else the
+    /// running binary itself (which must call `nimbus_runtime::monitor::main_if_requested`).
+    pub monitor: Option<PathBuf>,
+    /// Mount the v1 hugetlb hierarchy at open when the host needs it for crun (what
+    /// `nimbus doctor --fix` does), instead of refusing container launches.
+    pub fix_cgroups: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            crun: PathBuf::from("crun"),
+            mirrors: BTreeMap::new(),
+            insecure_registries: Vec::new(),
+            docker_config: None,
+            subnet: "10.88.0.0/16".to_string(),
+            bridge: "nimbus0".to_string(),
+            stop_grace_seconds: 10,
+            log_max_bytes: 8 << 20,
+            default_memory_mb: 512,
+            default_pids: 256,
+            nofile: 4096,
+            monitor: None,
+            fix_cgroups: false,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    pub(crate) fn docker_config_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.docker_config {
+            return Some(p.clone());
+        }
+        if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
+            return Some(PathBuf::from(d).join("config.json"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct File {
+        runtime: RuntimeConfig,
+    }
+
+    #[test]
+    fn runtime_table_parses_and_unknown_keys_are_refused() {
+        let f: File = serde_json::from_value(serde_json::json!({
+            "runtime": {"mirrors": {"docker.io": ["http://127.0.0.1:5001"]}, "bridge": "nb1"}
+        }))
+        .unwrap();
+        assert_eq!(f.runtime.bridge, "nb1");
+        assert_eq!(f.runtime.subnet, "10.88.0.0/16");
+        let bad = serde_json::from_value::<File>(serde_json::json!({"runtime": {"brige": "x"}}));
+        assert!(bad.is_err());
+    }
+}

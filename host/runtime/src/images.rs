@@ -1,0 +1,466 @@
+//! The content-addressed image store under `<data>/runtime/`:
+//! `blobs/sha256/<hex>` (verified by digest), `layers/<hex>/` (each layer unpacked once, OCI
+//! whiteouts turned into overlayfs whiteouts) and `images/<key>.json` (what a reference resolved to).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::reference::ImageRef;
+use crate::registry::{pick_platform, ManifestDoc, RegistryClient, RegistryError};
+use crate::ProgressEvent;
+
+/// What a reference resolved to, persisted so a pulled image is reused without the registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub reference: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// Layer blob digests, bottom first.
+    pub layers: Vec<String>,
+}
+
+/// The parts of an image configuration a launch uses (Docker and OCI configs share them).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfig {
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+struct ConfigFile {
+    #[serde(default)]
+    config: Option<ContainerConfig>,
+}
+
+/// A pulled image ready to be used as a lower layer stack.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub record: ImageRecord,
+    pub config: ContainerConfig,
+    /// Unpacked layer directories, bottom first.
+    pub layer_dirs: Vec<PathBuf>,
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    client: RegistryClient,
+    /// One lock per reference / per layer so concurrent pulls of the same thing happen once.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ImageStore {
+    pub fn open(root: &Path, client: RegistryClient) -> std::io::Result<Self> {
+        for d in ["blobs/sha256", "layers", "images"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            client,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key.to_string()).or_default().clone()
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    pub fn layer_dir(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("layers")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    fn record_path(&self, key: &str) -> PathBuf {
+        self.root.join("images").join(format!(
+            "{}.json",
+            hex::encode(Sha256::digest(key.as_bytes()))
+        ))
+    }
+
+    /// The image for `r`, pulled if this store has not resolved it before.
+    pub async fn pull(
+        &self,
+        r: &ImageRef,
+        progress: &(dyn Fn(ProgressEvent) + Send + Sync),
+    ) -> Result<Image, RegistryError> {
+        let key = r.to_string();
+        let lock = self.lock_for(&format!("ref:{key}"));
+        let _guard = lock.lock().await;
+        if let Some(img) = self.load_record(&key)? {
+            return Ok(img);
+        }
+        let proto = |cause: String| RegistryError::Protocol {
+            reference: key.clone(),
+            registry: r.registry.clone(),
+            cause,
+        };
+        let mut raw = self.client.manifest(r, r.manifest_reference()).await?;
+        let mut doc: ManifestDoc =
+            serde_json::from_slice(&raw.bytes).map_err(|e| proto(format!("manifest: {e}")))?;
+        if let Some(list) = &doc.manifests {
+            let chosen = pick_platform(r, list)?;
+            let digest = chosen.digest.clone();
+            raw = self.client.manifest(r, &digest).await?;
+            doc = serde_json::from_slice(&raw.bytes)
+                .map_err(|e| proto(format!("manifest {digest}: {e}")))?;
+        }
+        let (Some(config), Some(layers)) = (doc.config, doc.layers) else {
+            return Err(proto(format!(
+                "manifest of media type {:?} has no config or layers",
+                doc.media_type.unwrap_or(raw.media_type)
+            )));
+        };
+        for l in &layers {
+            if l.media_type.contains("zstd") {
+                return Err(proto(format!(
+                    "layer {} is zstd-compressed, which Nimbus does not unpack yet",
+                    l.digest
+                )));
+            }
+            check_digest(&l.digest).map_err(proto)?;
+        }
+        check_digest(&config.digest).map_err(proto)?;
+        write_blob_bytes(&self.blob_path(&raw.digest), &raw.bytes)?;
+        let total: u64 = layers.iter().map(|l| l.size).sum::<u64>() + config.size;
+        let mut done_before = 0u64;
+        for d in std::iter::once(&config).chain(layers.iter()) {
+            let path = self.blob_path(&d.digest);
+            if !path.exists() {
+                let blob_lock = self.lock_for(&format!("blob:{}", d.digest));
+                let _g = blob_lock.lock().await;
+                if !path.exists() {
+                    let base = done_before;
+                    let reference = key.clone();
+                    let cb = move |n: u64| {
+                        progress(ProgressEvent::Pulling {
+                            reference: reference.clone(),
+                            bytes_done: base + n,
+                            bytes_total: total,
+                        })
+                    };
+                    self.client.fetch_blob(r, &d.digest, &path, &cb).await?;
+                }
+            }
+            done_before += d.size;
+            progress(ProgressEvent::Pulling {
+                reference: key.clone(),
+                bytes_done: done_before,
+                bytes_total: total,
+            });
+        }
+        let record = ImageRecord {
+            reference: key.clone(),
+            manifest_digest: raw.digest,
+            config_digest: config.digest,
+            layers: layers.into_iter().map(|l| l.digest).collect(),
+        };
+        self.finish(&key, record, progress).await
+    }
+
+    /// Unpacks the record's layers, persists it under `key` and loads it.
+    pub async fn finish(
+        &self,
+        key: &str,
+        record: ImageRecord,
+        progress: &(dyn Fn(ProgressEvent) + Send + Sync),
+    ) -> Result<Image, RegistryError> {
+        let count = record.layers.len();
+        for (i, digest) in record.layers.iter().enumerate() {
+            progress(ProgressEvent::Unpacking {
+                layer: digest.clone(),
+                index: i + 1,
+                count,
+            });
+            self.unpack(digest).await?;
+        }
+        let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+        write_blob_bytes(&self.record_path(key), &json)?;
+        self.load(record)
+    }
+
+    fn load_record(&self, key: &str) -> Result<Option<Image>, RegistryError> {
+        let path = self.record_path(key);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(record) = serde_json::from_slice::<ImageRecord>(&bytes) else {
+            return Ok(None);
+        };
+        if record.layers.iter().any(|l| !self.layer_dir(l).is_dir())
+            || !self.blob_path(&record.config_digest).exists()
+        {
+            return Ok(None);
+        }
+        self.load(record).map(Some)
+    }
+
+    fn load(&self, record: ImageRecord) -> Result<Image, RegistryError> {
+        let cfg_bytes = std::fs::read(self.blob_path(&record.config_digest))?;
+        let cfg: ConfigFile =
+            serde_json::from_slice(&cfg_bytes).map_err(|e| RegistryError::Protocol {
+                reference: record.reference.clone(),
+                registry: String::new(),
+                cause: format!("image config {}: {e}", record.config_digest),
+            })?;
+        let layer_dirs = record.layers.iter().map(|l| self.layer_dir(l)).collect();
+        Ok(Image {
+            config: cfg.config.unwrap_or_default(),
+            layer_dirs,
+            record,
+        })
+    }
+
+    /// Unpacks one layer blob into `layers/<hex>` unless that already happened.
+    async fn unpack(&self, digest: &str) -> Result<(), RegistryError> {
+        let dest = self.layer_dir(digest);
+        if dest.is_dir() {
+            return Ok(());
+        }
+        let lock = self.lock_for(&format!("layer:{digest}"));
+        let _g = lock.lock().await;
+        if dest.is_dir() {
+            return Ok(());
+        }
+        let blob = self.blob_path(digest);
+        let tmp = self
+            .root
+            .join("layers")
+            .join(format!(".tmp-{}", digest.trim_start_matches("sha256:")));
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp)?;
+            }
+            std::fs::create_dir_all(&tmp)?;
+            unpack_layer(&blob, &tmp)?;
+            std::fs::rename(&tmp, &dest)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(format!("layer unpack task failed: {e}")))?;
+        result
+            .map_err(|e| std::io::Error::new(e.kind(), format!("unpacking layer {digest}: {e}")))?;
+        Ok(())
+    }
+
+    /// Adds a blob from a local file (image builds feed the store through this), verifying the digest.
+    pub fn import_blob(&self, digest: &str, src: &Path) -> std::io::Result<()> {
+        check_digest(digest).map_err(std::io::Error::other)?;
+        let dest = self.blob_path(digest);
+        if dest.exists() {
+            return Ok(());
+        }
+        let mut f = std::fs::File::open(src)?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h)?;
+        let got = format!("sha256:{}", hex::encode(h.finalize()));
+        if got != digest {
+            return Err(std::io::Error::other(format!(
+                "{} has digest {got}, expected {digest}",
+                src.display()
+            )));
+        }
+        let tmp = crate::registry::tmp_path(&dest);
+        std::fs::copy(src, &tmp)?;
+        std::fs::rename(tmp, dest)
+    }
+
+    pub fn lookup(&self, key: &str) -> Result<Option<Image>, RegistryError> {
+        self.load_record(key)
+    }
+}
+
+fn check_digest(d: &str) -> Result<(), String> {
+    match d.strip_prefix("sha256:") {
+        Some(h)
+            if h.len() == 64
+                && h.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("digest {d:?} is not sha256:<64 lowercase hex>")),
+    }
+}
+
+fn write_blob_bytes(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = crate::registry::tmp_path(dest);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, dest)
+}
+
+/// Unpacks a (possibly gzip-compressed) layer tarball, translating OCI whiteouts:
+/// `.wh.<name>` becomes a 0/0 character device and `.wh..wh..opq` the `trusted.overlay.opaque`
+/// attribute on its directory, which is how overlayfs spells them in a lower layer.
+pub fn unpack_layer(blob: &Path, dest: &Path) -> std::io::Result<()> {
+    let mut f = std::fs::File::open(blob)?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic)?;
+    drop(f);
+    let f = std::fs::File::open(blob)?;
+    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)))
+    } else {
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            entry.unpack_in(dest)?;
+            continue;
+        };
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let parent_rel = path.parent().unwrap_or(Path::new(""));
+            if parent_rel.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            }) {
+                return Err(std::io::Error::other(format!(
+                    "whiteout {} escapes the layer",
+                    path.display()
+                )));
+            }
+            let parent = dest.join(parent_rel);
+            std::fs::create_dir_all(&parent)?;
+            if hidden == ".wh..opq" {
+                xattr::set(&parent, "trusted.overlay.opaque", b"y")?;
+            } else {
+                let target = parent.join(hidden);
+                if target.symlink_metadata().is_ok() {
+                    if target.is_dir() {
+                        std::fs::remove_dir_all(&target)?;
+                    } else {
+                        std::fs::remove_file(&target)?;
+                    }
+                }
+                nix::sys::stat::mknod(
+                    &target,
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::empty(),
+                    nix::sys::stat::makedev(0, 0),
+                )
+                .map_err(std::io::Error::from)?;
+            }
+            continue;
+        }
+        entry.unpack_in(dest)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o644);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    h.set_cksum();
+                    b.append_data(&mut h, path, std::io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        let tarball = layer(&[
+            ("etc/", None),
+            ("etc/keep", Some(b"k")),
+            ("etc/.wh.gone", Some(b"")),
+            ("var/", None),
+            ("var/.wh..wh..opq", Some(b"")),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tarball).unwrap();
+        std::fs::write(&blob, gz.finish().unwrap()).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        unpack_layer(&blob, &out).unwrap();
+        assert_eq!(std::fs::read(out.join("etc/keep")).unwrap(), b"k");
+        use std::os::unix::fs::FileTypeExt;
+        let md = std::fs::symlink_metadata(out.join("etc/gone")).unwrap();
+        assert!(md.file_type().is_char_device());
+        assert!(!out.join("etc/.wh.gone").exists());
+        assert_eq!(
+            xattr::get(out.join("var"), "trusted.overlay.opaque")
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..])
+        );
+    }
+
+    #[test]
+    fn entries_escaping_the_layer_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        // tar::Builder refuses '..' in paths, so write the name field directly.
+        h.as_gnu_mut().unwrap().name[..10].copy_from_slice(b"../escaped");
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        std::fs::write(&blob, b.into_inner().unwrap()).unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let _ = unpack_layer(&blob, &out);
+        assert!(!dir.path().join("escaped").exists());
+    }
+}

@@ -1,0 +1,595 @@
+//! A small client for the OCI distribution protocol: manifests (Docker v2 and OCI, lists and
+//! indexes), blobs streamed to disk while their sha256 is checked, and the two auth schemes
+//! registries use (bearer tokens from a realm, and basic), with credentials from the Docker
+//! client config file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::RuntimeConfig;
+use crate::reference::{is_loopback_host, ImageRef, DOCKER_HUB};
+
+pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Why talking to a registry failed; the launch error mapping keeps these apart.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("image {reference} was not found on {registry} (check the repository name and tag)")]
+    NotFound { reference: String, registry: String },
+    #[error("registry {registry} refused the credentials for {reference} (check `docker login {registry}` / ~/.docker/config.json)")]
+    AuthFailed { reference: String, registry: String },
+    #[error("registry {registry} is unreachable: {cause} (check the address, network and runtime.mirrors / runtime.insecure_registries)")]
+    Unreachable { registry: String, cause: String },
+    #[error("registry {registry} sent something unusable for {reference}: {cause}")]
+    Protocol {
+        reference: String,
+        registry: String,
+        cause: String,
+    },
+    #[error("image {reference} has no linux/amd64 variant (platforms offered: {offered})")]
+    NoPlatform { reference: String, offered: String },
+    #[error("writing to the image store failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Deserialize)]
+struct DockerConfigFile {
+    #[serde(default)]
+    auths: HashMap<String, DockerAuthEntry>,
+}
+
+#[derive(Deserialize)]
+struct DockerAuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// user/password pairs keyed by registry host.
+#[derive(Default, Clone)]
+pub struct Credentials(HashMap<String, (String, String)>);
+
+impl Credentials {
+    /// Reads `config.json` in the Docker client config format. A missing file means anonymous.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let file: DockerConfigFile = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not a Docker config file: {e}", path.display()))?;
+        let mut out = HashMap::new();
+        for (key, entry) in file.auths {
+            let host = normalise_auth_key(&key);
+            let pair = match (entry.username, entry.password, entry.auth) {
+                (Some(u), Some(p), _) => Some((u, p)),
+                (_, _, Some(a)) => base64::engine::general_purpose::STANDARD
+                    .decode(a.trim())
+                    .ok()
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .and_then(|s| {
+                        s.split_once(':')
+                            .map(|(u, p)| (u.to_string(), p.to_string()))
+                    }),
+                _ => None,
+            };
+            if let Some(pair) = pair {
+                out.insert(host, pair);
+            }
+        }
+        Ok(Self(out))
+    }
+
+    fn get(&self, registry: &str) -> Option<&(String, String)> {
+        self.0.get(registry)
+    }
+}
+
+/// `https://index.docker.io/v1/` → `docker.io`; `https://host:5000` → `host:5000`.
+fn normalise_auth_key(key: &str) -> String {
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let k = k.split('/').next().unwrap_or(k);
+    match k {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => DOCKER_HUB.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A fetched manifest: raw bytes (their digest is what identifies the image), media type, digest.
+pub struct RawManifest {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    pub digest: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestDoc {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    pub config: Option<Descriptor>,
+    #[serde(default)]
+    pub layers: Option<Vec<Descriptor>>,
+}
+
+/// One place a repository can be fetched from: a base URL plus the repository path there.
+#[derive(Clone, Debug)]
+struct Endpoint {
+    host: String,
+    base: String,
+}
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    creds: Credentials,
+    mirrors: HashMap<String, Vec<String>>,
+    insecure: Vec<String>,
+    tokens: Mutex<HashMap<(String, String), String>>,
+}
+
+impl RegistryClient {
+    pub fn new(config: &RuntimeConfig, creds: Credentials) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("nimbus/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            creds,
+            mirrors: config.mirrors.clone().into_iter().collect(),
+            insecure: config.insecure_registries.clone(),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn scheme_for(&self, host: &str) -> &'static str {
+        if is_loopback_host(host) || self.insecure.iter().any(|h| h == host) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    /// Mirrors configured for the registry first, then the registry itself.
+    fn endpoints(&self, r: &ImageRef) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        for m in self.mirrors.get(&r.registry).into_iter().flatten() {
+            let host = m
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            let scheme = if m.starts_with("http://") {
+                "http"
+            } else {
+                self.scheme_for(host)
+            };
+            out.push(Endpoint {
+                host: host.to_string(),
+                base: format!("{scheme}://{host}"),
+            });
+        }
+        let host = r.api_host().to_string();
+        let scheme = self.scheme_for(&r.registry);
+        out.push(Endpoint {
+            base: format!("{scheme}://{host}"),
+            host: r.registry.clone(),
+        });
+        out
+    }
+
+    /// GET with the auth dance: on 401, obtain a bearer token (or use basic) and retry once.
+    async fn get(
+        &self,
+        ep: &Endpoint,
+        r: &ImageRef,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let unreachable = |e: reqwest::Error| RegistryError::Unreachable {
+            registry: ep.host.clone(),
+            cause: error_chain(&e),
+        };
+        let key = (ep.base.clone(), r.repository.clone());
+        let cached = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
+        let build = |auth: Option<&str>| {
+            let mut req = self.http.get(url);
+            if let Some(a) = accept {
+                req = req.header(reqwest::header::ACCEPT, a);
+            }
+            if let Some(a) = auth {
+                req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            req
+        };
+        let resp = build(cached.as_deref()).send().await.map_err(unreachable)?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let creds = self
+            .creds
+            .get(&ep.host)
+            .or_else(|| self.creds.get(&r.registry))
+            .cloned();
+        let auth = if challenge.to_ascii_lowercase().starts_with("bearer") {
+            let params = parse_challenge(&challenge);
+            let realm = params.get("realm").ok_or_else(|| RegistryError::Protocol {
+                reference: r.to_string(),
+                registry: ep.host.clone(),
+                cause: "bearer challenge without a realm".into(),
+            })?;
+            let mut treq = self.http.get(realm.as_str());
+            let mut q: Vec<(&str, String)> = Vec::new();
+            if let Some(s) = params.get("service") {
+                q.push(("service", s.clone()));
+            }
+            q.push((
+                "scope",
+                params
+                    .get("scope")
+                    .cloned()
+                    .unwrap_or_else(|| format!("repository:{}:pull", r.repository)),
+            ));
+            treq = treq.query(&q);
+            if let Some((u, p)) = &creds {
+                treq = treq.basic_auth(u, Some(p));
+            }
+            let tresp = treq.send().await.map_err(unreachable)?;
+            if tresp.status() == reqwest::StatusCode::UNAUTHORIZED
+                || tresp.status() == reqwest::StatusCode::FORBIDDEN
+            {
+                return Err(RegistryError::AuthFailed {
+                    reference: r.to_string(),
+                    registry: ep.host.clone(),
+                });
+            }
+            #[derive(Deserialize)]
+            struct Tok {
+                token: Option<String>,
+                access_token: Option<String>,
+            }
+            let tok: Tok = tresp.json().await.map_err(|e| RegistryError::Protocol {
+                reference: r.to_string(),
+                registry: ep.host.clone(),
+                cause: format!("token endpoint answer: {e}"),
+            })?;
+            let t = tok
+                .token
+                .or(tok.access_token)
+                .ok_or_else(|| RegistryError::Protocol {
+                    reference: r.to_string(),
+                    registry: ep.host.clone(),
+                    cause: "token endpoint returned no token".into(),
+                })?;
+            format!("Bearer {t}")
+        } else {
+            let Some((u, p)) = &creds else {
+                return Err(RegistryError::AuthFailed {
+                    reference: r.to_string(),
+                    registry: ep.host.clone(),
+                });
+            };
+            let raw = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            format!("Basic {raw}")
+        };
+        let resp = build(Some(&auth)).send().await.map_err(unreachable)?;
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+            || resp.status() == reqwest::StatusCode::FORBIDDEN
+        {
+            return Err(RegistryError::AuthFailed {
+                reference: r.to_string(),
+                registry: ep.host.clone(),
+            });
+        }
+        if let Ok(mut t) = self.tokens.lock() {
+            t.insert(key, auth);
+        }
+        Ok(resp)
+    }
+
+    /// Tries each endpoint in turn; "not found" and unreachable fall through to the next one,
+    /// auth failures stop (a mirror that wants credentials is a configuration problem to report).
+    async fn get_any(
+        &self,
+        r: &ImageRef,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut last = None;
+        for ep in self.endpoints(r) {
+            let url = format!("{}/v2/{}/{}", ep.base, r.repository, path);
+            match self.get(&ep, r, &url, accept).await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                    last = Some(RegistryError::NotFound {
+                        reference: r.to_string(),
+                        registry: ep.host.clone(),
+                    });
+                }
+                Ok(resp) => {
+                    last = Some(RegistryError::Protocol {
+                        reference: r.to_string(),
+                        registry: ep.host.clone(),
+                        cause: format!("GET {url} answered {}", resp.status()),
+                    });
+                }
+                Err(e @ RegistryError::AuthFailed { .. }) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| RegistryError::Unreachable {
+            registry: r.registry.clone(),
+            cause: "no endpoint configured".into(),
+        }))
+    }
+
+    pub async fn manifest(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+    ) -> Result<RawManifest, RegistryError> {
+        let accept = [
+            MT_OCI_INDEX,
+            MT_OCI_MANIFEST,
+            MT_DOCKER_LIST,
+            MT_DOCKER_MANIFEST,
+        ]
+        .join(", ");
+        let resp = self
+            .get_any(r, &format!("manifests/{reference}"), Some(&accept))
+            .await?;
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let proto = |cause: String| RegistryError::Protocol {
+            reference: r.to_string(),
+            registry: r.registry.clone(),
+            cause,
+        };
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| proto(format!("reading manifest: {e}")))?
+            .to_vec();
+        if bytes.len() > 4 << 20 {
+            return Err(proto("manifest larger than 4 MiB".into()));
+        }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if reference.starts_with("sha256:") && reference != digest {
+            return Err(proto(format!(
+                "manifest digest {digest} does not match the requested {reference}"
+            )));
+        }
+        Ok(RawManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Streams a blob into `dest` (via a temp file in the same dir), checking its digest;
+    /// `progress` gets the number of bytes written so far.
+    pub async fn fetch_blob(
+        &self,
+        r: &ImageRef,
+        digest: &str,
+        dest: &Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), RegistryError> {
+        let mut resp = self.get_any(r, &format!("blobs/{digest}"), None).await?;
+        let tmp = tmp_path(dest);
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut hasher = Sha256::new();
+        let mut done = 0u64;
+        let result: Result<(), RegistryError> = async {
+            while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Unreachable {
+                registry: r.registry.clone(),
+                cause: format!("download of {digest} broke off: {}", error_chain(&e)),
+            })? {
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+                done += chunk.len() as u64;
+                progress(done);
+            }
+            file.flush().await?;
+            file.sync_all().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if got != digest {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(RegistryError::Protocol {
+                reference: r.to_string(),
+                registry: r.registry.clone(),
+                cause: format!("blob {digest} arrived with digest {got}"),
+            });
+        }
+        tokio::fs::rename(&tmp, dest).await?;
+        Ok(())
+    }
+}
+
+pub fn tmp_path(dest: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("blob");
+    dest.with_file_name(format!(".tmp-{name}-{}-{n}", std::process::id()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// `Bearer realm="https://auth",service="reg",scope="repository:x:pull"` → map.
+fn parse_challenge(h: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let rest = h.split_once(' ').map(|(_, r)| r).unwrap_or("");
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c == '"' {
+                    break;
+                }
+                val.push(c);
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                val.push(*c);
+                chars.next();
+            }
+        }
+        out.insert(key.trim().to_ascii_lowercase(), val);
+    }
+    out
+}
+
+/// Picks linux/amd64 from an index or manifest list.
+pub fn pick_platform<'a>(
+    r: &ImageRef,
+    manifests: &'a [Descriptor],
+) -> Result<&'a Descriptor, RegistryError> {
+    manifests
+        .iter()
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
+        .ok_or_else(|| RegistryError::NoPlatform {
+            reference: r.to_string(),
+            offered: manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(|p| match &p.variant {
+                    Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                    None => format!("{}/{}", p.os, p.architecture),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse_into_parameters() {
+        let p = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
+        );
+        assert_eq!(p["realm"], "https://auth.docker.io/token");
+        assert_eq!(p["service"], "registry.docker.io");
+        assert_eq!(p["scope"], "repository:library/alpine:pull");
+    }
+
+    #[test]
+    fn docker_config_keys_normalise_to_registry_hosts() {
+        assert_eq!(
+            normalise_auth_key("https://index.docker.io/v1/"),
+            "docker.io"
+        );
+        assert_eq!(normalise_auth_key("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(
+            normalise_auth_key("http://reg.local:5000/"),
+            "reg.local:5000"
+        );
+    }
+
+    #[test]
+    fn docker_config_auth_field_is_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+        std::fs::write(
+            &p,
+            format!(r#"{{"auths":{{"127.0.0.1:5000":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        let c = Credentials::load(&p).unwrap();
+        assert_eq!(
+            c.get("127.0.0.1:5000"),
+            Some(&("alice".to_string(), "s3cret".to_string()))
+        );
+        assert!(Credentials::load(&dir.path().join("missing.json"))
+            .unwrap()
+            .0
+            .is_empty());
+    }
+}

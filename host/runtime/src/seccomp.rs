@@ -1,0 +1,181 @@
+//! The seccomp filter every sandbox gets: moby's default profile converted to OCI
+//! `linux.seccomp` for x86_64 and Nimbus's capability set, with `io_uring_*` removed (a large
+//! kernel attack surface most workloads never need). The converted profile lives in the tree
+//! (`seccomp/default.json`) so a reviewer sees exactly what is enforced; a test regenerates it
+//! from the Debian copy of moby's profile and fails if the two disagree.
+
+use serde_json::{json, Value};
+
+/// Capabilities a sandbox process keeps (bounding, effective, permitted). Everything else —
+/// notably NET_RAW, SYS_ADMIN, SYS_PTRACE, MKNOD, SYS_CHROOT — is dropped.
+pub const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+];
+
+/// The in-tree converted profile.
+pub const PROFILE_JSON: &str = include_str!("../seccomp/default.json");
+
+/// Where Debian's `golang-github-docker-docker-dev` puts moby's profile.
+pub const MOBY_PROFILE_PATH: &str =
+    "/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json";
+
+const ARCH_NAMES: &[&str] = &["amd64", "x86_64"];
+
+/// Converts a moby profile to OCI `linux.seccomp` JSON: keeps the rules whose `includes`
+/// (arches, caps) match x86_64 and `caps`, drops those whose `excludes` match, removes
+/// `io_uring_*`, and carries `args` and `errnoRet` over.
+pub fn convert_moby(moby: &Value, caps: &[&str]) -> Result<Value, String> {
+    let default_action = moby["defaultAction"]
+        .as_str()
+        .ok_or("defaultAction missing")?;
+    let architectures: Vec<Value> = moby["archMap"]
+        .as_array()
+        .ok_or("archMap missing")?
+        .iter()
+        .filter(|a| a["architecture"] == "SCMP_ARCH_X86_64")
+        .flat_map(|a| {
+            std::iter::once(a["architecture"].clone()).chain(
+                a["subArchitectures"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let arch_match = |v: &Value| {
+        v.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|a| a.as_str().is_some_and(|a| ARCH_NAMES.contains(&a)))
+        })
+    };
+    let caps_all = |v: &Value| {
+        v.as_array().is_some_and(|l| {
+            l.iter()
+                .all(|c| c.as_str().is_some_and(|c| caps.contains(&c)))
+        })
+    };
+    let caps_any = |v: &Value| {
+        v.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|c| c.as_str().is_some_and(|c| caps.contains(&c)))
+        })
+    };
+    let mut syscalls = Vec::new();
+    for rule in moby["syscalls"].as_array().ok_or("syscalls missing")? {
+        let inc = &rule["includes"];
+        let exc = &rule["excludes"];
+        if !inc["arches"].is_null() && !arch_match(&inc["arches"]) {
+            continue;
+        }
+        if !inc["caps"].is_null() && !caps_all(&inc["caps"]) {
+            continue;
+        }
+        if !exc["arches"].is_null() && arch_match(&exc["arches"]) {
+            continue;
+        }
+        if !exc["caps"].is_null() && caps_any(&exc["caps"]) {
+            continue;
+        }
+        let names: Vec<Value> = rule["names"]
+            .as_array()
+            .ok_or("rule without names")?
+            .iter()
+            .filter(|n| n.as_str().is_some_and(|n| !n.starts_with("io_uring")))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let mut out = json!({ "names": names, "action": rule["action"] });
+        if let Some(args) = rule["args"].as_array().filter(|a| !a.is_empty()) {
+            let args: Vec<Value> = args
+                .iter()
+                .map(|a| {
+                    let mut m = json!({ "index": a["index"], "value": a["value"], "op": a["op"] });
+                    if !a["valueTwo"].is_null() {
+                        m["valueTwo"] = a["valueTwo"].clone();
+                    }
+                    m
+                })
+                .collect();
+            out["args"] = Value::Array(args);
+        }
+        if let Some(e) = rule["errnoRet"].as_u64() {
+            out["errnoRet"] = json!(e);
+        }
+        syscalls.push(out);
+    }
+    let mut profile = json!({
+        "defaultAction": default_action,
+        "architectures": architectures,
+        "syscalls": syscalls,
+    });
+    // The runtime's default errno for SCMP_ACT_ERRNO is EPERM; say so explicitly.
+    profile["defaultErrnoRet"] = moby
+        .get("defaultErrnoRet")
+        .cloned()
+        .filter(|v| !v.is_null())
+        .unwrap_or(json!(1));
+    Ok(profile)
+}
+
+/// The in-tree profile as the OCI type.
+pub fn profile() -> Result<oci_spec::runtime::LinuxSeccomp, String> {
+    serde_json::from_str(PROFILE_JSON)
+        .map_err(|e| format!("the built-in seccomp profile does not parse: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_tree_profile_parses_and_has_no_io_uring() {
+        let p = profile().unwrap();
+        let names: Vec<&String> = p
+            .syscalls()
+            .iter()
+            .flatten()
+            .flat_map(|s| s.names())
+            .collect();
+        assert!(names.iter().any(|n| *n == "read"));
+        assert!(!names.iter().any(|n| n.starts_with("io_uring")));
+        // Capability-gated syscalls for capabilities sandboxes do not hold stay forbidden.
+        for forbidden in ["unshare", "mount", "pivot_root", "setns", "bpf"] {
+            assert!(
+                !names.iter().any(|n| *n == forbidden),
+                "{forbidden} must not be allowed"
+            );
+        }
+    }
+
+    #[test]
+    fn in_tree_profile_matches_moby_default_converted() {
+        let text = std::fs::read_to_string(MOBY_PROFILE_PATH).unwrap_or_else(|e| {
+            panic!("cannot read {MOBY_PROFILE_PATH} ({e}); install golang-github-docker-docker-dev (tests/setup-host.sh)")
+        });
+        let moby: Value = serde_json::from_str(&text).unwrap();
+        let converted = convert_moby(&moby, CAPABILITIES).unwrap();
+        let rendered = serde_json::to_string_pretty(&converted).unwrap() + "\n";
+        if std::env::var_os("NIMBUS_REGENERATE_SECCOMP").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/seccomp/default.json"),
+                &rendered,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            serde_json::from_str::<Value>(PROFILE_JSON).unwrap(),
+            converted,
+            "seccomp/default.json is stale: rerun with NIMBUS_REGENERATE_SECCOMP=1"
+        );
+    }
+}
