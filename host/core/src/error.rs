@@ -20,10 +20,11 @@ pub enum ErrorCode {
     NotSupported,
     RuntimeUnavailable,
     Internal,
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::PermissionDenied,
@@ -36,6 +37,7 @@ impl ErrorCode {
         ErrorCode::NotSupported,
         ErrorCode::RuntimeUnavailable,
         ErrorCode::Internal,
+        ErrorCode::MethodNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::NotSupported => "op.not_supported",
             ErrorCode::RuntimeUnavailable => "runtime.unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::MethodNotAllowed => "request.method_not_allowed",
         }
     }
 
@@ -67,6 +70,7 @@ impl ErrorCode {
             ErrorCode::NotSupported => 501,
             ErrorCode::RuntimeUnavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::MethodNotAllowed => 405,
         }
     }
 }

@@ -1,13 +1,21 @@
 //! `nimbus`: the server and its command line. This file only parses arguments and dispatches;
 //! each subcommand lives in its own module and the logic in the library crates.
 
+mod admin_cmd;
+mod bootstrap;
+mod config;
 mod doctor_cmd;
 mod plugin_cmd;
+mod serve_cmd;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "nimbus", version, about = "Nimbus: sandboxes, services and sessions on your own Linux host")]
+#[command(
+    name = "nimbus",
+    version,
+    about = "Nimbus: sandboxes, services and sessions on your own Linux host"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server.
+    Serve(serve_cmd::ServeArgs),
+    /// Manage tenants.
+    Tenant(admin_cmd::TenantArgs),
+    /// Manage credentials (tokens, API keys, workload identity tokens).
+    Credential(admin_cmd::CredentialArgs),
     /// Check that this host can run sandboxes, and say exactly what to fix.
     Doctor(doctor_cmd::DoctorArgs),
     /// Manage the WebAssembly plugin store.
@@ -23,7 +37,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nimbus: cannot start the async runtime: {e}");
@@ -32,6 +50,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => serve_cmd::run(args).await,
+            Command::Tenant(args) => admin_cmd::run_tenant(args).await,
+            Command::Credential(args) => admin_cmd::run_credential(args).await,
             Command::Doctor(args) => doctor_cmd::run(args).await,
             Command::Plugin(args) => plugin_cmd::run(args).await,
         }
@@ -43,4 +64,14 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr; `RUST_LOG` (e.g. `nimbus=debug`) overrides the default `info`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

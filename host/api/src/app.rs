@@ -1,0 +1,181 @@
+//! Shared state of the API and the steps every handler takes: authenticate (extractor),
+//! authorize (before any existence check), audit.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use chrono::Utc;
+use nimbus_core::authz::{Authorizer, AuthzRequest, Principal, ResourceKind, ResourceRef};
+use nimbus_core::names::Name;
+use nimbus_core::resource::AuditEvent;
+use nimbus_core::Error;
+use nimbus_store::Store;
+
+use crate::auth::{authenticate, presented, WorkloadSigner};
+use crate::error::ApiError;
+
+pub struct App {
+    pub store: Store,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub signer: WorkloadSigner,
+    /// Wakes the session reaper when a session is opened (its expiry may be the earliest).
+    pub reaper_wake: tokio::sync::Notify,
+}
+
+pub type SharedApp = Arc<App>;
+
+impl App {
+    /// Asks the authorizer; a denial is audited and becomes `auth.permission_denied`.
+    /// This runs before the target is looked up, so a denial never reveals whether it exists.
+    pub async fn authorize(
+        &self,
+        principal: &Principal,
+        action: &str,
+        tenant: &Name,
+        kind: ResourceKind,
+        name: Option<&str>,
+        context: Vec<(String, String)>,
+    ) -> Result<(), Error> {
+        let request = AuthzRequest {
+            principal: principal.clone(),
+            action: action.to_string(),
+            resource: ResourceRef {
+                tenant_id: tenant.to_string(),
+                kind,
+                name: name.map(str::to_string),
+            },
+            context,
+        };
+        let decision = self.authorizer.authorize(&request);
+        if decision.allow {
+            return Ok(());
+        }
+        let reason = decision
+            .reasons
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "the policy denied the request".into());
+        tracing::info!(actor = %principal.id, action, tenant = %tenant, reason, "denied");
+        let target = target_of(kind, name);
+        self.audit_best_effort(self.event(principal, tenant, action, &target, "deny", &reason))
+            .await;
+        Err(Error::permission_denied(action, &reason))
+    }
+
+    /// Tenant isolation that needs no policy: a credential of another tenant is refused before
+    /// anything about the target is read. Used ahead of lookups whose full authorization needs
+    /// facts from the target itself (e.g. a session's opener).
+    pub async fn require_same_tenant(
+        &self,
+        principal: &Principal,
+        action: &str,
+        tenant: &Name,
+        kind: ResourceKind,
+        name: Option<&str>,
+    ) -> Result<(), Error> {
+        if principal.tenant_id == tenant.as_str()
+            || principal.grants.iter().any(|g| g == "server:admin")
+        {
+            return Ok(());
+        }
+        let reason = format!(
+            "credential belongs to tenant {:?}, not {:?}",
+            principal.tenant_id,
+            tenant.as_str()
+        );
+        let target = target_of(kind, name);
+        self.audit_best_effort(self.event(principal, tenant, action, &target, "deny", &reason))
+            .await;
+        Err(Error::permission_denied(action, &reason))
+    }
+
+    /// After authorization: the tenant in the path must exist.
+    pub async fn require_tenant(&self, tenant: &Name) -> Result<(), Error> {
+        match self.store.get_tenant(tenant).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found("tenant", tenant.as_str())),
+        }
+    }
+
+    pub fn event(
+        &self,
+        principal: &Principal,
+        tenant: &Name,
+        action: &str,
+        target: &str,
+        decision: &str,
+        reason: &str,
+    ) -> AuditEvent {
+        AuditEvent {
+            tenant_id: tenant.to_string(),
+            time: Utc::now(),
+            actor: principal.id.clone(),
+            action: action.to_string(),
+            target: target.to_string(),
+            decision: decision.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Records an audit event outside a write (reads, denials). A failure is logged: the
+    /// caller's outcome does not change because the audit log could not be written.
+    pub async fn audit_best_effort(&self, event: AuditEvent) {
+        if let Err(e) = self.store.record_audit(&event).await {
+            tracing::error!(error = %e, action = event.action, "could not record an audit event");
+        }
+    }
+}
+
+pub fn target_of(kind: ResourceKind, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("{}/{n}", kind.as_str()),
+        None => kind.as_str().to_string(),
+    }
+}
+
+/// Parses the `{tenantId}` path segment.
+pub fn tenant_name(raw: &str) -> Result<Name, Error> {
+    Name::parse("tenantId", raw)
+}
+
+/// The authenticated caller. Failing to authenticate is audited against the tenant named in
+/// the path (when it is a valid name) and answered with `auth.unauthenticated`.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<SharedApp> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &SharedApp,
+    ) -> Result<Self, Self::Rejection> {
+        let result = match presented(&parts.headers) {
+            Ok(p) => authenticate(&app.store, &app.signer, p, Utc::now()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(principal) => Ok(Caller(principal)),
+            Err(e) => {
+                let path = parts.uri.path();
+                let tenant = path
+                    .strip_prefix("/v1/tenants/")
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(|t| Name::parse("tenantId", t).ok());
+                if let Some(tenant) = tenant {
+                    app.audit_best_effort(AuditEvent {
+                        tenant_id: tenant.to_string(),
+                        time: Utc::now(),
+                        actor: "anonymous".into(),
+                        action: format!("{} {}", parts.method, path),
+                        target: path.to_string(),
+                        decision: "deny".into(),
+                        reason: e.message.clone(),
+                    })
+                    .await;
+                }
+                Err(ApiError(e))
+            }
+        }
+    }
+}

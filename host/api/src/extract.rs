@@ -1,0 +1,223 @@
+//! Request parsing at the edge: JSON bodies with a size limit and field-named errors, and
+//! query strings with known keys only.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use nimbus_core::Error;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The largest request body accepted. Sandbox specs with large environments fit well within it.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A JSON body parsed into `T` (which rejects unknown fields). Errors name the field.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
+        // The body must parse as JSON whatever Content-Type says (curl's default is a form type).
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| Error::invalid_argument("", format!("the request body is larger than {MAX_BODY_BYTES} bytes or could not be read")))?;
+        parse_json(&bytes).map(JsonBody).map_err(ApiError)
+    }
+}
+
+/// Parses JSON into `T`, naming the offending field (`spec.process.argv[0]`) on error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::invalid_argument(
+            "",
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let mut field = if path == "." { String::new() } else { path };
+        let inner = e.into_inner();
+        // serde reports a missing field at its parent; name the field itself.
+        let text = inner.to_string();
+        if let Some(missing) = text
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            field = if field.is_empty() {
+                missing.to_string()
+            } else {
+                format!("{field}.{missing}")
+            };
+        }
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("malformed JSON: {inner}")
+        } else {
+            // serde's own text, without its line/column suffix for data errors.
+            let text = inner.to_string();
+            match text.rfind(" at line ") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            }
+        };
+        Error::invalid_argument(&field, message)
+    })
+}
+
+/// A query string as known key/value pairs. Unknown keys are rejected so typos are noticed.
+pub struct QueryParams(HashMap<String, String>);
+
+impl QueryParams {
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<QueryParams, Error> {
+        let mut map = HashMap::new();
+        for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = percent_decode(k).map_err(|why| Error::invalid_argument(k, why))?;
+            let v = percent_decode(v).map_err(|why| Error::invalid_argument(&k, why))?;
+            if !allowed.contains(&k.as_str()) {
+                return Err(Error::invalid_argument(
+                    &k,
+                    format!(
+                        "unknown query parameter; this call accepts {}",
+                        if allowed.is_empty() {
+                            "none".to_string()
+                        } else {
+                            allowed.join(", ")
+                        }
+                    ),
+                ));
+            }
+            if map.insert(k.clone(), v).is_some() {
+                return Err(Error::invalid_argument(&k, "given more than once"));
+            }
+        }
+        Ok(QueryParams(map))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn u32(&self, key: &str, min: u32, max: u32) -> Result<Option<u32>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .map(Some)
+                .ok_or_else(|| {
+                    Error::invalid_argument(
+                        key,
+                        format!("{v:?} must be a whole number from {min} to {max}"),
+                    )
+                }),
+        }
+    }
+
+    pub fn i64(&self, key: &str) -> Result<Option<i64>, Error> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| Error::invalid_argument(key, format!("{v:?} must be a whole number"))),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<bool, Error> {
+        match self.get(key) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(v) => Err(Error::invalid_argument(
+                key,
+                format!("{v:?} must be true or false"),
+            )),
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => out.push(b),
+                    None => return Err("has a malformed percent escape".into()),
+                }
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "is not valid UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        inner: Inner,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        count: u32,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<Body>(br#"{"name": "a", "inner": {"count": "x"}}"#).unwrap_err();
+        assert_eq!(e.details["field"], "inner.count");
+        let e =
+            parse_json::<Body>(br#"{"name": "a", "inner": {"count": 1}, "extra": 1}"#).unwrap_err();
+        assert!(e.message.contains("extra"), "{}", e.message);
+        let e = parse_json::<Body>(br#"{"name": "a", "inner": {}}"#).unwrap_err();
+        assert_eq!(e.details["field"], "inner.count");
+        let e = parse_json::<Body>(b"{not json").unwrap_err();
+        assert!(e.message.starts_with("malformed JSON"));
+    }
+
+    #[test]
+    fn unknown_query_parameters_are_rejected() {
+        assert!(QueryParams::parse(Some("limit=5&pageToken=x"), &["limit", "pageToken"]).is_ok());
+        let e = QueryParams::parse(Some("limt=5"), &["limit"])
+            .err()
+            .unwrap();
+        assert_eq!(e.details["field"], "limt");
+        let q = QueryParams::parse(Some("limit=0"), &["limit"])
+            .ok()
+            .unwrap();
+        assert!(q.u32("limit", 1, 1000).is_err());
+        let q = QueryParams::parse(Some("labelValue=a%20b"), &["labelValue"])
+            .ok()
+            .unwrap();
+        assert_eq!(q.get("labelValue"), Some("a b"));
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per collection; handlers are extract → authorize → one store call → render.
+
+pub mod admin;
+pub mod sandboxes;
+pub mod services;
+pub mod sessions;

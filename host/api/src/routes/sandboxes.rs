@@ -1,0 +1,261 @@
+//! `/v1/tenants/{t}/sandboxes`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use nimbus_core::authz::{actions, ResourceKind};
+use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
+use nimbus_core::names::SandboxId;
+use nimbus_core::resource::{set_condition, ConditionStatus, Meta, Readiness, SandboxRecord};
+use nimbus_core::spec::{validate_labels, Labels, Owner, Profile, SandboxSpec};
+use nimbus_core::Error;
+use nimbus_store::SandboxFilter;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::app::{tenant_name, Caller, SharedApp};
+use crate::error::ApiResult;
+use crate::extract::{JsonBody, QueryParams};
+use crate::{pagination, status, wire};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSandbox {
+    profile: Profile,
+    spec: SandboxSpec,
+    #[serde(default)]
+    labels: Labels,
+}
+
+pub async fn create(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path(tenant): Path<String>,
+    JsonBody(body): JsonBody<CreateSandbox>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant = tenant_name(&tenant)?;
+    app.authorize(
+        &p,
+        actions::SANDBOXES_CREATE,
+        &tenant,
+        ResourceKind::Sandbox,
+        None,
+        vec![],
+    )
+    .await?;
+    app.require_tenant(&tenant).await?;
+    if let Owner::Service { service_name } = &body.spec.owner {
+        return Err(Error::invalid_argument(
+            "spec.owner",
+            format!("sandboxes owned by a service are created only by the service manager; start service {:?} instead, or use {{\"kind\": \"standalone\"}}", service_name.as_str()),
+        )
+        .into());
+    }
+    body.spec.validate("spec")?;
+    validate_labels("labels", &body.labels)?;
+    let now = Utc::now();
+    let id = SandboxId::generate();
+    let meta = Meta::new(tenant.clone(), body.labels, now);
+    let mut record = SandboxRecord {
+        status: status::pending_sandbox_status(
+            meta.generation,
+            now,
+            "DriverUnavailable",
+            "no sandbox driver is running in this server; the sandbox is recorded and waits for one",
+        ),
+        id: id.clone(),
+        profile: body.profile,
+        meta,
+        spec: body.spec,
+    };
+    let audit = app.event(
+        &p,
+        &tenant,
+        actions::SANDBOXES_CREATE,
+        &format!("sandbox/{id}"),
+        "allow",
+        "",
+    );
+    app.store.create_sandbox(&mut record, &audit).await?;
+    Ok((StatusCode::CREATED, Json(wire::sandbox(&record))))
+}
+
+fn parse_id(raw: &str) -> Result<SandboxId, Error> {
+    SandboxId::parse("id", raw)
+}
+
+pub async fn get(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    app.authorize(
+        &p,
+        actions::SANDBOXES_GET,
+        &tenant,
+        ResourceKind::Sandbox,
+        Some(&id),
+        vec![],
+    )
+    .await?;
+    let id = parse_id(&id)?;
+    let record = app
+        .store
+        .get_sandbox(&tenant, id.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("sandbox", id.as_str()))?;
+    Ok(Json(wire::sandbox(&record)))
+}
+
+pub async fn list(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path(tenant): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    let q = QueryParams::parse(
+        q.as_deref(),
+        &["labelKey", "labelValue", "state", "limit", "pageToken"],
+    )?;
+    app.authorize(
+        &p,
+        actions::SANDBOXES_LIST,
+        &tenant,
+        ResourceKind::Sandbox,
+        None,
+        vec![],
+    )
+    .await?;
+    app.require_tenant(&tenant).await?;
+    let state = match q.get("state") {
+        None => None,
+        Some(s) => Some(SandboxState::parse(s).ok_or_else(|| {
+            Error::invalid_argument(
+                "state",
+                format!("{s:?} is not one of pending, creating, ready, stopping, stopped, failed"),
+            )
+        })?),
+    };
+    if q.get("labelValue").is_some() && q.get("labelKey").is_none() {
+        return Err(Error::invalid_argument("labelValue", "needs labelKey too").into());
+    }
+    let filter = SandboxFilter {
+        label_key: q.get("labelKey").map(str::to_string),
+        label_value: q.get("labelValue").map(str::to_string),
+        state,
+    };
+    let after = pagination::decode(q.get("pageToken"), "sandboxes", &tenant)?;
+    let limit = nimbus_store::page_size(q.u32("limit", 1, 1000)?);
+    let page = app
+        .store
+        .list_sandboxes(&tenant, &filter, after.as_deref(), limit)
+        .await?;
+    let next = page
+        .next_after
+        .map(|a| pagination::encode("sandboxes", &tenant, &a));
+    Ok(Json(wire::list(
+        page.items.iter().map(wire::sandbox).collect(),
+        next,
+    )))
+}
+
+pub async fn stop(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant = tenant_name(&tenant)?;
+    app.authorize(
+        &p,
+        actions::SANDBOXES_STOP,
+        &tenant,
+        ResourceKind::Sandbox,
+        Some(&id),
+        vec![],
+    )
+    .await?;
+    let id = parse_id(&id)?;
+    let audit = app.event(
+        &p,
+        &tenant,
+        actions::SANDBOXES_STOP,
+        &format!("sandbox/{id}"),
+        "allow",
+        "",
+    );
+    let record = app
+        .store
+        .update_sandbox(
+            &tenant,
+            id.as_str(),
+            |r| {
+                let next = r
+                    .status
+                    .lifecycle_state
+                    .on(SandboxEvent::StopRequested)
+                    .map_err(|t| {
+                        Error::invalid_transition(
+                            "sandbox",
+                            id.as_str(),
+                            t.from,
+                            format!("sandbox {id} cannot be stopped while {}", t.from),
+                        )
+                    })?;
+                if next != r.status.lifecycle_state {
+                    let now = Utc::now();
+                    r.status.lifecycle_state = next;
+                    r.status.readiness = Readiness::NotReady;
+                    r.meta.updated_at = now;
+                    if next == SandboxState::Stopped {
+                        set_condition(
+                            &mut r.status.conditions,
+                            "Ready",
+                            ConditionStatus::False,
+                            "Stopped",
+                            "stopped before it was launched",
+                            now,
+                            r.meta.generation,
+                        );
+                    }
+                }
+                Ok(())
+            },
+            Some(&audit),
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(wire::sandbox(&record))))
+}
+
+pub async fn delete(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    app.authorize(
+        &p,
+        actions::SANDBOXES_DELETE,
+        &tenant,
+        ResourceKind::Sandbox,
+        Some(&id),
+        vec![],
+    )
+    .await?;
+    let id = parse_id(&id)?;
+    let audit = app.event(
+        &p,
+        &tenant,
+        actions::SANDBOXES_DELETE,
+        &format!("sandbox/{id}"),
+        "allow",
+        "",
+    );
+    let record = app
+        .store
+        .delete_sandbox(&tenant, id.as_str(), |_| Ok(()), &audit)
+        .await?;
+    Ok(Json(wire::sandbox(&record)))
+}

@@ -1,0 +1,387 @@
+//! `/v1/tenants/{t}/services`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use nimbus_core::authz::{actions, ResourceKind};
+use nimbus_core::lifecycle::DesiredRunState;
+use nimbus_core::names::Name;
+use nimbus_core::resource::{Meta, ServiceRecord};
+use nimbus_core::spec::{validate_labels, Labels, ServiceBackend};
+use nimbus_core::Error;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::app::{tenant_name, Caller, SharedApp};
+use crate::error::ApiResult;
+use crate::extract::{JsonBody, QueryParams};
+use crate::{pagination, status, wire};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateService {
+    name: String,
+    backend: ServiceBackend,
+    #[serde(default)]
+    labels: Labels,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateService {
+    #[serde(default)]
+    backend: Option<ServiceBackend>,
+    #[serde(default)]
+    labels: Option<Labels>,
+    if_match_generation: Option<i64>,
+}
+
+pub async fn create(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path(tenant): Path<String>,
+    JsonBody(body): JsonBody<CreateService>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant = tenant_name(&tenant)?;
+    let name = Name::parse("name", &body.name)?;
+    app.authorize(
+        &p,
+        actions::SERVICES_CREATE,
+        &tenant,
+        ResourceKind::Service,
+        Some(name.as_str()),
+        vec![],
+    )
+    .await?;
+    app.require_tenant(&tenant).await?;
+    body.backend.validate("backend", &name)?;
+    validate_labels("labels", &body.labels)?;
+    let now = Utc::now();
+    let meta = Meta::new(tenant.clone(), body.labels, now);
+    let mut record = ServiceRecord {
+        status: status::service_status(
+            &body.backend,
+            DesiredRunState::Stopped,
+            meta.generation,
+            None,
+            now,
+        ),
+        name: name.clone(),
+        uid: uuid::Uuid::now_v7().to_string(),
+        meta,
+        backend: body.backend,
+    };
+    let audit = app.event(
+        &p,
+        &tenant,
+        actions::SERVICES_CREATE,
+        &format!("service/{name}"),
+        "allow",
+        "",
+    );
+    app.store.create_service(&mut record, &audit).await?;
+    Ok((StatusCode::CREATED, Json(wire::service(&record))))
+}
+
+pub async fn get(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    let name = Name::parse("name", &name)?;
+    app.authorize(
+        &p,
+        actions::SERVICES_GET,
+        &tenant,
+        ResourceKind::Service,
+        Some(name.as_str()),
+        vec![],
+    )
+    .await?;
+    let record = app
+        .store
+        .get_service(&tenant, &name)
+        .await?
+        .ok_or_else(|| Error::not_found("service", name.as_str()))?;
+    Ok(Json(wire::service(&record)))
+}
+
+pub async fn list(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path(tenant): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    let q = QueryParams::parse(q.as_deref(), &["limit", "pageToken"])?;
+    app.authorize(
+        &p,
+        actions::SERVICES_LIST,
+        &tenant,
+        ResourceKind::Service,
+        None,
+        vec![],
+    )
+    .await?;
+    app.require_tenant(&tenant).await?;
+    let after = pagination::decode(q.get("pageToken"), "services", &tenant)?;
+    let limit = nimbus_store::page_size(q.u32("limit", 1, 1000)?);
+    let page = app
+        .store
+        .list_services(&tenant, after.as_deref(), limit)
+        .await?;
+    let next = page
+        .next_after
+        .map(|a| pagination::encode("services", &tenant, &a));
+    Ok(Json(wire::list(
+        page.items.iter().map(wire::service).collect(),
+        next,
+    )))
+}
+
+pub async fn update(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, name)): Path<(String, String)>,
+    JsonBody(body): JsonBody<UpdateService>,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    let name = Name::parse("name", &name)?;
+    app.authorize(
+        &p,
+        actions::SERVICES_UPDATE,
+        &tenant,
+        ResourceKind::Service,
+        Some(name.as_str()),
+        vec![],
+    )
+    .await?;
+    let expected = body.if_match_generation.ok_or_else(|| {
+        Error::invalid_argument(
+            "ifMatchGeneration",
+            "is required: pass the generation you last read (metadata.generation)",
+        )
+    })?;
+    if let Some(b) = &body.backend {
+        b.validate("backend", &name)?;
+    }
+    if let Some(l) = &body.labels {
+        validate_labels("labels", l)?;
+    }
+    let audit = app.event(
+        &p,
+        &tenant,
+        actions::SERVICES_UPDATE,
+        &format!("service/{name}"),
+        "allow",
+        "",
+    );
+    let record = app
+        .store
+        .update_service(
+            &tenant,
+            &name,
+            Some(expected),
+            |r| {
+                let now = Utc::now();
+                if let Some(backend) = body.backend {
+                    if backend != r.backend {
+                        r.backend = backend;
+                        r.meta.generation += 1;
+                    }
+                }
+                if let Some(labels) = body.labels {
+                    r.meta.labels = labels;
+                }
+                r.meta.updated_at = now;
+                r.status = status::service_status(
+                    &r.backend,
+                    r.status.desired_state,
+                    r.meta.generation,
+                    Some(&r.status),
+                    now,
+                );
+                Ok(())
+            },
+            Some(&audit),
+        )
+        .await?;
+    Ok(Json(wire::service(&record)))
+}
+
+pub async fn delete(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    let name = Name::parse("name", &name)?;
+    let q = QueryParams::parse(q.as_deref(), &["ifMatchGeneration", "force"])?;
+    app.authorize(
+        &p,
+        actions::SERVICES_DELETE,
+        &tenant,
+        ResourceKind::Service,
+        Some(name.as_str()),
+        vec![],
+    )
+    .await?;
+    let expected = q.i64("ifMatchGeneration")?.ok_or_else(|| {
+        Error::invalid_argument(
+            "ifMatchGeneration",
+            "is required: pass ?ifMatchGeneration=<the generation you last read>",
+        )
+    })?;
+    let force = q.bool("force")?;
+    let audit = app.event(
+        &p,
+        &tenant,
+        actions::SERVICES_DELETE,
+        &format!("service/{name}"),
+        "allow",
+        if force { "force" } else { "" },
+    );
+    let record = app
+        .store
+        .delete_service(
+            &tenant,
+            &name,
+            expected,
+            |r| {
+                if r.is_active() && !force {
+                    return Err(Error::invalid_transition(
+                        "service",
+                        name.as_str(),
+                        r.status.desired_state.as_str(),
+                        format!(
+                            "service {:?} is started; stop it first or delete with force=true",
+                            name.as_str()
+                        ),
+                    ));
+                }
+                Ok(())
+            },
+            &audit,
+        )
+        .await?;
+    Ok(Json(wire::service(&record)))
+}
+
+async fn set_desired(
+    app: &SharedApp,
+    p: &nimbus_core::authz::Principal,
+    tenant: String,
+    name: String,
+    action: &str,
+    desired: DesiredRunState,
+    q: Option<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant = tenant_name(&tenant)?;
+    let name = Name::parse("name", &name)?;
+    // `waitUntil`/`timeoutMs` are accepted for compatibility; waiting is done by the SDKs.
+    let q = QueryParams::parse(q.as_deref(), &["waitUntil", "timeoutMs"])?;
+    if let Some(w) = q.get("waitUntil") {
+        let allowed: &[&str] = if desired == DesiredRunState::Running {
+            &["ready", "healthy"]
+        } else {
+            &["stopped"]
+        };
+        if !allowed.contains(&w) {
+            return Err(Error::invalid_argument(
+                "waitUntil",
+                format!("{w:?} is not one of {}", allowed.join(", ")),
+            )
+            .into());
+        }
+    }
+    q.u32("timeoutMs", 0, 3_600_000)?;
+    app.authorize(
+        p,
+        action,
+        &tenant,
+        ResourceKind::Service,
+        Some(name.as_str()),
+        vec![],
+    )
+    .await?;
+    let audit = app.event(p, &tenant, action, &format!("service/{name}"), "allow", "");
+    let record = app
+        .store
+        .update_service(
+            &tenant,
+            &name,
+            None,
+            |r| {
+                let now = Utc::now();
+                r.meta.updated_at = now;
+                r.status = status::service_status(
+                    &r.backend,
+                    desired,
+                    r.meta.generation,
+                    Some(&r.status),
+                    now,
+                );
+                Ok(())
+            },
+            Some(&audit),
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(wire::service(&record))))
+}
+
+pub async fn start(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    set_desired(
+        &app,
+        &p,
+        tenant,
+        name,
+        actions::SERVICES_START,
+        DesiredRunState::Running,
+        q,
+    )
+    .await
+}
+
+pub async fn stop(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    set_desired(
+        &app,
+        &p,
+        tenant,
+        name,
+        actions::SERVICES_STOP,
+        DesiredRunState::Stopped,
+        q,
+    )
+    .await
+}
+
+pub async fn restart(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    set_desired(
+        &app,
+        &p,
+        tenant,
+        name,
+        actions::SERVICES_RESTART,
+        DesiredRunState::Running,
+        q,
+    )
+    .await
+}

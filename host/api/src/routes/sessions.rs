@@ -1,0 +1,372 @@
+//! `/v1/tenants/{t}/sessions`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{Duration, Utc};
+use nimbus_core::authz::{actions, Principal, ResourceKind};
+use nimbus_core::lifecycle::{SandboxState, SessionEvent, SessionState};
+use nimbus_core::names::{Name, SessionId};
+use nimbus_core::resource::{
+    Channel, Meta, SessionRecord, SessionSpec, SessionStatus, SessionTarget, TargetSnapshot,
+};
+use nimbus_core::spec::{BuiltInProvider, ServiceBackend};
+use nimbus_core::Error;
+use nimbus_store::TargetGuard;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::app::{tenant_name, Caller, SharedApp};
+use crate::error::ApiResult;
+use crate::extract::{JsonBody, QueryParams};
+use crate::{pagination, wire};
+
+pub const DEFAULT_TTL_MS: u64 = 15 * 60 * 1000;
+pub const MAX_TTL_MS: u64 = 60 * 60 * 1000;
+pub const MIN_TTL_MS: u64 = 1000;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OpenSession {
+    target: SessionTarget,
+    #[serde(default)]
+    channels: Vec<Channel>,
+    #[serde(default)]
+    requested_ttl_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloseSession {
+    reason: String,
+}
+
+/// `(kind, name-or-id)` of a target that names exactly one thing.
+fn target_key(target: &SessionTarget) -> Result<(&'static str, String), Error> {
+    match (&target.service, &target.sandbox) {
+        (Some(s), None) => Ok(("service", s.name.to_string())),
+        (None, Some(s)) => Ok(("sandbox", s.id.to_string())),
+        _ => Err(Error::invalid_argument(
+            "target",
+            "give exactly one of {\"service\": {\"name\": …}} or {\"sandbox\": {\"id\": …}}",
+        )),
+    }
+}
+
+/// The channels a target can offer.
+fn allowed_channels(backend: &ServiceBackend) -> &'static [Channel] {
+    match backend {
+        ServiceBackend::Sandbox { .. } => &[Channel::Stdio, Channel::Files],
+        ServiceBackend::BuiltIn {
+            provider: BuiltInProvider::Browser,
+        } => &[Channel::Cdp, Channel::Page],
+        ServiceBackend::BuiltIn { .. } | ServiceBackend::External { .. } => &[],
+    }
+}
+
+fn check_channels(
+    channels: &[Channel],
+    allowed: &[Channel],
+    target_kind: &str,
+) -> Result<(), Error> {
+    for (i, c) in channels.iter().enumerate() {
+        if channels[..i].contains(c) {
+            return Err(Error::invalid_argument(
+                &format!("channels[{i}]"),
+                format!("channel {:?} is listed twice", c.as_str()),
+            ));
+        }
+        if !allowed.contains(c) {
+            let offer = if allowed.is_empty() {
+                "no channels".to_string()
+            } else {
+                allowed
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(Error::invalid_argument(
+                &format!("channels[{i}]"),
+                format!(
+                    "channel {:?} is not offered by a {target_kind} target, which offers {offer}",
+                    c.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn session_context(s: &SessionRecord) -> Vec<(String, String)> {
+    vec![
+        ("createdBy".into(), s.created_by.clone()),
+        ("targetKind".into(), s.spec.target_snapshot.kind.clone()),
+        (
+            "targetName".into(),
+            s.spec
+                .target_snapshot
+                .name
+                .clone()
+                .or_else(|| s.spec.target_snapshot.id.clone())
+                .unwrap_or_default(),
+        ),
+    ]
+}
+
+pub async fn open(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path(tenant): Path<String>,
+    JsonBody(body): JsonBody<OpenSession>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let tenant = tenant_name(&tenant)?;
+    let (kind, key) = target_key(&body.target)?;
+    let context = vec![
+        ("targetKind".to_string(), kind.to_string()),
+        ("targetName".to_string(), key.clone()),
+    ];
+    app.authorize(
+        &p,
+        actions::SESSIONS_OPEN,
+        &tenant,
+        ResourceKind::Session,
+        None,
+        context,
+    )
+    .await?;
+    app.require_tenant(&tenant).await?;
+    let ttl_requested = body.requested_ttl_ms;
+    if let Some(t) = ttl_requested {
+        if t < MIN_TTL_MS {
+            return Err(Error::invalid_argument(
+                "requestedTtlMs",
+                format!("must be at least {MIN_TTL_MS} ms"),
+            )
+            .into());
+        }
+    }
+    let (snapshot, guard) = match (&body.target.service, &body.target.sandbox) {
+        (Some(s), _) => {
+            let service = app
+                .store
+                .get_service(&tenant, &s.name)
+                .await?
+                .ok_or_else(|| Error::not_found("service", s.name.as_str()))?;
+            check_channels(
+                &body.channels,
+                allowed_channels(&service.backend),
+                &format!("{} service", service.backend.kind()),
+            )?;
+            (
+                TargetSnapshot {
+                    kind: "service".into(),
+                    name: Some(s.name.to_string()),
+                    id: None,
+                    generation: service.meta.generation,
+                    backend: service.backend.kind().into(),
+                },
+                TargetGuard::Service {
+                    name: s.name.clone(),
+                    generation: service.meta.generation,
+                },
+            )
+        }
+        (_, Some(s)) => {
+            let sandbox = app
+                .store
+                .get_sandbox(&tenant, s.id.as_str())
+                .await?
+                .ok_or_else(|| Error::not_found("sandbox", s.id.as_str()))?;
+            check_channels(&body.channels, &[Channel::Stdio, Channel::Files], "sandbox")?;
+            let state = sandbox.status.lifecycle_state;
+            if state != SandboxState::Ready {
+                return Err(Error::invalid_transition("sandbox", s.id.as_str(), state.as_str(), format!("sandbox {} is {}; sessions need a ready sandbox — wait until status.lifecycleState is \"ready\"", s.id, state.as_str())).into());
+            }
+            (
+                TargetSnapshot {
+                    kind: "sandbox".into(),
+                    name: None,
+                    id: Some(s.id.to_string()),
+                    generation: sandbox.meta.generation,
+                    backend: TargetSnapshot::sandbox_backend(sandbox.spec.backend).into(),
+                },
+                TargetGuard::Sandbox {
+                    id: s.id.to_string(),
+                },
+            )
+        }
+        (None, None) => return Err(Error::invalid_argument("target", "is empty").into()),
+    };
+    let now = Utc::now();
+    let wanted = ttl_requested.unwrap_or(DEFAULT_TTL_MS);
+    let ttl_ms = wanted.min(MAX_TTL_MS);
+    let id = SessionId::generate();
+    let mut record = SessionRecord {
+        id: id.clone(),
+        meta: Meta::new(tenant.clone(), Default::default(), now),
+        created_by: p.id.clone(),
+        spec: SessionSpec {
+            target: body.target,
+            channels: body.channels,
+            requested_ttl_ms: ttl_requested,
+            ttl_ms,
+            ttl_clamped: wanted > MAX_TTL_MS,
+            expires_at: now + Duration::milliseconds(i64::try_from(ttl_ms).unwrap_or(i64::MAX)),
+            target_snapshot: snapshot,
+        },
+        status: SessionStatus {
+            lifecycle_state: SessionState::Open,
+            close_reason: None,
+            ended_at: None,
+        },
+    };
+    let audit = app.event(
+        &p,
+        &tenant,
+        actions::SESSIONS_OPEN,
+        &format!("session/{id}"),
+        "allow",
+        &format!("target {kind}/{key}"),
+    );
+    app.store.open_session(&mut record, &guard, &audit).await?;
+    app.reaper_wake.notify_one();
+    Ok((StatusCode::CREATED, Json(wire::session(&record))))
+}
+
+/// Loads a session for `action` by `p`: tenant isolation first, then existence, then the
+/// policy with the session's facts (opener, target).
+async fn load(
+    app: &SharedApp,
+    p: &Principal,
+    tenant: &Name,
+    id: &str,
+    action: &str,
+) -> Result<SessionRecord, Error> {
+    app.require_same_tenant(p, action, tenant, ResourceKind::Session, Some(id))
+        .await?;
+    let id = SessionId::parse("id", id)?;
+    let record = app
+        .store
+        .get_session(tenant, id.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("session", id.as_str()))?;
+    app.authorize(
+        p,
+        action,
+        tenant,
+        ResourceKind::Session,
+        Some(id.as_str()),
+        session_context(&record),
+    )
+    .await?;
+    Ok(record)
+}
+
+pub async fn get(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    let mut record = load(&app, &p, &tenant, &id, actions::SESSIONS_GET).await?;
+    let now = Utc::now();
+    if record.status.lifecycle_state == SessionState::Open && record.spec.expires_at <= now {
+        // The reaper is due to expire it; do it now so a read never shows a stale "open".
+        record = crate::reaper::expire(&app, &record).await.unwrap_or(record);
+    }
+    app.audit_best_effort(app.event(
+        &p,
+        &tenant,
+        actions::SESSIONS_GET,
+        &format!("session/{}", record.id),
+        "allow",
+        "",
+    ))
+    .await;
+    Ok(Json(wire::session(&record)))
+}
+
+pub async fn list(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path(tenant): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    let q = QueryParams::parse(q.as_deref(), &["state", "limit", "pageToken"])?;
+    app.authorize(
+        &p,
+        actions::SESSIONS_LIST,
+        &tenant,
+        ResourceKind::Session,
+        None,
+        vec![],
+    )
+    .await?;
+    app.require_tenant(&tenant).await?;
+    let state = match q.get("state") {
+        None => None,
+        Some(s) => Some(SessionState::parse(s).ok_or_else(|| {
+            Error::invalid_argument(
+                "state",
+                format!("{s:?} is not one of open, closed, expired"),
+            )
+        })?),
+    };
+    let after = pagination::decode(q.get("pageToken"), "sessions", &tenant)?;
+    let limit = nimbus_store::page_size(q.u32("limit", 1, 1000)?);
+    let page = app
+        .store
+        .list_sessions(&tenant, state, after.as_deref(), limit)
+        .await?;
+    let next = page
+        .next_after
+        .map(|a| pagination::encode("sessions", &tenant, &a));
+    app.audit_best_effort(app.event(&p, &tenant, actions::SESSIONS_LIST, "session", "allow", ""))
+        .await;
+    Ok(Json(wire::list(
+        page.items.iter().map(wire::session).collect(),
+        next,
+    )))
+}
+
+pub async fn close(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<CloseSession>,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant_name(&tenant)?;
+    let record = load(&app, &p, &tenant, &id, actions::SESSIONS_CLOSE).await?;
+    if body.reason.trim().is_empty()
+        || body.reason.chars().count() > 1024
+        || body.reason.chars().any(char::is_control)
+    {
+        return Err(Error::invalid_argument(
+            "reason",
+            "must be 1-1024 characters with no control characters",
+        )
+        .into());
+    }
+    let audit = app.event(
+        &p,
+        &tenant,
+        actions::SESSIONS_CLOSE,
+        &format!("session/{}", record.id),
+        "allow",
+        &body.reason,
+    );
+    let closed = app
+        .store
+        .end_session(
+            &tenant,
+            record.id.as_str(),
+            SessionEvent::Close,
+            Some(body.reason),
+            Utc::now(),
+            &audit,
+        )
+        .await?;
+    Ok(Json(wire::session(&closed)))
+}

@@ -1,0 +1,93 @@
+//! Rendering stored records into the wire shape: `{metadata, spec, status}`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use nimbus_core::resource::{
+    CredentialRecord, Meta, SandboxRecord, ServiceRecord, SessionRecord, TenantRecord,
+};
+use serde_json::{json, Value};
+
+pub fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn metadata(meta: &Meta, extra: Value) -> Value {
+    let mut m = json!({
+        "tenantId": meta.tenant_id,
+        "generation": meta.generation,
+        "resourceVersion": meta.resource_version.to_string(),
+        "createdAt": time(meta.created_at),
+        "updatedAt": time(meta.updated_at),
+        "labels": meta.labels,
+    });
+    if let (Some(m), Value::Object(extra)) = (m.as_object_mut(), extra) {
+        m.extend(extra);
+    }
+    m
+}
+
+pub fn service(s: &ServiceRecord) -> Value {
+    json!({
+        "metadata": metadata(&s.meta, json!({ "name": s.name, "id": s.uid })),
+        "spec": { "backend": s.backend.redacted() },
+        "status": s.status,
+    })
+}
+
+pub fn sandbox(s: &SandboxRecord) -> Value {
+    let mut spec = s.spec.redacted();
+    if let Some(obj) = spec.as_object_mut() {
+        obj.insert("profile".into(), json!(s.profile.as_str()));
+    }
+    json!({
+        "metadata": metadata(&s.meta, json!({ "id": s.id })),
+        "spec": spec,
+        "status": s.status,
+    })
+}
+
+pub fn session(s: &SessionRecord) -> Value {
+    let mut spec = serde_json::to_value(&s.spec).unwrap_or(Value::Null);
+    if let Some(obj) = spec.as_object_mut() {
+        obj.insert("expiresAt".into(), json!(time(s.spec.expires_at)));
+    }
+    let mut status = serde_json::to_value(&s.status).unwrap_or(Value::Null);
+    if let (Some(obj), Some(t)) = (status.as_object_mut(), s.status.ended_at) {
+        obj.insert("endedAt".into(), json!(time(t)));
+    }
+    json!({
+        "metadata": metadata(&s.meta, json!({ "id": s.id, "createdBy": s.created_by })),
+        "spec": spec,
+        "status": status,
+    })
+}
+
+pub fn tenant(t: &TenantRecord) -> Value {
+    json!({
+        "metadata": {
+            "name": t.name,
+            "id": t.name,
+            "createdAt": time(t.created_at),
+            "resourceVersion": t.resource_version.to_string(),
+        }
+    })
+}
+
+/// A credential without its secret (the secret is added once, on create).
+pub fn credential(c: &CredentialRecord) -> Value {
+    json!({
+        "metadata": {
+            "id": c.id,
+            "tenantId": c.tenant_id,
+            "createdAt": time(c.created_at),
+            "revokedAt": c.revoked_at.map(time),
+        },
+        "kind": c.kind.as_str(),
+        "grants": c.grants,
+        "description": c.description,
+        "expiresAt": c.expires_at.map(time),
+    })
+}
+
+pub fn list(items: Vec<Value>, next_page_token: Option<String>) -> Value {
+    json!({ "items": items, "metadata": { "nextPageToken": next_page_token.unwrap_or_default() } })
+}

@@ -1,0 +1,78 @@
+//! `nimbus.toml`, the operator's configuration. Unknown keys are errors, and every error names
+//! the key, so a typo never silently changes behaviour.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Overridden by `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// Overridden by `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// The tenant created at first start and written to the credential file.
+    pub default_tenant: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow!("config file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            if key == "." || key.is_empty() {
+                msg
+            } else {
+                format!("key `{key}`: {msg}")
+            }
+        })
+    }
+}
+
+/// `$XDG_DATA_HOME/nimbus`, else `$HOME/.local/share/nimbus`.
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("nimbus"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow!("HOME is not set; pass --data-dir DIR"))?;
+    Ok(PathBuf::from(home).join(".local/share/nimbus"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected_naming_the_key() {
+        let err = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n").unwrap_err();
+        assert!(err.contains("listne"), "{err}");
+        let err = Config::parse("[server]\nlisten = \"not an address\"\n").unwrap_err();
+        assert!(err.contains("server.listen"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default() {
+        let c = Config::parse("").unwrap();
+        assert!(c.server.listen.is_none());
+    }
+}

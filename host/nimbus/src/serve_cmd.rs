@@ -1,0 +1,121 @@
+//! `nimbus serve`: open the store, bootstrap, wire the API, serve until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use nimbus_api::auth::WorkloadSigner;
+use nimbus_api::App;
+use nimbus_core::authz::GrantsPolicy;
+use nimbus_core::names::Name;
+use nimbus_store::Store;
+
+use crate::bootstrap;
+use crate::config::{default_data_dir, Config};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Where the server keeps its state (default: $HOME/.local/share/nimbus).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Operator configuration (nimbus.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Opens the store under `data_dir`, creating the directory (mode 0700) if needed.
+pub async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting data dir {}", data_dir.display()))?;
+    let db = data_dir.join("nimbus.db");
+    Store::open(&db)
+        .await
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let listen = match args.listen.or(config.server.listen) {
+        Some(a) => a,
+        None => DEFAULT_LISTEN.parse().context("default listen address")?,
+    };
+    let data_dir = match args.data_dir.clone().or(config.server.data_dir.clone()) {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    let tenant = Name::parse(
+        "server.default_tenant",
+        config.server.default_tenant.as_deref().unwrap_or("demo"),
+    )
+    .map_err(|e| anyhow::anyhow!("config: {}", e.message))?;
+
+    let store = open_store(&data_dir).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {listen} (is another server running there? pass --listen ADDR:PORT)"
+            )
+        })?;
+    let local = listener.local_addr()?;
+    let host = if local.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        local.ip().to_string()
+    };
+    let endpoint = if local.is_ipv6() {
+        format!("http://[{host}]:{}", local.port())
+    } else {
+        format!("http://{host}:{}", local.port())
+    };
+    let credential_file = bootstrap::ensure(&store, &tenant, &endpoint).await?;
+
+    let app = Arc::new(App {
+        signer: WorkloadSigner::load(&store).await?,
+        store: store.clone(),
+        authorizer: Arc::new(GrantsPolicy),
+        reaper_wake: tokio::sync::Notify::new(),
+    });
+    let reaper = tokio::spawn(nimbus_api::reaper::run(app.clone()));
+    let router = nimbus_api::router(app);
+
+    tracing::info!(%endpoint, data_dir = %data_dir.display(), credentials = %credential_file.display(), "nimbus is serving");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    reaper.abort();
+    store.close().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop the server with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
