@@ -54,6 +54,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             };
         }
         let message = if inner.is_syntax() || inner.is_eof() {
+            field = String::new();
             format!("malformed JSON: {inner}")
         } else {
             // serde's own text, without its line/column suffix for data errors.
