@@ -1,26 +1,100 @@
-//! nimbus-runtime
+//! nimbus-runtime: the container backend for Nimbus sandboxes.
+//!
+//! Images (OCI distribution client, content-addressed store, buildah builds), per-sandbox
+//! overlay root filesystems, OCI configs generated with `oci-spec` and the hardened defaults,
+//! network namespaces with nftables egress policy, crun through its CLI, and a per-sandbox
+//! monitor process that outlives the server. It knows nothing about HTTP or the store: the
+//! server's sandbox controller calls [`Runtime`] and records what it reports.
+//!
+//! See docs/runtime.md for the contract and docs/security.md for what every sandbox gets.
+
+pub mod build;
+pub mod bundle;
+mod cmd;
 pub mod config;
+pub mod doctor;
 pub mod images;
+pub mod monitor;
+pub mod network;
 pub mod reference;
 pub mod registry;
+mod sandbox;
 pub mod seccomp;
 
-/// Progress of a launch.
-#[derive(Debug, Clone)]
+pub use config::RuntimeConfig;
+pub use doctor::HostUnfit;
+pub use sandbox::{Endpoint, ExitReason, Launched, LogStream, Observed, Runtime};
+
+/// Progress of a launch, in order; feeds the sandbox's conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProgressEvent {
+    /// Downloading image blobs: bytes so far out of the image's total.
     Pulling {
         reference: String,
         bytes_done: u64,
         bytes_total: u64,
     },
+    /// Unpacking layer `index` of `count` (1-based).
     Unpacking {
         layer: String,
         index: usize,
         count: usize,
     },
+    /// Building the image from a Dockerfile with buildah.
+    Building { context: String },
+    /// Root filesystem, network and OCI config are being prepared and the container created.
+    Creating,
+    /// The container process was started.
+    Started { pid: i32 },
 }
-pub mod monitor {
-    pub fn main_from_args(_a: Vec<std::ffi::OsString>) -> std::process::ExitCode {
-        std::process::ExitCode::FAILURE
+
+/// Why a launch failed. Each variant is a condition the controller reports; messages say what
+/// to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{0}")]
+    ImageNotFound(String),
+    #[error("{0}")]
+    AuthFailed(String),
+    #[error("{0}")]
+    RegistryUnreachable(String),
+    /// The image build (Dockerfile) failed; the message carries buildah's output tail.
+    #[error("image build failed: {0}")]
+    BuildFailed(String),
+    /// argv[0] cannot be executed in the root filesystem.
+    #[error("the process cannot start: {0}")]
+    BadArgv(String),
+    /// Another part of the spec is unusable for this image (user, working dir, root path).
+    #[error("{field}: {reason}")]
+    BadSpec { field: String, reason: String },
+    #[error("{0}")]
+    HostUnfit(#[from] HostUnfit),
+    /// The backend cannot run this spec (krun process execution).
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("sandbox {0} already exists in the runtime; delete it first")]
+    AlreadyExists(String),
+    #[error("internal runtime error: {0}")]
+    Internal(String),
+}
+
+impl From<registry::RegistryError> for LaunchError {
+    fn from(e: registry::RegistryError) -> Self {
+        use registry::RegistryError as R;
+        match e {
+            R::NotFound { .. } | R::NoPlatform { .. } => LaunchError::ImageNotFound(e.to_string()),
+            R::AuthFailed { .. } => LaunchError::AuthFailed(e.to_string()),
+            R::Unreachable { .. } => LaunchError::RegistryUnreachable(e.to_string()),
+            R::Protocol { .. } | R::Io(_) => LaunchError::Internal(e.to_string()),
+        }
     }
+}
+
+/// Errors of the operations on an existing sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("sandbox {0} is not known to the runtime")]
+    NotFound(String),
+    #[error("internal runtime error: {0}")]
+    Internal(String),
 }

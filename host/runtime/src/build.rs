@@ -1,0 +1,204 @@
+//! Images by build: a Dockerfile's text and a context directory, built with buildah (vfs
+//! storage under the runtime's data dir, so no host storage configuration is touched), pushed
+//! to an OCI layout directory and imported into the same content-addressed store as pulled
+//! images. Builds are cached by the Dockerfile text and the context's file list (names, sizes,
+//! modification times).
+//!
+//! `RUN` steps get no network (`--network none`): a build is not covered by the sandbox egress
+//! policy yet, so it fails closed. Base images in `FROM` are pulled by buildah itself.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::images::{Image, ImageRecord, ImageStore};
+use crate::{LaunchError, ProgressEvent};
+
+#[derive(Deserialize)]
+struct Index {
+    manifests: Vec<Desc>,
+}
+#[derive(Deserialize)]
+struct Desc {
+    digest: String,
+}
+#[derive(Deserialize)]
+struct Manifest {
+    config: Desc,
+    layers: Vec<Desc>,
+}
+
+fn context_fingerprint(dir: &Path, h: &mut Sha256) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)?.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            seen += 1;
+            if seen > 100_000 {
+                return Err(std::io::Error::other(
+                    "the build context has more than 100000 files",
+                ));
+            }
+            let md = e.path().symlink_metadata()?;
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            use std::os::unix::fs::MetadataExt;
+            h.update(
+                format!(
+                    "{}\0{}\0{}\0{}\n",
+                    rel.display(),
+                    md.len(),
+                    md.mtime(),
+                    md.mtime_nsec()
+                )
+                .as_bytes(),
+            );
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn build(
+    store: &ImageStore,
+    work: &Path,
+    dockerfile: &str,
+    context: &Path,
+    progress: &(dyn Fn(ProgressEvent) + Send + Sync),
+) -> Result<Image, LaunchError> {
+    let bad_ctx = |reason: String| LaunchError::BadSpec {
+        field: "root.source.context".into(),
+        reason,
+    };
+    if !context.is_absolute() || !context.is_dir() {
+        return Err(bad_ctx(format!(
+            "{} is not a directory on the host",
+            context.display()
+        )));
+    }
+    let mut h = Sha256::new();
+    h.update(dockerfile.as_bytes());
+    h.update(b"\0");
+    h.update(context.as_os_str().as_encoded_bytes());
+    h.update(b"\0");
+    let ctx = context.to_path_buf();
+    let fp = tokio::task::spawn_blocking(move || {
+        let mut h2 = Sha256::new();
+        context_fingerprint(&ctx, &mut h2).map(|_| h2.finalize())
+    })
+    .await
+    .map_err(|e| LaunchError::Internal(e.to_string()))?
+    .map_err(|e| bad_ctx(format!("cannot read the build context: {e}")))?;
+    h.update(fp);
+    let key_hex = hex::encode(h.finalize());
+    let key = format!("build:{key_hex}");
+    if let Some(img) = store.lookup(&key)? {
+        return Ok(img);
+    }
+
+    let internal = |e: String| LaunchError::Internal(e);
+    let storage = work.join("storage");
+    let runroot = work.join("run");
+    let tmp = work.join(format!("tmp-{}", &key_hex[..16]));
+    std::fs::create_dir_all(&tmp).map_err(|e| internal(e.to_string()))?;
+    let result = async {
+        let df = tmp.join("Dockerfile");
+        std::fs::write(&df, dockerfile).map_err(|e| internal(e.to_string()))?;
+        let tag = format!("localhost/nimbus-build:{}", &key_hex[..32]);
+        let base = |sub: &str| -> Vec<String> {
+            vec![
+                "--storage-driver".into(),
+                "vfs".into(),
+                "--root".into(),
+                storage.display().to_string(),
+                "--runroot".into(),
+                runroot.display().to_string(),
+                sub.into(),
+            ]
+        };
+        let mut args = base("build");
+        args.extend([
+            "--network".into(),
+            "none".into(),
+            "--isolation".into(),
+            "chroot".into(),
+            "-f".into(),
+            df.display().to_string(),
+            "-t".into(),
+            tag.clone(),
+            context.display().to_string(),
+        ]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::cmd::run_cmd("buildah", &argv, None)
+            .await
+            .map_err(|e| {
+                let tail: String = e
+                    .chars()
+                    .rev()
+                    .take(4000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                LaunchError::BuildFailed(tail)
+            })?;
+        let layout = tmp.join("layout");
+        let mut args = base("push");
+        args.extend([tag.clone(), format!("oci:{}:latest", layout.display())]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::cmd::run_cmd("buildah", &argv, None)
+            .await
+            .map_err(internal)?;
+        let mut args = base("rmi");
+        args.push(tag.clone());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let _ = crate::cmd::run_cmd("buildah", &argv, None).await;
+        import_layout(store, &layout, &key).map_err(internal)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    let record = result?;
+    Ok(store.finish(&key, record, progress).await?)
+}
+
+/// Imports the single image of an OCI layout directory into the store's blobs.
+pub fn import_layout(store: &ImageStore, layout: &Path, key: &str) -> Result<ImageRecord, String> {
+    let blob = |d: &str| -> PathBuf {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let index: Index = serde_json::from_slice(
+        &std::fs::read(layout.join("index.json")).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("index.json: {e}"))?;
+    let m = index
+        .manifests
+        .first()
+        .ok_or("the built image layout has no manifest")?;
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(blob(&m.digest)).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("manifest: {e}"))?;
+    for d in std::iter::once(&m.digest)
+        .chain(std::iter::once(&manifest.config.digest))
+        .chain(manifest.layers.iter().map(|l| &l.digest))
+    {
+        store
+            .import_blob(d, &blob(d))
+            .map_err(|e| format!("importing {d}: {e}"))?;
+    }
+    Ok(ImageRecord {
+        reference: key.to_string(),
+        manifest_digest: m.digest.clone(),
+        config_digest: manifest.config.digest,
+        layers: manifest.layers.into_iter().map(|l| l.digest).collect(),
+    })
+}

@@ -1,0 +1,321 @@
+//! Host checks behind `nimbus doctor` and [`crate::Runtime::preflight`], and the one fix the
+//! runtime can apply itself (the v1 hugetlb mount crun needs on hybrid cgroup hosts).
+
+use std::path::{Path, PathBuf};
+
+/// The host cannot run container sandboxes; each entry says what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this host cannot run container sandboxes: {}", .problems.join("; "))]
+pub struct HostUnfit {
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Sandboxes cannot run until this is fixed.
+    Fail,
+    /// Worth knowing, not blocking container sandboxes.
+    Info,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// Exactly what to do, when the status is not Ok.
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// Pure cgroup v2 at /sys/fs/cgroup.
+    Unified,
+    /// v1 controllers with a v2 hierarchy at /sys/fs/cgroup/unified holding these controllers.
+    Hybrid {
+        unified_controllers: Vec<String>,
+    },
+    /// v1 only.
+    Legacy,
+    Unknown,
+}
+
+pub fn cgroup_layout(root: &Path) -> CgroupLayout {
+    if root.join("cgroup.controllers").exists() {
+        return CgroupLayout::Unified;
+    }
+    let unified = root.join("unified");
+    if unified.join("cgroup.controllers").exists() {
+        let controllers = std::fs::read_to_string(unified.join("cgroup.controllers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        return CgroupLayout::Hybrid {
+            unified_controllers: controllers,
+        };
+    }
+    if root.join("memory").exists() {
+        CgroupLayout::Legacy
+    } else {
+        CgroupLayout::Unknown
+    }
+}
+
+fn fix_command(controllers: &[String]) -> String {
+    controllers
+        .iter()
+        .map(|c| {
+            format!(
+                "mkdir -p /sys/fs/cgroup/{c} && mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{c}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+fn crun_path(crun: &Path) -> Option<PathBuf> {
+    if crun.components().count() > 1 {
+        return crun.is_file().then(|| crun.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(crun))
+            .find(|c| c.is_file())
+    })
+}
+
+fn tool(name: &'static str, package: &str) -> Check {
+    match crun_path(Path::new(name)) {
+        Some(p) => Check {
+            name,
+            status: Status::Ok,
+            detail: p.display().to_string(),
+            fix: None,
+        },
+        None => Check {
+            name,
+            status: Status::Fail,
+            detail: format!("{name} is not on PATH"),
+            fix: Some(format!("apt-get install {package}")),
+        },
+    }
+}
+
+/// The checks that decide whether container launches can work. Cheap: reads files only.
+pub fn essential_checks(crun: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    let root = nix::unistd::geteuid().is_root();
+    out.push(Check {
+        name: "root",
+        status: if root { Status::Ok } else { Status::Fail },
+        detail: if root { "running as root".into() } else { "not running as root".into() },
+        fix: (!root).then(|| "run the Nimbus server as root (it mounts overlays, creates network namespaces and nftables rules)".into()),
+    });
+    out.push(match crun_path(crun) {
+        Some(p) => Check {
+            name: "crun",
+            status: Status::Ok,
+            detail: p.display().to_string(),
+            fix: None,
+        },
+        None => Check {
+            name: "crun",
+            status: Status::Fail,
+            detail: format!("{} not found", crun.display()),
+            fix: Some("apt-get install crun (or set runtime.crun in nimbus.toml)".into()),
+        },
+    });
+    out.push(match cgroup_layout(Path::new("/sys/fs/cgroup")) {
+        CgroupLayout::Hybrid { unified_controllers } if !unified_controllers.is_empty() => Check {
+            name: "cgroups",
+            status: Status::Fail,
+            detail: format!(
+                "hybrid cgroup layout whose v2 hierarchy holds {}; crun refuses it (\"cgroups in hybrid mode not supported, drop all controllers from cgroupv2\")",
+                unified_controllers.join(", ")
+            ),
+            fix: Some(format!(
+                "run `nimbus doctor --fix`, set runtime.fix_cgroups = true, or run: {}",
+                fix_command(&unified_controllers)
+            )),
+        },
+        CgroupLayout::Unknown => Check {
+            name: "cgroups",
+            status: Status::Fail,
+            detail: "no cgroup hierarchy found at /sys/fs/cgroup".into(),
+            fix: Some("mount cgroup2 at /sys/fs/cgroup (mount -t cgroup2 none /sys/fs/cgroup)".into()),
+        },
+        layout => Check { name: "cgroups", status: Status::Ok, detail: format!("{layout:?}"), fix: None },
+    });
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let overlay = fs.lines().any(|l| l.trim_end().ends_with("overlay"));
+    out.push(Check {
+        name: "overlayfs",
+        status: if overlay { Status::Ok } else { Status::Fail },
+        detail: if overlay {
+            "overlay filesystem available".into()
+        } else {
+            "overlay is not in /proc/filesystems".into()
+        },
+        fix: (!overlay).then(|| "modprobe overlay".into()),
+    });
+    out.push(tool("nft", "nftables"));
+    out.push(tool("ip", "iproute2"));
+    out.push(tool("bridge", "iproute2"));
+    let netns = Path::new("/proc/self/ns/net").exists();
+    out.push(Check {
+        name: "netns",
+        status: if netns { Status::Ok } else { Status::Fail },
+        detail: if netns {
+            "network namespaces supported".into()
+        } else {
+            "no network namespace support".into()
+        },
+        fix: (!netns).then(|| "use a kernel with CONFIG_NET_NS".into()),
+    });
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let seccomp = status.lines().any(|l| l.starts_with("Seccomp:"));
+    out.push(Check {
+        name: "seccomp",
+        status: if seccomp { Status::Ok } else { Status::Fail },
+        detail: if seccomp {
+            "seccomp filters supported".into()
+        } else {
+            "kernel without seccomp".into()
+        },
+        fix: (!seccomp).then(|| "use a kernel with CONFIG_SECCOMP_FILTER".into()),
+    });
+    out
+}
+
+/// Everything `nimbus doctor` reports: the essential checks plus informational ones.
+pub fn all_checks(crun: &Path) -> Vec<Check> {
+    let mut out = essential_checks(crun);
+    let kvm = Path::new("/dev/kvm").exists();
+    out.push(Check {
+        name: "kvm",
+        status: if kvm { Status::Ok } else { Status::Info },
+        detail: if kvm {
+            "/dev/kvm present (the krun backend still fails closed: egress enforcement not at parity)".into()
+        } else {
+            "/dev/kvm missing (only needed by the krun backend, which is not enabled yet)".into()
+        },
+        fix: None,
+    });
+    let buildah = crun_path(Path::new("buildah"));
+    out.push(Check {
+        name: "buildah",
+        status: if buildah.is_some() {
+            Status::Ok
+        } else {
+            Status::Info
+        },
+        detail: buildah.map(|p| p.display().to_string()).unwrap_or_else(|| {
+            "not installed: sandboxes with `root.source.kind: build` will fail".into()
+        }),
+        fix: None,
+    });
+    let fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+    out.push(Check {
+        name: "ip_forward",
+        status: Status::Info,
+        detail: format!(
+            "net.ipv4.ip_forward={} (Nimbus sets it to 1 at the first launch so allow-listed egress can leave the host)",
+            fwd.trim()
+        ),
+        fix: None,
+    });
+    out
+}
+
+pub fn preflight(crun: &Path) -> Result<(), HostUnfit> {
+    let problems: Vec<String> = essential_checks(crun)
+        .into_iter()
+        .filter(|c| c.status == Status::Fail)
+        .map(|c| match c.fix {
+            Some(f) => format!("{}: {} — fix: {f}", c.name, c.detail),
+            None => format!("{}: {}", c.name, c.detail),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(HostUnfit { problems })
+    }
+}
+
+/// Moves every controller out of the hybrid layout's v2 hierarchy by mounting a v1 hierarchy
+/// for it (on Debian's crun 1.8 hosts: hugetlb). Does nothing on other layouts.
+pub fn fix_hugetlb() -> Result<Vec<String>, String> {
+    let CgroupLayout::Hybrid {
+        unified_controllers,
+    } = cgroup_layout(Path::new("/sys/fs/cgroup"))
+    else {
+        return Ok(Vec::new());
+    };
+    let mut done = Vec::new();
+    for c in unified_controllers {
+        if !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("unexpected controller name {c:?}"));
+        }
+        let target = PathBuf::from(format!("/sys/fs/cgroup/{c}"));
+        std::fs::create_dir_all(&target)
+            .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        nix::mount::mount(
+            Some("cgroup"),
+            &target,
+            Some("cgroup"),
+            nix::mount::MsFlags::empty(),
+            Some(c.as_str()),
+        )
+        .map_err(|e| {
+            format!(
+                "mounting the v1 {c} hierarchy at {} failed: {e}",
+                target.display()
+            )
+        })?;
+        done.push(format!(
+            "mounted the v1 {c} hierarchy at {}",
+            target.display()
+        ));
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_layout_with_hugetlb_in_v2_is_detected() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("unified")).unwrap();
+        std::fs::create_dir_all(d.path().join("memory")).unwrap();
+        std::fs::write(d.path().join("unified/cgroup.controllers"), "hugetlb\n").unwrap();
+        assert_eq!(
+            cgroup_layout(d.path()),
+            CgroupLayout::Hybrid {
+                unified_controllers: vec!["hugetlb".into()]
+            }
+        );
+        std::fs::write(d.path().join("unified/cgroup.controllers"), "").unwrap();
+        assert_eq!(
+            cgroup_layout(d.path()),
+            CgroupLayout::Hybrid {
+                unified_controllers: vec![]
+            }
+        );
+        assert!(fix_command(&["hugetlb".into()])
+            .contains("mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb"));
+    }
+
+    #[test]
+    fn unified_and_legacy_layouts_are_told_apart() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("memory")).unwrap();
+        assert_eq!(cgroup_layout(d.path()), CgroupLayout::Legacy);
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        assert_eq!(cgroup_layout(d.path()), CgroupLayout::Unified);
+    }
+}

@@ -1,0 +1,358 @@
+//! The per-sandbox monitor (the role conmon plays for podman). One process per sandbox, in its
+//! own session so it outlives the server: it runs `crun create` with the container's stdio on a
+//! pipe it owns, becomes the container's parent (child subreaper), copies output into a bounded
+//! log, records the exit (code, signal, OOM kill) in `exit.json`, then deletes the crun container.
+//!
+//! Handshake with the launching server: the monitor prints one JSON line on stdout —
+//! `{"pid":N}` once the container is created (the server then runs `crun start`) or
+//! `{"error":"…"}` — and then stops using stdout.
+//!
+//! Entry points: the `nimbus-monitor` binary, or any binary that calls [`main_if_requested`]
+//! first thing in `main` (the `nimbus` server does), invoked as `<exe> __monitor …`.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+pub const MONITOR_ARG: &str = "__monitor";
+
+/// What `exit.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// Exit status, or 128+signal when killed by a signal (shell convention).
+    pub code: i32,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Set when the container never started; the message says why.
+    #[serde(default)]
+    pub start_error: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub finished_at: u64,
+}
+
+#[derive(Debug)]
+pub struct MonitorArgs {
+    pub dir: PathBuf,
+    pub crun: PathBuf,
+    pub crun_root: PathBuf,
+    pub id: String,
+    pub log_max: u64,
+}
+
+impl MonitorArgs {
+    pub fn to_args(&self) -> Vec<OsString> {
+        vec![
+            MONITOR_ARG.into(),
+            "--dir".into(),
+            self.dir.clone().into(),
+            "--crun".into(),
+            self.crun.clone().into(),
+            "--crun-root".into(),
+            self.crun_root.clone().into(),
+            "--id".into(),
+            self.id.clone().into(),
+            "--log-max".into(),
+            self.log_max.to_string().into(),
+        ]
+    }
+
+    fn parse(args: Vec<OsString>) -> Result<Self, String> {
+        let mut it = args.into_iter().peekable();
+        if it.peek().is_some_and(|a| a == MONITOR_ARG) {
+            it.next();
+        }
+        let (mut dir, mut crun, mut crun_root, mut id, mut log_max) =
+            (None, None, None, None, None);
+        while let Some(flag) = it.next() {
+            let value = it.next().ok_or_else(|| format!("{flag:?} needs a value"))?;
+            match flag.to_str() {
+                Some("--dir") => dir = Some(PathBuf::from(value)),
+                Some("--crun") => crun = Some(PathBuf::from(value)),
+                Some("--crun-root") => crun_root = Some(PathBuf::from(value)),
+                Some("--id") => id = value.to_str().map(str::to_string),
+                Some("--log-max") => log_max = value.to_str().and_then(|v| v.parse().ok()),
+                _ => return Err(format!("unknown monitor flag {flag:?}")),
+            }
+        }
+        Ok(Self {
+            dir: dir.ok_or("--dir missing")?,
+            crun: crun.ok_or("--crun missing")?,
+            crun_root: crun_root.ok_or("--crun-root missing")?,
+            id: id.ok_or("--id missing")?,
+            log_max: log_max.ok_or("--log-max missing")?,
+        })
+    }
+}
+
+/// Call first thing in `main`: when the process was started as a monitor, runs it and returns
+/// the exit code to return from `main`; otherwise returns `None` and the program goes on.
+pub fn main_if_requested() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == MONITOR_ARG) {
+        Some(main_from_args(std::env::args_os().skip(1).collect()))
+    } else {
+        None
+    }
+}
+
+pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
+    let args = match MonitorArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("nimbus monitor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nimbus monitor for {}: {e}", args.id);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn handshake(msg: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{msg}");
+    let _ = out.flush();
+}
+
+fn record_exit(dir: &Path, rec: &ExitRecord) -> Result<(), String> {
+    let json = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+    write_atomic(&dir.join("exit.json"), &json).map_err(|e| format!("cannot write exit.json: {e}"))
+}
+
+fn run(a: &MonitorArgs) -> Result<(), String> {
+    // Own session: the server's terminal, process group and death do not reach the monitor.
+    let _ = nix::unistd::setsid();
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("cannot become child subreaper: {e}"))?;
+    std::fs::write(a.dir.join("monitor.pid"), std::process::id().to_string())
+        .map_err(|e| format!("cannot write monitor.pid: {e}"))?;
+
+    let (read_end, write_end): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let write_clone = write_end.try_clone().map_err(|e| format!("dup: {e}"))?;
+    let pid_file = a.dir.join("container.pid");
+    let crun_log = a.dir.join("crun.log");
+    let status = Command::new(&a.crun)
+        .arg("--root")
+        .arg(&a.crun_root)
+        .arg(format!("--log=file:{}", crun_log.display()))
+        .arg("create")
+        .arg("--bundle")
+        .arg(a.dir.join("bundle"))
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&a.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_clone))
+        .stderr(Stdio::from(write_end))
+        .status();
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot run {}: {e}", a.crun.display());
+            fail(a, &msg);
+            return Err(msg);
+        }
+    };
+    if !status.success() {
+        let msg = std::fs::read_to_string(&crun_log)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let msg = if msg.is_empty() {
+            format!("crun create exited with {status}")
+        } else {
+            msg
+        };
+        fail(a, &msg);
+        // Drain whatever the failed create printed into the log, for `logs`.
+        copy_log(File::from(read_end), &a.dir, a.log_max);
+        return Ok(());
+    }
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| "crun create left no readable pid file".to_string())?;
+    handshake(&serde_json::json!({ "pid": pid }));
+    if let Ok(devnull) = File::options().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        let _ = nix::unistd::dup2(devnull.as_raw_fd(), 1);
+    }
+
+    let dir = a.dir.clone();
+    let log_max = a.log_max;
+    let logger = std::thread::spawn(move || copy_log(File::from(read_end), &dir, log_max));
+
+    let (code, signal) = wait_for(pid);
+    let oom_killed = oom_kills(&a.id) > 0;
+    // The pipe closes when the last container process is gone; with a pid namespace that is
+    // now. Give the copier a moment for buffered output, but never hang on a stray holder.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !logger.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    record_exit(
+        &a.dir,
+        &ExitRecord {
+            code,
+            signal,
+            oom_killed,
+            start_error: None,
+            finished_at: now_secs(),
+        },
+    )?;
+    let _ = Command::new(&a.crun)
+        .arg("--root")
+        .arg(&a.crun_root)
+        .args(["delete", "--force", &a.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    Ok(())
+}
+
+fn fail(a: &MonitorArgs, msg: &str) {
+    handshake(&serde_json::json!({ "error": msg }));
+    let _ = record_exit(
+        &a.dir,
+        &ExitRecord {
+            code: -1,
+            signal: None,
+            oom_killed: false,
+            start_error: Some(msg.to_string()),
+            finished_at: now_secs(),
+        },
+    );
+    let _ = Command::new(&a.crun)
+        .arg("--root")
+        .arg(&a.crun_root)
+        .args(["delete", "--force", &a.id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Reaps children until `pid` exits; returns (code, signal).
+fn wait_for(pid: i32) -> (i32, Option<i32>) {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::Pid;
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == pid => return (code, None),
+            Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == pid => {
+                return (128 + sig as i32, Some(sig as i32))
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // No children left: the container is gone without us seeing its status.
+            Err(_) => return (-1, None),
+        }
+    }
+}
+
+/// OOM kills recorded for the container's memory cgroup (v1 or v2 layout).
+fn oom_kills(id: &str) -> u64 {
+    let v1 = format!("/sys/fs/cgroup/memory/nimbus/{id}/memory.oom_control");
+    let v2 = format!("/sys/fs/cgroup/nimbus/{id}/memory.events");
+    for p in [v1, v2] {
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            for line in text.lines() {
+                if let Some(n) = line.strip_prefix("oom_kill ") {
+                    return n.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Copies the container's output into `log`, rotating to `log.1` when `log` reaches `max / 2`,
+/// so at most `max` bytes are kept.
+fn copy_log(mut src: File, dir: &Path, max: u64) {
+    let path = dir.join("log");
+    let old = dir.join("log.1");
+    let half = (max / 2).max(4096);
+    let Ok(mut out) = File::options().create(true).append(true).open(&path) else {
+        return;
+    };
+    let mut size = out.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = vec![0u8; (64 * 1024).min(half as usize)];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if size + n as u64 > half && size > 0 {
+            let _ = std::fs::rename(&path, &old);
+            match File::options().create(true).append(true).open(&path) {
+                Ok(f) => out = f,
+                Err(_) => return,
+            }
+            size = 0;
+        }
+        if out.write_all(&buf[..n]).is_err() {
+            return;
+        }
+        size += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_arguments_round_trip() {
+        let a = MonitorArgs {
+            dir: "/d".into(),
+            crun: "crun".into(),
+            crun_root: "/r".into(),
+            id: "sbx_1".into(),
+            log_max: 1024,
+        };
+        let b = MonitorArgs::parse(a.to_args()).unwrap();
+        assert_eq!((b.dir, b.id, b.log_max), (a.dir, a.id, a.log_max));
+    }
+
+    #[test]
+    fn logs_are_bounded_by_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::write(&src, vec![b'x'; 100_000]).unwrap();
+        copy_log(File::open(&src).unwrap(), d.path(), 16_384);
+        let cur = std::fs::metadata(d.path().join("log")).unwrap().len();
+        let old = std::fs::metadata(d.path().join("log.1")).unwrap().len();
+        assert!(cur + old <= 16_384, "{cur} + {old}");
+        assert!(cur > 0);
+    }
+}

@@ -1,0 +1,382 @@
+//! Sandbox networking: one network namespace per sandbox, a veth pair to a host bridge, a /32
+//! address from the configured range with the bridge as gateway, and nftables rules in the
+//! `inet nimbus` table.
+//!
+//! Every sandbox's bridge port is isolated (no L2 path between sandboxes), so all traffic leaves
+//! through the host's IP layer where the rules apply:
+//! - `forward`: replies pass; traffic from the bridge jumps to the sandbox's own chain through a
+//!   verdict map keyed by source address (unknown sources are dropped); new connections into the
+//!   bridge from other interfaces are dropped.
+//! - per-sandbox chain: loopback and 169.254.0.0/16 dropped, other tenants' sandboxes dropped,
+//!   then the spec's allow-list, then drop.
+//! - `input`: nothing from the bridge reaches the host itself except replies.
+//! - `postrouting`: allowed traffic leaving the host is masqueraded.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nimbus_core::spec::{parse_cidr, NetworkPolicy};
+use sha2::{Digest as _, Sha256};
+
+use crate::cmd::run_cmd;
+
+pub const TABLE: &str = "nimbus";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Subnet {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let c = parse_cidr(s).map_err(|e| format!("runtime.subnet {s:?}: {e}"))?;
+        let std::net::IpAddr::V4(a) = c.addr else {
+            return Err(format!("runtime.subnet {s:?} must be an IPv4 range"));
+        };
+        if !(8..=28).contains(&c.prefix) {
+            return Err(format!(
+                "runtime.subnet {s:?} must have a prefix from /8 to /28"
+            ));
+        }
+        let mask = u32::MAX << (32 - c.prefix);
+        Ok(Subnet {
+            base: Ipv4Addr::from(u32::from(a) & mask),
+            prefix: c.prefix,
+        })
+    }
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + 1)
+    }
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == u32::from(self.base)
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// What a sandbox's network looks like once set up (persisted in its state dir).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SandboxNet {
+    pub netns: String,
+    pub netns_path: PathBuf,
+    pub host_if: String,
+    pub address: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub chain: String,
+    pub tenant_set: String,
+}
+
+pub struct Network {
+    pub bridge: String,
+    pub subnet: Subnet,
+    leases: PathBuf,
+    alloc: Mutex<()>,
+}
+
+fn short_hash(s: &str, n: usize) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))[..n].to_string()
+}
+
+impl Network {
+    pub fn new(bridge: &str, subnet: &str, state: &Path) -> Result<Self, String> {
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || !bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "runtime.bridge {bridge:?} must be 1-15 characters of [A-Za-z0-9_-]"
+            ));
+        }
+        let subnet = Subnet::parse(subnet)?;
+        let leases = state.join("leases");
+        std::fs::create_dir_all(&leases)
+            .map_err(|e| format!("cannot create {}: {e}", leases.display()))?;
+        Ok(Self {
+            bridge: bridge.to_string(),
+            subnet,
+            leases,
+            alloc: Mutex::new(()),
+        })
+    }
+
+    /// Creates the bridge and the base nftables table if they are missing. Idempotent, and it
+    /// leaves existing per-sandbox chains alone (sandboxes survive a server restart).
+    pub async fn ensure_host(&self) -> Result<(), String> {
+        let br = &self.bridge;
+        let gw = self.subnet.gateway();
+        if !Path::new("/sys/class/net").join(br).exists() {
+            run_cmd("ip", &["link", "add", br, "type", "bridge"], None).await?;
+        }
+        let addrs = run_cmd("ip", &["-4", "-o", "addr", "show", "dev", br], None).await?;
+        if !addrs.contains(&format!("inet {gw}/")) {
+            run_cmd(
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    &format!("{gw}/{}", self.subnet.prefix),
+                    "dev",
+                    br,
+                ],
+                None,
+            )
+            .await?;
+        }
+        run_cmd("ip", &["link", "set", br, "up"], None).await?;
+        // Forwarding is what lets allow-listed traffic out at all; redirects would teach
+        // sandboxes a direct path to each other that port isolation then breaks.
+        write_sysctl("net/ipv4/ip_forward", "1")?;
+        write_sysctl(&format!("net/ipv4/conf/{br}/send_redirects"), "0")?;
+        let subnet = self.subnet;
+        let script = format!(
+            r#"add table inet {TABLE}
+add map inet {TABLE} sandboxes {{ type ipv4_addr : verdict; }}
+add chain inet {TABLE} forward {{ type filter hook forward priority 0; policy accept; }}
+add chain inet {TABLE} input {{ type filter hook input priority 0; policy accept; }}
+add chain inet {TABLE} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
+add chain inet {TABLE} egress
+flush chain inet {TABLE} forward
+flush chain inet {TABLE} input
+flush chain inet {TABLE} postrouting
+flush chain inet {TABLE} egress
+add rule inet {TABLE} forward ct state established,related accept
+add rule inet {TABLE} forward ct state invalid iifname "{br}" drop
+add rule inet {TABLE} forward iifname "{br}" jump egress
+add rule inet {TABLE} forward oifname "{br}" drop
+add rule inet {TABLE} egress ip saddr vmap @sandboxes
+add rule inet {TABLE} egress drop
+add rule inet {TABLE} input iifname "{br}" ct state established,related accept
+add rule inet {TABLE} input iifname "{br}" drop
+add rule inet {TABLE} postrouting ip saddr {subnet} oifname != "{br}" masquerade
+"#
+        );
+        run_cmd("nft", &["-f", "-"], Some(script.as_bytes())).await?;
+        Ok(())
+    }
+
+    /// Reserves an address for `id` (a lease file per address, so restarts see what is taken).
+    pub fn allocate(&self, id: &str) -> Result<Ipv4Addr, String> {
+        let _g = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
+        let base = u32::from(self.subnet.base);
+        for off in 2..self.subnet.size() - 1 {
+            let ip = Ipv4Addr::from(base + off);
+            let path = self.leases.join(ip.to_string());
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(id.as_bytes())
+                        .map_err(|e| format!("cannot write lease {}: {e}", path.display()))?;
+                    return Ok(ip);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("cannot create lease {}: {e}", path.display())),
+            }
+        }
+        Err(format!(
+            "no free address left in {}; widen runtime.subnet or delete sandboxes",
+            self.subnet
+        ))
+    }
+
+    pub fn release(&self, ip: Ipv4Addr, id: &str) {
+        let path = self.leases.join(ip.to_string());
+        if std::fs::read_to_string(&path).is_ok_and(|owner| owner == id) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    pub fn plan(&self, id: &str, tenant: &str, address: Ipv4Addr) -> SandboxNet {
+        let h = short_hash(id, 11);
+        SandboxNet {
+            netns: format!("nimbus-{id}"),
+            netns_path: PathBuf::from(format!("/run/netns/nimbus-{id}")),
+            host_if: format!("nbv{h}"),
+            address,
+            gateway: self.subnet.gateway(),
+            chain: format!("sb_{h}"),
+            tenant_set: format!("tenant_{}", short_hash(tenant, 16)),
+        }
+    }
+
+    /// Creates the namespace, the veth pair and the sandbox's rules.
+    pub async fn setup(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<(), String> {
+        let rules = self.rules(net, policy)?;
+        run_cmd("ip", &["netns", "add", &net.netns], None).await?;
+        let host = format!(
+            "link add {h} type veth peer name eth0 netns {ns}\nlink set {h} master {br}\nlink set {h} up\n",
+            h = net.host_if,
+            ns = net.netns,
+            br = self.bridge
+        );
+        run_cmd("ip", &["-b", "-"], Some(host.as_bytes())).await?;
+        run_cmd(
+            "bridge",
+            &["link", "set", "dev", &net.host_if, "isolated", "on"],
+            None,
+        )
+        .await?;
+        let inner = format!(
+            "link set lo up\naddr add {a}/32 dev eth0\nlink set eth0 up\nroute add {g} dev eth0 scope link\nroute add default via {g} dev eth0\n",
+            a = net.address,
+            g = net.gateway
+        );
+        run_cmd("ip", &["-n", &net.netns, "-b", "-"], Some(inner.as_bytes())).await?;
+        run_cmd("nft", &["-f", "-"], Some(rules.as_bytes())).await?;
+        Ok(())
+    }
+
+    fn rules(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<String, String> {
+        let c = &net.chain;
+        let set = &net.tenant_set;
+        let mut s = format!(
+            "add set inet {TABLE} {set} {{ type ipv4_addr; }}\nadd element inet {TABLE} {set} {{ {a} }}\nadd chain inet {TABLE} {c}\nflush chain inet {TABLE} {c}\n\
+             add rule inet {TABLE} {c} ip daddr {{ 127.0.0.0/8, 169.254.0.0/16, 0.0.0.0/8, 224.0.0.0/4 }} drop\n\
+             add rule inet {TABLE} {c} ip daddr {sub} ip daddr != @{set} drop\n\
+             add rule inet {TABLE} {c} ip daddr {gw} drop\n",
+            a = net.address,
+            sub = self.subnet,
+            gw = net.gateway,
+        );
+        for rule in &policy.egress.allow {
+            let cidr = parse_cidr(&rule.cidr)?;
+            // Sandboxes have IPv4 only, so an IPv6 rule can never match; it is skipped.
+            let std::net::IpAddr::V4(addr) = cidr.addr else {
+                continue;
+            };
+            let dst = format!("{addr}/{}", cidr.prefix);
+            if rule.ports.is_empty() {
+                s.push_str(&format!(
+                    "add rule inet {TABLE} {c} ip daddr {dst} accept\n"
+                ));
+            } else {
+                let ports = rule
+                    .ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                s.push_str(&format!(
+                    "add rule inet {TABLE} {c} ip daddr {dst} tcp dport {{ {ports} }} accept\n"
+                ));
+                s.push_str(&format!(
+                    "add rule inet {TABLE} {c} ip daddr {dst} udp dport {{ {ports} }} accept\n"
+                ));
+            }
+        }
+        s.push_str(&format!("add rule inet {TABLE} {c} drop\nadd element inet {TABLE} sandboxes {{ {} : jump {c} }}\n", net.address));
+        Ok(s)
+    }
+
+    /// Removes everything `setup` created; parts already gone are not an error.
+    pub async fn teardown(&self, net: &SandboxNet) -> Result<(), String> {
+        let c = &net.chain;
+        let a = net.address;
+        let mut errors = Vec::new();
+        // Each statement separately: a missing element must not stop the rest.
+        for stmt in [
+            format!("delete element inet {TABLE} sandboxes {{ {a} }}"),
+            format!("delete element inet {TABLE} {} {{ {a} }}", net.tenant_set),
+            format!("delete chain inet {TABLE} {c}"),
+        ] {
+            let _ = run_cmd("nft", &[&stmt], None).await;
+        }
+        if self.chain_exists(c).await {
+            errors.push(format!("nftables chain {c} is still present"));
+        }
+        if net.netns_path.exists() {
+            if let Err(e) = run_cmd("ip", &["netns", "delete", &net.netns], None).await {
+                errors.push(e);
+            }
+        }
+        if Path::new("/sys/class/net").join(&net.host_if).exists() {
+            let _ = run_cmd("ip", &["link", "delete", &net.host_if], None).await;
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    pub async fn chain_exists(&self, chain: &str) -> bool {
+        run_cmd("nft", &["list", "chain", "inet", TABLE, chain], None)
+            .await
+            .is_ok()
+    }
+}
+
+fn write_sysctl(key: &str, value: &str) -> Result<(), String> {
+    let p = Path::new("/proc/sys").join(key);
+    std::fs::write(&p, value).map_err(|e| format!("cannot set {}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nimbus_core::spec::{EgressPolicy, EgressRule};
+
+    #[test]
+    fn subnets_parse_and_give_the_first_address_to_the_gateway() {
+        let s = Subnet::parse("10.88.3.7/16").unwrap();
+        assert_eq!(s.to_string(), "10.88.0.0/16");
+        assert_eq!(s.gateway(), Ipv4Addr::new(10, 88, 0, 1));
+        assert!(s.contains(Ipv4Addr::new(10, 88, 200, 1)));
+        assert!(!s.contains(Ipv4Addr::new(10, 89, 0, 1)));
+        assert!(Subnet::parse("fd00::/64").is_err());
+    }
+
+    #[test]
+    fn rules_block_metadata_and_other_tenants_before_the_allow_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = Network::new("nb-test", "10.99.0.0/16", dir.path()).unwrap();
+        let net = n.plan("sbx_x", "demo", Ipv4Addr::new(10, 99, 0, 2));
+        let policy = NetworkPolicy {
+            egress: EgressPolicy {
+                allow: vec![EgressRule {
+                    cidr: "198.51.100.0/24".into(),
+                    ports: vec![80, 443],
+                }],
+                ..Default::default()
+            },
+        };
+        let r = n.rules(&net, &policy).unwrap();
+        let meta = r.find("169.254.0.0/16").unwrap();
+        let tenant = r.find("ip daddr != @tenant_").unwrap();
+        let allow = r
+            .find("198.51.100.0/24 tcp dport { 80, 443 } accept")
+            .unwrap();
+        assert!(meta < allow && tenant < allow);
+        assert!(r
+            .trim_end()
+            .ends_with(&format!("10.99.0.2 : jump {} }}", net.chain)));
+        assert!(net.host_if.len() <= 15);
+    }
+
+    #[test]
+    fn addresses_are_leased_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = Network::new("nb-test", "10.99.0.0/28", dir.path()).unwrap();
+        let a = n.allocate("a").unwrap();
+        let b = n.allocate("b").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, Ipv4Addr::new(10, 99, 0, 2));
+        n.release(a, "a");
+        assert_eq!(n.allocate("c").unwrap(), a);
+    }
+}

@@ -1,0 +1,799 @@
+//! [`Runtime`]: launch, observe, stop, delete, logs and adoption of sandboxes.
+//!
+//! Per-sandbox state lives in `<data>/runtime/sandboxes/<id>/`: `meta.json` (what was set up,
+//! so delete and adoption need nothing else), `bundle/` (config.json and the overlay mount
+//! point), `upper/` and `work/` (the sandbox's writable layer), `etc/`, the monitor's files
+//! (`monitor.pid`, `container.pid`, `log`, `log.1`, `exit.json`, `crun.log`).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nimbus_core::names::SandboxId;
+use nimbus_core::spec::{ImageSource, Root, SandboxBackend, SandboxSpec};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt};
+
+use crate::bundle::{build_spec, write_etc_files, BundleInput};
+use crate::config::RuntimeConfig;
+use crate::doctor::{self, HostUnfit};
+use crate::images::{ContainerConfig, ImageStore};
+use crate::monitor::{ExitRecord, MonitorArgs};
+use crate::network::{Network, SandboxNet};
+use crate::reference::ImageRef;
+use crate::registry::{Credentials, RegistryClient};
+use crate::{LaunchError, ProgressEvent, RuntimeError};
+
+/// How the host reaches a sandbox: its address on the sandbox bridge, and the ports its image
+/// declares (`EXPOSE`). Any port the process listens on is reachable from the host at `address`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launched {
+    pub pid: i32,
+    pub endpoint: Endpoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ExitReason {
+    /// The process exited by itself (code 0 or not).
+    Exited,
+    /// Killed by a signal (after `stop`, or from inside the sandbox).
+    Signaled(i32),
+    /// The kernel's OOM killer ended it at the sandbox's memory limit.
+    OomKilled,
+    /// The container never started; the message says why.
+    StartFailed(String),
+    /// Its monitor is gone without recording an exit (for example the host rebooted).
+    Lost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    Running { pid: i32, endpoint: Endpoint },
+    Exited { code: i32, reason: ExitReason },
+    Missing,
+}
+
+/// Chunks of a sandbox's output (stdout and stderr interleaved, as written).
+pub struct LogStream {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl LogStream {
+    /// The next chunk; `None` at the end (immediately for a snapshot, at exit when following).
+    pub async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        self.rx.recv().await
+    }
+    /// The underlying receiver (wrap in `tokio_stream::wrappers::ReceiverStream` for a `Stream`).
+    pub fn into_receiver(self) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+        self.rx
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    id: String,
+    tenant: String,
+    net: Option<SandboxNet>,
+    ports: Vec<u16>,
+    created_at: u64,
+}
+
+pub struct Runtime {
+    root: PathBuf,
+    config: RuntimeConfig,
+    images: ImageStore,
+    network: Network,
+    crun: PathBuf,
+    crun_root: PathBuf,
+    monitor: PathBuf,
+    host_ready: tokio::sync::OnceCell<()>,
+}
+
+fn internal(e: impl std::fmt::Display) -> LaunchError {
+    LaunchError::Internal(e.to_string())
+}
+
+fn find_on_path(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or(None)
+}
+
+impl Runtime {
+    /// Opens (creating if needed) the runtime's state under `<data_dir>/runtime`. Does not touch
+    /// the host network until the first launch; call [`Runtime::preflight`] to check the host.
+    pub fn open(data_dir: &Path, config: &RuntimeConfig) -> Result<Arc<Runtime>, String> {
+        let root = data_dir.join("runtime");
+        for d in ["sandboxes", "crun", "net"] {
+            std::fs::create_dir_all(root.join(d))
+                .map_err(|e| format!("cannot create {}: {e}", root.join(d).display()))?;
+        }
+        let creds = match config.docker_config_path() {
+            Some(p) => Credentials::load(&p)?,
+            None => Credentials::default(),
+        };
+        let client = RegistryClient::new(config, creds)?;
+        let images = ImageStore::open(&root.join("images"), client)
+            .map_err(|e| format!("cannot open the image store: {e}"))?;
+        let network = Network::new(&config.bridge, &config.subnet, &root.join("net"))?;
+        let crun = find_on_path(&config.crun).unwrap_or_else(|| config.crun.clone());
+        let monitor = match &config.monitor {
+            Some(m) => m.clone(),
+            None => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| format!("cannot find the running executable: {e}"))?;
+                let sibling = exe.with_file_name("nimbus-monitor");
+                if sibling.is_file() {
+                    sibling
+                } else {
+                    exe
+                }
+            }
+        };
+        if config.fix_cgroups {
+            doctor::fix_hugetlb()?;
+        }
+        Ok(Arc::new(Runtime {
+            root,
+            config: config.clone(),
+            images,
+            network,
+            crun,
+            crun_root: data_dir.join("runtime/crun"),
+            monitor,
+            host_ready: tokio::sync::OnceCell::new(),
+        }))
+    }
+
+    /// Checks that this host can run container sandboxes; the error lists what to fix.
+    pub fn preflight(&self) -> Result<(), HostUnfit> {
+        doctor::preflight(&self.crun)
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join("sandboxes").join(id)
+    }
+
+    /// Launches `spec` as sandbox `id` of `tenant` and returns once its process runs. On failure
+    /// nothing of the sandbox is left behind.
+    pub async fn launch(
+        &self,
+        id: &SandboxId,
+        tenant: &str,
+        spec: &SandboxSpec,
+        progress: impl Fn(ProgressEvent) + Send + Sync,
+    ) -> Result<Launched, LaunchError> {
+        if spec.backend == SandboxBackend::Krun {
+            return Err(LaunchError::NotSupported(
+                "the krun backend does not run processes yet: its network egress enforcement is not at parity with the container backend; use backend \"container\"".into(),
+            ));
+        }
+        doctor::preflight(&self.crun)?;
+        let dir = self.dir(id.as_str());
+        if dir.exists() {
+            return Err(LaunchError::AlreadyExists(id.to_string()));
+        }
+        // Resolve the root material before creating anything, so image errors leave no trace.
+        let (lower, image_cfg) = self.root_material(spec, &progress).await?;
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        match self
+            .create(id.as_str(), tenant, spec, &dir, lower, image_cfg, &progress)
+            .await
+        {
+            Ok(l) => Ok(l),
+            Err(e) => {
+                if let Err(cleanup) = self.delete_dir(id.as_str()).await {
+                    tracing::warn!(sandbox = %id, "cleanup after failed launch incomplete: {cleanup}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn root_material(
+        &self,
+        spec: &SandboxSpec,
+        progress: &(dyn Fn(ProgressEvent) + Send + Sync),
+    ) -> Result<(Vec<PathBuf>, ContainerConfig), LaunchError> {
+        match &spec.root {
+            Root::OciImage {
+                source: ImageSource::Reference { reference },
+            } => {
+                let r = ImageRef::parse(reference).map_err(|e| LaunchError::BadSpec {
+                    field: "root.source.reference".into(),
+                    reason: e.to_string(),
+                })?;
+                let img = self.images.pull(&r, progress).await?;
+                Ok((img.layer_dirs, img.config))
+            }
+            Root::OciImage {
+                source:
+                    ImageSource::Build {
+                        dockerfile,
+                        context,
+                    },
+            } => {
+                progress(ProgressEvent::Building {
+                    context: context.clone(),
+                });
+                let img = crate::build::build(
+                    &self.images,
+                    &self.root.join("buildah"),
+                    dockerfile,
+                    Path::new(context),
+                    progress,
+                )
+                .await?;
+                Ok((img.layer_dirs, img.config))
+            }
+            Root::Rootfs { path } => {
+                let p = Path::new(path);
+                if !p.is_absolute() || !p.is_dir() {
+                    return Err(LaunchError::BadSpec {
+                        field: "root.path".into(),
+                        reason: format!("{path} is not a directory on the host"),
+                    });
+                }
+                Ok((vec![p.to_path_buf()], ContainerConfig::default()))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        id: &str,
+        tenant: &str,
+        spec: &SandboxSpec,
+        dir: &Path,
+        lower: Vec<PathBuf>,
+        image: ContainerConfig,
+        progress: &(dyn Fn(ProgressEvent) + Send + Sync),
+    ) -> Result<Launched, LaunchError> {
+        progress(ProgressEvent::Creating);
+        let ports: Vec<u16> = image
+            .exposed_ports
+            .iter()
+            .flatten()
+            .filter_map(|(k, _)| k.split('/').next().and_then(|p| p.parse().ok()))
+            .collect();
+        let mut meta = Meta {
+            id: id.into(),
+            tenant: tenant.into(),
+            net: None,
+            ports,
+            created_at: crate::monitor::now_secs(),
+        };
+        write_meta(dir, &meta)?;
+
+        // Root filesystem: the image layers (top first) under the sandbox's own upper dir.
+        let rootfs = dir.join("bundle/rootfs");
+        for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+            std::fs::create_dir_all(d).map_err(internal)?;
+        }
+        let empty = dir.join("empty");
+        let mut lowers: Vec<String> = lower
+            .iter()
+            .rev()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if lowers.is_empty() {
+            std::fs::create_dir_all(&empty).map_err(internal)?;
+            lowers.push(empty.to_string_lossy().into_owned());
+        }
+        if lowers.iter().any(|l| l.contains(',') || l.contains(':')) {
+            return Err(internal("a layer path contains ',' or ':', which overlayfs cannot take; use a data dir without them"));
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| {
+            internal(format!(
+                "mounting the overlay root filesystem failed: {e} (does `nimbus doctor` pass?)"
+            ))
+        })?;
+
+        // Network.
+        self.host_ready
+            .get_or_try_init(|| async { self.network.ensure_host().await })
+            .await
+            .map_err(|e| internal(format!("setting up the sandbox bridge failed: {e}")))?;
+        let address = self.network.allocate(id).map_err(internal)?;
+        let net = self.network.plan(id, tenant, address);
+        meta.net = Some(net.clone());
+        write_meta(dir, &meta)?;
+        self.network
+            .setup(&net, &spec.network)
+            .await
+            .map_err(internal)?;
+
+        // OCI config.
+        let hostname: String = id.chars().take(30).collect();
+        write_etc_files(&dir.join("etc"), &hostname, address).map_err(internal)?;
+        let oci = build_spec(&BundleInput {
+            id,
+            rootfs: &rootfs,
+            image: &image,
+            process: &spec.process,
+            resources: &spec.resources,
+            netns_path: &net.netns_path,
+            etc_dir: &dir.join("etc"),
+            default_memory_mb: self.config.default_memory_mb,
+            default_pids: self.config.default_pids,
+            nofile: self.config.nofile,
+        })
+        .map_err(|p| LaunchError::BadSpec {
+            field: p.field.into(),
+            reason: p.reason,
+        })?;
+        let json = serde_json::to_vec_pretty(&oci).map_err(internal)?;
+        std::fs::write(dir.join("bundle/config.json"), json).map_err(internal)?;
+
+        // Monitor: creates the container and reports its pid (or why it could not).
+        let args = MonitorArgs {
+            dir: dir.to_path_buf(),
+            crun: self.crun.clone(),
+            crun_root: self.crun_root.clone(),
+            id: id.to_string(),
+            log_max: self.config.log_max_bytes,
+        };
+        let monitor_log = std::fs::File::create(dir.join("monitor.log")).map_err(internal)?;
+        let mut child = tokio::process::Command::new(&self.monitor)
+            .args(args.to_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(monitor_log))
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                internal(format!(
+                    "cannot start the monitor {}: {e}",
+                    self.monitor.display()
+                ))
+            })?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| internal("monitor stdout missing"))?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
+        // The monitor lives on after the handshake; tokio reaps it if it exits while we run.
+        drop(child);
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            let why = std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
+            return Err(internal(format!(
+                "the monitor gave no answer: {}",
+                why.trim()
+            )));
+        }
+        let answer: serde_json::Value = serde_json::from_str(line.trim()).map_err(internal)?;
+        if let Some(err) = answer["error"].as_str() {
+            return Err(classify_create_error(err));
+        }
+        let pid = answer["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| internal(format!("monitor said {line:?}")))?;
+        self.crun_cmd(&["start", id])
+            .await
+            .map_err(|e| classify_create_error(&e))?;
+        progress(ProgressEvent::Started { pid });
+        Ok(Launched {
+            pid,
+            endpoint: Endpoint {
+                address,
+                ports: meta.ports,
+            },
+        })
+    }
+
+    async fn crun_cmd(&self, args: &[&str]) -> Result<String, String> {
+        let root = self.crun_root.to_string_lossy().into_owned();
+        let mut full = vec!["--root", root.as_str()];
+        full.extend_from_slice(args);
+        crate::cmd::run_cmd(&self.crun.to_string_lossy(), &full, None).await
+    }
+
+    /// What the runtime sees of sandbox `id` right now.
+    pub fn observe(&self, id: &SandboxId) -> Observed {
+        self.observe_str(id.as_str())
+    }
+
+    fn observe_str(&self, id: &str) -> Observed {
+        let dir = self.dir(id);
+        let Ok(meta) = read_meta(&dir) else {
+            return Observed::Missing;
+        };
+        if let Some(rec) = read_exit(&dir) {
+            return Observed::Exited {
+                code: rec.code,
+                reason: exit_reason(&rec),
+            };
+        }
+        let monitor_alive = read_pid(&dir.join("monitor.pid")).is_some_and(is_monitor);
+        let pid = read_pid(&dir.join("container.pid"));
+        match (monitor_alive, pid) {
+            (true, Some(pid)) => Observed::Running {
+                pid,
+                endpoint: Endpoint {
+                    address: meta
+                        .net
+                        .as_ref()
+                        .map(|n| n.address)
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    ports: meta.ports,
+                },
+            },
+            // A monitor that is alive but has no container yet is mid-launch; after a restart
+            // that launch can never be completed, so it is reported as failed.
+            (true, None) => Observed::Exited {
+                code: -1,
+                reason: ExitReason::StartFailed("launch interrupted".into()),
+            },
+            // Re-check: the monitor may have written exit.json between the two reads.
+            (false, _) => match read_exit(&dir) {
+                Some(rec) => Observed::Exited {
+                    code: rec.code,
+                    reason: exit_reason(&rec),
+                },
+                None => Observed::Exited {
+                    code: -1,
+                    reason: ExitReason::Lost,
+                },
+            },
+        }
+    }
+
+    /// Stops the sandbox's process: SIGTERM, then SIGKILL after `grace` (default
+    /// `runtime.stop_grace_seconds`). Returns what was observed afterwards. Stopping an exited
+    /// sandbox is a no-op.
+    pub async fn stop(
+        &self,
+        id: &SandboxId,
+        grace: Option<Duration>,
+    ) -> Result<Observed, RuntimeError> {
+        self.stop_str(id.as_str(), grace).await
+    }
+
+    async fn stop_str(&self, id: &str, grace: Option<Duration>) -> Result<Observed, RuntimeError> {
+        let grace = grace.unwrap_or(Duration::from_secs(self.config.stop_grace_seconds));
+        match self.observe_str(id) {
+            Observed::Missing => return Err(RuntimeError::NotFound(id.into())),
+            Observed::Exited { .. } => return Ok(self.observe_str(id)),
+            Observed::Running { .. } => {}
+        }
+        let dir = self.dir(id);
+        if !grace.is_zero() {
+            let _ = self.crun_cmd(&["kill", id, "TERM"]).await;
+            if wait_exit(&dir, grace).await {
+                return Ok(self.observe_str(id));
+            }
+        }
+        let _ = self.crun_cmd(&["kill", "--all", id, "KILL"]).await;
+        if !wait_exit(&dir, Duration::from_secs(10)).await {
+            // The container's init may be gone already with crun unaware; kill it directly.
+            if let Some(pid) = read_pid(&dir.join("container.pid")) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            wait_exit(&dir, Duration::from_secs(5)).await;
+        }
+        Ok(self.observe_str(id))
+    }
+
+    /// Removes every trace of the sandbox: processes, container, mounts, network namespace,
+    /// nftables rules, address lease, cgroups and its state directory. Deleting a sandbox the
+    /// runtime does not know is not an error (delete is idempotent).
+    pub async fn delete(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.delete_dir(id.as_str())
+            .await
+            .map_err(RuntimeError::Internal)
+    }
+
+    async fn delete_dir(&self, id: &str) -> Result<(), String> {
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        if matches!(self.observe_str(id), Observed::Running { .. }) {
+            let _ = self.stop_str(id, Some(Duration::ZERO)).await;
+        }
+        // Wait for the monitor to finish its own cleanup (crun delete) before removing its dir.
+        if let Some(mpid) = read_pid(&dir.join("monitor.pid")) {
+            for _ in 0..500 {
+                if !is_monitor(mpid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if is_monitor(mpid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(mpid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let mut problems = Vec::new();
+        let _ = self.crun_cmd(&["delete", "--force", id]).await;
+        let rootfs = dir.join("bundle/rootfs");
+        if is_mountpoint(&rootfs) {
+            if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+                problems.push(format!("unmounting {}: {e}", rootfs.display()));
+            }
+        }
+        if let Ok(meta) = read_meta(&dir) {
+            if let Some(net) = &meta.net {
+                if let Err(e) = self.network.teardown(net).await {
+                    problems.push(e);
+                }
+                self.network.release(net.address, id);
+            }
+        }
+        remove_cgroups(id);
+        if problems.is_empty() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                problems.push(format!("removing {}: {e}", dir.display()));
+            }
+        }
+        let left = self.leftovers(id).await;
+        problems.extend(left);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "sandbox {id} was not fully removed: {}",
+                problems.join("; ")
+            ))
+        }
+    }
+
+    /// Traces of sandbox `id` still present on the host (empty after a successful delete):
+    /// its state dir, crun container, network namespace, nftables chain, cgroups, mounts.
+    pub async fn leftovers(&self, id: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let dir = self.dir(id);
+        if dir.exists() {
+            out.push(format!("state dir {}", dir.display()));
+        }
+        if self.crun_root.join(id).exists() {
+            out.push(format!("crun state {}", self.crun_root.join(id).display()));
+        }
+        let plan = self.network.plan(id, "", Ipv4Addr::UNSPECIFIED);
+        if plan.netns_path.exists() {
+            out.push(format!("netns {}", plan.netns));
+        }
+        if Path::new("/sys/class/net").join(&plan.host_if).exists() {
+            out.push(format!("interface {}", plan.host_if));
+        }
+        if self.network.chain_exists(&plan.chain).await {
+            out.push(format!("nftables chain {}", plan.chain));
+        }
+        for c in cgroup_dirs(id) {
+            if c.exists() {
+                out.push(format!("cgroup {}", c.display()));
+            }
+        }
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            if mounts.contains(&format!("/{id}/")) {
+                out.push("a mount under its state dir".into());
+            }
+        }
+        out
+    }
+
+    /// The sandbox's output; with `follow`, keeps streaming until the process exits.
+    pub async fn logs(&self, id: &SandboxId, follow: bool) -> Result<LogStream, RuntimeError> {
+        let dir = self.dir(id.as_str());
+        if read_meta(&dir).is_err() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move { stream_logs(dir, follow, tx).await });
+        Ok(LogStream { rx })
+    }
+
+    /// After a server restart: every sandbox the runtime has state for, with what is observed
+    /// now (running ones kept running; exits that happened meanwhile reported).
+    pub fn adopt_all(&self) -> Vec<(SandboxId, Observed)> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("sandboxes")) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match SandboxId::try_from(name.clone()) {
+                Ok(id) => {
+                    let obs = self.observe_str(&name);
+                    out.push((id, obs));
+                }
+                Err(_) => tracing::warn!(
+                    "ignoring {} in the sandbox state dir: not a sandbox id",
+                    name
+                ),
+            }
+        }
+        out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        out
+    }
+
+    /// The image store (pulls without launching, e.g. to pre-warm).
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+}
+
+fn classify_create_error(msg: &str) -> LaunchError {
+    let m = msg.trim();
+    if m.contains("not found in $PATH")
+        || m.contains("executable file")
+        || m.contains("exec format error")
+        || m.contains("Permission denied")
+    {
+        LaunchError::BadArgv(m.to_string())
+    } else if m.contains("chdir") || m.contains("cwd") {
+        LaunchError::BadSpec {
+            field: "process.workingDir".into(),
+            reason: m.to_string(),
+        }
+    } else {
+        LaunchError::Internal(format!("crun could not create the container: {m}"))
+    }
+}
+
+fn exit_reason(rec: &ExitRecord) -> ExitReason {
+    if let Some(e) = &rec.start_error {
+        ExitReason::StartFailed(e.clone())
+    } else if rec.oom_killed {
+        ExitReason::OomKilled
+    } else if let Some(s) = rec.signal {
+        ExitReason::Signaled(s)
+    } else {
+        ExitReason::Exited
+    }
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> Result<(), LaunchError> {
+    let json = serde_json::to_vec_pretty(meta).map_err(internal)?;
+    crate::monitor::write_atomic(&dir.join("meta.json"), &json).map_err(internal)
+}
+
+fn read_meta(dir: &Path) -> Result<Meta, String> {
+    let bytes = std::fs::read(dir.join("meta.json")).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+fn read_exit(dir: &Path) -> Option<ExitRecord> {
+    std::fs::read(dir.join("exit.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// True when `pid` is alive and is a Nimbus monitor (pids get reused).
+fn is_monitor(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .any(|a| a == crate::monitor::MONITOR_ARG.as_bytes())
+        })
+        .unwrap_or(false)
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    let target = p.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some(target.as_ref()))
+        })
+        .unwrap_or(false)
+}
+
+async fn wait_exit(dir: &Path, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if dir.join("exit.json").exists() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Cgroup directories crun creates for `cgroupsPath: /nimbus/<id>` on v1, hybrid and v2 hosts.
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::from(format!("/sys/fs/cgroup/nimbus/{id}"))];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in entries.flatten() {
+            let p = e.path().join("nimbus").join(id);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn remove_cgroups(id: &str) {
+    for c in cgroup_dirs(id) {
+        if c.exists() {
+            // Empty cgroups are removed with rmdir; a populated one stays and is reported.
+            let _ = std::fs::remove_dir(&c);
+        }
+    }
+}
+
+async fn stream_logs(dir: PathBuf, follow: bool, tx: tokio::sync::mpsc::Sender<Vec<u8>>) {
+    // Older rotated output first.
+    if let Ok(old) = tokio::fs::read(dir.join("log.1")).await {
+        if !old.is_empty() && tx.send(old).await.is_err() {
+            return;
+        }
+    }
+    let path = dir.join("log");
+    let mut offset = 0u64;
+    let mut ino = None;
+    loop {
+        let exited = dir.join("exit.json").exists() || !dir.exists();
+        if let Ok(mut f) = tokio::fs::File::open(&path).await {
+            let md = f.metadata().await.ok();
+            use std::os::unix::fs::MetadataExt;
+            let this_ino = md.as_ref().map(|m| m.ino());
+            // Rotated under us: the new file starts from zero.
+            if ino.is_some() && this_ino != ino {
+                offset = 0;
+            }
+            ino = this_ino;
+            if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+                let mut buf = Vec::new();
+                if f.read_to_end(&mut buf).await.is_ok() && !buf.is_empty() {
+                    offset += buf.len() as u64;
+                    if tx.send(buf).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if !follow || exited {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
