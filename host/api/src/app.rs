@@ -21,6 +21,26 @@ pub struct App {
     pub signer: WorkloadSigner,
     /// Wakes the session reaper when a session is opened (its expiry may be the earliest).
     pub reaper_wake: tokio::sync::Notify,
+    pub limits: Limits,
+}
+
+/// Per-tenant capacity (`[limits]` in nimbus.toml).
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sandboxes not yet stopped or failed.
+    pub sandboxes_per_tenant: u32,
+    /// Sessions in the `open` state.
+    pub open_sessions_per_tenant: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sandboxes_per_tenant: 1000,
+            open_sessions_per_tenant: 10_000,
+        }
+    }
 }
 
 pub type SharedApp = Arc<App>;

@@ -12,6 +12,8 @@ use serde::Deserialize;
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub limits: nimbus_api::app::Limits,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -87,6 +87,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store: store.clone(),
         authorizer: Arc::new(GrantsPolicy),
         reaper_wake: tokio::sync::Notify::new(),
+        limits: config.limits,
     });
     let reaper = tokio::spawn(nimbus_api::reaper::run(app.clone()));
     let router = nimbus_api::router(app);

@@ -19,12 +19,28 @@ pub struct SandboxFilter {
 }
 
 impl Store {
+    /// Inserts a sandbox unless the tenant already has `max_live` sandboxes that have not
+    /// ended (`quota.exhausted`); the count and the insert are one transaction.
     pub async fn create_sandbox(
         &self,
         record: &mut SandboxRecord,
+        max_live: u32,
         audit: &AuditEvent,
     ) -> Result<(), Error> {
         let mut tx = self.begin().await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sandboxes WHERE tenant_id = ? AND state NOT IN ('stopped', 'failed')",
+        )
+        .bind(record.meta.tenant_id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if live >= i64::from(max_live) {
+            return Err(Error::quota_exhausted(
+                format!("tenant {:?} has {live} sandboxes running or pending, its limit; stop or delete some first", record.meta.tenant_id.as_str()),
+                serde_json::json!({ "kind": "sandbox", "limit": max_live, "current": live }),
+            ));
+        }
         record.meta.resource_version = next_resource_version(&mut tx).await?;
         sqlx::query("INSERT INTO sandboxes (id, tenant_id, state, doc) VALUES (?, ?, ?, ?)")
             .bind(record.id.as_str())

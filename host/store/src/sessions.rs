@@ -31,10 +31,24 @@ impl Store {
         &self,
         record: &mut SessionRecord,
         guard: &TargetGuard,
+        max_open: u32,
         audit: &AuditEvent,
     ) -> Result<(), Error> {
         let tenant = record.meta.tenant_id.as_str();
         let mut tx = self.begin().await?;
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE tenant_id = ? AND state = 'open'",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if open >= i64::from(max_open) {
+            return Err(Error::quota_exhausted(
+                format!("tenant {tenant:?} has {open} open sessions, its limit; close some first"),
+                serde_json::json!({ "kind": "session", "limit": max_open, "current": open }),
+            ));
+        }
         match guard {
             TargetGuard::Service { name, generation } => {
                 let current: Option<i64> = sqlx::query_scalar(

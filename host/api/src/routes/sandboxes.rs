@@ -77,7 +77,9 @@ pub async fn create(
         "allow",
         "",
     );
-    app.store.create_sandbox(&mut record, &audit).await?;
+    app.store
+        .create_sandbox(&mut record, app.limits.sandboxes_per_tenant, &audit)
+        .await?;
     Ok((StatusCode::CREATED, Json(wire::sandbox(&record))))
 }
 

@@ -229,7 +229,14 @@ pub async fn open(
         "allow",
         &format!("target {kind}/{key}"),
     );
-    app.store.open_session(&mut record, &guard, &audit).await?;
+    app.store
+        .open_session(
+            &mut record,
+            &guard,
+            app.limits.open_sessions_per_tenant,
+            &audit,
+        )
+        .await?;
     app.reaper_wake.notify_one();
     Ok((StatusCode::CREATED, Json(wire::session(&record))))
 }
