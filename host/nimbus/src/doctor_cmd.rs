@@ -1,8 +1,48 @@
-//! `nimbus doctor` (owned by the runtime work).
+//! `nimbus doctor`: checks that this host can run container sandboxes and says exactly what to
+//! fix; `--fix` applies the fix the runtime can make itself (the v1 hugetlb cgroup mount that
+//! Debian's crun needs on hybrid cgroup hosts).
+
+use std::path::PathBuf;
+
+use nimbus_runtime::doctor::{self, Status};
 
 #[derive(clap::Args)]
-pub struct DoctorArgs {}
+pub struct DoctorArgs {
+    /// Apply the fixes Nimbus can make itself (cgroup controller mounts), then check again.
+    #[arg(long)]
+    pub fix: bool,
+    /// The crun executable to check (default: crun on PATH, like `runtime.crun`).
+    #[arg(long, default_value = "crun")]
+    pub crun: PathBuf,
+}
 
-pub async fn run(_args: DoctorArgs) -> anyhow::Result<()> {
-    anyhow::bail!("host checks are not part of this build yet")
+pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    if args.fix {
+        match doctor::fix_hugetlb() {
+            Ok(done) if done.is_empty() => println!("fix: nothing to do for cgroups"),
+            Ok(done) => done.iter().for_each(|d| println!("fix: {d}")),
+            Err(e) => anyhow::bail!("fix failed: {e}"),
+        }
+    }
+    let checks = doctor::all_checks(&args.crun);
+    let mut failed = 0;
+    for c in &checks {
+        let tag = match c.status {
+            Status::Ok => "ok  ",
+            Status::Fail => {
+                failed += 1;
+                "FAIL"
+            }
+            Status::Info => "info",
+        };
+        println!("{tag} {:<11} {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("     {:<11} fix: {fix}", "");
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} check(s) failed: container sandboxes cannot run on this host until they are fixed");
+    }
+    println!("this host can run container sandboxes");
+    Ok(())
 }
