@@ -1,0 +1,538 @@
+//! The plugin store on disk, under `<data_dir>/plugins`:
+//!
+//! ```text
+//! generation                          bumped on every install/remove; running servers poll it
+//! lock                                serialises writers (CLI and server)
+//! installed/<id>/active               the version a slot without a pinned version uses
+//! installed/<id>/<version>/component.wasm
+//! installed/<id>/<version>/manifest.json   id, version, world, sha256, size, source, time
+//! cache/<engine-key>/<sha256>.cwasm   precompiled code (+ .sha256 of the .cwasm itself)
+//! ```
+//!
+//! Every component is pinned by the sha256 of its bytes: loading checks it, `verify` rechecks it,
+//! and a version, once installed, is never replaced by other bytes.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use crate::config::{is_plugin_id, is_version, version_key};
+use crate::wasm::{self, Prepared};
+
+/// What `nimbus plugin list` shows for one installed version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub id: String,
+    pub version: String,
+    /// The WIT world it implements, e.g. `nimbus:authz/authz-policy@0.1.0`.
+    pub world: String,
+    /// Hex sha256 of the component bytes.
+    pub sha256: String,
+    pub size: u64,
+    /// `bundled` (shipped inside the server) or `file`.
+    pub source: String,
+    /// Unix seconds.
+    pub installed_at: u64,
+    /// Whether this is the version slots without a pinned version use.
+    #[serde(skip)]
+    pub active: bool,
+}
+
+/// Result of checking one installed version against its pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub id: String,
+    pub version: String,
+    pub expected_sha256: String,
+    /// `None` if the component file could not be read.
+    pub actual_sha256: Option<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.actual_sha256.as_deref() == Some(self.expected_sha256.as_str())
+    }
+}
+
+/// A component shipped inside the server binary.
+pub(crate) struct Bundled {
+    pub bytes: &'static [u8],
+}
+
+pub(crate) const BUNDLED: &[Bundled] = &[
+    Bundled {
+        bytes: include_bytes!(concat!(
+            env!("NIMBUS_PLUGINS_WASM_DIR"),
+            "/grants_policy.wasm"
+        )),
+    },
+    Bundled {
+        bytes: include_bytes!(concat!(
+            env!("NIMBUS_PLUGINS_WASM_DIR"),
+            "/http_health.wasm"
+        )),
+    },
+    Bundled {
+        bytes: include_bytes!(concat!(env!("NIMBUS_PLUGINS_WASM_DIR"), "/tcp_health.wasm")),
+    },
+];
+
+pub(crate) struct Catalog {
+    root: PathBuf,
+}
+
+/// Id and version a component names itself by (its `nimbus-plugin` custom section).
+pub(crate) fn embedded_metadata(bytes: &[u8]) -> Option<(String, String)> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(wasmparser::Payload::CustomSection(section)) = payload else {
+            continue;
+        };
+        if section.name() != "nimbus-plugin" {
+            continue;
+        }
+        let text = std::str::from_utf8(section.data()).ok()?;
+        let mut id = None;
+        let mut version = None;
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("id", v)) => id = Some(v.trim().to_string()),
+                Some(("version", v)) => version = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+        return Some((id?, version?));
+    }
+    None
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Writes `bytes` to `path` via a temporary file and a rename, so readers never see half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f =
+        fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
+    Ok(())
+}
+
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| {
+            format!(
+                "cannot create the plugin store directory {}",
+                path.display()
+            )
+        })
+}
+
+/// An exclusive lock on the store for the lifetime of the guard.
+pub(crate) struct StoreLock {
+    _file: fs::File,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the store under `<data_dir>/plugins`.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Catalog> {
+        let root = data_dir.join("plugins");
+        create_private_dir(&root.join("installed"))?;
+        create_private_dir(&root.join("cache"))?;
+        Ok(Catalog { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn lock(&self) -> anyhow::Result<StoreLock> {
+        let path = self.root.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// The store's change counter; it changes whenever a plugin is installed or removed.
+    pub fn generation(&self) -> u64 {
+        fs::read_to_string(self.root.join("generation"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn bump_generation(&self) -> anyhow::Result<()> {
+        let next = self.generation().wrapping_add(1);
+        write_atomic(
+            &self.root.join("generation"),
+            format!("{next}\n").as_bytes(),
+        )
+    }
+
+    fn plugin_dir(&self, id: &str) -> PathBuf {
+        self.root.join("installed").join(id)
+    }
+
+    fn version_dir(&self, id: &str, version: &str) -> PathBuf {
+        self.plugin_dir(id).join(version)
+    }
+
+    fn cache_path(&self, engine: &Engine, sha: &str) -> PathBuf {
+        self.root
+            .join("cache")
+            .join(crate::engine::compatibility_key(engine))
+            .join(format!("{sha}.cwasm"))
+    }
+
+    /// Installs the bundled components that are missing (first start, or a server with newer
+    /// bundled versions). A bundled version becomes active only if its plugin has none.
+    pub fn ensure_bundled(&self, engine: &Engine) -> anyhow::Result<()> {
+        let missing: Vec<&Bundled> = BUNDLED
+            .iter()
+            .filter(|b| match embedded_metadata(b.bytes) {
+                Some((id, version)) => !self
+                    .version_dir(&id, &version)
+                    .join("manifest.json")
+                    .exists(),
+                None => false,
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        for b in missing {
+            let Some((id, version)) = embedded_metadata(b.bytes) else {
+                continue;
+            };
+            if self
+                .version_dir(&id, &version)
+                .join("manifest.json")
+                .exists()
+            {
+                continue;
+            }
+            let make_active = self.active_version(&id).is_none();
+            self.install_locked(engine, b.bytes, &id, &version, "bundled", make_active)
+                .with_context(|| format!("cannot install the bundled plugin {id} {version}"))?;
+        }
+        Ok(())
+    }
+
+    /// Installs a component and makes it the plugin's active version. `id`/`version` default to
+    /// the component's embedded metadata.
+    pub fn install(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        id: Option<&str>,
+        version: Option<&str>,
+    ) -> anyhow::Result<PluginInfo> {
+        let embedded = embedded_metadata(bytes);
+        let id = id
+            .map(str::to_string)
+            .or_else(|| embedded.as_ref().map(|(i, _)| i.clone()))
+            .ok_or_else(|| {
+                anyhow!("the component does not name itself (no nimbus-plugin section); pass --id and --version")
+            })?;
+        let version = version
+            .map(str::to_string)
+            .or_else(|| embedded.as_ref().map(|(_, v)| v.clone()))
+            .ok_or_else(|| anyhow!("the component does not carry a version; pass --version"))?;
+        let _lock = self.lock()?;
+        self.install_locked(engine, bytes, &id, &version, "file", true)
+    }
+
+    fn install_locked(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        id: &str,
+        version: &str,
+        source: &str,
+        make_active: bool,
+    ) -> anyhow::Result<PluginInfo> {
+        if !is_plugin_id(id) {
+            bail!("{id:?} is not a plugin id: use 1-64 lowercase letters, digits and '-', starting with a letter");
+        }
+        if !is_version(version) {
+            bail!("{version:?} is not a version like 0.1.0");
+        }
+        let sha = sha256_hex(bytes);
+        let component = wasm::compile(engine, bytes)
+            .context("the file is not a WebAssembly component this server can compile")?;
+        let prepared = wasm::prepare(engine, &component)?;
+        let dir = self.version_dir(id, version);
+        if let Ok(existing) = self.manifest(id, version) {
+            if existing.sha256 != sha {
+                bail!(
+                    "{id} {version} is already installed with sha256 {}, and an installed version is never replaced; \
+                     install these bytes as a new version, or remove {id}@{version} first",
+                    existing.sha256
+                );
+            }
+        }
+        create_private_dir(&dir)?;
+        write_atomic(&dir.join("component.wasm"), bytes)?;
+        let info = PluginInfo {
+            id: id.to_string(),
+            version: version.to_string(),
+            world: prepared.world().name().to_string(),
+            sha256: sha.clone(),
+            size: bytes.len() as u64,
+            source: source.to_string(),
+            installed_at: now_secs(),
+            active: make_active,
+        };
+        let manifest = serde_json::to_vec_pretty(&info)?;
+        write_atomic(&dir.join("manifest.json"), &manifest)?;
+        self.write_cache(engine, &sha, bytes)?;
+        if make_active {
+            write_atomic(&self.plugin_dir(id).join("active"), version.as_bytes())?;
+        }
+        self.bump_generation()?;
+        Ok(info)
+    }
+
+    fn write_cache(&self, engine: &Engine, sha: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.cache_path(engine, sha);
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir)?;
+        }
+        let cwasm = wasm::precompile(engine, bytes)?;
+        write_atomic(
+            &path.with_extension("cwasm.sha256"),
+            sha256_hex(&cwasm).as_bytes(),
+        )?;
+        write_atomic(&path, &cwasm)
+    }
+
+    pub fn manifest(&self, id: &str, version: &str) -> anyhow::Result<PluginInfo> {
+        let path = self.version_dir(id, version).join("manifest.json");
+        let text = fs::read(&path).with_context(|| format!("{id} {version} is not installed"))?;
+        let mut info: PluginInfo = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is corrupt", path.display()))?;
+        info.active = self.active_version(id).as_deref() == Some(version);
+        Ok(info)
+    }
+
+    pub fn active_version(&self, id: &str) -> Option<String> {
+        fs::read_to_string(self.plugin_dir(id).join("active"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|v| self.version_dir(id, v).join("manifest.json").exists())
+    }
+
+    /// Every installed version, by id then version.
+    pub fn list(&self) -> anyhow::Result<Vec<PluginInfo>> {
+        let mut out = Vec::new();
+        let dir = self.root.join("installed");
+        let mut ids: Vec<String> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| is_plugin_id(n))
+            .collect();
+        ids.sort();
+        for id in ids {
+            let mut versions: Vec<String> = fs::read_dir(self.plugin_dir(&id))?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("manifest.json").exists())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
+            versions.sort_by_key(|v| version_key(v));
+            for v in versions {
+                out.push(self.manifest(&id, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves `id` or `id@version` to installed versions.
+    pub fn resolve(&self, spec: &str) -> anyhow::Result<Vec<PluginInfo>> {
+        let (id, version) = match spec.split_once('@') {
+            Some((i, v)) => (i, Some(v)),
+            None => (spec, None),
+        };
+        let all: Vec<PluginInfo> = self
+            .list()?
+            .into_iter()
+            .filter(|p| p.id == id && version.is_none_or(|v| p.version == v))
+            .collect();
+        if all.is_empty() {
+            bail!("no installed plugin matches {spec:?}; `nimbus plugin list` shows what is installed");
+        }
+        Ok(all)
+    }
+
+    /// Removes `id` (every version) or `id@version`. The bundled versions stay: the server
+    /// would reinstall them at its next start.
+    pub fn remove(&self, spec: &str) -> anyhow::Result<Vec<PluginInfo>> {
+        let _lock = self.lock()?;
+        let targets = self.resolve(spec)?;
+        let (bundled, removable): (Vec<_>, Vec<_>) =
+            targets.into_iter().partition(|p| p.source == "bundled");
+        if removable.is_empty() {
+            bail!(
+                "{spec} is bundled with the server and cannot be removed; configure another plugin for its slot instead"
+            );
+        }
+        for p in &removable {
+            fs::remove_dir_all(self.version_dir(&p.id, &p.version))
+                .with_context(|| format!("cannot remove {} {}", p.id, p.version))?;
+        }
+        let id = &removable[0].id;
+        if self.active_version(id).is_none() {
+            // Fall back to the newest remaining version (bundled ones included), if any.
+            let mut left: Vec<PluginInfo> = bundled
+                .into_iter()
+                .chain(self.list()?.into_iter().filter(|p| &p.id == id))
+                .collect();
+            left.sort_by_key(|p| version_key(&p.version));
+            match left.last() {
+                Some(p) => write_atomic(&self.plugin_dir(id).join("active"), p.version.as_bytes())?,
+                None => {
+                    let _ = fs::remove_dir_all(self.plugin_dir(id));
+                }
+            }
+        }
+        self.bump_generation()?;
+        Ok(removable)
+    }
+
+    /// Rechecks every installed component against the sha256 recorded at install.
+    pub fn verify(&self) -> anyhow::Result<Vec<VerifyReport>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|p| {
+                let actual = fs::read(self.version_dir(&p.id, &p.version).join("component.wasm"))
+                    .ok()
+                    .map(|b| sha256_hex(&b));
+                VerifyReport {
+                    id: p.id,
+                    version: p.version,
+                    expected_sha256: p.sha256,
+                    actual_sha256: actual,
+                }
+            })
+            .collect())
+    }
+
+    /// Compiles every installed component for this engine into the cache.
+    pub fn precompile_all(&self, engine: &Engine) -> anyhow::Result<Vec<PluginInfo>> {
+        let _lock = self.lock()?;
+        let all = self.list()?;
+        for p in &all {
+            let bytes = self.read_verified(p)?;
+            self.write_cache(engine, &p.sha256, &bytes)
+                .with_context(|| format!("cannot precompile {} {}", p.id, p.version))?;
+        }
+        Ok(all)
+    }
+
+    pub fn component_bytes(&self, id: &str, version: &str) -> anyhow::Result<Vec<u8>> {
+        let info = self.manifest(id, version)?;
+        self.read_verified(&info)
+    }
+
+    fn read_verified(&self, p: &PluginInfo) -> anyhow::Result<Vec<u8>> {
+        let path = self.version_dir(&p.id, &p.version).join("component.wasm");
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let actual = sha256_hex(&bytes);
+        if actual != p.sha256 {
+            bail!(
+                "{} {} fails its pin: {} has sha256 {actual}, installed as {}; reinstall it or run `nimbus plugin verify`",
+                p.id,
+                p.version,
+                path.display(),
+                p.sha256
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// Loads an installed version: bytes checked against the pin, code from the cache when it is
+    /// intact and compatible, compiled (and cached) otherwise.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        id: &str,
+        version: &str,
+    ) -> anyhow::Result<(PluginInfo, Prepared)> {
+        let info = self.manifest(id, version)?;
+        let bytes = self.read_verified(&info)?;
+        let component = self
+            .cached_component(engine, &info.sha256)
+            .map(Ok)
+            .unwrap_or_else(|| {
+                let c = wasm::compile(engine, &bytes)?;
+                if let Err(e) = self.write_cache(engine, &info.sha256, &bytes) {
+                    tracing::warn!(
+                        plugin = id,
+                        "cannot write the precompiled plugin cache: {e:#}"
+                    );
+                }
+                Ok::<_, anyhow::Error>(c)
+            })?;
+        let prepared = wasm::prepare(engine, &component)
+            .with_context(|| format!("{id} {version} cannot be loaded"))?;
+        Ok((info, prepared))
+    }
+
+    fn cached_component(&self, engine: &Engine, sha: &str) -> Option<Component> {
+        let path = self.cache_path(engine, sha);
+        let cwasm = fs::read(&path).ok()?;
+        let recorded = fs::read_to_string(path.with_extension("cwasm.sha256")).ok()?;
+        if recorded.trim() != sha256_hex(&cwasm) {
+            tracing::warn!(path = %path.display(), "precompiled plugin does not match its checksum; recompiling");
+            return None;
+        }
+        match wasm::load_precompiled(engine, &cwasm) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot use precompiled plugin, recompiling: {e:#}");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The `[plugins]` table of nimbus.toml: which plugin serves each slot, its configuration, the
+//! hosts it may reach and its limits. Parsing rejects unknown keys; [`PluginsConfig::validate`]
+//! rejects bad values with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::Deserialize;
+
+/// The largest linear memory any plugin instance may have; the engine's pooling allocator
+/// reserves this much address space per instance slot.
+pub const MAX_MEMORY_MIB: u32 = 64;
+/// The longest deadline a single plugin call may be given.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// `[plugins]` in nimbus.toml. Every key is optional; the default serves `authz` with the bundled
+/// `grants-policy` and `health.http`/`health.tcp` with `http-health`/`tcp-health`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// `[plugins.authz]`: the authorization policy (world `nimbus:authz/authz-policy@0.1.x`).
+    #[serde(default)]
+    pub authz: Option<SlotConfig>,
+    /// `[plugins.health.http]` and `[plugins.health.tcp]` (world `nimbus:health/health-check@0.1.x`).
+    #[serde(default)]
+    pub health: HealthSlots,
+    /// `[plugins.providers.<name>]`: reserved for provider components (`nimbus:provider`).
+    #[serde(default)]
+    pub providers: BTreeMap<String, SlotConfig>,
+    /// `[plugins.limits]`: defaults for every slot's limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// How often the server looks for plugins installed or removed while it runs (milliseconds;
+    /// 0 turns hot swapping off). Default 1000.
+    #[serde(default)]
+    pub watch_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSlots {
+    #[serde(default)]
+    pub http: Option<SlotConfig>,
+    #[serde(default)]
+    pub tcp: Option<SlotConfig>,
+}
+
+/// One slot: `[plugins.authz]`, `[plugins.health.http]`, ….
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// Plugin id in the plugin store (`nimbus plugin list`).
+    pub plugin: String,
+    /// Pin a version. Without it the slot follows the plugin's active version (the one installed
+    /// last), which is what makes `nimbus plugin install` of a new version swap it in live.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Pin the exact component bytes (hex sha256 as `nimbus plugin list` prints it).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Values the plugin reads through `nimbus:host/config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, ConfigValue>,
+    /// Hosts the plugin may reach through `nimbus:host/http` and `nimbus:host/tcp`: `host`,
+    /// `host:port`, `*.domain` or `*.domain:port`. Names are matched as written (no DNS).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Health slots only: also grant the host and port of the endpoint being checked, for that
+    /// check. Default true; set false to confine checks to `hosts`.
+    #[serde(default)]
+    pub allow_target: Option<bool>,
+    /// Overrides of `[plugins.limits]` for this slot.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A scalar config value; numbers and booleans reach the plugin as their TOML text.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl ConfigValue {
+    pub fn to_plugin_string(&self) -> String {
+        match self {
+            ConfigValue::String(s) => s.clone(),
+            ConfigValue::Integer(i) => i.to_string(),
+            ConfigValue::Float(f) => f.to_string(),
+            ConfigValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// Per-call limits. Unset values fall back to `[plugins.limits]`, then to the slot's default.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock deadline of one call, including the host calls it makes.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// WebAssembly fuel (roughly, instructions) one call may burn.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Linear memory one instance may grow to.
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+}
+
+/// Limits with every value decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffectiveLimits {
+    pub timeout: Duration,
+    pub fuel: u64,
+    pub memory_bytes: usize,
+}
+
+/// The slots a plugin can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SlotKind {
+    Authz,
+    HealthHttp,
+    HealthTcp,
+}
+
+impl SlotKind {
+    /// The key of the slot under `[plugins]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            SlotKind::Authz => "authz",
+            SlotKind::HealthHttp => "health.http",
+            SlotKind::HealthTcp => "health.tcp",
+        }
+    }
+
+    pub fn default_plugin(self) -> &'static str {
+        match self {
+            SlotKind::Authz => "grants-policy",
+            SlotKind::HealthHttp => "http-health",
+            SlotKind::HealthTcp => "tcp-health",
+        }
+    }
+
+    fn default_limits(self) -> EffectiveLimits {
+        match self {
+            // Authorization runs on every request: a tight budget.
+            SlotKind::Authz => EffectiveLimits {
+                timeout: Duration::from_millis(200),
+                fuel: 20_000_000,
+                memory_bytes: 16 << 20,
+            },
+            // Health checks wait on the network; the probe's own timeout is clipped to this.
+            SlotKind::HealthHttp | SlotKind::HealthTcp => EffectiveLimits {
+                timeout: Duration::from_millis(30_000),
+                fuel: 100_000_000,
+                memory_bytes: 16 << 20,
+            },
+        }
+    }
+
+    pub(crate) fn all() -> [SlotKind; 3] {
+        [SlotKind::Authz, SlotKind::HealthHttp, SlotKind::HealthTcp]
+    }
+}
+
+impl PluginsConfig {
+    /// The slot's configuration, or the default one.
+    pub fn slot(&self, kind: SlotKind) -> SlotConfig {
+        let configured = match kind {
+            SlotKind::Authz => self.authz.clone(),
+            SlotKind::HealthHttp => self.health.http.clone(),
+            SlotKind::HealthTcp => self.health.tcp.clone(),
+        };
+        configured.unwrap_or_else(|| SlotConfig {
+            plugin: kind.default_plugin().to_string(),
+            version: None,
+            sha256: None,
+            config: BTreeMap::new(),
+            hosts: Vec::new(),
+            allow_target: None,
+            limits: Limits::default(),
+        })
+    }
+
+    pub fn watch_interval(&self) -> Option<Duration> {
+        match self.watch_interval_ms.unwrap_or(1000) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// The limits a slot's calls run under.
+    pub fn effective_limits(&self, kind: SlotKind) -> EffectiveLimits {
+        let slot = self.slot(kind).limits;
+        let d = kind.default_limits();
+        EffectiveLimits {
+            timeout: slot
+                .timeout_ms
+                .or(self.limits.timeout_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(d.timeout),
+            fuel: slot.fuel.or(self.limits.fuel).unwrap_or(d.fuel),
+            memory_bytes: slot
+                .memory_mib
+                .or(self.limits.memory_mib)
+                .map(|m| (m as usize) << 20)
+                .unwrap_or(d.memory_bytes),
+        }
+    }
+
+    /// Checks every value; the error names the offending key under `plugins.`.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_limits("plugins.limits", &self.limits)?;
+        if let Some(ms) = self.watch_interval_ms {
+            if ms != 0 && ms < 50 {
+                bail!("plugins.watch_interval_ms = {ms}: must be 0 (off) or at least 50");
+            }
+        }
+        for kind in SlotKind::all() {
+            let key = format!("plugins.{}", kind.key());
+            let slot = self.slot(kind);
+            validate_slot(&key, &slot)?;
+            if kind == SlotKind::Authz && !slot.hosts.is_empty() {
+                bail!(
+                    "{key}.hosts: an authorization policy gets no network access; remove the key"
+                );
+            }
+            if kind == SlotKind::Authz && slot.allow_target.is_some() {
+                bail!("{key}.allow_target: only health slots check targets; remove the key");
+            }
+        }
+        if let Some(name) = self.providers.keys().next() {
+            bail!(
+                "plugins.providers.{name}: provider plugins are not supported by this build yet; \
+                 remove the table"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn validate_slot(key: &str, slot: &SlotConfig) -> anyhow::Result<()> {
+    if !is_plugin_id(&slot.plugin) {
+        bail!(
+            "{key}.plugin = {:?}: not a plugin id (lowercase letters, digits and '-', as `nimbus plugin list` shows)",
+            slot.plugin
+        );
+    }
+    if let Some(v) = &slot.version {
+        if !is_version(v) {
+            bail!("{key}.version = {v:?}: not a version like 0.1.0");
+        }
+    }
+    if let Some(s) = &slot.sha256 {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!(
+                "{key}.sha256 = {s:?}: expected 64 hex digits as `nimbus plugin list` prints them"
+            );
+        }
+    }
+    for (i, h) in slot.hosts.iter().enumerate() {
+        if crate::net::HostPattern::parse(h).is_none() {
+            bail!(
+                "{key}.hosts[{i}] = {h:?}: not a host pattern; use host, host:port, *.domain or *.domain:port"
+            );
+        }
+    }
+    validate_limits(&format!("{key}.limits"), &slot.limits)
+}
+
+fn validate_limits(key: &str, limits: &Limits) -> anyhow::Result<()> {
+    if let Some(t) = limits.timeout_ms {
+        if t == 0 || t > MAX_TIMEOUT_MS {
+            bail!("{key}.timeout_ms = {t}: must be between 1 and {MAX_TIMEOUT_MS}");
+        }
+    }
+    if let Some(f) = limits.fuel {
+        if f == 0 {
+            bail!("{key}.fuel = 0: must be at least 1");
+        }
+    }
+    if let Some(m) = limits.memory_mib {
+        if m == 0 || m > MAX_MEMORY_MIB {
+            bail!(
+                "{key}.memory_mib = {m}: must be between 1 and {MAX_MEMORY_MIB} (the engine's per-instance ceiling)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Plugin ids: 1–64 of `[a-z0-9-]`, starting with a letter.
+pub fn is_plugin_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `MAJOR.MINOR.PATCH` with an optional `-pre` suffix of `[0-9A-Za-z.-]`.
+pub fn is_version(s: &str) -> bool {
+    let (core, pre) = match s.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (s, None),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
+        && pre.is_none_or(|p| {
+            !p.is_empty()
+                && p.len() <= 32
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        })
+}
+
+/// Compares versions numerically (pre-releases sort by text after their core).
+pub(crate) fn version_key(s: &str) -> (u64, u64, u64, bool, String) {
+    let (core, pre) = match s.split_once('-') {
+        Some((c, p)) => (c, p.to_string()),
+        None => (s, String::new()),
+    };
+    let mut it = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        pre.is_empty(),
+        pre,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> anyhow::Result<PluginsConfig> {
+        let c: PluginsConfig = toml::from_str(s)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn empty_table_serves_every_slot_with_the_bundled_plugin() {
+        let c = parse("").unwrap();
+        assert_eq!(c.slot(SlotKind::Authz).plugin, "grants-policy");
+        assert_eq!(c.slot(SlotKind::HealthHttp).plugin, "http-health");
+        assert_eq!(c.slot(SlotKind::HealthTcp).plugin, "tcp-health");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_and_named() {
+        let e = parse("[authz]\nplugin = \"grants-policy\"\ntimeout = 3\n").unwrap_err();
+        assert!(format!("{e:#}").contains("timeout"), "{e:#}");
+    }
+
+    #[test]
+    fn memory_limit_above_the_engine_ceiling_names_the_key() {
+        let e = parse("[health.http]\nplugin = \"http-health\"\nlimits = { memory_mib = 65 }\n")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("plugins.health.http.limits.memory_mib = 65"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_host_pattern_names_its_index() {
+        let e = parse("[health.tcp]\nplugin = \"tcp-health\"\nhosts = [\"db\", \"a b\"]\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("plugins.health.tcp.hosts[1]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn authz_slot_cannot_be_granted_hosts() {
+        let e =
+            parse("[authz]\nplugin = \"grants-policy\"\nhosts = [\"example.com\"]\n").unwrap_err();
+        assert!(e.to_string().starts_with("plugins.authz.hosts"), "{e}");
+    }
+
+    #[test]
+    fn slot_limits_override_table_limits_which_override_defaults() {
+        let c = parse(
+            "[limits]\nfuel = 5\nmemory_mib = 2\n[authz]\nplugin = \"grants-policy\"\nlimits = { fuel = 7 }\n",
+        )
+        .unwrap();
+        let l = c.effective_limits(SlotKind::Authz);
+        assert_eq!(l.fuel, 7);
+        assert_eq!(l.memory_bytes, 2 << 20);
+        assert_eq!(l.timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn config_values_reach_plugins_as_text() {
+        let c =
+            parse("[authz]\nplugin = \"grants-policy\"\nconfig = { a = \"x\", b = 3, c = true }\n")
+                .unwrap();
+        let cfg = c.slot(SlotKind::Authz).config;
+        let got: Vec<String> = cfg.values().map(ConfigValue::to_plugin_string).collect();
+        assert_eq!(got, vec!["x", "3", "true"]);
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert!(version_key("0.10.0") > version_key("0.9.3"));
+        assert!(version_key("1.0.0") > version_key("1.0.0-rc.1"));
+        assert!(is_version("0.1.0") && !is_version("0.1") && !is_version("v0.1.0"));
+    }
+}

@@ -1,0 +1,83 @@
+//! The process's one wasmtime engine: pooling allocator, epoch interruption and fuel, with an
+//! epoch ticker thread. Also the precompiled-code cache key.
+
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use crate::config::MAX_MEMORY_MIB;
+
+/// How often the epoch advances; a call's deadline is rounded up to whole ticks.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Instance slots in the pool. Each concurrent plugin call holds one component instance and a
+/// few core instances (a Rust guest: its module plus the canonical-ABI shims); a call that finds
+/// the pool full fails (and an authorization then denies).
+const POOL_COMPONENTS: u32 = 1000;
+const POOL_CORE_INSTANCES: u32 = 4000;
+const POOL_MEMORIES: u32 = 1000;
+const POOL_TABLES: u32 = 4000;
+
+static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+
+/// The engine shared by every plugin host in this process.
+pub(crate) fn engine() -> anyhow::Result<&'static Engine> {
+    let slot = ENGINE.get_or_init(|| match build() {
+        Ok(engine) => {
+            let ticker = engine.clone();
+            let spawned = std::thread::Builder::new()
+                .name("nimbus-plugin-epoch".into())
+                .spawn(move || loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker.increment_epoch();
+                });
+            match spawned {
+                Ok(_) => Ok(engine),
+                Err(e) => Err(format!("cannot start the plugin epoch thread: {e}")),
+            }
+        }
+        Err(e) => Err(format!("{e:#}")),
+    });
+    slot.as_ref()
+        .map_err(|e| anyhow!("cannot create the WebAssembly engine for plugins: {e}"))
+}
+
+fn build() -> anyhow::Result<Engine> {
+    let max_memory = (MAX_MEMORY_MIB as usize) << 20;
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        // Plugins' memories are small: reserve their ceiling, not the 4 GiB default, so that the
+        // pool's address space stays modest. Bounds checks are explicit as a consequence.
+        .memory_reservation(max_memory as u64)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL_COMPONENTS)
+        .total_core_instances(POOL_CORE_INSTANCES)
+        .total_memories(POOL_MEMORIES)
+        .total_tables(POOL_TABLES)
+        .max_memory_size(max_memory);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| anyhow!("{e:#}"))
+}
+
+/// Names the directory of precompiled code valid for this engine (wasmtime version, target and
+/// settings); code compiled by another engine is never looked at.
+pub(crate) fn compatibility_key(engine: &Engine) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Epoch ticks covering `timeout`, rounded up, plus one so a deadline is never shorter than asked.
+pub(crate) fn ticks_for(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    (timeout.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+}

@@ -1,0 +1,586 @@
+//! [`PluginHost`]: the plugin store plus one loaded plugin per slot, swapped live when the store
+//! changes.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use nimbus_core::authz::{Authorizer, AuthzRequest, Decision};
+use wasmtime::Engine;
+
+use crate::catalog::{Catalog, PluginInfo, VerifyReport};
+use crate::config::{EffectiveLimits, PluginsConfig, SlotConfig, SlotKind};
+use crate::health::{endpoint_host_port, HealthOutcome, HealthProbe, HealthTarget};
+use crate::metrics::{MetricSample, Metrics};
+use crate::net::{HostPattern, NetGrants};
+use crate::wasm::{self, CallCtx, HealthAnswer, NetAccess, PolicyError, Prepared, World};
+
+/// One plugin version loaded for a slot.
+struct Loaded {
+    info: PluginInfo,
+    /// `id@version`, for logs and metrics.
+    label: Arc<str>,
+    prepared: Prepared,
+}
+
+/// A slot (`authz`, `health.http`, `health.tcp`) and the plugin currently serving it.
+struct Slot {
+    kind: SlotKind,
+    cfg: SlotConfig,
+    limits: EffectiveLimits,
+    config_pairs: Arc<Vec<(String, String)>>,
+    grants: Vec<HostPattern>,
+    allow_target: bool,
+    /// Swapped whole: a call clones the `Arc` and keeps its version until it returns, so a swap
+    /// never disturbs calls in flight.
+    current: RwLock<Arc<Loaded>>,
+}
+
+impl Slot {
+    fn current(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            // A poisoned lock only means a panic elsewhere while holding it; the value is intact.
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set(&self, loaded: Arc<Loaded>) {
+        match self.current.write() {
+            Ok(mut g) => *g = loaded,
+            Err(p) => *p.into_inner() = loaded,
+        }
+    }
+}
+
+/// The plugin host. Create one per server with [`PluginHost::open`].
+pub struct PluginHost {
+    engine: &'static Engine,
+    catalog: Catalog,
+    authz: Arc<Slot>,
+    health_http: Arc<Slot>,
+    health_tcp: Arc<Slot>,
+    metrics: Arc<Metrics>,
+    http_client: reqwest::Client,
+    seen_generation: Mutex<u64>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("store", &self.catalog.root())
+            .field("authz", &self.authz.current().label)
+            .field("health.http", &self.health_http.current().label)
+            .field("health.tcp", &self.health_tcp.current().label)
+            .finish()
+    }
+}
+
+/// Opens the plugin store under `<data_dir>/plugins` without loading any slot (for the CLI).
+pub struct PluginStore {
+    engine: &'static Engine,
+    catalog: Catalog,
+}
+
+impl PluginStore {
+    /// Opens the store, installing the bundled plugins if they are missing.
+    pub fn open(data_dir: &Path) -> anyhow::Result<PluginStore> {
+        let engine = crate::engine::engine()?;
+        let catalog = Catalog::open(data_dir)?;
+        catalog.ensure_bundled(engine)?;
+        Ok(PluginStore { engine, catalog })
+    }
+
+    pub fn list(&self) -> anyhow::Result<Vec<PluginInfo>> {
+        self.catalog.list()
+    }
+
+    /// Installs a component file's bytes and makes it its plugin's active version. Refuses a
+    /// component that implements no known world at a compatible version, or that imports what its
+    /// world does not offer.
+    pub fn install(
+        &self,
+        bytes: &[u8],
+        id: Option<&str>,
+        version: Option<&str>,
+    ) -> anyhow::Result<PluginInfo> {
+        self.catalog.install(self.engine, bytes, id, version)
+    }
+
+    pub fn remove(&self, spec: &str) -> anyhow::Result<Vec<PluginInfo>> {
+        self.catalog.remove(spec)
+    }
+
+    pub fn verify(&self) -> anyhow::Result<Vec<VerifyReport>> {
+        self.catalog.verify()
+    }
+
+    pub fn precompile(&self) -> anyhow::Result<Vec<PluginInfo>> {
+        self.catalog.precompile_all(self.engine)
+    }
+
+    /// The installed versions matching `id` or `id@version`.
+    pub fn resolve(&self, spec: &str) -> anyhow::Result<Vec<PluginInfo>> {
+        self.catalog.resolve(spec)
+    }
+
+    /// The WIT of the component (its world and the interfaces it uses), as text. `spec` is `id`
+    /// (the active version) or `id@version`.
+    pub fn inspect(&self, spec: &str) -> anyhow::Result<(PluginInfo, String)> {
+        let matches = self.catalog.resolve(spec)?;
+        let info = match spec.contains('@') {
+            true => matches.into_iter().next(),
+            false => matches.into_iter().find(|p| p.active),
+        }
+        .ok_or_else(|| anyhow!("{spec} has no active version; name one as {spec}@<version>"))?;
+        let bytes = self.catalog.component_bytes(&info.id, &info.version)?;
+        Ok((info, world_text(&bytes)?))
+    }
+
+    pub fn root(&self) -> &Path {
+        self.catalog.root()
+    }
+}
+
+/// Prints a component's world as WIT, with the packages it refers to nested after it.
+pub fn world_text(bytes: &[u8]) -> anyhow::Result<String> {
+    let decoded = wit_component::decode(bytes).context("cannot decode the component's WIT")?;
+    let resolve = decoded.resolve();
+    let root = decoded.package();
+    let nested: Vec<_> = resolve
+        .packages
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| *id != root)
+        .collect();
+    let mut printer = wit_component::WitPrinter::default();
+    printer.print(resolve, root, &nested)?;
+    Ok(printer.output.to_string())
+}
+
+impl PluginHost {
+    /// Opens the plugin store under `<data_dir>/plugins`, installs the bundled plugins on first
+    /// start, validates `config` and loads the plugin of every slot. Any problem is an error
+    /// naming the config key to fix. Starts the store watcher unless `watch_interval_ms = 0`.
+    pub fn open(data_dir: &Path, config: &PluginsConfig) -> anyhow::Result<Arc<PluginHost>> {
+        config.validate()?;
+        let store = PluginStore::open(data_dir)?;
+        let (engine, catalog) = (store.engine, store.catalog);
+        let generation = catalog.generation();
+        let make = |kind: SlotKind| -> anyhow::Result<Arc<Slot>> {
+            let cfg = config.slot(kind);
+            let loaded = load_for_slot(engine, &catalog, kind, &cfg)?;
+            let grants = cfg
+                .hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h))
+                .collect();
+            Ok(Arc::new(Slot {
+                kind,
+                limits: config.effective_limits(kind),
+                config_pairs: Arc::new(
+                    cfg.config
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_plugin_string()))
+                        .collect(),
+                ),
+                grants,
+                allow_target: cfg.allow_target.unwrap_or(true),
+                cfg,
+                current: RwLock::new(Arc::new(loaded)),
+            }))
+        };
+        let host = Arc::new(PluginHost {
+            engine,
+            authz: make(SlotKind::Authz)?,
+            health_http: make(SlotKind::HealthHttp)?,
+            health_tcp: make(SlotKind::HealthTcp)?,
+            catalog,
+            metrics: Arc::new(Metrics::default()),
+            http_client: crate::net::http_client()?,
+            seen_generation: Mutex::new(generation),
+        });
+        for slot in host.slots() {
+            let l = slot.current();
+            tracing::info!(
+                event = "plugin.loaded",
+                slot = slot.kind.key(),
+                plugin = &*l.label,
+                sha256 = %l.info.sha256,
+                "plugin slot {} served by {}",
+                slot.kind.key(),
+                l.label
+            );
+        }
+        if let Some(interval) = config.watch_interval() {
+            spawn_watcher(Arc::downgrade(&host), interval)?;
+        }
+        Ok(host)
+    }
+
+    fn slots(&self) -> [&Arc<Slot>; 3] {
+        [&self.authz, &self.health_http, &self.health_tcp]
+    }
+
+    fn slot(&self, kind: SlotKind) -> &Arc<Slot> {
+        match kind {
+            SlotKind::Authz => &self.authz,
+            SlotKind::HealthHttp => &self.health_http,
+            SlotKind::HealthTcp => &self.health_tcp,
+        }
+    }
+
+    /// The authorization policy as an [`Authorizer`]. It follows hot swaps, and denies whenever
+    /// the plugin fails (trap, deadline, fuel, memory, malformed answer).
+    pub fn authorizer(&self) -> Arc<dyn Authorizer> {
+        Arc::new(PluginAuthorizer {
+            engine: self.engine,
+            slot: self.authz.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Runs one health check with the `health.http` or `health.tcp` plugin (by the probe's
+    /// kind) on a blocking thread. Never fails: a plugin failure is an unhealthy outcome.
+    pub async fn check_health(&self, target: HealthTarget) -> HealthOutcome {
+        let kind = match target.probe {
+            HealthProbe::Http(_) => SlotKind::HealthHttp,
+            HealthProbe::Tcp(_) => SlotKind::HealthTcp,
+        };
+        let slot = self.slot(kind).clone();
+        let metrics = self.metrics.clone();
+        let client = self.http_client.clone();
+        let engine = self.engine;
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            run_health(engine, &slot, &metrics, client, runtime, &target)
+        });
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) => HealthOutcome {
+                healthy: false,
+                detail: format!("the health check did not complete: {e}"),
+                latency: None,
+                checked_by: "nimbus".into(),
+            },
+        }
+    }
+
+    /// Looks at the plugin store now and swaps every slot whose plugin changed (a new active
+    /// version, or a removed one). Returns the slots swapped. The watcher calls this when the
+    /// store's generation changes; a slot whose new plugin fails to load keeps its current one.
+    pub fn refresh(&self) -> Vec<String> {
+        let generation = self.catalog.generation();
+        if let Ok(mut g) = self.seen_generation.lock() {
+            *g = generation;
+        }
+        let mut swapped = Vec::new();
+        for slot in self.slots() {
+            let current = slot.current();
+            match load_for_slot(self.engine, &self.catalog, slot.kind, &slot.cfg) {
+                Ok(next) if next.info.sha256 == current.info.sha256 => {}
+                Ok(next) => {
+                    tracing::info!(
+                        event = "plugin.swapped",
+                        slot = slot.kind.key(),
+                        from = &*current.label,
+                        to = &*next.label,
+                        "plugin slot {} now served by {}",
+                        slot.kind.key(),
+                        next.label
+                    );
+                    swapped.push(format!("{}={}", slot.kind.key(), next.label));
+                    slot.set(Arc::new(next));
+                }
+                Err(e) => tracing::error!(
+                    event = "plugin.swap_failed",
+                    slot = slot.kind.key(),
+                    keeping = &*current.label,
+                    "cannot switch plugin slot {}: {e:#}; keeping {}",
+                    slot.kind.key(),
+                    current.label
+                ),
+            }
+        }
+        swapped
+    }
+
+    fn refresh_if_changed(&self) {
+        let generation = self.catalog.generation();
+        let seen = self.seen_generation.lock().map(|g| *g).unwrap_or(0);
+        if generation != seen {
+            self.refresh();
+        }
+    }
+
+    /// `id@version` of the plugin serving a slot (`authz`, `health.http`, `health.tcp`).
+    pub fn serving(&self, slot_key: &str) -> Option<String> {
+        SlotKind::all()
+            .into_iter()
+            .find(|k| k.key() == slot_key)
+            .map(|k| self.slot(k).current().label.to_string())
+    }
+
+    /// Call and failure counters.
+    pub fn metrics(&self) -> Vec<MetricSample> {
+        self.metrics.snapshot()
+    }
+
+    /// Metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render_prometheus(&self.metrics.snapshot())
+    }
+
+    /// The installed plugins.
+    pub fn list(&self) -> anyhow::Result<Vec<PluginInfo>> {
+        self.catalog.list()
+    }
+}
+
+fn spawn_watcher(host: Weak<PluginHost>, interval: Duration) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("nimbus-plugin-watch".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            match host.upgrade() {
+                Some(h) => h.refresh_if_changed(),
+                None => break,
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| anyhow!("cannot start the plugin store watcher: {e}"))
+}
+
+/// Resolves a slot's configuration to an installed version and loads it, checking its world
+/// and pins. Errors name the config key.
+fn load_for_slot(
+    engine: &Engine,
+    catalog: &Catalog,
+    kind: SlotKind,
+    cfg: &SlotConfig,
+) -> anyhow::Result<Loaded> {
+    let key = format!("plugins.{}", kind.key());
+    let version = match &cfg.version {
+        Some(v) => v.clone(),
+        None => catalog.active_version(&cfg.plugin).ok_or_else(|| {
+            let installed: Vec<String> = catalog
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.id)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            anyhow!(
+                "{key}.plugin = {:?}: no plugin with that id is installed (installed: {}); \
+                 install it with `nimbus plugin install <file.wasm>`",
+                cfg.plugin,
+                installed.join(", ")
+            )
+        })?,
+    };
+    let (info, prepared) = catalog
+        .load(engine, &cfg.plugin, &version)
+        .with_context(|| format!("{key}: cannot load {} {version}", cfg.plugin))?;
+    let wanted = match kind {
+        SlotKind::Authz => World::Authz,
+        SlotKind::HealthHttp | SlotKind::HealthTcp => World::Health,
+    };
+    if prepared.world() != wanted {
+        bail!(
+            "{key}.plugin = {:?}: it implements {}, but this slot needs {}",
+            cfg.plugin,
+            prepared.world().name(),
+            wanted.name()
+        );
+    }
+    if let Some(pin) = &cfg.sha256 {
+        if !pin.eq_ignore_ascii_case(&info.sha256) {
+            bail!(
+                "{key}.sha256 = {pin:?}, but {} {} has sha256 {}; update the pin or install the pinned component",
+                info.id,
+                info.version,
+                info.sha256
+            );
+        }
+    }
+    Ok(Loaded {
+        label: Arc::from(format!("{}@{}", info.id, info.version)),
+        info,
+        prepared,
+    })
+}
+
+/// The `authz` slot as an [`Authorizer`].
+struct PluginAuthorizer {
+    engine: &'static Engine,
+    slot: Arc<Slot>,
+    metrics: Arc<Metrics>,
+}
+
+impl Authorizer for PluginAuthorizer {
+    fn authorize(&self, request: &AuthzRequest) -> Decision {
+        let slot = &self.slot;
+        let loaded = slot.current();
+        let label = &*loaded.label;
+        self.metrics.count("authz", label, "-");
+        let ctx = CallCtx::new(
+            loaded.label.clone(),
+            slot.config_pairs.clone(),
+            None,
+            &slot.limits,
+        );
+        match wasm::call_authz(self.engine, &loaded.prepared, ctx, &slot.limits, request) {
+            Ok(Ok(decision)) => decision,
+            Ok(Err(error)) => {
+                let msg = match error {
+                    PolicyError::InvalidConfig(m) => format!("invalid configuration: {m}"),
+                    PolicyError::InvalidRequest(m) => format!("invalid request: {m}"),
+                    PolicyError::Other(m) => m,
+                };
+                self.metrics.count("authz", label, "error");
+                tracing::warn!(
+                    event = "plugin.error",
+                    slot = "authz",
+                    plugin = label,
+                    action = %request.action,
+                    "authorization policy {label} could not decide: {msg}; denying"
+                );
+                Decision::deny(
+                    &loaded.info.id,
+                    format!("authorization policy {label} could not decide: {msg}"),
+                )
+            }
+            Err(failure) => {
+                self.metrics.count("authz", label, failure.kind());
+                tracing::error!(
+                    event = "plugin.failed",
+                    slot = "authz",
+                    plugin = label,
+                    kind = failure.kind(),
+                    action = %request.action,
+                    "authorization policy {label} {}; denying (fail closed)",
+                    failure.message()
+                );
+                Decision::deny(
+                    &loaded.info.id,
+                    format!(
+                        "authorization policy {label} failed ({}); the request is denied",
+                        failure.kind()
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn run_health(
+    engine: &'static Engine,
+    slot: &Slot,
+    metrics: &Metrics,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+    target: &HealthTarget,
+) -> HealthOutcome {
+    let loaded = slot.current();
+    let label = &*loaded.label;
+    let key = slot.kind.key();
+    metrics.count(key, label, "-");
+    let mut patterns = slot.grants.clone();
+    if slot.allow_target {
+        if let Some((host, port)) = endpoint_host_port(target) {
+            let literal = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            patterns.extend(HostPattern::parse(&literal));
+        }
+    }
+    let net = NetAccess {
+        grants: NetGrants {
+            patterns,
+            slot_key: key,
+        },
+        client,
+        runtime,
+    };
+    let ctx = CallCtx::new(
+        loaded.label.clone(),
+        slot.config_pairs.clone(),
+        Some(net),
+        &slot.limits,
+    );
+    let checked_by = loaded.label.to_string();
+    match wasm::call_health(engine, &loaded.prepared, ctx, &slot.limits, target) {
+        Ok(HealthAnswer::Report {
+            healthy,
+            detail,
+            latency_ms,
+        }) => HealthOutcome {
+            healthy,
+            detail,
+            latency: latency_ms.map(|ms| Duration::from_millis(ms as u64)),
+            checked_by,
+        },
+        Ok(HealthAnswer::Error(msg)) => {
+            metrics.count(key, label, "error");
+            tracing::warn!(
+                event = "plugin.error",
+                slot = key,
+                plugin = label,
+                "health check could not be made: {msg}"
+            );
+            HealthOutcome {
+                healthy: false,
+                detail: format!("health check could not be made: {msg}"),
+                latency: None,
+                checked_by,
+            }
+        }
+        Err(failure) => {
+            metrics.count(key, label, failure.kind());
+            tracing::error!(
+                event = "plugin.failed",
+                slot = key,
+                plugin = label,
+                kind = failure.kind(),
+                endpoint = %target.endpoint,
+                "health plugin {label} {}",
+                failure.message()
+            );
+            HealthOutcome {
+                healthy: false,
+                detail: format!("health plugin {label} failed ({})", failure.kind()),
+                latency: None,
+                checked_by,
+            }
+        }
+    }
+}
+
+/// Benchmark support: not part of the server's API.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// Instantiates and calls a component exporting `run: func()` with the same per-call setup
+    /// (fresh store, fuel, epoch deadline, memory limiter) that plugin calls get.
+    pub struct Floor(wasm::FloorRunner);
+
+    impl Floor {
+        pub fn new(component_bytes: &[u8]) -> anyhow::Result<Floor> {
+            let limits = PluginsConfig::default().effective_limits(SlotKind::Authz);
+            Ok(Floor(wasm::FloorRunner::new(
+                crate::engine::engine()?,
+                component_bytes,
+                limits,
+            )?))
+        }
+
+        pub fn run_once(&self) -> anyhow::Result<()> {
+            self.0.run_once()
+        }
+    }
+}
