@@ -1,0 +1,326 @@
+//! End-to-end harness: starts the real `nimbus` binary on a free loopback port with a temp
+//! data dir and a temp HOME (so the credential file lands there), and talks to it over HTTP.
+//!
+//! The binary is found through `NIMBUS_BIN`, else next to the test executable's target dir
+//! (`target/debug/nimbus`); build it first with `cargo build -p nimbus`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub use reqwest;
+pub use serde_json::json;
+
+/// Where the `nimbus` binary is.
+pub fn nimbus_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIMBUS_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/debug/deps/<test> -> target/debug/nimbus
+    let exe = std::env::current_exe().expect("current exe");
+    let debug_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = debug_dir.join("nimbus");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p nimbus` first or set NIMBUS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running server and what a client needs to reach it.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    /// Holds HOME and the data dir; removed on drop.
+    pub root: tempfile::TempDir,
+    config: Option<String>,
+    pub token: String,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Server::start_with_config("").await
+    }
+
+    /// Starts a server whose `--config` file has `toml` as its text (none when empty).
+    pub async fn start_with_config(toml: &str) -> Server {
+        let root = tempfile::tempdir().expect("temp dir");
+        let config = (!toml.is_empty()).then(|| toml.to_string());
+        let mut s = Server {
+            child: None,
+            port: free_port(),
+            root,
+            config,
+            token: String::new(),
+            client: reqwest::Client::new(),
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.root.path().join("home")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn credential_file(&self) -> PathBuf {
+        self.home()
+            .join(".config/nimbus/application_default_credentials.json")
+    }
+
+    /// Runs `nimbus <args>` against this server's data dir and HOME; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = Command::new(nimbus_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("HOME", self.home())
+            .output()
+            .expect("run nimbus");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn spawn(&mut self) {
+        std::fs::create_dir_all(self.home()).expect("home");
+        let mut cmd = Command::new(nimbus_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(self.data_dir());
+        if let Some(text) = &self.config {
+            let path = self.root.path().join("nimbus.toml");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.path().join("server.log"))
+            .expect("log file");
+        cmd.env("HOME", self.home())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn nimbus serve"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "nimbus serve exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/healthz", self.base_url()))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nimbus serve did not become ready in 30s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let text = std::fs::read_to_string(self.credential_file())
+            .expect("the server writes the credential file at first start");
+        let v: Value = serde_json::from_str(&text).expect("credential file is JSON");
+        self.token = v["token"].as_str().expect("token").to_string();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("server running");
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop within 20s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same port, data dir and HOME.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.kill9();
+        }
+        self.spawn().await;
+    }
+
+    /// A request as the admin from the credential file.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_as(Auth::Bearer(&self.token), method, path, body)
+            .await
+    }
+
+    pub async fn call_as(
+        &self,
+        auth: Auth<'_>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base_url(), path));
+        req = match auth {
+            Auth::Bearer(t) => req.bearer_auth(t),
+            Auth::ApiKey(k) => req.header("X-Nimbus-Api-Key", k),
+            Auth::None => req,
+        };
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request reaches the server");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// A raw body (for malformed and oversized JSON).
+    pub async fn call_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .client
+            .request(method, format!("{}{}", self.base_url(), path))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request reaches the server");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    Bearer(&'a str),
+    ApiKey(&'a str),
+    None,
+}
+
+/// Asserts `(status, body)` is the documented error with `code`.
+#[track_caller]
+pub fn assert_error(resp: &(StatusCode, Value), status: u16, code: &str) {
+    assert_eq!(
+        resp.0.as_u16(),
+        status,
+        "expected {status} {code}, got {} {}",
+        resp.0,
+        resp.1
+    );
+    assert_eq!(resp.1["error"]["code"], code, "body: {}", resp.1);
+    assert!(
+        resp.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error message missing: {}",
+        resp.1
+    );
+    assert!(
+        resp.1["error"]["details"].is_object(),
+        "error details missing: {}",
+        resp.1
+    );
+}
+
+/// A sandbox-backed service definition as in the guides.
+pub fn worker_service(name: &str) -> Value {
+    json!({
+        "name": name,
+        "backend": { "kind": "sandbox", "sandbox": {
+            "owner": { "kind": "service", "serviceName": name },
+            "backend": "container",
+            "root": { "kind": "oci_image", "source": { "kind": "reference", "reference": "docker.io/library/node:22-alpine" } },
+            "process": { "argv": ["node", "server.js"] }
+        } },
+        "labels": { "team": "search" }
+    })
+}
+
+/// A standalone sandbox as in the guides.
+pub fn batch_sandbox() -> Value {
+    json!({
+        "profile": "worker",
+        "spec": {
+            "owner": { "kind": "standalone", "displayName": "batch-job" },
+            "backend": "container",
+            "root": { "kind": "oci_image", "source": { "kind": "reference", "reference": "docker.io/library/python:3.12-slim" } },
+            "process": { "argv": ["python", "job.py"] }
+        },
+        "labels": { "purpose": "batch" }
+    })
+}

@@ -1,0 +1,605 @@
+//! Credentials, tenant isolation on every route, audit, the credential file, OpenAPI,
+//! quotas, and durability across `kill -9`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use nimbus_e2e::{assert_error, batch_sandbox, json, worker_service, Auth, Server};
+
+const T: &str = "/v1/tenants/demo";
+
+async fn credential(s: &Server, tenant: &str, kind: &str, grants: &[&str]) -> (String, String) {
+    let (st, c) = s
+        .call(
+            "POST",
+            &format!("/v1/tenants/{tenant}/credentials"),
+            Some(json!({"kind": kind, "grants": grants})),
+        )
+        .await;
+    assert_eq!(st, 201, "{c}");
+    (
+        c["metadata"]["id"].as_str().unwrap().to_string(),
+        c["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn the_credential_file_is_written_0600_with_endpoint_token_and_tenant() {
+    let s = Server::start().await;
+    let path = s.credential_file();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(v["endpoint"], s.base_url());
+    assert_eq!(v["tenantId"], "demo");
+    let (st, _) = s.call("GET", &format!("{T}/services"), None).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn credentials_authenticate_by_kind_and_revocation_is_immediate() {
+    let s = Server::start().await;
+    assert_error(
+        &s.call_as(Auth::None, "GET", &format!("{T}/services"), None)
+            .await,
+        401,
+        "auth.unauthenticated",
+    );
+    assert_error(
+        &s.call_as(
+            Auth::Bearer("nmb_nope"),
+            "GET",
+            &format!("{T}/services"),
+            None,
+        )
+        .await,
+        401,
+        "auth.unauthenticated",
+    );
+    let (id, key) = credential(&s, "demo", "apiKey", &["tenant:read"]).await;
+    assert_eq!(
+        s.call_as(Auth::ApiKey(&key), "GET", &format!("{T}/services"), None)
+            .await
+            .0,
+        200
+    );
+    // An API key is not a bearer token.
+    assert_error(
+        &s.call_as(Auth::Bearer(&key), "GET", &format!("{T}/services"), None)
+            .await,
+        401,
+        "auth.unauthenticated",
+    );
+    // Reading is not writing.
+    assert_error(
+        &s.call_as(
+            Auth::ApiKey(&key),
+            "POST",
+            &format!("{T}/services"),
+            Some(worker_service("w")),
+        )
+        .await,
+        403,
+        "auth.permission_denied",
+    );
+    // Secrets are never listed.
+    let (_, list) = s.call("GET", &format!("{T}/credentials"), None).await;
+    assert!(!list.to_string().contains(&key));
+    assert!(list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c.get("secret").is_none()));
+    let (st, _) = s
+        .call("DELETE", &format!("{T}/credentials/{id}"), None)
+        .await;
+    assert_eq!(st, 200);
+    assert_error(
+        &s.call_as(Auth::ApiKey(&key), "GET", &format!("{T}/services"), None)
+            .await,
+        401,
+        "auth.unauthenticated",
+    );
+    // Only server admins grant server:admin.
+    let (_, tadmin) = credential(&s, "demo", "token", &["tenant:admin"]).await;
+    let r = s
+        .call_as(
+            Auth::Bearer(&tadmin),
+            "POST",
+            &format!("{T}/credentials"),
+            Some(json!({"kind": "token", "grants": ["server:admin"]})),
+        )
+        .await;
+    assert_error(&r, 403, "auth.permission_denied");
+    assert_error(
+        &s.call(
+            "POST",
+            &format!("{T}/credentials"),
+            Some(json!({"kind": "token", "grants": ["root"]})),
+        )
+        .await,
+        400,
+        "request.invalid_argument",
+    );
+}
+
+#[tokio::test]
+async fn exact_grants_decide_session_opens() {
+    let s = Server::start().await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker2")),
+    )
+    .await;
+    let (_, tok) = credential(&s, "demo", "token", &["service:worker:session"]).await;
+    let open = |name: &str| json!({"target": {"service": {"name": name}}, "channels": ["stdio"]});
+    let (st, ses) = s
+        .call_as(
+            Auth::Bearer(&tok),
+            "POST",
+            &format!("{T}/sessions"),
+            Some(open("worker")),
+        )
+        .await;
+    assert_eq!(st, 201, "{ses}");
+    assert_error(
+        &s.call_as(
+            Auth::Bearer(&tok),
+            "POST",
+            &format!("{T}/sessions"),
+            Some(open("worker2")),
+        )
+        .await,
+        403,
+        "auth.permission_denied",
+    );
+    // Denied before existence: an unknown name is also 403, not 404.
+    assert_error(
+        &s.call_as(
+            Auth::Bearer(&tok),
+            "POST",
+            &format!("{T}/sessions"),
+            Some(open("ghost")),
+        )
+        .await,
+        403,
+        "auth.permission_denied",
+    );
+    // The opener can read and close its own session.
+    let id = ses["metadata"]["id"].as_str().unwrap();
+    assert_eq!(
+        s.call_as(
+            Auth::Bearer(&tok),
+            "GET",
+            &format!("{T}/sessions/{id}"),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        s.call_as(
+            Auth::Bearer(&tok),
+            "POST",
+            &format!("{T}/sessions/{id}/close"),
+            Some(json!({"reason": "done"}))
+        )
+        .await
+        .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn workload_identity_tokens_are_verified_and_bound_to_their_tenant() {
+    let s = Server::start().await;
+    let (ok, token, err) = s.cli(&[
+        "credential",
+        "create",
+        "--kind",
+        "workload-identity",
+        "--workload",
+        "sandbox:sbx_x",
+        "--grant",
+        "tenant:read",
+        "--ttl-seconds",
+        "600",
+    ]);
+    assert!(ok.success(), "{err}");
+    let token = token.trim();
+    assert_eq!(
+        s.call_as(Auth::Bearer(token), "GET", &format!("{T}/services"), None)
+            .await
+            .0,
+        200
+    );
+    assert_error(
+        &s.call_as(
+            Auth::Bearer(token),
+            "POST",
+            &format!("{T}/services"),
+            Some(worker_service("w")),
+        )
+        .await,
+        403,
+        "auth.permission_denied",
+    );
+    let mut forged = token.to_string();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_error(
+        &s.call_as(Auth::Bearer(&forged), "GET", &format!("{T}/services"), None)
+            .await,
+        401,
+        "auth.unauthenticated",
+    );
+    let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["actor"] == "sandbox:sbx_x" && e["decision"] == "deny"));
+}
+
+#[tokio::test]
+async fn a_credential_of_another_tenant_is_refused_on_every_route_before_existence() {
+    let s = Server::start().await;
+    let (st, _) = s
+        .call("POST", "/v1/tenants", Some(json!({"name": "other"})))
+        .await;
+    assert_eq!(st, 201);
+    assert_error(
+        &s.call("POST", "/v1/tenants", Some(json!({"name": "other"})))
+            .await,
+        409,
+        "resource.already_exists",
+    );
+    let (_, other) = credential(&s, "other", "token", &["tenant:admin"]).await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    let (_, sbx) = s
+        .call("POST", &format!("{T}/sandboxes"), Some(batch_sandbox()))
+        .await;
+    let sbx = sbx["metadata"]["id"].as_str().unwrap().to_string();
+    let (_, ses) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "worker"}}, "channels": []})),
+        )
+        .await;
+    let ses = ses["metadata"]["id"].as_str().unwrap().to_string();
+    let (_, creds) = s.call("GET", &format!("{T}/credentials"), None).await;
+    let cred = creds["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ghost_sbx = "sbx_00000000000000000000000000";
+    let ghost_ses = "ses_00000000000000000000000000";
+    let mut checked = 0;
+    for route in nimbus_api::ROUTES.iter().filter(|r| r.authenticated) {
+        for (existing, name, id) in [(true, "worker", ""), (false, "ghost", "")] {
+            let path = route
+                .path
+                .replace("{tenantId}", "demo")
+                .replace("{name}", name)
+                .replace(
+                    "{id}",
+                    if id.is_empty() {
+                        match (
+                            route.path.contains("sandboxes"),
+                            route.path.contains("sessions"),
+                            existing,
+                        ) {
+                            (true, _, true) => &sbx,
+                            (true, _, false) => ghost_sbx,
+                            (_, true, true) => &ses,
+                            (_, true, false) => ghost_ses,
+                            (_, _, true) => &cred,
+                            _ => "cred_00000000000000000000000000",
+                        }
+                    } else {
+                        id
+                    },
+                );
+            let body = match route.operation_id {
+                "tenants.create" => Some(json!({"name": "third"})),
+                "credentials.create" => Some(json!({"kind": "token", "grants": []})),
+                "services.create" => Some(worker_service("x")),
+                "services.update" => Some(json!({"labels": {}, "ifMatchGeneration": 1})),
+                "sandboxes.create" => Some(batch_sandbox()),
+                "sessions.open" => {
+                    Some(json!({"target": {"service": {"name": name}}, "channels": []}))
+                }
+                "sessions.close" => Some(json!({"reason": "x"})),
+                _ => None,
+            };
+            let path = if route.operation_id == "services.delete" {
+                format!("{path}?ifMatchGeneration=1")
+            } else {
+                path
+            };
+            let r = s
+                .call_as(Auth::Bearer(&other), route.method, &path, body)
+                .await;
+            assert_error(&r, 403, "auth.permission_denied");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "{checked}");
+    // Nothing changed in demo.
+    let (_, svc) = s.call("GET", &format!("{T}/services/worker"), None).await;
+    assert_eq!(svc["metadata"]["generation"], 1);
+    assert_eq!(
+        s.call("GET", &format!("{T}/sandboxes/{sbx}"), None).await.0,
+        200
+    );
+    // Denials are audited in the tenant that was targeted.
+    let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    let denials = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["decision"] == "deny")
+        .count();
+    assert!(denials >= 40, "{denials}");
+}
+
+#[tokio::test]
+async fn writes_session_lookups_and_denials_are_audited() {
+    let s = Server::start().await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    let (_, ses) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "worker"}}, "channels": ["stdio"]})),
+        )
+        .await;
+    let id = ses["metadata"]["id"].as_str().unwrap();
+    s.call("GET", &format!("{T}/sessions/{id}"), None).await;
+    s.call(
+        "POST",
+        &format!("{T}/sessions/{id}/close"),
+        Some(json!({"reason": "done"})),
+    )
+    .await;
+    s.call_as(Auth::None, "GET", &format!("{T}/services"), None)
+        .await;
+    let (st, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    assert_eq!(st, 200);
+    let items = audit["items"].as_array().unwrap();
+    for action in [
+        "services.create",
+        "sessions.open",
+        "sessions.get",
+        "sessions.close",
+    ] {
+        let e = items
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} in {audit}"));
+        assert_eq!(e["decision"], "allow");
+        assert!(e["actor"].as_str().unwrap().starts_with("cred_"));
+        assert!(e["time"].as_str().is_some() && e["target"].as_str().is_some());
+    }
+    assert!(items
+        .iter()
+        .any(|e| e["actor"] == "anonymous" && e["decision"] == "deny"));
+    // Paging the audit log.
+    let (_, page) = s.call("GET", &format!("{T}/audit?limit=2"), None).await;
+    let tok = page["metadata"]["nextPageToken"].as_str().unwrap();
+    let (_, page2) = s
+        .call("GET", &format!("{T}/audit?limit=2&pageToken={tok}"), None)
+        .await;
+    assert_ne!(page["items"][0], page2["items"][0]);
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9_in_the_middle_of_a_burst() {
+    let mut s = Server::start().await;
+    let base = s.base_url();
+    let token = s.token.clone();
+    let client = s.client.clone();
+    let burst = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..400 {
+            let (client, base, token) = (client.clone(), base.clone(), token.clone());
+            tasks.spawn(async move {
+                let name = format!("svc-{i}");
+                let r = client
+                    .post(format!("{base}/v1/tenants/demo/services"))
+                    .bearer_auth(token)
+                    .json(&json!({"name": name, "backend": {"kind": "builtIn", "provider": "browser"}}))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 201 => Some(name),
+                    _ => None,
+                }
+            });
+            if i % 8 == 7 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Some(name)) = r {
+                acked.push(name);
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    s.kill9();
+    let acked = burst.await.unwrap();
+    assert!(
+        !acked.is_empty(),
+        "no write was acknowledged before the kill"
+    );
+    assert!(
+        acked.len() < 400,
+        "every write finished before the kill; the test proves nothing"
+    );
+    s.restart().await;
+    let mut stored = std::collections::HashSet::new();
+    let mut token = String::new();
+    loop {
+        let q = if token.is_empty() {
+            "limit=1000".to_string()
+        } else {
+            format!("limit=1000&pageToken={token}")
+        };
+        let (_, page) = s.call("GET", &format!("{T}/services?{q}"), None).await;
+        for i in page["items"].as_array().unwrap() {
+            stored.insert(i["metadata"]["name"].as_str().unwrap().to_string());
+        }
+        token = page["metadata"]["nextPageToken"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if token.is_empty() {
+            break;
+        }
+    }
+    let lost: Vec<_> = acked.iter().filter(|n| !stored.contains(*n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost after kill -9: {lost:?}",
+        lost.len()
+    );
+    eprintln!("{} acknowledged, {} stored", acked.len(), stored.len());
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly_and_a_restart_keeps_the_credential_file_working() {
+    let mut s = Server::start().await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    let token = s.token.clone();
+    let status = s.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", s.log());
+    s.restart().await;
+    assert_eq!(
+        s.token, token,
+        "a working credential file is kept across restarts"
+    );
+    assert_eq!(
+        s.call("GET", &format!("{T}/services/worker"), None).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn tenant_capacity_is_enforced_with_quota_exhausted() {
+    let s = Server::start_with_config(
+        "[limits]\nsandboxes_per_tenant = 2\nopen_sessions_per_tenant = 1\n",
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            s.call("POST", &format!("{T}/sandboxes"), Some(batch_sandbox()))
+                .await
+                .0,
+            201
+        );
+    }
+    let r = s
+        .call("POST", &format!("{T}/sandboxes"), Some(batch_sandbox()))
+        .await;
+    assert_error(&r, 429, "quota.exhausted");
+    assert_eq!(r.1["error"]["details"]["limit"], 2);
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    let open = json!({"target": {"service": {"name": "worker"}}, "channels": []});
+    assert_eq!(
+        s.call("POST", &format!("{T}/sessions"), Some(open.clone()))
+            .await
+            .0,
+        201
+    );
+    assert_error(
+        &s.call("POST", &format!("{T}/sessions"), Some(open)).await,
+        429,
+        "quota.exhausted",
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_file_fails_at_start_naming_the_key() {
+    let root = tempfile::tempdir().unwrap();
+    let cfg = root.path().join("nimbus.toml");
+    std::fs::write(&cfg, "[limits]\nsandboxes_per_tenant = \"many\"\n").unwrap();
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("data"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limits.sandboxes_per_tenant"), "{err}");
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route_and_every_listed_route_is_served() {
+    let s = Server::start().await;
+    let (st, doc) = s.call_as(Auth::None, "GET", "/v1/openapi.json", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(s.call_as(Auth::None, "GET", "/healthz", None).await.0, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, methods) in paths {
+        for (method, op) in methods.as_object().unwrap() {
+            operations += 1;
+            let concrete = path
+                .replace("{tenantId}", "demo")
+                .replace("{name}", "x")
+                .replace("{id}", "sbx_00000000000000000000000000");
+            let r = s.call(&method.to_uppercase(), &concrete, None).await;
+            assert!(
+                !nimbus_api::is_routing_miss(r.0, &r.1),
+                "{method} {path} ({}) is in the document but not routed: {}",
+                op["operationId"],
+                r.1
+            );
+            assert!(r.0.as_u16() < 500, "{method} {path}: {}", r.1);
+        }
+    }
+    assert_eq!(operations, nimbus_api::ROUTES.len());
+    let r = s.call("GET", "/v1/tenants/demo/nothing-here", None).await;
+    assert!(nimbus_api::is_routing_miss(r.0, &r.1));
+    assert_error(
+        &s.call("PATCH", &format!("{T}/services"), None).await,
+        405,
+        "request.method_not_allowed",
+    );
+}

@@ -1,0 +1,745 @@
+//! The control plane driven over HTTP through the real `nimbus serve`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use nimbus_e2e::{assert_error, batch_sandbox, json, worker_service, Server};
+
+const T: &str = "/v1/tenants/demo";
+
+#[tokio::test]
+async fn guide_service_examples_work_as_http_requests() {
+    let s = Server::start().await;
+    // Create (services guide).
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/services"),
+            Some(worker_service("worker")),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert_eq!(created["metadata"]["name"], "worker");
+    assert_eq!(created["metadata"]["labels"]["team"], "search");
+    assert_eq!(created["status"]["lifecycleState"], "stopped");
+    assert_eq!(
+        created["spec"]["backend"]["sandbox"]["process"]["argv"],
+        json!({"redacted": true, "valueCount": 2})
+    );
+    // Start: desired state recorded, honest conditions.
+    let (st, started) = s
+        .call("POST", &format!("{T}/services/worker/start"), None)
+        .await;
+    assert_eq!(st, 202);
+    assert_eq!(started["status"]["desiredState"], "running");
+    assert_eq!(
+        started["status"]["conditions"][0]["reason"],
+        "LauncherUnavailable"
+    );
+    // Get, update with the current generation.
+    let (_, current) = s.call("GET", &format!("{T}/services/worker"), None).await;
+    let generation = current["metadata"]["generation"].as_i64().unwrap();
+    let (st, updated) = s
+        .call("PUT", &format!("{T}/services/worker"), Some(json!({"backend": {"kind": "builtIn", "provider": "loadBalancer"}, "ifMatchGeneration": generation})))
+        .await;
+    assert_eq!(st, 200, "{updated}");
+    assert_eq!(updated["metadata"]["generation"], generation + 1);
+    assert_ne!(
+        updated["metadata"]["resourceVersion"],
+        current["metadata"]["resourceVersion"]
+    );
+    assert_eq!(updated["status"]["lifecycleState"], "declared");
+    // The guide's delete uses generation + 1, which is now current; it is started, so it needs force.
+    let del = s
+        .call(
+            "DELETE",
+            &format!("{T}/services/worker?ifMatchGeneration={}", generation + 1),
+            None,
+        )
+        .await;
+    assert_error(&del, 409, "state.invalid_transition");
+    let (st, deleted) = s
+        .call(
+            "DELETE",
+            &format!(
+                "{T}/services/worker?ifMatchGeneration={}&force=true",
+                generation + 1
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{deleted}");
+    assert_eq!(deleted["metadata"]["name"], "worker");
+    assert_error(
+        &s.call("GET", &format!("{T}/services/worker"), None).await,
+        404,
+        "resource.not_found",
+    );
+    // Built-in and external backends are declared definitions.
+    let (st, b) = s
+        .call(
+            "POST",
+            &format!("{T}/services"),
+            Some(json!({"name": "browser", "backend": {"kind": "builtIn", "provider": "browser"}})),
+        )
+        .await;
+    assert_eq!(
+        (st.as_u16(), b["status"]["lifecycleState"].as_str()),
+        (201, Some("declared"))
+    );
+    let ext = json!({"name": "search", "backend": {"kind": "external", "endpoint": {"url": "https://search.internal:9200"}, "auth": {"kind": "none"}, "health": {"kind": "http", "path": "/healthz"}}});
+    let (st, e) = s.call("POST", &format!("{T}/services"), Some(ext)).await;
+    assert_eq!(
+        (st.as_u16(), e["status"]["lifecycleState"].as_str()),
+        (201, Some("declared"))
+    );
+    // Stop and restart return the object with 202.
+    let (st, stopped) = s
+        .call(
+            "POST",
+            &format!("{T}/services/browser/stop?waitUntil=stopped"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st.as_u16(), stopped["status"]["desiredState"].as_str()),
+        (202, Some("stopped"))
+    );
+    let (st, _) = s
+        .call("POST", &format!("{T}/services/browser/restart"), None)
+        .await;
+    assert_eq!(st, 202);
+}
+
+#[tokio::test]
+async fn generation_changes_only_on_spec_changes_and_resource_version_on_every_write() {
+    let s = Server::start().await;
+    let (_, a) = s
+        .call(
+            "POST",
+            &format!("{T}/services"),
+            Some(json!({"name": "a", "backend": {"kind": "builtIn", "provider": "browser"}})),
+        )
+        .await;
+    let (_, b) = s
+        .call(
+            "PUT",
+            &format!("{T}/services/a"),
+            Some(json!({"labels": {"x": "y"}, "ifMatchGeneration": 1})),
+        )
+        .await;
+    assert_eq!(b["metadata"]["generation"], 1);
+    assert_ne!(
+        a["metadata"]["resourceVersion"],
+        b["metadata"]["resourceVersion"]
+    );
+    let (_, c) = s.call("PUT", &format!("{T}/services/a"), Some(json!({"backend": {"kind": "builtIn", "provider": "browser"}, "ifMatchGeneration": 1}))).await;
+    assert_eq!(
+        c["metadata"]["generation"], 1,
+        "same backend is no spec change"
+    );
+    let (_, d) = s.call("POST", &format!("{T}/services/a/start"), None).await;
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert_ne!(
+        d["metadata"]["resourceVersion"],
+        c["metadata"]["resourceVersion"]
+    );
+}
+
+#[tokio::test]
+async fn stale_generation_is_rejected_with_precondition_failed_naming_the_current_one() {
+    let s = Server::start().await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    s.call(
+        "PUT",
+        &format!("{T}/services/worker"),
+        Some(
+            json!({"backend": {"kind": "builtIn", "provider": "browser"}, "ifMatchGeneration": 1}),
+        ),
+    )
+    .await;
+    let r = s
+        .call(
+            "PUT",
+            &format!("{T}/services/worker"),
+            Some(json!({"labels": {}, "ifMatchGeneration": 1})),
+        )
+        .await;
+    assert_error(&r, 412, "op.precondition_failed");
+    assert!(r.1["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("generation 2"));
+    assert_eq!(r.1["error"]["details"]["currentGeneration"], 2);
+    assert_error(
+        &s.call(
+            "DELETE",
+            &format!("{T}/services/worker?ifMatchGeneration=1"),
+            None,
+        )
+        .await,
+        412,
+        "op.precondition_failed",
+    );
+    assert_error(
+        &s.call(
+            "PUT",
+            &format!("{T}/services/worker"),
+            Some(json!({"labels": {}})),
+        )
+        .await,
+        400,
+        "request.invalid_argument",
+    );
+    assert_error(
+        &s.call("DELETE", &format!("{T}/services/worker"), None)
+            .await,
+        400,
+        "request.invalid_argument",
+    );
+}
+
+#[tokio::test]
+async fn concurrent_updates_with_one_generation_have_exactly_one_winner() {
+    let s = Server::start().await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    let providers = [
+        "loadBalancer",
+        "serviceDiscovery",
+        "browser",
+        "modelGateway",
+    ];
+    let calls = (0..12).map(|i| {
+        let body = json!({"backend": {"kind": "builtIn", "provider": providers[i % 4]}, "ifMatchGeneration": 1});
+        s.call("PUT", "/v1/tenants/demo/services/worker", Some(body))
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let wins = results.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(wins, 1, "{results:?}");
+    for r in results.iter().filter(|r| r.0 != 200) {
+        assert_error(r, 412, "op.precondition_failed");
+    }
+}
+
+#[tokio::test]
+async fn listing_paginates_over_several_pages_with_stable_order_and_rejects_bad_tokens() {
+    let s = Server::start().await;
+    for i in 0..7 {
+        let (st, _) = s.call("POST", &format!("{T}/services"), Some(json!({"name": format!("svc-{i}"), "backend": {"kind": "builtIn", "provider": "browser"}}))).await;
+        assert_eq!(st, 201);
+        let (st, _) = s
+            .call("POST", &format!("{T}/sandboxes"), Some(batch_sandbox()))
+            .await;
+        assert_eq!(st, 201);
+    }
+    for collection in ["services", "sandboxes"] {
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let q = if token.is_empty() {
+                "limit=3".to_string()
+            } else {
+                format!("limit=3&pageToken={token}")
+            };
+            let (st, page) = s.call("GET", &format!("{T}/{collection}?{q}"), None).await;
+            assert_eq!(st, 200, "{page}");
+            pages += 1;
+            for item in page["items"].as_array().unwrap() {
+                seen.push(
+                    item["metadata"]["name"]
+                        .as_str()
+                        .or(item["metadata"]["id"].as_str())
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+            token = page["metadata"]["nextPageToken"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(pages, 3, "{collection}");
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "{collection} order");
+        assert_eq!(
+            seen.iter().collect::<BTreeSet<_>>().len(),
+            7,
+            "{collection} every item once"
+        );
+    }
+    let r = s
+        .call("GET", &format!("{T}/services?pageToken=bogus"), None)
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(r.1["error"]["details"]["field"], "pageToken");
+    // A sandboxes token is not a services token.
+    let (_, page) = s.call("GET", &format!("{T}/sandboxes?limit=1"), None).await;
+    let tok = page["metadata"]["nextPageToken"].as_str().unwrap();
+    assert_error(
+        &s.call("GET", &format!("{T}/services?pageToken={tok}"), None)
+            .await,
+        400,
+        "request.invalid_argument",
+    );
+}
+
+#[tokio::test]
+async fn sandboxes_are_stored_pending_with_a_truthful_condition_and_redacted_inputs() {
+    let s = Server::start().await;
+    let mut body = batch_sandbox();
+    body["spec"]["process"]["environment"] = json!({"API_KEY": "hunter2"});
+    let (st, sbx) = s.call("POST", &format!("{T}/sandboxes"), Some(body)).await;
+    assert_eq!(st, 201, "{sbx}");
+    let id = sbx["metadata"]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("sbx_") && id.len() == 30, "{id}");
+    assert_eq!(sbx["status"]["lifecycleState"], "pending");
+    assert_eq!(sbx["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(sbx["status"]["conditions"][0]["status"], "False");
+    assert_eq!(
+        sbx["status"]["conditions"][0]["reason"],
+        "DriverUnavailable"
+    );
+    let (_, got) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+    assert!(
+        !got.to_string().contains("hunter2") && !got.to_string().contains("job.py"),
+        "{got}"
+    );
+    assert_eq!(
+        got["spec"]["process"]["environment"],
+        json!({"redacted": true, "valueCount": 1})
+    );
+    // Label and state filters.
+    let mut other = batch_sandbox();
+    other["labels"] = json!({"purpose": "other"});
+    s.call("POST", &format!("{T}/sandboxes"), Some(other)).await;
+    let (_, batch) = s
+        .call(
+            "GET",
+            &format!("{T}/sandboxes?labelKey=purpose&labelValue=batch"),
+            None,
+        )
+        .await;
+    assert_eq!(batch["items"].as_array().unwrap().len(), 1);
+    let (_, keyed) = s
+        .call("GET", &format!("{T}/sandboxes?labelKey=purpose"), None)
+        .await;
+    assert_eq!(keyed["items"].as_array().unwrap().len(), 2);
+    // Stop a pending sandbox: it ends at once; stopping again is a no-op.
+    let (st, stopped) = s
+        .call("POST", &format!("{T}/sandboxes/{id}/stop"), None)
+        .await;
+    assert_eq!(
+        (st.as_u16(), stopped["status"]["lifecycleState"].as_str()),
+        (202, Some("stopped"))
+    );
+    let (st, _) = s
+        .call("POST", &format!("{T}/sandboxes/{id}/stop"), None)
+        .await;
+    assert_eq!(st, 202);
+    let (_, by_state) = s
+        .call("GET", &format!("{T}/sandboxes?state=stopped"), None)
+        .await;
+    assert_eq!(by_state["items"].as_array().unwrap().len(), 1);
+    assert_error(
+        &s.call("GET", &format!("{T}/sandboxes?state=running"), None)
+            .await,
+        400,
+        "request.invalid_argument",
+    );
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+    assert_error(
+        &s.call("GET", &format!("{T}/sandboxes/{id}"), None).await,
+        404,
+        "resource.not_found",
+    );
+    // Service-owned sandboxes are not created through this API.
+    let mut owned = batch_sandbox();
+    owned["spec"]["owner"] = json!({"kind": "service", "serviceName": "worker"});
+    let r = s.call("POST", &format!("{T}/sandboxes"), Some(owned)).await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(r.1["error"]["details"]["field"], "spec.owner");
+    // krun is accepted and validated.
+    let mut krun = batch_sandbox();
+    krun["spec"]["backend"] = json!("krun");
+    assert_eq!(
+        s.call("POST", &format!("{T}/sandboxes"), Some(krun))
+            .await
+            .0,
+        201
+    );
+}
+
+#[tokio::test]
+async fn sessions_open_list_close_with_snapshot_ttl_and_channel_rules() {
+    let s = Server::start().await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    let (st, ses) = s
+        .call("POST", &format!("{T}/sessions"), Some(json!({"target": {"service": {"name": "worker"}}, "channels": ["stdio"], "requestedTtlMs": 600000})))
+        .await;
+    assert_eq!(st, 201, "{ses}");
+    let id = ses["metadata"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        ses["spec"]["targetSnapshot"],
+        json!({"kind": "service", "name": "worker", "generation": 1, "backend": "sandbox"})
+    );
+    assert_eq!(ses["status"]["lifecycleState"], "open");
+    assert_eq!(ses["spec"]["ttlMs"], 600000);
+    // Default and capped TTLs.
+    let (_, d) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "worker"}}, "channels": ["files"]})),
+        )
+        .await;
+    assert_eq!(d["spec"]["ttlMs"], 15 * 60 * 1000);
+    let (_, c) = s.call("POST", &format!("{T}/sessions"), Some(json!({"target": {"service": {"name": "worker"}}, "channels": [], "requestedTtlMs": 7_200_000}))).await;
+    assert_eq!(
+        (
+            c["spec"]["ttlMs"].as_i64(),
+            c["spec"]["ttlClamped"].as_bool()
+        ),
+        (Some(3_600_000), Some(true))
+    );
+    // Channels checked against the target kind.
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(json!({"name": "lb", "backend": {"kind": "builtIn", "provider": "loadBalancer"}})),
+    )
+    .await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(json!({"name": "browser", "backend": {"kind": "builtIn", "provider": "browser"}})),
+    )
+    .await;
+    let r = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "worker"}}, "channels": ["cdp"]})),
+        )
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert!(r.1["error"]["message"].as_str().unwrap().contains("cdp"));
+    assert_error(
+        &s.call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "lb"}}, "channels": ["stdio"]})),
+        )
+        .await,
+        400,
+        "request.invalid_argument",
+    );
+    assert_eq!(
+        s.call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "browser"}}, "channels": ["cdp", "page"]}))
+        )
+        .await
+        .0,
+        201
+    );
+    assert_error(
+        &s.call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "worker"}}, "channels": ["tty"]})),
+        )
+        .await,
+        400,
+        "request.invalid_argument",
+    );
+    // Exactly one target.
+    let both = json!({"target": {"service": {"name": "worker"}, "sandbox": {"id": "sbx_00000000000000000000000000"}}, "channels": []});
+    assert_error(
+        &s.call("POST", &format!("{T}/sessions"), Some(both)).await,
+        400,
+        "request.invalid_argument",
+    );
+    assert_error(
+        &s.call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {}, "channels": []})),
+        )
+        .await,
+        400,
+        "request.invalid_argument",
+    );
+    assert_error(
+        &s.call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "nope"}}, "channels": []})),
+        )
+        .await,
+        404,
+        "resource.not_found",
+    );
+    // A sandbox target must be ready.
+    let (_, sbx) = s
+        .call("POST", &format!("{T}/sandboxes"), Some(batch_sandbox()))
+        .await;
+    let sid = sbx["metadata"]["id"].as_str().unwrap();
+    let r = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"sandbox": {"id": sid}}, "channels": ["stdio"]})),
+        )
+        .await;
+    assert_error(&r, 409, "state.invalid_transition");
+    // List by state, close with a reason, closing twice is refused.
+    let (_, open) = s
+        .call("GET", &format!("{T}/sessions?state=open"), None)
+        .await;
+    assert_eq!(open["items"].as_array().unwrap().len(), 4);
+    let (st, closed) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions/{id}/close"),
+            Some(json!({"reason": "done"})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        (
+            closed["status"]["lifecycleState"].as_str(),
+            closed["status"]["closeReason"].as_str()
+        ),
+        (Some("closed"), Some("done"))
+    );
+    assert_error(
+        &s.call(
+            "POST",
+            &format!("{T}/sessions/{id}/close"),
+            Some(json!({"reason": "again"})),
+        )
+        .await,
+        409,
+        "state.invalid_transition",
+    );
+    let (_, closed_list) = s
+        .call("GET", &format!("{T}/sessions?state=closed"), None)
+        .await;
+    assert_eq!(closed_list["items"].as_array().unwrap().len(), 1);
+    assert_error(
+        &s.call("GET", &format!("{T}/sessions?state=gone"), None)
+            .await,
+        400,
+        "request.invalid_argument",
+    );
+}
+
+#[tokio::test]
+async fn sessions_expire_on_time_without_anyone_asking() {
+    let s = Server::start().await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    let (_, ses) = s.call("POST", &format!("{T}/sessions"), Some(json!({"target": {"service": {"name": "worker"}}, "channels": ["stdio"], "requestedTtlMs": 1000}))).await;
+    let id = ses["metadata"]["id"].as_str().unwrap().to_string();
+    // Only list (which never expires anything itself) until the reaper has done its job.
+    let mut expired = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, list) = s
+            .call("GET", &format!("{T}/sessions?state=expired"), None)
+            .await;
+        if list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["metadata"]["id"] == id.as_str())
+        {
+            expired = true;
+            break;
+        }
+    }
+    assert!(
+        expired,
+        "the session was not expired by the reaper within 10s"
+    );
+    let (_, got) = s.call("GET", &format!("{T}/sessions/{id}"), None).await;
+    assert_eq!(got["status"]["lifecycleState"], "expired");
+    let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "sessions.expire"));
+}
+
+#[tokio::test]
+async fn a_session_whose_service_changed_mid_open_is_a_conflict_or_pins_the_new_generation() {
+    // Race updates against opens: every open either pins a generation that existed, or is a
+    // resource.conflict; never a 5xx.
+    let s = Server::start().await;
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(json!({"name": "w", "backend": {"kind": "builtIn", "provider": "browser"}})),
+    )
+    .await;
+    let providers = ["loadBalancer", "browser"];
+    let mut conflicts = 0;
+    for round in 0..20i64 {
+        let update = s.call("PUT", "/v1/tenants/demo/services/w", Some(json!({"backend": {"kind": "builtIn", "provider": providers[(round % 2) as usize]}, "ifMatchGeneration": round + 1})));
+        let open = s.call(
+            "POST",
+            "/v1/tenants/demo/sessions",
+            Some(json!({"target": {"service": {"name": "w"}}, "channels": []})),
+        );
+        let (u, o) = tokio::join!(update, open);
+        assert_eq!(u.0, 200, "{}", u.1);
+        match o.0.as_u16() {
+            201 => {
+                let g = o.1["spec"]["targetSnapshot"]["generation"]
+                    .as_i64()
+                    .unwrap();
+                assert!(g == round + 1 || g == round + 2);
+            }
+            409 => {
+                assert_error(&o, 409, "resource.conflict");
+                conflicts += 1;
+            }
+            other => panic!("unexpected {other}: {}", o.1),
+        }
+    }
+    eprintln!("{conflicts} of 20 opens raced into a conflict");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_400_naming_the_field() {
+    let s = Server::start().await;
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            json!({"name": "Bad_Name", "backend": {"kind": "builtIn", "provider": "browser"}}),
+            "name",
+        ),
+        (
+            json!({"name": "ok", "backend": {"kind": "builtIn", "provider": "ftp"}}),
+            "backend.provider",
+        ),
+        (
+            json!({"name": "ok", "backend": {"kind": "teleport"}}),
+            "backend",
+        ),
+        (
+            json!({"name": "ok", "backend": {"kind": "builtIn", "provider": "browser"}, "colour": 1}),
+            "",
+        ),
+        (json!({"name": "ok"}), "backend"),
+        (
+            json!({"name": "ok", "backend": {"kind": "external", "endpoint": {"url": "ftp://x"}}}),
+            "backend.endpoint.url",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = s
+            .call("POST", &format!("{T}/services"), Some(body.clone()))
+            .await;
+        assert_error(&r, 400, "request.invalid_argument");
+        if !field.is_empty() {
+            assert_eq!(r.1["error"]["details"]["field"], field, "{body}: {}", r.1);
+        } else {
+            assert!(
+                r.1["error"]["message"].as_str().unwrap().contains("colour"),
+                "{}",
+                r.1
+            );
+        }
+    }
+    let r = s
+        .call_raw("POST", &format!("{T}/services"), b"{\"name\": ".to_vec())
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    let r = s
+        .call_raw("POST", &format!("{T}/services"), b"[]".to_vec())
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    let big = format!("{{\"name\": \"x\", \"backend\": {{\"kind\": \"builtIn\", \"provider\": \"browser\"}}, \"labels\": {{\"a\": \"{}\"}}}}", "x".repeat(2 * 1024 * 1024));
+    assert_error(
+        &s.call_raw("POST", &format!("{T}/services"), big.into_bytes())
+            .await,
+        400,
+        "request.invalid_argument",
+    );
+    let mut sbx = batch_sandbox();
+    sbx["spec"]["process"]["workingDir"] = json!("/proc/self/fd/3");
+    let r = s.call("POST", &format!("{T}/sandboxes"), Some(sbx)).await;
+    assert_eq!(
+        r.1["error"]["details"]["field"], "spec.process.workingDir",
+        "{}",
+        r.1
+    );
+    let mut sbx = batch_sandbox();
+    sbx["profile"] = json!("gamer");
+    assert_eq!(
+        s.call("POST", &format!("{T}/sandboxes"), Some(sbx)).await.1["error"]["details"]["field"],
+        "profile"
+    );
+    assert_error(
+        &s.call("GET", "/v1/tenants/Not_A_Tenant/services", None)
+            .await,
+        400,
+        "request.invalid_argument",
+    );
+    assert_error(
+        &s.call("GET", &format!("{T}/services?limit=0"), None).await,
+        400,
+        "request.invalid_argument",
+    );
+    assert_error(
+        &s.call("GET", &format!("{T}/services?limt=5"), None).await,
+        400,
+        "request.invalid_argument",
+    );
+    assert_error(
+        &s.call("GET", &format!("{T}/sandboxes/not-an-id"), None)
+            .await,
+        400,
+        "request.invalid_argument",
+    );
+    let dup = json!({"name": "dup", "backend": {"kind": "builtIn", "provider": "browser"}});
+    assert_eq!(
+        s.call("POST", &format!("{T}/services"), Some(dup.clone()))
+            .await
+            .0,
+        201
+    );
+    assert_error(
+        &s.call("POST", &format!("{T}/services"), Some(dup)).await,
+        409,
+        "resource.already_exists",
+    );
+}
