@@ -648,7 +648,7 @@ async fn bad_input_gets_a_400_naming_the_field() {
         ),
         (
             json!({"name": "ok", "backend": {"kind": "builtIn", "provider": "ftp"}}),
-            "backend.provider",
+            "backend",
         ),
         (
             json!({"name": "ok", "backend": {"kind": "teleport"}}),
