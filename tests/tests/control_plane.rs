@@ -652,7 +652,7 @@ async fn bad_input_gets_a_400_naming_the_field() {
         ),
         (
             json!({"name": "ok", "backend": {"kind": "teleport"}}),
-            "backend",
+            "backend.kind",
         ),
         (
             json!({"name": "ok", "backend": {"kind": "builtIn", "provider": "browser"}, "colour": 1}),
