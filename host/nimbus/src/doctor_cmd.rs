@@ -2,6 +2,7 @@
 //! fix; `--fix` applies the fix the runtime can make itself (the v1 hugetlb cgroup mount that
 //! Debian's crun needs on hybrid cgroup hosts).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use nimbus_runtime::doctor::{self, Status};
@@ -17,10 +18,18 @@ pub struct DoctorArgs {
 }
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
+    // Output errors (a closed pipe) are ignored: the exit status carries the verdict.
+    let mut out = std::io::stdout().lock();
     if args.fix {
         match doctor::fix_hugetlb() {
-            Ok(done) if done.is_empty() => println!("fix: nothing to do for cgroups"),
-            Ok(done) => done.iter().for_each(|d| println!("fix: {d}")),
+            Ok(done) if done.is_empty() => {
+                let _ = writeln!(out, "fix: nothing to do for cgroups");
+            }
+            Ok(done) => {
+                for d in done {
+                    let _ = writeln!(out, "fix: {d}");
+                }
+            }
             Err(e) => anyhow::bail!("fix failed: {e}"),
         }
     }
@@ -35,14 +44,14 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
             }
             Status::Info => "info",
         };
-        println!("{tag} {:<11} {}", c.name, c.detail);
+        let _ = writeln!(out, "{tag} {:<11} {}", c.name, c.detail);
         if let Some(fix) = &c.fix {
-            println!("     {:<11} fix: {fix}", "");
+            let _ = writeln!(out, "     {:<11} fix: {fix}", "");
         }
     }
     if failed > 0 {
         anyhow::bail!("{failed} check(s) failed: container sandboxes cannot run on this host until they are fixed");
     }
-    println!("this host can run container sandboxes");
+    let _ = writeln!(out, "this host can run container sandboxes");
     Ok(())
 }

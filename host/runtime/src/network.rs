@@ -1,6 +1,6 @@
 //! Sandbox networking: one network namespace per sandbox, a veth pair to a host bridge, a /32
 //! address from the configured range with the bridge as gateway, and nftables rules in the
-//! `inet nimbus` table.
+//! `inet nimbus_<bridge>` table.
 //!
 //! Every sandbox's bridge port is isolated (no L2 path between sandboxes), so all traffic leaves
 //! through the host's IP layer where the rules apply:
@@ -20,8 +20,6 @@ use nimbus_core::spec::{parse_cidr, NetworkPolicy};
 use sha2::{Digest as _, Sha256};
 
 use crate::cmd::run_cmd;
-
-pub const TABLE: &str = "nimbus";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
@@ -78,6 +76,9 @@ pub struct SandboxNet {
 
 pub struct Network {
     pub bridge: String,
+    /// nftables table (`inet nimbus_<bridge>`): one per bridge, so several runtimes on one host
+    /// (tests, or operators running two servers) never rewrite each other's rules.
+    pub table: String,
     pub subnet: Subnet,
     leases: PathBuf,
     alloc: Mutex<()>,
@@ -105,6 +106,7 @@ impl Network {
             .map_err(|e| format!("cannot create {}: {e}", leases.display()))?;
         Ok(Self {
             bridge: bridge.to_string(),
+            table: format!("nimbus_{}", bridge.replace('-', "_")),
             subnet,
             leases,
             alloc: Mutex::new(()),
@@ -140,26 +142,27 @@ impl Network {
         write_sysctl("net/ipv4/ip_forward", "1")?;
         write_sysctl(&format!("net/ipv4/conf/{br}/send_redirects"), "0")?;
         let subnet = self.subnet;
+        let table = &self.table;
         let script = format!(
-            r#"add table inet {TABLE}
-add map inet {TABLE} sandboxes {{ type ipv4_addr : verdict; }}
-add chain inet {TABLE} forward {{ type filter hook forward priority 0; policy accept; }}
-add chain inet {TABLE} input {{ type filter hook input priority 0; policy accept; }}
-add chain inet {TABLE} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
-add chain inet {TABLE} egress
-flush chain inet {TABLE} forward
-flush chain inet {TABLE} input
-flush chain inet {TABLE} postrouting
-flush chain inet {TABLE} egress
-add rule inet {TABLE} forward ct state established,related accept
-add rule inet {TABLE} forward ct state invalid iifname "{br}" drop
-add rule inet {TABLE} forward iifname "{br}" jump egress
-add rule inet {TABLE} forward oifname "{br}" drop
-add rule inet {TABLE} egress ip saddr vmap @sandboxes
-add rule inet {TABLE} egress drop
-add rule inet {TABLE} input iifname "{br}" ct state established,related accept
-add rule inet {TABLE} input iifname "{br}" drop
-add rule inet {TABLE} postrouting ip saddr {subnet} oifname != "{br}" masquerade
+            r#"add table inet {table}
+add map inet {table} sandboxes {{ type ipv4_addr : verdict; }}
+add chain inet {table} forward {{ type filter hook forward priority 0; policy accept; }}
+add chain inet {table} input {{ type filter hook input priority 0; policy accept; }}
+add chain inet {table} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
+add chain inet {table} egress
+flush chain inet {table} forward
+flush chain inet {table} input
+flush chain inet {table} postrouting
+flush chain inet {table} egress
+add rule inet {table} forward ct state established,related accept
+add rule inet {table} forward ct state invalid iifname "{br}" drop
+add rule inet {table} forward iifname "{br}" jump egress
+add rule inet {table} forward oifname "{br}" drop
+add rule inet {table} egress ip saddr vmap @sandboxes
+add rule inet {table} egress drop
+add rule inet {table} input iifname "{br}" ct state established,related accept
+add rule inet {table} input iifname "{br}" drop
+add rule inet {table} postrouting ip saddr {subnet} oifname != "{br}" masquerade
 "#
         );
         run_cmd("nft", &["-f", "-"], Some(script.as_bytes())).await?;
@@ -243,12 +246,13 @@ add rule inet {TABLE} postrouting ip saddr {subnet} oifname != "{br}" masquerade
 
     fn rules(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<String, String> {
         let c = &net.chain;
+        let table = &self.table;
         let set = &net.tenant_set;
         let mut s = format!(
-            "add set inet {TABLE} {set} {{ type ipv4_addr; }}\nadd element inet {TABLE} {set} {{ {a} }}\nadd chain inet {TABLE} {c}\nflush chain inet {TABLE} {c}\n\
-             add rule inet {TABLE} {c} ip daddr {{ 127.0.0.0/8, 169.254.0.0/16, 0.0.0.0/8, 224.0.0.0/4 }} drop\n\
-             add rule inet {TABLE} {c} ip daddr {sub} ip daddr != @{set} drop\n\
-             add rule inet {TABLE} {c} ip daddr {gw} drop\n",
+            "add set inet {table} {set} {{ type ipv4_addr; }}\nadd element inet {table} {set} {{ {a} }}\nadd chain inet {table} {c}\nflush chain inet {table} {c}\n\
+             add rule inet {table} {c} ip daddr {{ 127.0.0.0/8, 169.254.0.0/16, 0.0.0.0/8, 224.0.0.0/4 }} drop\n\
+             add rule inet {table} {c} ip daddr {sub} ip daddr != @{set} drop\n\
+             add rule inet {table} {c} ip daddr {gw} drop\n",
             a = net.address,
             sub = self.subnet,
             gw = net.gateway,
@@ -262,7 +266,7 @@ add rule inet {TABLE} postrouting ip saddr {subnet} oifname != "{br}" masquerade
             let dst = format!("{addr}/{}", cidr.prefix);
             if rule.ports.is_empty() {
                 s.push_str(&format!(
-                    "add rule inet {TABLE} {c} ip daddr {dst} accept\n"
+                    "add rule inet {table} {c} ip daddr {dst} accept\n"
                 ));
             } else {
                 let ports = rule
@@ -272,27 +276,28 @@ add rule inet {TABLE} postrouting ip saddr {subnet} oifname != "{br}" masquerade
                     .collect::<Vec<_>>()
                     .join(", ");
                 s.push_str(&format!(
-                    "add rule inet {TABLE} {c} ip daddr {dst} tcp dport {{ {ports} }} accept\n"
+                    "add rule inet {table} {c} ip daddr {dst} tcp dport {{ {ports} }} accept\n"
                 ));
                 s.push_str(&format!(
-                    "add rule inet {TABLE} {c} ip daddr {dst} udp dport {{ {ports} }} accept\n"
+                    "add rule inet {table} {c} ip daddr {dst} udp dport {{ {ports} }} accept\n"
                 ));
             }
         }
-        s.push_str(&format!("add rule inet {TABLE} {c} drop\nadd element inet {TABLE} sandboxes {{ {} : jump {c} }}\n", net.address));
+        s.push_str(&format!("add rule inet {table} {c} drop\nadd element inet {table} sandboxes {{ {} : jump {c} }}\n", net.address));
         Ok(s)
     }
 
     /// Removes everything `setup` created; parts already gone are not an error.
     pub async fn teardown(&self, net: &SandboxNet) -> Result<(), String> {
         let c = &net.chain;
+        let table = &self.table;
         let a = net.address;
         let mut errors = Vec::new();
         // Each statement separately: a missing element must not stop the rest.
         for stmt in [
-            format!("delete element inet {TABLE} sandboxes {{ {a} }}"),
-            format!("delete element inet {TABLE} {} {{ {a} }}", net.tenant_set),
-            format!("delete chain inet {TABLE} {c}"),
+            format!("delete element inet {table} sandboxes {{ {a} }}"),
+            format!("delete element inet {table} {} {{ {a} }}", net.tenant_set),
+            format!("delete chain inet {table} {c}"),
         ] {
             let _ = run_cmd("nft", &[&stmt], None).await;
         }
@@ -315,7 +320,7 @@ add rule inet {TABLE} postrouting ip saddr {subnet} oifname != "{br}" masquerade
     }
 
     pub async fn chain_exists(&self, chain: &str) -> bool {
-        run_cmd("nft", &["list", "chain", "inet", TABLE, chain], None)
+        run_cmd("nft", &["list", "chain", "inet", &self.table, chain], None)
             .await
             .is_ok()
     }

@@ -1,0 +1,291 @@
+//! Pulling images over the OCI distribution protocol from a real registry on loopback.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use nimbus_runtime::reference::ImageRef;
+use nimbus_runtime::{LaunchError, ProgressEvent};
+
+#[tokio::test]
+async fn pull_by_reference_stores_verified_blobs_and_unpacks_layers_with_whiteouts() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_image(
+        "tools/layered",
+        "v1",
+        &[busybox_layer(), whiteout_layer()],
+        busybox_config(),
+        "amd64",
+    )
+    .await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(1, data.path(), |_| {});
+    let r = ImageRef::parse(&format!("{}/tools/layered:v1", reg.host)).unwrap();
+    let max_done = Arc::new(AtomicU64::new(0));
+    let seen = max_done.clone();
+    let img = rt
+        .images()
+        .pull(&r, &move |e| {
+            if let ProgressEvent::Pulling {
+                bytes_done,
+                bytes_total,
+                ..
+            } = e
+            {
+                assert!(bytes_done <= bytes_total);
+                seen.fetch_max(bytes_done, Ordering::Relaxed);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(img.layer_dirs.len(), 2);
+    assert!(
+        max_done.load(Ordering::Relaxed) > 1_000_000,
+        "progress reported the busybox layer bytes"
+    );
+    for l in &img.record.layers {
+        let blob = std::fs::read(rt.images().blob_path(l)).unwrap();
+        assert_eq!(
+            format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob))
+            ),
+            *l
+        );
+    }
+    assert_eq!(img.config.env.as_ref().unwrap()[1], "IMAGE_VAR=from-image");
+    // Layer two's whiteout and opaque dir are in overlay form; run through a sandbox too.
+    let (_, logs) = run_to_end(
+        &rt,
+        &spec(
+            &r.to_string(),
+            &[
+                "sh",
+                "-c",
+                "ls /etc/gone.txt 2>&1; cat /etc/layer2.txt; ls /var/cache",
+            ],
+        ),
+    )
+    .await;
+    assert!(logs.contains("No such file or directory"), "{logs}");
+    assert!(logs.contains("from layer two"), "{logs}");
+    assert!(
+        logs.contains("new.txt") && !logs.contains("old.txt"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn multi_arch_index_resolves_to_linux_amd64() {
+    require_host();
+    let reg = Registry::start(None);
+    let (amd, amd_digest) = reg
+        .push_image(
+            "multi/app",
+            "amd64-only",
+            &[busybox_layer()],
+            busybox_config(),
+            "amd64",
+        )
+        .await;
+    let mut arm_layer = tar::Builder::new(Vec::new());
+    tar_file(&mut arm_layer, "ARM", 0o644, b"wrong platform\n");
+    let (arm, arm_digest) = reg
+        .push_image(
+            "multi/app",
+            "arm64-only",
+            &[arm_layer.into_inner().unwrap()],
+            serde_json::json!({}),
+            "arm64",
+        )
+        .await;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_digest, "size": arm.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd_digest, "size": amd.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+        ]
+    });
+    reg.push_manifest(
+        "multi/app",
+        "latest",
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).unwrap(),
+    )
+    .await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(2, data.path(), |_| {});
+    let img = rt
+        .images()
+        .pull(
+            &ImageRef::parse(&format!("{}/multi/app", reg.host)).unwrap(),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(img.record.manifest_digest, amd_digest);
+    assert!(img.layer_dirs[0].join("bin/busybox").exists());
+}
+
+#[tokio::test]
+async fn auth_protected_repository_needs_the_docker_config_credentials() {
+    require_host();
+    let reg = Registry::start(Some(("alice", "wonderland")));
+    reg.push_busybox("private/app", "v1").await;
+    let reference = format!("{}/private/app:v1", reg.host);
+
+    // No credentials: AuthFailed, and nothing is left behind.
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(3, data.path(), |_| {});
+    let id = new_id();
+    let err = rt
+        .launch(&id, "demo", &spec(&reference, &["true"]), |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LaunchError::AuthFailed(_)), "{err:?}");
+    assert!(rt.leftovers(id.as_str()).await.is_empty());
+
+    // Wrong password: AuthFailed.
+    let data2 = tempfile::tempdir().unwrap();
+    let cfg = data2.path().join("docker.json");
+    basic_auth_config(&cfg, &reg.host, "alice", "wrong");
+    let rt = runtime(3, data2.path(), |c| c.docker_config = Some(cfg.clone()));
+    let err = rt
+        .images()
+        .pull(&ImageRef::parse(&reference).unwrap(), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused the credentials"), "{err}");
+
+    // Right password from ~/.docker/config.json format: pulls and runs.
+    let data3 = tempfile::tempdir().unwrap();
+    let cfg = data3.path().join("docker.json");
+    basic_auth_config(&cfg, &reg.host, "alice", "wonderland");
+    let rt = runtime(3, data3.path(), |c| c.docker_config = Some(cfg.clone()));
+    let (_, logs) = run_to_end(&rt, &spec(&reference, &["echo", "private ok"])).await;
+    assert_eq!(logs, "private ok\n");
+}
+
+#[tokio::test]
+async fn missing_images_and_unreachable_registries_fail_with_distinct_errors() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(4, data.path(), |_| {});
+    let err = rt
+        .launch(
+            &new_id(),
+            "demo",
+            &spec(&format!("{}/tools/busybox:nope", reg.host), &["true"]),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LaunchError::ImageNotFound(_)), "{err:?}");
+    let err = rt
+        .launch(
+            &new_id(),
+            "demo",
+            &spec(&format!("{}/tools/absent:v1", reg.host), &["true"]),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LaunchError::ImageNotFound(_)), "{err:?}");
+    // A loopback port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = rt
+        .launch(
+            &new_id(),
+            "demo",
+            &spec(&format!("127.0.0.1:{port}/x/y:v1"), &["true"]),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LaunchError::RegistryUnreachable(_)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn configured_mirror_serves_docker_hub_references_without_the_internet() {
+    require_host();
+    let mirror = Registry::start(None);
+    mirror.push_busybox("library/busybox", "latest").await;
+    let data = tempfile::tempdir().unwrap();
+    let host = mirror.host.clone();
+    let rt = runtime(5, data.path(), |c| {
+        c.mirrors
+            .insert("docker.io".into(), vec![format!("http://{host}")]);
+    });
+    // `busybox` normalises to docker.io/library/busybox:latest, served by the mirror.
+    let (_, logs) = run_to_end(&rt, &spec("busybox", &["echo", "from mirror"])).await;
+    assert_eq!(logs, "from mirror\n");
+}
+
+#[tokio::test]
+async fn concurrent_pulls_of_one_image_download_it_once() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(6, data.path(), |_| {});
+    let r = ImageRef::parse(&format!("{}/tools/busybox:v1", reg.host)).unwrap();
+    let downloads = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let rt = rt.clone();
+        let r = r.clone();
+        let d = downloads.clone();
+        tasks.push(tokio::spawn(async move {
+            rt.images()
+                .pull(&r, &move |e| {
+                    if matches!(e, ProgressEvent::Pulling { .. }) {
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .await
+                .unwrap()
+                .record
+                .manifest_digest
+        }));
+    }
+    let mut digests = Vec::new();
+    for t in tasks {
+        digests.push(t.await.unwrap());
+    }
+    digests.dedup();
+    assert_eq!(digests.len(), 1);
+    let first_pull_events = downloads.load(Ordering::Relaxed);
+    // Only the first pull transfers anything; a second round reports no transfer at all.
+    let again = Arc::new(AtomicU64::new(0));
+    let a2 = again.clone();
+    rt.images()
+        .pull(&r, &move |e| {
+            if matches!(e, ProgressEvent::Pulling { .. }) {
+                a2.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .await
+        .unwrap();
+    assert!(first_pull_events > 0);
+    assert_eq!(again.load(Ordering::Relaxed), 0);
+    let blobs = std::fs::read_dir(rt.images().blob_path("sha256:0").parent().unwrap())
+        .unwrap()
+        .count();
+    assert_eq!(
+        blobs, 3,
+        "manifest, config and one layer, each stored once (no temp files left)"
+    );
+}
