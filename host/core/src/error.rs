@@ -233,6 +233,25 @@ mod tests {
     }
 
     #[test]
+    fn catalog_matches_docs() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/errors.md");
+        let text = std::fs::read_to_string(path).expect("docs/errors.md exists");
+        let documented: std::collections::BTreeMap<String, u16> = text
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((code.to_string(), cells.get(2)?.parse().ok()?))
+            })
+            .collect();
+        let in_code: std::collections::BTreeMap<String, u16> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.as_str().to_string(), c.http_status()))
+            .collect();
+        assert_eq!(documented, in_code, "docs/errors.md and ErrorCode disagree");
+    }
+
+    #[test]
     fn internal_errors_never_expose_the_cause() {
         let e = Error::internal("disk I/O error at /var/lib/x");
         assert!(!e.body().to_string().contains("/var/lib/x"));
