@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs what Nimbus needs, builds it, and runs `nimbus serve` with the embedded defaults:
+# SQLite under ~/.local/share/nimbus, a `demo` tenant, and an admin credential written to
+# ~/.config/nimbus/application_default_credentials.json for the SDK to discover.
+# Extra arguments go to `nimbus serve` (e.g. --listen 127.0.0.1:9090 --config nimbus.toml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo build --release -p nimbus
+./target/release/nimbus doctor --fix || echo "serve: the host is not fit for container sandboxes yet; see above" >&2
+exec ./target/release/nimbus serve "$@"
