@@ -128,8 +128,6 @@ pub async fn build(
         args.extend([
             "--network".into(),
             "none".into(),
-            "--isolation".into(),
-            "chroot".into(),
             "-f".into(),
             df.display().to_string(),
             "-t".into(),

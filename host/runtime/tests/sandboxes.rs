@@ -1,0 +1,359 @@
+//! Sandbox lifecycle on the container backend: run, output, exit codes, stop, delete, failure
+//! reasons, root kinds, builds and adoption after a restart.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use nimbus_core::spec::{ImageSource, Root, SandboxBackend};
+use nimbus_runtime::{ExitReason, LaunchError, Observed, ProgressEvent};
+
+#[tokio::test]
+async fn sandbox_runs_with_merged_environment_and_reports_its_exit_code() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(10, data.path(), |_| {});
+    let mut s = spec(
+        &format!("{}/tools/busybox:v1", reg.host),
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; echo $IMAGE_VAR $SPEC_VAR; pwd; id -u; exit 7",
+        ],
+    );
+    s.process.environment = BTreeMap::from([("SPEC_VAR".to_string(), "from-spec".to_string())]);
+    s.process.working_dir = Some("/tmp".into());
+    s.process.user = Some("app".into());
+    let id = new_id();
+    let events = std::sync::Mutex::new(Vec::new());
+    let launched = rt
+        .launch(&id, "demo", &s, |e| events.lock().unwrap().push(e))
+        .await
+        .unwrap();
+    assert!(launched.pid > 0);
+    assert_eq!(launched.endpoint.ports, vec![8080]);
+    let events = events.into_inner().unwrap();
+    assert!(
+        matches!(events.last(), Some(ProgressEvent::Started { .. })),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, ProgressEvent::Creating)));
+    let o = wait_exited(&rt, &id, Duration::from_secs(30)).await;
+    assert_eq!(
+        o,
+        Observed::Exited {
+            code: 7,
+            reason: ExitReason::Exited
+        }
+    );
+    assert_eq!(
+        all_logs(&rt, &id).await,
+        "out\nerr\nfrom-image from-spec\n/tmp\n1000\n"
+    );
+    rt.delete(&id).await.unwrap();
+    assert_eq!(rt.observe(&id), Observed::Missing);
+    assert!(rt.leftovers(id.as_str()).await.is_empty());
+}
+
+#[tokio::test]
+async fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(11, data.path(), |_| {});
+    let image = format!("{}/tools/busybox:v1", reg.host);
+
+    // A process that exits on SIGTERM stops within the grace period with its own status.
+    let id = new_id();
+    let s = spec(
+        &image,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+    );
+    rt.launch(&id, "demo", &s, |_| {}).await.unwrap();
+    wait_for_log(&rt, &id, "ready").await;
+    let o = rt.stop(&id, Some(Duration::from_secs(10))).await.unwrap();
+    assert_eq!(
+        o,
+        Observed::Exited {
+            code: 3,
+            reason: ExitReason::Exited
+        }
+    );
+    assert!(all_logs(&rt, &id).await.contains("got-term"));
+    rt.delete(&id).await.unwrap();
+
+    // One that ignores SIGTERM is killed after the grace period.
+    let id = new_id();
+    let s = spec(
+        &image,
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+    );
+    rt.launch(&id, "demo", &s, |_| {}).await.unwrap();
+    wait_for_log(&rt, &id, "ready").await;
+    let o = rt
+        .stop(&id, Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(
+        o,
+        Observed::Exited {
+            code: 137,
+            reason: ExitReason::Signaled(9)
+        }
+    );
+    rt.delete(&id).await.unwrap();
+    assert!(rt.leftovers(id.as_str()).await.is_empty());
+}
+
+async fn wait_for_log(
+    rt: &nimbus_runtime::Runtime,
+    id: &nimbus_core::names::SandboxId,
+    needle: &str,
+) {
+    for _ in 0..500 {
+        if all_logs(rt, id).await.contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{needle:?} never appeared in the logs of {id}");
+}
+
+#[tokio::test]
+async fn logs_follow_streams_until_the_process_exits() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(12, data.path(), |_| {});
+    let id = new_id();
+    let s = spec(
+        &format!("{}/tools/busybox:v1", reg.host),
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done",
+        ],
+    );
+    rt.launch(&id, "demo", &s, |_| {}).await.unwrap();
+    let mut stream = rt.logs(&id, true).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(c) = tokio::time::timeout(Duration::from_secs(30), stream.next_chunk())
+        .await
+        .unwrap()
+    {
+        got.extend(c);
+    }
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        "line1\nline2\nline3\nline4\nline5\n"
+    );
+    rt.delete(&id).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_argv_fails_the_launch_with_bad_argv_and_leaves_nothing() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(13, data.path(), |_| {});
+    let id = new_id();
+    let err = rt
+        .launch(
+            &id,
+            "demo",
+            &spec(
+                &format!("{}/tools/busybox:v1", reg.host),
+                &["no-such-program"],
+            ),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::BadArgv(m) if m.contains("no-such-program")),
+        "{err:?}"
+    );
+    assert_eq!(rt.observe(&id), Observed::Missing);
+    assert!(
+        rt.leftovers(id.as_str()).await.is_empty(),
+        "{:?}",
+        rt.leftovers(id.as_str()).await
+    );
+    let mut s = spec(&format!("{}/tools/busybox:v1", reg.host), &["true"]);
+    s.process.user = Some("ghost".into());
+    let err = rt.launch(&new_id(), "demo", &s, |_| {}).await.unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::BadSpec { field, .. } if field == "process.user"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn krun_backend_fails_closed_with_not_supported() {
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(14, data.path(), |_| {});
+    let mut s = spec("127.0.0.1:1/x/y:v1", &["true"]);
+    s.backend = SandboxBackend::Krun;
+    let err = rt.launch(&new_id(), "demo", &s, |_| {}).await.unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::NotSupported(m) if m.contains("egress enforcement")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn operator_rootfs_runs_with_its_own_upper_layer_and_stays_untouched() {
+    require_host();
+    let root = tempfile::tempdir().unwrap();
+    let mut ar = tar::Archive::new(std::io::Cursor::new(busybox_layer()));
+    ar.unpack(root.path()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(15, data.path(), |_| {});
+    let mut s = spec(
+        "unused",
+        &[
+            "sh",
+            "-c",
+            "echo written > /etc/new.txt && cat /etc/new.txt",
+        ],
+    );
+    s.root = Root::Rootfs {
+        path: root.path().display().to_string(),
+    };
+    let (o, logs) = run_to_end(&rt, &s).await;
+    assert_eq!(
+        o,
+        Observed::Exited {
+            code: 0,
+            reason: ExitReason::Exited
+        }
+    );
+    assert_eq!(logs, "written\n");
+    assert!(
+        !root.path().join("etc/new.txt").exists(),
+        "writes go to the sandbox's upper dir"
+    );
+}
+
+#[tokio::test]
+async fn dockerfile_builds_feed_the_same_store_and_run() {
+    require_host();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(BUSYBOX, ctx.path().join("busybox")).unwrap();
+    std::fs::write(ctx.path().join("hello.txt"), "built by buildah\n").unwrap();
+    let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY hello.txt /hello.txt\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox echo ran-at-build > /ran.txt\"]\nENV BUILT=yes\nENTRYPOINT [\"/bin/busybox\"]\n";
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(16, data.path(), |_| {});
+    let mut s = spec(
+        "unused",
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox cat /hello.txt /ran.txt; echo $BUILT",
+        ],
+    );
+    s.root = Root::OciImage {
+        source: ImageSource::Build {
+            dockerfile: dockerfile.into(),
+            context: ctx.path().display().to_string(),
+        },
+    };
+    let (o, logs) = run_to_end(&rt, &s).await;
+    assert_eq!(
+        o,
+        Observed::Exited {
+            code: 0,
+            reason: ExitReason::Exited
+        }
+    );
+    assert_eq!(logs, "built by buildah\nran-at-build\nyes\n");
+    let mut bad = s.clone();
+    bad.root = Root::OciImage {
+        source: ImageSource::Build {
+            dockerfile: "FROM scratch\nCOPY missing-file /x\n".into(),
+            context: ctx.path().display().to_string(),
+        },
+    };
+    let err = rt
+        .launch(&new_id(), "demo", &bad, |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::BuildFailed(m) if m.contains("missing-file")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhile() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let (long, short) = (new_id(), new_id());
+    {
+        let rt = runtime(17, data.path(), |_| {});
+        rt.launch(
+            &long,
+            "demo",
+            &spec(&image, &["sh", "-c", "echo up; sleep 300"]),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        rt.launch(
+            &short,
+            "demo",
+            &spec(&image, &["sh", "-c", "sleep 0.5; exit 4"]),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        // The server goes away: the Runtime is dropped with no shutdown of its sandboxes.
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rt = runtime(17, data.path(), |_| {});
+    let adopted = rt.adopt_all();
+    let find = |id: &nimbus_core::names::SandboxId| {
+        adopted
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, o)| o.clone())
+    };
+    assert!(
+        matches!(find(&long), Some(Observed::Running { .. })),
+        "{adopted:?}"
+    );
+    assert_eq!(
+        find(&short),
+        Some(Observed::Exited {
+            code: 4,
+            reason: ExitReason::Exited
+        })
+    );
+    // The adopted sandbox is fully controllable: logs, stop, delete.
+    assert_eq!(all_logs(&rt, &long).await, "up\n");
+    let o = rt.stop(&long, Some(Duration::from_secs(5))).await.unwrap();
+    assert!(matches!(o, Observed::Exited { .. }));
+    for id in [&long, &short] {
+        rt.delete(id).await.unwrap();
+        assert!(rt.leftovers(id.as_str()).await.is_empty());
+    }
+}
