@@ -240,6 +240,12 @@ add rule inet {table} postrouting ip saddr {subnet} oifname != "{br}" masquerade
             g = net.gateway
         );
         run_cmd("ip", &["-n", &net.netns, "-b", "-"], Some(inner.as_bytes())).await?;
+        // A map entry for this address can only be stale (the lease is ours): drop it first.
+        let stale = format!(
+            "delete element inet {} sandboxes {{ {} }}",
+            self.table, net.address
+        );
+        let _ = run_cmd("nft", &[&stale], None).await;
         run_cmd("nft", &["-f", "-"], Some(rules.as_bytes())).await?;
         Ok(())
     }

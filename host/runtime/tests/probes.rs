@@ -1,0 +1,255 @@
+//! The security probes of docs/security.md, run inside sandboxes. A probe succeeding inside a
+//! sandbox fails the test. Each probe also runs natively (as root on the host, in throwaway
+//! mount/UTS namespaces where it changes state) and must succeed there, which shows the probe
+//! can detect what it looks for.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nimbus_core::spec::Resources;
+use nimbus_runtime::{ExitReason, Observed};
+
+/// Prints `key=ok|fail` per probe, plus the status lines of /proc/self/status.
+const CONFINEMENT_PROBE: &str = r#"
+grep -E '^(Seccomp|NoNewPrivs|CapBnd):' /proc/self/status | tr -d ' \t'
+unshare -U true 2>/dev/null && echo unshareU=ok || echo unshareU=fail
+unshare -n true 2>/dev/null && echo unshareN=ok || echo unshareN=fail
+mkdir -p $PROBE_DIR/mnt
+mount -t tmpfs none $PROBE_DIR/mnt 2>/dev/null && echo mount=ok || echo mount=fail
+(cat /proc/sys/kernel/hostname > /proc/sys/kernel/hostname) 2>/dev/null && echo procsys=ok || echo procsys=fail
+(echo h > /proc/sysrq-trigger) 2>/dev/null && echo sysrq=ok || echo sysrq=fail
+(cat /sys/class/net/lo/mtu > /sys/class/net/lo/mtu) 2>/dev/null && echo sys=ok || echo sys=fail
+echo kcore=$(stat -c %s /proc/kcore 2>/dev/null || echo 0)
+echo masked=$(cat /proc/timer_list /proc/keys 2>/dev/null | wc -c)
+ping -c 1 -W 1 127.0.0.1 >/dev/null 2>&1 && echo ping=ok || echo ping=fail
+arping -c 1 -w 1 -I lo 127.0.0.1 2>&1 | grep -q 'socket: Operation not permitted' && echo packet=fail || echo packet=ok
+grep -q "$ABSTRACT" /proc/net/unix && echo abstract=ok || echo abstract=fail
+mkdir -p $PROBE_DIR/newroot
+mount -t tmpfs none $PROBE_DIR/newroot 2>/dev/null; mkdir -p $PROBE_DIR/newroot/old
+pivot_root $PROBE_DIR/newroot $PROBE_DIR/newroot/old 2>/dev/null && echo pivot=ok || echo pivot=fail
+"#;
+
+fn parse(out: &str) -> std::collections::BTreeMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once(|c| c == '=' || c == ':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The bounding set Nimbus grants: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
+/// NET_BIND_SERVICE.
+const CAP_BND: &str = "00000000000005fb";
+
+#[tokio::test]
+async fn confinement_probes_fail_inside_and_succeed_natively() {
+    require_host();
+    // An abstract socket on the host: visible natively, never inside a sandbox (own netns).
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("nimbus-probe-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _abstract = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+
+    // Natively, in private mount and UTS namespaces so nothing on the host changes.
+    let scratch = tempfile::tempdir().unwrap();
+    let native = Command::new("unshare")
+        .args([
+            "-m",
+            "-u",
+            "--propagation",
+            "private",
+            BUSYBOX,
+            "sh",
+            "-c",
+            CONFINEMENT_PROBE,
+        ])
+        .env("PROBE_DIR", scratch.path())
+        .env("ABSTRACT", &name)
+        .output()
+        .unwrap();
+    let native = parse(&String::from_utf8_lossy(&native.stdout));
+    assert_eq!(native["Seccomp"], "0", "{native:?}");
+    assert_ne!(native["CapBnd"], CAP_BND);
+    for k in [
+        "unshareU", "unshareN", "mount", "procsys", "sys", "ping", "packet", "abstract", "pivot",
+    ] {
+        assert_eq!(
+            native[k], "ok",
+            "probe {k} cannot detect anything natively: {native:?}"
+        );
+    }
+    assert_ne!(
+        native["masked"], "0",
+        "masked-path probe reads nothing natively: {native:?}"
+    );
+    // Some kernels (this CI VM's) have neither /proc/sysrq-trigger nor /proc/kcore; then there
+    // is nothing to protect and the native run must agree that the probe found nothing.
+    for (k, path) in [("sysrq", "/proc/sysrq-trigger"), ("kcore", "/proc/kcore")] {
+        let present = std::path::Path::new(path).exists();
+        let detected = if k == "kcore" {
+            native[k] != "0"
+        } else {
+            native[k] == "ok"
+        };
+        assert_eq!(
+            detected, present,
+            "probe {k} disagrees with the host about {path}: {native:?}"
+        );
+    }
+
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(20, data.path(), |_| {});
+    let mut s = spec(
+        &format!("{}/tools/busybox:v1", reg.host),
+        &["sh", "-c", CONFINEMENT_PROBE],
+    );
+    s.process
+        .environment
+        .insert("PROBE_DIR".into(), "/tmp".into());
+    s.process
+        .environment
+        .insert("ABSTRACT".into(), name.clone());
+    let (o, logs) = run_to_end(&rt, &s).await;
+    assert!(matches!(o, Observed::Exited { .. }));
+    let inside = parse(&logs);
+    assert_eq!(inside["Seccomp"], "2", "{logs}");
+    assert_eq!(inside["NoNewPrivs"], "1", "{logs}");
+    assert_eq!(inside["CapBnd"], CAP_BND, "{logs}");
+    for k in [
+        "unshareU", "unshareN", "mount", "procsys", "sysrq", "sys", "ping", "packet", "abstract",
+        "pivot",
+    ] {
+        assert_eq!(
+            inside[k], "fail",
+            "probe {k} succeeded inside a sandbox: {logs}"
+        );
+    }
+    assert_eq!(inside["kcore"], "0", "/proc/kcore is not masked: {logs}");
+    assert_eq!(
+        inside["masked"], "0",
+        "/proc/timer_list or /proc/keys is readable: {logs}"
+    );
+}
+
+#[tokio::test]
+async fn fork_loop_stops_at_the_pids_limit() {
+    require_host();
+    let script = "i=0; while [ $i -lt 64 ]; do sleep 3 & echo forked; i=$((i+1)); done; wait";
+    let native = Command::new(BUSYBOX)
+        .args(["sh", "-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&native.stdout)
+            .matches("forked")
+            .count(),
+        64,
+        "the loop forks 64 times natively"
+    );
+
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(21, data.path(), |_| {});
+    let mut s = spec(
+        &format!("{}/tools/busybox:v1", reg.host),
+        &["sh", "-c", script],
+    );
+    s.resources = Resources {
+        pids: Some(16),
+        ..Default::default()
+    };
+    let (_, logs) = run_to_end(&rt, &s).await;
+    let forked = logs.matches("forked").count();
+    assert!(
+        forked < 16,
+        "forked {forked} times under a pids limit of 16: {logs}"
+    );
+    assert!(logs.contains("can't fork"), "{logs}");
+}
+
+#[tokio::test]
+async fn allocating_past_the_memory_limit_is_oom_killed_and_reported() {
+    require_host();
+    let argv = ["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"];
+    let native = Command::new(BUSYBOX).args(argv).output().unwrap();
+    assert!(native.status.success(), "the allocation works natively");
+
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(22, data.path(), |_| {});
+    let mut s = spec(&format!("{}/tools/busybox:v1", reg.host), &argv);
+    s.resources = Resources {
+        memory_mb: Some(64),
+        ..Default::default()
+    };
+    let (o, _) = run_to_end(&rt, &s).await;
+    assert_eq!(
+        o,
+        Observed::Exited {
+            code: 137,
+            reason: ExitReason::OomKilled
+        }
+    );
+}
+
+#[tokio::test]
+async fn sandboxes_cannot_see_each_others_processes_or_files() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(23, data.path(), |_| {});
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let a = new_id();
+    rt.launch(
+        &a,
+        "demo",
+        &spec(
+            &image,
+            &["sh", "-c", "echo secret > /tmp/secret-a; exec sleep 321"],
+        ),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let Observed::Running { pid, .. } = rt.observe(&a) else {
+        panic!("a is not running")
+    };
+    // Natively the probe finds a's process and file (so it can detect them)...
+    for _ in 0..200 {
+        if std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("321"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ps = Command::new(BUSYBOX)
+        .args(["ps", "-o", "args"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ps.stdout).contains("sleep 321"));
+    assert!(data
+        .path()
+        .join(format!("runtime/sandboxes/{a}/upper/tmp/secret-a"))
+        .exists());
+    // ...but from another sandbox it finds neither.
+    let (_, logs) = run_to_end(
+        &rt,
+        &spec(&image, &["sh", "-c", "ps -o args | grep -c 'sleep 32[1]' ; ls /tmp/secret-a 2>&1; ls /proc | grep -c '^[0-9]'"]),
+    )
+    .await;
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines[0], "0", "{logs}");
+    assert!(lines[1].contains("No such file"), "{logs}");
+    assert!(
+        lines[2].parse::<u32>().unwrap() <= 5,
+        "sees only its own few processes: {logs}"
+    );
+    rt.delete(&a).await.unwrap();
+}
