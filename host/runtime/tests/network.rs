@@ -1,0 +1,316 @@
+//! Egress policy with real nftables: deny by default, the always-blocked destinations (host
+//! addresses, the bridge gateway, 169.254.0.0/16), an allow-listed "internet" host in a netns
+//! this test creates, tenant isolation, and host → sandbox endpoints. Every destination is
+//! first shown reachable natively from the host, so a probe that cannot connect anywhere is
+//! caught. Only loopback, the test's own netns and the sandbox bridge are used.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nimbus_core::spec::{EgressPolicy, EgressRule, NetworkPolicy};
+use nimbus_runtime::{Observed, Runtime};
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
+    assert!(st.success(), "`{cmd}` failed");
+}
+
+/// A TCP server answering "hi" on every connection, bound to `addr:port`.
+fn serve(addr: &str, port: u16) {
+    let l = TcpListener::bind((addr, port)).unwrap_or_else(|e| panic!("bind {addr}:{port}: {e}"));
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(b"hi\n");
+        }
+    });
+}
+
+/// A peer netns behind a veth pair: `host_cidr` on the host side, `peer_cidr` inside, with a
+/// default route back through the host; serves "hi" on ports 8080 and 8081 (busybox nc).
+struct FakeInternet {
+    ns: String,
+    host_if: String,
+}
+
+impl FakeInternet {
+    fn create(tag: &str, host_cidr: &str, peer_cidr: &str) -> FakeInternet {
+        let ns = format!("nbt-{tag}");
+        let host_if = format!("nbt{tag}");
+        let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &host_if])
+            .status();
+        let gw = host_cidr.split('/').next().unwrap();
+        sh(&format!("ip netns add {ns}"));
+        sh(&format!(
+            "ip link add {host_if} type veth peer name eth0 netns {ns}"
+        ));
+        sh(&format!(
+            "ip addr add {host_cidr} dev {host_if} && ip link set {host_if} up"
+        ));
+        sh(&format!(
+            "ip -n {ns} addr add {peer_cidr} dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via {gw}"
+        ));
+        for port in [8080, 8081] {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns,
+                    BUSYBOX,
+                    "sh",
+                    "-c",
+                    &format!("while true; do echo hi | {BUSYBOX} nc -l -p {port}; done"),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        FakeInternet { ns, host_if }
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.ns])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.host_if])
+            .status();
+    }
+}
+
+fn native_connect(addr: &str, port: u16) -> bool {
+    Command::new(BUSYBOX)
+        .args([
+            "sh",
+            "-c",
+            &format!("echo | {BUSYBOX} nc -w 2 {addr} {port} | grep -q hi"),
+        ])
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Runs `nc` to each target inside one sandbox; returns which ones answered.
+async fn reach_from_sandbox(
+    rt: &Runtime,
+    image: &str,
+    tenant: &str,
+    policy: NetworkPolicy,
+    targets: &[(String, u16)],
+) -> Vec<bool> {
+    let script: String = targets
+        .iter()
+        .map(|(a, p)| {
+            format!(
+                "(echo | nc -w 2 {a} {p} | grep -q hi) && echo {a}:{p}=ok || echo {a}:{p}=fail\n"
+            )
+        })
+        .collect();
+    let mut s = spec(image, &["sh", "-c", &script]);
+    s.network = policy;
+    let id = new_id();
+    rt.launch(&id, tenant, &s, |_| {}).await.unwrap();
+    wait_exited(rt, &id, Duration::from_secs(60)).await;
+    let logs = all_logs(rt, &id).await;
+    rt.delete(&id).await.unwrap();
+    targets
+        .iter()
+        .map(|(a, p)| logs.contains(&format!("{a}:{p}=ok")))
+        .collect()
+}
+
+fn allow(cidr: &str, ports: &[u16]) -> NetworkPolicy {
+    NetworkPolicy {
+        egress: EgressPolicy {
+            allow: vec![EgressRule {
+                cidr: cidr.into(),
+                ports: ports.to_vec(),
+            }],
+            ..Default::default()
+        },
+    }
+}
+
+fn host_address() -> String {
+    // The host's first global IPv4 address (not loopback, not a Nimbus bridge).
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains(" nbt") && !l.contains(" nimbus"))
+        .find_map(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|a| a.split('/').next())
+                .map(str::to_string)
+        })
+        .expect("the host has no global IPv4 address to probe")
+}
+
+#[tokio::test]
+async fn egress_is_denied_by_default_and_allowed_only_by_policy() {
+    require_host();
+    let n = 30;
+    let net = FakeInternet::create(
+        &format!("i{n}"),
+        &format!("198.51.{n}.1/24"),
+        &format!("198.51.{n}.2/24"),
+    );
+    let inet = format!("198.51.{n}.2");
+    assert!(
+        native_connect(&inet, 8080),
+        "the fake internet host is reachable natively"
+    );
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(n, data.path(), |_| {});
+
+    let t = |p: u16| vec![(inet.clone(), p)];
+    assert_eq!(
+        reach_from_sandbox(&rt, &image, "demo", NetworkPolicy::default(), &t(8080)).await,
+        vec![false],
+        "default deny"
+    );
+    assert_eq!(
+        reach_from_sandbox(
+            &rt,
+            &image,
+            "demo",
+            allow(&format!("{inet}/32"), &[8080]),
+            &[(inet.clone(), 8080), (inet.clone(), 8081)]
+        )
+        .await,
+        vec![true, false],
+        "port-scoped allow"
+    );
+    assert_eq!(
+        reach_from_sandbox(
+            &rt,
+            &image,
+            "demo",
+            allow(&format!("198.51.{n}.0/24"), &[]),
+            &[(inet.clone(), 8080), (inet.clone(), 8081)]
+        )
+        .await,
+        vec![true, true],
+        "all-ports allow"
+    );
+    drop(net);
+}
+
+#[tokio::test]
+async fn host_gateway_and_metadata_addresses_stay_blocked_even_when_everything_is_allowed() {
+    require_host();
+    let n = 31;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(n, data.path(), |_| {});
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    // Bring the bridge up (first launch) so the gateway address exists, then listen on it.
+    let _ = reach_from_sandbox(&rt, &image, "demo", NetworkPolicy::default(), &[]).await;
+    let gateway = format!("10.{}.0.1", 100 + u16::from(n));
+    let host = host_address();
+    // A fake metadata service at 169.254.169.254, routed through the host like a cloud's.
+    let meta = FakeInternet::create(&format!("m{n}"), "169.254.1.1/16", "169.254.169.254/16");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    serve("0.0.0.0", port);
+    let targets = vec![
+        (gateway.clone(), port),
+        (host.clone(), port),
+        ("169.254.169.254".to_string(), 8080),
+        ("127.0.0.1".to_string(), port),
+    ];
+    for (a, p) in &targets {
+        assert!(native_connect(a, *p), "{a}:{p} is reachable natively");
+    }
+    let got = reach_from_sandbox(&rt, &image, "demo", allow("0.0.0.0/0", &[]), &targets).await;
+    drop(meta);
+    assert_eq!(got, vec![false; targets.len()], "targets {targets:?}");
+}
+
+#[tokio::test]
+async fn tenants_cannot_reach_each_other_and_the_host_reaches_endpoints() {
+    require_host();
+    let n = 32;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(n, data.path(), |_| {});
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let server = new_id();
+    let launched = rt
+        .launch(
+            &server,
+            "tenant-a",
+            &spec(
+                &image,
+                &["sh", "-c", "while true; do echo hi | nc -l -p 8080; done"],
+            ),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let addr = launched.endpoint.address;
+    assert_ne!(addr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(launched.endpoint.ports, vec![8080]);
+    let Observed::Running { endpoint, .. } = rt.observe(&server) else {
+        panic!("server not running")
+    };
+    assert_eq!(endpoint, launched.endpoint);
+    // The host reaches the endpoint directly.
+    let mut ok = false;
+    for _ in 0..100 {
+        if native_connect(&addr.to_string(), 8080) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "host cannot reach the sandbox endpoint {addr}:8080");
+    let subnet = format!("10.{}.0.0/16", 100 + u16::from(n));
+    let target = vec![(addr.to_string(), 8080)];
+    assert_eq!(
+        reach_from_sandbox(&rt, &image, "tenant-b", allow(&subnet, &[]), &target).await,
+        vec![false],
+        "other tenant, even when allowed"
+    );
+    assert_eq!(
+        reach_from_sandbox(&rt, &image, "tenant-a", NetworkPolicy::default(), &target).await,
+        vec![false],
+        "same tenant, default deny"
+    );
+    assert_eq!(
+        reach_from_sandbox(&rt, &image, "tenant-a", allow(&subnet, &[8080]), &target).await,
+        vec![true],
+        "same tenant, allowed"
+    );
+    rt.delete(&server).await.unwrap();
+    assert!(rt.leftovers(server.as_str()).await.is_empty());
+}
