@@ -35,6 +35,7 @@ fn serve(addr: &str, port: u16) {
 struct FakeInternet {
     ns: String,
     host_if: String,
+    servers: Vec<std::process::Child>,
 }
 
 impl FakeInternet {
@@ -56,8 +57,9 @@ impl FakeInternet {
         sh(&format!(
             "ip -n {ns} addr add {peer_cidr} dev eth0 && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && ip -n {ns} route add default via {gw}"
         ));
+        let mut servers = Vec::new();
         for port in [8080, 8081] {
-            Command::new("ip")
+            let child = Command::new("ip")
                 .args([
                     "netns",
                     "exec",
@@ -71,9 +73,14 @@ impl FakeInternet {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
+            servers.push(child);
         }
         std::thread::sleep(Duration::from_millis(200));
-        FakeInternet { ns, host_if }
+        FakeInternet {
+            ns,
+            host_if,
+            servers,
+        }
     }
 }
 

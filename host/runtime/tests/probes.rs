@@ -34,7 +34,7 @@ pivot_root $PROBE_DIR/newroot $PROBE_DIR/newroot/old 2>/dev/null && echo pivot=o
 
 fn parse(out: &str) -> std::collections::BTreeMap<String, String> {
     out.lines()
-        .filter_map(|l| l.split_once(|c| c == '=' || c == ':'))
+        .filter_map(|l| l.split_once(['=', ':']))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
 }

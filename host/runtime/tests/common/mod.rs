@@ -88,6 +88,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry could not start (apt-get install docker-registry)");
+        let mut child = child;
         let host = format!("127.0.0.1:{port}");
         for _ in 0..200 {
             if std::net::TcpStream::connect(&host).is_ok() {
@@ -100,6 +101,8 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("docker-registry did not listen on {host}");
     }
 
