@@ -94,6 +94,10 @@ impl Drop for FakeInternet {
                     let _ = Command::new("kill").args(["-9", pid]).status();
                 }
             });
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.ns])
             .status();
