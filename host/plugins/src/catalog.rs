@@ -324,7 +324,7 @@ impl Catalog {
         };
         let manifest = serde_json::to_vec_pretty(&info)?;
         write_atomic(&dir.join("manifest.json"), &manifest)?;
-        self.write_cache(engine, &sha, bytes)?;
+        self.write_cache(engine, &sha, &component)?;
         if make_active {
             write_atomic(&self.plugin_dir(id).join("active"), version.as_bytes())?;
         }
@@ -332,12 +332,12 @@ impl Catalog {
         Ok(info)
     }
 
-    fn write_cache(&self, engine: &Engine, sha: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    fn write_cache(&self, engine: &Engine, sha: &str, component: &Component) -> anyhow::Result<()> {
         let path = self.cache_path(engine, sha);
         if let Some(dir) = path.parent() {
             create_private_dir(dir)?;
         }
-        let cwasm = wasm::precompile(engine, bytes)?;
+        let cwasm = wasm::serialize(component)?;
         write_atomic(
             &path.with_extension("cwasm.sha256"),
             sha256_hex(&cwasm).as_bytes(),
@@ -464,7 +464,8 @@ impl Catalog {
         let all = self.list()?;
         for p in &all {
             let bytes = self.read_verified(p)?;
-            self.write_cache(engine, &p.sha256, &bytes)
+            let component = wasm::compile(engine, &bytes)?;
+            self.write_cache(engine, &p.sha256, &component)
                 .with_context(|| format!("cannot precompile {} {}", p.id, p.version))?;
         }
         Ok(all)
@@ -506,7 +507,7 @@ impl Catalog {
             .map(Ok)
             .unwrap_or_else(|| {
                 let c = wasm::compile(engine, &bytes)?;
-                if let Err(e) = self.write_cache(engine, &info.sha256, &bytes) {
+                if let Err(e) = self.write_cache(engine, &info.sha256, &c) {
                     tracing::warn!(
                         plugin = id,
                         "cannot write the precompiled plugin cache: {e:#}"

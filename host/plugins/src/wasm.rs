@@ -399,9 +399,34 @@ pub(crate) fn prepare(engine: &Engine, component: &Component) -> anyhow::Result<
             health_bindings::HealthCheckPre::new(pre).map(Prepared::Health)
         }
     };
-    result
+    let prepared = result
         .map_err(|e| anyhow!("{e:#}"))
-        .with_context(|| format!("the component does not match {}", world.name()))
+        .with_context(|| format!("the component does not match {}", world.name()))?;
+    trial_instantiate(engine, &prepared)
+        .with_context(|| format!("the component does not match {}", world.name()))?;
+    Ok(prepared)
+}
+
+/// Instantiates once under tight limits: this type-checks the exported functions against the
+/// world (linking alone checks only their names) and runs any start function.
+fn trial_instantiate(engine: &Engine, prepared: &Prepared) -> anyhow::Result<()> {
+    let limits = EffectiveLimits {
+        timeout: Duration::from_secs(1),
+        fuel: 10_000_000,
+        memory_bytes: 16 << 20,
+    };
+    let ctx = CallCtx::new(
+        Arc::from("install-check"),
+        Arc::new(Vec::new()),
+        None,
+        &limits,
+    );
+    let mut store = new_store(engine, ctx, &limits);
+    match prepared {
+        Prepared::Authz(pre) => pre.instantiate(&mut store).map(|_| ()),
+        Prepared::Health(pre) => pre.instantiate(&mut store).map(|_| ()),
+    }
+    .map_err(|e| anyhow!("{e:#}"))
 }
 
 /// The types interfaces of a world's own package are implicit imports of its exports.
@@ -673,16 +698,30 @@ fn to_wit_target(t: &crate::health::HealthTarget) -> hz::Target {
     }
 }
 
-/// Compiles a component from its bytes.
+/// Compiles a component from its bytes. Compiled components are remembered by sha256 for the
+/// life of the process (the engine is per process too), so that the same bytes are compiled once.
 pub(crate) fn compile(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Component> {
-    Component::new(engine, bytes).map_err(|e| anyhow!("{e:#}"))
+    static COMPILED: std::sync::Mutex<Vec<(String, Component)>> = std::sync::Mutex::new(Vec::new());
+    let sha = crate::catalog::sha256_hex(bytes);
+    if let Ok(memo) = COMPILED.lock() {
+        if let Some((_, c)) = memo.iter().find(|(s, _)| *s == sha) {
+            return Ok(c.clone());
+        }
+    }
+    let component = Component::new(engine, bytes).map_err(|e| anyhow!("{e:#}"))?;
+    if let Ok(mut memo) = COMPILED.lock() {
+        // Bounded: a long-running server installs few plugins, but never grows without limit.
+        if memo.len() >= 64 {
+            memo.remove(0);
+        }
+        memo.push((sha, component.clone()));
+    }
+    Ok(component)
 }
 
-/// Ahead-of-time compiled code for the cache.
-pub(crate) fn precompile(engine: &Engine, bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
-    engine
-        .precompile_component(bytes)
-        .map_err(|e| anyhow!("{e:#}"))
+/// Ahead-of-time compiled code of `component`, for the cache.
+pub(crate) fn serialize(component: &Component) -> anyhow::Result<Vec<u8>> {
+    component.serialize().map_err(|e| anyhow!("{e:#}"))
 }
 
 /// Loads code produced by [`precompile`] with this engine.

@@ -100,6 +100,11 @@ static ALLOCATOR: Arena = Arena::new();
 /// The canonical ABI's allocation entry point, through which the host copies call arguments
 /// (strings, lists) into the instance. wit-bindgen leaves it to libc on wasm32-wasip2, and these
 /// guests link no libc allocator, so it is defined here over the arena.
+///
+/// # Safety
+///
+/// Called by the component's canonical-ABI glue only, with `old_ptr`/`old_len` from a previous
+/// call (or 0) and a power-of-two `align`.
 #[cfg(target_arch = "wasm32")]
 #[no_mangle]
 pub unsafe extern "C" fn cabi_realloc(

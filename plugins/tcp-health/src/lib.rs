@@ -44,7 +44,10 @@ impl Guest for TcpHealth {
                     if r.received.starts_with(expect.as_bytes()) {
                         Report {
                             healthy: true,
-                            detail: format!("{host}:{port} accepted the connection in {} ms", r.elapsed_ms),
+                            detail: format!(
+                                "{host}:{port} accepted the connection in {} ms",
+                                r.elapsed_ms
+                            ),
                             latency_ms: Some(r.elapsed_ms),
                         }
                     } else {
@@ -78,7 +81,10 @@ fn parse_endpoint(endpoint: &str) -> Result<(String, u16), Error> {
         ))
     };
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let port: u16 = port.parse().map_err(|_| bad())?;
     if host.is_empty() || port == 0 {
         return Err(bad());

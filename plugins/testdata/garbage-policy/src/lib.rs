@@ -22,6 +22,10 @@ use alloc::vec::Vec;
 
 impl Guest for Plugin {
     fn decide(_request: Request) -> Result<Decision, Error> {
-        Ok(Decision { allow: true, policy_ids: Vec::new(), reasons: Vec::new() })
+        Ok(Decision {
+            allow: true,
+            policy_ids: Vec::new(),
+            reasons: Vec::new(),
+        })
     }
 }

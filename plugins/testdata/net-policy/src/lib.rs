@@ -32,6 +32,10 @@ impl Guest for Plugin {
             max_body_bytes: 0,
         };
         let allow = http::send(&req).is_ok();
-        Ok(Decision { allow, policy_ids: alloc::vec!["net-policy".into()], reasons: alloc::vec!["asked the network".into()] })
+        Ok(Decision {
+            allow,
+            policy_ids: alloc::vec!["net-policy".into()],
+            reasons: alloc::vec!["asked the network".into()],
+        })
     }
 }
