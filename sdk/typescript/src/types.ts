@@ -20,7 +20,7 @@ export interface ResourceMetadata {
   resourceVersion: string;
   createdAt: Timestamp;
   updatedAt: Timestamp;
-  labels?: Labels | undefined;
+  labels: Labels;
 }
 
 export type ConditionStatus = "True" | "False" | "Unknown";
@@ -31,10 +31,10 @@ export interface Condition {
   type: string;
   status: ConditionStatus;
   /** CamelCase machine-readable reason. */
-  reason?: string | undefined;
-  message?: string | undefined;
-  lastTransitionTime?: Timestamp | undefined;
-  observedGeneration?: number | undefined;
+  reason: string;
+  message: string;
+  lastTransitionTime: Timestamp;
+  observedGeneration: number;
 }
 
 /** One page of a list call. `nextPageToken` is absent or empty on the last page. */
@@ -176,8 +176,6 @@ export interface SandboxSpec<Owner extends SandboxOwner = SandboxOwner> {
 export interface SandboxSpecView<Owner extends SandboxOwner = SandboxOwner>
   extends Omit<SandboxSpec<Owner>, "process"> {
   process: ProcessView;
-  /** Echoed by servers that keep the profile in the spec. */
-  profile?: SandboxProfile | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,7 +272,8 @@ export type Health = "healthy" | "unhealthy" | "unknown";
 
 export interface ServiceMetadata extends ResourceMetadata {
   name: string;
-  id?: string | undefined;
+  /** Distinguishes this service from an earlier one of the same name. */
+  id: string;
 }
 
 export interface ServiceSpec {
@@ -288,9 +287,9 @@ export interface ServiceStatus {
   lifecycleState: ServiceLifecycleState;
   readiness: Readiness;
   health: Health;
-  observedGeneration?: number | undefined;
+  observedGeneration: number;
   /** What start/stop/restart last asked for. */
-  desiredState?: DesiredRunState | undefined;
+  desiredState: DesiredRunState;
   conditions: Condition[];
 }
 
@@ -368,23 +367,25 @@ export interface SandboxMetadata extends ResourceMetadata {
 
 export interface SandboxEndpoint {
   address: string;
-  ports?: number[] | undefined;
+  ports: number[];
 }
 
 export interface SandboxStatus {
   lifecycleState: SandboxLifecycleState;
-  readiness?: Readiness | undefined;
-  endpoints?: SandboxEndpoint[] | undefined;
+  readiness: Readiness;
+  /** How to reach the sandbox from the host; empty until it runs. */
+  endpoints: SandboxEndpoint[];
+  /** Set once the process has ended. */
   exitCode?: number | undefined;
-  observedGeneration?: number | undefined;
+  observedGeneration: number;
   conditions: Condition[];
 }
 
 export interface Sandbox {
   metadata: SandboxMetadata;
-  spec: SandboxSpecView;
+  /** The spec as created (launch inputs redacted) plus the profile it was created with. */
+  spec: SandboxSpecView<StandaloneOwner> & { profile: SandboxProfile };
   status: SandboxStatus;
-  profile?: SandboxProfile | undefined;
 }
 
 export interface CreateSandboxRequest extends CallOptions {
@@ -437,16 +438,19 @@ export interface TargetSnapshot {
 
 export interface SessionMetadata extends ResourceMetadata {
   id: string;
+  /** The principal that opened it (credential id or workload). */
+  createdBy: string;
 }
 
 export interface SessionSpec {
   target: SessionTarget;
   channels: SessionChannel[];
-  requestedTtlMs?: number | null | undefined;
+  /** What the opener asked for; null when it asked for the default. */
+  requestedTtlMs: number | null;
   /** The TTL applied after the default (15 minutes) and the cap (1 hour). */
-  ttlMs?: number | undefined;
+  ttlMs: number;
   /** True when the requested TTL was above the cap and was lowered to it. */
-  ttlClamped?: boolean | undefined;
+  ttlClamped: boolean;
   /** When the session expires; reflects the server's cap (1 hour) if the request asked for more. */
   expiresAt: Timestamp;
   targetSnapshot: TargetSnapshot;
