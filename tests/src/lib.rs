@@ -238,11 +238,12 @@ impl Server {
         (status, value)
     }
 
-    /// A raw body (for malformed and oversized JSON).
+    /// A raw body (for malformed and oversized JSON), on a connection of its own: the server
+    /// stops reading an oversized body, so that connection cannot be reused.
     pub async fn call_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let resp = self
-            .client
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+        let resp = client
             .request(method, format!("{}{}", self.base_url(), path))
             .bearer_auth(&self.token)
             .header("content-type", "application/json")

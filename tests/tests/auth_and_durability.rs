@@ -7,6 +7,8 @@ use std::time::Duration;
 use nimbus_e2e::{assert_error, batch_sandbox, json, worker_service, Auth, Server};
 
 const T: &str = "/v1/tenants/demo";
+/// These tests are about the control plane; launching sandboxes is tested with the runtime.
+const NO_DRIVER: &str = "[server]\nsandbox_driver = \"none\"\n";
 
 async fn credential(s: &Server, tenant: &str, kind: &str, grants: &[&str]) -> (String, String) {
     let (st, c) = s
@@ -25,7 +27,7 @@ async fn credential(s: &Server, tenant: &str, kind: &str, grants: &[&str]) -> (S
 
 #[tokio::test]
 async fn the_credential_file_is_written_0600_with_endpoint_token_and_tenant() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     let path = s.credential_file();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -39,7 +41,7 @@ async fn the_credential_file_is_written_0600_with_endpoint_token_and_tenant() {
 
 #[tokio::test]
 async fn credentials_authenticate_by_kind_and_revocation_is_immediate() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     assert_error(
         &s.call_as(Auth::None, "GET", &format!("{T}/services"), None)
             .await,
@@ -126,7 +128,7 @@ async fn credentials_authenticate_by_kind_and_revocation_is_immediate() {
 
 #[tokio::test]
 async fn exact_grants_decide_session_opens() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     s.call(
         "POST",
         &format!("{T}/services"),
@@ -201,7 +203,7 @@ async fn exact_grants_decide_session_opens() {
 
 #[tokio::test]
 async fn workload_identity_tokens_are_verified_and_bound_to_their_tenant() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     let (ok, token, err) = s.cli(&[
         "credential",
         "create",
@@ -252,7 +254,7 @@ async fn workload_identity_tokens_are_verified_and_bound_to_their_tenant() {
 
 #[tokio::test]
 async fn a_credential_of_another_tenant_is_refused_on_every_route_before_existence() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     let (st, _) = s
         .call("POST", "/v1/tenants", Some(json!({"name": "other"})))
         .await;
@@ -360,7 +362,7 @@ async fn a_credential_of_another_tenant_is_refused_on_every_route_before_existen
 
 #[tokio::test]
 async fn writes_session_lookups_and_denials_are_audited() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     s.call(
         "POST",
         &format!("{T}/services"),
@@ -415,7 +417,7 @@ async fn writes_session_lookups_and_denials_are_audited() {
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9_in_the_middle_of_a_burst() {
-    let mut s = Server::start().await;
+    let mut s = Server::start_with_config(NO_DRIVER).await;
     let base = s.base_url();
     let token = s.token.clone();
     let client = s.client.clone();
@@ -491,7 +493,7 @@ async fn acknowledged_writes_survive_kill_9_in_the_middle_of_a_burst() {
 
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly_and_a_restart_keeps_the_credential_file_working() {
-    let mut s = Server::start().await;
+    let mut s = Server::start_with_config(NO_DRIVER).await;
     s.call(
         "POST",
         &format!("{T}/services"),
@@ -571,7 +573,7 @@ async fn a_bad_config_file_fails_at_start_naming_the_key() {
 
 #[tokio::test]
 async fn openapi_lists_every_route_and_every_listed_route_is_served() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     let (st, doc) = s.call_as(Auth::None, "GET", "/v1/openapi.json", None).await;
     assert_eq!(st, 200);
     assert_eq!(s.call_as(Auth::None, "GET", "/healthz", None).await.0, 200);

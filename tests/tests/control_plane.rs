@@ -6,10 +6,12 @@ use std::time::Duration;
 use nimbus_e2e::{assert_error, batch_sandbox, json, worker_service, Server};
 
 const T: &str = "/v1/tenants/demo";
+/// These tests are about the control plane; launching sandboxes is tested with the runtime.
+const NO_DRIVER: &str = "[server]\nsandbox_driver = \"none\"\n";
 
 #[tokio::test]
 async fn guide_service_examples_work_as_http_requests() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     // Create (services guide).
     let (st, created) = s
         .call(
@@ -114,7 +116,7 @@ async fn guide_service_examples_work_as_http_requests() {
 
 #[tokio::test]
 async fn generation_changes_only_on_spec_changes_and_resource_version_on_every_write() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     let (_, a) = s
         .call(
             "POST",
@@ -149,7 +151,7 @@ async fn generation_changes_only_on_spec_changes_and_resource_version_on_every_w
 
 #[tokio::test]
 async fn stale_generation_is_rejected_with_precondition_failed_naming_the_current_one() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     s.call(
         "POST",
         &format!("{T}/services"),
@@ -207,7 +209,7 @@ async fn stale_generation_is_rejected_with_precondition_failed_naming_the_curren
 
 #[tokio::test]
 async fn concurrent_updates_with_one_generation_have_exactly_one_winner() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     s.call(
         "POST",
         &format!("{T}/services"),
@@ -234,7 +236,7 @@ async fn concurrent_updates_with_one_generation_have_exactly_one_winner() {
 
 #[tokio::test]
 async fn listing_paginates_over_several_pages_with_stable_order_and_rejects_bad_tokens() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     for i in 0..7 {
         let (st, _) = s.call("POST", &format!("{T}/services"), Some(json!({"name": format!("svc-{i}"), "backend": {"kind": "builtIn", "provider": "browser"}}))).await;
         assert_eq!(st, 201);
@@ -301,7 +303,7 @@ async fn listing_paginates_over_several_pages_with_stable_order_and_rejects_bad_
 
 #[tokio::test]
 async fn sandboxes_are_stored_pending_with_a_truthful_condition_and_redacted_inputs() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     let mut body = batch_sandbox();
     body["spec"]["process"]["environment"] = json!({"API_KEY": "hunter2"});
     let (st, sbx) = s.call("POST", &format!("{T}/sandboxes"), Some(body)).await;
@@ -375,20 +377,25 @@ async fn sandboxes_are_stored_pending_with_a_truthful_condition_and_redacted_inp
     let r = s.call("POST", &format!("{T}/sandboxes"), Some(owned)).await;
     assert_error(&r, 400, "request.invalid_argument");
     assert_eq!(r.1["error"]["details"]["field"], "spec.owner");
-    // krun is accepted and validated.
+    // krun specs are validated, then process execution fails closed.
     let mut krun = batch_sandbox();
     krun["spec"]["backend"] = json!("krun");
-    assert_eq!(
-        s.call("POST", &format!("{T}/sandboxes"), Some(krun))
-            .await
-            .0,
-        201
+    let r = s
+        .call("POST", &format!("{T}/sandboxes"), Some(krun.clone()))
+        .await;
+    assert_error(&r, 501, "op.not_supported");
+    assert!(r.1["error"]["message"].as_str().unwrap().contains("egress"));
+    krun["spec"]["process"]["argv"] = json!([]);
+    assert_error(
+        &s.call("POST", &format!("{T}/sandboxes"), Some(krun)).await,
+        400,
+        "request.invalid_argument",
     );
 }
 
 #[tokio::test]
 async fn sessions_open_list_close_with_snapshot_ttl_and_channel_rules() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     s.call(
         "POST",
         &format!("{T}/services"),
@@ -559,7 +566,7 @@ async fn sessions_open_list_close_with_snapshot_ttl_and_channel_rules() {
 
 #[tokio::test]
 async fn sessions_expire_on_time_without_anyone_asking() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     s.call(
         "POST",
         &format!("{T}/services"),
@@ -603,7 +610,7 @@ async fn sessions_expire_on_time_without_anyone_asking() {
 async fn a_session_whose_service_changed_mid_open_is_a_conflict_or_pins_the_new_generation() {
     // Race updates against opens: every open either pins a generation that existed, or is a
     // resource.conflict; never a 5xx.
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     s.call(
         "POST",
         &format!("{T}/services"),
@@ -640,7 +647,7 @@ async fn a_session_whose_service_changed_mid_open_is_a_conflict_or_pins_the_new_
 
 #[tokio::test]
 async fn bad_input_gets_a_400_naming_the_field() {
-    let s = Server::start().await;
+    let s = Server::start_with_config(NO_DRIVER).await;
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (
             json!({"name": "Bad_Name", "backend": {"kind": "builtIn", "provider": "browser"}}),

@@ -22,6 +22,8 @@ pub struct App {
     /// Wakes the session reaper when a session is opened (its expiry may be the earliest).
     pub reaper_wake: tokio::sync::Notify,
     pub limits: Limits,
+    /// Runs sandboxes; `None` when the server was started without a sandbox driver.
+    pub control: Option<Arc<dyn crate::control::SandboxControl>>,
 }
 
 /// Per-tenant capacity (`[limits]` in nimbus.toml).

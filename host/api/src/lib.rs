@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod control;
 pub mod error;
 pub mod extract;
 pub mod openapi;

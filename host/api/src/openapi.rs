@@ -17,6 +17,7 @@ fn query_params(operation_id: &str) -> Vec<Value> {
         "sandboxes.list" => &["labelKey", "labelValue", "state", "limit", "pageToken"],
         "sessions.list" => &["state", "limit", "pageToken"],
         "services.delete" => &["ifMatchGeneration", "force"],
+        "sandboxes.logs" => &["follow"],
         "services.start" | "services.stop" | "services.restart" => &["waitUntil", "timeoutMs"],
         _ => &[],
     };

@@ -14,6 +14,19 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub limits: nimbus_api::app::Limits,
+    #[serde(default)]
+    pub runtime: nimbus_runtime::RuntimeConfig,
+}
+
+/// What runs sandboxes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxDriver {
+    /// OCI containers through crun (the default).
+    #[default]
+    Container,
+    /// None: sandboxes are recorded and stay `pending` (for control-plane-only deployments).
+    None,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +38,8 @@ pub struct ServerConfig {
     pub data_dir: Option<PathBuf>,
     /// The tenant created at first start and written to the credential file.
     pub default_tenant: Option<String>,
+    #[serde(default)]
+    pub sandbox_driver: SandboxDriver,
 }
 
 impl Config {

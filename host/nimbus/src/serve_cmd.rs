@@ -13,7 +13,9 @@ use nimbus_core::names::Name;
 use nimbus_store::Store;
 
 use crate::bootstrap;
-use crate::config::{default_data_dir, Config};
+use crate::config::{default_data_dir, Config, SandboxDriver};
+use nimbus_api::control::SandboxControl;
+use nimbus_control::sandboxes::{ControlHandle, SandboxController};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -82,8 +84,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let credential_file = bootstrap::ensure(&store, &tenant, &endpoint).await?;
 
+    let signer = WorkloadSigner::load(&store).await?;
+    let (control, controller): (Option<Arc<dyn SandboxControl>>, _) = match config
+        .server
+        .sandbox_driver
+    {
+        SandboxDriver::Container => {
+            let runtime = nimbus_runtime::Runtime::open(&data_dir, &config.runtime)
+                .map_err(|e| anyhow::anyhow!("starting the sandbox runtime: {e}"))?;
+            if let Err(unfit) = runtime.preflight() {
+                tracing::warn!("this host cannot run container sandboxes until this is fixed (creates answer runtime.unavailable): {unfit}");
+            }
+            let controller = SandboxController::new(store.clone(), runtime, signer.clone());
+            (
+                Some(Arc::new(ControlHandle(controller.clone()))),
+                Some(controller),
+            )
+        }
+        SandboxDriver::None => {
+            tracing::info!("server.sandbox_driver = \"none\": sandboxes are recorded but not run");
+            (None, None)
+        }
+    };
+    let controller_task = controller.map(|c| tokio::spawn(c.run()));
     let app = Arc::new(App {
-        signer: WorkloadSigner::load(&store).await?,
+        signer,
+        control,
         store: store.clone(),
         authorizer: Arc::new(GrantsPolicy),
         reaper_wake: tokio::sync::Notify::new(),
@@ -98,6 +124,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("serving HTTP")?;
     reaper.abort();
+    // Sandboxes keep running: their monitors outlive the server and are adopted on the next start.
+    if let Some(t) = controller_task {
+        t.abort();
+    }
     store.close().await;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -201,3 +201,14 @@ impl Store {
         Ok(record)
     }
 }
+
+impl Store {
+    /// The tenant of sandbox `id`, whatever its state (ids are unique across tenants).
+    pub async fn sandbox_tenant(&self, id: &str) -> Result<Option<String>, Error> {
+        sqlx::query_scalar("SELECT tenant_id FROM sandboxes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_error)
+    }
+}

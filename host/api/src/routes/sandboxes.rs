@@ -8,7 +8,7 @@ use nimbus_core::authz::{actions, ResourceKind};
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::SandboxId;
 use nimbus_core::resource::{set_condition, ConditionStatus, Meta, Readiness, SandboxRecord};
-use nimbus_core::spec::{validate_labels, Labels, Owner, Profile, SandboxSpec};
+use nimbus_core::spec::{validate_labels, Labels, Owner, Profile, SandboxBackend, SandboxSpec};
 use nimbus_core::Error;
 use nimbus_store::SandboxFilter;
 use serde::Deserialize;
@@ -54,16 +54,27 @@ pub async fn create(
     }
     body.spec.validate("spec")?;
     validate_labels("labels", &body.labels)?;
+    if body.spec.backend == SandboxBackend::Krun {
+        return Err(Error::not_supported(
+            "the krun backend does not run processes yet: its network egress enforcement is not at parity with the container backend, so it fails closed; use backend \"container\"",
+            serde_json::json!({ "backend": "krun" }),
+        )
+        .into());
+    }
+    let (reason, message) = match &app.control {
+        Some(control) => {
+            if let Some(why) = control.unavailable() {
+                return Err(Error::runtime_unavailable(format!("this host cannot run container sandboxes: {why}")).into());
+            }
+            ("Scheduled", "accepted; the sandbox controller is launching it")
+        }
+        None => ("DriverUnavailable", "no sandbox driver is running in this server (server.sandbox_driver = \"none\"); the sandbox is recorded and waits for one"),
+    };
     let now = Utc::now();
     let id = SandboxId::generate();
     let meta = Meta::new(tenant.clone(), body.labels, now);
     let mut record = SandboxRecord {
-        status: status::pending_sandbox_status(
-            meta.generation,
-            now,
-            "DriverUnavailable",
-            "no sandbox driver is running in this server; the sandbox is recorded and waits for one",
-        ),
+        status: status::pending_sandbox_status(meta.generation, now, reason, message),
         id: id.clone(),
         profile: body.profile,
         meta,
@@ -228,6 +239,9 @@ pub async fn stop(
             Some(&audit),
         )
         .await?;
+    if let (Some(control), SandboxState::Stopping) = (&app.control, record.status.lifecycle_state) {
+        control.stop(tenant, id);
+    }
     Ok((StatusCode::ACCEPTED, Json(wire::sandbox(&record))))
 }
 

@@ -1,0 +1,27 @@
+//! The seam between the API and whatever runs sandboxes. The API records desired state in the
+//! store and tells the controller through this trait; it never calls a driver itself.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use nimbus_core::names::{Name, SandboxId};
+use nimbus_core::Error;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait SandboxControl: Send + Sync {
+    /// Why sandboxes cannot run on this host right now (`runtime.unavailable`), if they cannot.
+    fn unavailable(&self) -> Option<String>;
+    /// Sandbox `id` was recorded as `pending`: launch it.
+    fn launch(&self, tenant: Name, id: SandboxId);
+    /// Sandbox `id` was recorded as `stopping`: stop its process.
+    fn stop(&self, tenant: Name, id: SandboxId);
+    /// Removes every trace of the sandbox from the host; called before its record is deleted.
+    fn teardown<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<(), Error>>;
+    /// The sandbox's output, as chunks; with `follow`, until the process exits.
+    fn logs<'a>(
+        &'a self,
+        id: &'a SandboxId,
+        follow: bool,
+    ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error>>;
+}

@@ -1,0 +1,7 @@
+//! Controllers: level-triggered loops that move what the store says should be toward what the
+//! host runs, one step at a time, writing status back.
+//!
+//! - [`sandboxes::SandboxController`] launches, watches, stops and tears down sandboxes through
+//!   `nimbus-runtime`, and adopts running sandboxes after a server restart.
+
+pub mod sandboxes;

@@ -1,0 +1,589 @@
+//! The sandbox controller.
+//!
+//! `pending` → launch (pull/build, rootfs, network, crun through the monitor) → `ready`, with
+//! launch progress in the `Ready` condition; exits are recorded with their code and reason;
+//! `stopping` → SIGTERM, SIGKILL after the grace period → `stopped`. After a restart the
+//! controller adopts what the runtime still runs: nothing is killed because the server
+//! restarted, exits that happened meanwhile are recorded, interrupted launches are retried.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use nimbus_api::auth::{WorkloadClaims, WorkloadSigner};
+use nimbus_api::control::{BoxFuture, SandboxControl};
+use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
+use nimbus_core::names::{Name, SandboxId};
+use nimbus_core::resource::{set_condition, ConditionStatus, Endpoint, Readiness};
+use nimbus_core::{Error, ErrorCode};
+use nimbus_runtime::{ExitReason, LaunchError, Observed, ProgressEvent, Runtime, RuntimeError};
+use nimbus_store::Store;
+
+/// How often running sandboxes are checked for exits.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// Progress is written to the store at most this often (plus on every phase change).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+/// A host check result is reused for this long, so creates do not each run the checks.
+const PREFLIGHT_TTL: Duration = Duration::from_secs(5);
+/// Lifetime of the workload identity token a sandbox receives.
+const WORKLOAD_TOKEN_TTL_SECONDS: i64 = 24 * 3600;
+
+pub struct SandboxController {
+    store: Store,
+    runtime: Arc<Runtime>,
+    signer: WorkloadSigner,
+    /// Sandboxes with a launch or stop task in flight; the watcher leaves them alone.
+    busy: Mutex<HashSet<String>>,
+    preflight: Mutex<Option<(Instant, Option<String>)>>,
+}
+
+impl SandboxController {
+    pub fn new(
+        store: Store,
+        runtime: Arc<Runtime>,
+        signer: WorkloadSigner,
+    ) -> Arc<SandboxController> {
+        Arc::new(SandboxController {
+            store,
+            runtime,
+            signer,
+            busy: Mutex::new(HashSet::new()),
+            preflight: Mutex::new(None),
+        })
+    }
+
+    /// Reconciles the store with the host after a (re)start, then watches for exits forever.
+    pub async fn run(self: Arc<Self>) {
+        if let Err(e) = self.adopt().await {
+            tracing::error!(error = %e, "adopting sandboxes after start failed; they will be reconciled by the watcher");
+        }
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            if let Err(e) = self.watch_once().await {
+                tracing::warn!(error = %e, "sandbox watch pass failed");
+            }
+        }
+    }
+
+    async fn adopt(self: &Arc<Self>) -> Result<(), Error> {
+        let records = self.store.live_sandboxes().await?;
+        let known: HashSet<String> = records.iter().map(|r| r.id.to_string()).collect();
+        // Host state without a record: deleted while the server was down.
+        for (id, _) in self.runtime.adopt_all() {
+            if !known.contains(id.as_str()) && self.store_has(&id).await == Some(false) {
+                tracing::info!(sandbox = %id, "removing a sandbox whose record is gone");
+                if let Err(e) = self.runtime.delete(&id).await {
+                    tracing::warn!(sandbox = %id, error = %e, "could not remove an orphaned sandbox");
+                }
+            }
+        }
+        for r in records {
+            let tenant = r.meta.tenant_id.clone();
+            match (r.status.lifecycle_state, self.runtime.observe(&r.id)) {
+                (SandboxState::Pending, _) => {
+                    tokio::spawn(self.clone().launch_task(tenant, r.id.clone()));
+                }
+                (SandboxState::Creating, Observed::Running { .. })
+                | (SandboxState::Creating, Observed::Exited { .. })
+                | (SandboxState::Creating, Observed::Missing) => {
+                    // The launch was cut off by the restart: clear what it left and start over.
+                    if let Err(e) = self.runtime.delete(&r.id).await {
+                        tracing::warn!(sandbox = %r.id, error = %e, "could not clear an interrupted launch");
+                    }
+                    let _ = self
+                        .store
+                        .update_sandbox(
+                            &tenant,
+                            r.id.as_str(),
+                            |rec| {
+                                rec.status.lifecycle_state = SandboxState::Pending;
+                                Ok(())
+                            },
+                            None,
+                        )
+                        .await;
+                    tokio::spawn(self.clone().launch_task(tenant, r.id.clone()));
+                }
+                (SandboxState::Stopping, Observed::Running { .. }) => {
+                    tokio::spawn(self.clone().stop_task(tenant, r.id.clone()));
+                }
+                (SandboxState::Ready, Observed::Running { endpoint, .. }) => {
+                    tracing::info!(sandbox = %r.id, "adopted a running sandbox");
+                    let _ = endpoint;
+                }
+                (_, Observed::Exited { code, reason }) => {
+                    self.record_exit(&tenant, &r.id, code, &reason).await
+                }
+                (_, Observed::Missing) => {
+                    self.record_exit(&tenant, &r.id, -1, &ExitReason::Lost)
+                        .await
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn store_has(&self, id: &SandboxId) -> Option<bool> {
+        // Sandbox ids are unique across tenants; a terminal record still counts as known.
+        self.store
+            .sandbox_tenant(id.as_str())
+            .await
+            .ok()
+            .map(|t| t.is_some())
+    }
+
+    async fn watch_once(self: &Arc<Self>) -> Result<(), Error> {
+        for r in self.store.live_sandboxes().await? {
+            if !matches!(
+                r.status.lifecycle_state,
+                SandboxState::Ready | SandboxState::Stopping
+            ) || self.is_busy(r.id.as_str())
+            {
+                continue;
+            }
+            match self.runtime.observe(&r.id) {
+                Observed::Running { .. } => {}
+                Observed::Exited { code, reason } => {
+                    self.record_exit(&r.meta.tenant_id, &r.id, code, &reason)
+                        .await
+                }
+                Observed::Missing => {
+                    self.record_exit(&r.meta.tenant_id, &r.id, -1, &ExitReason::Lost)
+                        .await
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_busy(&self, id: &str) -> bool {
+        self.busy.lock().map(|b| b.contains(id)).unwrap_or(false)
+    }
+
+    fn claim(&self, id: &str) -> bool {
+        self.busy
+            .lock()
+            .map(|mut b| b.insert(id.to_string()))
+            .unwrap_or(false)
+    }
+
+    fn release(&self, id: &str) {
+        if let Ok(mut b) = self.busy.lock() {
+            b.remove(id);
+        }
+    }
+
+    /// Records an exit: exit code, the state it leads to, and a condition saying why.
+    async fn record_exit(&self, tenant: &Name, id: &SandboxId, code: i32, reason: &ExitReason) {
+        let result = self
+            .store
+            .update_sandbox(
+                tenant,
+                id.as_str(),
+                |r| {
+                    let stopping = r.status.lifecycle_state == SandboxState::Stopping;
+                    let clean = stopping || (*reason == ExitReason::Exited && code == 0);
+                    let next = r
+                        .status
+                        .lifecycle_state
+                        .on(SandboxEvent::Exited { clean })
+                        .map_err(|t| {
+                            Error::invalid_transition(
+                                "sandbox",
+                                id.as_str(),
+                                t.from,
+                                "already ended",
+                            )
+                        })?;
+                    let (why, message) = exit_condition(code, reason, stopping);
+                    let now = Utc::now();
+                    r.status.lifecycle_state = next;
+                    r.status.readiness = Readiness::NotReady;
+                    r.status.exit_code = Some(code);
+                    r.meta.updated_at = now;
+                    set_condition(
+                        &mut r.status.conditions,
+                        "Ready",
+                        ConditionStatus::False,
+                        why,
+                        message,
+                        now,
+                        r.meta.generation,
+                    );
+                    Ok(())
+                },
+                None,
+            )
+            .await;
+        match result {
+            Ok(r) => {
+                tracing::info!(sandbox = %id, code, state = r.status.lifecycle_state.as_str(), "sandbox ended")
+            }
+            Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::InvalidTransition) => {}
+            Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not record an exit"),
+        }
+    }
+
+    fn cached_preflight(&self) -> Option<String> {
+        let mut slot = match self.preflight.lock() {
+            Ok(s) => s,
+            Err(_) => return Some("internal: the host check cache is poisoned".into()),
+        };
+        if let Some((at, result)) = slot.as_ref() {
+            if at.elapsed() < PREFLIGHT_TTL {
+                return result.clone();
+            }
+        }
+        let result = self.runtime.preflight().err().map(|e| e.to_string());
+        *slot = Some((Instant::now(), result.clone()));
+        result
+    }
+
+    async fn launch_task(self: Arc<Self>, tenant: Name, id: SandboxId) {
+        if !self.claim(id.as_str()) {
+            return;
+        }
+        self.launch_inner(&tenant, &id).await;
+        self.release(id.as_str());
+    }
+
+    async fn launch_inner(self: &Arc<Self>, tenant: &Name, id: &SandboxId) {
+        // pending → creating, unless it was stopped or deleted meanwhile.
+        let record = match self
+            .store
+            .update_sandbox(
+                tenant,
+                id.as_str(),
+                |r| {
+                    let next = r
+                        .status
+                        .lifecycle_state
+                        .on(SandboxEvent::LaunchBegan)
+                        .map_err(|t| {
+                            Error::invalid_transition("sandbox", id.as_str(), t.from, "not pending")
+                        })?;
+                    let now = Utc::now();
+                    r.status.lifecycle_state = next;
+                    set_condition(
+                        &mut r.status.conditions,
+                        "Ready",
+                        ConditionStatus::False,
+                        "Creating",
+                        "preparing the root filesystem and network",
+                        now,
+                        r.meta.generation,
+                    );
+                    Ok(())
+                },
+                None,
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let mut spec = record.spec.clone();
+        if spec.workload_identity {
+            let now = Utc::now().timestamp();
+            let token = self.signer.mint(&WorkloadClaims {
+                tenant_id: tenant.to_string(),
+                workload: format!("sandbox:{id}"),
+                grants: vec![format!("sandbox:{id}:reach")],
+                issued_at: now,
+                expires_at: now + WORKLOAD_TOKEN_TTL_SECONDS,
+            });
+            spec.process
+                .environment
+                .insert("NIMBUS_WORKLOAD_IDENTITY_TOKEN".into(), token);
+        }
+        let progress = ProgressWriter::new(self.store.clone(), tenant.clone(), id.clone());
+        let outcome = self
+            .runtime
+            .launch(id, tenant.as_str(), &spec, |e| progress.event(e))
+            .await;
+        progress.flush().await;
+        match outcome {
+            Ok(launched) => {
+                let endpoint = Endpoint {
+                    address: launched.endpoint.address.to_string(),
+                    ports: launched.endpoint.ports.clone(),
+                };
+                let updated = self
+                    .store
+                    .update_sandbox(
+                        tenant,
+                        id.as_str(),
+                        |r| {
+                            let now = Utc::now();
+                            r.status.endpoints = vec![endpoint];
+                            if r.status.lifecycle_state == SandboxState::Creating {
+                                r.status.lifecycle_state = SandboxState::Ready;
+                                r.status.readiness = Readiness::Ready;
+                                set_condition(
+                                    &mut r.status.conditions,
+                                    "Ready",
+                                    ConditionStatus::True,
+                                    "Running",
+                                    format!("process {} is running", launched.pid),
+                                    now,
+                                    r.meta.generation,
+                                );
+                            }
+                            Ok(())
+                        },
+                        None,
+                    )
+                    .await;
+                match updated {
+                    // Stopped while launching: finish the stop now that there is a process.
+                    Ok(r) if r.status.lifecycle_state == SandboxState::Stopping => {
+                        self.stop_inner(tenant, id).await
+                    }
+                    Ok(_) => {}
+                    // Deleted while launching: its teardown may have run before the container existed.
+                    Err(e) if e.code == ErrorCode::NotFound => {
+                        let _ = self.runtime.delete(id).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox = %id, error = %e, "could not record a launch")
+                    }
+                }
+            }
+            Err(e) => {
+                let (reason, message) = launch_failure(&e);
+                tracing::info!(sandbox = %id, reason, %message, "launch failed");
+                let _ = self
+                    .store
+                    .update_sandbox(
+                        tenant,
+                        id.as_str(),
+                        |r| {
+                            let now = Utc::now();
+                            r.status.lifecycle_state = r
+                                .status
+                                .lifecycle_state
+                                .on(SandboxEvent::LaunchFailed)
+                                .unwrap_or(SandboxState::Failed);
+                            r.status.readiness = Readiness::NotReady;
+                            set_condition(
+                                &mut r.status.conditions,
+                                "Ready",
+                                ConditionStatus::False,
+                                reason,
+                                message,
+                                now,
+                                r.meta.generation,
+                            );
+                            Ok(())
+                        },
+                        None,
+                    )
+                    .await;
+            }
+        }
+    }
+
+    async fn stop_task(self: Arc<Self>, tenant: Name, id: SandboxId) {
+        if !self.claim(id.as_str()) {
+            // A launch is in flight; it stops the sandbox when it sees `stopping`.
+            return;
+        }
+        self.stop_inner(&tenant, &id).await;
+        self.release(id.as_str());
+    }
+
+    async fn stop_inner(&self, tenant: &Name, id: &SandboxId) {
+        match self.runtime.stop(id, None).await {
+            Ok(Observed::Exited { code, reason }) => {
+                self.record_exit(tenant, id, code, &reason).await
+            }
+            Ok(Observed::Running { .. }) => {
+                tracing::warn!(sandbox = %id, "still running after SIGKILL; the watcher will record its exit")
+            }
+            Ok(Observed::Missing) | Err(RuntimeError::NotFound(_)) => {
+                self.record_exit(tenant, id, -1, &ExitReason::Lost).await
+            }
+            Err(e) => tracing::warn!(sandbox = %id, error = %e, "stop failed"),
+        }
+    }
+}
+
+/// The `Ready` condition's reason and message for an exit.
+fn exit_condition(code: i32, reason: &ExitReason, stopping: bool) -> (&'static str, String) {
+    match reason {
+        ExitReason::OomKilled => ("OOMKilled", format!("the process was killed at the sandbox's memory limit (exit code {code}); raise spec.resources.memoryMb")),
+        ExitReason::StartFailed(why) => ("StartFailed", format!("the process did not start: {why}")),
+        ExitReason::Lost => ("Lost", "the sandbox's monitor is gone without recording an exit (for example the host rebooted)".to_string()),
+        _ if stopping => ("Stopped", format!("stopped on request (exit code {code})")),
+        ExitReason::Signaled(sig) => ("Signaled", format!("the process was killed by signal {sig}")),
+        ExitReason::Exited if code == 0 => ("Completed", "the process exited with code 0".to_string()),
+        ExitReason::Exited => ("Error", format!("the process exited with code {code}; see GET …/logs")),
+    }
+}
+
+/// The `Ready` condition's reason and message for a failed launch.
+fn launch_failure(e: &LaunchError) -> (&'static str, String) {
+    let reason = match e {
+        LaunchError::ImageNotFound(_) => "ImageNotFound",
+        LaunchError::AuthFailed(_) => "RegistryAuthFailed",
+        LaunchError::RegistryUnreachable(_) => "RegistryUnreachable",
+        LaunchError::BuildFailed(_) => "BuildFailed",
+        LaunchError::BadArgv(_) => "BadArgv",
+        LaunchError::BadSpec { .. } => "BadSpec",
+        LaunchError::HostUnfit(_) => "RuntimeUnavailable",
+        LaunchError::NotSupported(_) => "NotSupported",
+        LaunchError::AlreadyExists(_) | LaunchError::Internal(_) => "LaunchFailed",
+    };
+    (reason, e.to_string())
+}
+
+/// Writes launch progress into the sandbox's `Ready` condition, at most every
+/// `PROGRESS_INTERVAL` within a phase, so a large pull does not become a write storm.
+struct ProgressWriter {
+    store: Store,
+    tenant: Name,
+    id: SandboxId,
+    state: Arc<Mutex<ProgressState>>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    last_write: Option<Instant>,
+    last_reason: &'static str,
+    pending: Option<(&'static str, String)>,
+}
+
+impl ProgressWriter {
+    fn new(store: Store, tenant: Name, id: SandboxId) -> ProgressWriter {
+        ProgressWriter {
+            store,
+            tenant,
+            id,
+            state: Arc::new(Mutex::new(ProgressState::default())),
+        }
+    }
+
+    fn event(&self, e: ProgressEvent) {
+        let (reason, message) = match &e {
+            ProgressEvent::Pulling {
+                reference,
+                bytes_done,
+                bytes_total,
+            } => (
+                "Pulling",
+                format!(
+                    "pulling {reference}: {} of {} MiB",
+                    bytes_done / (1024 * 1024),
+                    bytes_total.div_ceil(1024 * 1024)
+                ),
+            ),
+            ProgressEvent::Unpacking {
+                layer,
+                index,
+                count,
+            } => (
+                "Unpacking",
+                format!("unpacking layer {index} of {count} ({layer})"),
+            ),
+            ProgressEvent::Building { context } => (
+                "Building",
+                format!("building the image from the Dockerfile in {context}"),
+            ),
+            ProgressEvent::Creating => ("Creating", "creating the container".to_string()),
+            ProgressEvent::Started { pid } => ("Starting", format!("process {pid} started")),
+        };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let due = st.last_reason != reason
+            || st
+                .last_write
+                .is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
+        st.pending = Some((reason, message));
+        if due {
+            st.last_write = Some(Instant::now());
+            st.last_reason = reason;
+            if let Some((reason, message)) = st.pending.take() {
+                self.write(reason, message);
+            }
+        }
+    }
+
+    fn write(&self, reason: &'static str, message: String) {
+        let (store, tenant, id) = (self.store.clone(), self.tenant.clone(), self.id.clone());
+        tokio::spawn(async move {
+            let _ = store
+                .update_sandbox(
+                    &tenant,
+                    id.as_str(),
+                    |r| {
+                        if r.status.lifecycle_state == SandboxState::Creating {
+                            set_condition(
+                                &mut r.status.conditions,
+                                "Ready",
+                                ConditionStatus::False,
+                                reason,
+                                message,
+                                Utc::now(),
+                                r.meta.generation,
+                            );
+                        }
+                        Ok(())
+                    },
+                    None,
+                )
+                .await;
+        });
+    }
+
+    async fn flush(&self) {
+        let pending = self.state.lock().ok().and_then(|mut st| st.pending.take());
+        if let Some((reason, message)) = pending {
+            self.write(reason, message);
+        }
+    }
+}
+
+/// The controller as the API sees it.
+pub struct ControlHandle(pub Arc<SandboxController>);
+
+impl SandboxControl for ControlHandle {
+    fn unavailable(&self) -> Option<String> {
+        self.0.cached_preflight()
+    }
+
+    fn launch(&self, tenant: Name, id: SandboxId) {
+        tokio::spawn(self.0.clone().launch_task(tenant, id));
+    }
+
+    fn stop(&self, tenant: Name, id: SandboxId) {
+        tokio::spawn(self.0.clone().stop_task(tenant, id));
+    }
+
+    fn teardown<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            self.0
+                .runtime
+                .delete(id)
+                .await
+                .map_err(|e| Error::internal(format!("tearing down {id}: {e}")))
+        })
+    }
+
+    fn logs<'a>(
+        &'a self,
+        id: &'a SandboxId,
+        follow: bool,
+    ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error>> {
+        Box::pin(async move {
+            match self.0.runtime.logs(id, follow).await {
+                Ok(stream) => Ok(stream.into_receiver()),
+                // Never launched (or launch failed before it had a state dir): no output.
+                Err(RuntimeError::NotFound(_)) => Ok(tokio::sync::mpsc::channel(1).1),
+                Err(e) => Err(Error::internal(e)),
+            }
+        })
+    }
+}
