@@ -65,7 +65,7 @@ export class Transport {
     const tenant = await this.tenantFor(spec.call);
     const url = new URL(`${config.endpoint}/v1/tenants/${encodeURIComponent(tenant)}/${spec.path}`);
     for (const [key, value] of Object.entries(spec.query ?? {})) {
-      if (value !== undefined && value !== "") url.searchParams.set(key, String(value));
+      if (value !== undefined) url.searchParams.set(key, String(value));
     }
 
     const secret = await config.credential.value();

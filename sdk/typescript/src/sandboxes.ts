@@ -42,7 +42,8 @@ export class Sandboxes {
         labelValue: req.labelValue,
         state: req.state,
         limit: req.limit,
-        pageToken: req.pageToken,
+        // An empty token (what the last page returns) means "from the start".
+        pageToken: req.pageToken === "" ? undefined : req.pageToken,
       },
     });
   }

@@ -138,7 +138,11 @@ export class Services {
       method: "GET",
       path: "services",
       call: call(req),
-      query: { limit: req.limit, pageToken: req.pageToken },
+      query: {
+        limit: req.limit,
+        // An empty token (what the last page returns) means "from the start".
+        pageToken: req.pageToken === "" ? undefined : req.pageToken,
+      },
     });
   }
 

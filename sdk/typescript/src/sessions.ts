@@ -41,7 +41,12 @@ export class Sessions {
       method: "GET",
       path: "sessions",
       call: call(req),
-      query: { state: req.state, limit: req.limit, pageToken: req.pageToken },
+      query: {
+        state: req.state,
+        limit: req.limit,
+        // An empty token (what the last page returns) means "from the start".
+        pageToken: req.pageToken === "" ? undefined : req.pageToken,
+      },
     });
   }
 

@@ -119,6 +119,12 @@ describe("sandboxes requests", () => {
     assert.deepEqual(calls[0].body, { profile: "worker", spec, labels: { purpose: "batch" } });
     assert.match(calls[5].headers.accept, /text\/plain/);
   });
+
+  test("an empty label value is sent (it is a real value); an empty pageToken means the first page", async () => {
+    const { nimbus, calls } = client([json(200, { items: [], metadata: { nextPageToken: "" } })]);
+    await nimbus.sandboxes.list({ labelKey: "tier", labelValue: "", pageToken: "" });
+    assert.equal(path(calls[0]), "GET /v1/tenants/demo/sandboxes?labelKey=tier&labelValue=");
+  });
 });
 
 describe("sessions requests", () => {
