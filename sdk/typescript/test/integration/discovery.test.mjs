@@ -1,7 +1,7 @@
 // Discovery against a real server: the credential file the server writes on first start, API
 // keys, bearer tokens in the environment, and workload identity token files.
 import assert from "node:assert/strict";
-import { copyFile, mkdtemp, writeFile } from "node:fs/promises";
+import { copyFile, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -16,7 +16,10 @@ describe("discovery against nimbus serve", () => {
     server = await startServer();
     empty = await mkdtemp(join(tmpdir(), "nimbus-sdk-empty-home-"));
   });
-  after(async () => server?.stop());
+  after(async () => {
+    await server?.stop();
+    if (empty) await rm(empty, { recursive: true, force: true });
+  });
 
   test("the server's credential file alone configures a client: endpoint, token and tenant", async () => {
     assert.equal(new URL(server.fileEndpoint).origin, server.endpoint, "the file names the address the server listens on");

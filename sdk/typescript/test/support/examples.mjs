@@ -1,7 +1,7 @@
 // Runs one compiled guide sample (build/examples/<name>.js) as its own Node process, the way a
 // user would run it, with NIMBUS_TOKEN set and an empty HOME (so no credential file helps).
 import { spawn } from "node:child_process";
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -24,6 +24,7 @@ export async function runExample(server, name, { env = {} } = {}) {
   child.stdout.on("data", (d) => (stdout += d));
   child.stderr.on("data", (d) => (stderr += d));
   const code = await new Promise((resolve) => child.once("close", resolve));
+  await rm(home, { recursive: true, force: true });
   return { code, stdout, stderr };
 }
 
