@@ -204,6 +204,13 @@ pub const ROUTES: &[Route] = &[
         202,
     ),
     r(
+        "GET",
+        "/v1/tenants/{tenantId}/sandboxes/{id}/logs",
+        "sandboxes.logs",
+        "The process's output as text (?follow=true streams until it exits)",
+        200,
+    ),
+    r(
         "POST",
         "/v1/tenants/{tenantId}/sessions",
         "sessions.open",
@@ -288,6 +295,10 @@ pub fn router(app: SharedApp) -> Router {
         .route(
             "/v1/tenants/{tenant}/sandboxes/{id}/stop",
             post(sandboxes::stop),
+        )
+        .route(
+            "/v1/tenants/{tenant}/sandboxes/{id}/logs",
+            get(sandboxes::logs),
         )
         .route(
             "/v1/tenants/{tenant}/sessions",

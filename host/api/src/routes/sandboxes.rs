@@ -91,6 +91,9 @@ pub async fn create(
     app.store
         .create_sandbox(&mut record, app.limits.sandboxes_per_tenant, &audit)
         .await?;
+    if let Some(control) = &app.control {
+        control.launch(tenant, id);
+    }
     Ok((StatusCode::CREATED, Json(wire::sandbox(&record))))
 }
 
@@ -269,9 +272,61 @@ pub async fn delete(
         "allow",
         "",
     );
+    if app.store.get_sandbox(&tenant, id.as_str()).await?.is_none() {
+        return Err(Error::not_found("sandbox", id.as_str()).into());
+    }
+    // Host first, record second: if teardown fails the record stays and delete can be retried.
+    if let Some(control) = &app.control {
+        control.teardown(&id).await?;
+    }
     let record = app
         .store
         .delete_sandbox(&tenant, id.as_str(), |_| Ok(()), &audit)
         .await?;
     Ok(Json(wire::sandbox(&record)))
+}
+
+pub async fn logs(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    Path((tenant, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<axum::response::Response> {
+    let tenant = tenant_name(&tenant)?;
+    let q = QueryParams::parse(q.as_deref(), &["follow"])?;
+    app.authorize(
+        &p,
+        actions::SANDBOXES_LOGS,
+        &tenant,
+        ResourceKind::Sandbox,
+        Some(&id),
+        vec![],
+    )
+    .await?;
+    let id = parse_id(&id)?;
+    let follow = q.bool("follow")?;
+    app.store
+        .get_sandbox(&tenant, id.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("sandbox", id.as_str()))?;
+    let rx = match &app.control {
+        Some(control) => Some(control.logs(&id, follow).await?),
+        // No driver: nothing ever ran, so there is no output.
+        None => None,
+    };
+    let stream = futures_util::stream::unfold(rx, |rx| async move {
+        let mut rx = rx?;
+        let chunk = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(chunk)),
+            Some(rx),
+        ))
+    });
+    axum::response::Response::builder()
+        .header(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(|e| Error::internal(e).into())
 }
