@@ -36,6 +36,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // The per-sandbox monitor is this binary re-executed as `nimbus __monitor …`; it must take
+    // over before anything else (no async runtime, no argument parsing).
+    if let Some(code) = nimbus_runtime::monitor::main_if_requested() {
+        return code;
+    }
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
