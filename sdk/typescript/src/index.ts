@@ -6,3 +6,4 @@ export { Sandboxes } from "./sandboxes.js";
 export { Sessions } from "./sessions.js";
 export { SDK_VERSION } from "./version.js";
 export type * from "./types.js";
+export { CLIENT_ERROR_CODES, SERVER_ERROR_CODES } from "./types.js";

@@ -493,29 +493,34 @@ export interface CloseSessionRequest extends CallOptions {
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-/** Stable error codes the server documents (starter catalog; the server may add more). */
-export type ServerErrorCode =
-  | "request.invalid_argument"
-  | "auth.unauthenticated"
-  | "auth.permission_denied"
-  | "resource.not_found"
-  | "resource.already_exists"
-  | "resource.conflict"
-  | "state.invalid_transition"
-  | "op.precondition_failed"
-  | "quota.exhausted"
-  | "op.not_supported"
-  | "runtime.unavailable"
-  | "internal";
+/** Stable error codes the server documents (the catalog is append-only; the server may add more). */
+export const SERVER_ERROR_CODES = [
+  "request.invalid_argument",
+  "request.method_not_allowed",
+  "auth.unauthenticated",
+  "auth.permission_denied",
+  "resource.not_found",
+  "resource.already_exists",
+  "resource.conflict",
+  "state.invalid_transition",
+  "op.precondition_failed",
+  "quota.exhausted",
+  "op.not_supported",
+  "runtime.unavailable",
+  "internal",
+] as const;
+export type ServerErrorCode = (typeof SERVER_ERROR_CODES)[number];
 
 /** Codes the SDK raises itself, when there is no server answer to report. */
-export type ClientErrorCode =
-  | "client.not_configured"
-  | "client.invalid_argument"
-  | "client.network"
-  | "client.invalid_response"
-  | "client.deadline_exceeded"
-  | "client.aborted";
+export const CLIENT_ERROR_CODES = [
+  "client.not_configured",
+  "client.invalid_argument",
+  "client.network",
+  "client.invalid_response",
+  "client.deadline_exceeded",
+  "client.aborted",
+] as const;
+export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number];
 
 /** The error envelope of every non-2xx response. */
 export interface ErrorBody {
