@@ -1,8 +1,161 @@
-//! `nimbus plugin …` (owned by the plugin platform work).
+//! `nimbus plugin …`: manage the WebAssembly plugin store under `<data-dir>/plugins`. The logic
+//! lives in `nimbus_plugins::PluginStore`; this file parses arguments and prints.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use nimbus_plugins::{PluginInfo, PluginStore};
 
 #[derive(clap::Args)]
-pub struct PluginArgs {}
+pub struct PluginArgs {
+    /// Where the server keeps its state (default: $HOME/.local/share/nimbus), as for `serve`.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: PluginCommand,
+}
 
-pub async fn run(_args: PluginArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the plugin store is not part of this build yet")
+#[derive(clap::Subcommand)]
+pub enum PluginCommand {
+    /// List installed plugins: id, version, world, sha256 and flags, one per line.
+    List {
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a component (.wasm) and make it its plugin's active version.
+    Install {
+        /// The component file.
+        file: PathBuf,
+        /// Plugin id (default: the component's embedded id).
+        #[arg(long)]
+        id: Option<String>,
+        /// Version (default: the component's embedded version).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Print the WIT world a plugin implements.
+    Inspect {
+        /// `id` (its active version) or `id@version`.
+        plugin: String,
+    },
+    /// Recheck every installed component against the sha256 recorded at install.
+    Verify,
+    /// Remove a plugin (`id`, every version) or one version (`id@version`).
+    Remove { plugin: String },
+    /// Compile every installed plugin for this server into the precompiled cache.
+    Precompile,
+}
+
+fn line(p: &PluginInfo) -> String {
+    let mut flags = Vec::new();
+    if p.active {
+        flags.push("active");
+    }
+    if p.source == "bundled" {
+        flags.push("bundled");
+    }
+    let flags = if flags.is_empty() {
+        "-".to_string()
+    } else {
+        flags.join(",")
+    };
+    format!("{} {} {} {} {}", p.id, p.version, p.world, p.sha256, flags)
+}
+
+pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => crate::config::default_data_dir()?,
+    };
+    // Compiling components is CPU work; keep it off the async runtime's threads.
+    tokio::task::spawn_blocking(move || execute(data_dir, args.command))
+        .await
+        .context("the plugin command did not complete")?
+}
+
+fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
+    // Write errors (a closed pipe) end the command with an error instead of a panic.
+    let mut out = std::io::stdout().lock();
+    let store = PluginStore::open(&data_dir)
+        .with_context(|| format!("cannot open the plugin store in {}", data_dir.display()))?;
+    match command {
+        PluginCommand::List { json } => {
+            let list = store.list()?;
+            if json {
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|p| {
+                        let mut v = serde_json::to_value(p).unwrap_or_default();
+                        v["active"] = serde_json::Value::Bool(p.active);
+                        v
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            } else {
+                for p in &list {
+                    writeln!(out, "{}", line(p))?;
+                }
+            }
+        }
+        PluginCommand::Install { file, id, version } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let info = store
+                .install(&bytes, id.as_deref(), version.as_deref())
+                .with_context(|| format!("refusing to install {}", file.display()))?;
+            writeln!(out, "installed {}", line(&info))?;
+        }
+        PluginCommand::Inspect { plugin } => {
+            let (info, wit) = store.inspect(&plugin)?;
+            writeln!(out, "// {}", line(&info))?;
+            write!(out, "{wit}")?;
+        }
+        PluginCommand::Verify => {
+            let reports = store.verify()?;
+            let mut bad = 0;
+            for r in &reports {
+                match &r.actual_sha256 {
+                    Some(actual) if *actual == r.expected_sha256 => {
+                        writeln!(out, "ok {} {} {}", r.id, r.version, actual)?
+                    }
+                    Some(actual) => {
+                        bad += 1;
+                        writeln!(
+                            out,
+                            "MISMATCH {} {} pinned {} found {}",
+                            r.id, r.version, r.expected_sha256, actual
+                        )?
+                    }
+                    None => {
+                        bad += 1;
+                        writeln!(
+                            out,
+                            "MISSING {} {} pinned {}",
+                            r.id, r.version, r.expected_sha256
+                        )?
+                    }
+                }
+            }
+            if bad > 0 {
+                bail!(
+                    "{bad} of {} plugins fail their sha256 pin; reinstall them from a trusted file (or remove them)",
+                    reports.len()
+                );
+            }
+        }
+        PluginCommand::Remove { plugin } => {
+            for p in store.remove(&plugin)? {
+                writeln!(out, "removed {} {}", p.id, p.version)?;
+            }
+        }
+        PluginCommand::Precompile => {
+            let done = store.precompile()?;
+            for p in &done {
+                writeln!(out, "precompiled {} {}", p.id, p.version)?;
+            }
+        }
+    }
+    Ok(())
 }
