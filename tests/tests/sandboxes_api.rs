@@ -1,0 +1,236 @@
+//! Sandboxes that really run, driven through the API: launch, output, stop, delete, and a
+//! server `kill -9` that leaves sandboxes running to be adopted. Needs root and crun (CI runs
+//! as root; `nimbus doctor --fix` prepares the host).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nimbus_e2e::{assert_error, json, Server};
+
+const T: &str = "/v1/tenants/demo";
+
+/// A root filesystem with busybox-static in it, built from the host's /bin/busybox.
+fn busybox_rootfs(dir: &Path) -> String {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (scripts/setup.sh installs it)");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "sleep", "grep"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    dir.to_str().unwrap().to_string()
+}
+
+fn sandbox(root: &str, script: &str) -> serde_json::Value {
+    json!({
+        "profile": "worker",
+        "spec": {
+            "owner": {"kind": "standalone", "displayName": "api-test"},
+            "backend": "container",
+            "root": {"kind": "rootfs", "path": root},
+            "process": {"argv": ["sh", "-c", script], "environment": {"GREETING": "hello"}}
+        },
+        "labels": {"suite": "sandboxes-api"}
+    })
+}
+
+async fn wait_state(s: &Server, id: &str, want: &[&str], within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, sbx) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+        let state = sbx["status"]["lifecycleState"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if want.contains(&state.as_str()) {
+            return sbx;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sandbox {id} did not reach {want:?} in {within:?}; last: {sbx}\nserver log:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn logs(s: &Server, id: &str) -> String {
+    let r = s
+        .client
+        .get(format!("{}{T}/sandboxes/{id}/logs", s.base_url()))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_sandbox_runs_hardened_and_reports_output_stop_and_delete() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let (st, created) = s.call("POST", &format!("{T}/sandboxes"), Some(sandbox(&root, "echo $GREETING from nimbus; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; exec sleep 300"))).await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["metadata"]["id"].as_str().unwrap().to_string();
+    let ready = wait_state(&s, &id, &["ready", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(ready["status"]["lifecycleState"], "ready", "{ready}");
+    assert_eq!(ready["status"]["readiness"], "ready");
+    assert!(
+        ready["status"]["endpoints"][0]["address"]
+            .as_str()
+            .is_some_and(|a| !a.is_empty()),
+        "{ready}"
+    );
+    // Output is readable, and the process is hardened (probe 1 of the security baseline).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = logs(&s, &id).await;
+    while !out.contains("NoNewPrivs") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        out = logs(&s, &id).await;
+    }
+    assert!(out.contains("hello from nimbus"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2')),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1')),
+        "{out}"
+    );
+    // Sessions can now open on it.
+    let (st, _) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"sandbox": {"id": id}}, "channels": ["stdio"]})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    // Stop: SIGTERM, then the exit is recorded.
+    let (st, stopping) = s
+        .call("POST", &format!("{T}/sandboxes/{id}/stop"), None)
+        .await;
+    assert_eq!(st, 202);
+    assert_eq!(stopping["status"]["lifecycleState"], "stopping");
+    let stopped = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(30)).await;
+    assert_eq!(stopped["status"]["lifecycleState"], "stopped", "{stopped}");
+    assert!(stopped["status"]["exitCode"].is_i64(), "{stopped}");
+    // Delete removes it.
+    assert_eq!(
+        s.call("DELETE", &format!("{T}/sandboxes/{id}"), None)
+            .await
+            .0,
+        200
+    );
+    assert_error(
+        &s.call("GET", &format!("{T}/sandboxes/{id}"), None).await,
+        404,
+        "resource.not_found",
+    );
+    assert!(
+        !s.data_dir().join("runtime/sandboxes").join(&id).exists(),
+        "the sandbox's state dir is left behind"
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_and_bad_argv_are_reported_in_status() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let (_, a) = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(&root, "echo bye; exit 3")),
+        )
+        .await;
+    let a = a["metadata"]["id"].as_str().unwrap().to_string();
+    let failed = wait_state(&s, &a, &["failed", "stopped"], Duration::from_secs(60)).await;
+    assert_eq!(
+        (
+            failed["status"]["lifecycleState"].as_str(),
+            failed["status"]["exitCode"].as_i64()
+        ),
+        (Some("failed"), Some(3)),
+        "{failed}"
+    );
+    assert!(logs(&s, &a).await.contains("bye"));
+    let mut bad = sandbox(&root, "");
+    bad["spec"]["process"]["argv"] = json!(["/no/such/program"]);
+    let (_, b) = s.call("POST", &format!("{T}/sandboxes"), Some(bad)).await;
+    let b = b["metadata"]["id"].as_str().unwrap().to_string();
+    let failed = wait_state(&s, &b, &["failed"], Duration::from_secs(60)).await;
+    let reason = failed["status"]["conditions"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ["BadArgv", "StartFailed"].contains(&reason.as_str()),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_of_the_server_leaves_sandboxes_running_and_a_restart_adopts_them() {
+    let mut s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let (_, long) = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(&root, "echo up; exec sleep 300")),
+        )
+        .await;
+    let long = long["metadata"]["id"].as_str().unwrap().to_string();
+    let (_, short) = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(&root, "sleep 2; exit 7")),
+        )
+        .await;
+    let short = short["metadata"]["id"].as_str().unwrap().to_string();
+    wait_state(&s, &long, &["ready"], Duration::from_secs(60)).await;
+    wait_state(&s, &short, &["ready"], Duration::from_secs(60)).await;
+    s.kill9();
+    // The short one exits while the server is down.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    s.restart().await;
+    let adopted = wait_state(
+        &s,
+        &long,
+        &["ready", "failed", "stopped"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        adopted["status"]["lifecycleState"], "ready",
+        "a running sandbox was not kept: {adopted}"
+    );
+    let ended = wait_state(&s, &short, &["failed"], Duration::from_secs(10)).await;
+    assert_eq!(ended["status"]["exitCode"], 7, "{ended}");
+    // It is still the same process: its output is the one from before the restart.
+    assert!(logs(&s, &long).await.contains("up"));
+    assert_eq!(
+        s.call("DELETE", &format!("{T}/sandboxes/{long}"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        s.call("DELETE", &format!("{T}/sandboxes/{short}"), None)
+            .await
+            .0,
+        200
+    );
+}
