@@ -31,6 +31,14 @@ pub fn nimbus_bin() -> PathBuf {
     bin
 }
 
+/// A distinct small number per server started by this process (0..250).
+fn next_network_slot() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id() % 50 * 5;
+    (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 250
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
@@ -55,7 +63,16 @@ impl Server {
     /// Starts a server whose `--config` file has `toml` as its text (none when empty).
     pub async fn start_with_config(toml: &str) -> Server {
         let root = tempfile::tempdir().expect("temp dir");
-        let config = (!toml.is_empty()).then(|| toml.to_string());
+        // Servers of one test binary run side by side on one host: give each its own bridge
+        // and address range so their sandboxes' networks never collide.
+        let mut toml = toml.to_string();
+        if !toml.contains("[runtime]") {
+            let n = next_network_slot();
+            toml.push_str(&format!(
+                "\n[runtime]\nbridge = \"nmbt{n}\"\nsubnet = \"10.231.{n}.0/24\"\n"
+            ));
+        }
+        let config = Some(toml);
         let mut s = Server {
             child: None,
             port: free_port(),
@@ -242,7 +259,10 @@ impl Server {
     /// stops reading an oversized body, so that connection cannot be reused.
     pub async fn call_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
-        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
         let resp = client
             .request(method, format!("{}{}", self.base_url(), path))
             .bearer_auth(&self.token)
