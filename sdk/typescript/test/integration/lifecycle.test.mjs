@@ -79,10 +79,19 @@ describe("lifecycle calls against nimbus serve", () => {
     assert.equal(sbx.spec.profile, "desktop");
     assert.equal(sbx.status.readiness, "notReady");
     assert.deepEqual(sbx.status.endpoints, []);
-    const state = (await nimbus.sandboxes.get({ id: sbx.metadata.id })).status.lifecycleState;
+    // The controller moves a new sandbox along (pending, creating, then ready or failed); filter
+    // once it has settled, so the state cannot change between the read and the list.
+    const settled = ["ready", "failed", "stopped"];
+    let state = sbx.status.lifecycleState;
+    for (let i = 0; i < 600 && !settled.includes(state); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      state = (await nimbus.sandboxes.get({ id: sbx.metadata.id })).status.lifecycleState;
+    }
+    assert.ok(settled.includes(state), `the sandbox did not settle within 60 s; last state ${state}`);
     const same = await nimbus.sandboxes.list({ state });
     assert.ok(same.items.some((s) => s.metadata.id === sbx.metadata.id), `listed under its state ${state}`);
-    const other = state === "ready" ? "pending" : "ready";
+    assert.ok(same.items.every((s) => s.status.lifecycleState === state));
+    const other = state === "pending" ? "creating" : "pending";
     assert.ok(!(await nimbus.sandboxes.list({ state: other })).items.some((s) => s.metadata.id === sbx.metadata.id));
     await assert.rejects(nimbus.sandboxes.list({ state: "running" }), { code: "request.invalid_argument" });
     const stopping = await nimbus.sandboxes.stop({ id: sbx.metadata.id });
