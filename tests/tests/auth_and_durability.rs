@@ -517,7 +517,7 @@ async fn sigterm_shuts_down_cleanly_and_a_restart_keeps_the_credential_file_work
 #[tokio::test]
 async fn tenant_capacity_is_enforced_with_quota_exhausted() {
     let s = Server::start_with_config(
-        "[limits]\nsandboxes_per_tenant = 2\nopen_sessions_per_tenant = 1\n",
+        "[server]\nsandbox_driver = \"none\"\n[limits]\nsandboxes_per_tenant = 2\nopen_sessions_per_tenant = 1\n",
     )
     .await;
     for _ in 0..2 {

@@ -3,5 +3,7 @@
 //!
 //! - [`sandboxes::SandboxController`] launches, watches, stops and tears down sandboxes through
 //!   `nimbus-runtime`, and adopts running sandboxes after a server restart.
+//! - [`health::HealthController`] checks `external` services through the health plugins.
 
+pub mod health;
 pub mod sandboxes;

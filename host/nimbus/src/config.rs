@@ -16,6 +16,8 @@ pub struct Config {
     pub limits: nimbus_api::app::Limits,
     #[serde(default)]
     pub runtime: nimbus_runtime::RuntimeConfig,
+    #[serde(default)]
+    pub plugins: nimbus_plugins::PluginsConfig,
 }
 
 /// What runs sandboxes.

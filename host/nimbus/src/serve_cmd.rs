@@ -8,13 +8,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use nimbus_api::auth::WorkloadSigner;
 use nimbus_api::App;
-use nimbus_core::authz::GrantsPolicy;
 use nimbus_core::names::Name;
 use nimbus_store::Store;
 
 use crate::bootstrap;
 use crate::config::{default_data_dir, Config, SandboxDriver};
 use nimbus_api::control::SandboxControl;
+use nimbus_control::health::HealthController;
 use nimbus_control::sandboxes::{ControlHandle, SandboxController};
 
 #[derive(clap::Args)]
@@ -107,11 +107,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let controller_task = controller.map(|c| tokio::spawn(c.run()));
+    // Plugins: the authorization policy every request passes through, and health checks.
+    let plugins =
+        nimbus_plugins::PluginHost::open(&data_dir, &config.plugins).context("loading plugins")?;
+    let health_task = tokio::spawn(HealthController::new(store.clone(), plugins.clone()).run());
     let app = Arc::new(App {
         signer,
         control,
         store: store.clone(),
-        authorizer: Arc::new(GrantsPolicy),
+        authorizer: plugins.authorizer(),
         reaper_wake: tokio::sync::Notify::new(),
         limits: config.limits,
     });
@@ -125,6 +129,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("serving HTTP")?;
     reaper.abort();
     // Sandboxes keep running: their monitors outlive the server and are adopted on the next start.
+    health_task.abort();
     if let Some(t) = controller_task {
         t.abort();
     }
