@@ -234,3 +234,26 @@ async fn kill_9_of_the_server_leaves_sandboxes_running_and_a_restart_adopts_them
         200
     );
 }
+
+#[tokio::test]
+async fn a_host_that_cannot_run_containers_refuses_creates_with_runtime_unavailable() {
+    let s = Server::start_with_config("[runtime]\ncrun = \"/nonexistent/crun\"\nbridge = \"nmbtunfit\"\nsubnet = \"10.232.0.0/24\"\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let r = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(&root, "true")),
+        )
+        .await;
+    assert_error(&r, 503, "runtime.unavailable");
+    assert!(
+        r.1["error"]["message"].as_str().unwrap().contains("crun"),
+        "{}",
+        r.1
+    );
+    // Nothing was recorded.
+    let (_, list) = s.call("GET", &format!("{T}/sandboxes"), None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+}

@@ -166,3 +166,75 @@ async fn duplicate_names_are_already_exists() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::AlreadyExists);
 }
+
+#[tokio::test]
+async fn opening_a_session_on_a_service_that_changed_since_it_was_read_is_a_conflict() {
+    use nimbus_core::lifecycle::SessionState;
+    use nimbus_core::names::SessionId;
+    use nimbus_core::resource::{
+        SessionRecord, SessionSpec, SessionStatus, SessionTarget, TargetSnapshot,
+    };
+    let (store, _dir) = store().await;
+    let mut s = service("w");
+    store.create_service(&mut s, &audit("c")).await.unwrap();
+    // The opener read generation 1; the definition moves to generation 2 before the insert.
+    store
+        .update_service(
+            &demo(),
+            &s.name,
+            Some(1),
+            |r| {
+                r.meta.generation += 1;
+                Ok(())
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let mut session = SessionRecord {
+        id: SessionId::generate(),
+        meta: Meta::new(demo(), Default::default(), now),
+        created_by: "cred_x".into(),
+        spec: SessionSpec {
+            target: SessionTarget {
+                service: None,
+                sandbox: None,
+            },
+            channels: vec![],
+            requested_ttl_ms: None,
+            ttl_ms: 1000,
+            ttl_clamped: false,
+            expires_at: now,
+            target_snapshot: TargetSnapshot {
+                kind: "service".into(),
+                name: Some("w".into()),
+                id: None,
+                generation: 1,
+                backend: "builtIn".into(),
+            },
+        },
+        status: SessionStatus {
+            lifecycle_state: SessionState::Open,
+            close_reason: None,
+            ended_at: None,
+        },
+    };
+    let guard = crate::TargetGuard::Service {
+        name: s.name.clone(),
+        generation: 1,
+    };
+    let err = store
+        .open_session(&mut session, &guard, 100, &audit("o"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict);
+    assert!(
+        store
+            .get_session(&demo(), session.id.as_str())
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing half-written"
+    );
+}
