@@ -42,6 +42,20 @@ pub struct ServerConfig {
     pub default_tenant: Option<String>,
     #[serde(default)]
     pub sandbox_driver: SandboxDriver,
+    #[serde(default)]
+    pub authorizer: AuthorizerKind,
+}
+
+/// Who answers authorization questions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorizerKind {
+    /// The `[plugins.authz]` component (default `grants-policy`).
+    #[default]
+    Plugin,
+    /// The same grant rules compiled into the server; for comparison benchmarks and for hosts
+    /// that cannot run WebAssembly. Replacing the policy then needs a rebuild.
+    Native,
 }
 
 impl Config {

@@ -12,7 +12,7 @@ use nimbus_core::names::Name;
 use nimbus_store::Store;
 
 use crate::bootstrap;
-use crate::config::{default_data_dir, Config, SandboxDriver};
+use crate::config::{default_data_dir, AuthorizerKind, Config, SandboxDriver};
 use nimbus_api::control::SandboxControl;
 use nimbus_control::health::HealthController;
 use nimbus_control::sandboxes::{ControlHandle, SandboxController};
@@ -115,7 +115,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         signer,
         control,
         store: store.clone(),
-        authorizer: plugins.authorizer(),
+        authorizer: match config.server.authorizer {
+            AuthorizerKind::Plugin => plugins.authorizer(),
+            AuthorizerKind::Native => Arc::new(nimbus_core::authz::GrantsPolicy),
+        },
         reaper_wake: tokio::sync::Notify::new(),
         limits: config.limits,
     });
