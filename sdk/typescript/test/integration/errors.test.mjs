@@ -93,6 +93,10 @@ describe("error paths against nimbus serve", () => {
       }),
     );
     assert.equal(owner.code, "request.invalid_argument");
+    // From JavaScript nothing stops a typo; the server rejects unknown fields instead of ignoring them.
+    const typo = await failure(nimbus.services.create({ name: "typo", backend: { kind: "builtIn", provider: "browser", provder: "x" } }));
+    assert.equal(typo.code, "request.invalid_argument");
+    assert.match(typo.message, /provder/);
   });
 
   test("a credential of another tenant is auth.permission_denied, before existence", async () => {
