@@ -6,4 +6,4 @@ const nimbus = new Nimbus({
   token: process.env.NIMBUS_TOKEN,
 });
 
-export { nimbus };
+export { nimbus }; // test hook, not in the guide

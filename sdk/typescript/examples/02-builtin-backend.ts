@@ -12,4 +12,5 @@ const browser = await nimbus.services.create({
   backend: { kind: "builtIn", provider: "browser" },
   // Providers: "loadBalancer" | "serviceDiscovery" | "browser" | "modelGateway"
 });
+// test hook, not in the guide:
 console.log(browser.metadata.name, browser.spec.backend.kind, browser.status.lifecycleState);

@@ -16,4 +16,5 @@ const search = await nimbus.services.create({
     health: { kind: "http", path: "/healthz" },
   },
 });
+// test hook, not in the guide:
 console.log(search.metadata.name, search.spec.backend.kind, search.status.lifecycleState);

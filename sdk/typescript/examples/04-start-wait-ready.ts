@@ -7,4 +7,4 @@ const nimbus = new Nimbus({
 });
 
 const service = await nimbus.services.start({ name: "worker", waitUntil: "ready" });
-console.log(service.status.readiness);
+console.log(service.status.readiness); // test hook, not in the guide

@@ -22,4 +22,4 @@ const sandbox = await nimbus.sandboxes.create({
 const running = await nimbus.sandboxes.get({ id: sandbox.metadata.id });
 console.log(running.status.lifecycleState, running.status.endpoints);
 await nimbus.sandboxes.stop({ id: sandbox.metadata.id });
-export { sandbox };
+export { sandbox }; // test hook, not in the guide

@@ -10,4 +10,4 @@ const batch = await nimbus.sandboxes.list({
   labelKey: "purpose",
   labelValue: "batch",
 });
-console.log(JSON.stringify(batch.items.map((s) => s.metadata.id)));
+console.log(JSON.stringify(batch.items.map((s) => s.metadata.id))); // test hook, not in the guide
