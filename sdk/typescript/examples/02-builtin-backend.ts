@@ -6,11 +6,10 @@ const nimbus = new Nimbus({
   token: process.env.NIMBUS_TOKEN,
 });
 
-const browser = await nimbus.services.create({
-  name: "browser",
+const browser = await nimbus.services.create({ // wraps the guide's fragment
+  name: "browser", // wraps the guide's fragment
   // A built-in provider implemented by the server.
   backend: { kind: "builtIn", provider: "browser" },
   // Providers: "loadBalancer" | "serviceDiscovery" | "browser" | "modelGateway"
-});
-// test hook, not in the guide:
-console.log(browser.metadata.name, browser.spec.backend.kind, browser.status.lifecycleState);
+}); // wraps the guide's fragment
+console.log(browser.metadata.name, browser.spec.backend.kind, browser.status.lifecycleState); // test hook, not in the guide

@@ -6,8 +6,8 @@ const nimbus = new Nimbus({
   token: process.env.NIMBUS_TOKEN,
 });
 
-const search = await nimbus.services.create({
-  name: "search",
+const search = await nimbus.services.create({ // wraps the guide's fragment
+  name: "search", // wraps the guide's fragment
   // An external endpoint Nimbus health-checks but does not run.
   backend: {
     kind: "external",
@@ -15,6 +15,5 @@ const search = await nimbus.services.create({
     auth: { kind: "none" },
     health: { kind: "http", path: "/healthz" },
   },
-});
-// test hook, not in the guide:
-console.log(search.metadata.name, search.spec.backend.kind, search.status.lifecycleState);
+}); // wraps the guide's fragment
+console.log(search.metadata.name, search.spec.backend.kind, search.status.lifecycleState); // test hook, not in the guide

@@ -12,6 +12,7 @@ const session = await nimbus.sessions.open({
   requestedTtlMs: 10 * 60 * 1000,
 });
 console.log(session.metadata.id, session.spec.expiresAt);
+
 const open = await nimbus.sessions.list({ state: "open" });
 await nimbus.sessions.close({ id: session.metadata.id, reason: "done" });
 console.log(JSON.stringify(open.items.map((s) => s.metadata.id))); // test hook, not in the guide
