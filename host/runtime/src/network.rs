@@ -115,7 +115,11 @@ impl Network {
 
     /// Creates the bridge and the base nftables table if they are missing. Idempotent, and it
     /// leaves existing per-sandbox chains alone (sandboxes survive a server restart).
-    pub async fn ensure_host(&self) -> Result<(), String> {
+    ///
+    /// The verdict map is rebuilt from `known` (the sandboxes this data dir has state for):
+    /// entries left by sandboxes that no longer exist here are dropped, so a reused address
+    /// never meets a stale entry.
+    pub async fn ensure_host(&self, known: &[SandboxNet]) -> Result<(), String> {
         let br = &self.bridge;
         let gw = self.subnet.gateway();
         if !Path::new("/sys/class/net").join(br).exists() {
@@ -163,8 +167,23 @@ add rule inet {table} egress drop
 add rule inet {table} input iifname "{br}" ct state established,related accept
 add rule inet {table} input iifname "{br}" drop
 add rule inet {table} postrouting ip saddr {subnet} oifname != "{br}" masquerade
+flush map inet {table} sandboxes
 "#
         );
+        let mut script = script;
+        let chains = run_cmd("nft", &["list", "chains", "inet", table], None)
+            .await
+            .unwrap_or_default();
+        for n in known {
+            if chains.contains(&format!("chain {} ", n.chain))
+                || chains.contains(&format!("chain {} {{", n.chain))
+            {
+                script.push_str(&format!(
+                    "add element inet {table} sandboxes {{ {} : jump {} }}\n",
+                    n.address, n.chain
+                ));
+            }
+        }
         run_cmd("nft", &["-f", "-"], Some(script.as_bytes())).await?;
         Ok(())
     }
@@ -218,36 +237,44 @@ add rule inet {table} postrouting ip saddr {subnet} oifname != "{br}" masquerade
     }
 
     /// Creates the namespace, the veth pair and the sandbox's rules.
-    pub async fn setup(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<(), String> {
+    /// Creates the sandbox's network namespace (empty). The container can be created in it
+    /// while [`Network::connect`] wires it up.
+    pub async fn create_netns(&self, net: &SandboxNet) -> Result<(), String> {
+        run_cmd("ip", &["netns", "add", &net.netns], None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Connects the namespace to the bridge (veth, isolated bridge port, /32 address, routes)
+    /// and installs the sandbox's nftables chain. Must finish before the process starts.
+    pub async fn connect(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<(), String> {
         let rules = self.rules(net, policy)?;
-        run_cmd("ip", &["netns", "add", &net.netns], None).await?;
         let host = format!(
-            "link add {h} type veth peer name eth0 netns {ns}\nlink set {h} master {br}\nlink set {h} up\n",
+            "link add {h} type veth peer name eth0 netns {ns}\nlink set {h} master {br}\nlink set dev {h} type bridge_slave isolated on\nlink set {h} up\n",
             h = net.host_if,
             ns = net.netns,
             br = self.bridge
         );
         run_cmd("ip", &["-b", "-"], Some(host.as_bytes())).await?;
-        run_cmd(
-            "bridge",
-            &["link", "set", "dev", &net.host_if, "isolated", "on"],
-            None,
-        )
-        .await?;
         let inner = format!(
             "link set lo up\naddr add {a}/32 dev eth0\nlink set eth0 up\nroute add {g} dev eth0 scope link\nroute add default via {g} dev eth0\n",
             a = net.address,
             g = net.gateway
         );
-        run_cmd("ip", &["-n", &net.netns, "-b", "-"], Some(inner.as_bytes())).await?;
-        // A map entry for this address can only be stale (the lease is ours): drop it first.
-        let stale = format!(
-            "delete element inet {} sandboxes {{ {} }}",
-            self.table, net.address
+        let ip_args = ["-n", net.netns.as_str(), "-b", "-"];
+        let (a, b) = tokio::join!(
+            run_cmd("ip", &ip_args, Some(inner.as_bytes())),
+            run_cmd("nft", &["-f", "-"], Some(rules.as_bytes()))
         );
-        let _ = run_cmd("nft", &[&stale], None).await;
-        run_cmd("nft", &["-f", "-"], Some(rules.as_bytes())).await?;
+        a?;
+        b?;
         Ok(())
+    }
+
+    /// `create_netns` then `connect`.
+    pub async fn setup(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<(), String> {
+        self.create_netns(net).await?;
+        self.connect(net, policy).await
     }
 
     fn rules(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<String, String> {

@@ -1,0 +1,232 @@
+//! Sandbox start latency: create → first byte of output with the image already pulled,
+//! side by side with raw `crun run` of an equivalent bundle and `podman run`, and 50
+//! concurrent creates (p50/p99). Run with `bench/sandbox_start.sh` (as root).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ROUNDS: usize = 20;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn first_byte_of(mut cmd: Command) -> Duration {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut b = [0u8; 1];
+    let n = out.read(&mut b).unwrap();
+    let t = start.elapsed();
+    assert_eq!(n, 1, "no output from {cmd:?}");
+    let _ = child.wait();
+    t
+}
+
+fn main() {
+    require_host();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let rt_tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt_tokio.block_on(async {
+        let reg = Registry::start(None);
+        reg.push_busybox("tools/busybox", "v1").await;
+        let image = format!("{}/tools/busybox:v1", reg.host);
+        let data = tempfile::tempdir().unwrap();
+        let rt = runtime(50, data.path(), |_| {});
+        // Pull once (not measured), and warm up.
+        let (_, _) = run_to_end(&rt, &spec(&image, &["echo", "warm"])).await;
+
+        // Nimbus: launch → first byte in the sandbox's log.
+        let mut nimbus = Vec::new();
+        for _ in 0..ROUNDS {
+            let id = new_id();
+            let log = data.path().join(format!("runtime/sandboxes/{id}/log"));
+            let start = Instant::now();
+            rt.launch(&id, "demo", &spec(&image, &["echo", "hi"]), |_| {})
+                .await
+                .unwrap();
+            while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0 {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            nimbus.push(start.elapsed());
+            rt.delete(&id).await.unwrap();
+        }
+
+        // Raw crun: an equivalent bundle (same busybox rootfs as a plain dir, crun's default
+        // config with the same argv), `crun run` → first byte on its stdout.
+        let bundle = tempfile::tempdir().unwrap();
+        let rootfs = bundle.path().join("rootfs");
+        std::fs::create_dir(&rootfs).unwrap();
+        tar::Archive::new(std::io::Cursor::new(busybox_layer()))
+            .unpack(&rootfs)
+            .unwrap();
+        let st = Command::new("crun")
+            .arg("spec")
+            .current_dir(bundle.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let cfg_path = bundle.path().join("config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+        cfg["process"]["terminal"] = false.into();
+        cfg["process"]["args"] = serde_json::json!(["echo", "hi"]);
+        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let crun_root = bundle.path().join("state");
+        let mut crun = Vec::new();
+        for i in 0..ROUNDS {
+            let mut c = Command::new("crun");
+            c.arg("--root")
+                .arg(&crun_root)
+                .args(["run", "--bundle"])
+                .arg(bundle.path())
+                .arg(format!("bench-{}-{i}", std::process::id()));
+            crun.push(first_byte_of(c));
+        }
+
+        // Raw crun with Nimbus's own hardened config.json (seccomp, caps, masks, limits,
+        // pre-compiled filter), minus the overlay/netns wiring: what the container alone costs.
+        let probe = new_id();
+        rt.launch(&probe, "demo", &spec(&image, &["sleep", "60"]), |_| {}).await.unwrap();
+        let generated = data.path().join(format!("runtime/sandboxes/{probe}/bundle/config.json"));
+        let mut hardened: serde_json::Value = serde_json::from_slice(&std::fs::read(&generated).unwrap()).unwrap();
+        rt.delete(&probe).await.unwrap();
+        let hb = tempfile::tempdir().unwrap();
+        std::fs::create_dir(hb.path().join("rootfs")).unwrap();
+        tar::Archive::new(std::io::Cursor::new(busybox_layer())).unpack(hb.path().join("rootfs")).unwrap();
+        hardened["root"]["path"] = "rootfs".into();
+        hardened["process"]["args"] = serde_json::json!(["echo", "hi"]);
+        hardened["linux"]["cgroupsPath"] = format!("/nimbus/bench-{}", std::process::id()).into();
+        for ns in hardened["linux"]["namespaces"].as_array_mut().unwrap() {
+            ns.as_object_mut().unwrap().remove("path");
+        }
+        let mounts: Vec<serde_json::Value> = hardened["mounts"].as_array().unwrap().iter().filter(|m| !m["destination"].as_str().unwrap().starts_with("/etc/")).cloned().collect();
+        hardened["mounts"] = mounts.into();
+        std::fs::write(hb.path().join("config.json"), serde_json::to_vec(&hardened).unwrap()).unwrap();
+        let mut crun_hardened = Vec::new();
+        for i in 0..ROUNDS {
+            let mut c = Command::new("crun");
+            c.arg("--root").arg(&crun_root).args(["run", "--bundle"]).arg(hb.path()).arg(format!("benchh-{}-{i}", std::process::id()));
+            crun_hardened.push(first_byte_of(c));
+        }
+
+        // podman run, image pre-pulled into a private storage root.
+        let proot = tempfile::tempdir().unwrap();
+        let podman = |args: &[&str]| {
+            let mut c = Command::new("podman");
+            c.arg("--root")
+                .arg(proot.path().join("storage"))
+                .arg("--runroot")
+                .arg(proot.path().join("run"))
+                .args([
+                    "--storage-driver",
+                    "vfs",
+                    "--cgroup-manager",
+                    "cgroupfs",
+                    "--events-backend",
+                    "none",
+                ])
+                .args(args);
+            c
+        };
+        let pulled = podman(&["pull", "--tls-verify=false", "-q", &image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let mut pod = Vec::new();
+        if pulled.is_ok_and(|s| s.success()) {
+            for _ in 0..ROUNDS.min(10) {
+                pod.push(first_byte_of(podman(&[
+                    "run",
+                    "--rm",
+                    "--network",
+                    "none",
+                    "--ulimit",
+                    "nofile=4096:4096",
+                    "--ulimit",
+                    "nproc=4096:4096",
+                    &image,
+                    "echo",
+                    "hi",
+                ])));
+            }
+        } else {
+            println!("podman: could not pull {image} into a private store; podman column skipped");
+        }
+
+        let n = median(nimbus);
+        let c = median(crun);
+        println!("create -> first byte of output (median of {ROUNDS}, image already pulled)");
+        println!("  nimbus launch   {:>8.1} ms", n.as_secs_f64() * 1e3);
+        println!("  raw crun run    {:>8.1} ms   (crun's default config)", c.as_secs_f64() * 1e3);
+        let h = median(crun_hardened);
+        println!("  raw crun run    {:>8.1} ms   (Nimbus's hardened config.json, no overlay/netns wiring)", h.as_secs_f64() * 1e3);
+        if !pod.is_empty() {
+            let p = median(pod);
+            println!("  podman run      {:>8.1} ms", p.as_secs_f64() * 1e3);
+            println!(
+                "  ratio nimbus/podman   {:.2}x",
+                n.as_secs_f64() / p.as_secs_f64()
+            );
+        }
+        println!(
+            "  ratio nimbus/crun     {:.2}x (target <= 1.5x)",
+            n.as_secs_f64() / c.as_secs_f64()
+        );
+
+        // 50 concurrent creates.
+        let ids: Vec<_> = (0..50).map(|_| new_id()).collect();
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for id in ids.clone() {
+            let rt = rt.clone();
+            let image = image.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                rt.launch(&id, "demo", &spec(&image, &["sleep", "60"]), |_| {})
+                    .await
+                    .unwrap();
+                t.elapsed()
+            }));
+        }
+        let mut each = Vec::new();
+        for t in tasks {
+            each.push(t.await.unwrap());
+        }
+        let wall = start.elapsed();
+        println!(
+            "50 concurrent creates: wall {:.0} ms, per create p50 {:.0} ms, p99 {:.0} ms",
+            wall.as_secs_f64() * 1e3,
+            pct(&each, 0.5).as_secs_f64() * 1e3,
+            pct(&each, 0.99).as_secs_f64() * 1e3
+        );
+        for id in ids {
+            rt.delete(&id).await.unwrap();
+        }
+    });
+}
