@@ -42,6 +42,20 @@ pub enum ConditionStatus {
     Unknown,
 }
 
+/// Timestamps on the wire are RFC 3339 UTC with milliseconds, like `metadata.createdAt`.
+pub mod millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        DateTime::<Utc>::deserialize(d)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -50,6 +64,7 @@ pub struct Condition {
     pub status: ConditionStatus,
     pub reason: String,
     pub message: String,
+    #[serde(with = "millis")]
     pub last_transition_time: DateTime<Utc>,
     pub observed_generation: i64,
 }
