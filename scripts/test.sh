@@ -20,6 +20,6 @@ export NIMBUS_BIN="$target_dir/debug/nimbus"
 "$NIMBUS_BIN" doctor --fix || true
 
 echo "== cargo test"
-cargo test --workspace --quiet
+cargo test --workspace --no-fail-fast --quiet
 echo "== SDK tests"
 (cd sdk/typescript && npm test)
