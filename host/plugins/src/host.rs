@@ -12,7 +12,7 @@ use wasmtime::Engine;
 use crate::catalog::{Catalog, PluginInfo, VerifyReport};
 use crate::config::{EffectiveLimits, PluginsConfig, SlotConfig, SlotKind};
 use crate::health::{endpoint_host_port, HealthOutcome, HealthProbe, HealthTarget};
-use crate::metrics::{MetricSample, Metrics};
+use crate::metrics::{Counters, MetricSample, Metrics};
 use crate::net::{HostPattern, NetGrants};
 use crate::wasm::{self, CallCtx, HealthAnswer, NetAccess, PolicyError, Prepared, World};
 
@@ -22,6 +22,7 @@ struct Loaded {
     /// `id@version`, for logs and metrics.
     label: Arc<str>,
     prepared: Prepared,
+    counters: Arc<Counters>,
 }
 
 /// A slot (`authz`, `health.http`, `health.tcp`) and the plugin currently serving it.
@@ -168,9 +169,10 @@ impl PluginHost {
         let store = PluginStore::open(data_dir)?;
         let (engine, catalog) = (store.engine, store.catalog);
         let generation = catalog.generation();
+        let metrics = Arc::new(Metrics::default());
         let make = |kind: SlotKind| -> anyhow::Result<Arc<Slot>> {
             let cfg = config.slot(kind);
-            let loaded = load_for_slot(engine, &catalog, kind, &cfg)?;
+            let loaded = load_for_slot(engine, &catalog, &metrics, kind, &cfg)?;
             let grants = cfg
                 .hosts
                 .iter()
@@ -191,13 +193,16 @@ impl PluginHost {
                 current: RwLock::new(Arc::new(loaded)),
             }))
         };
+        let authz = make(SlotKind::Authz)?;
+        let health_http = make(SlotKind::HealthHttp)?;
+        let health_tcp = make(SlotKind::HealthTcp)?;
         let host = Arc::new(PluginHost {
             engine,
-            authz: make(SlotKind::Authz)?,
-            health_http: make(SlotKind::HealthHttp)?,
-            health_tcp: make(SlotKind::HealthTcp)?,
+            authz,
+            health_http,
+            health_tcp,
             catalog,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             http_client: crate::net::http_client()?,
             seen_generation: Mutex::new(generation),
         });
@@ -237,7 +242,6 @@ impl PluginHost {
         Arc::new(PluginAuthorizer {
             engine: self.engine,
             slot: self.authz.clone(),
-            metrics: self.metrics.clone(),
         })
     }
 
@@ -249,12 +253,11 @@ impl PluginHost {
             HealthProbe::Tcp(_) => SlotKind::HealthTcp,
         };
         let slot = self.slot(kind).clone();
-        let metrics = self.metrics.clone();
         let client = self.http_client.clone();
         let engine = self.engine;
         let runtime = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
-            run_health(engine, &slot, &metrics, client, runtime, &target)
+            run_health(engine, &slot, client, runtime, &target)
         });
         match task.await {
             Ok(outcome) => outcome,
@@ -278,7 +281,13 @@ impl PluginHost {
         let mut swapped = Vec::new();
         for slot in self.slots() {
             let current = slot.current();
-            match load_for_slot(self.engine, &self.catalog, slot.kind, &slot.cfg) {
+            match load_for_slot(
+                self.engine,
+                &self.catalog,
+                &self.metrics,
+                slot.kind,
+                &slot.cfg,
+            ) {
                 Ok(next) if next.info.sha256 == current.info.sha256 => {}
                 Ok(next) => {
                     tracing::info!(
@@ -357,6 +366,7 @@ fn spawn_watcher(host: Weak<PluginHost>, interval: Duration) -> anyhow::Result<(
 fn load_for_slot(
     engine: &Engine,
     catalog: &Catalog,
+    metrics: &Metrics,
     kind: SlotKind,
     cfg: &SlotConfig,
 ) -> anyhow::Result<Loaded> {
@@ -405,8 +415,10 @@ fn load_for_slot(
             );
         }
     }
+    let label = format!("{}@{}", info.id, info.version);
     Ok(Loaded {
-        label: Arc::from(format!("{}@{}", info.id, info.version)),
+        counters: metrics.counters(kind.key(), &label),
+        label: Arc::from(label),
         info,
         prepared,
     })
@@ -416,7 +428,6 @@ fn load_for_slot(
 struct PluginAuthorizer {
     engine: &'static Engine,
     slot: Arc<Slot>,
-    metrics: Arc<Metrics>,
 }
 
 impl Authorizer for PluginAuthorizer {
@@ -424,7 +435,7 @@ impl Authorizer for PluginAuthorizer {
         let slot = &self.slot;
         let loaded = slot.current();
         let label = &*loaded.label;
-        self.metrics.count("authz", label, "-");
+        loaded.counters.call();
         let ctx = CallCtx::new(
             loaded.label.clone(),
             slot.config_pairs.clone(),
@@ -439,7 +450,7 @@ impl Authorizer for PluginAuthorizer {
                     PolicyError::InvalidRequest(m) => format!("invalid request: {m}"),
                     PolicyError::Other(m) => m,
                 };
-                self.metrics.count("authz", label, "error");
+                loaded.counters.fail("error");
                 tracing::warn!(
                     event = "plugin.error",
                     slot = "authz",
@@ -453,7 +464,7 @@ impl Authorizer for PluginAuthorizer {
                 )
             }
             Err(failure) => {
-                self.metrics.count("authz", label, failure.kind());
+                loaded.counters.fail(failure.kind());
                 tracing::error!(
                     event = "plugin.failed",
                     slot = "authz",
@@ -478,7 +489,6 @@ impl Authorizer for PluginAuthorizer {
 fn run_health(
     engine: &'static Engine,
     slot: &Slot,
-    metrics: &Metrics,
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
     target: &HealthTarget,
@@ -486,7 +496,7 @@ fn run_health(
     let loaded = slot.current();
     let label = &*loaded.label;
     let key = slot.kind.key();
-    metrics.count(key, label, "-");
+    loaded.counters.call();
     let mut patterns = slot.grants.clone();
     if slot.allow_target {
         if let Some((host, port)) = endpoint_host_port(target) {
@@ -525,7 +535,7 @@ fn run_health(
             checked_by,
         },
         Ok(HealthAnswer::Error(msg)) => {
-            metrics.count(key, label, "error");
+            loaded.counters.fail("error");
             tracing::warn!(
                 event = "plugin.error",
                 slot = key,
@@ -540,7 +550,7 @@ fn run_health(
             }
         }
         Err(failure) => {
-            metrics.count(key, label, failure.kind());
+            loaded.counters.fail(failure.kind());
             tracing::error!(
                 event = "plugin.failed",
                 slot = key,
