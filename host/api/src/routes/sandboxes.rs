@@ -235,6 +235,16 @@ pub async fn stop(
                             now,
                             r.meta.generation,
                         );
+                    } else {
+                        set_condition(
+                            &mut r.status.conditions,
+                            "Ready",
+                            ConditionStatus::False,
+                            "Stopping",
+                            "stop requested: SIGTERM now, SIGKILL after the grace period",
+                            now,
+                            r.meta.generation,
+                        );
                     }
                 }
                 Ok(())
