@@ -266,6 +266,14 @@ impl Catalog {
         id: Option<&str>,
         version: Option<&str>,
     ) -> anyhow::Result<PluginInfo> {
+        if !wasmparser::Parser::is_component(bytes) {
+            let what = if wasmparser::Parser::is_core_wasm(bytes) {
+                "a core WebAssembly module, not a component (wrap it with `wasm-tools component new`, or build for wasm32-wasip2)"
+            } else {
+                "not WebAssembly"
+            };
+            bail!("the file is not a WebAssembly component: it is {what}");
+        }
         let embedded = embedded_metadata(bytes);
         let id = id
             .map(str::to_string)

@@ -1,0 +1,108 @@
+//! The plugin store through the real `nimbus` binary, on a running server's data dir.
+
+use std::path::PathBuf;
+
+use nimbus_e2e::Server;
+
+/// A guest component built by nimbus-plugins' build script into
+/// `<target>/nimbus-plugins-wasm/wasm32-wasip2/release/` (beside `<target>/debug/nimbus`).
+fn guest(name: &str) -> PathBuf {
+    let bin = nimbus_e2e::nimbus_bin();
+    let target = bin
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir above the nimbus binary");
+    let path = target
+        .join("nimbus-plugins-wasm/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo build -p nimbus` builds the guest components",
+        path.display()
+    );
+    path
+}
+
+fn lines(stdout: &str) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn plugin_list_on_a_servers_data_dir_shows_the_bundled_plugins_with_their_pins() {
+    let server = Server::start().await;
+    let (status, out, err) = server.cli(&["plugin", "list"]);
+    assert!(status.success(), "{err}");
+    let rows = lines(&out);
+    let ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        ids,
+        vec!["grants-policy", "http-health", "tcp-health"],
+        "{out}"
+    );
+    for r in &rows {
+        assert_eq!(r[1], "0.1.0", "{out}");
+        assert_eq!(r[3].len(), 64, "sha256 column: {out}");
+        assert!(r[4].contains("active") && r[4].contains("bundled"), "{out}");
+    }
+    assert_eq!(rows[0][2], "nimbus:authz/authz-policy@0.1.0");
+    assert_eq!(rows[1][2], "nimbus:health/health-check@0.1.0");
+}
+
+#[tokio::test]
+async fn plugin_inspect_prints_the_wit_world_of_the_grants_policy() {
+    let server = Server::start().await;
+    let (status, out, err) = server.cli(&["plugin", "inspect", "grants-policy"]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("export nimbus:authz/policy@0.1.0;"), "{out}");
+    assert!(out.contains("record decision"), "{out}");
+}
+
+#[tokio::test]
+async fn plugin_install_accepts_a_policy_component_and_refuses_other_files() {
+    let server = Server::start().await;
+    let junk = server.root.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    let (status, _, err) = server.cli(&["plugin", "install", junk.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+
+    let net = guest("net_policy");
+    let (status, _, err) = server.cli(&["plugin", "install", net.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(err.contains("nimbus:host/http@0.1.0"), "{err}");
+
+    let deny_all = guest("deny_all_policy");
+    let (status, out, err) = server.cli(&["plugin", "install", deny_all.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(out.starts_with("installed deny-all-policy 0.1.0"), "{out}");
+    let (_, out, _) = server.cli(&["plugin", "list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("deny-all-policy 0.1.0 nimbus:authz/authz-policy@0.1.0")),
+        "{out}"
+    );
+
+    let (status, out, err) = server.cli(&["plugin", "remove", "deny-all-policy"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "removed deny-all-policy 0.1.0");
+}
+
+#[tokio::test]
+async fn plugin_verify_fails_when_an_installed_component_changes_on_disk() {
+    let server = Server::start().await;
+    let (status, _, err) = server.cli(&["plugin", "verify"]);
+    assert!(status.success(), "{err}");
+    let file = server
+        .data_dir()
+        .join("plugins/installed/tcp-health/0.1.0/component.wasm");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.push(0);
+    std::fs::write(&file, bytes).unwrap();
+    let (status, out, err) = server.cli(&["plugin", "verify"]);
+    assert!(!status.success());
+    assert!(out.contains("MISMATCH tcp-health 0.1.0"), "{out}");
+    assert!(err.contains("fail their sha256 pin"), "{err}");
+}
