@@ -229,6 +229,13 @@ fn a_policy_that_answers_garbage_denies_as_malformed() {
 }
 
 #[test]
+fn a_policy_whose_answer_cannot_be_lifted_denies_as_malformed() {
+    let dir = TempDir::new("abi-garbage");
+    let host = host_with_policy(&dir, "abi_garbage_policy", "");
+    assert_contained(&host, "malformed");
+}
+
+#[test]
 fn a_policy_that_imports_the_network_is_refused_at_install() {
     let dir = TempDir::new("netpolicy");
     let store = PluginStore::open(dir.path()).unwrap();
