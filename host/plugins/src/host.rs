@@ -247,6 +247,8 @@ impl PluginHost {
 
     /// Runs one health check with the `health.http` or `health.tcp` plugin (by the probe's
     /// kind) on a blocking thread. Never fails: a plugin failure is an unhealthy outcome.
+    /// Call it from a multi-threaded tokio runtime (the server's): the plugin's outbound HTTP
+    /// runs on that runtime while the blocking thread waits for it.
     pub async fn check_health(&self, target: HealthTarget) -> HealthOutcome {
         let kind = match target.probe {
             HealthProbe::Http(_) => SlotKind::HealthHttp,
