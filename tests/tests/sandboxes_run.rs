@@ -1,0 +1,297 @@
+//! Sandboxes actually running through the real `nimbus serve`: an image built here (busybox-static
+//! packed with umoci) pushed with skopeo to Debian's `docker-registry` on a free loopback port,
+//! launched by reference over HTTP, logs read back, stop/delete, failure reasons, and a
+//! `kill -9` of the server that leaves sandboxes running for the restarted server to adopt.
+//! Needs root, crun, docker-registry, umoci, skopeo (scripts/setup.sh); fails saying so otherwise.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nimbus_e2e::{json, Server};
+use serde_json::Value;
+
+const T: &str = "/v1/tenants/demo";
+const BUSYBOX: &str = "/usr/bin/busybox";
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/setup.sh)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Registry {
+    child: Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry on loopback holding `e2e/busybox:v1`, built from busybox-static with umoci and
+/// pushed with skopeo.
+fn registry_with_busybox() -> Registry {
+    let euid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    assert_eq!(
+        euid.as_deref().ok(),
+        Some("0"),
+        "sandbox end-to-end tests need root (CI runs as root)"
+    );
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} missing: apt-get install busybox-static"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("config.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry could not start (apt-get install docker-registry)");
+    let host = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&host).is_err() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("docker-registry did not listen on {host}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+
+    let layout = dir.path().join("layout");
+    let bundle = dir.path().join("bundle");
+    let image = format!("{}:v1", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+    let applets = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for a in String::from_utf8_lossy(&applets.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "PATH=/bin",
+        "--config.cmd",
+        "sh",
+    ]));
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("oci:{image}"),
+        &format!("docker://{host}/e2e/busybox:v1"),
+    ]));
+    Registry {
+        child,
+        host,
+        _dir: dir,
+    }
+}
+
+fn sandbox(reference: &str, argv: &[&str]) -> Value {
+    json!({
+        "profile": "worker",
+        "spec": {
+            "owner": {"kind": "standalone", "displayName": "e2e"},
+            "backend": "container",
+            "root": {"kind": "oci_image", "source": {"kind": "reference", "reference": reference}},
+            "process": {"argv": argv},
+        },
+    })
+}
+
+async fn create(s: &Server, body: Value) -> String {
+    let (st, v) = s.call("POST", &format!("{T}/sandboxes"), Some(body)).await;
+    assert!(st.is_success(), "create: {st} {v}");
+    v["metadata"]["id"].as_str().unwrap().to_string()
+}
+
+/// Polls until the sandbox's lifecycleState is one of `states`.
+async fn wait_state(s: &Server, id: &str, states: &[&str], within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, v) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+        if states.iter().any(|st| v["status"]["lifecycleState"] == *st) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sandbox {id} never reached {states:?}: {v}\nserver log:\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn logs(s: &Server, id: &str) -> String {
+    let resp = s
+        .client
+        .get(format!("{}{T}/sandboxes/{id}/logs", s.base_url()))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "logs: {}", resp.status());
+    resp.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn registry_image_runs_to_completion_and_its_output_is_readable_over_http() {
+    let reg = registry_with_busybox();
+    let s = Server::start().await;
+    let id = create(
+        &s,
+        sandbox(
+            &format!("{}/e2e/busybox:v1", reg.host),
+            &["sh", "-c", "echo hello from nimbus; exit 3"],
+        ),
+    )
+    .await;
+    let v = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(120)).await;
+    assert_eq!(v["status"]["exitCode"], 3, "{v}");
+    assert_eq!(logs(&s, &id).await, "hello from nimbus\n");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert!(st.is_success());
+}
+
+#[tokio::test]
+async fn running_sandbox_reports_endpoints_stops_on_request_and_bad_argv_fails_with_its_reason() {
+    let reg = registry_with_busybox();
+    let s = Server::start().await;
+    let image = format!("{}/e2e/busybox:v1", reg.host);
+    let id = create(
+        &s,
+        sandbox(&image, &["sh", "-c", "echo up; exec sleep 600"]),
+    )
+    .await;
+    let v = wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
+    let endpoints = v["status"]["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !endpoints.is_empty()
+            && endpoints[0]["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("10.")),
+        "{v}"
+    );
+    let (st, _) = s
+        .call("POST", &format!("{T}/sandboxes/{id}/stop"), None)
+        .await;
+    assert!(st.is_success());
+    wait_state(&s, &id, &["stopped"], Duration::from_secs(60)).await;
+    assert_eq!(logs(&s, &id).await, "up\n");
+
+    let bad = create(&s, sandbox(&image, &["no-such-program"])).await;
+    let v = wait_state(&s, &bad, &["failed"], Duration::from_secs(60)).await;
+    let reasons: Vec<String> = v["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["reason"].as_str().map(str::to_string))
+        .collect();
+    assert!(reasons.iter().any(|r| r == "BadArgv"), "{v}");
+}
+
+#[tokio::test]
+async fn sigkill_of_the_server_leaves_sandboxes_running_and_the_restarted_server_adopts_them() {
+    let reg = registry_with_busybox();
+    let mut s = Server::start().await;
+    let image = format!("{}/e2e/busybox:v1", reg.host);
+    let long = create(
+        &s,
+        sandbox(&image, &["sh", "-c", "echo long; exec sleep 600"]),
+    )
+    .await;
+    let short = create(
+        &s,
+        sandbox(
+            &image,
+            &["sh", "-c", "echo short; sleep 4; echo done; exit 5"],
+        ),
+    )
+    .await;
+    for id in [&long, &short] {
+        wait_state(&s, id, &["ready"], Duration::from_secs(120)).await;
+    }
+    let monitors_before = count_monitors(&s);
+    s.kill9();
+    // While the server is down the short sandbox exits; the long one keeps running.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        count_monitors(&s),
+        monitors_before - 1,
+        "the long sandbox's monitor must survive the server"
+    );
+    s.restart().await;
+    let v = wait_state(&s, &short, &["stopped", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(v["status"]["exitCode"], 5, "{v}");
+    assert_eq!(logs(&s, &short).await, "short\ndone\n");
+    let v = wait_state(&s, &long, &["ready"], Duration::from_secs(10)).await;
+    assert_eq!(v["status"]["lifecycleState"], "ready");
+    let (st, _) = s
+        .call("POST", &format!("{T}/sandboxes/{long}/stop"), None)
+        .await;
+    assert!(st.is_success());
+    wait_state(&s, &long, &["stopped"], Duration::from_secs(60)).await;
+}
+
+/// Monitors of this server's data dir that are alive.
+fn count_monitors(s: &Server) -> usize {
+    let dir = s.data_dir().display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("__monitor") && c.contains(&dir))
+        .count()
+}
