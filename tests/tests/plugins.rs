@@ -1,8 +1,11 @@
 //! The plugin store through the real `nimbus` binary, on a running server's data dir.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use nimbus_e2e::Server;
+use nimbus_e2e::{assert_error, Server};
+
+const T: &str = "/v1/tenants/demo";
 
 /// A guest component built by nimbus-plugins' build script into
 /// `<target>/nimbus-plugins-wasm/wasm32-wasip2/release/` (beside `<target>/debug/nimbus`).
@@ -105,4 +108,84 @@ async fn plugin_verify_fails_when_an_installed_component_changes_on_disk() {
     assert!(!status.success());
     assert!(out.contains("MISMATCH tcp-health 0.1.0"), "{out}");
     assert!(err.contains("fail their sha256 pin"), "{err}");
+}
+
+#[tokio::test]
+async fn installing_a_new_policy_version_switches_a_running_servers_decisions() {
+    let server = Server::start().await;
+    let (st, _) = server.call("GET", &format!("{T}/services"), None).await;
+    assert_eq!(
+        st.as_u16(),
+        200,
+        "the bundled grants-policy allows the admin"
+    );
+
+    let deny_all = guest("deny_all_policy");
+    let (status, _, err) = server.cli(&[
+        "plugin",
+        "install",
+        deny_all.to_str().unwrap(),
+        "--id",
+        "grants-policy",
+        "--version",
+        "0.2.0",
+    ]);
+    assert!(status.success(), "{err}");
+    // The server notices the store's new generation on its own (bounded wait, no restart).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.call("GET", &format!("{T}/services"), None).await;
+        if r.0.as_u16() == 403 {
+            assert_error(&r, 403, "auth.permission_denied");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never switched to grants-policy 0.2.0; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Removing that version falls back to the bundled one, again without a restart.
+    let (status, _, err) = server.cli(&["plugin", "remove", "grants-policy@0.2.0"]);
+    assert!(status.success(), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, _) = server.call("GET", &format!("{T}/services"), None).await;
+        if st.as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never switched back; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_plugins_table_stops_the_server_at_start_naming_the_key() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("nimbus.toml");
+    std::fs::write(
+        &config,
+        "[plugins.authz]\nplugin = \"grants-policy\"\nlimits = { memory_mib = 65 }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plugins.authz.limits.memory_mib = 65"),
+        "{err}"
+    );
 }
