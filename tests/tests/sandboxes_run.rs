@@ -197,8 +197,7 @@ async fn registry_image_runs_to_completion_and_its_output_is_readable_over_http(
     let v = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(120)).await;
     assert_eq!(v["status"]["exitCode"], 3, "{v}");
     assert_eq!(logs(&s, &id).await, "hello from nimbus\n");
-    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
-    assert!(st.is_success());
+    delete_all(&s, &[&id]).await;
 }
 
 #[tokio::test]
@@ -239,6 +238,29 @@ async fn running_sandbox_reports_endpoints_stops_on_request_and_bad_argv_fails_w
         .filter_map(|c| c["reason"].as_str().map(str::to_string))
         .collect();
     assert!(reasons.iter().any(|r| r == "BadArgv"), "{v}");
+    delete_all(&s, &[&id, &bad]).await;
+}
+
+/// Deletes the sandboxes (monitors outlive servers by design, so tests clean up after
+/// themselves) and checks that their network namespaces are gone.
+async fn delete_all(s: &Server, ids: &[&str]) {
+    for id in ids {
+        let (st, v) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+        assert!(st.is_success(), "delete {id}: {st} {v}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let list = String::from_utf8_lossy(&out.stdout).to_string();
+        if !ids.iter().any(|id| list.contains(id)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "network namespaces of {ids:?} still present after delete"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -282,6 +304,7 @@ async fn sigkill_of_the_server_leaves_sandboxes_running_and_the_restarted_server
         .await;
     assert!(st.is_success());
     wait_state(&s, &long, &["stopped"], Duration::from_secs(60)).await;
+    delete_all(&s, &[&long, &short]).await;
 }
 
 /// Monitors of this server's data dir that are alive.

@@ -113,25 +113,37 @@ async fn confinement_probes_fail_inside_and_succeed_natively() {
     s.process
         .environment
         .insert("ABSTRACT".into(), name.clone());
-    let (o, logs) = run_to_end(&rt, &s).await;
-    assert!(matches!(o, Observed::Exited { .. }));
-    let inside = parse(&logs);
-    assert_eq!(inside["Seccomp"], "2", "{logs}");
-    assert_eq!(inside["NoNewPrivs"], "1", "{logs}");
-    assert_eq!(inside["CapBnd"], CAP_BND, "{logs}");
-    for k in [
-        "unshareU", "unshareN", "mount", "procsys", "sysrq", "sys", "ping", "packet", "abstract",
-        "pivot",
-    ] {
+    // Twice: the first launch has crun compile the seccomp profile, the second gets the
+    // cached compiled filter (run.oci.seccomp_bpf_data); both must confine alike.
+    for round in ["compiled", "cached"] {
+        let (o, logs) = run_to_end(&rt, &s).await;
+        assert!(matches!(o, Observed::Exited { .. }), "{round}");
+        let logs = format!("{logs}\n[{round} filter]");
+        let inside = parse(&logs);
+        assert_eq!(inside["Seccomp"], "2", "{logs}");
+        assert_eq!(inside["NoNewPrivs"], "1", "{logs}");
+        assert_eq!(inside["CapBnd"], CAP_BND, "{logs}");
+        for k in [
+            "unshareU", "unshareN", "mount", "procsys", "sysrq", "sys", "ping", "packet",
+            "abstract", "pivot",
+        ] {
+            assert_eq!(
+                inside[k], "fail",
+                "probe {k} succeeded inside a sandbox: {logs}"
+            );
+        }
+        assert_eq!(inside["kcore"], "0", "/proc/kcore is not masked: {logs}");
         assert_eq!(
-            inside[k], "fail",
-            "probe {k} succeeded inside a sandbox: {logs}"
+            inside["masked"], "0",
+            "/proc/timer_list or /proc/keys is readable: {logs}"
         );
     }
-    assert_eq!(inside["kcore"], "0", "/proc/kcore is not masked: {logs}");
-    assert_eq!(
-        inside["masked"], "0",
-        "/proc/timer_list or /proc/keys is readable: {logs}"
+    assert!(
+        std::fs::read_dir(data.path().join("runtime"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("seccomp-")),
+        "the compiled filter was not cached"
     );
 }
 

@@ -351,6 +351,14 @@ pub fn runtime(n: u8, data: &Path, tweak: impl FnOnce(&mut RuntimeConfig)) -> Ar
         ..RuntimeConfig::default()
     };
     tweak(&mut cfg);
+    // A clean start: drop what an earlier, interrupted run of this test left on the host.
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", &format!("nimbus_nbt{n}")])
+        .status();
+    let _ = Command::new("ip")
+        .args(["link", "delete", &format!("nbt{n}")])
+        .stderr(Stdio::null())
+        .status();
     Runtime::open(data, &cfg).unwrap()
 }
 
