@@ -223,7 +223,9 @@ impl Catalog {
     }
 
     /// Installs the bundled components that are missing (first start, or a server with newer
-    /// bundled versions). A bundled version becomes active only if its plugin has none.
+    /// bundled versions). A bundled version becomes active if its plugin has no active version,
+    /// or if the active one is an older bundled version (an upgraded server brings its policy);
+    /// a version the operator installed stays active.
     pub fn ensure_bundled(&self, engine: &Engine) -> anyhow::Result<()> {
         let missing: Vec<&Bundled> = BUNDLED
             .iter()
@@ -250,7 +252,12 @@ impl Catalog {
             {
                 continue;
             }
-            let make_active = self.active_version(&id).is_none();
+            let make_active = match self.active_version(&id) {
+                None => true,
+                Some(active) => self.manifest(&id, &active).is_ok_and(|m| {
+                    m.source == "bundled" && version_key(&active) < version_key(&version)
+                }),
+            };
             self.install_locked(engine, b.bytes, &id, &version, "bundled", make_active)
                 .with_context(|| format!("cannot install the bundled plugin {id} {version}"))?;
         }
@@ -543,5 +550,70 @@ impl Catalog {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "nimbus-catalog-{tag}-{}-{}",
+            std::process::id(),
+            now_secs()
+        ));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn deny_all() -> Vec<u8> {
+        fs::read(concat!(
+            env!("NIMBUS_PLUGINS_WASM_DIR"),
+            "/deny_all_policy.wasm"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_newer_bundled_version_replaces_an_older_bundled_active_one() {
+        let dir = temp_dir("upgrade");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        // As if an older server had bundled grants-policy 0.0.9.
+        catalog
+            .install_locked(
+                engine,
+                &deny_all(),
+                "grants-policy",
+                "0.0.9",
+                "bundled",
+                true,
+            )
+            .unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        assert_eq!(
+            catalog.active_version("grants-policy").as_deref(),
+            Some("0.1.0")
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_operator_installed_active_version_survives_new_bundled_versions() {
+        let dir = temp_dir("operator");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog
+            .install(engine, &deny_all(), Some("grants-policy"), Some("0.0.5"))
+            .unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        assert_eq!(
+            catalog.active_version("grants-policy").as_deref(),
+            Some("0.0.5")
+        );
+        assert!(catalog.manifest("grants-policy", "0.1.0").is_ok());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
