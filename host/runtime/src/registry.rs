@@ -592,4 +592,99 @@ mod tests {
             .0
             .is_empty());
     }
+
+    /// A fake registry speaking just enough HTTP/1.1: manifests need a bearer token that its
+    /// token endpoint hands out only for the right basic credentials.
+    fn fake_bearer_registry(
+        manifest: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let token_requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = token_requests.clone();
+        let realm = format!("http://{host}/token");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut auth = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if line.to_ascii_lowercase().starts_with("authorization:") {
+                        auth = line["authorization:".len()..].trim().to_string();
+                    }
+                }
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string();
+                let good_basic = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("bob:pw")
+                );
+                let (status, headers, body) = if path.starts_with("/token") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    assert!(
+                        path.contains("scope=repository%3Ateam%2Fapp%3Apull")
+                            || path.contains("scope=repository:team/app:pull"),
+                        "{path}"
+                    );
+                    if auth == good_basic {
+                        (
+                            "200 OK",
+                            "Content-Type: application/json\r\n".to_string(),
+                            r#"{"token":"tok-123"}"#.to_string(),
+                        )
+                    } else {
+                        ("401 Unauthorized", String::new(), String::new())
+                    }
+                } else if auth == "Bearer tok-123" {
+                    (
+                        "200 OK",
+                        format!("Content-Type: {MT_OCI_MANIFEST}\r\n"),
+                        manifest.to_string(),
+                    )
+                } else {
+                    (
+                        "401 Unauthorized",
+                        format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"fake\",scope=\"repository:team/app:pull\"\r\n"),
+                        String::new(),
+                    )
+                };
+                let mut out = stream;
+                let _ = write!(out, "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            }
+        });
+        (host, token_requests)
+    }
+
+    #[tokio::test]
+    async fn bearer_challenges_are_answered_with_a_token_from_the_realm() {
+        let manifest = r#"{"schemaVersion":2,"config":{"digest":"sha256:0","size":1},"layers":[]}"#;
+        let (host, token_requests) = fake_bearer_registry(manifest);
+        let r = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
+        let mut creds = Credentials::default();
+        creds.0.insert(host.clone(), ("bob".into(), "pw".into()));
+        let client = RegistryClient::new(&RuntimeConfig::default(), creds).unwrap();
+        let m = client.manifest(&r, "v1").await.unwrap();
+        assert_eq!(m.bytes, manifest.as_bytes());
+        assert_eq!(m.media_type, MT_OCI_MANIFEST);
+        // The token is reused for the next request.
+        client.manifest(&r, "v1").await.unwrap();
+        assert_eq!(token_requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let mut wrong = Credentials::default();
+        wrong.0.insert(host.clone(), ("bob".into(), "nope".into()));
+        let client = RegistryClient::new(&RuntimeConfig::default(), wrong).unwrap();
+        let err = client.manifest(&r, "v1").await.err().unwrap();
+        assert!(matches!(err, RegistryError::AuthFailed { .. }), "{err}");
+    }
 }

@@ -185,12 +185,22 @@ impl Runtime {
         }
         doctor::preflight(&self.crun)?;
         let dir = self.dir(id.as_str());
-        if dir.exists() {
-            return Err(LaunchError::AlreadyExists(id.to_string()));
+        // Claiming the state dir is atomic, so two launches of one id cannot both proceed.
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(LaunchError::AlreadyExists(id.to_string()))
+            }
+            Err(e) => return Err(internal(format!("cannot create {}: {e}", dir.display()))),
         }
-        // Resolve the root material before creating anything, so image errors leave no trace.
-        let (lower, image_cfg) = self.root_material(spec, &progress).await?;
-        std::fs::create_dir_all(&dir).map_err(internal)?;
+        // Resolve the root material before setting anything up, so image errors leave no trace.
+        let (lower, image_cfg) = match self.root_material(spec, &progress).await {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         match self
             .create(id.as_str(), tenant, spec, &dir, lower, image_cfg, &progress)
             .await

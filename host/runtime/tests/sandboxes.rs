@@ -54,6 +54,8 @@ async fn sandbox_runs_with_merged_environment_and_reports_its_exit_code() {
         all_logs(&rt, &id).await,
         "out\nerr\nfrom-image from-spec\n/tmp\n1000\n"
     );
+    let again = rt.launch(&id, "demo", &s, |_| {}).await.unwrap_err();
+    assert!(matches!(again, LaunchError::AlreadyExists(_)), "{again:?}");
     rt.delete(&id).await.unwrap();
     assert_eq!(rt.observe(&id), Observed::Missing);
     assert!(rt.leftovers(id.as_str()).await.is_empty());
