@@ -171,7 +171,7 @@ flush map inet {table} sandboxes
 "#
         );
         let mut script = script;
-        let chains = run_cmd("nft", &["list", "chains", "inet", table], None)
+        let chains = run_cmd("nft", &["list", "table", "inet", table], None)
             .await
             .unwrap_or_default();
         for n in known {

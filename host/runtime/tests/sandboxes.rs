@@ -331,7 +331,7 @@ async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhil
         // The server goes away: the Runtime is dropped with no shutdown of its sandboxes.
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rt = runtime(17, data.path(), |_| {});
+    let rt = reopen_runtime(17, data.path(), |_| {});
     let adopted = rt.adopt_all();
     let find = |id: &nimbus_core::names::SandboxId| {
         adopted
@@ -349,6 +349,22 @@ async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhil
             code: 4,
             reason: ExitReason::Exited
         })
+    );
+    // The new runtime's first launch rebuilds the host rules; the adopted sandbox keeps its
+    // nftables entry.
+    let Some(Observed::Running { endpoint, .. }) = find(&long) else {
+        unreachable!()
+    };
+    let (o, _) = run_to_end(&rt, &spec(&image, &["true"])).await;
+    assert!(matches!(o, Observed::Exited { code: 0, .. }));
+    let map = std::process::Command::new("nft")
+        .args(["list", "map", "inet", "nimbus_nbt17", "sandboxes"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&map.stdout).contains(&endpoint.address.to_string()),
+        "adopted sandbox lost its rules: {}",
+        String::from_utf8_lossy(&map.stdout)
     );
     // The adopted sandbox is fully controllable: logs, stop, delete.
     assert_eq!(all_logs(&rt, &long).await, "up\n");

@@ -342,6 +342,24 @@ pub fn whiteout_layer() -> Vec<u8> {
 
 /// A runtime with its own data dir, bridge and subnet (`n` must be unique per test).
 pub fn runtime(n: u8, data: &Path, tweak: impl FnOnce(&mut RuntimeConfig)) -> Arc<Runtime> {
+    clean_host(n);
+    reopen_runtime(n, data, tweak)
+}
+
+/// Drops the bridge and nftables table an earlier, interrupted run of test `n` left behind.
+pub fn clean_host(n: u8) {
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", &format!("nimbus_nbt{n}")])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("ip")
+        .args(["link", "delete", &format!("nbt{n}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A runtime on test `n`'s bridge without cleaning the host first (a server restart).
+pub fn reopen_runtime(n: u8, data: &Path, tweak: impl FnOnce(&mut RuntimeConfig)) -> Arc<Runtime> {
     let mut cfg = RuntimeConfig {
         bridge: format!("nbt{n}"),
         subnet: format!("10.{}.0.0/16", 100 + u16::from(n)),
@@ -351,14 +369,6 @@ pub fn runtime(n: u8, data: &Path, tweak: impl FnOnce(&mut RuntimeConfig)) -> Ar
         ..RuntimeConfig::default()
     };
     tweak(&mut cfg);
-    // A clean start: drop what an earlier, interrupted run of this test left on the host.
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", &format!("nimbus_nbt{n}")])
-        .status();
-    let _ = Command::new("ip")
-        .args(["link", "delete", &format!("nbt{n}")])
-        .stderr(Stdio::null())
-        .status();
     Runtime::open(data, &cfg).unwrap()
 }
 
