@@ -112,7 +112,8 @@ async fn plugin_verify_fails_when_an_installed_component_changes_on_disk() {
 
 #[tokio::test]
 async fn installing_a_new_policy_version_switches_a_running_servers_decisions() {
-    let server = Server::start().await;
+    // A generous deadline: the test is about which policy decides, and runs on a shared machine.
+    let server = Server::start_with_config("[plugins.limits]\ntimeout_ms = 30000\n").await;
     let (st, _) = server.call("GET", &format!("{T}/services"), None).await;
     assert_eq!(
         st.as_u16(),

@@ -47,13 +47,18 @@ impl Drop for TempDir {
     }
 }
 
-/// Parses a `[plugins]` table; hot swapping off unless the text turns it on.
+/// Parses a `[plugins]` table; hot swapping off unless the text turns it on. Unless the text
+/// sets limits, calls get a generous deadline: the tests run in debug builds on a shared machine,
+/// and a test about decisions must not fail because a call was descheduled past 200 ms.
 pub fn config(toml_text: &str) -> PluginsConfig {
-    let text = if toml_text.contains("watch_interval_ms") {
-        toml_text.to_string()
-    } else {
-        format!("watch_interval_ms = 0\n{toml_text}")
-    };
+    let mut text = String::new();
+    if !toml_text.contains("watch_interval_ms") {
+        text.push_str("watch_interval_ms = 0\n");
+    }
+    text.push_str(toml_text);
+    if !toml_text.contains("[limits]") {
+        text.push_str("\n[limits]\ntimeout_ms = 30000\n");
+    }
     toml::from_str(&text).unwrap_or_else(|e| panic!("bad test config: {e}\n{text}"))
 }
 
