@@ -255,17 +255,18 @@ flush map inet {table} sandboxes
             ns = net.netns,
             br = self.bridge
         );
-        run_cmd("ip", &["-b", "-"], Some(host.as_bytes())).await?;
         let inner = format!(
             "link set lo up\naddr add {a}/32 dev eth0\nlink set eth0 up\nroute add {g} dev eth0 scope link\nroute add default via {g} dev eth0\n",
             a = net.address,
             g = net.gateway
         );
         let ip_args = ["-n", net.netns.as_str(), "-b", "-"];
-        let (a, b) = tokio::join!(
-            run_cmd("ip", &ip_args, Some(inner.as_bytes())),
-            run_cmd("nft", &["-f", "-"], Some(rules.as_bytes()))
-        );
+        // The rules match by address, not interface, so they go in while the link is built.
+        let link = async {
+            run_cmd("ip", &["-b", "-"], Some(host.as_bytes())).await?;
+            run_cmd("ip", &ip_args, Some(inner.as_bytes())).await
+        };
+        let (a, b) = tokio::join!(link, run_cmd("nft", &["-f", "-"], Some(rules.as_bytes())));
         a?;
         b?;
         Ok(())

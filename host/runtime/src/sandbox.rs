@@ -183,7 +183,9 @@ impl Runtime {
                 "the krun backend does not run processes yet: its network egress enforcement is not at parity with the container backend; use backend \"container\"".into(),
             ));
         }
+        let t_launch = std::time::Instant::now();
         doctor::preflight(&self.crun)?;
+        tracing::debug!(sandbox = %id, elapsed_ms = t_launch.elapsed().as_secs_f64() * 1e3, "preflight done");
         let dir = self.dir(id.as_str());
         // Claiming the state dir is atomic, so two launches of one id cannot both proceed.
         match std::fs::create_dir(&dir) {
@@ -195,7 +197,10 @@ impl Runtime {
         }
         // Resolve the root material before setting anything up, so image errors leave no trace.
         let (lower, image_cfg) = match self.root_material(spec, &progress).await {
-            Ok(m) => m,
+            Ok(m) => {
+                tracing::debug!(sandbox = %id, elapsed_ms = t_launch.elapsed().as_secs_f64() * 1e3, "root material ready");
+                m
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
