@@ -216,6 +216,27 @@ pub fn all_checks(crun: &Path) -> Vec<Check> {
         }),
         fix: None,
     });
+    if let Ok(listing) = std::process::Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+    {
+        let dropping = forward_drop_tables(&String::from_utf8_lossy(&listing.stdout));
+        out.push(Check {
+            name: "forwarding",
+            status: if dropping.is_empty() { Status::Ok } else { Status::Info },
+            detail: if dropping.is_empty() {
+                "no other firewall table drops forwarded traffic".into()
+            } else {
+                format!(
+                    "forward chains with policy drop in {}: allow-listed sandbox egress cannot leave the host through them",
+                    dropping.join(", ")
+                )
+            },
+            fix: (!dropping.is_empty()).then(|| {
+                "accept traffic from and to the Nimbus bridge in those tables (e.g. `iptables -I FORWARD -i nimbus0 -j ACCEPT; iptables -I FORWARD -o nimbus0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`)".into()
+            }),
+        });
+    }
     let fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     out.push(Check {
         name: "ip_forward",
@@ -226,6 +247,26 @@ pub fn all_checks(crun: &Path) -> Vec<Check> {
         ),
         fix: None,
     });
+    out
+}
+
+/// Tables other than Nimbus's own whose forward-hook chains drop by default: they would drop
+/// allow-listed sandbox egress after Nimbus accepted it.
+pub fn forward_drop_tables(ruleset: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut table = String::new();
+    for line in ruleset.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("table ") {
+            table = rest.trim_end_matches('{').trim().to_string();
+        } else if l.contains("hook forward")
+            && l.contains("policy drop")
+            && !table.contains(" nimbus_")
+            && !out.contains(&table)
+        {
+            out.push(table.clone());
+        }
+    }
     out
 }
 
@@ -308,6 +349,16 @@ mod tests {
         );
         assert!(fix_command(&["hugetlb".into()])
             .contains("mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb"));
+    }
+
+    #[test]
+    fn forward_drop_policies_of_other_tables_are_found() {
+        let ruleset = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\ntable inet nimbus_nimbus0 {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n";
+        assert_eq!(forward_drop_tables(ruleset), vec!["ip filter".to_string()]);
+        assert!(forward_drop_tables(
+            "table inet x {\n chain f { type filter hook forward priority 0; policy accept; }\n}"
+        )
+        .is_empty());
     }
 
     #[test]
