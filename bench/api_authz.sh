@@ -11,13 +11,20 @@ target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import j
 bin="$target_dir/release/nimbus"
 duration=${DURATION:-10}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Servers are started from inside $(…) subshells, so they are tracked by pid file, not as jobs.
+cleanup() { for p in "$work"/*/pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; rm -rf "$work"; }
+trap cleanup EXIT
 
 run() { # $1 = authorizer kind, $2 = port
   local dir="$work/$1"
   mkdir -p "$dir/home"
+  if curl -s "127.0.0.1:$2/healthz" >/dev/null; then
+    echo "port $2 is already serving; stop that server first" >&2
+    exit 1
+  fi
   printf '[server]\nsandbox_driver = "none"\nauthorizer = "%s"\n' "$1" > "$dir/nimbus.toml"
   HOME="$dir/home" "$bin" serve --listen "127.0.0.1:$2" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
+  echo $! > "$dir/pid"
   until curl -sf "127.0.0.1:$2/healthz" >/dev/null; do sleep 0.1; done
   local token
   token=$(python3 -c "import json;print(json.load(open('$dir/home/.config/nimbus/application_default_credentials.json'))['token'])")
@@ -25,6 +32,7 @@ run() { # $1 = authorizer kind, $2 = port
     -d '{"name":"worker","backend":{"kind":"builtIn","provider":"browser"}}' >/dev/null
   wrk -t1 -c8 -d"${duration}s" -H "Authorization: Bearer $token" "http://127.0.0.1:$2/v1/tenants/demo/services/worker" \
     | awk '/Requests\/sec/ {print $2}'
+  kill "$(cat "$dir/pid")"
 }
 
 native=$(run native 18931)
