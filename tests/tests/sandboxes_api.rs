@@ -177,6 +177,19 @@ async fn exit_codes_and_bad_argv_are_reported_in_status() {
         ["BadArgv", "StartFailed"].contains(&reason.as_str()),
         "{failed}"
     );
+    // Ended sandboxes keep their network namespace and state until they are deleted.
+    for id in [a, b] {
+        assert_eq!(
+            s.call("DELETE", &format!("{T}/sandboxes/{id}"), None)
+                .await
+                .0,
+            200
+        );
+        assert!(
+            !s.data_dir().join("runtime/sandboxes").join(&id).exists(),
+            "{id} left its state dir"
+        );
+    }
 }
 
 #[tokio::test]
