@@ -6,6 +6,8 @@ use base64::Engine;
 use nimbus_core::names::Name;
 use nimbus_core::Error;
 
+use crate::extract::QueryParams;
+
 const VERSION: &str = "p1";
 
 pub fn encode(collection: &str, tenant: &Name, after: &str) -> String {
@@ -32,6 +34,35 @@ pub fn decode(
             Ok(Some(after.to_string()))
         }
         _ => Err(bad()),
+    }
+}
+
+/// The paging part of a list request: where to continue and how many to return, from
+/// `pageToken` and `limit` (1–1000, default 50).
+pub struct Paging<'a> {
+    collection: &'static str,
+    tenant: &'a Name,
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+impl<'a> Paging<'a> {
+    pub fn from_query(
+        q: &QueryParams,
+        collection: &'static str,
+        tenant: &'a Name,
+    ) -> Result<Paging<'a>, Error> {
+        Ok(Paging {
+            collection,
+            tenant,
+            after: decode(q.get("pageToken"), collection, tenant)?,
+            limit: nimbus_store::page_size(q.u32("limit", 1, 1000)?),
+        })
+    }
+
+    /// The token for the page after the one the store returned.
+    pub fn next_token(&self, next_after: Option<String>) -> Option<String> {
+        next_after.map(|a| encode(self.collection, self.tenant, &a))
     }
 }
 

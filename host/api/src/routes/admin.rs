@@ -15,7 +15,8 @@ use crate::app::{tenant_name, Caller, SharedApp};
 use crate::auth::{hash_secret, new_secret, validate_grant};
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, QueryParams};
-use crate::{pagination, wire};
+use crate::pagination::Paging;
+use crate::wire;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -201,15 +202,12 @@ pub async fn list_credentials(
     )
     .await?;
     app.require_tenant(&tenant).await?;
-    let after = pagination::decode(q.get("pageToken"), "credentials", &tenant)?;
-    let limit = nimbus_store::page_size(q.u32("limit", 1, 1000)?);
+    let paging = Paging::from_query(&q, "credentials", &tenant)?;
     let page = app
         .store
-        .list_credentials(&tenant, after.as_deref(), limit)
+        .list_credentials(&tenant, paging.after.as_deref(), paging.limit)
         .await?;
-    let next = page
-        .next_after
-        .map(|a| pagination::encode("credentials", &tenant, &a));
+    let next = paging.next_token(page.next_after);
     Ok(Json(wire::list(
         page.items.iter().map(wire::credential).collect(),
         next,
@@ -265,17 +263,19 @@ pub async fn list_audit(
     )
     .await?;
     app.require_tenant(&tenant).await?;
-    let after = match pagination::decode(q.get("pageToken"), "audit", &tenant)? {
+    let paging = Paging::from_query(&q, "audit", &tenant)?;
+    // Audit events are keyed by their sequence number.
+    let after = match &paging.after {
         Some(a) => Some(a.parse::<i64>().map_err(|_| {
             Error::invalid_argument("pageToken", "is not a page token from this listing")
         })?),
         None => None,
     };
-    let limit = nimbus_store::page_size(q.u32("limit", 1, 1000)?);
-    let page = app.store.list_audit(tenant.as_str(), after, limit).await?;
-    let next = page
-        .next_after
-        .map(|a| pagination::encode("audit", &tenant, &a));
+    let page = app
+        .store
+        .list_audit(tenant.as_str(), after, paging.limit)
+        .await?;
+    let next = paging.next_token(page.next_after);
     let items = page
         .items
         .iter()

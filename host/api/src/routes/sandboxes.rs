@@ -17,7 +17,8 @@ use serde_json::Value;
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, QueryParams};
-use crate::{pagination, status, wire};
+use crate::pagination::Paging;
+use crate::{status, wire};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -163,15 +164,12 @@ pub async fn list(
         label_value: q.get("labelValue").map(str::to_string),
         state,
     };
-    let after = pagination::decode(q.get("pageToken"), "sandboxes", &tenant)?;
-    let limit = nimbus_store::page_size(q.u32("limit", 1, 1000)?);
+    let paging = Paging::from_query(&q, "sandboxes", &tenant)?;
     let page = app
         .store
-        .list_sandboxes(&tenant, &filter, after.as_deref(), limit)
+        .list_sandboxes(&tenant, &filter, paging.after.as_deref(), paging.limit)
         .await?;
-    let next = page
-        .next_after
-        .map(|a| pagination::encode("sandboxes", &tenant, &a));
+    let next = paging.next_token(page.next_after);
     Ok(Json(wire::list(
         page.items.iter().map(wire::sandbox).collect(),
         next,

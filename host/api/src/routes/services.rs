@@ -16,7 +16,8 @@ use serde_json::Value;
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, QueryParams};
-use crate::{pagination, status, wire};
+use crate::pagination::Paging;
+use crate::{status, wire};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -126,15 +127,12 @@ pub async fn list(
     )
     .await?;
     app.require_tenant(&tenant).await?;
-    let after = pagination::decode(q.get("pageToken"), "services", &tenant)?;
-    let limit = nimbus_store::page_size(q.u32("limit", 1, 1000)?);
+    let paging = Paging::from_query(&q, "services", &tenant)?;
     let page = app
         .store
-        .list_services(&tenant, after.as_deref(), limit)
+        .list_services(&tenant, paging.after.as_deref(), paging.limit)
         .await?;
-    let next = page
-        .next_after
-        .map(|a| pagination::encode("services", &tenant, &a));
+    let next = paging.next_token(page.next_after);
     Ok(Json(wire::list(
         page.items.iter().map(wire::service).collect(),
         next,

@@ -19,7 +19,8 @@ use serde_json::Value;
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, QueryParams};
-use crate::{pagination, wire};
+use crate::pagination::Paging;
+use crate::wire;
 
 pub const DEFAULT_TTL_MS: u64 = 15 * 60 * 1000;
 pub const MAX_TTL_MS: u64 = 60 * 60 * 1000;
@@ -321,15 +322,12 @@ pub async fn list(
             )
         })?),
     };
-    let after = pagination::decode(q.get("pageToken"), "sessions", &tenant)?;
-    let limit = nimbus_store::page_size(q.u32("limit", 1, 1000)?);
+    let paging = Paging::from_query(&q, "sessions", &tenant)?;
     let page = app
         .store
-        .list_sessions(&tenant, state, after.as_deref(), limit)
+        .list_sessions(&tenant, state, paging.after.as_deref(), paging.limit)
         .await?;
-    let next = page
-        .next_after
-        .map(|a| pagination::encode("sessions", &tenant, &a));
+    let next = paging.next_token(page.next_after);
     app.audit_best_effort(app.event(&p, &tenant, actions::SESSIONS_LIST, "session", "allow", ""))
         .await;
     Ok(Json(wire::list(
