@@ -115,6 +115,28 @@ async fn next_resource_version(tx: &mut Tx) -> Result<i64, Error> {
     .map_err(db_error)
 }
 
+/// Reads the record `id` of `tenant` from `table` inside `tx`, or `resource.not_found` naming
+/// `kind`. `table` is one of this crate's own table names, never caller input.
+async fn load_by_id<T: DeserializeOwned>(
+    tx: &mut Tx,
+    table: &'static str,
+    kind: &str,
+    tenant: &nimbus_core::names::Name,
+    id: &str,
+) -> Result<T, Error> {
+    let sql = format!("SELECT doc FROM {table} WHERE tenant_id = ? AND id = ?");
+    let doc: Option<String> = sqlx::query_scalar(&sql)
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    match doc {
+        Some(d) => from_doc(&d),
+        None => Err(Error::not_found(kind, id)),
+    }
+}
+
 async fn insert_audit(tx: &mut Tx, event: &AuditEvent) -> Result<(), Error> {
     sqlx::query("INSERT INTO audit_events (tenant_id, doc) VALUES (?, ?)")
         .bind(&event.tenant_id)

@@ -6,7 +6,8 @@ use nimbus_core::resource::{AuditEvent, SandboxRecord};
 use nimbus_core::Error;
 
 use crate::{
-    commit, db_error, from_doc, insert_audit, next_resource_version, paginate, to_doc, Page, Store,
+    commit, db_error, from_doc, insert_audit, load_by_id, next_resource_version, paginate, to_doc,
+    Page, Store,
 };
 
 /// Filters of a sandbox listing; all given ones must match.
@@ -143,17 +144,8 @@ impl Store {
         audit: Option<&AuditEvent>,
     ) -> Result<SandboxRecord, Error> {
         let mut tx = self.begin().await?;
-        let doc: Option<String> =
-            sqlx::query_scalar("SELECT doc FROM sandboxes WHERE tenant_id = ? AND id = ?")
-                .bind(tenant.as_str())
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let mut record: SandboxRecord = match doc {
-            Some(d) => from_doc(&d)?,
-            None => return Err(Error::not_found("sandbox", id)),
-        };
+        let mut record: SandboxRecord =
+            load_by_id(&mut tx, "sandboxes", "sandbox", tenant, id).await?;
         change(&mut record)?;
         record.meta.resource_version = next_resource_version(&mut tx).await?;
         sqlx::query("UPDATE sandboxes SET state = ?, doc = ? WHERE id = ?")
@@ -178,17 +170,8 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<SandboxRecord, Error> {
         let mut tx = self.begin().await?;
-        let doc: Option<String> =
-            sqlx::query_scalar("SELECT doc FROM sandboxes WHERE tenant_id = ? AND id = ?")
-                .bind(tenant.as_str())
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let mut record: SandboxRecord = match doc {
-            Some(d) => from_doc(&d)?,
-            None => return Err(Error::not_found("sandbox", id)),
-        };
+        let mut record: SandboxRecord =
+            load_by_id(&mut tx, "sandboxes", "sandbox", tenant, id).await?;
         check(&record)?;
         record.meta.resource_version = next_resource_version(&mut tx).await?;
         sqlx::query("DELETE FROM sandboxes WHERE id = ?")

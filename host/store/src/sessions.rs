@@ -7,7 +7,8 @@ use nimbus_core::resource::{AuditEvent, SessionRecord};
 use nimbus_core::Error;
 
 use crate::{
-    commit, db_error, from_doc, insert_audit, next_resource_version, paginate, to_doc, Page, Store,
+    commit, db_error, from_doc, insert_audit, load_by_id, next_resource_version, paginate, to_doc,
+    Page, Store,
 };
 
 /// Timestamps are stored as fixed-width RFC 3339 UTC so text order is time order.
@@ -154,17 +155,8 @@ impl Store {
         audit: &AuditEvent,
     ) -> Result<SessionRecord, Error> {
         let mut tx = self.begin().await?;
-        let doc: Option<String> =
-            sqlx::query_scalar("SELECT doc FROM sessions WHERE tenant_id = ? AND id = ?")
-                .bind(tenant.as_str())
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let mut record: SessionRecord = match doc {
-            Some(d) => from_doc(&d)?,
-            None => return Err(Error::not_found("session", id)),
-        };
+        let mut record: SessionRecord =
+            load_by_id(&mut tx, "sessions", "session", tenant, id).await?;
         let next = record.status.lifecycle_state.on(event).map_err(|t| {
             Error::invalid_transition(
                 "session",
