@@ -84,9 +84,7 @@ impl SandboxController {
                 (SandboxState::Pending, _) => {
                     tokio::spawn(self.clone().launch_task(tenant, r.id.clone()));
                 }
-                (SandboxState::Creating, Observed::Running { .. })
-                | (SandboxState::Creating, Observed::Exited { .. })
-                | (SandboxState::Creating, Observed::Missing) => {
+                (SandboxState::Creating, _) => {
                     // The launch was cut off by the restart: clear what it left and start over.
                     if let Err(e) = self.runtime.delete(&r.id).await {
                         tracing::warn!(sandbox = %r.id, error = %e, "could not clear an interrupted launch");
@@ -108,9 +106,8 @@ impl SandboxController {
                 (SandboxState::Stopping, Observed::Running { .. }) => {
                     tokio::spawn(self.clone().stop_task(tenant, r.id.clone()));
                 }
-                (SandboxState::Ready, Observed::Running { endpoint, .. }) => {
+                (SandboxState::Ready, Observed::Running { .. }) => {
                     tracing::info!(sandbox = %r.id, "adopted a running sandbox");
-                    let _ = endpoint;
                 }
                 (_, Observed::Exited { code, reason }) => {
                     self.record_exit(&tenant, &r.id, code, &reason).await
