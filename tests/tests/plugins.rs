@@ -46,7 +46,7 @@ async fn plugin_list_on_a_servers_data_dir_shows_the_bundled_plugins_with_their_
         "{out}"
     );
     for r in &rows {
-        assert_eq!(r[1], "0.1.0", "{out}");
+        assert_eq!(r[1], "0.1.1", "{out}");
         assert_eq!(r[3].len(), 64, "sha256 column: {out}");
         assert!(r[4].contains("active") && r[4].contains("bundled"), "{out}");
     }
@@ -100,13 +100,13 @@ async fn plugin_verify_fails_when_an_installed_component_changes_on_disk() {
     assert!(status.success(), "{err}");
     let file = server
         .data_dir()
-        .join("plugins/installed/tcp-health/0.1.0/component.wasm");
+        .join("plugins/installed/tcp-health/0.1.1/component.wasm");
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.push(0);
     std::fs::write(&file, bytes).unwrap();
     let (status, out, err) = server.cli(&["plugin", "verify"]);
     assert!(!status.success());
-    assert!(out.contains("MISMATCH tcp-health 0.1.0"), "{out}");
+    assert!(out.contains("MISMATCH tcp-health 0.1.1"), "{out}");
     assert!(err.contains("fail their sha256 pin"), "{err}");
 }
 

@@ -134,7 +134,7 @@ fn main() {
     } else {
         skipped()
     };
-    let t_floor_mem = if run("floor") {
+    let t_floor_mem = if run("floor-memory") {
         measure(budget, || floor_mem.run_once().expect("floor call"))
     } else {
         skipped()

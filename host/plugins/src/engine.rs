@@ -58,6 +58,9 @@ fn build() -> anyhow::Result<Engine> {
         .epoch_interruption(true)
         .consume_fuel(true)
         .cranelift_opt_level(OptLevel::Speed)
+        // Memories with 1-byte pages: the bundled guests are linked that way so that a fresh
+        // instance's memory (reset after every call) is a few KiB instead of a 64 KiB page.
+        .wasm_custom_page_sizes(true)
         // Plugins' memories are small: reserve their ceiling, not the 4 GiB default, so that the
         // pool's address space stays modest. Bounds checks are explicit as a consequence.
         .memory_reservation(max_memory as u64)

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentType, HasSelf, InstancePre, Linker, Lower, TypedFunc,
+};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
 use crate::config::EffectiveLimits;
@@ -333,8 +335,66 @@ pub(crate) fn detect_world(engine: &Engine, component: &Component) -> anyhow::Re
 /// exports type-checked.
 #[derive(Clone)]
 pub(crate) enum Prepared {
-    Authz(authz_bindings::AuthzPolicyPre<CallCtx>),
+    Authz(AuthzPre),
     Health(health_bindings::HealthCheckPre<CallCtx>),
+}
+
+/// An authz policy ready to instantiate, with the index of its `decide` export, whose type was
+/// checked once at load (see [`decide_func`]).
+#[derive(Clone)]
+pub(crate) struct AuthzPre {
+    pre: InstancePre<CallCtx>,
+    decide: ComponentExportIndex,
+}
+
+/// `nimbus:authz/types.request`, borrowed from the host's [`nimbus_core::authz::AuthzRequest`]:
+/// the call lowers straight from the server's request instead of first cloning it into the
+/// bindings' owned types.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct RequestRef<'a> {
+    principal: PrincipalRef<'a>,
+    action: &'a str,
+    resource: ResourceRefRef<'a>,
+    context: &'a [(String, String)],
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct PrincipalRef<'a> {
+    id: &'a str,
+    kind: az::PrincipalKind,
+    #[component(name = "tenant-id")]
+    tenant_id: &'a str,
+    grants: &'a [String],
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct ResourceRefRef<'a> {
+    #[component(name = "tenant-id")]
+    tenant_id: &'a str,
+    kind: az::ResourceKind,
+    name: Option<&'a str>,
+}
+
+type DecideFunc<'a> = TypedFunc<(RequestRef<'a>,), (Result<az::Decision, az::Error>,)>;
+
+/// The `decide` function of a fresh instance of `pre`.
+fn decide_func<'a>(
+    store: &mut Store<CallCtx>,
+    pre: &AuthzPre,
+    instance: &wasmtime::component::Instance,
+) -> wasmtime::Result<DecideFunc<'a>> {
+    let func = instance
+        .get_func(&mut *store, pre.decide)
+        .ok_or_else(|| wasmtime::format_err!("the component has no decide function"))?;
+    // SAFETY: `pre.decide` indexes the `decide` export of the component `pre` instantiates, and
+    // `prepare` type-checked that export against exactly this signature (`Func::typed` in
+    // `trial_instantiate`) before the `AuthzPre` was handed out; every instance of one
+    // component has the same types. This skips repeating that check on every call.
+    #[allow(unsafe_code)]
+    Ok(unsafe { DecideFunc::new_unchecked(func) })
 }
 
 impl Prepared {
@@ -390,7 +450,20 @@ pub(crate) fn prepare(engine: &Engine, component: &Component) -> anyhow::Result<
             let pre = authz_linker(engine)?
                 .instantiate_pre(component)
                 .map_err(|e| anyhow!("{e:#}"))?;
-            authz_bindings::AuthzPolicyPre::new(pre).map(Prepared::Authz)
+            // The bindings check that the policy interface and its `decide` function exist.
+            authz_bindings::AuthzPolicyPre::new(pre.clone()).and_then(|_| {
+                let interface = component
+                    .component_type()
+                    .exports(engine)
+                    .map(|(n, _)| n.to_string())
+                    .find(|n| n.starts_with("nimbus:authz/policy@"))
+                    .ok_or_else(|| wasmtime::format_err!("no nimbus:authz/policy export"))?;
+                let decide = component
+                    .get_export_index(None, &interface)
+                    .and_then(|i| component.get_export_index(Some(&i), "decide"))
+                    .ok_or_else(|| wasmtime::format_err!("no {interface}#decide export"))?;
+                Ok(Prepared::Authz(AuthzPre { pre, decide }))
+            })
         }
         World::Health => {
             let pre = health_linker(engine)?
@@ -423,7 +496,14 @@ fn trial_instantiate(engine: &Engine, prepared: &Prepared) -> anyhow::Result<()>
     );
     let mut store = new_store(engine, ctx, &limits);
     match prepared {
-        Prepared::Authz(pre) => pre.instantiate(&mut store).map(|_| ()),
+        Prepared::Authz(pre) => pre.pre.instantiate(&mut store).and_then(|instance| {
+            // The one full type check of `decide`; calls rely on it (see `decide_func`).
+            let func = instance
+                .get_func(&mut store, pre.decide)
+                .ok_or_else(|| wasmtime::format_err!("the component has no decide function"))?;
+            func.typed::<(RequestRef<'_>,), (Result<az::Decision, az::Error>,)>(&store)
+                .map(|_| ())
+        }),
         Prepared::Health(pre) => pre.instantiate(&mut store).map(|_| ()),
     }
     .map_err(|e| anyhow!("{e:#}"))
@@ -521,8 +601,12 @@ pub(crate) fn call_authz(
         ));
     };
     let mut store = new_store(engine, ctx, limits);
-    let instance = match pre.instantiate(&mut store) {
-        Ok(i) => i,
+    let decide = match pre
+        .pre
+        .instantiate(&mut store)
+        .and_then(|instance| decide_func(&mut store, pre, &instance))
+    {
+        Ok(f) => f,
         Err(e) => {
             return Err(match classify(e, store.data()) {
                 CallFailure::Malformed(m) => CallFailure::Instantiate(m),
@@ -530,10 +614,8 @@ pub(crate) fn call_authz(
             })
         }
     };
-    let wit_request = to_wit_request(request);
-    let answer = instance
-        .nimbus_authz_policy()
-        .call_decide(&mut store, &wit_request)
+    let (answer,) = decide
+        .call(&mut store, (request_ref(request),))
         .map_err(|e| classify(e, store.data()))?;
     match answer {
         Ok(d) => {
@@ -573,22 +655,22 @@ fn check_strings(field: &str, items: &[String]) -> Result<(), CallFailure> {
     Ok(())
 }
 
-fn to_wit_request(r: &nimbus_core::authz::AuthzRequest) -> az::Request {
+fn request_ref(r: &nimbus_core::authz::AuthzRequest) -> RequestRef<'_> {
     use nimbus_core::authz::{PrincipalKind, ResourceKind};
-    az::Request {
-        principal: az::Principal {
-            id: r.principal.id.clone(),
+    RequestRef {
+        principal: PrincipalRef {
+            id: &r.principal.id,
             kind: match r.principal.kind {
                 PrincipalKind::Token => az::PrincipalKind::Token,
                 PrincipalKind::ApiKey => az::PrincipalKind::ApiKey,
                 PrincipalKind::Workload => az::PrincipalKind::Workload,
             },
-            tenant_id: r.principal.tenant_id.clone(),
-            grants: r.principal.grants.clone(),
+            tenant_id: &r.principal.tenant_id,
+            grants: &r.principal.grants,
         },
-        action: r.action.clone(),
-        resource: az::ResourceRef {
-            tenant_id: r.resource.tenant_id.clone(),
+        action: &r.action,
+        resource: ResourceRefRef {
+            tenant_id: &r.resource.tenant_id,
             kind: match r.resource.kind {
                 ResourceKind::Tenant => az::ResourceKind::Tenant,
                 ResourceKind::Service => az::ResourceKind::Service,
@@ -597,9 +679,9 @@ fn to_wit_request(r: &nimbus_core::authz::AuthzRequest) -> az::Request {
                 ResourceKind::Credential => az::ResourceKind::Credential,
                 ResourceKind::Audit => az::ResourceKind::Audit,
             },
-            name: r.resource.name.clone(),
+            name: r.resource.name.as_deref(),
         },
-        context: r.context.clone(),
+        context: &r.context,
     }
 }
 

@@ -77,7 +77,7 @@ fn request_table() -> Vec<AuthzRequest> {
     ];
     let mut out = Vec::new();
     for grants in grant_sets {
-        for principal_tenant in ["demo", "other"] {
+        for principal_tenant in ["demo", "other", "q\"uote"] {
             for action in all_actions {
                 let kind = match action.split('.').next().unwrap_or("") {
                     "tenants" => ResourceKind::Tenant,
@@ -87,7 +87,16 @@ fn request_table() -> Vec<AuthzRequest> {
                     "sessions" => ResourceKind::Session,
                     _ => ResourceKind::Service,
                 };
-                for name in [None, Some("web"), Some("sbx_a"), Some("say \"hi\"\n")] {
+                // The policy escapes names as `{:?}` does without core::fmt: cover every case.
+                for name in [
+                    None,
+                    Some("web"),
+                    Some("sbx_a"),
+                    Some("say \"hi\"\n"),
+                    Some("it's\ta \\ path\r\0"),
+                    Some("esc\u{1b}del\u{7f}"),
+                    Some("café ✓ \u{301}\u{200b}"),
+                ] {
                     for context in &contexts {
                         out.push(AuthzRequest {
                             principal: Principal {
@@ -116,7 +125,7 @@ fn request_table() -> Vec<AuthzRequest> {
 fn grants_policy_component_agrees_with_the_native_rules_on_every_request_in_the_table() {
     let dir = TempDir::new("agree");
     let host = PluginHost::open(dir.path(), &config("")).unwrap();
-    assert_eq!(host.serving("authz").unwrap(), "grants-policy@0.1.0");
+    assert_eq!(host.serving("authz").unwrap(), "grants-policy@0.1.1");
     let authz = host.authorizer();
     let table = request_table();
     let (mut allowed, mut denied) = (0, 0);
@@ -182,7 +191,7 @@ fn assert_contained(host: &PluginHost, kind: &str) {
     let again = host.authorizer().authorize(&admin_request());
     assert!(!again.allow);
     assert_eq!(failures(host, kind), 2);
-    assert_eq!(host.serving("health.tcp").unwrap(), "tcp-health@0.1.0");
+    assert_eq!(host.serving("health.tcp").unwrap(), "tcp-health@0.1.1");
 }
 
 #[test]
@@ -365,7 +374,7 @@ fn a_pinned_version_is_not_swapped_by_a_newer_install() {
     let dir = TempDir::new("pinned");
     let host = PluginHost::open(
         dir.path(),
-        &config("[authz]\nplugin = \"grants-policy\"\nversion = \"0.1.0\"\n"),
+        &config("[authz]\nplugin = \"grants-policy\"\nversion = \"0.1.1\"\n"),
     )
     .unwrap();
     PluginStore::open(dir.path())

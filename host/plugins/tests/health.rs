@@ -32,7 +32,7 @@ async fn http_check_is_healthy_while_the_server_answers_and_unhealthy_once_it_st
 
     let up = host.check_health(http_target(port, "/healthz")).await;
     assert!(up.healthy, "{up:?}");
-    assert_eq!(up.checked_by, "http-health@0.1.0");
+    assert_eq!(up.checked_by, "http-health@0.1.1");
     assert!(up.detail.contains("answered 200"), "{up:?}");
     let seen = server.requests.lock().unwrap().clone();
     assert!(seen[0].starts_with("GET /healthz HTTP/1.1"), "{seen:?}");
@@ -72,7 +72,7 @@ async fn tcp_check_is_healthy_while_the_port_listens_and_unhealthy_once_it_close
     };
     let up = host.check_health(target.clone()).await;
     assert!(up.healthy, "{up:?}");
-    assert_eq!(up.checked_by, "tcp-health@0.1.0");
+    assert_eq!(up.checked_by, "tcp-health@0.1.1");
     drop(listener);
     let down = host.check_health(target).await;
     assert!(!down.healthy, "{down:?}");

@@ -67,18 +67,73 @@ fn context_value<'a>(request: &'a Request, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+// The reasons are built by concatenation rather than `format!`: `core::fmt` is dispatched through
+// the function table, and every instance would pay for initialising its entries. Only a string
+// that needs more than ASCII escaping (never a validated name) falls back to `{:?}`.
+
+/// `parts` concatenated.
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
+}
+
+/// Appends `s` as `{:?}` prints a `str`: quoted, with quotes, backslashes and control characters
+/// escaped.
+fn push_debug(out: &mut String, s: &str) {
+    if !s.is_ascii() {
+        out.push_str(&format!("{s:?}"));
+        return;
+    }
+    out.push('"');
+    for b in s.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            b'\0' => out.push_str("\\0"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u{");
+                if b >= 0x10 {
+                    out.push(HEX[(b >> 4) as usize] as char);
+                }
+                out.push(HEX[(b & 0xf) as usize] as char);
+                out.push('}');
+            }
+        }
+    }
+    out.push('"');
+}
+
 fn decide_by_grants(request: &Request) -> Decision {
     let p = &request.principal;
     let has = |grant: &str| p.grants.iter().any(|g| g == grant);
+    // Whether `<a><b><c>` is granted, without building it.
+    let has3 = |a: &str, b: &str, c: &str| {
+        p.grants.iter().any(|g| {
+            g.len() == a.len() + b.len() + c.len()
+                && g.starts_with(a)
+                && g.ends_with(c)
+                && &g[a.len()..g.len() - c.len()] == b
+        })
+    };
+    let granted3 = |a: &str, b: &str, c: &str| has3(a, b, c).then(|| concat(&[a, b, c]));
 
     if has("server:admin") {
         return allow("grant server:admin".into());
     }
     if p.tenant_id != request.resource.tenant_id {
-        return deny(format!(
-            "credential belongs to tenant {:?}, not {:?}",
-            p.tenant_id, request.resource.tenant_id
-        ));
+        let mut why = String::from("credential belongs to tenant ");
+        push_debug(&mut why, &p.tenant_id);
+        why.push_str(", not ");
+        push_debug(&mut why, &request.resource.tenant_id);
+        return deny(why);
     }
     if request.action == "tenants.create" {
         return deny("only a server admin may create tenants".into());
@@ -95,52 +150,55 @@ fn decide_by_grants(request: &Request) -> Decision {
         return allow("grant tenant:read".into());
     }
 
-    let granted = |g: String| has(&g).then_some(g);
-    let hit: Option<String> = match request.action.as_str() {
-        "services.create" => granted("services:create".into()),
-        "sandboxes.create" => granted("sandboxes:create".into()),
-        "services.get" => granted(format!("service:{name}:read"))
-            .or_else(|| granted(format!("service:{name}:manage"))),
-        "services.update" | "services.delete" | "services.start" | "services.stop"
-        | "services.restart" => granted(format!("service:{name}:manage")),
-        "sandboxes.get" => granted(format!("sandbox:{name}:reach"))
-            .or_else(|| granted(format!("sandbox:{name}:manage"))),
-        "sandboxes.stop" | "sandboxes.delete" | "sandboxes.logs" => {
-            granted(format!("sandbox:{name}:manage"))
+    let granted = |g: &str| has(g).then(|| String::from(g));
+    let session_target = || -> Option<String> {
+        let target = context_value(request, "targetName")?;
+        match context_value(request, "targetKind")? {
+            "service" => granted3("service:", target, ":session"),
+            "sandbox" => granted3("sandbox:", target, ":reach"),
+            _ => None,
         }
-        "sessions.open" => session_target_grant(request).and_then(granted),
-        "sessions.get" | "sessions.close" => {
-            if context_value(request, "createdBy") == Some(p.id.as_str()) {
-                Some("opener of the session".into())
-            } else {
-                session_target_grant(request).and_then(granted)
-            }
-        }
-        _ => None,
     };
+    let hit: Option<String> =
+        match request.action.as_str() {
+            "services.create" => granted("services:create"),
+            "sandboxes.create" => granted("sandboxes:create"),
+            "services.get" => granted3("service:", name, ":read")
+                .or_else(|| granted3("service:", name, ":manage")),
+            "services.update" | "services.delete" | "services.start" | "services.stop"
+            | "services.restart" => granted3("service:", name, ":manage"),
+            "sandboxes.get" => granted3("sandbox:", name, ":reach")
+                .or_else(|| granted3("sandbox:", name, ":manage")),
+            "sandboxes.stop" | "sandboxes.delete" | "sandboxes.logs" => {
+                granted3("sandbox:", name, ":manage")
+            }
+            "sessions.open" => session_target(),
+            "sessions.get" | "sessions.close" => {
+                if context_value(request, "createdBy") == Some(p.id.as_str()) {
+                    Some("opener of the session".into())
+                } else {
+                    session_target()
+                }
+            }
+            _ => None,
+        };
     match hit {
         Some(why) => allow(why),
-        None => deny(match request.resource.name.as_deref() {
-            Some(n) => format!(
-                "no grant allows {} on {} {:?}",
-                request.action,
-                kind_str(request.resource.kind),
-                n
-            ),
-            None => format!(
-                "no grant allows {} in tenant {:?}",
-                request.action, request.resource.tenant_id
-            ),
-        }),
-    }
-}
-
-/// The grant that reaches a session's target, from `targetKind`/`targetName` in the context.
-fn session_target_grant(request: &Request) -> Option<String> {
-    let target = context_value(request, "targetName")?;
-    match context_value(request, "targetKind")? {
-        "service" => Some(format!("service:{target}:session")),
-        "sandbox" => Some(format!("sandbox:{target}:reach")),
-        _ => None,
+        None => {
+            let mut why = concat(&["no grant allows ", &request.action]);
+            match request.resource.name.as_deref() {
+                Some(n) => {
+                    why.push_str(" on ");
+                    why.push_str(kind_str(request.resource.kind));
+                    why.push(' ');
+                    push_debug(&mut why, n);
+                }
+                None => {
+                    why.push_str(" in tenant ");
+                    push_debug(&mut why, &request.resource.tenant_id);
+                }
+            }
+            deny(why)
+        }
     }
 }

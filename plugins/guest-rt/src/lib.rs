@@ -32,13 +32,26 @@ impl Default for Arena {
     }
 }
 
+/// Least the arena grows linear memory by, in bytes: fewer `memory.grow` calls (each one asks the
+/// host's limiter) for guests that allocate a lot, while a call that fits in the initial heap
+/// never grows at all.
 #[cfg(target_arch = "wasm32")]
-const PAGE: usize = 65536;
+const GROW_CHUNK: usize = 64 << 10;
 
 #[cfg(target_arch = "wasm32")]
 extern "C" {
     /// Set by the linker: the first byte after static data and the stack.
     static __heap_base: u8;
+    /// Set by the linker: the end of the first page, i.e. the page size. The guests are linked
+    /// with 1-byte pages (custom-page-sizes), so that a fresh instance's memory is only as large
+    /// as its stack, data and initial heap, not a whole 64 KiB page; this keeps the arena
+    /// correct whatever the page size.
+    static __wasm_first_page_end: u8;
+}
+
+#[cfg(target_arch = "wasm32")]
+fn page_size() -> usize {
+    core::ptr::addr_of!(__wasm_first_page_end) as usize
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -48,7 +61,7 @@ unsafe impl GlobalAlloc for Arena {
         let end = &mut *self.end.get();
         if *end == 0 {
             *next = core::ptr::addr_of!(__heap_base) as usize;
-            *end = core::arch::wasm32::memory_size(0) * PAGE;
+            *end = core::arch::wasm32::memory_size(0) * page_size();
         }
         let align = layout.align();
         let start = match next.checked_add(align - 1) {
@@ -60,11 +73,12 @@ unsafe impl GlobalAlloc for Arena {
             None => return core::ptr::null_mut(),
         };
         if new_next > *end {
-            let pages = (new_next - *end).div_ceil(PAGE);
+            let page = page_size();
+            let pages = (new_next - *end).max(GROW_CHUNK).div_ceil(page);
             if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
                 return core::ptr::null_mut();
             }
-            *end += pages * PAGE;
+            *end += pages * page;
         }
         *next = new_next;
         start as *mut u8
