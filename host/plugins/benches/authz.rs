@@ -2,6 +2,12 @@
 //! call, as the server does it), natively (`decide_by_grants`), and wasmtime's floor (fresh
 //! instance + call of an empty component under the same per-call setup). Plain harness:
 //! `cargo bench -p nimbus-plugins --bench authz`. Prints per-call medians and the ratios.
+//!
+//! The cases are interleaved (one batch of each per round) so that load from other processes on a
+//! shared machine hits them alike; ratios are medians of the per-round ratios.
+//! `NIMBUS_BENCH_SECS` sets the total time (default 10), `NIMBUS_BENCH_ONLY=<case>` runs one case
+//! (for `valgrind --tool=callgrind`, which counts instructions deterministically: 200 warm-up
+//! calls + 15 batches of 200 with `NIMBUS_BENCH_SECS=0`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -23,39 +29,66 @@ fn thread_cpu_ns() -> Option<u64> {
         .ok()
 }
 
-struct Timing {
-    wall: Duration,
-    cpu: Option<Duration>,
+/// One measured case: per-batch wall time per call, and the thread's CPU time over its batches.
+struct Case<'a> {
+    name: &'static str,
+    label: &'static str,
+    f: Box<dyn FnMut() + 'a>,
+    wall: Vec<Duration>,
+    cpu_ns: u64,
+    calls: u64,
 }
 
-/// Runs `f` in batches for about `budget`: median wall time per call, mean CPU time per call.
-fn measure(budget: Duration, mut f: impl FnMut()) -> Timing {
-    for _ in 0..200 {
-        f();
-    }
-    let batch = 200u32;
-    let mut wall = Vec::new();
-    let cpu_start = thread_cpu_ns();
-    let start = Instant::now();
-    while start.elapsed() < budget || wall.len() < 15 {
+const BATCH: u32 = 200;
+
+impl Case<'_> {
+    fn batch(&mut self) {
+        let cpu = thread_cpu_ns();
         let t = Instant::now();
-        for _ in 0..batch {
-            f();
+        for _ in 0..BATCH {
+            (self.f)();
         }
-        wall.push(t.elapsed() / batch);
+        self.wall.push(t.elapsed() / BATCH);
+        if let (Some(a), Some(b)) = (cpu, thread_cpu_ns()) {
+            self.cpu_ns += b.saturating_sub(a);
+        }
+        self.calls += BATCH as u64;
     }
-    // The kernel updates a running thread's CPU time coarsely, so CPU time is a mean over the
-    // whole run rather than a per-batch median.
-    let calls = batch as u64 * wall.len() as u64;
-    let cpu = match (cpu_start, thread_cpu_ns()) {
-        (Some(a), Some(b)) => Some(Duration::from_nanos(b.saturating_sub(a) / calls)),
-        _ => None,
-    };
-    wall.sort();
-    Timing {
-        wall: wall[wall.len() / 2],
-        cpu,
+
+    fn median(&self) -> f64 {
+        let mut w = self.wall.clone();
+        w.sort();
+        w[w.len() / 2].as_nanos() as f64
     }
+
+    /// Mean CPU ns per call: the kernel updates a running thread's CPU time coarsely, so this is
+    /// a mean over all batches rather than a per-batch median.
+    fn cpu(&self) -> f64 {
+        self.cpu_ns as f64 / self.calls.max(1) as f64
+    }
+}
+
+fn case<'a>(name: &'static str, label: &'static str, f: Box<dyn FnMut() + 'a>) -> Case<'a> {
+    Case {
+        name,
+        label,
+        f,
+        wall: Vec::new(),
+        cpu_ns: 0,
+        calls: 0,
+    }
+}
+
+/// Median over rounds of `a`'s per-call wall time divided by `b`'s in the same round.
+fn ratio(a: &Case, b: &Case) -> f64 {
+    let mut r: Vec<f64> = a
+        .wall
+        .iter()
+        .zip(&b.wall)
+        .map(|(x, y)| x.as_nanos() as f64 / (y.as_nanos() as f64).max(1.0))
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
 }
 
 fn request() -> AuthzRequest {
@@ -96,12 +129,18 @@ const EMPTY_COMPONENT_WITH_MEMORY: &str = r#"(component
     (core instance $i (instantiate $m))
     (func (export "run") (canon lift (core func $i "run"))))"#;
 
+/// The same, with 16 KiB of memory in 1-byte pages: about what the bundled guests start with.
+const EMPTY_COMPONENT_WITH_SMALL_MEMORY: &str = r#"(component
+    (core module $m (memory (export "memory") 16384 (pagesize 1)) (func (export "run")))
+    (core instance $i (instantiate $m))
+    (func (export "run") (canon lift (core func $i "run"))))"#;
+
 fn main() {
     let budget = Duration::from_secs(
         std::env::var("NIMBUS_BENCH_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(3),
+            .unwrap_or(10),
     );
     let dir = std::env::temp_dir().join(format!("nimbus-plugins-bench-{}", std::process::id()));
     let config: PluginsConfig = PluginsConfig {
@@ -123,77 +162,78 @@ fn main() {
     let with_memory = wat::parse_str(EMPTY_COMPONENT_WITH_MEMORY).expect("component with memory");
     let floor_mem = Floor::new(&with_memory).expect("floor component with memory");
 
+    let small = wat::parse_str(EMPTY_COMPONENT_WITH_SMALL_MEMORY).expect("small memory");
+    let floor_small = Floor::new(&small).expect("floor component with small memory");
+
     let only = std::env::var("NIMBUS_BENCH_ONLY").unwrap_or_default();
-    let run = |name: &str| only.is_empty() || only == name;
-    let skipped = || Timing {
-        wall: Duration::from_nanos(1),
-        cpu: None,
-    };
-    let t_floor = if run("floor") {
-        measure(budget, || floor.run_once().expect("floor call"))
-    } else {
-        skipped()
-    };
-    let t_floor_mem = if run("floor-memory") {
-        measure(budget, || floor_mem.run_once().expect("floor call"))
-    } else {
-        skipped()
-    };
-    let t_plugin = if run("plugin") {
-        measure(budget, || {
-            black_box(authz.authorize(black_box(&req)));
-        })
-    } else {
-        skipped()
-    };
-    let t_native = if run("native") {
-        measure(budget, || {
-            black_box(decide_by_grants(black_box(&req)));
-        })
-    } else {
-        skipped()
-    };
+    let mut cases = vec![
+        case(
+            "floor",
+            "wasmtime floor (instantiate + call empty component)",
+            Box::new(|| floor.run_once().expect("floor call")),
+        ),
+        case(
+            "floor-memory",
+            "floor with one 64 KiB memory page                  ",
+            Box::new(|| floor_mem.run_once().expect("floor call")),
+        ),
+        case(
+            "floor-small-memory",
+            "floor with 16 KiB of 1-byte-page memory            ",
+            Box::new(|| floor_small.run_once().expect("floor call")),
+        ),
+        case(
+            "plugin",
+            "grants-policy component (instantiate + call)       ",
+            Box::new(|| {
+                black_box(authz.authorize(black_box(&req)));
+            }),
+        ),
+        case(
+            "native",
+            "native decide_by_grants                            ",
+            Box::new(|| {
+                black_box(decide_by_grants(black_box(&req)));
+            }),
+        ),
+    ];
+    cases.retain(|c| only.is_empty() || c.name == only);
+    for c in &mut cases {
+        for _ in 0..BATCH {
+            (c.f)();
+        }
+    }
+    let start = Instant::now();
+    let mut rounds = 0;
+    while start.elapsed() < budget || rounds < 15 {
+        for c in &mut cases {
+            c.batch();
+        }
+        rounds += 1;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 
-    let ns = |d: Duration| d.as_nanos() as f64;
-    let cpu = |t: &Timing| t.cpu.map(ns).unwrap_or(f64::NAN);
     println!(
-        "authz decision per call ({}s per case)          wall ns (median)  cpu ns (mean)",
-        budget.as_secs()
+        "authz decision per call ({rounds} interleaved rounds of {BATCH} calls)  wall ns (median)  cpu ns (mean)"
     );
-    for (name, t) in [
-        (
-            "wasmtime floor (instantiate + call empty component)",
-            &t_floor,
-        ),
-        (
-            "floor with one 64 KiB memory page                  ",
-            &t_floor_mem,
-        ),
-        (
-            "grants-policy component (instantiate + call)       ",
-            &t_plugin,
-        ),
-        (
-            "native decide_by_grants                            ",
-            &t_native,
-        ),
-    ] {
-        println!("  {name} {:>9.0} {:>10.0}", ns(t.wall), cpu(t));
+    for c in &cases {
+        println!("  {} {:>9.0} {:>10.0}", c.label, c.median(), c.cpu());
     }
-    println!(
-        "  plugin / floor:  {:.2}x wall, {:.2}x cpu",
-        ns(t_plugin.wall) / ns(t_floor.wall),
-        cpu(&t_plugin) / cpu(&t_floor)
-    );
-    println!(
-        "  plugin / floor with memory:  {:.2}x wall, {:.2}x cpu",
-        ns(t_plugin.wall) / ns(t_floor_mem.wall),
-        cpu(&t_plugin) / cpu(&t_floor_mem)
-    );
-    println!(
-        "  plugin / native: {:.0}x wall, {:.0}x cpu",
-        ns(t_plugin.wall) / ns(t_native.wall).max(1.0),
-        cpu(&t_plugin) / cpu(&t_native).max(1.0)
-    );
+    let get = |name: &str| cases.iter().find(|c| c.name == name);
+    if let Some(plugin) = get("plugin") {
+        for (name, what) in [
+            ("floor", "plugin / floor"),
+            ("floor-small-memory", "plugin / floor with 16 KiB memory"),
+            ("floor-memory", "plugin / floor with 64 KiB memory"),
+            ("native", "plugin / native"),
+        ] {
+            if let Some(other) = get(name) {
+                println!(
+                    "  {what}: {:.2}x wall (median of rounds), {:.2}x cpu",
+                    ratio(plugin, other),
+                    plugin.cpu() / other.cpu().max(1.0)
+                );
+            }
+        }
+    }
 }
