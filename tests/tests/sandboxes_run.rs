@@ -318,3 +318,51 @@ fn count_monitors(s: &Server) -> usize {
         .filter(|c| c.contains("__monitor") && c.contains(&dir))
         .count()
 }
+
+#[tokio::test]
+async fn image_pull_from_the_cli_shows_progress_and_sandboxes_then_start_without_the_registry() {
+    let reg = registry_with_busybox();
+    let s = Server::start().await;
+    let reference = format!("{}/e2e/busybox:v1", reg.host);
+    let (st, out, err) = s.cli(&["image", "pull", &reference]);
+    assert!(st.success(), "image pull failed: {err}");
+    assert!(
+        err.contains("pulling") && err.contains("MiB"),
+        "no pull progress: {err}"
+    );
+    assert!(
+        err.contains("unpacking layer 1 of 1"),
+        "no unpack progress: {err}"
+    );
+    assert!(out.contains(&reference) && out.contains("sha256:"), "{out}");
+    let (st, out, _) = s.cli(&["image", "list"]);
+    assert!(st.success());
+    assert!(out.lines().any(|l| l.starts_with(&reference)), "{out}");
+    let (st, _, err) = s.cli(&["image", "pull", "no such:ref"]);
+    assert!(!st.success());
+    assert!(err.contains("not an image reference"), "{err}");
+
+    // The registry is gone; the pulled image is all the sandbox needs.
+    drop(reg);
+    let id = create(&s, sandbox(&reference, &["echo", "from the store"])).await;
+    // Following the logs right after the create waits for the launch and streams the output.
+    let resp = s
+        .client
+        .get(format!(
+            "{}{T}/sandboxes/{id}/logs?follow=true",
+            s.base_url()
+        ))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "logs: {}", resp.status());
+    let text = tokio::time::timeout(Duration::from_secs(60), resp.text())
+        .await
+        .expect("the followed log ends when the process exits")
+        .unwrap();
+    assert_eq!(text, "from the store\n");
+    let v = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(v["status"]["exitCode"], 0, "{v}");
+    delete_all(&s, &[&id]).await;
+}

@@ -5,6 +5,7 @@ mod admin_cmd;
 mod bootstrap;
 mod config;
 mod doctor_cmd;
+mod image_cmd;
 mod plugin_cmd;
 mod serve_cmd;
 
@@ -31,6 +32,8 @@ enum Command {
     Credential(admin_cmd::CredentialArgs),
     /// Check that this host can run sandboxes, and say exactly what to fix.
     Doctor(doctor_cmd::DoctorArgs),
+    /// Pull images into the store ahead of time (with progress) and list them.
+    Image(image_cmd::ImageArgs),
     /// Manage the WebAssembly plugin store.
     Plugin(plugin_cmd::PluginArgs),
 }
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
             Command::Tenant(args) => admin_cmd::run_tenant(args).await,
             Command::Credential(args) => admin_cmd::run_credential(args).await,
             Command::Doctor(args) => doctor_cmd::run(args).await,
+            Command::Image(args) => image_cmd::run(args).await,
             Command::Plugin(args) => plugin_cmd::run(args).await,
         }
     });

@@ -250,14 +250,23 @@ impl ImageStore {
         let tmp = self
             .root
             .join("layers")
-            .join(format!(".tmp-{}", digest.trim_start_matches("sha256:")));
+            // Per process: `nimbus image pull` may unpack beside a running server.
+            .join(format!(
+                ".tmp-{}-{}",
+                digest.trim_start_matches("sha256:"),
+                std::process::id()
+            ));
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if tmp.exists() {
                 std::fs::remove_dir_all(&tmp)?;
             }
             std::fs::create_dir_all(&tmp)?;
             unpack_layer(&blob, &tmp)?;
-            std::fs::rename(&tmp, &dest)
+            match std::fs::rename(&tmp, &dest) {
+                // Another process finished the same layer first: theirs is as good.
+                Err(_) if dest.is_dir() => std::fs::remove_dir_all(&tmp),
+                other => other,
+            }
         })
         .await
         .map_err(|e| std::io::Error::other(format!("layer unpack task failed: {e}")))?;
@@ -286,6 +295,22 @@ impl ImageStore {
         let tmp = crate::registry::tmp_path(&dest);
         std::fs::copy(src, &tmp)?;
         std::fs::rename(tmp, dest)
+    }
+
+    /// Every image this store has resolved, sorted by reference.
+    pub fn list(&self) -> std::io::Result<Vec<ImageRecord>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("images"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                // A record being written is a temp file; a malformed one is skipped, as `pull` does.
+                if let Ok(rec) = serde_json::from_slice::<ImageRecord>(&std::fs::read(&path)?) {
+                    out.push(rec);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
     }
 
     pub fn lookup(&self, key: &str) -> Result<Option<Image>, RegistryError> {

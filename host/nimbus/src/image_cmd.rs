@@ -1,0 +1,161 @@
+//! `nimbus image …`: pull images into the server's image store ahead of time (with progress),
+//! and list what the store holds. A sandbox whose image was pulled here starts without
+//! touching the registry. The logic lives in `nimbus_runtime::images::ImageStore`.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nimbus_runtime::reference::ImageRef;
+use nimbus_runtime::ProgressEvent;
+
+use crate::config::{default_data_dir, Config};
+
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    /// Where the server keeps its state (default: $HOME/.local/share/nimbus), as for `serve`.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Operator configuration (nimbus.toml): registry mirrors, plain-HTTP registries.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image by reference (e.g. `docker.io/library/python:3.12-slim`), showing progress.
+    Pull { reference: String },
+    /// List the images in the store: reference, manifest digest, layer count.
+    List,
+}
+
+pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let data_dir = match args.data_dir.clone().or(config.server.data_dir.clone()) {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let runtime = nimbus_runtime::Runtime::open(&data_dir, &config.runtime)
+        .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
+    let images = runtime.images();
+    match args.command {
+        ImageCommand::Pull { reference } => {
+            let r = ImageRef::parse(&reference)
+                .map_err(|e| anyhow::anyhow!("{reference:?} is not an image reference: {e}"))?;
+            let progress = ProgressPrinter::new();
+            let started = Instant::now();
+            let img = images
+                .pull(&r, &|e| progress.event(e))
+                .await
+                .map_err(|e| anyhow::anyhow!("pulling {r}: {e}"))?;
+            progress.finish();
+            println!(
+                "{r}: {} ({} layer{}) in {:.1} s",
+                img.record.manifest_digest,
+                img.record.layers.len(),
+                if img.record.layers.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                started.elapsed().as_secs_f64()
+            );
+        }
+        ImageCommand::List => {
+            let mut out = std::io::stdout().lock();
+            for rec in images.list().context("reading the image store")? {
+                let _ = writeln!(
+                    out,
+                    "{}\t{}\t{} layer{}",
+                    rec.reference,
+                    rec.manifest_digest,
+                    rec.layers.len(),
+                    if rec.layers.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints pull progress on stderr: one self-updating line on a terminal, otherwise a line per
+/// phase and at most one a second within a phase (so logs stay readable).
+struct ProgressPrinter {
+    tty: bool,
+    last: Mutex<(Option<Instant>, String)>,
+}
+
+impl ProgressPrinter {
+    fn new() -> ProgressPrinter {
+        ProgressPrinter {
+            tty: std::io::stderr().is_terminal(),
+            last: Mutex::new((None, String::new())),
+        }
+    }
+
+    fn event(&self, e: ProgressEvent) {
+        let (phase, text, complete) = match e {
+            ProgressEvent::Pulling {
+                reference,
+                bytes_done,
+                bytes_total,
+            } => (
+                "pull",
+                format!(
+                    "pulling {reference}: {:.1} of {:.1} MiB",
+                    bytes_done as f64 / 1048576.0,
+                    bytes_total as f64 / 1048576.0
+                ),
+                bytes_done >= bytes_total,
+            ),
+            ProgressEvent::Unpacking {
+                layer,
+                index,
+                count,
+            } => (
+                "unpack",
+                format!(
+                    "unpacking layer {index} of {count} ({})",
+                    layer.get(..19).unwrap_or(&layer)
+                ),
+                true,
+            ),
+            _ => return,
+        };
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        let every = if self.tty {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        let new_phase = !last.1.starts_with(phase);
+        if !new_phase && !complete && last.0.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        *last = (Some(Instant::now()), format!("{phase} {text}"));
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r\x1b[2K{text}")
+        } else {
+            writeln!(err, "{text}")
+        };
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
