@@ -281,7 +281,23 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so the server removes what only it uses (its warm network pool); SIGKILL
+    /// if it has not stopped within a few seconds.
     fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    self.child = None;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.kill9();
     }
 }

@@ -18,9 +18,11 @@ pub trait SandboxControl: Send + Sync {
     fn stop(&self, tenant: Name, id: SandboxId);
     /// Removes every trace of the sandbox from the host; called before its record is deleted.
     fn teardown<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<(), Error>>;
-    /// The sandbox's output, as chunks; with `follow`, until the process exits.
+    /// The sandbox's output, as chunks; with `follow`, until the process exits (waiting for
+    /// the process first when the sandbox is still being launched).
     fn logs<'a>(
         &'a self,
+        tenant: &'a Name,
         id: &'a SandboxId,
         follow: bool,
     ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error>>;

@@ -58,6 +58,12 @@ impl SandboxController {
         if let Err(e) = self.adopt().await {
             tracing::error!(error = %e, "adopting sandboxes after start failed; they will be reconciled by the watcher");
         }
+        // Networks for the first launches are prepared now rather than during them.
+        if self.cached_preflight().is_none() {
+            if let Err(e) = self.runtime.warm_up().await {
+                tracing::warn!(error = %e, "could not prepare the sandbox network ahead of launches");
+            }
+        }
         loop {
             tokio::time::sleep(WATCH_INTERVAL).await;
             if let Err(e) = self.watch_once().await {
@@ -122,6 +128,12 @@ impl SandboxController {
         Ok(())
     }
 
+    /// At server shutdown: removes what only this process would use (the warm pool's
+    /// namespaces). Sandboxes keep running.
+    pub async fn shutdown(&self) {
+        self.runtime.drain_pool().await;
+    }
+
     async fn store_has(&self, id: &SandboxId) -> Option<bool> {
         // Sandbox ids are unique across tenants; a terminal record still counts as known.
         self.store
@@ -153,6 +165,17 @@ impl SandboxController {
             }
         }
         Ok(())
+    }
+
+    /// Whether the sandbox is waiting for, or in the middle of, its launch.
+    async fn launching(&self, tenant: &Name, id: &SandboxId) -> bool {
+        matches!(
+            self.store.get_sandbox(tenant, id.as_str()).await,
+            Ok(Some(r)) if matches!(
+                r.status.lifecycle_state,
+                SandboxState::Pending | SandboxState::Creating
+            )
+        )
     }
 
     fn is_busy(&self, id: &str) -> bool {
@@ -247,39 +270,9 @@ impl SandboxController {
     }
 
     async fn launch_inner(self: &Arc<Self>, tenant: &Name, id: &SandboxId) {
-        // pending → creating, unless it was stopped or deleted meanwhile.
-        let record = match self
-            .store
-            .update_sandbox(
-                tenant,
-                id.as_str(),
-                |r| {
-                    let next = r
-                        .status
-                        .lifecycle_state
-                        .on(SandboxEvent::LaunchBegan)
-                        .map_err(|t| {
-                            Error::invalid_transition("sandbox", id.as_str(), t.from, "not pending")
-                        })?;
-                    let now = Utc::now();
-                    r.status.lifecycle_state = next;
-                    set_condition(
-                        &mut r.status.conditions,
-                        "Ready",
-                        ConditionStatus::False,
-                        "Creating",
-                        "preparing the root filesystem and network",
-                        now,
-                        r.meta.generation,
-                    );
-                    Ok(())
-                },
-                None,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => return,
+        let record = match self.store.get_sandbox(tenant, id.as_str()).await {
+            Ok(Some(r)) if r.status.lifecycle_state == SandboxState::Pending => r,
+            _ => return,
         };
         let mut spec = record.spec.clone();
         if spec.workload_identity {
@@ -295,12 +288,60 @@ impl SandboxController {
                 .environment
                 .insert("NIMBUS_WORKLOAD_IDENTITY_TOKEN".into(), token);
         }
-        let progress = ProgressWriter::new(self.store.clone(), tenant.clone(), id.clone());
-        let outcome = self
+        // pending → creating is recorded while the launch runs, not before it: the durable
+        // write costs as much as a good part of the launch and nothing in the launch needs it.
+        // Progress is written only once `creating` is, so a first "Pulling" cannot be lost.
+        let (began_tx, began_rx) = tokio::sync::watch::channel(false);
+        let began = self.store.update_sandbox(
+            tenant,
+            id.as_str(),
+            |r| {
+                let next = r
+                    .status
+                    .lifecycle_state
+                    .on(SandboxEvent::LaunchBegan)
+                    .map_err(|t| {
+                        Error::invalid_transition("sandbox", id.as_str(), t.from, "not pending")
+                    })?;
+                r.status.lifecycle_state = next;
+                set_condition(
+                    &mut r.status.conditions,
+                    "Ready",
+                    ConditionStatus::False,
+                    "Creating",
+                    "preparing the root filesystem and network",
+                    Utc::now(),
+                    r.meta.generation,
+                );
+                Ok(())
+            },
+            None,
+        );
+        let began = async {
+            let result = began.await;
+            let _ = began_tx.send(result.is_ok());
+            result
+        };
+        let progress =
+            ProgressWriter::new(self.store.clone(), tenant.clone(), id.clone(), began_rx);
+        let launch = self
             .runtime
-            .launch(id, tenant.as_str(), &spec, |e| progress.event(e))
-            .await;
+            .launch(id, tenant.as_str(), &spec, |e| progress.event(e));
+        let (began, outcome) = tokio::join!(began, launch);
         progress.flush().await;
+        if let Err(e) = began {
+            // Stopped or deleted while it was still pending (or the write failed): whatever
+            // the launch made must not outlive the record's say-so.
+            if !matches!(e.code, ErrorCode::NotFound | ErrorCode::InvalidTransition) {
+                tracing::warn!(sandbox = %id, error = %e, "could not record a launch start; undoing the launch");
+            }
+            if outcome.is_ok() {
+                if let Err(e) = self.runtime.delete(id).await {
+                    tracing::warn!(sandbox = %id, error = %e, "could not undo a launch");
+                }
+            }
+            return;
+        }
         match outcome {
             Ok(launched) => {
                 let endpoint = Endpoint {
@@ -443,6 +484,9 @@ struct ProgressWriter {
     tenant: Name,
     id: SandboxId,
     state: Arc<Mutex<ProgressState>>,
+    /// Becomes true once the sandbox is recorded as `creating`; closed without becoming true
+    /// if that write failed.
+    began: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Default)]
@@ -453,12 +497,18 @@ struct ProgressState {
 }
 
 impl ProgressWriter {
-    fn new(store: Store, tenant: Name, id: SandboxId) -> ProgressWriter {
+    fn new(
+        store: Store,
+        tenant: Name,
+        id: SandboxId,
+        began: tokio::sync::watch::Receiver<bool>,
+    ) -> ProgressWriter {
         ProgressWriter {
             store,
             tenant,
             id,
             state: Arc::new(Mutex::new(ProgressState::default())),
+            began,
         }
     }
 
@@ -510,7 +560,11 @@ impl ProgressWriter {
 
     fn write(&self, reason: &'static str, message: String) {
         let (store, tenant, id) = (self.store.clone(), self.tenant.clone(), self.id.clone());
+        let mut began = self.began.clone();
         tokio::spawn(async move {
+            if began.wait_for(|b| *b).await.is_err() {
+                return;
+            }
             let _ = store
                 .update_sandbox(
                     &tenant,
@@ -571,15 +625,27 @@ impl SandboxControl for ControlHandle {
 
     fn logs<'a>(
         &'a self,
+        tenant: &'a Name,
         id: &'a SandboxId,
         follow: bool,
     ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error>> {
         Box::pin(async move {
-            match self.0.runtime.logs(id, follow).await {
-                Ok(stream) => Ok(stream.into_receiver()),
-                // Never launched (or launch failed before it had a state dir): no output.
-                Err(RuntimeError::NotFound(_)) => Ok(tokio::sync::mpsc::channel(1).1),
-                Err(e) => Err(Error::internal(e)),
+            // Following a sandbox that is still being launched waits for its output to exist,
+            // so "create, then follow the logs" sees the first byte as soon as it is written.
+            let mut wait = Duration::from_millis(1);
+            loop {
+                match self.0.runtime.logs(id, follow).await {
+                    Ok(stream) => return Ok(stream.into_receiver()),
+                    Err(RuntimeError::NotFound(_))
+                        if follow && self.0.launching(tenant, id).await =>
+                    {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_millis(100));
+                    }
+                    // Never launched (or the launch failed before it had a state dir): no output.
+                    Err(RuntimeError::NotFound(_)) => return Ok(tokio::sync::mpsc::channel(1).1),
+                    Err(e) => return Err(Error::internal(e)),
+                }
             }
         })
     }

@@ -106,7 +106,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (None, None)
         }
     };
-    let controller_task = controller.map(|c| tokio::spawn(c.run()));
+    let controller_task = controller.clone().map(|c| tokio::spawn(c.run()));
     // Plugins: the authorization policy every request passes through, and health checks.
     let plugins =
         nimbus_plugins::PluginHost::open(&data_dir, &config.plugins).context("loading plugins")?;
@@ -135,6 +135,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     health_task.abort();
     if let Some(t) = controller_task {
         t.abort();
+    }
+    if let Some(c) = controller {
+        c.shutdown().await;
     }
     store.close().await;
     tracing::info!("stopped cleanly");

@@ -40,6 +40,135 @@ fn first_byte_of(mut cmd: Command) -> Duration {
     t
 }
 
+/// The `nimbus` server binary: `NIMBUS_BIN`, else the one built next to this bench.
+fn nimbus_bin() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("NIMBUS_BIN") {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("nimbus");
+    p.exists().then_some(p)
+}
+
+/// A real `nimbus serve` (bridge and subnet of its own) for the through-the-API column.
+struct ApiServer {
+    child: std::process::Child,
+    base: String,
+    token: String,
+    client: reqwest::Client,
+    _root: tempfile::TempDir,
+}
+
+impl ApiServer {
+    async fn start(bin: &std::path::Path) -> ApiServer {
+        let root = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = root.path().join("nimbus.toml");
+        std::fs::write(
+            &config,
+            "[runtime]\nbridge = \"nmbbench\"\nsubnet = \"10.232.0.0/24\"\n",
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(root.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .env("HOME", root.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let adc = root
+            .path()
+            .join(".config/nimbus/application_default_credentials.json");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let up = client.get(format!("{base}/healthz")).send().await.is_ok();
+            if up && adc.exists() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nimbus serve did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cred: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&adc).unwrap()).unwrap();
+        ApiServer {
+            child,
+            base,
+            token: cred["token"].as_str().unwrap().to_string(),
+            client,
+            _root: root,
+        }
+    }
+
+    /// POST a sandbox running `argv`, then follow its logs: time to the first byte of output.
+    async fn first_byte(&self, image: &str, argv: &[&str]) -> Duration {
+        let body = serde_json::json!({ "profile": "worker", "spec": {
+            "owner": { "kind": "standalone", "displayName": "bench" },
+            "backend": "container",
+            "root": { "kind": "oci_image", "source": { "kind": "reference", "reference": image } },
+            "process": { "argv": argv }
+        }});
+        let sandboxes = format!("{}/v1/tenants/demo/sandboxes", self.base);
+        let start = Instant::now();
+        let created: serde_json::Value = self
+            .client
+            .post(&sandboxes)
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let Some(id) = created["metadata"]["id"].as_str().map(str::to_string) else {
+            panic!("create answered {created}");
+        };
+        let mut logs = self
+            .client
+            .get(format!("{sandboxes}/{id}/logs?follow=true"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let chunk = logs.chunk().await.unwrap();
+        let t = start.elapsed();
+        assert!(chunk.is_some_and(|c| !c.is_empty()), "no output from {id}");
+        drop(logs);
+        let _ = self
+            .client
+            .delete(format!("{sandboxes}/{id}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
+        t
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
 fn main() {
     require_host();
     if std::env::var_os("RUST_LOG").is_some() {
@@ -57,7 +186,8 @@ fn main() {
         reg.push_busybox("tools/busybox", "v1").await;
         let image = format!("{}/tools/busybox:v1", reg.host);
         let data = tempfile::tempdir().unwrap();
-        let rt = runtime(50, data.path(), |_| {});
+        let rt = runtime(50, data.path(), |c| c.warm_pool = 2);
+        rt.warm_up().await.unwrap();
         // Pull once (not measured), and warm up.
         let (_, _) = run_to_end(&rt, &spec(&image, &["echo", "warm"])).await;
 
@@ -77,6 +207,19 @@ fn main() {
             }
             nimbus.push(start.elapsed());
             rt.delete(&id).await.unwrap();
+        }
+
+        // Through the API: a real server, POST the sandbox, follow its logs to the first byte.
+        let mut api = Vec::new();
+        match nimbus_bin() {
+            Some(bin) => {
+                let server = ApiServer::start(&bin).await;
+                server.first_byte(&image, &["echo", "warm"]).await;
+                for _ in 0..ROUNDS {
+                    api.push(server.first_byte(&image, &["echo", "hi"]).await);
+                }
+            }
+            None => println!("no nimbus binary (build it with `cargo build --release -p nimbus` or set NIMBUS_BIN): API column skipped"),
         }
 
         // Raw crun: an equivalent bundle (same busybox rootfs as a plain dir, crun's default
@@ -184,23 +327,36 @@ fn main() {
         let n = median(nimbus);
         let l = median(launch_only);
         let c = median(crun);
+        let h = median(crun_hardened);
         println!("create -> first byte of output (median of {ROUNDS}, image already pulled)");
-        println!("  nimbus launch   {:>8.1} ms", n.as_secs_f64() * 1e3);
+        let api_median = (!api.is_empty()).then(|| median(api));
+        if let Some(a) = api_median {
+            println!("  nimbus API      {:>8.1} ms   (POST the sandbox, follow its logs)", a.as_secs_f64() * 1e3);
+        }
+        println!("  nimbus launch   {:>8.1} ms   (the runtime alone, no HTTP or store)", n.as_secs_f64() * 1e3);
         println!("    of which launch() returned after {:>8.1} ms", l.as_secs_f64() * 1e3);
         println!("  raw crun run    {:>8.1} ms   (crun's default config)", c.as_secs_f64() * 1e3);
-        let h = median(crun_hardened);
         println!("  raw crun run    {:>8.1} ms   (Nimbus's hardened config.json, no overlay/netns wiring)", h.as_secs_f64() * 1e3);
         if !pod.is_empty() {
             let p = median(pod);
             println!("  podman run      {:>8.1} ms", p.as_secs_f64() * 1e3);
             println!(
-                "  ratio nimbus/podman   {:.2}x",
-                n.as_secs_f64() / p.as_secs_f64()
+                "  ratio {}/podman   {:.2}x",
+                if api_median.is_some() { "API" } else { "launch" },
+                api_median.unwrap_or(n).as_secs_f64() / p.as_secs_f64()
+            );
+        }
+        if let Some(a) = api_median {
+            println!(
+                "  ratio API/crun        {:.2}x (target <= 1.5x); against the hardened bundle {:.2}x",
+                a.as_secs_f64() / c.as_secs_f64(),
+                a.as_secs_f64() / h.as_secs_f64()
             );
         }
         println!(
-            "  ratio nimbus/crun     {:.2}x (target <= 1.5x)",
-            n.as_secs_f64() / c.as_secs_f64()
+            "  ratio launch/crun     {:.2}x; against the hardened bundle {:.2}x",
+            n.as_secs_f64() / c.as_secs_f64(),
+            n.as_secs_f64() / h.as_secs_f64()
         );
 
         // 50 concurrent creates.
@@ -232,5 +388,6 @@ fn main() {
         for id in ids {
             rt.delete(&id).await.unwrap();
         }
+        rt.drain_pool().await;
     });
 }

@@ -40,6 +40,9 @@ pub struct RuntimeConfig {
     /// Mount the v1 hugetlb hierarchy at open when the host needs it for crun (what
     /// `nimbus doctor --fix` does), instead of refusing container launches.
     pub fix_cgroups: bool,
+    /// Network namespaces kept created and wired ahead of launches (the warm pool); 0 wires
+    /// each sandbox's namespace during its launch.
+    pub warm_pool: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -58,6 +61,7 @@ impl Default for RuntimeConfig {
             nofile: 4096,
             monitor: None,
             fix_cgroups: false,
+            warm_pool: 2,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod images;
 pub mod monitor;
 pub mod network;
+pub mod pool;
 pub mod reference;
 pub mod registry;
 mod sandbox;

@@ -1,11 +1,12 @@
 //! The per-sandbox monitor (the role conmon plays for podman). One process per sandbox, in its
-//! own session so it outlives the server: it runs `crun create` with the container's stdio on a
-//! pipe it owns, becomes the container's parent (child subreaper), copies output into a bounded
-//! log, records the exit (code, signal, OOM kill) in `exit.json`, then deletes the crun container.
+//! own session so it outlives the server: it runs `crun run --detach` with the container's stdio
+//! on a pipe it owns, becomes the container's parent (child subreaper), copies output into a
+//! bounded log, records the exit (code, signal, OOM kill) in `exit.json`, then deletes the crun
+//! container. One crun invocation (not `create` then `start`) is a good part of why a launch is
+//! quick; the server makes sure the network is ready before it starts the monitor.
 //!
 //! Handshake with the launching server: the monitor prints one JSON line on stdout —
-//! `{"pid":N}` once the container is created (the server then runs `crun start`) or
-//! `{"error":"…"}` — and then stops using stdout.
+//! `{"pid":N}` once the container runs, or `{"error":"…"}` — and then stops using stdout.
 //!
 //! Entry points: the `nimbus-monitor` binary, or any binary that calls [`main_if_requested`]
 //! first thing in `main` (the `nimbus` server does), invoked as `<exe> __monitor …`.
@@ -162,7 +163,8 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
         .arg("--root")
         .arg(&a.crun_root)
         .arg(format!("--log=file:{}", crun_log.display()))
-        .arg("create")
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(a.dir.join("bundle"))
         .arg("--pid-file")
@@ -186,7 +188,7 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
             .trim()
             .to_string();
         let msg = if msg.is_empty() {
-            format!("crun create exited with {status}")
+            format!("crun run exited with {status}")
         } else {
             msg
         };
@@ -198,7 +200,13 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| "crun create left no readable pid file".to_string())?;
+        .ok_or_else(|| "crun run left no readable pid file".to_string())?;
+    // The compiled seccomp filter, kept beside the log before a quick exit removes crun's
+    // state (the server caches it so later launches skip the compilation).
+    let _ = std::fs::copy(
+        a.crun_root.join(&a.id).join("seccomp.bpf"),
+        a.dir.join("seccomp.bpf"),
+    );
     handshake(&serde_json::json!({ "pid": pid }));
     if let Ok(devnull) = File::options().write(true).open("/dev/null") {
         use std::os::fd::AsRawFd;

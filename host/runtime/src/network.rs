@@ -84,6 +84,9 @@ pub struct Network {
     alloc: Mutex<()>,
 }
 
+/// Lease owner prefix of addresses held by warm-pool namespaces.
+pub const POOL_OWNER: &str = "warm-pool:";
+
 fn short_hash(s: &str, n: usize) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))[..n].to_string()
 }
@@ -236,19 +239,92 @@ flush map inet {table} sandboxes
         }
     }
 
-    /// Creates the namespace, the veth pair and the sandbox's rules.
-    /// Creates the sandbox's network namespace (empty). The container can be created in it
-    /// while [`Network::connect`] wires it up.
+    /// Creates the sandbox's network namespace (empty).
     pub async fn create_netns(&self, net: &SandboxNet) -> Result<(), String> {
         run_cmd("ip", &["netns", "add", &net.netns], None)
             .await
             .map(|_| ())
     }
 
+    /// A namespace wired to the bridge but not yet anyone's: the warm pool keeps a few so a
+    /// launch does not pay for namespace creation and wiring. Its address has no verdict-map
+    /// entry, so until [`Network::apply_rules`] runs for its sandbox, all its traffic is dropped.
+    pub async fn prepare_unassigned(&self, token: &str) -> Result<SandboxNet, String> {
+        let address = self.allocate(&format!("{POOL_OWNER}{token}"))?;
+        let h = short_hash(token, 11);
+        let net = SandboxNet {
+            netns: format!("nimbus-{}-w{h}", self.bridge),
+            netns_path: PathBuf::from(format!("/run/netns/nimbus-{}-w{h}", self.bridge)),
+            host_if: format!("nbv{h}"),
+            address,
+            gateway: self.subnet.gateway(),
+            chain: String::new(),
+            tenant_set: String::new(),
+        };
+        let made = async {
+            self.create_netns(&net).await?;
+            self.link(&net).await
+        };
+        if let Err(e) = made.await {
+            let _ = self.teardown(&net).await;
+            self.release(address, &format!("{POOL_OWNER}{token}"));
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    /// Hands a prepared namespace to sandbox `id` of `tenant`: the lease changes owner and the
+    /// chain and tenant set are the sandbox's own (installed by [`Network::apply_rules`]).
+    pub fn assign(
+        &self,
+        prepared: SandboxNet,
+        token: &str,
+        id: &str,
+        tenant: &str,
+    ) -> Result<SandboxNet, String> {
+        let lease = self.leases.join(prepared.address.to_string());
+        let owner = std::fs::read_to_string(&lease).unwrap_or_default();
+        if owner != format!("{POOL_OWNER}{token}") {
+            return Err(format!(
+                "the lease of {} is held by {owner:?}, not the warm pool",
+                prepared.address
+            ));
+        }
+        // Not `monitor::write_atomic`: its temp name drops the address's last octet.
+        let tmp = crate::registry::tmp_path(&lease);
+        std::fs::write(&tmp, id.as_bytes())
+            .and_then(|()| std::fs::rename(&tmp, &lease))
+            .map_err(|e| format!("cannot write lease {}: {e}", lease.display()))?;
+        let plan = self.plan(id, tenant, prepared.address);
+        Ok(SandboxNet {
+            chain: plan.chain,
+            tenant_set: plan.tenant_set,
+            ..prepared
+        })
+    }
+
     /// Connects the namespace to the bridge (veth, isolated bridge port, /32 address, routes)
     /// and installs the sandbox's nftables chain. Must finish before the process starts.
     pub async fn connect(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<(), String> {
+        let (a, b) = tokio::join!(self.link(net), self.apply_rules(net, policy));
+        a?;
+        b
+    }
+
+    /// Installs the sandbox's chain, its verdict-map entry and its tenant-set membership.
+    pub async fn apply_rules(
+        &self,
+        net: &SandboxNet,
+        policy: &NetworkPolicy,
+    ) -> Result<(), String> {
         let rules = self.rules(net, policy)?;
+        run_cmd("nft", &["-f", "-"], Some(rules.as_bytes()))
+            .await
+            .map(|_| ())
+    }
+
+    /// The veth pair into the namespace, the isolated bridge port, the address and the routes.
+    pub async fn link(&self, net: &SandboxNet) -> Result<(), String> {
         let host = format!(
             "link add {h} type veth peer name eth0 netns {ns}\nlink set {h} master {br}\nlink set dev {h} type bridge_slave isolated on\nlink set {h} up\n",
             h = net.host_if,
@@ -261,15 +337,10 @@ flush map inet {table} sandboxes
             g = net.gateway
         );
         let ip_args = ["-n", net.netns.as_str(), "-b", "-"];
-        // The rules match by address, not interface, so they go in while the link is built.
-        let link = async {
-            run_cmd("ip", &["-b", "-"], Some(host.as_bytes())).await?;
-            run_cmd("ip", &ip_args, Some(inner.as_bytes())).await
-        };
-        let (a, b) = tokio::join!(link, run_cmd("nft", &["-f", "-"], Some(rules.as_bytes())));
-        a?;
-        b?;
-        Ok(())
+        run_cmd("ip", &["-b", "-"], Some(host.as_bytes())).await?;
+        run_cmd("ip", &ip_args, Some(inner.as_bytes()))
+            .await
+            .map(|_| ())
     }
 
     /// `create_netns` then `connect`.
@@ -327,16 +398,19 @@ flush map inet {table} sandboxes
         let table = &self.table;
         let a = net.address;
         let mut errors = Vec::new();
-        // Each statement separately: a missing element must not stop the rest.
-        for stmt in [
-            format!("delete element inet {table} sandboxes {{ {a} }}"),
-            format!("delete element inet {table} {} {{ {a} }}", net.tenant_set),
-            format!("delete chain inet {table} {c}"),
-        ] {
-            let _ = run_cmd("nft", &[&stmt], None).await;
-        }
-        if self.chain_exists(c).await {
-            errors.push(format!("nftables chain {c} is still present"));
+        // An unassigned (warm pool) namespace has no rules yet.
+        if !c.is_empty() {
+            // Each statement separately: a missing element must not stop the rest.
+            for stmt in [
+                format!("delete element inet {table} sandboxes {{ {a} }}"),
+                format!("delete element inet {table} {} {{ {a} }}", net.tenant_set),
+                format!("delete chain inet {table} {c}"),
+            ] {
+                let _ = run_cmd("nft", &[&stmt], None).await;
+            }
+            if self.chain_exists(c).await {
+                errors.push(format!("nftables chain {c} is still present"));
+            }
         }
         if net.netns_path.exists() {
             if let Err(e) = run_cmd("ip", &["netns", "delete", &net.netns], None).await {
@@ -345,6 +419,12 @@ flush map inet {table} sandboxes
         }
         if Path::new("/sys/class/net").join(&net.host_if).exists() {
             let _ = run_cmd("ip", &["link", "delete", &net.host_if], None).await;
+        }
+        if net.netns_path.exists() {
+            errors.push(format!("network namespace {} is still present", net.netns));
+        }
+        if Path::new("/sys/class/net").join(&net.host_if).exists() {
+            errors.push(format!("interface {} is still present", net.host_if));
         }
         if errors.is_empty() {
             Ok(())

@@ -22,6 +22,7 @@ use crate::doctor::{self, HostUnfit};
 use crate::images::{ContainerConfig, ImageStore};
 use crate::monitor::{ExitRecord, MonitorArgs};
 use crate::network::{Network, SandboxNet};
+use crate::pool::WarmPool;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, RegistryClient};
 use crate::{LaunchError, ProgressEvent, RuntimeError};
@@ -90,7 +91,8 @@ pub struct Runtime {
     root: PathBuf,
     config: RuntimeConfig,
     images: ImageStore,
-    network: Network,
+    network: Arc<Network>,
+    pool: Arc<WarmPool>,
     crun: PathBuf,
     crun_root: PathBuf,
     monitor: PathBuf,
@@ -130,7 +132,12 @@ impl Runtime {
         let client = RegistryClient::new(config, creds)?;
         let images = ImageStore::open(&root.join("images"), client)
             .map_err(|e| format!("cannot open the image store: {e}"))?;
-        let network = Network::new(&config.bridge, &config.subnet, &root.join("net"))?;
+        let network = Arc::new(Network::new(
+            &config.bridge,
+            &config.subnet,
+            &root.join("net"),
+        )?);
+        let pool = Arc::new(WarmPool::new(config.warm_pool, &root.join("net"))?);
         let crun = find_on_path(&config.crun).unwrap_or_else(|| config.crun.clone());
         let monitor = match &config.monitor {
             Some(m) => m.clone(),
@@ -153,6 +160,7 @@ impl Runtime {
             config: config.clone(),
             images,
             network,
+            pool,
             crun,
             crun_root: data_dir.join("runtime/crun"),
             monitor,
@@ -167,6 +175,36 @@ impl Runtime {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.root.join("sandboxes").join(id)
+    }
+
+    /// The bridge and base rules, once per process; namespaces a previous process left in the
+    /// warm pool are removed first (their addresses become free again).
+    async fn ensure_host(&self) -> Result<(), LaunchError> {
+        self.host_ready
+            .get_or_try_init(|| async {
+                self.pool.remove_stale(&self.network).await;
+                self.network.ensure_host(&self.known_nets()).await
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| internal(format!("setting up the sandbox bridge failed: {e}")))
+    }
+
+    /// Sets up the host network and fills the warm pool in the background, so the first
+    /// launches are as quick as later ones. Servers call it at start; launches refill anyway.
+    pub async fn warm_up(&self) -> Result<(), LaunchError> {
+        self.ensure_host().await?;
+        self.refill_pool();
+        Ok(())
+    }
+
+    fn refill_pool(&self) {
+        tokio::spawn(self.pool.clone().refill(self.network.clone()));
+    }
+
+    /// Removes the warm pool's namespaces and stops refilling it (at shutdown).
+    pub async fn drain_pool(&self) {
+        self.pool.drain(&self.network).await;
     }
 
     /// Launches `spec` as sandbox `id` of `tenant` and returns once its process runs. On failure
@@ -342,17 +380,34 @@ impl Runtime {
             ))
         })?;
 
-        // Network: the namespace now; its wiring runs while crun creates the container.
-        self.host_ready
-            .get_or_try_init(|| async { self.network.ensure_host(&self.known_nets()).await })
-            .await
-            .map_err(|e| internal(format!("setting up the sandbox bridge failed: {e}")))?;
+        // Network: a namespace from the warm pool, else one made and wired now.
+        self.ensure_host().await?;
         phase("rootfs+bridge");
-        let address = self.network.allocate(id).map_err(internal)?;
-        let net = self.network.plan(id, tenant, address);
+        let (net, wired) = match self.pool.take() {
+            Some(prepared) => {
+                let net = self
+                    .network
+                    .assign(prepared.net.clone(), &prepared.token, id, tenant);
+                if net.is_err() {
+                    // Not handed out: remove it like any other pool namespace.
+                    let _ = self.network.teardown(&prepared.net).await;
+                }
+                (net.map_err(internal)?, true)
+            }
+            None => {
+                tracing::debug!(sandbox = id, "warm pool empty: wiring a namespace now");
+                let address = self.network.allocate(id).map_err(internal)?;
+                (self.network.plan(id, tenant, address), false)
+            }
+        };
+        let address = net.address;
         meta.net = Some(net.clone());
         write_meta(dir, &meta)?;
-        self.network.create_netns(&net).await.map_err(internal)?;
+        if !wired {
+            self.network.create_netns(&net).await.map_err(internal)?;
+            self.network.link(&net).await.map_err(internal)?;
+        }
+        phase("netns");
 
         // OCI config.
         let hostname: String = id.chars().take(30).collect();
@@ -387,15 +442,27 @@ impl Runtime {
         std::fs::write(dir.join("bundle/config.json"), json).map_err(internal)?;
         phase("config");
 
-        // The monitor creates the container (and reports its pid or why it could not) while
-        // the network is wired; both must be done before the process starts.
-        let (created, connected) = tokio::join!(
-            self.spawn_monitor(id, dir),
-            self.network.connect(&net, &spec.network)
-        );
+        // The monitor runs the container and reports its pid (or why it could not). Until the
+        // sandbox's rules are in, the namespace's traffic is dropped entirely (it has no
+        // verdict-map entry), so a sandbox that is allowed nothing can start at once while they
+        // go in; one with an allow-list waits for them so its first connection is not dropped.
+        let (created, ruled) = if spec.network.egress.allow.is_empty() {
+            tokio::join!(
+                self.spawn_monitor(id, dir),
+                self.network.apply_rules(&net, &spec.network)
+            )
+        } else {
+            let ruled = self.network.apply_rules(&net, &spec.network).await;
+            if let Err(e) = ruled {
+                return Err(internal(e));
+            }
+            (self.spawn_monitor(id, dir).await, Ok(()))
+        };
+        // Replace what was taken only now: preparing a namespace costs CPU the launch needed.
+        self.refill_pool();
         let line = created?;
-        connected.map_err(internal)?;
-        phase("created");
+        ruled.map_err(internal)?;
+        phase("running");
         let answer: serde_json::Value = serde_json::from_str(line.trim()).map_err(internal)?;
         if let Some(err) = answer["error"].as_str() {
             return Err(classify_create_error(err));
@@ -405,12 +472,8 @@ impl Runtime {
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| internal(format!("monitor said {line:?}")))?;
         if cached_bpf.is_none() {
-            self.remember_seccomp_bpf(id);
+            self.remember_seccomp_bpf(dir);
         }
-        self.crun_cmd(&["start", id])
-            .await
-            .map_err(|e| classify_create_error(&e))?;
-        phase("started");
         progress(ProgressEvent::Started { pid });
         Ok(Launched {
             pid,
@@ -488,10 +551,11 @@ impl Runtime {
             .filter(|s| !s.is_empty())
     }
 
-    /// Keeps the filter crun compiled for container `id` (its state dir's `seccomp.bpf`).
-    fn remember_seccomp_bpf(&self, id: &str) {
+    /// Keeps the filter crun compiled for a container (the monitor copies it from crun's state
+    /// into the sandbox dir, where it outlives a quick exit).
+    fn remember_seccomp_bpf(&self, dir: &Path) {
         use base64::Engine as _;
-        let Ok(bpf) = std::fs::read(self.crun_root.join(id).join("seccomp.bpf")) else {
+        let Ok(bpf) = std::fs::read(dir.join("seccomp.bpf")) else {
             return;
         };
         // A classic BPF program is a sequence of 8-byte instructions.
@@ -679,6 +743,8 @@ impl Runtime {
 
     /// Traces of sandbox `id` still present on the host (empty after a successful delete):
     /// its state dir, crun container, network namespace, nftables chain, cgroups, mounts.
+    /// A namespace taken from the warm pool is not named after the sandbox; `delete` checks
+    /// that one by the names recorded in the sandbox's state (see `Network::teardown`).
     pub async fn leftovers(&self, id: &str) -> Vec<String> {
         let mut out = Vec::new();
         let dir = self.dir(id);
@@ -869,6 +935,7 @@ async fn stream_logs(dir: PathBuf, follow: bool, tx: tokio::sync::mpsc::Sender<V
     let path = dir.join("log");
     let mut offset = 0u64;
     let mut ino = None;
+    let mut watch = DirWatch::new(&dir);
     loop {
         let exited = dir.join("exit.json").exists() || !dir.exists();
         if let Ok(mut f) = tokio::fs::File::open(&path).await {
@@ -893,6 +960,61 @@ async fn stream_logs(dir: PathBuf, follow: bool, tx: tokio::sync::mpsc::Sender<V
         if !follow || exited {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        watch.changed().await;
+    }
+}
+
+/// Wakes a log follower as soon as the sandbox's state dir changes (output appended, the log
+/// rotated, the exit recorded) instead of on a timer, so followed output arrives when it is
+/// written. Falls back to polling where inotify is unavailable.
+struct DirWatch(Option<tokio::io::unix::AsyncFd<InotifyFd>>);
+
+/// `AsyncFd` needs `AsRawFd`, which nix's `Inotify` does not implement.
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl DirWatch {
+    /// Even with a watch, look again now and then: a missed event must not stall a follower.
+    const FALLBACK: Duration = Duration::from_millis(500);
+
+    fn new(dir: &Path) -> DirWatch {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .ok()
+            .and_then(|i| {
+                i.add_watch(
+                    dir,
+                    AddWatchFlags::IN_MODIFY
+                        | AddWatchFlags::IN_CREATE
+                        | AddWatchFlags::IN_MOVED_TO
+                        | AddWatchFlags::IN_DELETE_SELF,
+                )
+                .ok()?;
+                // SAFETY: the AsyncFd owns the InotifyFd, which owns the descriptor, so it
+                // stays open and the same for the AsyncFd's whole life.
+                #[allow(unsafe_code)]
+                unsafe {
+                    tokio::io::unix::AsyncFd::register(InotifyFd(i)).ok()
+                }
+            });
+        DirWatch(watch)
+    }
+
+    async fn changed(&mut self) {
+        let Some(fd) = &self.0 else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        };
+        if let Ok(Ok(mut ready)) = tokio::time::timeout(Self::FALLBACK, fd.readable()).await {
+            // Drain every queued event; one wake-up covers them all.
+            while fd.get_ref().0.read_events().is_ok_and(|e| !e.is_empty()) {}
+            ready.clear_ready();
+        }
     }
 }

@@ -22,7 +22,8 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
     let reg = Registry::start(None);
     reg.push_busybox("tools/busybox", "v1").await;
     let data = tempfile::tempdir().unwrap();
-    let rt = runtime(40, data.path(), |_| {});
+    let rt = runtime(40, data.path(), |c| c.warm_pool = 2);
+    rt.warm_up().await.unwrap();
     let image = format!("{}/tools/busybox:v1", reg.host);
     let table = "nimbus_nbt40";
     let dir = data.path().display().to_string();
@@ -49,9 +50,15 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
         );
         ids.push(id);
     }
+    // The warm pool's namespaces are the runtime's, not a sandbox's; at shutdown they go too.
+    rt.drain_pool().await;
     // Host-wide views, restricted to what this test created (other tests may run beside it).
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.contains("nimbus-nbt40-w"),
+        "warm-pool network namespaces left: {netns}"
+    );
     for id in &ids {
         assert!(
             !netns.contains(id.as_str()),
@@ -102,6 +109,13 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
             .count(),
         0,
         "state dirs left"
+    );
+    assert_eq!(
+        std::fs::read_dir(data.path().join("runtime/net/pool"))
+            .unwrap()
+            .count(),
+        0,
+        "warm-pool records left"
     );
     assert_eq!(
         std::fs::read_dir(data.path().join("runtime/net/leases"))

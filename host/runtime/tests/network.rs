@@ -196,7 +196,9 @@ async fn egress_is_denied_by_default_and_allowed_only_by_policy() {
     reg.push_busybox("tools/busybox", "v1").await;
     let image = format!("{}/tools/busybox:v1", reg.host);
     let data = tempfile::tempdir().unwrap();
-    let rt = runtime(n, data.path(), |_| {});
+    // The warm pool on: launches take prepared namespaces, as on a server.
+    let rt = runtime(n, data.path(), |c| c.warm_pool = 2);
+    rt.warm_up().await.unwrap();
 
     let t = |p: u16| vec![(inet.clone(), p)];
     assert_eq!(
@@ -228,6 +230,7 @@ async fn egress_is_denied_by_default_and_allowed_only_by_policy() {
         vec![true, true],
         "all-ports allow"
     );
+    rt.drain_pool().await;
     drop(net);
 }
 
@@ -271,7 +274,9 @@ async fn tenants_cannot_reach_each_other_and_the_host_reaches_endpoints() {
     require_host();
     let n = 32;
     let data = tempfile::tempdir().unwrap();
-    let rt = runtime(n, data.path(), |_| {});
+    // The warm pool on: launches take prepared namespaces, as on a server.
+    let rt = runtime(n, data.path(), |c| c.warm_pool = 2);
+    rt.warm_up().await.unwrap();
     let reg = Registry::start(None);
     reg.push_busybox("tools/busybox", "v1").await;
     let image = format!("{}/tools/busybox:v1", reg.host);
@@ -323,5 +328,6 @@ async fn tenants_cannot_reach_each_other_and_the_host_reaches_endpoints() {
         "same tenant, allowed"
     );
     rt.delete(&server).await.unwrap();
+    rt.drain_pool().await;
     assert!(rt.leftovers(server.as_str()).await.is_empty());
 }

@@ -318,7 +318,7 @@ pub async fn logs(
         .await?
         .ok_or_else(|| Error::not_found("sandbox", id.as_str()))?;
     let rx = match &app.control {
-        Some(control) => Some(control.logs(&id, follow).await?),
+        Some(control) => Some(control.logs(&tenant, &id, follow).await?),
         // No driver: nothing ever ran, so there is no output.
         None => None,
     };

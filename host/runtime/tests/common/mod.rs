@@ -366,6 +366,9 @@ pub fn reopen_runtime(n: u8, data: &Path, tweak: impl FnOnce(&mut RuntimeConfig)
         monitor: Some(PathBuf::from(env!("CARGO_BIN_EXE_nimbus-monitor"))),
         docker_config: Some(data.join("no-docker-config.json")),
         stop_grace_seconds: 5,
+        // Tests that want the warm pool turn it on and drain it; the rest would leave its
+        // namespaces behind when the test's async runtime ends.
+        warm_pool: 0,
         ..RuntimeConfig::default()
     };
     tweak(&mut cfg);
