@@ -251,16 +251,7 @@ flush map inet {table} sandboxes
     /// entry, so until [`Network::apply_rules`] runs for its sandbox, all its traffic is dropped.
     pub async fn prepare_unassigned(&self, token: &str) -> Result<SandboxNet, String> {
         let address = self.allocate(&format!("{POOL_OWNER}{token}"))?;
-        let h = short_hash(token, 11);
-        let net = SandboxNet {
-            netns: format!("nimbus-{}-w{h}", self.bridge),
-            netns_path: PathBuf::from(format!("/run/netns/nimbus-{}-w{h}", self.bridge)),
-            host_if: format!("nbv{h}"),
-            address,
-            gateway: self.subnet.gateway(),
-            chain: String::new(),
-            tenant_set: String::new(),
-        };
+        let net = self.unassigned(token, address);
         let made = async {
             self.create_netns(&net).await?;
             self.link(&net).await
@@ -273,34 +264,64 @@ flush map inet {table} sandboxes
         Ok(net)
     }
 
+    /// The names of the prepared namespace `token` at `address` (derived, so the lease alone is
+    /// enough to find and remove it).
+    pub fn unassigned(&self, token: &str, address: Ipv4Addr) -> SandboxNet {
+        let h = short_hash(token, 11);
+        SandboxNet {
+            netns: format!("nimbus-{}-w{h}", self.bridge),
+            netns_path: PathBuf::from(format!("/run/netns/nimbus-{}-w{h}", self.bridge)),
+            host_if: format!("nbv{h}"),
+            address,
+            gateway: self.subnet.gateway(),
+            chain: String::new(),
+            tenant_set: String::new(),
+        }
+    }
+
+    /// Addresses leased to warm-pool namespaces, with their tokens.
+    pub fn pool_leases(&self) -> Vec<(Ipv4Addr, String)> {
+        let Ok(entries) = std::fs::read_dir(&self.leases) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let ip = e.file_name().to_str()?.parse().ok()?;
+                let owner = std::fs::read_to_string(e.path()).ok()?;
+                Some((ip, owner.strip_prefix(POOL_OWNER)?.to_string()))
+            })
+            .collect()
+    }
+
     /// Hands a prepared namespace to sandbox `id` of `tenant`: the lease changes owner and the
     /// chain and tenant set are the sandbox's own (installed by [`Network::apply_rules`]).
-    pub fn assign(
-        &self,
-        prepared: SandboxNet,
-        token: &str,
-        id: &str,
-        tenant: &str,
-    ) -> Result<SandboxNet, String> {
-        let lease = self.leases.join(prepared.address.to_string());
+    /// The prepared namespace's network as sandbox `id` of `tenant` will have it. Record it in
+    /// the sandbox's state before [`Network::transfer_lease`], so a crash in between leaves
+    /// something a restart finds either way.
+    pub fn assigned(&self, prepared: SandboxNet, id: &str, tenant: &str) -> SandboxNet {
+        let plan = self.plan(id, tenant, prepared.address);
+        SandboxNet {
+            chain: plan.chain,
+            tenant_set: plan.tenant_set,
+            ..prepared
+        }
+    }
+
+    /// Moves a prepared namespace's address lease from the warm pool to sandbox `id`.
+    pub fn transfer_lease(&self, address: Ipv4Addr, token: &str, id: &str) -> Result<(), String> {
+        let lease = self.leases.join(address.to_string());
         let owner = std::fs::read_to_string(&lease).unwrap_or_default();
         if owner != format!("{POOL_OWNER}{token}") {
             return Err(format!(
-                "the lease of {} is held by {owner:?}, not the warm pool",
-                prepared.address
+                "the lease of {address} is held by {owner:?}, not the warm pool"
             ));
         }
         // Not `monitor::write_atomic`: its temp name drops the address's last octet.
         let tmp = crate::registry::tmp_path(&lease);
         std::fs::write(&tmp, id.as_bytes())
             .and_then(|()| std::fs::rename(&tmp, &lease))
-            .map_err(|e| format!("cannot write lease {}: {e}", lease.display()))?;
-        let plan = self.plan(id, tenant, prepared.address);
-        Ok(SandboxNet {
-            chain: plan.chain,
-            tenant_set: plan.tenant_set,
-            ..prepared
-        })
+            .map_err(|e| format!("cannot write lease {}: {e}", lease.display()))
     }
 
     /// Connects the namespace to the bridge (veth, isolated bridge port, /32 address, routes)

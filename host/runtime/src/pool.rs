@@ -3,21 +3,20 @@
 //! of a launch that is not crun itself). A launch that finds the pool empty wires its own.
 //!
 //! A prepared namespace belongs to no sandbox and has no verdict-map entry, so every packet it
-//! sends is dropped until its sandbox's rules are installed. Each one is recorded in
-//! `<runtime>/net/pool/<address>.json`; a server that starts again removes the ones its
-//! predecessor left, and [`WarmPool::drain`] removes them at shutdown.
+//! sends is dropped until its sandbox's rules are installed. Its address lease names it
+//! (`warm-pool:<token>`, the namespace's names derive from the token), so a server that starts
+//! again finds and removes what its predecessor prepared and never handed out, whenever it was
+//! killed; [`WarmPool::drain`] removes them at shutdown.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 use crate::network::{Network, SandboxNet, POOL_OWNER};
 
 /// A namespace ready to be handed to a sandbox.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Prepared {
     /// Names the lease owner (`warm-pool:<token>`) and the namespace.
     pub token: String,
@@ -26,7 +25,6 @@ pub struct Prepared {
 
 pub struct WarmPool {
     size: usize,
-    dir: PathBuf,
     ready: Mutex<VecDeque<Prepared>>,
     /// Preparations under way, counted so concurrent refills never overshoot `size`.
     in_flight: AtomicUsize,
@@ -36,33 +34,22 @@ pub struct WarmPool {
 }
 
 impl WarmPool {
-    pub fn new(size: usize, net_state: &Path) -> Result<WarmPool, String> {
-        let dir = net_state.join("pool");
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(WarmPool {
+    pub fn new(size: usize) -> WarmPool {
+        WarmPool {
             size,
-            dir,
             ready: Mutex::new(VecDeque::new()),
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             counter: AtomicU64::new(0),
-        })
-    }
-
-    fn record_path(&self, p: &Prepared) -> PathBuf {
-        self.dir.join(format!("{}.json", p.net.address))
+        }
     }
 
     /// A prepared namespace, if one is ready.
     pub fn take(&self) -> Option<Prepared> {
-        let p = self
-            .ready
+        self.ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .pop_front()?;
-        let _ = std::fs::remove_file(self.record_path(&p));
-        Some(p)
+            .pop_front()
     }
 
     /// Prepares namespaces until `size` are ready or being prepared. Failures are logged and
@@ -84,8 +71,13 @@ impl WarmPool {
                 self.counter.fetch_add(1, Ordering::Relaxed),
                 crate::monitor::now_secs()
             );
-            let made = network.prepare_unassigned(&token).await;
-            let kept = self.keep(&network, token, made).await;
+            let kept = match network.prepare_unassigned(&token).await {
+                Ok(net) => self.keep(&network, Prepared { token, net }).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prepare a network namespace for the warm pool");
+                    false
+                }
+            };
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if !kept {
                 return;
@@ -93,35 +85,9 @@ impl WarmPool {
         }
     }
 
-    /// Records and queues a prepared namespace; false (and nothing kept) when it could not be
-    /// prepared or recorded, or the pool was drained meanwhile.
-    async fn keep(
-        &self,
-        network: &Network,
-        token: String,
-        made: Result<SandboxNet, String>,
-    ) -> bool {
-        let net = match made {
-            Ok(net) => net,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not prepare a network namespace for the warm pool");
-                return false;
-            }
-        };
-        let p = Prepared { token, net };
-        let recorded = serde_json::to_vec(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|json| {
-                crate::monitor::write_atomic(&self.record_path(&p), &json)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "could not record a warm-pool namespace; removing it");
-            remove(network, &p).await;
-            return false;
-        }
+    /// Queues a prepared namespace, or removes it if the pool was drained meanwhile.
+    async fn keep(&self, network: &Network, p: Prepared) -> bool {
         if self.closed.load(Ordering::SeqCst) {
-            let _ = std::fs::remove_file(self.record_path(&p));
             remove(network, &p).await;
             return false;
         }
@@ -137,28 +103,21 @@ impl WarmPool {
         self.closed.store(true, Ordering::SeqCst);
         // Preparations under way remove their own namespace when they see `closed`; wait for
         // them so nothing outlives the drain.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.in_flight.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         while let Some(p) = self.take() {
             remove(network, &p).await;
         }
     }
 
-    /// Removes the namespaces a previous server process prepared and never handed out.
+    /// Removes the namespaces a previous server process prepared and never handed out (found
+    /// by their leases). Call before this process prepares any.
     pub async fn remove_stale(&self, network: &Network) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if let Ok(p) =
-                serde_json::from_slice::<Prepared>(&std::fs::read(&path).unwrap_or_default())
-            {
-                remove(network, &p).await;
-            }
-            let _ = std::fs::remove_file(&path);
+        for (address, token) in network.pool_leases() {
+            let net = network.unassigned(&token, address);
+            remove(network, &Prepared { token, net }).await;
         }
     }
 }

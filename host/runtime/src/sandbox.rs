@@ -137,7 +137,7 @@ impl Runtime {
             &config.subnet,
             &root.join("net"),
         )?);
-        let pool = Arc::new(WarmPool::new(config.warm_pool, &root.join("net"))?);
+        let pool = Arc::new(WarmPool::new(config.warm_pool));
         let crun = find_on_path(&config.crun).unwrap_or_else(|| config.crun.clone());
         let monitor = match &config.monitor {
             Some(m) => m.clone(),
@@ -383,29 +383,34 @@ impl Runtime {
         // Network: a namespace from the warm pool, else one made and wired now.
         self.ensure_host().await?;
         phase("rootfs+bridge");
-        let (net, wired) = match self.pool.take() {
-            Some(prepared) => {
-                let net = self
-                    .network
-                    .assign(prepared.net.clone(), &prepared.token, id, tenant);
-                if net.is_err() {
-                    // Not handed out: remove it like any other pool namespace.
-                    let _ = self.network.teardown(&prepared.net).await;
-                }
-                (net.map_err(internal)?, true)
-            }
+        let prepared = self.pool.take();
+        let net = match &prepared {
+            Some(p) => self.network.assigned(p.net.clone(), id, tenant),
             None => {
                 tracing::debug!(sandbox = id, "warm pool empty: wiring a namespace now");
                 let address = self.network.allocate(id).map_err(internal)?;
-                (self.network.plan(id, tenant, address), false)
+                self.network.plan(id, tenant, address)
             }
         };
         let address = net.address;
         meta.net = Some(net.clone());
         write_meta(dir, &meta)?;
-        if !wired {
-            self.network.create_netns(&net).await.map_err(internal)?;
-            self.network.link(&net).await.map_err(internal)?;
+        match &prepared {
+            Some(p) => {
+                if let Err(e) = self.network.transfer_lease(address, &p.token, id) {
+                    // Still the pool's: the failed launch's cleanup removes the namespace, and
+                    // the lease goes back with it.
+                    self.network.release(
+                        address,
+                        &format!("{}{}", crate::network::POOL_OWNER, p.token),
+                    );
+                    return Err(internal(e));
+                }
+            }
+            None => {
+                self.network.create_netns(&net).await.map_err(internal)?;
+                self.network.link(&net).await.map_err(internal)?;
+            }
         }
         phase("netns");
 

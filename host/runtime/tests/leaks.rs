@@ -111,13 +111,6 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
         "state dirs left"
     );
     assert_eq!(
-        std::fs::read_dir(data.path().join("runtime/net/pool"))
-            .unwrap()
-            .count(),
-        0,
-        "warm-pool records left"
-    );
-    assert_eq!(
         std::fs::read_dir(data.path().join("runtime/net/leases"))
             .unwrap()
             .count(),
@@ -130,5 +123,59 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
             .count(),
         0,
         "crun state left"
+    );
+}
+
+fn pool_namespaces(bridge: &str) -> usize {
+    count_lines(&["ip", "netns", "list"], &format!("nimbus-{bridge}-w"))
+}
+
+#[tokio::test]
+async fn warm_pool_namespaces_left_by_a_killed_server_are_removed_at_the_next_start() {
+    require_host();
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(41, data.path(), |c| c.warm_pool = 3);
+    rt.warm_up().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pool_namespaces("nbt41") < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm pool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A killed server: its pool is never drained.
+    drop(rt);
+    let rt = reopen_runtime(41, data.path(), |c| c.warm_pool = 1);
+    rt.warm_up().await.unwrap();
+    // The three stale ones go; the new server prepares its own one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leases = std::fs::read_dir(data.path().join("runtime/net/leases"))
+            .unwrap()
+            .count();
+        if pool_namespaces("nbt41") == 1 && leases == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stale pool namespaces were not replaced: {} namespaces, {leases} leases",
+            pool_namespaces("nbt41")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rt.drain_pool().await;
+    assert_eq!(pool_namespaces("nbt41"), 0, "drained pool left namespaces");
+    assert_eq!(
+        count_lines(&["ip", "-o", "link", "show", "master", "nbt41"], "nbv"),
+        0,
+        "drained pool left interfaces"
+    );
+    assert_eq!(
+        std::fs::read_dir(data.path().join("runtime/net/leases"))
+            .unwrap()
+            .count(),
+        0,
+        "drained pool left address leases"
     );
 }
