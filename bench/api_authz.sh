@@ -13,6 +13,11 @@
 # system, from /proc/<pid>/stat). On a shared machine requests/s moves with whatever else runs;
 # CPU time per request is the steadier one. ROUNDS (default 3) alternates native and plugin runs
 # and prints the median of each. Needs `wrk` (apt-get install wrk) and a release build.
+#
+# CALLGRIND=1 instead runs each server under `valgrind --tool=callgrind` and counts the
+# instructions the whole server executes per request over REQUESTS (default 1000) sequential
+# requests after a warm-up: deterministic, unaffected by other load, but blind to cache misses
+# (and it counts each byte of a `rep stosb` memset as an instruction).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
@@ -63,6 +68,49 @@ n = int(re.search(r"(\d+) requests in", out).group(1))
 print(f"{rps:.0f} {(after - before) / hz / n * 1e6:.1f}")
 PY
 }
+
+callgrind_run() { # $1 = authorizer kind, $2 = port; prints instructions per request
+  local dir="$work/cg-$1" n=${REQUESTS:-1000}
+  mkdir -p "$dir/home"
+  printf '[server]\nsandbox_driver = "none"\nauthorizer = "%s"\n' "$1" > "$dir/nimbus.toml"
+  HOME="$dir/home" valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
+    "$bin" serve --listen "127.0.0.1:$2" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
+  local pid=$!
+  echo "$pid" > "$dir/pid"
+  until curl -sf "127.0.0.1:$2/healthz" >/dev/null; do sleep 0.5; done
+  local token
+  token=$(python3 -c "import json;print(json.load(open('$dir/home/.config/nimbus/application_default_credentials.json'))['token'])")
+  curl -sf -XPOST "127.0.0.1:$2/v1/tenants/demo/services" -H "Authorization: Bearer $token" \
+    -d '{"name":"worker","backend":{"kind":"builtIn","provider":"browser"}}' >/dev/null
+  local get="import http.client, sys
+c = http.client.HTTPConnection('127.0.0.1:$2')
+for _ in range(int(sys.argv[1])):
+    c.request('GET', '/v1/tenants/demo/services/worker', headers={'Authorization': 'Bearer $token'})
+    r = c.getresponse(); r.read(); assert r.status == 200, r.status"
+  python3 -c "$get" 200 # warm-up
+  callgrind_control -z "$pid" >/dev/null
+  python3 -c "$get" "$n"
+  callgrind_control -d "$pid" >/dev/null
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  rm -f "$dir/pid"
+  callgrind_annotate "$dir/cg.out.1" 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {gsub(",", "", $1); printf "%.0f\n", $1 / n}'
+}
+
+if [ -n "${CALLGRIND:-}" ]; then
+  command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
+  native=$(callgrind_run native 18931)
+  plugin=$(callgrind_run plugin 18932)
+  python3 - "$native" "$plugin" <<'PY'
+import sys
+native, plugin = int(sys.argv[1]), int(sys.argv[2])
+print("GET service, instructions executed by the server per request (callgrind)")
+print(f"  authorized by grants-policy.wasm               {plugin:10d}")
+print(f"  authorized natively (grant rules in Rust)      {native:10d}")
+print(f"cost of the plugin per request: {plugin / native:.3f}x by instructions (target < 1.10x)")
+PY
+  exit 0
+fi
 
 results="$work/results"
 for r in $(seq "$rounds"); do
