@@ -53,6 +53,8 @@ pub struct Server {
     config: Option<String>,
     pub token: String,
     pub client: reqwest::Client,
+    /// The bridge the harness chose for this server (removed with it).
+    harness_bridge: Option<String>,
 }
 
 impl Server {
@@ -66,11 +68,13 @@ impl Server {
         // Servers of one test binary run side by side on one host: give each its own bridge
         // and address range so their sandboxes' networks never collide.
         let mut toml = toml.to_string();
+        let mut harness_bridge = None;
         if !toml.contains("[runtime]") {
             let n = next_network_slot();
             toml.push_str(&format!(
                 "\n[runtime]\nbridge = \"nmbt{n}\"\nsubnet = \"10.231.{n}.0/24\"\n"
             ));
+            harness_bridge = Some(format!("nmbt{n}"));
         }
         let config = Some(toml);
         let mut s = Server {
@@ -80,6 +84,7 @@ impl Server {
             config,
             token: String::new(),
             client: reqwest::Client::new(),
+            harness_bridge,
         };
         s.spawn().await;
         s
@@ -282,7 +287,8 @@ impl Server {
 
 impl Drop for Server {
     /// SIGTERM first, so the server removes what only it uses (its warm network pool); SIGKILL
-    /// if it has not stopped within a few seconds.
+    /// if it has not stopped within a few seconds. Then the bridge and nftables table the
+    /// harness gave it go too: left behind, every later `nft` call on the host pays for them.
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
             let _ = Command::new("kill")
@@ -293,12 +299,26 @@ impl Drop for Server {
             while Instant::now() < deadline {
                 if matches!(c.try_wait(), Ok(Some(_))) {
                     self.child = None;
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
         self.kill9();
+        if let Some(bridge) = &self.harness_bridge {
+            let quiet = |cmd: &str, args: &[&str]| {
+                let _ = Command::new(cmd)
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            };
+            quiet(
+                "nft",
+                &["delete", "table", "inet", &format!("nimbus_{bridge}")],
+            );
+            quiet("ip", &["link", "delete", bridge]);
+        }
     }
 }
 

@@ -145,8 +145,16 @@ impl ApiServer {
             .send()
             .await
             .unwrap();
+        let following = start.elapsed();
         let chunk = logs.chunk().await.unwrap();
         let t = start.elapsed();
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "api: created+following after {:.1} ms, first byte at {:.1} ms",
+                following.as_secs_f64() * 1e3,
+                t.as_secs_f64() * 1e3
+            );
+        }
         assert!(chunk.is_some_and(|c| !c.is_empty()), "no output from {id}");
         drop(logs);
         let _ = self
@@ -166,6 +174,13 @@ impl Drop for ApiServer {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
+        // Its bridge and table: left behind, they slow every later `nft` call on the host.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", "nimbus_nmbbench"])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "delete", "nmbbench"])
+            .status();
     }
 }
 
@@ -191,37 +206,6 @@ fn main() {
         // Pull once (not measured), and warm up.
         let (_, _) = run_to_end(&rt, &spec(&image, &["echo", "warm"])).await;
 
-        // Nimbus: launch → first byte in the sandbox's log.
-        let mut nimbus = Vec::new();
-        let mut launch_only = Vec::new();
-        for _ in 0..ROUNDS {
-            let id = new_id();
-            let log = data.path().join(format!("runtime/sandboxes/{id}/log"));
-            let start = Instant::now();
-            rt.launch(&id, "demo", &spec(&image, &["echo", "hi"]), |_| {})
-                .await
-                .unwrap();
-            launch_only.push(start.elapsed());
-            while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0 {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-            nimbus.push(start.elapsed());
-            rt.delete(&id).await.unwrap();
-        }
-
-        // Through the API: a real server, POST the sandbox, follow its logs to the first byte.
-        let mut api = Vec::new();
-        match nimbus_bin() {
-            Some(bin) => {
-                let server = ApiServer::start(&bin).await;
-                server.first_byte(&image, &["echo", "warm"]).await;
-                for _ in 0..ROUNDS {
-                    api.push(server.first_byte(&image, &["echo", "hi"]).await);
-                }
-            }
-            None => println!("no nimbus binary (build it with `cargo build --release -p nimbus` or set NIMBUS_BIN): API column skipped"),
-        }
-
         // Raw crun: an equivalent bundle (same busybox rootfs as a plain dir, crun's default
         // config with the same argv), `crun run` → first byte on its stdout.
         let bundle = tempfile::tempdir().unwrap();
@@ -243,16 +227,6 @@ fn main() {
         cfg["process"]["args"] = serde_json::json!(["echo", "hi"]);
         std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
         let crun_root = bundle.path().join("state");
-        let mut crun = Vec::new();
-        for i in 0..ROUNDS {
-            let mut c = Command::new("crun");
-            c.arg("--root")
-                .arg(&crun_root)
-                .args(["run", "--bundle"])
-                .arg(bundle.path())
-                .arg(format!("bench-{}-{i}", std::process::id()));
-            crun.push(first_byte_of(c));
-        }
 
         // Raw crun with Nimbus's own hardened config.json (seccomp, caps, masks, limits,
         // pre-compiled filter), minus the overlay/netns wiring: what the container alone costs.
@@ -273,12 +247,82 @@ fn main() {
         let mounts: Vec<serde_json::Value> = hardened["mounts"].as_array().unwrap().iter().filter(|m| !m["destination"].as_str().unwrap().starts_with("/etc/")).cloned().collect();
         hardened["mounts"] = mounts.into();
         std::fs::write(hb.path().join("config.json"), serde_json::to_vec(&hardened).unwrap()).unwrap();
-        let mut crun_hardened = Vec::new();
+
+        // Through the API: a real server, POST the sandbox, follow its logs to the first byte.
+        let server = match nimbus_bin() {
+            Some(bin) => {
+                let server = ApiServer::start(&bin).await;
+                server.first_byte(&image, &["echo", "warm"]).await;
+                Some(server)
+            }
+            None => {
+                println!("no nimbus binary (build it with `cargo build --release -p nimbus` or set NIMBUS_BIN): API column skipped");
+                None
+            }
+        };
+
+        // Each round runs every path once, back to back, so a busy machine weighs on all of
+        // them alike; medians over the rounds.
+        let (mut api, mut nimbus, mut launch_only, mut crun, mut crun_hardened) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..ROUNDS {
-            let mut c = Command::new("crun");
-            c.arg("--root").arg(&crun_root).args(["run", "--bundle"]).arg(hb.path()).arg(format!("benchh-{}-{i}", std::process::id()));
-            crun_hardened.push(first_byte_of(c));
+            // The order rotates, so no path always follows another's cleanup.
+            for step in 0..4 {
+                match (i + step) % 4 {
+                    0 => {
+                        if let Some(server) = &server {
+                            api.push(server.first_byte(&image, &["echo", "hi"]).await);
+                        }
+                    }
+                    1 => {
+                        // The runtime alone: launch → first byte in the sandbox's log.
+                        let id = new_id();
+                        let log = data.path().join(format!("runtime/sandboxes/{id}/log"));
+                        let start = Instant::now();
+                        // The first byte may come before launch() returns (a sandbox allowed
+                        // nothing gets its rules after it starts), so watch the log meanwhile.
+                        let first_byte = async {
+                            while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0 {
+                                tokio::time::sleep(Duration::from_micros(200)).await;
+                            }
+                            start.elapsed()
+                        };
+                        let launched = async {
+                            rt.launch(&id, "demo", &spec(&image, &["echo", "hi"]), |_| {})
+                                .await
+                                .unwrap();
+                            start.elapsed()
+                        };
+                        let (first, returned) = tokio::join!(first_byte, launched);
+                        nimbus.push(first);
+                        launch_only.push(returned);
+                        rt.delete(&id).await.unwrap();
+                    }
+                    2 => {
+                        let mut c = Command::new("crun");
+                        c.arg("--root")
+                            .arg(&crun_root)
+                            .args(["run", "--bundle"])
+                            .arg(bundle.path())
+                            .arg(format!("bench-{}-{i}", std::process::id()));
+                        crun.push(first_byte_of(c));
+                    }
+                    _ => {
+                        let mut c = Command::new("crun");
+                        c.arg("--root")
+                            .arg(&crun_root)
+                            .args(["run", "--bundle"])
+                            .arg(hb.path())
+                            .arg(format!("benchh-{}-{i}", std::process::id()));
+                        crun_hardened.push(first_byte_of(c));
+                    }
+                }
+                // Let the step's sandbox finish going away (and the warm pool refill) before
+                // the next step, so no path pays for another's cleanup.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
         }
+        drop(server);
 
         // podman run, image pre-pulled into a private storage root.
         let proot = tempfile::tempdir().unwrap();

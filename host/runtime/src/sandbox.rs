@@ -449,25 +449,28 @@ impl Runtime {
 
         // The monitor runs the container and reports its pid (or why it could not). Until the
         // sandbox's rules are in, the namespace's traffic is dropped entirely (it has no
-        // verdict-map entry), so a sandbox that is allowed nothing can start at once while they
-        // go in; one with an allow-list waits for them so its first connection is not dropped.
-        let (created, ruled) = if spec.network.egress.allow.is_empty() {
-            tokio::join!(
-                self.spawn_monitor(id, dir),
-                self.network.apply_rules(&net, &spec.network)
-            )
-        } else {
-            let ruled = self.network.apply_rules(&net, &spec.network).await;
-            if let Err(e) = ruled {
-                return Err(internal(e));
-            }
-            (self.spawn_monitor(id, dir).await, Ok(()))
-        };
+        // verdict-map entry). A sandbox allowed nothing therefore starts first and gets its
+        // rules (its chain, and the tenant-set entry that lets allowed siblings reach it) right
+        // after, off the path to its first instruction; one with an allow-list gets them
+        // before it starts, so its first connection is not dropped.
+        let deny_all = spec.network.egress.allow.is_empty();
+        if !deny_all {
+            self.network
+                .apply_rules(&net, &spec.network)
+                .await
+                .map_err(internal)?;
+        }
+        let created = self.spawn_monitor(id, dir).await;
+        phase("running");
+        if deny_all {
+            self.network
+                .apply_rules(&net, &spec.network)
+                .await
+                .map_err(internal)?;
+        }
         // Replace what was taken only now: preparing a namespace costs CPU the launch needed.
         self.refill_pool();
         let line = created?;
-        ruled.map_err(internal)?;
-        phase("running");
         let answer: serde_json::Value = serde_json::from_str(line.trim()).map_err(internal)?;
         if let Some(err) = answer["error"].as_str() {
             return Err(classify_create_error(err));
