@@ -270,3 +270,64 @@ async fn a_host_that_cannot_run_containers_refuses_creates_with_runtime_unavaila
     let (_, list) = s.call("GET", &format!("{T}/sandboxes"), None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn a_create_refused_by_quota_starts_nothing_though_its_launch_was_prepared_alongside() {
+    let root_dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(root_dir.path());
+    let s = Server::start_with_config("[limits]\nsandboxes_per_tenant = 1\n").await;
+    let (st, first) = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(&root, "sleep 60")),
+        )
+        .await;
+    assert_eq!(st, 201, "{first}");
+    let first = first["metadata"]["id"].as_str().unwrap().to_string();
+    wait_state(&s, &first, &["ready"], Duration::from_secs(30)).await;
+    // The launch of a refused create may already have prepared its root and network; it must
+    // undo them and start no process.
+    for _ in 0..3 {
+        let r = s
+            .call(
+                "POST",
+                &format!("{T}/sandboxes"),
+                Some(sandbox(&root, "echo should-not-run")),
+            )
+            .await;
+        assert_error(&r, 429, "quota.exhausted");
+    }
+    let sandboxes_dir = s.data_dir().join("runtime/sandboxes");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dirs: Vec<String> = std::fs::read_dir(&sandboxes_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if dirs == vec![first.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refused creates left state behind: {dirs:?}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let monitors = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| {
+            let c = String::from_utf8_lossy(c);
+            c.contains("__monitor") && c.contains(s.data_dir().to_str().unwrap())
+        })
+        .count();
+    assert_eq!(monitors, 1, "only the admitted sandbox has a monitor");
+    let (st, _) = s
+        .call("DELETE", &format!("{T}/sandboxes/{first}"), None)
+        .await;
+    assert!(st.is_success());
+}

@@ -5,6 +5,19 @@ use std::future::Future;
 use std::pin::Pin;
 
 use nimbus_core::names::{Name, SandboxId};
+use nimbus_core::spec::SandboxSpec;
+
+/// Whether a sandbox's record committed: `None` while the write is in flight, then
+/// `Some(committed)`. A dropped sender counts as not committed.
+pub type Commit = tokio::sync::watch::Receiver<Option<bool>>;
+
+/// Waits for the outcome of the write `commit` follows.
+pub async fn committed(mut commit: Commit) -> bool {
+    match commit.wait_for(Option::is_some).await {
+        Ok(outcome) => *outcome == Some(true),
+        Err(_) => false,
+    }
+}
 use nimbus_core::Error;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -12,8 +25,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait SandboxControl: Send + Sync {
     /// Why sandboxes cannot run on this host right now (`runtime.unavailable`), if they cannot.
     fn unavailable(&self) -> Option<String>;
-    /// Sandbox `id` was recorded as `pending`: launch it.
-    fn launch(&self, tenant: Name, id: SandboxId);
+    /// Sandbox `id` with `spec` is being recorded as `pending`: launch it. The launch may
+    /// prepare while the record is written, and starts the process only once `commit` says the
+    /// write committed (it is undone if not).
+    fn launch(&self, tenant: Name, id: SandboxId, spec: SandboxSpec, commit: Commit);
     /// Sandbox `id` was recorded as `stopping`: stop its process.
     fn stop(&self, tenant: Name, id: SandboxId);
     /// Removes every trace of the sandbox from the host; called before its record is deleted.

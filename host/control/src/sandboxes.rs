@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nimbus_api::auth::{WorkloadClaims, WorkloadSigner};
-use nimbus_api::control::{BoxFuture, SandboxControl};
+use nimbus_api::control::{committed, BoxFuture, Commit, SandboxControl};
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{set_condition, ConditionStatus, Endpoint, Readiness};
+use nimbus_core::spec::SandboxSpec;
 use nimbus_core::{Error, ErrorCode};
 use nimbus_runtime::{ExitReason, LaunchError, Observed, ProgressEvent, Runtime, RuntimeError};
 use nimbus_store::Store;
@@ -261,20 +262,52 @@ impl SandboxController {
         result
     }
 
+    /// Launches a sandbox already recorded as `pending` (adoption after a restart).
     async fn launch_task(self: Arc<Self>, tenant: Name, id: SandboxId) {
         if !self.claim(id.as_str()) {
             return;
         }
-        self.launch_inner(&tenant, &id).await;
+        self.launch_inner(&tenant, &id, None).await;
         self.release(id.as_str());
     }
 
-    async fn launch_inner(self: &Arc<Self>, tenant: &Name, id: &SandboxId) {
-        let record = match self.store.get_sandbox(tenant, id.as_str()).await {
-            Ok(Some(r)) if r.status.lifecycle_state == SandboxState::Pending => r,
-            _ => return,
+    /// Launches a sandbox whose record is being written; see [`SandboxControl::launch`].
+    async fn launch_new_task(
+        self: Arc<Self>,
+        tenant: Name,
+        id: SandboxId,
+        spec: SandboxSpec,
+        commit: Commit,
+    ) {
+        if !self.claim(id.as_str()) {
+            return;
+        }
+        self.launch_inner(&tenant, &id, Some((spec, commit))).await;
+        self.release(id.as_str());
+    }
+
+    async fn launch_inner(
+        self: &Arc<Self>,
+        tenant: &Name,
+        id: &SandboxId,
+        new: Option<(SandboxSpec, Commit)>,
+    ) {
+        let (mut spec, commit) = match new {
+            Some((spec, commit)) => (spec, Some(commit)),
+            None => match self.store.get_sandbox(tenant, id.as_str()).await {
+                Ok(Some(r)) if r.status.lifecycle_state == SandboxState::Pending => (r.spec, None),
+                _ => return,
+            },
         };
-        let mut spec = record.spec.clone();
+        let go = |commit: &Option<Commit>| {
+            let commit = commit.clone();
+            async move {
+                match commit {
+                    Some(c) => committed(c).await,
+                    None => true,
+                }
+            }
+        };
         if spec.workload_identity {
             let now = Utc::now().timestamp();
             let token = self.signer.mint(&WorkloadClaims {
@@ -292,31 +325,44 @@ impl SandboxController {
         // write costs as much as a good part of the launch and nothing in the launch needs it.
         // Progress is written only once `creating` is, so a first "Pulling" cannot be lost.
         let (began_tx, began_rx) = tokio::sync::watch::channel(false);
-        let began = self.store.update_sandbox(
-            tenant,
-            id.as_str(),
-            |r| {
-                let next = r
-                    .status
-                    .lifecycle_state
-                    .on(SandboxEvent::LaunchBegan)
-                    .map_err(|t| {
-                        Error::invalid_transition("sandbox", id.as_str(), t.from, "not pending")
-                    })?;
-                r.status.lifecycle_state = next;
-                set_condition(
-                    &mut r.status.conditions,
-                    "Ready",
-                    ConditionStatus::False,
-                    "Creating",
-                    "preparing the root filesystem and network",
-                    Utc::now(),
-                    r.meta.generation,
-                );
-                Ok(())
-            },
-            None,
-        );
+        let record_committed = go(&commit);
+        let began = async {
+            if !record_committed.await {
+                return Err(Error::not_found("sandbox", id.as_str()));
+            }
+            self.store
+                .update_sandbox(
+                    tenant,
+                    id.as_str(),
+                    |r| {
+                        let next = r
+                            .status
+                            .lifecycle_state
+                            .on(SandboxEvent::LaunchBegan)
+                            .map_err(|t| {
+                                Error::invalid_transition(
+                                    "sandbox",
+                                    id.as_str(),
+                                    t.from,
+                                    "not pending",
+                                )
+                            })?;
+                        r.status.lifecycle_state = next;
+                        set_condition(
+                            &mut r.status.conditions,
+                            "Ready",
+                            ConditionStatus::False,
+                            "Creating",
+                            "preparing the root filesystem and network",
+                            Utc::now(),
+                            r.meta.generation,
+                        );
+                        Ok(())
+                    },
+                    None,
+                )
+                .await
+        };
         let began = async {
             let result = began.await;
             let _ = began_tx.send(result.is_ok());
@@ -324,9 +370,13 @@ impl SandboxController {
         };
         let progress =
             ProgressWriter::new(self.store.clone(), tenant.clone(), id.clone(), began_rx);
-        let launch = self
-            .runtime
-            .launch(id, tenant.as_str(), &spec, |e| progress.event(e));
+        let launch = self.runtime.launch_gated(
+            id,
+            tenant.as_str(),
+            &spec,
+            |e| progress.event(e),
+            go(&commit),
+        );
         let (began, outcome) = tokio::join!(began, launch);
         progress.flush().await;
         if let Err(e) = began {
@@ -472,7 +522,9 @@ fn launch_failure(e: &LaunchError) -> (&'static str, String) {
         LaunchError::BadSpec { .. } => "BadSpec",
         LaunchError::HostUnfit(_) => "RuntimeUnavailable",
         LaunchError::NotSupported(_) => "NotSupported",
-        LaunchError::AlreadyExists(_) | LaunchError::Internal(_) => "LaunchFailed",
+        LaunchError::AlreadyExists(_) | LaunchError::Withdrawn(_) | LaunchError::Internal(_) => {
+            "LaunchFailed"
+        }
     };
     (reason, e.to_string())
 }
@@ -538,8 +590,9 @@ impl ProgressWriter {
                 "Building",
                 format!("building the image from the Dockerfile in {context}"),
             ),
-            ProgressEvent::Creating => ("Creating", "creating the container".to_string()),
-            ProgressEvent::Started { pid } => ("Starting", format!("process {pid} started")),
+            // The launch's own state writes say these (`creating`, then `ready` with the pid);
+            // a durable write each would only slow the launch down.
+            ProgressEvent::Creating | ProgressEvent::Started { .. } => return,
         };
         let Ok(mut st) = self.state.lock() else {
             return;
@@ -605,8 +658,8 @@ impl SandboxControl for ControlHandle {
         self.0.cached_preflight()
     }
 
-    fn launch(&self, tenant: Name, id: SandboxId) {
-        tokio::spawn(self.0.clone().launch_task(tenant, id));
+    fn launch(&self, tenant: Name, id: SandboxId, spec: SandboxSpec, commit: Commit) {
+        tokio::spawn(self.0.clone().launch_new_task(tenant, id, spec, commit));
     }
 
     fn stop(&self, tenant: Name, id: SandboxId) {

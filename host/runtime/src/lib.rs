@@ -75,6 +75,9 @@ pub enum LaunchError {
     NotSupported(String),
     #[error("sandbox {0} already exists in the runtime; delete it first")]
     AlreadyExists(String),
+    /// The caller withdrew the launch before the process started (its record never committed).
+    #[error("the launch of sandbox {0} was withdrawn before its process started")]
+    Withdrawn(String),
     #[error("internal runtime error: {0}")]
     Internal(String),
 }

@@ -216,6 +216,22 @@ impl Runtime {
         spec: &SandboxSpec,
         progress: impl Fn(ProgressEvent) + Send + Sync,
     ) -> Result<Launched, LaunchError> {
+        self.launch_gated(id, tenant, spec, progress, std::future::ready(true))
+            .await
+    }
+
+    /// [`Runtime::launch`], preparing everything (root filesystem, network, config) while
+    /// `go` is pending and starting the process only if it yields true; otherwise the launch
+    /// is undone and fails with `Withdrawn`. The server overlaps a launch with the durable
+    /// write of the sandbox's record this way.
+    pub async fn launch_gated(
+        &self,
+        id: &SandboxId,
+        tenant: &str,
+        spec: &SandboxSpec,
+        progress: impl Fn(ProgressEvent) + Send + Sync,
+        go: impl std::future::Future<Output = bool> + Send,
+    ) -> Result<Launched, LaunchError> {
         if spec.backend == SandboxBackend::Krun {
             return Err(LaunchError::NotSupported(
                 "the krun backend does not run processes yet: its network egress enforcement is not at parity with the container backend; use backend \"container\"".into(),
@@ -233,6 +249,24 @@ impl Runtime {
             }
             Err(e) => return Err(internal(format!("cannot create {}: {e}", dir.display()))),
         }
+        // A pull or build is real work: it waits for the go-ahead. A root already at hand is
+        // prepared while the caller decides.
+        let mut go = std::pin::pin!(go);
+        let mut verdict = None;
+        if !self.root_at_hand(spec) {
+            let v = go.as_mut().await;
+            if !v {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(LaunchError::Withdrawn(id.to_string()));
+            }
+            verdict = Some(v);
+        }
+        let go = async move {
+            match verdict {
+                Some(v) => v,
+                None => go.await,
+            }
+        };
         // Resolve the root material before setting anything up, so image errors leave no trace.
         let (lower, image_cfg) = match self.root_material(spec, &progress).await {
             Ok(m) => {
@@ -245,7 +279,16 @@ impl Runtime {
             }
         };
         match self
-            .create(id.as_str(), tenant, spec, &dir, lower, image_cfg, &progress)
+            .create(
+                id.as_str(),
+                tenant,
+                spec,
+                &dir,
+                lower,
+                image_cfg,
+                &progress,
+                go,
+            )
             .await
         {
             Ok(l) => Ok(l),
@@ -255,6 +298,20 @@ impl Runtime {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Whether the spec's root needs no pull or build.
+    fn root_at_hand(&self, spec: &SandboxSpec) -> bool {
+        match &spec.root {
+            Root::OciImage {
+                source: ImageSource::Reference { reference },
+            } => ImageRef::parse(reference)
+                .ok()
+                .and_then(|r| self.images.lookup(&r.to_string()).ok().flatten())
+                .is_some(),
+            Root::OciImage { .. } => false,
+            Root::Rootfs { .. } => true,
         }
     }
 
@@ -317,6 +374,7 @@ impl Runtime {
         lower: Vec<PathBuf>,
         image: ContainerConfig,
         progress: &(dyn Fn(ProgressEvent) + Send + Sync),
+        go: impl std::future::Future<Output = bool> + Send,
     ) -> Result<Launched, LaunchError> {
         progress(ProgressEvent::Creating);
         let t0 = std::time::Instant::now();
@@ -454,6 +512,10 @@ impl Runtime {
         // after, off the path to its first instruction; one with an allow-list gets them
         // before it starts, so its first connection is not dropped.
         let deny_all = spec.network.egress.allow.is_empty();
+        if !go.await {
+            return Err(LaunchError::Withdrawn(id.to_string()));
+        }
+        phase("go");
         if !deny_all {
             self.network
                 .apply_rules(&net, &spec.network)

@@ -89,12 +89,18 @@ pub async fn create(
         "allow",
         "",
     );
-    app.store
-        .create_sandbox(&mut record, app.limits.sandboxes_per_tenant, &audit)
-        .await?;
+    // The launch prepares (root filesystem, network, config) while the record is written, and
+    // starts the process only once the write has committed.
+    let (commit_tx, commit) = tokio::sync::watch::channel(None);
     if let Some(control) = &app.control {
-        control.launch(tenant, id);
+        control.launch(tenant, id, record.spec.clone(), commit);
     }
+    let created = app
+        .store
+        .create_sandbox(&mut record, app.limits.sandboxes_per_tenant, &audit)
+        .await;
+    let _ = commit_tx.send(Some(created.is_ok()));
+    created?;
     Ok((StatusCode::CREATED, Json(wire::sandbox(&record))))
 }
 
