@@ -48,7 +48,7 @@ pub struct ServerConfig {
 
 /// Who answers authorization questions.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum AuthorizerKind {
     /// The `[plugins.authz]` component (default `grants-policy`).
     #[default]
@@ -56,6 +56,9 @@ pub enum AuthorizerKind {
     /// The same grant rules compiled into the server; for comparison benchmarks and for hosts
     /// that cannot run WebAssembly. Replacing the policy then needs a rebuild.
     Native,
+    /// Every authenticated request is allowed, across tenants: the baseline the policy's cost
+    /// is measured against (`bench/api_authz.sh`). The name says it: never for real use.
+    AllowAllBenchmarkOnly,
 }
 
 impl Config {
@@ -94,6 +97,23 @@ pub fn default_data_dir() -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorizer_kinds_parse_and_the_baseline_is_spelled_out() {
+        for (text, kind) in [
+            ("plugin", AuthorizerKind::Plugin),
+            ("native", AuthorizerKind::Native),
+            (
+                "allow-all-benchmark-only",
+                AuthorizerKind::AllowAllBenchmarkOnly,
+            ),
+        ] {
+            let c = Config::parse(&format!("[server]\nauthorizer = \"{text}\"\n")).unwrap();
+            assert_eq!(c.server.authorizer, kind);
+        }
+        let err = Config::parse("[server]\nauthorizer = \"allow-all\"\n").unwrap_err();
+        assert!(err.contains("server.authorizer"), "{err}");
+    }
 
     #[test]
     fn unknown_keys_are_rejected_naming_the_key() {

@@ -118,6 +118,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         authorizer: match config.server.authorizer {
             AuthorizerKind::Plugin => plugins.authorizer(),
             AuthorizerKind::Native => Arc::new(nimbus_core::authz::GrantsPolicy),
+            AuthorizerKind::AllowAllBenchmarkOnly => {
+                tracing::warn!("server.authorizer = \"allow-all-benchmark-only\": every authenticated request is allowed, across tenants; this is for measuring the policy's cost only");
+                Arc::new(AllowAll)
+            }
         },
         reaper_wake: tokio::sync::Notify::new(),
         limits: config.limits,
@@ -142,6 +146,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The baseline of `bench/api_authz.sh`: allows every authenticated request.
+struct AllowAll;
+
+impl nimbus_core::authz::Authorizer for AllowAll {
+    fn authorize(&self, _: &nimbus_core::authz::AuthzRequest) -> nimbus_core::authz::Decision {
+        nimbus_core::authz::Decision::allow("allow-all-benchmark-only", "benchmark baseline")
+    }
 }
 
 async fn shutdown_signal() {
