@@ -74,7 +74,10 @@ impl Server {
             toml.push_str(&format!(
                 "\n[runtime]\nbridge = \"nmbt{n}\"\nsubnet = \"10.231.{n}.0/24\"\n"
             ));
-            harness_bridge = Some(format!("nmbt{n}"));
+            // Only a server that runs sandboxes makes them.
+            if !toml.contains("sandbox_driver = \"none\"") {
+                harness_bridge = Some(format!("nmbt{n}"));
+            }
         }
         let config = Some(toml);
         let mut s = Server {

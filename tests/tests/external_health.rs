@@ -90,3 +90,177 @@ async fn an_external_service_goes_healthy_then_unhealthy_when_its_server_stops()
     let (_, quiet) = s.call("POST", &format!("{T}/services"), Some(body)).await;
     assert_eq!(quiet["status"]["lifecycleState"], "declared");
 }
+
+/// `openssl s_server -www` on a free loopback port with a certificate for 127.0.0.1 from a
+/// fresh private CA (a real TLS server answering `200` to any GET): its port, the CA file, and
+/// the process (killed on drop).
+struct TlsServer {
+    port: u16,
+    ca: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_server() -> TlsServer {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(ok.success(), "openssl {args:?} failed");
+    };
+    // A private CA, and a server certificate for 127.0.0.1 it signs (webpki refuses a CA
+    // certificate as the server's own).
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=nimbus test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let (cert, key) = (p("cert.pem"), p("key.pem"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("openssl")
+        .args(["s_server", "-www", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    TlsServer {
+        port,
+        ca: p("ca.pem"),
+        child,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn https_services_are_probed_over_tls_trusting_the_configured_ca_only() {
+    let tls = tls_server();
+    let url = format!("https://127.0.0.1:{}", tls.port);
+    let service = json!({"name": "secure", "backend": {"kind": "external", "endpoint": {"url": url}, "auth": {"kind": "none"},
+        "health": {"kind": "http", "path": "/healthz", "intervalSeconds": 1, "timeoutMs": 2000}}});
+
+    // Trusting the server's CA: healthy.
+    let trusting = Server::start_with_config(&format!(
+        "{NO_DRIVER}[plugins]\ntls_ca_file = \"{}\"\n",
+        tls.ca.display()
+    ))
+    .await;
+    let (st, created) = trusting
+        .call("POST", &format!("{T}/services"), Some(service.clone()))
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let svc = wait_health(&trusting, "secure", "healthy").await;
+    assert_eq!(svc["status"]["lifecycleState"], "running", "{svc}");
+
+    // Without it the certificate is not trusted: unhealthy, and the condition says why.
+    let plain = Server::start_with_config(NO_DRIVER).await;
+    let (st, created) = plain
+        .call("POST", &format!("{T}/services"), Some(service))
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let svc = wait_health(&plain, "secure", "unhealthy").await;
+    let message = svc["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(message.contains("certificate"), "{svc}");
+}
+
+#[tokio::test]
+async fn an_unreadable_tls_ca_file_stops_the_server_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("ca.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let config = dir.path().join("nimbus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{NO_DRIVER}[plugins]\ntls_ca_file = \"{}\"\n",
+            bogus.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plugins.tls_ca_file"), "{err}");
+}

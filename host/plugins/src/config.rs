@@ -35,6 +35,10 @@ pub struct PluginsConfig {
     /// 0 turns hot swapping off). Default 1000.
     #[serde(default)]
     pub watch_interval_ms: Option<u64>,
+    /// PEM file of certificate authorities trusted for plugins' `https` requests (health
+    /// probes of services behind a private CA), on top of the public web roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -203,7 +203,7 @@ impl PluginHost {
             health_tcp,
             catalog,
             metrics,
-            http_client: crate::net::http_client()?,
+            http_client: crate::net::http_client(config.tls_ca_file.as_deref())?,
             seen_generation: Mutex::new(generation),
         });
         for slot in host.slots() {

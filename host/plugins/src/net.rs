@@ -123,12 +123,33 @@ pub struct HttpResponse {
 }
 
 /// The process's HTTP client for plugins: no redirects (a redirect could lead to an ungranted
-/// host), no proxy from the environment.
-pub(crate) fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// host), no proxy from the environment; `https` verified against the public web roots plus
+/// the operator's `plugins.tls_ca_file`.
+pub(crate) fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()?)
+        .no_proxy();
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("plugins.tls_ca_file: cannot read {}: {e}", path.display())
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            anyhow::anyhow!(
+                "plugins.tls_ca_file: {} is not a PEM certificate bundle: {e}",
+                path.display()
+            )
+        })?;
+        if certs.is_empty() {
+            anyhow::bail!(
+                "plugins.tls_ca_file: {} holds no PEM certificate",
+                path.display()
+            );
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 pub(crate) fn http_send(
@@ -140,15 +161,10 @@ pub(crate) fn http_send(
     let url = reqwest::Url::parse(&req.url)
         .map_err(|e| NetFailure::InvalidAddress(format!("{:?}: {e}", req.url)))?;
     match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(NetFailure::InvalidAddress(
-                "https is not available to plugins in this Nimbus build; probe over http".into(),
-            ))
-        }
+        "http" | "https" => {}
         other => {
             return Err(NetFailure::InvalidAddress(format!(
-                "scheme {other:?} is not offered; use http"
+                "scheme {other:?} is not offered; use http or https"
             )))
         }
     }
