@@ -8,7 +8,9 @@
 //!   verdict map keyed by source address (unknown sources are dropped); new connections into the
 //!   bridge from other interfaces are dropped.
 //! - per-sandbox chain: loopback and 169.254.0.0/16 dropped, other tenants' sandboxes dropped,
-//!   then the spec's allow-list, then drop.
+//!   then the spec's allow-list, then drop. A sandbox allowed nothing has no chain (and no map
+//!   entry): as an unknown source all it sends is dropped. Every sandbox's address is in its
+//!   tenant's set, which the chains of its allowed siblings consult.
 //! - `input`: nothing from the bridge reaches the host itself except replies.
 //! - `postrouting`: allowed traffic leaving the host is masqueraded.
 
@@ -374,6 +376,16 @@ flush map inet {table} sandboxes
         let c = &net.chain;
         let table = &self.table;
         let set = &net.tenant_set;
+        if policy.egress.allow.is_empty() {
+            // Allowed nothing: with no verdict-map entry the `egress` chain drops all it sends,
+            // which is what a chain of its own would end in. Only its tenant-set membership is
+            // needed (siblings allowed to reach the subnet may reach it). Fewer chains also
+            // keep every later `nft` call quicker: nft reads the whole table first.
+            return Ok(format!(
+                "add set inet {table} {set} {{ type ipv4_addr; }}\nadd element inet {table} {set} {{ {a} }}\n",
+                a = net.address
+            ));
+        }
         let mut s = format!(
             "add set inet {table} {set} {{ type ipv4_addr; }}\nadd element inet {table} {set} {{ {a} }}\nadd chain inet {table} {c}\nflush chain inet {table} {c}\n\
              add rule inet {table} {c} ip daddr {{ 127.0.0.0/8, 169.254.0.0/16, 0.0.0.0/8, 224.0.0.0/4 }} drop\n\
@@ -496,6 +508,14 @@ mod tests {
             },
         };
         let r = n.rules(&net, &policy).unwrap();
+        // Allowed nothing: only the tenant-set entry, no chain and no verdict-map entry (so
+        // the base `egress` chain drops everything it sends).
+        let deny_all = n.rules(&net, &NetworkPolicy::default()).unwrap();
+        assert!(deny_all.contains("add element") && deny_all.contains("tenant_"));
+        assert!(
+            !deny_all.contains("chain") && !deny_all.contains("sandboxes"),
+            "{deny_all}"
+        );
         let meta = r.find("169.254.0.0/16").unwrap();
         let tenant = r.find("ip daddr != @tenant_").unwrap();
         let allow = r
