@@ -312,14 +312,17 @@ async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhil
     let (long, short) = (new_id(), new_id());
     {
         let rt = runtime(17, data.path(), |_| {});
-        rt.launch(
-            &long,
-            "demo",
-            &spec(&image, &["sh", "-c", "echo up; sleep 300"]),
-            |_| {},
-        )
-        .await
-        .unwrap();
+        // An allow-list gives it a chain and a verdict-map entry that must survive the restart.
+        let mut long_spec = spec(&image, &["sh", "-c", "echo up; sleep 300"]);
+        long_spec
+            .network
+            .egress
+            .allow
+            .push(nimbus_core::spec::EgressRule {
+                cidr: "192.0.2.0/24".into(),
+                ports: vec![443],
+            });
+        rt.launch(&long, "demo", &long_spec, |_| {}).await.unwrap();
         rt.launch(
             &short,
             "demo",
