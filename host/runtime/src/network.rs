@@ -326,14 +326,6 @@ flush map inet {table} sandboxes
             .map_err(|e| format!("cannot write lease {}: {e}", lease.display()))
     }
 
-    /// Connects the namespace to the bridge (veth, isolated bridge port, /32 address, routes)
-    /// and installs the sandbox's nftables chain. Must finish before the process starts.
-    pub async fn connect(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<(), String> {
-        let (a, b) = tokio::join!(self.link(net), self.apply_rules(net, policy));
-        a?;
-        b
-    }
-
     /// Installs the sandbox's chain, its verdict-map entry and its tenant-set membership.
     pub async fn apply_rules(
         &self,
@@ -364,12 +356,6 @@ flush map inet {table} sandboxes
         run_cmd("ip", &ip_args, Some(inner.as_bytes()))
             .await
             .map(|_| ())
-    }
-
-    /// `create_netns` then `connect`.
-    pub async fn setup(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<(), String> {
-        self.create_netns(net).await?;
-        self.connect(net, policy).await
     }
 
     fn rules(&self, net: &SandboxNet, policy: &NetworkPolicy) -> Result<String, String> {
@@ -425,7 +411,8 @@ flush map inet {table} sandboxes
         Ok(s)
     }
 
-    /// Removes everything `setup` created; parts already gone are not an error.
+    /// Removes a sandbox's (or a warm-pool) namespace, interface and rules; parts already gone are
+    /// not an error.
     pub async fn teardown(&self, net: &SandboxNet) -> Result<(), String> {
         let c = &net.chain;
         let table = &self.table;
