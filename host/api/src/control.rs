@@ -11,6 +11,11 @@ use nimbus_core::spec::SandboxSpec;
 /// `Some(committed)`. A dropped sender counts as not committed.
 pub type Commit = tokio::sync::watch::Receiver<Option<bool>>;
 
+/// A [`Commit`] for a record written long ago (a launch resumed after a restart).
+pub fn already_committed() -> Commit {
+    tokio::sync::watch::channel(Some(true)).1
+}
+
 /// Waits for the outcome of the write `commit` follows.
 pub async fn committed(mut commit: Commit) -> bool {
     match commit.wait_for(Option::is_some).await {
@@ -41,4 +46,21 @@ pub trait SandboxControl: Send + Sync {
         id: &'a SandboxId,
         follow: bool,
     ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_commit_says_what_the_write_did_and_a_dropped_writer_counts_as_not_committed() {
+        assert!(committed(already_committed()).await);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let waiting = tokio::spawn(committed(rx));
+        tx.send(Some(false)).unwrap();
+        assert!(!waiting.await.unwrap());
+        let (tx, rx) = tokio::sync::watch::channel(None::<bool>);
+        drop(tx);
+        assert!(!committed(rx).await);
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nimbus_api::auth::{WorkloadClaims, WorkloadSigner};
-use nimbus_api::control::{committed, BoxFuture, Commit, SandboxControl};
+use nimbus_api::control::{already_committed, committed, BoxFuture, Commit, SandboxControl};
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{set_condition, ConditionStatus, Endpoint, Readiness};
@@ -89,7 +89,12 @@ impl SandboxController {
             let tenant = r.meta.tenant_id.clone();
             match (r.status.lifecycle_state, self.runtime.observe(&r.id)) {
                 (SandboxState::Pending, _) => {
-                    tokio::spawn(self.clone().launch_task(tenant, r.id.clone()));
+                    tokio::spawn(self.clone().launch_task(
+                        tenant,
+                        r.id.clone(),
+                        None,
+                        already_committed(),
+                    ));
                 }
                 (SandboxState::Creating, _) => {
                     // The launch was cut off by the restart: clear what it left and start over.
@@ -108,7 +113,12 @@ impl SandboxController {
                             None,
                         )
                         .await;
-                    tokio::spawn(self.clone().launch_task(tenant, r.id.clone()));
+                    tokio::spawn(self.clone().launch_task(
+                        tenant,
+                        r.id.clone(),
+                        None,
+                        already_committed(),
+                    ));
                 }
                 (SandboxState::Stopping, Observed::Running { .. }) => {
                     tokio::spawn(self.clone().stop_task(tenant, r.id.clone()));
@@ -262,27 +272,20 @@ impl SandboxController {
         result
     }
 
-    /// Launches a sandbox already recorded as `pending` (adoption after a restart).
-    async fn launch_task(self: Arc<Self>, tenant: Name, id: SandboxId) {
-        if !self.claim(id.as_str()) {
-            return;
-        }
-        self.launch_inner(&tenant, &id, None).await;
-        self.release(id.as_str());
-    }
-
-    /// Launches a sandbox whose record is being written; see [`SandboxControl::launch`].
-    async fn launch_new_task(
+    /// Launches sandbox `id`: with `spec` when the create hands it over while its record is
+    /// written (see [`SandboxControl::launch`]), else the `pending` record's (adoption after a
+    /// restart, with `commit` already true).
+    async fn launch_task(
         self: Arc<Self>,
         tenant: Name,
         id: SandboxId,
-        spec: SandboxSpec,
+        spec: Option<SandboxSpec>,
         commit: Commit,
     ) {
         if !self.claim(id.as_str()) {
             return;
         }
-        self.launch_inner(&tenant, &id, Some((spec, commit))).await;
+        self.launch_inner(&tenant, &id, spec, commit).await;
         self.release(id.as_str());
     }
 
@@ -290,23 +293,15 @@ impl SandboxController {
         self: &Arc<Self>,
         tenant: &Name,
         id: &SandboxId,
-        new: Option<(SandboxSpec, Commit)>,
+        spec: Option<SandboxSpec>,
+        commit: Commit,
     ) {
-        let (mut spec, commit) = match new {
-            Some((spec, commit)) => (spec, Some(commit)),
+        let mut spec = match spec {
+            Some(spec) => spec,
             None => match self.store.get_sandbox(tenant, id.as_str()).await {
-                Ok(Some(r)) if r.status.lifecycle_state == SandboxState::Pending => (r.spec, None),
+                Ok(Some(r)) if r.status.lifecycle_state == SandboxState::Pending => r.spec,
                 _ => return,
             },
-        };
-        let go = |commit: &Option<Commit>| {
-            let commit = commit.clone();
-            async move {
-                match commit {
-                    Some(c) => committed(c).await,
-                    None => true,
-                }
-            }
         };
         if spec.workload_identity {
             let now = Utc::now().timestamp();
@@ -325,7 +320,7 @@ impl SandboxController {
         // write costs as much as a good part of the launch and nothing in the launch needs it.
         // Progress is written only once `creating` is, so a first "Pulling" cannot be lost.
         let (began_tx, began_rx) = tokio::sync::watch::channel(false);
-        let record_committed = go(&commit);
+        let record_committed = committed(commit.clone());
         let began = async {
             if !record_committed.await {
                 return Err(Error::not_found("sandbox", id.as_str()));
@@ -375,7 +370,7 @@ impl SandboxController {
             tenant.as_str(),
             &spec,
             |e| progress.event(e),
-            go(&commit),
+            committed(commit),
         );
         let (began, outcome) = tokio::join!(began, launch);
         progress.flush().await;
@@ -659,7 +654,7 @@ impl SandboxControl for ControlHandle {
     }
 
     fn launch(&self, tenant: Name, id: SandboxId, spec: SandboxSpec, commit: Commit) {
-        tokio::spawn(self.0.clone().launch_new_task(tenant, id, spec, commit));
+        tokio::spawn(self.0.clone().launch_task(tenant, id, Some(spec), commit));
     }
 
     fn stop(&self, tenant: Name, id: SandboxId) {
