@@ -184,6 +184,17 @@ impl Drop for ApiServer {
     }
 }
 
+/// `crun run` of `bundle` as a container named after `name` and this process.
+fn crun_run(root: &std::path::Path, bundle: &std::path::Path, name: &str) -> Command {
+    let mut c = Command::new("crun");
+    c.arg("--root")
+        .arg(root)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(format!("{name}-{}", std::process::id()));
+    c
+}
+
 fn main() {
     require_host();
     if std::env::var_os("RUST_LOG").is_some() {
@@ -298,24 +309,8 @@ fn main() {
                         launch_only.push(returned);
                         rt.delete(&id).await.unwrap();
                     }
-                    2 => {
-                        let mut c = Command::new("crun");
-                        c.arg("--root")
-                            .arg(&crun_root)
-                            .args(["run", "--bundle"])
-                            .arg(bundle.path())
-                            .arg(format!("bench-{}-{i}", std::process::id()));
-                        crun.push(first_byte_of(c));
-                    }
-                    _ => {
-                        let mut c = Command::new("crun");
-                        c.arg("--root")
-                            .arg(&crun_root)
-                            .args(["run", "--bundle"])
-                            .arg(hb.path())
-                            .arg(format!("benchh-{}-{i}", std::process::id()));
-                        crun_hardened.push(first_byte_of(c));
-                    }
+                    2 => crun.push(first_byte_of(crun_run(&crun_root, bundle.path(), &format!("bench-{i}")))),
+                    _ => crun_hardened.push(first_byte_of(crun_run(&crun_root, hb.path(), &format!("benchh-{i}")))),
                 }
                 // Let the step's sandbox finish going away (and the warm pool refill) before
                 // the next step, so no path pays for another's cleanup.
