@@ -45,6 +45,9 @@ pub struct MonitorArgs {
     pub crun_root: PathBuf,
     pub id: String,
     pub log_max: u64,
+    /// Copy crun's compiled seccomp filter into the sandbox dir (the server asks while it has
+    /// no cached filter).
+    pub keep_seccomp: bool,
 }
 
 impl MonitorArgs {
@@ -61,6 +64,8 @@ impl MonitorArgs {
             self.id.clone().into(),
             "--log-max".into(),
             self.log_max.to_string().into(),
+            "--keep-seccomp".into(),
+            self.keep_seccomp.to_string().into(),
         ]
     }
 
@@ -71,6 +76,7 @@ impl MonitorArgs {
         }
         let (mut dir, mut crun, mut crun_root, mut id, mut log_max) =
             (None, None, None, None, None);
+        let mut keep_seccomp = false;
         while let Some(flag) = it.next() {
             let value = it.next().ok_or_else(|| format!("{flag:?} needs a value"))?;
             match flag.to_str() {
@@ -79,6 +85,7 @@ impl MonitorArgs {
                 Some("--crun-root") => crun_root = Some(PathBuf::from(value)),
                 Some("--id") => id = value.to_str().map(str::to_string),
                 Some("--log-max") => log_max = value.to_str().and_then(|v| v.parse().ok()),
+                Some("--keep-seccomp") => keep_seccomp = value == "true",
                 _ => return Err(format!("unknown monitor flag {flag:?}")),
             }
         }
@@ -88,6 +95,7 @@ impl MonitorArgs {
             crun_root: crun_root.ok_or("--crun-root missing")?,
             id: id.ok_or("--id missing")?,
             log_max: log_max.ok_or("--log-max missing")?,
+            keep_seccomp,
         })
     }
 }
@@ -203,10 +211,12 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
         .ok_or_else(|| "crun run left no readable pid file".to_string())?;
     // The compiled seccomp filter, kept beside the log before a quick exit removes crun's
     // state (the server caches it so later launches skip the compilation).
-    let _ = std::fs::copy(
-        a.crun_root.join(&a.id).join("seccomp.bpf"),
-        a.dir.join("seccomp.bpf"),
-    );
+    if a.keep_seccomp {
+        let _ = std::fs::copy(
+            a.crun_root.join(&a.id).join("seccomp.bpf"),
+            a.dir.join("seccomp.bpf"),
+        );
+    }
     handshake(&serde_json::json!({ "pid": pid }));
     if let Ok(devnull) = File::options().write(true).open("/dev/null") {
         use std::os::fd::AsRawFd;
@@ -347,9 +357,13 @@ mod tests {
             crun_root: "/r".into(),
             id: "sbx_1".into(),
             log_max: 1024,
+            keep_seccomp: true,
         };
         let b = MonitorArgs::parse(a.to_args()).unwrap();
-        assert_eq!((b.dir, b.id, b.log_max), (a.dir, a.id, a.log_max));
+        assert_eq!(
+            (b.dir, b.id, b.log_max, b.keep_seccomp),
+            (a.dir, a.id, a.log_max, a.keep_seccomp)
+        );
     }
 
     #[test]

@@ -522,7 +522,7 @@ impl Runtime {
                 .await
                 .map_err(internal)?;
         }
-        let created = self.spawn_monitor(id, dir).await;
+        let created = self.spawn_monitor(id, dir, cached_bpf.is_none()).await;
         phase("running");
         if deny_all {
             self.network
@@ -554,14 +554,21 @@ impl Runtime {
         })
     }
 
-    /// Starts the sandbox's monitor and returns its handshake line.
-    async fn spawn_monitor(&self, id: &str, dir: &Path) -> Result<String, LaunchError> {
+    /// Starts the sandbox's monitor and returns its handshake line. `keep_seccomp` asks it to
+    /// keep crun's compiled filter for the cache.
+    async fn spawn_monitor(
+        &self,
+        id: &str,
+        dir: &Path,
+        keep_seccomp: bool,
+    ) -> Result<String, LaunchError> {
         let args = MonitorArgs {
             dir: dir.to_path_buf(),
             crun: self.crun.clone(),
             crun_root: self.crun_root.clone(),
             id: id.to_string(),
             log_max: self.config.log_max_bytes,
+            keep_seccomp,
         };
         let monitor_log = std::fs::File::create(dir.join("monitor.log")).map_err(internal)?;
         let mut child = tokio::process::Command::new(&self.monitor)
