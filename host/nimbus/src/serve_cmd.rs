@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use nimbus_api::auth::WorkloadSigner;
 use nimbus_api::App;
 use nimbus_core::names::Name;
@@ -130,6 +131,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let router = nimbus_api::router(app);
 
     tracing::info!(%endpoint, data_dir = %data_dir.display(), credentials = %credential_file.display(), "nimbus is serving");
+    // No Nagle: streamed responses (followed logs, events) are many small writes, and each
+    // would otherwise wait for the client's delayed ACK of the one before it.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await

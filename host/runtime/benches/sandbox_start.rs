@@ -11,7 +11,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const ROUNDS: usize = 20;
+/// Rounds per path; BENCH_ROUNDS overrides (a quick look while profiling).
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20)
+}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -84,9 +90,16 @@ impl ApiServer {
             .arg("--config")
             .arg(&config)
             .env("HOME", root.path())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("BENCH_SERVER_LOG") {
+                // BENCH_SERVER_LOG=nimbus_runtime=debug shows the server's launch phases.
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            })
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
@@ -150,7 +163,12 @@ impl ApiServer {
         let t = start.elapsed();
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!(
-                "api: created+following after {:.1} ms, first byte at {:.1} ms",
+                "api: POST at {:.6} {id}: created+following after {:.1} ms, first byte at {:.1} ms",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+                    - t.as_secs_f64(),
                 following.as_secs_f64() * 1e3,
                 t.as_secs_f64() * 1e3
             );
@@ -276,7 +294,7 @@ fn main() {
         // them alike; medians over the rounds.
         let (mut api, mut nimbus, mut launch_only, mut crun, mut crun_hardened) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for i in 0..ROUNDS {
+        for i in 0..rounds() {
             // The order rotates, so no path always follows another's cleanup.
             for step in 0..4 {
                 match (i + step) % 4 {
@@ -344,7 +362,7 @@ fn main() {
             .status();
         let mut pod = Vec::new();
         if pulled.is_ok_and(|s| s.success()) {
-            for _ in 0..ROUNDS.min(10) {
+            for _ in 0..rounds().min(10) {
                 pod.push(first_byte_of(podman(&[
                     "run",
                     "--rm",
@@ -367,7 +385,7 @@ fn main() {
         let l = median(launch_only);
         let c = median(crun);
         let h = median(crun_hardened);
-        println!("create -> first byte of output (median of {ROUNDS}, image already pulled)");
+        println!("create -> first byte of output (median of {}, image already pulled)", rounds());
         let api_median = (!api.is_empty()).then(|| median(api));
         if let Some(a) = api_median {
             println!("  nimbus API      {:>8.1} ms   (POST the sandbox, follow its logs)", a.as_secs_f64() * 1e3);
