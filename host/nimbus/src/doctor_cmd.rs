@@ -1,6 +1,6 @@
 //! `nimbus doctor`: checks that this host can run container sandboxes and says exactly what to
-//! fix; `--fix` applies the fix the runtime can make itself (the v1 hugetlb cgroup mount that
-//! Debian's crun needs on hybrid cgroup hosts).
+//! fix; `--fix` applies the fixes the runtime can make itself (the v1 hugetlb cgroup mount that
+//! Debian's crun needs on hybrid cgroup hosts, and `favordynmods` for quick sandbox starts).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,7 +9,8 @@ use nimbus_runtime::doctor::{self, Status};
 
 #[derive(clap::Args)]
 pub struct DoctorArgs {
-    /// Apply the fixes Nimbus can make itself (cgroup controller mounts), then check again.
+    /// Apply the fixes Nimbus can make itself (cgroup mounts and mount options), then check
+    /// again.
     #[arg(long)]
     pub fix: bool,
     /// The crun executable to check (default: crun on PATH, like `runtime.crun`).
@@ -31,6 +32,16 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 }
             }
             Err(e) => anyhow::bail!("fix failed: {e}"),
+        }
+        match doctor::fix_cgroup_migrations() {
+            Ok(Some(done)) => {
+                let _ = writeln!(out, "fix: {done}");
+            }
+            Ok(None) => {}
+            // Not blocking: sandboxes run without it, only slower to start.
+            Err(e) => {
+                let _ = writeln!(out, "fix: {e}");
+            }
         }
     }
     let checks = doctor::all_checks(&args.crun);

@@ -52,6 +52,15 @@ impl WarmPool {
             .pop_front()
     }
 
+    /// Returns a namespace a launch took but could not use (it was never recorded as the
+    /// launch's). After a drain it stays on the host until the next start removes it.
+    pub fn put_back(&self, prepared: Prepared) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_front(prepared);
+    }
+
     /// Prepares namespaces until `size` are ready or being prepared. Failures are logged and
     /// leave the pool smaller: launches then wire their own namespace, as without a pool.
     pub async fn refill(self: Arc<Self>, network: Arc<Network>) {
