@@ -386,6 +386,15 @@ fn main() {
         let c = median(crun);
         let h = median(crun_hardened);
         println!("create -> first byte of output (median of {}, image already pulled)", rounds());
+        // Changes every column by 10-25 ms here (see `nimbus doctor`), so say which it was.
+        println!(
+            "  host: {}",
+            match nimbus_runtime::doctor::cgroup_migrations() {
+                nimbus_runtime::doctor::CgroupMigrations::Fast => "favordynmods set (cgroup migrations do not wait)",
+                nimbus_runtime::doctor::CgroupMigrations::Slow { .. } => "favordynmods not set (each start waits for an RCU grace period; `nimbus doctor --fix`)",
+                nimbus_runtime::doctor::CgroupMigrations::Unavailable => "no favordynmods on this kernel",
+            }
+        );
         let api_median = (!api.is_empty()).then(|| median(api));
         if let Some(a) = api_median {
             println!("  nimbus API      {:>8.1} ms   (POST the sandbox, follow its logs)", a.as_secs_f64() * 1e3);
