@@ -101,29 +101,6 @@ impl Server {
         self.root.path().join("data")
     }
 
-    /// This server's monitors that are alive and running a sandbox; idle standby monitors
-    /// (named `nimbus-standby`, see host/runtime/src/standby.rs) are not counted.
-    pub fn working_monitors(&self) -> usize {
-        let dir = self.data_dir().display().to_string();
-        std::fs::read_dir("/proc")
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| {
-                        let cmdline = std::fs::read(e.path().join("cmdline"))
-                            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                            .unwrap_or_default();
-                        let comm =
-                            std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-                        cmdline.contains("__monitor")
-                            && cmdline.contains(&dir)
-                            && comm.trim() != "nimbus-standby"
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -21,7 +21,6 @@ pub mod reference;
 pub mod registry;
 mod sandbox;
 pub mod seccomp;
-mod standby;
 
 pub use config::RuntimeConfig;
 pub use doctor::HostUnfit;

@@ -21,10 +21,6 @@ use std::process::{Command, ExitCode, Stdio};
 use serde::{Deserialize, Serialize};
 
 pub const MONITOR_ARG: &str = "__monitor";
-/// `<exe> __monitor --standby <runtime root>`: a monitor started ahead of any launch, which
-/// reads its real arguments from stdin (see [`MonitorArgs::to_standby_input`]) and exits
-/// quietly if stdin closes with none, as when its server stops or dies.
-pub const STANDBY_ARG: &str = "--standby";
 
 /// What `exit.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -73,28 +69,6 @@ impl MonitorArgs {
         ]
     }
 
-    /// What a standby monitor reads on stdin: the arguments, each followed by a NUL byte.
-    pub fn to_standby_input(&self) -> Vec<u8> {
-        use std::os::unix::ffi::OsStrExt;
-        let mut out = Vec::new();
-        for a in self.to_args() {
-            out.extend_from_slice(a.as_bytes());
-            out.push(0);
-        }
-        out
-    }
-
-    fn from_standby_input(bytes: &[u8]) -> Result<Self, String> {
-        use std::os::unix::ffi::OsStrExt;
-        let args = bytes
-            .strip_suffix(&[0])
-            .ok_or("standby input not NUL-terminated")?
-            .split(|b| *b == 0)
-            .map(|a| std::ffi::OsStr::from_bytes(a).to_os_string())
-            .collect();
-        Self::parse(args)
-    }
-
     fn parse(args: Vec<OsString>) -> Result<Self, String> {
         let mut it = args.into_iter().peekable();
         if it.peek().is_some_and(|a| a == MONITOR_ARG) {
@@ -138,18 +112,7 @@ pub fn main_if_requested() -> Option<ExitCode> {
 }
 
 pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
-    let standby = args.iter().any(|a| a == STANDBY_ARG);
-    let args = if standby {
-        match standby_args() {
-            Ok(Some(a)) => Ok(a),
-            // Stdin closed with nothing: the server no longer needs this monitor.
-            Ok(None) => return ExitCode::SUCCESS,
-            Err(e) => Err(e),
-        }
-    } else {
-        MonitorArgs::parse(args)
-    };
-    let args = match args {
+    let args = match MonitorArgs::parse(args) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("nimbus monitor: {e}");
@@ -163,33 +126,6 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// A standby monitor's wait for work: its arguments on stdin, then its stderr moved to the
-/// sandbox's `monitor.log` (where a monitor started for one launch writes from the outset).
-fn standby_args() -> Result<Option<MonitorArgs>, String> {
-    // Out of the server's session and process group from the start (a terminal's Ctrl-C is
-    // for the server), and named so `ps` tells idle standbys from working monitors.
-    let _ = nix::unistd::setsid();
-    let _ = nix::sys::prctl::set_name(c"nimbus-standby");
-    let mut input = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut input)
-        .map_err(|e| format!("reading the standby arguments: {e}"))?;
-    if input.is_empty() {
-        return Ok(None);
-    }
-    let args = MonitorArgs::from_standby_input(&input)?;
-    let _ = nix::sys::prctl::set_name(c"nimbus-monitor");
-    use std::os::fd::AsRawFd;
-    let log = File::create(args.dir.join("monitor.log"))
-        .map_err(|e| format!("cannot create monitor.log: {e}"))?;
-    let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
-    if let Ok(devnull) = File::open("/dev/null") {
-        let _ = nix::unistd::dup2(devnull.as_raw_fd(), 0);
-    }
-    Ok(Some(args))
 }
 
 pub fn now_secs() -> u64 {
@@ -220,8 +156,10 @@ fn record_exit(dir: &Path, rec: &ExitRecord) -> Result<(), String> {
 
 fn run(a: &MonitorArgs) -> Result<(), String> {
     // Own session: the server's terminal, process group and death do not reach the monitor.
-    // (A standby monitor has one already; then this fails harmlessly.)
-    let _ = nix::unistd::setsid();
+    // (It must not be started as a process-group leader, or setsid fails.)
+    if let Err(e) = nix::unistd::setsid() {
+        eprintln!("nimbus monitor: setsid failed ({e}); staying in the server's session");
+    }
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| format!("cannot become child subreaper: {e}"))?;
     std::fs::write(a.dir.join("monitor.pid"), std::process::id().to_string())
@@ -429,22 +367,6 @@ mod tests {
             (b.dir, b.id, b.log_max, b.keep_seccomp),
             (a.dir, a.id, a.log_max, a.keep_seccomp)
         );
-    }
-
-    #[test]
-    fn standby_input_round_trips_any_path_bytes() {
-        use std::os::unix::ffi::OsStrExt;
-        let a = MonitorArgs {
-            dir: std::ffi::OsStr::from_bytes(b"/data dir/\xff").into(),
-            crun: "crun".into(),
-            crun_root: "/r".into(),
-            id: "sbx_1".into(),
-            log_max: 1024,
-            keep_seccomp: false,
-        };
-        let b = MonitorArgs::from_standby_input(&a.to_standby_input()).unwrap();
-        assert_eq!((b.dir, b.id, b.log_max), (a.dir, a.id, a.log_max));
-        assert!(MonitorArgs::from_standby_input(b"--dir").is_err());
     }
 
     #[test]

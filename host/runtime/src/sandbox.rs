@@ -25,7 +25,6 @@ use crate::network::{Network, SandboxNet};
 use crate::pool::WarmPool;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, RegistryClient};
-use crate::standby::StandbyMonitors;
 use crate::{LaunchError, ProgressEvent, RuntimeError};
 
 /// How the host reaches a sandbox: its address on the sandbox bridge, and the ports its image
@@ -94,7 +93,6 @@ pub struct Runtime {
     images: ImageStore,
     network: Arc<Network>,
     pool: Arc<WarmPool>,
-    standby: Arc<StandbyMonitors>,
     crun: PathBuf,
     crun_root: PathBuf,
     monitor: PathBuf,
@@ -163,14 +161,8 @@ impl Runtime {
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        let standby = Arc::new(StandbyMonitors::new(
-            monitor.clone(),
-            root.clone(),
-            config.warm_pool,
-        ));
         Ok(Arc::new(Runtime {
             root,
-            standby,
             config: config.clone(),
             images,
             network,
@@ -214,14 +206,10 @@ impl Runtime {
 
     fn refill_pool(&self) {
         tokio::spawn(self.pool.clone().refill(self.network.clone()));
-        let standby = self.standby.clone();
-        tokio::spawn(async move { standby.refill() });
     }
 
-    /// Removes the warm pool's namespaces, lets the standby monitors go and stops refilling
-    /// either (at shutdown).
+    /// Removes the warm pool's namespaces and stops refilling it (at shutdown).
     pub async fn drain_pool(&self) {
-        self.standby.drain();
         self.pool.drain(&self.network).await;
     }
 
@@ -593,25 +581,19 @@ impl Runtime {
             log_max: self.config.log_max_bytes,
             keep_seccomp,
         };
-        let mut child = match self.standby.assign(&args).await {
-            Some(child) => child,
-            None => {
-                let monitor_log =
-                    std::fs::File::create(dir.join("monitor.log")).map_err(internal)?;
-                tokio::process::Command::new(&self.monitor)
-                    .args(args.to_args())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::from(monitor_log))
-                    .spawn()
-                    .map_err(|e| {
-                        internal(format!(
-                            "cannot start the monitor {}: {e}",
-                            self.monitor.display()
-                        ))
-                    })?
-            }
-        };
+        let monitor_log = std::fs::File::create(dir.join("monitor.log")).map_err(internal)?;
+        let mut child = tokio::process::Command::new(&self.monitor)
+            .args(args.to_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(monitor_log))
+            .spawn()
+            .map_err(|e| {
+                internal(format!(
+                    "cannot start the monitor {}: {e}",
+                    self.monitor.display()
+                ))
+            })?;
         let stdout = child
             .stdout
             .take()
