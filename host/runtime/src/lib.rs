@@ -8,6 +8,7 @@
 //!
 //! See docs/runtime.md for the contract and docs/security.md for what every sandbox gets.
 
+mod batch;
 pub mod build;
 pub mod bundle;
 mod cmd;

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use nimbus_core::spec::{parse_cidr, NetworkPolicy};
 use sha2::{Digest as _, Sha256};
 
+use crate::batch::ScriptBatcher;
 use crate::cmd::run_cmd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,8 @@ pub struct Network {
     pub subnet: Subnet,
     leases: PathBuf,
     alloc: Mutex<()>,
+    /// Sandbox rules go through one batcher, so a burst of launches shares `nft` runs.
+    rules_batcher: ScriptBatcher,
 }
 
 /// Lease owner prefix of addresses held by warm-pool namespaces.
@@ -115,6 +118,13 @@ impl Network {
             subnet,
             leases,
             alloc: Mutex::new(()),
+            rules_batcher: ScriptBatcher::new(|script: String| {
+                Box::pin(async move {
+                    run_cmd("nft", &["-f", "-"], Some(script.as_bytes()))
+                        .await
+                        .map(|_| ())
+                })
+            }),
         })
     }
 
@@ -326,16 +336,15 @@ flush map inet {table} sandboxes
             .map_err(|e| format!("cannot write lease {}: {e}", lease.display()))
     }
 
-    /// Installs the sandbox's chain, its verdict-map entry and its tenant-set membership.
+    /// Installs the sandbox's chain, its verdict-map entry and its tenant-set membership (in
+    /// one `nft` run with those of launches happening at the same time).
     pub async fn apply_rules(
         &self,
         net: &SandboxNet,
         policy: &NetworkPolicy,
     ) -> Result<(), String> {
         let rules = self.rules(net, policy)?;
-        run_cmd("nft", &["-f", "-"], Some(rules.as_bytes()))
-            .await
-            .map(|_| ())
+        self.rules_batcher.apply(rules).await
     }
 
     /// The veth pair into the namespace, the isolated bridge port, the address and the routes.
