@@ -429,16 +429,27 @@ flush map inet {table} sandboxes
         let mut errors = Vec::new();
         // An unassigned (warm pool) namespace has no rules yet.
         if !c.is_empty() {
-            // Each statement separately: a missing element must not stop the rest.
-            for stmt in [
-                format!("delete element inet {table} sandboxes {{ {a} }}"),
-                format!("delete element inet {table} {} {{ {a} }}", net.tenant_set),
-                format!("delete chain inet {table} {c}"),
-            ] {
-                let _ = run_cmd("nft", &[&stmt], None).await;
-            }
-            if self.chain_exists(c).await {
-                errors.push(format!("nftables chain {c} is still present"));
+            // One transaction whatever the sandbox had (a sandbox allowed nothing has no chain
+            // or verdict-map entry): each part is added first, which is a no-op where it
+            // exists, so every delete has something to delete. If it fails (e.g. the address
+            // maps to another chain), each statement runs on its own and the chain is checked.
+            let set = &net.tenant_set;
+            let script = format!(
+                "add set inet {table} {set} {{ type ipv4_addr; }}\nadd element inet {table} {set} {{ {a} }}\ndelete element inet {table} {set} {{ {a} }}\n\
+                 add chain inet {table} {c}\nadd element inet {table} sandboxes {{ {a} : jump {c} }}\ndelete element inet {table} sandboxes {{ {a} }}\ndelete chain inet {table} {c}\n"
+            );
+            if self.rules_batcher.apply(script).await.is_err() {
+                // Each statement separately: a missing element must not stop the rest.
+                for stmt in [
+                    format!("delete element inet {table} sandboxes {{ {a} }}"),
+                    format!("delete element inet {table} {set} {{ {a} }}"),
+                    format!("delete chain inet {table} {c}"),
+                ] {
+                    let _ = run_cmd("nft", &[&stmt], None).await;
+                }
+                if self.chain_exists(c).await {
+                    errors.push(format!("nftables chain {c} is still present"));
+                }
             }
         }
         if net.netns_path.exists() {
