@@ -134,12 +134,6 @@ impl ImageStore {
             )));
         };
         for l in &layers {
-            if l.media_type.contains("zstd") {
-                return Err(proto(format!(
-                    "layer {} is zstd-compressed, which Nimbus does not unpack yet",
-                    l.digest
-                )));
-            }
             check_digest(&l.digest).map_err(proto)?;
         }
         check_digest(&config.digest).map_err(proto)?;
@@ -337,19 +331,22 @@ fn write_blob_bytes(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, dest)
 }
 
-/// Unpacks a (possibly gzip-compressed) layer tarball, translating OCI whiteouts:
-/// `.wh.<name>` becomes a 0/0 character device and `.wh..wh..opq` the `trusted.overlay.opaque`
-/// attribute on its directory, which is how overlayfs spells them in a lower layer.
+/// Unpacks a layer tarball (plain, gzip or zstd, told apart by their magic bytes as the
+/// media type may not say), translating OCI whiteouts: `.wh.<name>` becomes a 0/0 character
+/// device and `.wh..wh..opq` the `trusted.overlay.opaque` attribute on its directory, which is
+/// how overlayfs spells them in a lower layer.
 pub fn unpack_layer(blob: &Path, dest: &Path) -> std::io::Result<()> {
     let mut f = std::fs::File::open(blob)?;
-    let mut magic = [0u8; 2];
+    let mut magic = [0u8; 4];
     let n = f.read(&mut magic)?;
     drop(f);
-    let f = std::fs::File::open(blob)?;
-    let reader: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)))
+    let f = std::io::BufReader::new(std::fs::File::open(blob)?);
+    let reader: Box<dyn Read> = if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+        Box::new(flate2::read::GzDecoder::new(f))
+    } else if n == 4 && crate::zstd::is_zstd(magic) {
+        Box::new(crate::zstd::FramesReader::new(f))
     } else {
-        Box::new(std::io::BufReader::new(f))
+        Box::new(f)
     };
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);

@@ -22,6 +22,7 @@ pub mod reference;
 pub mod registry;
 mod sandbox;
 pub mod seccomp;
+mod zstd;
 
 pub use config::RuntimeConfig;
 pub use doctor::HostUnfit;

@@ -79,6 +79,41 @@ async fn pull_by_reference_stores_verified_blobs_and_unpacks_layers_with_whiteou
 }
 
 #[tokio::test]
+async fn zstd_layers_in_several_frames_unpack_with_their_whiteouts() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_image_compressed(
+        "tools/zstd",
+        "v1",
+        &[busybox_layer(), whiteout_layer()],
+        busybox_config(),
+        "amd64",
+        Compression::ZstdFrames,
+    )
+    .await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(7, data.path(), |_| {});
+    let (_, logs) = run_to_end(
+        &rt,
+        &spec(
+            &format!("{}/tools/zstd:v1", reg.host),
+            &[
+                "sh",
+                "-c",
+                "ls /etc/gone.txt 2>&1; cat /etc/layer2.txt; ls /var/cache",
+            ],
+        ),
+    )
+    .await;
+    assert!(logs.contains("No such file or directory"), "{logs}");
+    assert!(logs.contains("from layer two"), "{logs}");
+    assert!(
+        logs.contains("new.txt") && !logs.contains("old.txt"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
 async fn multi_arch_index_resolves_to_linux_amd64() {
     require_host();
     let reg = Registry::start(None);

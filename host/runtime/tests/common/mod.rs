@@ -184,15 +184,28 @@ impl Registry {
         config: serde_json::Value,
         arch: &str,
     ) -> (Vec<u8>, String) {
+        self.push_image_compressed(repo, tag, layers, config, arch, Compression::Gzip)
+            .await
+    }
+
+    pub async fn push_image_compressed(
+        &self,
+        repo: &str,
+        tag: &str,
+        layers: &[Vec<u8>],
+        config: serde_json::Value,
+        arch: &str,
+        compression: Compression,
+    ) -> (Vec<u8>, String) {
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
         for l in layers {
             diff_ids.push(format!("sha256:{}", hex::encode(Sha256::digest(l))));
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(l).unwrap();
-            let gz = gz.finish().unwrap();
-            let d = self.push_blob(repo, &gz).await;
-            descs.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": gz.len()}));
+            let (blob, media_type) = compression.compress(l);
+            let d = self.push_blob(repo, &blob).await;
+            descs.push(
+                serde_json::json!({"mediaType": media_type, "digest": d, "size": blob.len()}),
+            );
         }
         let cfg = serde_json::json!({
             "architecture": arch, "os": "linux",
@@ -224,6 +237,40 @@ impl Registry {
         self.push_image(repo, tag, &[busybox_layer()], busybox_config(), "amd64")
             .await
             .1
+    }
+}
+
+/// How a test image's layers are compressed.
+#[derive(Clone, Copy)]
+pub enum Compression {
+    Gzip,
+    /// A skippable frame, then the layer split across two zstd frames (as zstd:chunked and
+    /// parallel compressors write them).
+    ZstdFrames,
+}
+
+impl Compression {
+    fn compress(self, layer: &[u8]) -> (Vec<u8>, &'static str) {
+        match self {
+            Compression::Gzip => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(layer).unwrap();
+                (
+                    gz.finish().unwrap(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
+            }
+            Compression::ZstdFrames => {
+                use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+                let (a, b) = layer.split_at(layer.len() / 2);
+                let mut out = vec![0x5e, 0x2a, 0x4d, 0x18];
+                out.extend_from_slice(&3u32.to_le_bytes());
+                out.extend_from_slice(b"toc");
+                out.extend(compress_to_vec(a, CompressionLevel::Fastest));
+                out.extend(compress_to_vec(b, CompressionLevel::Fastest));
+                (out, "application/vnd.oci.image.layer.v1.tar+zstd")
+            }
+        }
     }
 }
 
