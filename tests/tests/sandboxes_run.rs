@@ -264,6 +264,52 @@ async fn delete_all(s: &Server, ids: &[&str]) {
 }
 
 #[tokio::test]
+async fn a_deleted_sandbox_is_never_seen_failed_on_its_way_out() {
+    // Delete kills the process and removes its state before the record goes; the exit
+    // watcher (every 250 ms) must not record that as an exit meanwhile. Each round reads the
+    // record as fast as it can while the delete runs, so a watcher pass inside the teardown
+    // shows up as a `failed` read.
+    let reg = registry_with_busybox();
+    let s = Server::start().await;
+    let image = format!("{}/e2e/busybox:v1", reg.host);
+    for round in 0..6 {
+        let id = create(&s, sandbox(&image, &["sleep", "600"])).await;
+        wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
+        let path = format!("{T}/sandboxes/{id}");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let reads = async {
+            let mut seen = Vec::new();
+            loop {
+                let (st, v) = s.call("GET", &path, None).await;
+                if st.as_u16() == 404 {
+                    return seen;
+                }
+                seen.push(
+                    v["status"]["lifecycleState"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_string(),
+                );
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    return seen;
+                }
+            }
+        };
+        let delete = async {
+            let (st, v) = s.call("DELETE", &path, None).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (st, v)
+        };
+        let (seen, (st, v)) = tokio::join!(reads, delete);
+        assert!(st.is_success(), "delete: {st} {v}");
+        assert!(
+            seen.iter().all(|state| state == "ready"),
+            "round {round}: read while deleting: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn sigkill_of_the_server_leaves_sandboxes_running_and_the_restarted_server_adopts_them() {
     let reg = registry_with_busybox();
     let mut s = Server::start().await;

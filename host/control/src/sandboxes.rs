@@ -36,6 +36,10 @@ pub struct SandboxController {
     signer: WorkloadSigner,
     /// Sandboxes with a launch or stop task in flight; the watcher leaves them alone.
     busy: Mutex<HashSet<String>>,
+    /// Sandboxes torn down for a delete whose record may still exist: the watcher must not
+    /// report the kill or the vanished state dir as an exit (a reader would see `failed` for
+    /// a moment). Pruned once the record is gone.
+    deleting: Mutex<HashSet<String>>,
     preflight: Mutex<Option<(Instant, Option<String>)>>,
 }
 
@@ -50,6 +54,7 @@ impl SandboxController {
             runtime,
             signer,
             busy: Mutex::new(HashSet::new()),
+            deleting: Mutex::new(HashSet::new()),
             preflight: Mutex::new(None),
         })
     }
@@ -155,11 +160,13 @@ impl SandboxController {
     }
 
     async fn watch_once(self: &Arc<Self>) -> Result<(), Error> {
+        self.prune_deleted().await;
         for r in self.store.live_sandboxes().await? {
             if !matches!(
                 r.status.lifecycle_state,
                 SandboxState::Ready | SandboxState::Stopping
             ) || self.is_busy(r.id.as_str())
+                || self.is_deleting(r.id.as_str())
             {
                 continue;
             }
@@ -187,6 +194,37 @@ impl SandboxController {
                 SandboxState::Pending | SandboxState::Creating
             )
         )
+    }
+
+    fn is_deleting(&self, id: &str) -> bool {
+        self.deleting
+            .lock()
+            .map(|d| d.contains(id))
+            .unwrap_or(false)
+    }
+
+    fn set_deleting(&self, id: &str, deleting: bool) {
+        if let Ok(mut d) = self.deleting.lock() {
+            if deleting {
+                d.insert(id.to_string());
+            } else {
+                d.remove(id);
+            }
+        }
+    }
+
+    /// Forgets deletes whose record is gone (or was never there).
+    async fn prune_deleted(&self) {
+        let ids: Vec<String> = self
+            .deleting
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in ids {
+            if matches!(self.store.sandbox_tenant(&id).await, Ok(None)) {
+                self.set_deleting(&id, false);
+            }
+        }
     }
 
     fn is_busy(&self, id: &str) -> bool {
@@ -663,11 +701,20 @@ impl SandboxControl for ControlHandle {
 
     fn teardown<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            self.0
+            // The record is deleted after this returns; until then the watcher must not turn
+            // the kill into a `failed` exit. If the teardown fails the record stays, and so
+            // does the watcher's duty.
+            self.0.set_deleting(id.as_str(), true);
+            let result = self
+                .0
                 .runtime
                 .delete(id)
                 .await
-                .map_err(|e| Error::internal(format!("tearing down {id}: {e}")))
+                .map_err(|e| Error::internal(format!("tearing down {id}: {e}")));
+            if result.is_err() {
+                self.0.set_deleting(id.as_str(), false);
+            }
+            result
         })
     }
 
