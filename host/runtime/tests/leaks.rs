@@ -179,3 +179,62 @@ async fn warm_pool_namespaces_left_by_a_killed_server_are_removed_at_the_next_st
         "drained pool left address leases"
     );
 }
+
+#[tokio::test]
+async fn rules_are_removed_even_when_the_one_transaction_removal_fails() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(42, data.path(), |_| {});
+    let mut s = spec(&format!("{}/tools/busybox:v1", reg.host), &["sleep", "300"]);
+    s.network.egress.allow = vec![nimbus_core::spec::EgressRule {
+        cidr: "192.0.2.0/24".into(),
+        ports: vec![443],
+    }];
+    let id = new_id();
+    rt.launch(&id, "demo", &s, |_| {}).await.unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            data.path()
+                .join(format!("runtime/sandboxes/{id}/meta.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let address = meta["net"]["address"].as_str().unwrap().to_string();
+    let chain = meta["net"]["chain"].as_str().unwrap().to_string();
+    // The address now maps to another chain, so teardown's single transaction (which adds
+    // the sandbox's own entry before deleting it) is refused and the fallback must do it.
+    let table = "nimbus_nbt42";
+    let script = format!(
+        "add chain inet {table} decoy\ndelete element inet {table} sandboxes {{ {address} }}\nadd element inet {table} sandboxes {{ {address} : jump decoy }}\n"
+    );
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+    rt.delete(&id).await.unwrap();
+    assert!(rt.leftovers(id.as_str()).await.is_empty());
+    assert_eq!(
+        count_lines(&["nft", "list", "chain", "inet", table, &chain], "chain"),
+        0,
+        "the sandbox's chain is gone"
+    );
+    assert_eq!(
+        count_lines(
+            &["nft", "list", "map", "inet", table, "sandboxes"],
+            &address
+        ),
+        0,
+        "no verdict-map entry is left for {address}"
+    );
+}
