@@ -34,6 +34,9 @@ pub struct WarmPool {
 }
 
 impl WarmPool {
+    /// Failed preparations after which a refill gives up until the next launch.
+    const ATTEMPTS: u64 = 3;
+
     pub fn new(size: usize) -> WarmPool {
         WarmPool {
             size,
@@ -61,9 +64,12 @@ impl WarmPool {
             .push_front(prepared);
     }
 
-    /// Prepares namespaces until `size` are ready or being prepared. Failures are logged and
-    /// leave the pool smaller: launches then wire their own namespace, as without a pool.
+    /// Prepares namespaces until `size` are ready or being prepared. A failure is logged and
+    /// retried a few times (a busy host's `ip` can fail transiently); after that the pool
+    /// stays smaller until the next launch refills it, and launches wire their own namespace
+    /// meanwhile, as without a pool.
     pub async fn refill(self: Arc<Self>, network: Arc<Network>) {
+        let mut failures = 0;
         loop {
             if self.closed.load(Ordering::SeqCst) {
                 return;
@@ -80,16 +86,26 @@ impl WarmPool {
                 self.counter.fetch_add(1, Ordering::Relaxed),
                 crate::monitor::now_secs()
             );
-            let kept = match network.prepare_unassigned(&token).await {
-                Ok(net) => self.keep(&network, Prepared { token, net }).await,
+            let prepared = network.prepare_unassigned(&token).await;
+            let kept = match prepared {
+                Ok(net) => Some(self.keep(&network, Prepared { token, net }).await),
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not prepare a network namespace for the warm pool");
-                    false
+                    tracing::warn!(error = %e, attempt = failures + 1, "could not prepare a network namespace for the warm pool");
+                    None
                 }
             };
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if !kept {
-                return;
+            match kept {
+                Some(true) => {}
+                // Drained meanwhile.
+                Some(false) => return,
+                None => {
+                    failures += 1;
+                    if failures >= Self::ATTEMPTS {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+                }
             }
         }
     }

@@ -415,6 +415,15 @@ fn remember_for_cleanup(n: u8) {
 
 /// A runtime with its own data dir, bridge and subnet (`n` must be unique per test).
 pub fn runtime(n: u8, data: &Path, tweak: impl FnOnce(&mut RuntimeConfig)) -> Arc<Runtime> {
+    // The runtime's warnings (e.g. a warm-pool namespace that could not be prepared) go to
+    // the test's captured output, shown when it fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "nimbus_runtime=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
     clean_host(n);
     remember_for_cleanup(n);
     reopen_runtime(n, data, tweak)
@@ -422,6 +431,17 @@ pub fn runtime(n: u8, data: &Path, tweak: impl FnOnce(&mut RuntimeConfig)) -> Ar
 
 /// Drops the bridge and nftables table an earlier, interrupted run of test `n` left behind.
 pub fn clean_host(n: u8) {
+    // Warm-pool namespaces an interrupted run left (tests count them host-wide).
+    if let Ok(list) = Command::new("ip").args(["netns", "list"]).output() {
+        let prefix = format!("nimbus-nbt{n}-w");
+        for ns in String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|ns| ns.starts_with(&prefix))
+        {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+    }
     let _ = Command::new("nft")
         .args(["delete", "table", "inet", &format!("nimbus_nbt{n}")])
         .stderr(Stdio::null())
