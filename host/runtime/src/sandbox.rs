@@ -864,10 +864,13 @@ impl Runtime {
         out
     }
 
-    /// The sandbox's output; with `follow`, keeps streaming until the process exits.
+    /// The sandbox's output; with `follow`, keeps streaming until the process exits. A
+    /// launch claims the sandbox's state dir first thing, so a follower of a sandbox still
+    /// being prepared waits on that dir (woken by inotify) rather than being told NotFound;
+    /// if the launch fails or is withdrawn, the dir goes and the stream ends.
     pub async fn logs(&self, id: &SandboxId, follow: bool) -> Result<LogStream, RuntimeError> {
         let dir = self.dir(id.as_str());
-        if read_meta(&dir).is_err() {
+        if !dir.is_dir() {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
