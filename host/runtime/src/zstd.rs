@@ -48,7 +48,7 @@ impl<R: BufRead> Read for FramesReader<R> {
                 }
                 self.decoder
                     .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBlocks(1))
-                    .map_err(std::io::Error::other)?;
+                    .map_err(|e| std::io::Error::other(format!("zstd data: {e}")))?;
                 continue;
             }
             if self.source.fill_buf()?.is_empty() {
@@ -72,7 +72,12 @@ impl<R: BufRead> Read for FramesReader<R> {
                         ));
                     }
                 }
-                Err(e) => return Err(std::io::Error::other(e)),
+                Err(FrameDecoderError::WindowSizeTooBig { requested, max }) => {
+                    return Err(std::io::Error::other(format!(
+                        "zstd frame needs a {requested}-byte window, more than the {max} bytes Nimbus allows (a layer compressed with `zstd --long`?); recompress the layer without --long"
+                    )))
+                }
+                Err(e) => return Err(std::io::Error::other(format!("zstd frame header: {e}"))),
             }
         }
     }
