@@ -22,9 +22,9 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     // Output errors (a closed pipe) are ignored: the exit status carries the verdict.
     let mut out = std::io::stdout().lock();
     if args.fix {
-        match doctor::fix_hugetlb() {
+        match doctor::apply_fixes() {
             Ok(done) if done.is_empty() => {
-                let _ = writeln!(out, "fix: nothing to do for cgroups");
+                let _ = writeln!(out, "fix: nothing to do");
             }
             Ok(done) => {
                 for d in done {
@@ -32,16 +32,6 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 }
             }
             Err(e) => anyhow::bail!("fix failed: {e}"),
-        }
-        match doctor::fix_cgroup_migrations() {
-            Ok(Some(done)) => {
-                let _ = writeln!(out, "fix: {done}");
-            }
-            Ok(None) => {}
-            // Not blocking: sandboxes run without it, only slower to start.
-            Err(e) => {
-                let _ = writeln!(out, "fix: {e}");
-            }
         }
     }
     let checks = doctor::all_checks(&args.crun);

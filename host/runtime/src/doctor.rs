@@ -344,6 +344,21 @@ fn remount_options(current: &[String]) -> String {
     opts.join(",")
 }
 
+/// Every fix Nimbus makes itself (`nimbus doctor --fix`, `runtime.fix_cgroups`): the hugetlb
+/// mount, whose failure leaves the host unfit and is an error, and favordynmods, whose failure
+/// only makes starts slower and is reported as a line saying so. Returns what was done.
+pub fn apply_fixes() -> Result<Vec<String>, String> {
+    let mut done = fix_hugetlb()?;
+    match fix_cgroup_migrations() {
+        Ok(Some(d)) => done.push(d),
+        Ok(None) => {}
+        Err(e) => done.push(format!(
+            "not applied, sandboxes start more slowly without it: {e}"
+        )),
+    }
+    Ok(done)
+}
+
 /// Sets favordynmods on the v2 hierarchy when the kernel has it and it is not set yet.
 /// Returns what it did, if anything.
 pub fn fix_cgroup_migrations() -> Result<Option<String>, String> {

@@ -153,12 +153,8 @@ impl Runtime {
             }
         };
         if config.fix_cgroups {
-            doctor::fix_hugetlb()?;
-            // Only slower starts without it, so a refusal is logged, not fatal.
-            match doctor::fix_cgroup_migrations() {
-                Ok(Some(done)) => tracing::info!("{done}"),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("{e}"),
+            for done in doctor::apply_fixes()? {
+                tracing::info!("runtime.fix_cgroups: {done}");
             }
         }
         Ok(Arc::new(Runtime {
