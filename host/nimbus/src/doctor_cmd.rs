@@ -16,6 +16,10 @@ pub struct DoctorArgs {
     /// The crun executable to check (default: crun on PATH, like `runtime.crun`).
     #[arg(long, default_value = "crun")]
     pub crun: PathBuf,
+    /// The data dir whose filesystem must support idmapped mounts for user namespaces
+    /// (default: $HOME/.local/share/nimbus, like `serve`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
@@ -34,7 +38,14 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("fix failed: {e}"),
         }
     }
-    let checks = doctor::all_checks(&args.crun);
+    let mut checks = doctor::all_checks(&args.crun);
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => crate::config::default_data_dir()?,
+    };
+    checks.push(doctor::user_namespaces_check(
+        &data_dir.join("runtime/images"),
+    ));
     let mut failed = 0;
     for c in &checks {
         let tag = match c.status {

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use nimbus_core::spec::{Process, Resources};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 
 use crate::images::ContainerConfig;
 use crate::seccomp;
+use crate::userns::UserNs;
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -57,6 +58,8 @@ pub struct BundleInput<'a> {
     pub process: &'a Process,
     pub resources: &'a Resources,
     pub netns_path: &'a Path,
+    /// The user namespace to join (it owns the network namespace), if sandboxes get one.
+    pub user: Option<&'a UserNs>,
     /// Directory holding `hosts`, `hostname` and `resolv.conf` for the sandbox.
     pub etc_dir: &'a Path,
     pub default_memory_mb: u64,
@@ -325,7 +328,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, SpecProblem> {
             .build()
             .map_err(internal)
     };
-    let namespaces = vec![
+    let mut namespaces = vec![
         ns(LinuxNamespaceType::Pid)?,
         ns(LinuxNamespaceType::Ipc)?,
         ns(LinuxNamespaceType::Uts)?,
@@ -337,7 +340,28 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, SpecProblem> {
             .build()
             .map_err(internal)?,
     ];
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(user) = input.user {
+        // Joined by path (it exists before the launch: it owns the network namespace). The
+        // mappings repeat what it maps, for crun's own ownership decisions.
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path(&user.path)
+                .build()
+                .map_err(internal)?,
+        );
+        let mapping = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(user.map.first)
+            .size(user.map.count)
+            .build()
+            .map_err(internal)?;
+        linux = linux
+            .uid_mappings(vec![mapping])
+            .gid_mappings(vec![mapping]);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(PathBuf::from(format!("/nimbus/{}", input.id)))
@@ -548,6 +572,7 @@ mod tests {
             process: &process,
             resources: &resources,
             netns_path: Path::new("/run/netns/x"),
+            user: None,
             etc_dir: d.path(),
             default_memory_mb: 512,
             default_pids: 256,

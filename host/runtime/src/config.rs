@@ -43,6 +43,26 @@ pub struct RuntimeConfig {
     /// Network namespaces kept created and wired ahead of launches (the warm pool); 0 wires
     /// each sandbox's namespace during its launch.
     pub warm_pool: usize,
+    /// Whether each sandbox runs in its own user namespace (root inside is an unprivileged id
+    /// range on the host): `auto` when the host supports it, `required`, or `off`.
+    pub user_namespaces: UserNamespaces,
+    /// First host id handed to sandboxes' user namespaces; each gets the next free range of
+    /// 65536 ids from here.
+    pub id_range_first: u32,
+    /// How many such ranges there are (the most sandboxes that can exist at once).
+    pub id_range_slots: u32,
+}
+
+/// `runtime.user_namespaces`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNamespaces {
+    /// Used when the host supports them (`nimbus doctor` says whether it does); otherwise
+    /// sandboxes run without, and the server logs a warning at start.
+    Auto,
+    /// The server refuses to start on a host that does not support them.
+    Required,
+    Off,
 }
 
 impl Default for RuntimeConfig {
@@ -62,6 +82,11 @@ impl Default for RuntimeConfig {
             monitor: None,
             fix_cgroups: false,
             warm_pool: 2,
+            user_namespaces: UserNamespaces::Auto,
+            // In the range systemd leaves to containers (524288–1879048191), clear of the ids
+            // `systemd-nspawn --private-users=pick` starts from; 4096 ranges end at 0x50000000.
+            id_range_first: 0x4000_0000,
+            id_range_slots: 4096,
         }
     }
 }
@@ -95,6 +120,15 @@ mod tests {
         .unwrap();
         assert_eq!(f.runtime.bridge, "nb1");
         assert_eq!(f.runtime.subnet, "10.88.0.0/16");
+        assert_eq!(f.runtime.user_namespaces, UserNamespaces::Auto);
+        let off: File =
+            serde_json::from_value(serde_json::json!({"runtime": {"user_namespaces": "off"}}))
+                .unwrap();
+        assert_eq!(off.runtime.user_namespaces, UserNamespaces::Off);
+        assert!(serde_json::from_value::<File>(
+            serde_json::json!({"runtime": {"user_namespaces": "yes"}})
+        )
+        .is_err());
         let bad = serde_json::from_value::<File>(serde_json::json!({"runtime": {"brige": "x"}}));
         assert!(bad.is_err());
     }

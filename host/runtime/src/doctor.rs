@@ -252,6 +252,38 @@ pub fn all_checks(crun: &Path) -> Vec<Check> {
     out
 }
 
+/// Whether sandboxes can get user namespaces with their layers under `dir` (the data dir): a
+/// user namespace and an idmapped mount are tried for real. Informational, because
+/// `runtime.user_namespaces = "auto"` runs sandboxes without them on a host that cannot.
+pub fn user_namespaces_check(dir: &Path) -> Check {
+    // Probed where the layers will be, or in the nearest directory that exists yet (the same
+    // filesystem, unless one is mounted in between); nothing is left behind.
+    let at = dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or(Path::new("/"));
+    let probed = crate::userns::probe(at);
+    match probed {
+        Ok(()) => Check {
+            name: "userns",
+            status: Status::Ok,
+            detail: format!(
+                "user namespaces and idmapped mounts work under {}: each sandbox's root is an unprivileged host id range",
+                at.display()
+            ),
+            fix: None,
+        },
+        Err(e) => Check {
+            name: "userns",
+            status: Status::Info,
+            detail: format!("sandboxes will run without user namespaces: {e}"),
+            fix: Some(
+                "a kernel of 5.19 or later with user.max_user_namespaces above 0, and a data dir on a filesystem with idmapped mounts (ext4, xfs, btrfs, tmpfs)".into(),
+            ),
+        },
+    }
+}
+
 /// Whether the kernel waits for an RCU grace period on every cgroup migration. crun moves
 /// each new container into its cgroups, so without `favordynmods` every sandbox start (and
 /// every `crun run`, `podman run`…) waits one out: about 10–25 ms on a 2-core VM, half of a

@@ -15,6 +15,7 @@ mod cmd;
 pub mod config;
 pub mod doctor;
 pub mod images;
+mod leases;
 pub mod monitor;
 pub mod network;
 pub mod pool;
@@ -22,6 +23,7 @@ pub mod reference;
 pub mod registry;
 mod sandbox;
 pub mod seccomp;
+pub mod userns;
 mod zstd;
 
 pub use config::RuntimeConfig;

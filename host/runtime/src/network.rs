@@ -16,13 +16,14 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use nimbus_core::spec::{parse_cidr, NetworkPolicy};
 use sha2::{Digest as _, Sha256};
 
 use crate::batch::ScriptBatcher;
 use crate::cmd::run_cmd;
+use crate::leases::Leases;
+use crate::userns::{IdRanges, UserNs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
@@ -75,6 +76,10 @@ pub struct SandboxNet {
     pub gateway: Ipv4Addr,
     pub chain: String,
     pub tenant_set: String,
+    /// The user namespace that owns the network namespace (absent when sandboxes run without
+    /// user namespaces, and in state written before they had them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserNs>,
 }
 
 pub struct Network {
@@ -83,8 +88,9 @@ pub struct Network {
     /// (tests, or operators running two servers) never rewrite each other's rules.
     pub table: String,
     pub subnet: Subnet,
-    leases: PathBuf,
-    alloc: Mutex<()>,
+    leases: Leases,
+    /// Id ranges for sandboxes' user namespaces, with their leases (one per slot).
+    ids: Option<(IdRanges, Leases)>,
     /// Sandbox rules go through one batcher, so a burst of launches shares `nft` runs.
     rules_batcher: ScriptBatcher,
 }
@@ -97,7 +103,13 @@ fn short_hash(s: &str, n: usize) -> String {
 }
 
 impl Network {
-    pub fn new(bridge: &str, subnet: &str, state: &Path) -> Result<Self, String> {
+    /// `ids`: give each sandbox a user namespace with a range from these (see [`crate::userns`]).
+    pub fn new(
+        bridge: &str,
+        subnet: &str,
+        state: &Path,
+        ids: Option<IdRanges>,
+    ) -> Result<Self, String> {
         if bridge.is_empty()
             || bridge.len() > 15
             || !bridge
@@ -109,15 +121,17 @@ impl Network {
             ));
         }
         let subnet = Subnet::parse(subnet)?;
-        let leases = state.join("leases");
-        std::fs::create_dir_all(&leases)
-            .map_err(|e| format!("cannot create {}: {e}", leases.display()))?;
+        let leases = Leases::open(state.join("leases"))?;
+        let ids = match ids {
+            Some(r) => Some((r, Leases::open(state.join("id-leases"))?)),
+            None => None,
+        };
         Ok(Self {
             bridge: bridge.to_string(),
             table: format!("nimbus_{}", bridge.replace('-', "_")),
             subnet,
             leases,
-            alloc: Mutex::new(()),
+            ids,
             rules_batcher: ScriptBatcher::new(|script: String| {
                 Box::pin(async move {
                     run_cmd("nft", &["-f", "-"], Some(script.as_bytes()))
@@ -205,37 +219,78 @@ flush map inet {table} sandboxes
 
     /// Reserves an address for `id` (a lease file per address, so restarts see what is taken).
     pub fn allocate(&self, id: &str) -> Result<Ipv4Addr, String> {
-        let _g = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
         let base = u32::from(self.subnet.base);
-        for off in 2..self.subnet.size() - 1 {
-            let ip = Ipv4Addr::from(base + off);
-            let path = self.leases.join(ip.to_string());
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(id.as_bytes())
-                        .map_err(|e| format!("cannot write lease {}: {e}", path.display()))?;
-                    return Ok(ip);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(format!("cannot create lease {}: {e}", path.display())),
-            }
+        let addresses =
+            (2..self.subnet.size() - 1).map(|off| Ipv4Addr::from(base + off).to_string());
+        match self.leases.take_first_free(addresses, id)? {
+            Some(ip) => ip.parse().map_err(|e| format!("lease name {ip:?}: {e}")),
+            None => Err(format!(
+                "no free address left in {}; widen runtime.subnet or delete sandboxes",
+                self.subnet
+            )),
         }
-        Err(format!(
-            "no free address left in {}; widen runtime.subnet or delete sandboxes",
-            self.subnet
-        ))
     }
 
-    pub fn release(&self, ip: Ipv4Addr, id: &str) {
-        let path = self.leases.join(ip.to_string());
-        if std::fs::read_to_string(&path).is_ok_and(|owner| owner == id) {
-            let _ = std::fs::remove_file(path);
+    /// Gives up `owner`'s address and its user-namespace id range.
+    pub fn release(&self, ip: Ipv4Addr, owner: &str) {
+        self.leases.release(&ip.to_string(), owner);
+        if let Some((_, ids)) = &self.ids {
+            for slot in ids.held_by(owner) {
+                ids.release(&slot, owner);
+            }
         }
+    }
+
+    pub fn has_user_namespaces(&self) -> bool {
+        self.ids.is_some()
+    }
+
+    /// Gives up every address and id range `owner` holds (found by scanning the leases).
+    pub fn release_all_of(&self, owner: &str) {
+        for ip in self.leases.held_by(owner) {
+            self.leases.release(&ip, owner);
+        }
+        if let Some((_, ids)) = &self.ids {
+            for slot in ids.held_by(owner) {
+                ids.release(&slot, owner);
+            }
+        }
+    }
+
+    /// Reserves an id range for `owner`'s user namespace, which will own network namespace
+    /// `netns`; `None` when sandboxes run without user namespaces.
+    pub fn allocate_user(&self, owner: &str, netns: &str) -> Result<Option<UserNs>, String> {
+        let Some((ranges, ids)) = &self.ids else {
+            return Ok(None);
+        };
+        let slot = ids
+            .take_first_free((0..ranges.slots).map(|n| n.to_string()), owner)?
+            .ok_or_else(|| {
+                format!(
+                    "all {} user-namespace id ranges are in use; raise runtime.id_range_slots or delete sandboxes",
+                    ranges.slots
+                )
+            })?;
+        Ok(Some(self.user_ns(netns, &slot)?))
+    }
+
+    fn user_ns(&self, netns: &str, slot: &str) -> Result<UserNs, String> {
+        let (ranges, _) = self.ids.as_ref().ok_or("user namespaces are off")?;
+        let n: u32 = slot
+            .parse()
+            .map_err(|e| format!("id lease name {slot:?}: {e}"))?;
+        Ok(UserNs {
+            path: crate::userns::path_for(netns),
+            slot: n,
+            map: ranges.slot(n),
+        })
+    }
+
+    /// The user namespace `owner` holds an id range for, if any.
+    fn user_held_by(&self, owner: &str, netns: &str) -> Option<UserNs> {
+        let (_, ids) = self.ids.as_ref()?;
+        let slot = ids.held_by(owner).into_iter().next()?;
+        self.user_ns(netns, &slot).ok()
     }
 
     pub fn plan(&self, id: &str, tenant: &str, address: Ipv4Addr) -> SandboxNet {
@@ -248,41 +303,54 @@ flush map inet {table} sandboxes
             gateway: self.subnet.gateway(),
             chain: format!("sb_{h}"),
             tenant_set: format!("tenant_{}", short_hash(tenant, 16)),
+            user: None,
         }
     }
 
-    /// Creates the sandbox's network namespace (empty).
+    /// Creates the sandbox's network namespace (empty), inside its user namespace if it has one.
     pub async fn create_netns(&self, net: &SandboxNet) -> Result<(), String> {
-        run_cmd("ip", &["netns", "add", &net.netns], None)
-            .await
-            .map(|_| ())
+        let net_path = net.netns_path.clone();
+        let user = net.user.as_ref().map(|u| (u.path.clone(), u.map));
+        tokio::task::spawn_blocking(move || {
+            crate::userns::create(&net_path, user.as_ref().map(|(p, m)| (p.as_path(), *m)))
+        })
+        .await
+        .map_err(|e| format!("creating the namespaces: {e}"))?
     }
 
     /// A namespace wired to the bridge but not yet anyone's: the warm pool keeps a few so a
     /// launch does not pay for namespace creation and wiring. Its address has no verdict-map
     /// entry, so until [`Network::apply_rules`] runs for its sandbox, all its traffic is dropped.
     pub async fn prepare_unassigned(&self, token: &str) -> Result<SandboxNet, String> {
-        let address = self.allocate(&format!("{POOL_OWNER}{token}"))?;
-        let net = self.unassigned(token, address);
+        let owner = format!("{POOL_OWNER}{token}");
+        let address = self.allocate(&owner)?;
         let made = async {
+            let netns = self.unassigned(token, address).netns;
+            self.allocate_user(&owner, &netns)?;
+            let net = self.unassigned(token, address);
             self.create_netns(&net).await?;
-            self.link(&net).await
+            self.link(&net).await?;
+            Ok(net)
         };
-        if let Err(e) = made.await {
-            let _ = self.teardown(&net).await;
-            self.release(address, &format!("{POOL_OWNER}{token}"));
-            return Err(e);
+        match made.await {
+            Ok(net) => Ok(net),
+            Err(e) => {
+                let _ = self.teardown(&self.unassigned(token, address)).await;
+                self.release(address, &owner);
+                Err(e)
+            }
         }
-        Ok(net)
     }
 
-    /// The names of the prepared namespace `token` at `address` (derived, so the lease alone is
-    /// enough to find and remove it).
+    /// The names of the prepared namespace `token` at `address` (derived, so the leases alone
+    /// are enough to find and remove it).
     pub fn unassigned(&self, token: &str, address: Ipv4Addr) -> SandboxNet {
         let h = short_hash(token, 11);
+        let netns = format!("nimbus-{}-w{h}", self.bridge);
         SandboxNet {
-            netns: format!("nimbus-{}-w{h}", self.bridge),
-            netns_path: PathBuf::from(format!("/run/netns/nimbus-{}-w{h}", self.bridge)),
+            netns_path: PathBuf::from(format!("/run/netns/{netns}")),
+            user: self.user_held_by(&format!("{POOL_OWNER}{token}"), &netns),
+            netns,
             host_if: format!("nbv{h}"),
             address,
             gateway: self.subnet.gateway(),
@@ -293,15 +361,14 @@ flush map inet {table} sandboxes
 
     /// Addresses leased to warm-pool namespaces, with their tokens.
     pub fn pool_leases(&self) -> Vec<(Ipv4Addr, String)> {
-        let Ok(entries) = std::fs::read_dir(&self.leases) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| {
-                let ip = e.file_name().to_str()?.parse().ok()?;
-                let owner = std::fs::read_to_string(e.path()).ok()?;
-                Some((ip, owner.strip_prefix(POOL_OWNER)?.to_string()))
+        self.leases
+            .all()
+            .into_iter()
+            .filter_map(|(ip, owner)| {
+                Some((
+                    ip.parse().ok()?,
+                    owner.strip_prefix(POOL_OWNER)?.to_string(),
+                ))
             })
             .collect()
     }
@@ -320,20 +387,25 @@ flush map inet {table} sandboxes
         }
     }
 
-    /// Moves a prepared namespace's address lease from the warm pool to sandbox `id`.
+    /// Moves a prepared namespace's address lease and id range from the warm pool to sandbox
+    /// `id`.
     pub fn transfer_lease(&self, address: Ipv4Addr, token: &str, id: &str) -> Result<(), String> {
-        let lease = self.leases.join(address.to_string());
-        let owner = std::fs::read_to_string(&lease).unwrap_or_default();
-        if owner != format!("{POOL_OWNER}{token}") {
-            return Err(format!(
-                "the lease of {address} is held by {owner:?}, not the warm pool"
-            ));
+        let pool = format!("{POOL_OWNER}{token}");
+        self.leases.transfer(&address.to_string(), &pool, id)?;
+        if let Some((_, ids)) = &self.ids {
+            for slot in ids.held_by(&pool) {
+                ids.transfer(&slot, &pool, id)?;
+            }
         }
-        // Not `monitor::write_atomic`: its temp name drops the address's last octet.
-        let tmp = crate::registry::tmp_path(&lease);
-        std::fs::write(&tmp, id.as_bytes())
-            .and_then(|()| std::fs::rename(&tmp, &lease))
-            .map_err(|e| format!("cannot write lease {}: {e}", lease.display()))
+        Ok(())
+    }
+
+    /// The id range leases `owner` holds (for leak checks).
+    pub fn id_leases_of(&self, owner: &str) -> Vec<String> {
+        self.ids
+            .as_ref()
+            .map(|(_, ids)| ids.held_by(owner))
+            .unwrap_or_default()
     }
 
     /// Installs the sandbox's chain, its verdict-map entry and its tenant-set membership (in
@@ -460,8 +532,17 @@ flush map inet {table} sandboxes
         if Path::new("/sys/class/net").join(&net.host_if).exists() {
             let _ = run_cmd("ip", &["link", "delete", &net.host_if], None).await;
         }
+        // The user namespace goes after the network namespace it owns.
+        let user_path = crate::userns::path_for(&net.netns);
+        crate::userns::remove_kept(&user_path);
         if net.netns_path.exists() {
             errors.push(format!("network namespace {} is still present", net.netns));
+        }
+        if user_path.exists() {
+            errors.push(format!(
+                "user namespace {} is still present",
+                user_path.display()
+            ));
         }
         if Path::new("/sys/class/net").join(&net.host_if).exists() {
             errors.push(format!("interface {} is still present", net.host_if));
@@ -503,7 +584,7 @@ mod tests {
     #[test]
     fn rules_block_metadata_and_other_tenants_before_the_allow_list() {
         let dir = tempfile::tempdir().unwrap();
-        let n = Network::new("nb-test", "10.99.0.0/16", dir.path()).unwrap();
+        let n = Network::new("nb-test", "10.99.0.0/16", dir.path(), None).unwrap();
         let net = n.plan("sbx_x", "demo", Ipv4Addr::new(10, 99, 0, 2));
         let policy = NetworkPolicy {
             egress: EgressPolicy {
@@ -538,7 +619,7 @@ mod tests {
     #[test]
     fn addresses_are_leased_once() {
         let dir = tempfile::tempdir().unwrap();
-        let n = Network::new("nb-test", "10.99.0.0/28", dir.path()).unwrap();
+        let n = Network::new("nb-test", "10.99.0.0/28", dir.path(), None).unwrap();
         let a = n.allocate("a").unwrap();
         let b = n.allocate("b").unwrap();
         assert_ne!(a, b);

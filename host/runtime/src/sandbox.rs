@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt};
 
 use crate::bundle::{build_spec, write_etc_files, BundleInput};
-use crate::config::RuntimeConfig;
+use crate::config::{RuntimeConfig, UserNamespaces};
 use crate::doctor::{self, HostUnfit};
 use crate::images::{ContainerConfig, ImageStore};
 use crate::monitor::{ExitRecord, MonitorArgs};
@@ -25,6 +25,7 @@ use crate::network::{Network, SandboxNet};
 use crate::pool::WarmPool;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, RegistryClient};
+use crate::userns::{IdRanges, UserNs};
 use crate::{LaunchError, ProgressEvent, RuntimeError};
 
 /// How the host reaches a sandbox: its address on the sandbox bridge, and the ports its image
@@ -116,7 +117,30 @@ fn find_on_path(name: &Path) -> Option<PathBuf> {
         .unwrap_or(None)
 }
 
+/// The id ranges sandboxes' user namespaces get, or `None` to run sandboxes without them.
+fn id_ranges(config: &RuntimeConfig, layers: &Path) -> Result<Option<IdRanges>, String> {
+    if config.user_namespaces == UserNamespaces::Off {
+        return Ok(None);
+    }
+    let ranges = IdRanges::new(config.id_range_first, config.id_range_slots)?;
+    match crate::userns::probe(layers) {
+        Ok(()) => Ok(Some(ranges)),
+        Err(e) if config.user_namespaces == UserNamespaces::Auto => {
+            tracing::warn!(error = %e, "this host cannot give sandboxes user namespaces; they run without (runtime.user_namespaces = \"auto\"; see `nimbus doctor`)");
+            Ok(None)
+        }
+        Err(e) => Err(format!(
+            "runtime.user_namespaces = \"required\", but this host cannot give sandboxes user namespaces: {e}"
+        )),
+    }
+}
+
 impl Runtime {
+    /// Whether sandboxes get user namespaces (`runtime.user_namespaces` and what the host can do).
+    pub fn user_namespaces(&self) -> bool {
+        self.network.has_user_namespaces()
+    }
+
     /// Opens (creating if needed) the runtime's state under `<data_dir>/runtime`. Does not touch
     /// the host network until the first launch; call [`Runtime::preflight`] to check the host.
     pub fn open(data_dir: &Path, config: &RuntimeConfig) -> Result<Arc<Runtime>, String> {
@@ -132,10 +156,12 @@ impl Runtime {
         let client = RegistryClient::new(config, creds)?;
         let images = ImageStore::open(&root.join("images"), client)
             .map_err(|e| format!("cannot open the image store: {e}"))?;
+        let ids = id_ranges(config, &root.join("images"))?;
         let network = Arc::new(Network::new(
             &config.bridge,
             &config.subnet,
             &root.join("net"),
+            ids,
         )?);
         let pool = Arc::new(WarmPool::new(config.warm_pool));
         let crun = find_on_path(&config.crun).unwrap_or_else(|| config.crun.clone());
@@ -403,7 +429,15 @@ impl Runtime {
             None => {
                 tracing::debug!(sandbox = id, "warm pool empty: wiring a namespace now");
                 let address = self.network.allocate(id).map_err(internal)?;
-                self.network.plan(id, tenant, address)
+                let mut net = self.network.plan(id, tenant, address);
+                match self.network.allocate_user(id, &net.netns) {
+                    Ok(user) => net.user = user,
+                    Err(e) => {
+                        self.network.release(address, id);
+                        return Err(internal(e));
+                    }
+                }
+                net
             }
         };
         let address = net.address;
@@ -443,45 +477,24 @@ impl Runtime {
 
         // Root filesystem: the image layers (top first) under the sandbox's own upper dir.
         let rootfs = dir.join("bundle/rootfs");
-        for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
-            std::fs::create_dir_all(d).map_err(internal)?;
-        }
-        let empty = dir.join("empty");
-        let mut lowers: Vec<String> = lower
-            .iter()
-            .rev()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        if lowers.is_empty() {
-            std::fs::create_dir_all(&empty).map_err(internal)?;
-            lowers.push(empty.to_string_lossy().into_owned());
-        }
-        if lowers.iter().any(|l| l.contains(',') || l.contains(':')) {
-            return Err(internal("a layer path contains ',' or ':', which overlayfs cannot take; use a data dir without them"));
-        }
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowers.join(":"),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        nix::mount::mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .map_err(|e| {
-            internal(format!(
-                "mounting the overlay root filesystem failed: {e} (does `nimbus doctor` pass?)"
-            ))
-        })?;
+        mount_root(dir, &rootfs, &lower, net.user.as_ref())?;
         phase("rootfs");
 
         // OCI config.
         let hostname: String = id.chars().take(30).collect();
         write_etc_files(&dir.join("etc"), &hostname, address).map_err(internal)?;
+        if let Some(user) = &net.user {
+            // Root-owned, they would show as `nobody` inside; they are bound read-only anyway.
+            chown_to(
+                user,
+                0,
+                &[
+                    &dir.join("etc/hosts"),
+                    &dir.join("etc/hostname"),
+                    &dir.join("etc/resolv.conf"),
+                ],
+            )?;
+        }
         let oci = build_spec(&BundleInput {
             id,
             rootfs: &rootfs,
@@ -489,6 +502,7 @@ impl Runtime {
             process: &spec.process,
             resources: &spec.resources,
             netns_path: &net.netns_path,
+            user: net.user.as_ref(),
             etc_dir: &dir.join("etc"),
             default_memory_mb: self.config.default_memory_mb,
             default_pids: self.config.default_pids,
@@ -798,13 +812,17 @@ impl Runtime {
                 problems.push(format!("unmounting {}: {e}", rootfs.display()));
             }
         }
-        if let Ok(meta) = read_meta(&dir) {
-            if let Some(net) = &meta.net {
-                if let Err(e) = self.network.teardown(net).await {
-                    problems.push(e);
+        match read_meta(&dir) {
+            Ok(meta) => {
+                if let Some(net) = &meta.net {
+                    if let Err(e) = self.network.teardown(net).await {
+                        problems.push(e);
+                    }
+                    self.network.release(net.address, id);
                 }
-                self.network.release(net.address, id);
             }
+            // A launch cut off before its state file was written may hold leases.
+            Err(_) => self.network.release_all_of(id),
         }
         remove_cgroups(id);
         if problems.is_empty() {
@@ -825,7 +843,8 @@ impl Runtime {
     }
 
     /// Traces of sandbox `id` still present on the host (empty after a successful delete):
-    /// its state dir, crun container, network namespace, nftables chain, cgroups, mounts.
+    /// its state dir, crun container, network and user namespaces, id range lease, nftables
+    /// chain, cgroups, mounts.
     /// A namespace taken from the warm pool is not named after the sandbox; `delete` checks
     /// that one by the names recorded in the sandbox's state (see `Network::teardown`).
     pub async fn leftovers(&self, id: &str) -> Vec<String> {
@@ -840,6 +859,13 @@ impl Runtime {
         let plan = self.network.plan(id, "", Ipv4Addr::UNSPECIFIED);
         if plan.netns_path.exists() {
             out.push(format!("netns {}", plan.netns));
+        }
+        let userns = crate::userns::path_for(&plan.netns);
+        if userns.exists() {
+            out.push(format!("user namespace {}", userns.display()));
+        }
+        for slot in self.network.id_leases_of(id) {
+            out.push(format!("id range lease {slot}"));
         }
         if Path::new("/sys/class/net").join(&plan.host_if).exists() {
             out.push(format!("interface {}", plan.host_if));
@@ -902,6 +928,116 @@ impl Runtime {
     pub fn images(&self) -> &ImageStore {
         &self.images
     }
+}
+
+/// Mounts the sandbox's root filesystem at `rootfs`: the layers (`lower`, bottom first) under
+/// the sandbox's own upper dir. With a user namespace, the layers are seen through idmapped
+/// mounts (one per directory holding layers, detached once the overlay holds them) and the
+/// upper dir belongs to the sandbox's root, so files keep their image owners inside.
+fn mount_root(
+    dir: &Path,
+    rootfs: &Path,
+    lower: &[PathBuf],
+    user: Option<&UserNs>,
+) -> Result<(), LaunchError> {
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    for d in [rootfs, &upper, &work] {
+        std::fs::create_dir_all(d).map_err(internal)?;
+    }
+    let mut lower = lower.to_vec();
+    if lower.is_empty() {
+        let empty = dir.join("empty");
+        std::fs::create_dir_all(&empty).map_err(internal)?;
+        lower.push(empty);
+    }
+    let mut idmapped = Vec::new();
+    if let Some(user) = user {
+        chown_to(user, 0, &[&upper])?;
+        let mapped = idmap_layers(dir, &lower, user, &mut idmapped);
+        if mapped.is_err() {
+            detach_all(&idmapped);
+        }
+        lower = mapped?;
+    }
+    let lowers: Vec<String> = lower
+        .iter()
+        .rev()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    if lowers.iter().any(|l| l.contains(',') || l.contains(':')) {
+        detach_all(&idmapped);
+        return Err(internal("a layer path contains ',' or ':', which overlayfs cannot take; use a data dir without them"));
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
+    let mounted = nix::mount::mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    );
+    // The overlay keeps its own references to its layers.
+    detach_all(&idmapped);
+    mounted.map_err(|e| {
+        internal(format!(
+            "mounting the overlay root filesystem failed: {e} (does `nimbus doctor` pass?)"
+        ))
+    })
+}
+
+/// The layers as seen through idmapped mounts for `user` under `<dir>/idmapped/<n>`: one mount
+/// per distinct parent directory (all of an image's layers share the store's, so an image
+/// costs one mount whatever its layer count), pushed onto `mounts` as they are made.
+fn idmap_layers(
+    dir: &Path,
+    lower: &[PathBuf],
+    user: &UserNs,
+    mounts: &mut Vec<PathBuf>,
+) -> Result<Vec<PathBuf>, LaunchError> {
+    let mut parents: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut out = Vec::with_capacity(lower.len());
+    for layer in lower {
+        // A single directory (a `rootfs` root) is mapped itself: its parent's mount would not
+        // carry a filesystem mounted on it.
+        let (parent, name) = match (layer.parent(), layer.file_name()) {
+            (Some(p), Some(n)) if lower.len() > 1 => (p.to_path_buf(), n.to_owned()),
+            _ => (layer.clone(), std::ffi::OsString::new()),
+        };
+        let at = match parents.iter().find(|(p, _)| *p == parent) {
+            Some((_, at)) => at.clone(),
+            None => {
+                let at = dir.join("idmapped").join(parents.len().to_string());
+                std::fs::create_dir_all(&at).map_err(internal)?;
+                crate::userns::idmapped_bind(&parent, &at, &user.path).map_err(internal)?;
+                mounts.push(at.clone());
+                parents.push((parent, at.clone()));
+                at
+            }
+        };
+        out.push(if name.is_empty() { at } else { at.join(name) });
+    }
+    Ok(out)
+}
+
+fn detach_all(mounts: &[PathBuf]) {
+    for m in mounts {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Gives `paths` to id `inside` of the sandbox's user namespace.
+fn chown_to(user: &UserNs, inside: u32, paths: &[&Path]) -> Result<(), LaunchError> {
+    let id = user.map.host_id(inside);
+    for p in paths {
+        std::os::unix::fs::chown(p, Some(id), Some(id))
+            .map_err(|e| internal(format!("cannot chown {}: {e}", p.display())))?;
+    }
+    Ok(())
 }
 
 fn classify_create_error(msg: &str) -> LaunchError {

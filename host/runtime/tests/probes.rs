@@ -265,3 +265,116 @@ async fn sandboxes_cannot_see_each_others_processes_or_files() {
     );
     rt.delete(&a).await.unwrap();
 }
+
+/// Prints the sandbox's id map, the owners of two image files, its network interfaces as sysfs
+/// lists them, then creates a file and stays running.
+const USERNS_PROBE: &str = r#"
+echo "map=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')"
+echo "owners=$(stat -c %u:%g /bin/busybox /etc/passwd | tr '\n' ' ')"
+echo "sysnet=$(ls /sys/class/net | tr '\n' ' ')"
+touch /made-inside && echo made=1
+exec sleep 300
+"#;
+
+/// The host id a sandbox's process runs as (the `Uid:` line of its status, as the host sees it).
+fn host_uid(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn each_sandbox_runs_in_its_own_user_namespace_with_its_own_host_ids() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(24, data.path(), |_| {});
+    assert!(
+        rt.user_namespaces(),
+        "this host supports user namespaces, so `auto` must use them"
+    );
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let id = new_id();
+        rt.launch(
+            &id,
+            "demo",
+            &spec(&image, &["sh", "-c", USERNS_PROBE]),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let mut logs = String::new();
+        for _ in 0..500 {
+            logs = all_logs(&rt, &id).await;
+            if logs.contains("made=") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let out = parse(&logs);
+        let Observed::Running { pid, .. } = rt.observe(&id) else {
+            panic!("not running: {logs}")
+        };
+        // Root inside is a range of unprivileged host ids...
+        let map: Vec<u64> = out["map"].split(' ').map(|n| n.parse().unwrap()).collect();
+        assert_eq!(map[0], 0, "{logs}");
+        assert_eq!(map[2], 65536, "{logs}");
+        let first = map[1] as u32;
+        assert!(first >= 0x4000_0000, "{logs}");
+        assert_eq!(
+            host_uid(pid),
+            first,
+            "the host sees root inside as the range's first id"
+        );
+        // ...yet image files keep their owners inside (the layers are idmapped, not copied)...
+        assert_eq!(out["owners"], "0:0 0:0", "{logs}");
+        assert_eq!(
+            out["made"], "1",
+            "root inside can write its root filesystem: {logs}"
+        );
+        let made = data
+            .path()
+            .join(format!("runtime/sandboxes/{id}/upper/made-inside"));
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap()),
+            first,
+            "what root writes inside is owned by the range on the host"
+        );
+        // ...and sysfs is the sandbox's own: its two interfaces, none of the host's (natively
+        // the same listing shows the test's bridge, so the probe can see host interfaces).
+        assert_eq!(out["sysnet"], "eth0 lo", "{logs}");
+        assert!(std::path::Path::new("/sys/class/net/nbt24").exists());
+        seen.push((id, first));
+    }
+    assert_ne!(seen[0].1, seen[1].1, "two sandboxes share an id range");
+    for (id, _) in &seen {
+        rt.delete(id).await.unwrap();
+        assert!(rt.leftovers(id.as_str()).await.is_empty());
+    }
+    let leases = std::fs::read_dir(data.path().join("runtime/net/id-leases"))
+        .unwrap()
+        .count();
+    assert_eq!(leases, 0, "id ranges are given back on delete");
+}
+
+#[tokio::test]
+async fn with_user_namespaces_off_root_inside_is_host_root() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(25, data.path(), |c| {
+        c.user_namespaces = nimbus_runtime::config::UserNamespaces::Off
+    });
+    assert!(!rt.user_namespaces());
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let (_, logs) = run_to_end(&rt, &spec(&image, &["cat", "/proc/self/uid_map"])).await;
+    assert_eq!(
+        logs.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "4294967295"],
+        "the identity map (the probe above can tell the difference)"
+    );
+}

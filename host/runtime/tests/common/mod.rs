@@ -442,6 +442,16 @@ pub fn clean_host(n: u8) {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
     }
+    // ...and the user namespaces that owned them.
+    if let Ok(entries) = std::fs::read_dir("/run/nimbus/userns") {
+        let prefix = format!("nimbus-nbt{n}-w");
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let _ = Command::new("nft")
         .args(["delete", "table", "inet", &format!("nimbus_nbt{n}")])
         .stderr(Stdio::null())
