@@ -156,6 +156,14 @@ impl Runtime {
         let client = RegistryClient::new(config, creds)?;
         let images = ImageStore::open(&root.join("images"), client)
             .map_err(|e| format!("cannot open the image store: {e}"))?;
+        // Not fatal here: a host that cannot run sandboxes still serves everything else, and
+        // a launch names the problem.
+        if let Err(e) = std::fs::create_dir_all(ROOTFS_MOUNTS).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(ROOTFS_MOUNTS, std::fs::Permissions::from_mode(0o711))
+        }) {
+            tracing::warn!(error = %e, "cannot create {ROOTFS_MOUNTS}; sandbox launches will fail");
+        }
         let ids = id_ranges(config, &root.join("images"))?;
         let network = Arc::new(Network::new(
             &config.bridge,
@@ -476,7 +484,8 @@ impl Runtime {
         phase("netns");
 
         // Root filesystem: the image layers (top first) under the sandbox's own upper dir.
-        let rootfs = dir.join("bundle/rootfs");
+        let rootfs = rootfs_dir(id);
+        std::fs::create_dir_all(dir.join("bundle")).map_err(internal)?;
         mount_root(dir, &rootfs, &lower, net.user.as_ref())?;
         phase("rootfs");
 
@@ -806,11 +815,19 @@ impl Runtime {
         }
         let mut problems = Vec::new();
         let _ = self.crun_cmd(&["delete", "--force", id]).await;
-        let rootfs = dir.join("bundle/rootfs");
-        if is_mountpoint(&rootfs) {
-            if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
-                problems.push(format!("unmounting {}: {e}", rootfs.display()));
+        // `bundle/rootfs`: where sandboxes launched by earlier versions have their root.
+        for rootfs in [rootfs_dir(id), dir.join("bundle/rootfs")] {
+            if is_mountpoint(&rootfs) {
+                if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+                    problems.push(format!("unmounting {}: {e}", rootfs.display()));
+                }
             }
+        }
+        match std::fs::remove_dir(rootfs_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                problems.push(format!("removing {}: {e}", rootfs_dir(id).display()))
+            }
+            _ => {}
         }
         match read_meta(&dir) {
             Ok(meta) => {
@@ -852,6 +869,12 @@ impl Runtime {
         let dir = self.dir(id);
         if dir.exists() {
             out.push(format!("state dir {}", dir.display()));
+        }
+        if rootfs_dir(id).exists() {
+            out.push(format!(
+                "root filesystem mount point {}",
+                rootfs_dir(id).display()
+            ));
         }
         if self.crun_root.join(id).exists() {
             out.push(format!("crun state {}", self.crun_root.join(id).display()));
@@ -928,6 +951,15 @@ impl Runtime {
     pub fn images(&self) -> &ImageStore {
         &self.images
     }
+}
+
+/// Where root filesystems are mounted: outside the data dir, which is private (0700) and may
+/// sit in a private home, because crun resolves the root's path after joining the sandbox's
+/// user namespace, where root is an unprivileged host id. Traversable, not listable.
+const ROOTFS_MOUNTS: &str = "/run/nimbus/rootfs";
+
+fn rootfs_dir(id: &str) -> PathBuf {
+    Path::new(ROOTFS_MOUNTS).join(id)
 }
 
 /// Mounts the sandbox's root filesystem at `rootfs`: the layers (`lower`, bottom first) under

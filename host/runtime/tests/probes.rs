@@ -288,7 +288,14 @@ async fn each_sandbox_runs_in_its_own_user_namespace_with_its_own_host_ids() {
     require_host();
     let reg = Registry::start(None);
     reg.push_busybox("tools/busybox", "v1").await;
+    // Private, as `nimbus serve` makes its data dir: root inside the sandbox, an unprivileged
+    // host id, must still reach its root filesystem.
     let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        data.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let rt = runtime(24, data.path(), |_| {});
     assert!(
         rt.user_namespaces(),
