@@ -231,13 +231,11 @@ flush map inet {table} sandboxes
         }
     }
 
-    /// Gives up `owner`'s address and its user-namespace id range.
-    pub fn release(&self, ip: Ipv4Addr, owner: &str) {
-        self.leases.release(&ip.to_string(), owner);
-        if let Some((_, ids)) = &self.ids {
-            for slot in ids.held_by(owner) {
-                ids.release(&slot, owner);
-            }
+    /// Gives up `owner`'s leases on `net`'s address and id range.
+    pub fn release(&self, net: &SandboxNet, owner: &str) {
+        self.leases.release(&net.address.to_string(), owner);
+        if let (Some((_, ids)), Some(user)) = (&self.ids, &net.user) {
+            ids.release(&user.slot.to_string(), owner);
         }
     }
 
@@ -336,7 +334,7 @@ flush map inet {table} sandboxes
             Ok(net) => Ok(net),
             Err(e) => {
                 let _ = self.teardown(&self.unassigned(token, address)).await;
-                self.release(address, &owner);
+                self.release_all_of(&owner);
                 Err(e)
             }
         }
@@ -389,13 +387,11 @@ flush map inet {table} sandboxes
 
     /// Moves a prepared namespace's address lease and id range from the warm pool to sandbox
     /// `id`.
-    pub fn transfer_lease(&self, address: Ipv4Addr, token: &str, id: &str) -> Result<(), String> {
+    pub fn transfer_lease(&self, net: &SandboxNet, token: &str, id: &str) -> Result<(), String> {
         let pool = format!("{POOL_OWNER}{token}");
-        self.leases.transfer(&address.to_string(), &pool, id)?;
-        if let Some((_, ids)) = &self.ids {
-            for slot in ids.held_by(&pool) {
-                ids.transfer(&slot, &pool, id)?;
-            }
+        self.leases.transfer(&net.address.to_string(), &pool, id)?;
+        if let (Some((_, ids)), Some(user)) = (&self.ids, &net.user) {
+            ids.transfer(&user.slot.to_string(), &pool, id)?;
         }
         Ok(())
     }
@@ -624,7 +620,7 @@ mod tests {
         let b = n.allocate("b").unwrap();
         assert_ne!(a, b);
         assert_eq!(a, Ipv4Addr::new(10, 99, 0, 2));
-        n.release(a, "a");
+        n.release(&n.plan("a", "t", a), "a");
         assert_eq!(n.allocate("c").unwrap(), a);
     }
 }

@@ -151,5 +151,5 @@ async fn remove(network: &Network, p: &Prepared) {
     if let Err(e) = network.teardown(&p.net).await {
         tracing::warn!(error = %e, "removing a warm-pool namespace was incomplete");
     }
-    network.release(p.net.address, &format!("{POOL_OWNER}{}", p.token));
+    network.release(&p.net, &format!("{POOL_OWNER}{}", p.token));
 }

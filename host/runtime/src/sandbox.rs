@@ -441,7 +441,7 @@ impl Runtime {
                 match self.network.allocate_user(id, &net.netns) {
                     Ok(user) => net.user = user,
                     Err(e) => {
-                        self.network.release(address, id);
+                        self.network.release(&net, id);
                         return Err(internal(e));
                     }
                 }
@@ -460,19 +460,17 @@ impl Runtime {
             // Not recorded anywhere, so the cleanup would not find them: give them back now.
             match &prepared {
                 Some(p) => self.pool.put_back(p.clone()),
-                None => self.network.release(address, id),
+                None => self.network.release(&net, id),
             }
             return Err(e);
         }
         match &prepared {
             Some(p) => {
-                if let Err(e) = self.network.transfer_lease(address, &p.token, id) {
-                    // Still the pool's: the failed launch's cleanup removes the namespace, and
-                    // the lease goes back with it.
-                    self.network.release(
-                        address,
-                        &format!("{}{}", crate::network::POOL_OWNER, p.token),
-                    );
+                if let Err(e) = self.network.transfer_lease(&net, &p.token, id) {
+                    // What is still the pool's goes back now; the failed launch's cleanup
+                    // removes the namespace and gives back what is already the sandbox's.
+                    self.network
+                        .release(&net, &format!("{}{}", crate::network::POOL_OWNER, p.token));
                     return Err(internal(e));
                 }
             }
@@ -835,7 +833,7 @@ impl Runtime {
                     if let Err(e) = self.network.teardown(net).await {
                         problems.push(e);
                     }
-                    self.network.release(net.address, id);
+                    self.network.release(net, id);
                 }
             }
             // A launch cut off before its state file was written may hold leases.

@@ -110,6 +110,8 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
     let flags = libc::CLONE_NEWNET | user.map_or(0, |_| libc::CLONE_NEWUSER);
     // unshare(CLONE_NEWUSER) is refused to a multithreaded process, so a forked child (single
     // threaded) makes the namespaces and waits while this process maps its ids and keeps them.
+    // The two talk in explicit bytes, never by end-of-file: a child forked at the same time by
+    // another launch holds copies of these pipes' ends until it exits.
     let (ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     // SAFETY: the child only makes async-signal-safe system calls and then `_exit`s.
@@ -120,9 +122,6 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
     if pid == 0 {
         // SAFETY: plain system calls on fds this process owns; no allocation, no locks.
         unsafe {
-            // Our copy of the parent's ends, or the read below would never see end-of-file.
-            libc::close(go_w.as_raw_fd());
-            libc::close(ready_r.as_raw_fd());
             let status = if libc::unshare(flags) == 0 { 0u8 } else { 1u8 };
             libc::write(ready_w.as_raw_fd(), (&status as *const u8).cast(), 1);
             let mut b = 0u8;
@@ -132,12 +131,19 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
     }
     drop(ready_w);
     drop(go_r);
+    let child = nix::unistd::Pid::from_raw(pid);
     let reap = |go_w: OwnedFd| {
+        let _ = nix::unistd::write(&go_w, &[1]);
         drop(go_w);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        let _ = nix::sys::wait::waitpid(child, None);
     };
     let mut status = [1u8];
-    let got = nix::unistd::read(ready_r.as_raw_fd(), &mut status);
+    let got = if readable_within(&ready_r, 5000) {
+        nix::unistd::read(ready_r.as_raw_fd(), &mut status)
+    } else {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        Ok(0)
+    };
     if got != Ok(1) || status[0] != 0 {
         reap(go_w);
         return Err(if user.is_some() {
@@ -158,6 +164,17 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
     })();
     reap(go_w);
     kept
+}
+
+/// Whether `fd` has something to read within `ms` milliseconds.
+fn readable_within(fd: &OwnedFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {

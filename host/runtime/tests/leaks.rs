@@ -238,3 +238,37 @@ async fn rules_are_removed_even_when_the_one_transaction_removal_fails() {
         "no verdict-map entry is left for {address}"
     );
 }
+
+/// Namespaces are made by forked children; children forked at the same time hold copies of
+/// each other's pipes, which must not make any of them wait for another (a burst of launches
+/// once hung the server this way).
+#[test]
+fn namespaces_made_at_the_same_time_never_wait_on_each_other() {
+    require_host();
+    use nimbus_runtime::userns::{create, remove_kept, IdRanges};
+    let ranges = IdRanges::new(0x4F00_0000, 16).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for n in 0..16u32 {
+        let (net, user) = (
+            std::path::PathBuf::from(format!(
+                "/run/netns/nimbus-concurrency-{}-{n}",
+                std::process::id()
+            )),
+            dir.path().join(format!("user-{n}")),
+        );
+        let done_tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let made = create(&net, Some((&user, ranges.slot(n))));
+            remove_kept(&net);
+            remove_kept(&user);
+            let _ = done_tx.send(made);
+        });
+    }
+    for _ in 0..16 {
+        let made = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a namespace creation hung");
+        made.unwrap();
+    }
+}
