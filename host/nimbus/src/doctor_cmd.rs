@@ -43,10 +43,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => crate::config::default_data_dir()?,
     };
-    // This binary is the namespace helper too (`nimbus __namespaces`), as for `serve`.
-    let helper = std::env::current_exe()?;
     checks.push(doctor::user_namespaces_check(
-        &helper,
         &data_dir.join("runtime/images"),
     ));
     let mut failed = 0;

@@ -76,7 +76,7 @@ impl ApiServer {
         let config = root.path().join("nimbus.toml");
         std::fs::write(
             &config,
-            format!("[runtime]\nbridge = \"nmbbench\"\nsubnet = \"10.232.0.0/24\"\nuser_namespaces = \"{}\"\n", bench_userns()),
+            "[runtime]\nbridge = \"nmbbench\"\nsubnet = \"10.232.0.0/24\"\n",
         )
         .unwrap();
         let child = Command::new(bin)
@@ -230,12 +230,7 @@ fn main() {
         reg.push_busybox("tools/busybox", "v1").await;
         let image = format!("{}/tools/busybox:v1", reg.host);
         let data = tempfile::tempdir().unwrap();
-        let rt = runtime(50, data.path(), |c| {
-            c.warm_pool = 2;
-            if bench_userns() == "off" {
-                c.user_namespaces = nimbus_runtime::config::UserNamespaces::Off;
-            }
-        });
+        let rt = runtime(50, data.path(), |c| c.warm_pool = 2);
         rt.warm_up().await.unwrap();
         // Pull once (not measured), and warm up.
         let (_, _) = run_to_end(&rt, &spec(&image, &["echo", "warm"])).await;
@@ -424,10 +419,6 @@ fn main() {
                 nimbus_runtime::doctor::CgroupMigrations::Unavailable => "no favordynmods on this kernel",
             }
         );
-        println!(
-            "  user namespaces: {} (BENCH_USERNS=off for an A/B)",
-            if rt.user_namespaces() { "on" } else { "off" }
-        );
         let api_median = (!api.is_empty()).then(|| median(api));
         if let Some(a) = api_median {
             println!("  nimbus API      {:>8.1} ms   (POST the sandbox, follow its logs)", a.as_secs_f64() * 1e3);
@@ -501,12 +492,4 @@ fn main() {
         }
         rt.drain_pool().await;
     });
-}
-
-/// `BENCH_USERNS=off` runs every Nimbus path without user namespaces (for an A/B).
-fn bench_userns() -> &'static str {
-    match std::env::var("BENCH_USERNS").as_deref() {
-        Ok("off") => "off",
-        _ => "auto",
-    }
 }

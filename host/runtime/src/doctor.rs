@@ -255,14 +255,14 @@ pub fn all_checks(crun: &Path) -> Vec<Check> {
 /// Whether sandboxes can get user namespaces with their layers under `dir` (the data dir): a
 /// user namespace and an idmapped mount are tried for real. Informational, because
 /// `runtime.user_namespaces = "auto"` runs sandboxes without them on a host that cannot.
-pub fn user_namespaces_check(helper: &Path, dir: &Path) -> Check {
+pub fn user_namespaces_check(dir: &Path) -> Check {
     // Probed where the layers will be, or in the nearest directory that exists yet (the same
     // filesystem, unless one is mounted in between); nothing is left behind.
     let at = dir
         .ancestors()
         .find(|d| d.is_dir())
         .unwrap_or(Path::new("/"));
-    let probed = crate::userns::probe(helper, at);
+    let probed = crate::userns::probe(at);
     match probed {
         Ok(()) => Check {
             name: "userns",

@@ -103,12 +103,11 @@ impl MonitorArgs {
 /// Call first thing in `main`: when the process was started as a monitor, runs it and returns
 /// the exit code to return from `main`; otherwise returns `None` and the program goes on.
 pub fn main_if_requested() -> Option<ExitCode> {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    match args.first() {
-        Some(a) if a == MONITOR_ARG => Some(main_from_args(args)),
-        // The same binary makes sandboxes' namespaces (see `userns::create`).
-        Some(a) if a == crate::userns::HELPER_ARG => Some(crate::userns::helper_main(&args[1..])),
-        _ => None,
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == MONITOR_ARG) {
+        Some(main_from_args(std::env::args_os().skip(1).collect()))
+    } else {
+        None
     }
 }
 

@@ -91,8 +91,6 @@ pub struct Network {
     leases: Leases,
     /// Id ranges for sandboxes' user namespaces, with their leases (one per slot).
     ids: Option<(IdRanges, Leases)>,
-    /// The executable that makes namespaces (see [`crate::userns::create`]).
-    helper: PathBuf,
     /// Sandbox rules go through one batcher, so a burst of launches shares `nft` runs.
     rules_batcher: ScriptBatcher,
 }
@@ -105,14 +103,12 @@ fn short_hash(s: &str, n: usize) -> String {
 }
 
 impl Network {
-    /// `ids`: give each sandbox a user namespace with a range from these; `helper` makes the
-    /// namespaces (see [`crate::userns`]).
+    /// `ids`: give each sandbox a user namespace with a range from these (see [`crate::userns`]).
     pub fn new(
         bridge: &str,
         subnet: &str,
         state: &Path,
         ids: Option<IdRanges>,
-        helper: &Path,
     ) -> Result<Self, String> {
         if bridge.is_empty()
             || bridge.len() > 15
@@ -136,7 +132,6 @@ impl Network {
             subnet,
             leases,
             ids,
-            helper: helper.to_path_buf(),
             rules_batcher: ScriptBatcher::new(|script: String| {
                 Box::pin(async move {
                     run_cmd("nft", &["-f", "-"], Some(script.as_bytes()))
@@ -314,10 +309,8 @@ flush map inet {table} sandboxes
     pub async fn create_netns(&self, net: &SandboxNet) -> Result<(), String> {
         let net_path = net.netns_path.clone();
         let user = net.user.as_ref().map(|u| (u.path.clone(), u.map));
-        let helper = self.helper.clone();
         tokio::task::spawn_blocking(move || {
-            let user = user.as_ref().map(|(p, m)| (p.as_path(), *m));
-            crate::userns::create(&helper, &net_path, user)
+            crate::userns::create(&net_path, user.as_ref().map(|(p, m)| (p.as_path(), *m)))
         })
         .await
         .map_err(|e| format!("creating the namespaces: {e}"))?
@@ -587,14 +580,7 @@ mod tests {
     #[test]
     fn rules_block_metadata_and_other_tenants_before_the_allow_list() {
         let dir = tempfile::tempdir().unwrap();
-        let n = Network::new(
-            "nb-test",
-            "10.99.0.0/16",
-            dir.path(),
-            None,
-            Path::new("/bin/false"),
-        )
-        .unwrap();
+        let n = Network::new("nb-test", "10.99.0.0/16", dir.path(), None).unwrap();
         let net = n.plan("sbx_x", "demo", Ipv4Addr::new(10, 99, 0, 2));
         let policy = NetworkPolicy {
             egress: EgressPolicy {
@@ -629,14 +615,7 @@ mod tests {
     #[test]
     fn addresses_are_leased_once() {
         let dir = tempfile::tempdir().unwrap();
-        let n = Network::new(
-            "nb-test",
-            "10.99.0.0/28",
-            dir.path(),
-            None,
-            Path::new("/bin/false"),
-        )
-        .unwrap();
+        let n = Network::new("nb-test", "10.99.0.0/28", dir.path(), None).unwrap();
         let a = n.allocate("a").unwrap();
         let b = n.allocate("b").unwrap();
         assert_ne!(a, b);

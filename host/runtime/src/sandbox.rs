@@ -118,16 +118,12 @@ fn find_on_path(name: &Path) -> Option<PathBuf> {
 }
 
 /// The id ranges sandboxes' user namespaces get, or `None` to run sandboxes without them.
-fn id_ranges(
-    config: &RuntimeConfig,
-    helper: &Path,
-    layers: &Path,
-) -> Result<Option<IdRanges>, String> {
+fn id_ranges(config: &RuntimeConfig, layers: &Path) -> Result<Option<IdRanges>, String> {
     if config.user_namespaces == UserNamespaces::Off {
         return Ok(None);
     }
     let ranges = IdRanges::new(config.id_range_first, config.id_range_slots)?;
-    match crate::userns::probe(helper, layers) {
+    match crate::userns::probe(layers) {
         Ok(()) => Ok(Some(ranges)),
         Err(e) if config.user_namespaces == UserNamespaces::Auto => {
             tracing::warn!(error = %e, "this host cannot give sandboxes user namespaces; they run without (runtime.user_namespaces = \"auto\"; see `nimbus doctor`)");
@@ -168,6 +164,15 @@ impl Runtime {
         }) {
             tracing::warn!(error = %e, "cannot create {ROOTFS_MOUNTS}; sandbox launches will fail");
         }
+        let ids = id_ranges(config, &root.join("images"))?;
+        let network = Arc::new(Network::new(
+            &config.bridge,
+            &config.subnet,
+            &root.join("net"),
+            ids,
+        )?);
+        let pool = Arc::new(WarmPool::new(config.warm_pool));
+        let crun = find_on_path(&config.crun).unwrap_or_else(|| config.crun.clone());
         let monitor = match &config.monitor {
             Some(m) => m.clone(),
             None => {
@@ -181,16 +186,6 @@ impl Runtime {
                 }
             }
         };
-        let ids = id_ranges(config, &monitor, &root.join("images"))?;
-        let network = Arc::new(Network::new(
-            &config.bridge,
-            &config.subnet,
-            &root.join("net"),
-            ids,
-            &monitor,
-        )?);
-        let pool = Arc::new(WarmPool::new(config.warm_pool));
-        let crun = find_on_path(&config.crun).unwrap_or_else(|| config.crun.clone());
         if config.fix_cgroups {
             for done in doctor::apply_fixes()? {
                 tracing::info!("runtime.fix_cgroups: {done}");

@@ -2,7 +2,7 @@
 //! sandbox is an unprivileged id on the host that no other sandbox shares.
 //!
 //! The sandbox's network namespace is created inside its user namespace (both at once, by a
-//! short-lived helper process), so crun, joining both by path, can mount a fresh sysfs for that
+//! short-lived forked child), so crun, joining both by path, can mount a fresh sysfs for that
 //! network namespace; a network namespace owned by the host's user namespace would make crun
 //! bind the host's `/sys` instead. Both are kept by bind mounts, like `ip netns` does.
 //!
@@ -10,16 +10,15 @@
 //! idmapped mount for the sandbox's user namespace (one per store directory, detached again once
 //! the overlay holds it), so no layer is copied or chowned per sandbox.
 //!
-//! Unsafe code is allowed here, and only here in the runtime: `unshare` in the helper and the
-//! mount API calls (`open_tree`, `mount_setattr`, `move_mount`) that have no safe wrapper.
+//! Unsafe code is allowed here, and only here in the runtime: `fork` (a multithreaded process
+//! cannot `unshare` a user namespace itself) and the mount API calls (`open_tree`,
+//! `mount_setattr`, `move_mount`) that have no safe wrapper.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::io::{BufRead as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,10 +94,9 @@ fn cstr(p: &Path) -> Result<CString, String> {
 }
 
 /// Creates a network namespace kept at `net_path`; with `user`, inside a new user namespace
-/// mapping `user.1`, kept at `user.0`. `helper` is an executable that runs [`helper_main`]
-/// for the [`HELPER_ARG`] argument (the monitor binary). Blocking (~1–2 ms).
-pub fn create(helper: &Path, net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), String> {
-    let made = create_inner(helper, net_path, user);
+/// mapping `user.1`, kept at `user.0`. Blocking (a fork and a few syscalls, ~1 ms).
+pub fn create(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), String> {
+    let made = create_inner(net_path, user);
     if made.is_err() {
         remove_kept(net_path);
         if let Some((p, _)) = user {
@@ -108,49 +106,53 @@ pub fn create(helper: &Path, net_path: &Path, user: Option<(&Path, IdMap)>) -> R
     made
 }
 
-/// The first argument that makes the monitor binary the namespace helper.
-pub const HELPER_ARG: &str = "__namespaces";
-
-fn create_inner(
-    helper: &Path,
-    net_path: &Path,
-    user: Option<(&Path, IdMap)>,
-) -> Result<(), String> {
-    // unshare(CLONE_NEWUSER) is refused to a multithreaded process, and forking the server
-    // would copy its page tables while stalling its threads; a helper process (spawned, not
-    // forked) makes the namespaces and waits while this process maps its ids and keeps them.
-    let mut cmd = std::process::Command::new(helper);
-    cmd.arg(HELPER_ARG);
-    if user.is_some() {
-        cmd.arg("--user");
+fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), String> {
+    let flags = libc::CLONE_NEWNET | user.map_or(0, |_| libc::CLONE_NEWUSER);
+    // unshare(CLONE_NEWUSER) is refused to a multithreaded process, so a forked child (single
+    // threaded) makes the namespaces and waits while this process maps its ids and keeps them.
+    // The two talk in explicit bytes, never by end-of-file: a child forked at the same time by
+    // another launch holds copies of these pipes' ends until it exits.
+    let (ready_r, ready_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    // SAFETY: the child only makes async-signal-safe system calls and then `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(errno("fork for the sandbox's namespaces"));
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot start {} to make the sandbox's namespaces: {e}",
-                helper.display()
-            )
-        })?;
-    let pid = child.id();
-    let result = (|| {
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or("the namespace helper has no stdout")?;
-        let mut answer = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut answer)
-            .map_err(|e| format!("reading the namespace helper: {e}"))?;
-        if answer.trim() != "ok" {
-            return Err(format!(
-                "cannot create the sandbox's namespaces: {}",
-                answer.trim().trim_start_matches("error: ")
-            ));
+    if pid == 0 {
+        // SAFETY: plain system calls on fds this process owns; no allocation, no locks.
+        unsafe {
+            let status = if libc::unshare(flags) == 0 { 0u8 } else { 1u8 };
+            libc::write(ready_w.as_raw_fd(), (&status as *const u8).cast(), 1);
+            let mut b = 0u8;
+            libc::read(go_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
         }
+    }
+    drop(ready_w);
+    drop(go_r);
+    let child = nix::unistd::Pid::from_raw(pid);
+    let reap = |go_w: OwnedFd| {
+        let _ = nix::unistd::write(&go_w, &[1]);
+        drop(go_w);
+        let _ = nix::sys::wait::waitpid(child, None);
+    };
+    let mut status = [1u8];
+    let got = if readable_within(&ready_r, 5000) {
+        nix::unistd::read(ready_r.as_raw_fd(), &mut status)
+    } else {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        Ok(0)
+    };
+    if got != Ok(1) || status[0] != 0 {
+        reap(go_w);
+        return Err(if user.is_some() {
+            "cannot create a user and network namespace (is user.max_user_namespaces 0? see `nimbus doctor`)".into()
+        } else {
+            "cannot create a network namespace".into()
+        });
+    }
+    let kept = (|| {
         if let Some((user_path, map)) = user {
             for file in ["uid_map", "gid_map"] {
                 std::fs::write(format!("/proc/{pid}/{file}"), map.proc_line())
@@ -160,35 +162,23 @@ fn create_inner(
         }
         keep(&format!("/proc/{pid}/ns/net"), net_path)
     })();
-    // Done with it either way: a line lets it exit (end-of-file would too).
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(b"go\n");
-    }
-    if result.is_err() {
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-    result
+    reap(go_w);
+    kept
 }
 
-/// The namespace helper (`<monitor> __namespaces [--user]`): unshares a network namespace
-/// (inside a new user namespace with `--user`), says `ok` (or `error: …`) on stdout, and stays
-/// in them until a line or end-of-file on stdin, so the server can map ids and keep them.
-pub fn helper_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
-    let user = args.iter().any(|a| a == "--user");
-    let flags = libc::CLONE_NEWNET | if user { libc::CLONE_NEWUSER } else { 0 };
-    let mut out = std::io::stdout();
-    // SAFETY: unshare(2) with namespace flags; this process is single threaded (nothing has
-    // started a thread before the helper's entry).
-    if unsafe { libc::unshare(flags) } != 0 {
-        let _ = writeln!(out, "error: unshare: {}", std::io::Error::last_os_error());
-        return std::process::ExitCode::FAILURE;
-    }
-    let _ = writeln!(out, "ok");
-    let _ = out.flush();
-    let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
-    std::process::ExitCode::SUCCESS
+/// Whether `fd` has something to read within `ms` milliseconds.
+fn readable_within(fd: &OwnedFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
 }
 
 /// Bind-mounts namespace file `ns` at `at`, which keeps the namespace after its process exits.
@@ -266,7 +256,7 @@ pub fn idmapped_bind(source: &Path, target: &Path, userns: &Path) -> Result<(), 
     };
     if r != 0 {
         return Err(errno(&format!(
-            "idmapped mount of {} (its filesystem may not support idmapped mounts: `nimbus doctor` checks the data dir's; runtime.user_namespaces = \"off\" runs sandboxes without user namespaces)",
+            "idmapped mount of {} (does its filesystem support idmapped mounts? see `nimbus doctor`)",
             source.display()
         )));
     }
@@ -292,9 +282,8 @@ pub fn idmapped_bind(source: &Path, target: &Path, userns: &Path) -> Result<(), 
 }
 
 /// Whether this host can run sandboxes in user namespaces with layers under `dir`: makes a
-/// user namespace (with `helper`, see [`create`]) and an idmapped mount of a directory there,
-/// then removes both.
-pub fn probe(helper: &Path, dir: &Path) -> Result<(), String> {
+/// user namespace and an idmapped mount of a directory there, then removes both.
+pub fn probe(dir: &Path) -> Result<(), String> {
     let scratch = dir.join(format!(".userns-probe-{}", std::process::id()));
     let (src, dst) = (scratch.join("src"), scratch.join("dst"));
     let userns = scratch.join("ns");
@@ -308,7 +297,7 @@ pub fn probe(helper: &Path, dir: &Path) -> Result<(), String> {
             first: u32::MAX - IDS_PER_SANDBOX,
             count: 1,
         };
-        create(helper, &netns, Some((&userns, map)))?;
+        create(&netns, Some((&userns, map)))?;
         idmapped_bind(&src, &dst, &userns)?;
         let _ = nix::mount::umount2(&dst, nix::mount::MntFlags::MNT_DETACH);
         Ok(())

@@ -239,9 +239,9 @@ async fn rules_are_removed_even_when_the_one_transaction_removal_fails() {
     );
 }
 
-/// Namespaces made at the same time must not wait on each other: when they were made by
-/// forked children, each child held copies of the others' pipes and a burst of launches hung
-/// the server.
+/// Namespaces are made by forked children; children forked at the same time hold copies of
+/// each other's pipes, which must not make any of them wait for another (a burst of launches
+/// once hung the server this way).
 #[test]
 fn namespaces_made_at_the_same_time_never_wait_on_each_other() {
     require_host();
@@ -259,8 +259,7 @@ fn namespaces_made_at_the_same_time_never_wait_on_each_other() {
         );
         let done_tx = done_tx.clone();
         std::thread::spawn(move || {
-            let helper = std::path::Path::new(env!("CARGO_BIN_EXE_nimbus-monitor"));
-            let made = create(helper, &net, Some((&user, ranges.slot(n))));
+            let made = create(&net, Some((&user, ranges.slot(n))));
             remove_kept(&net);
             remove_kept(&user);
             let _ = done_tx.send(made);
