@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use nimbus_runtime::Runtime;
 
 /// Rounds per path; BENCH_ROUNDS overrides (a quick look while profiling).
 fn rounds() -> usize {
@@ -232,6 +233,20 @@ fn main() {
         let data = tempfile::tempdir().unwrap();
         let rt = runtime(50, data.path(), |c| c.warm_pool = 2);
         rt.warm_up().await.unwrap();
+        // A second runtime without user namespaces, when the first has them: its launches
+        // follow the first's in every round.
+        let plain = if rt.user_namespaces() {
+            let plain_data = tempfile::tempdir().unwrap();
+            let rt_plain = runtime(51, plain_data.path(), |c| {
+                c.warm_pool = 2;
+                c.user_namespaces = nimbus_runtime::config::UserNamespaces::Off;
+            });
+            rt_plain.warm_up().await.unwrap();
+            let _ = run_to_end(&rt_plain, &spec(&image, &["echo", "warm"])).await;
+            Some((rt_plain, plain_data))
+        } else {
+            None
+        };
         // Pull once (not measured), and warm up.
         let (_, _) = run_to_end(&rt, &spec(&image, &["echo", "warm"])).await;
 
@@ -306,6 +321,7 @@ fn main() {
         // them alike; medians over the rounds.
         let (mut api, mut nimbus, mut launch_only, mut crun, mut crun_hardened) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut plain_launch = Vec::new();
         for i in 0..rounds() {
             // The order rotates, so no path always follows another's cleanup.
             for step in 0..4 {
@@ -316,28 +332,13 @@ fn main() {
                         }
                     }
                     1 => {
-                        // The runtime alone: launch → first byte in the sandbox's log.
-                        let id = new_id();
-                        let log = data.path().join(format!("runtime/sandboxes/{id}/log"));
-                        let start = Instant::now();
-                        // The first byte may come before launch() returns (a sandbox allowed
-                        // nothing gets its rules after it starts), so watch the log meanwhile.
-                        let first_byte = async {
-                            while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0 {
-                                tokio::time::sleep(Duration::from_micros(200)).await;
-                            }
-                            start.elapsed()
-                        };
-                        let launched = async {
-                            rt.launch(&id, "demo", &spec(&image, &["echo", "hi"]), |_| {})
-                                .await
-                                .unwrap();
-                            start.elapsed()
-                        };
-                        let (first, returned) = tokio::join!(first_byte, launched);
+                        let (first, returned) = launch_first_byte(&rt, data.path(), &image).await;
                         nimbus.push(first);
                         launch_only.push(returned);
-                        rt.delete(&id).await.unwrap();
+                        // The same without user namespaces, right after (an A/B on one host state).
+                        if let Some((rt_plain, plain_data)) = &plain {
+                            plain_launch.push(launch_first_byte(rt_plain, plain_data.path(), &image).await.0);
+                        }
                     }
                     2 => crun.push(first_byte_of(crun_run(&crun_root, bundle.path(), &format!("bench-{i}")))),
                     _ => crun_hardened.push(first_byte_of(crun_run(&crun_root, hb.path(), &format!("benchh-{i}")))),
@@ -425,6 +426,12 @@ fn main() {
         }
         println!("  nimbus launch   {:>8.1} ms   (the runtime alone, no HTTP or store)", n.as_secs_f64() * 1e3);
         println!("    of which launch() returned after {:>8.1} ms", l.as_secs_f64() * 1e3);
+        if !plain_launch.is_empty() {
+            println!(
+                "  nimbus launch   {:>8.1} ms   (the same without user namespaces, right after each)",
+                median(plain_launch).as_secs_f64() * 1e3
+            );
+        }
         println!("  raw crun run    {:>8.1} ms   (crun's default config)", c.as_secs_f64() * 1e3);
         println!(
             "  raw crun run    {:>8.1} ms   (Nimbus's hardened config.json, no overlay/netns wiring{})",
@@ -491,5 +498,36 @@ fn main() {
             rt.delete(&id).await.unwrap();
         }
         rt.drain_pool().await;
+        if let Some((rt_plain, _)) = &plain {
+            rt_plain.drain_pool().await;
+        }
     });
+}
+
+/// The runtime alone: launch → first byte in the sandbox's log, and launch → launch() returned.
+async fn launch_first_byte(
+    rt: &Runtime,
+    data: &std::path::Path,
+    image: &str,
+) -> (Duration, Duration) {
+    let id = new_id();
+    let log = data.join(format!("runtime/sandboxes/{id}/log"));
+    let start = Instant::now();
+    // The first byte may come before launch() returns (a sandbox allowed nothing gets its
+    // rules after it starts), so watch the log meanwhile.
+    let first_byte = async {
+        while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        start.elapsed()
+    };
+    let launched = async {
+        rt.launch(&id, "demo", &spec(image, &["echo", "hi"]), |_| {})
+            .await
+            .unwrap();
+        start.elapsed()
+    };
+    let times = tokio::join!(first_byte, launched);
+    rt.delete(&id).await.unwrap();
+    times
 }

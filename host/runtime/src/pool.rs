@@ -80,8 +80,11 @@ impl WarmPool {
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
+            // The bridge makes tokens (and the interface names hashed from them) unique
+            // between runtimes in one process too.
             let token = format!(
-                "{}-{}-{}",
+                "{}-{}-{}-{}",
+                network.bridge,
                 std::process::id(),
                 self.counter.fetch_add(1, Ordering::Relaxed),
                 crate::monitor::now_secs()
