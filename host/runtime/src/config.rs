@@ -83,8 +83,9 @@ impl Default for RuntimeConfig {
             fix_cgroups: false,
             warm_pool: 2,
             user_namespaces: UserNamespaces::Auto,
-            // In the range systemd leaves to containers (524288–1879048191), clear of the ids
-            // `systemd-nspawn --private-users=pick` starts from; 4096 ranges end at 0x50000000.
+            // In the range systemd leaves to containers (524288–1879048191); 4096 ranges end at
+            // 0x50000000. `systemd-nspawn --private-users=pick` draws from the same space, so
+            // a host running both should give Nimbus ranges nspawn does not use.
             id_range_first: 0x4000_0000,
             id_range_slots: 4096,
         }
