@@ -19,6 +19,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -122,7 +123,12 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
     if pid == 0 {
         // SAFETY: plain system calls on fds this process owns; no allocation, no locks.
         unsafe {
-            let status = if libc::unshare(flags) == 0 { 0u8 } else { 1u8 };
+            // 0, or the errno of the failure (all of unshare's fit in a byte).
+            let status = if libc::unshare(flags) == 0 {
+                0u8
+            } else {
+                *libc::__errno_location() as u8
+            };
             libc::write(ready_w.as_raw_fd(), (&status as *const u8).cast(), 1);
             let mut b = 0u8;
             libc::read(go_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
@@ -138,19 +144,31 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
         let _ = nix::sys::wait::waitpid(child, None);
     };
     let mut status = [1u8];
-    let got = if readable_within(&ready_r, 5000) {
-        nix::unistd::read(ready_r.as_raw_fd(), &mut status)
+    let what = if user.is_some() {
+        "a user and network namespace"
     } else {
-        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-        Ok(0)
+        "a network namespace"
     };
-    if got != Ok(1) || status[0] != 0 {
+    let answered = readable_within(&ready_r, Duration::from_secs(30))
+        && loop {
+            match nix::unistd::read(ready_r.as_raw_fd(), &mut status) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                got => break got == Ok(1),
+            }
+        };
+    if !answered {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
         reap(go_w);
-        return Err(if user.is_some() {
-            "cannot create a user and network namespace (is user.max_user_namespaces 0? see `nimbus doctor`)".into()
-        } else {
-            "cannot create a network namespace".into()
-        });
+        return Err(format!(
+            "cannot create {what}: the child making it did not answer within 30 s"
+        ));
+    }
+    if status[0] != 0 {
+        reap(go_w);
+        let e = std::io::Error::from_raw_os_error(i32::from(status[0]));
+        return Err(format!(
+            "cannot create {what}: unshare: {e} (see `nimbus doctor`; user.max_user_namespaces or user.max_net_namespaces may be 0 or exhausted)"
+        ));
     }
     let kept = (|| {
         if let Some((user_path, map)) = user {
@@ -167,14 +185,27 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
 }
 
 /// Whether `fd` has something to read within `ms` milliseconds.
-fn readable_within(fd: &OwnedFd, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll(2) on one valid pollfd.
-    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+/// Whether `fd` has something to read within `within`. A signal (the async runtime's SIGCHLD,
+/// frequent during a burst of launches) interrupts poll(2) whatever SA_RESTART says, so an
+/// interrupted wait goes on for the time left.
+fn readable_within(fd: &OwnedFd, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: poll(2) on one valid pollfd.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            1 => return true,
+            0 => return false,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
