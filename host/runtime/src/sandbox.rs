@@ -484,7 +484,10 @@ impl Runtime {
         // Root filesystem: the image layers (top first) under the sandbox's own upper dir.
         let rootfs = rootfs_dir(id);
         std::fs::create_dir_all(dir.join("bundle")).map_err(internal)?;
-        mount_root(dir, &rootfs, &lower, net.user.as_ref())?;
+        // A `rootfs` root is the caller's directory: a filesystem that cannot be idmapped is
+        // theirs to change, so that failure names `root.path`.
+        let root_field = matches!(spec.root, Root::Rootfs { .. }).then_some("root.path");
+        mount_root(dir, &rootfs, &lower, net.user.as_ref(), root_field)?;
         phase("rootfs");
 
         // OCI config.
@@ -963,12 +966,14 @@ fn rootfs_dir(id: &str) -> PathBuf {
 /// Mounts the sandbox's root filesystem at `rootfs`: the layers (`lower`, bottom first) under
 /// the sandbox's own upper dir. With a user namespace, the layers are seen through idmapped
 /// mounts (one per directory holding layers, detached once the overlay holds them) and the
-/// upper dir belongs to the sandbox's root, so files keep their image owners inside.
+/// upper dir belongs to the sandbox's root, so files keep their image owners inside. With
+/// `root_field`, a layer that cannot be idmapped is a bad spec naming that field.
 fn mount_root(
     dir: &Path,
     rootfs: &Path,
     lower: &[PathBuf],
     user: Option<&UserNs>,
+    root_field: Option<&'static str>,
 ) -> Result<(), LaunchError> {
     let (upper, work) = (dir.join("upper"), dir.join("work"));
     for d in [rootfs, &upper, &work] {
@@ -983,7 +988,7 @@ fn mount_root(
     let mut idmapped = Vec::new();
     if let Some(user) = user {
         chown_to(user, 0, &[&upper])?;
-        let mapped = idmap_layers(dir, &lower, user, &mut idmapped);
+        let mapped = idmap_layers(dir, &lower, user, root_field, &mut idmapped);
         if mapped.is_err() {
             detach_all(&idmapped);
         }
@@ -1027,6 +1032,7 @@ fn idmap_layers(
     dir: &Path,
     lower: &[PathBuf],
     user: &UserNs,
+    root_field: Option<&'static str>,
     mounts: &mut Vec<PathBuf>,
 ) -> Result<Vec<PathBuf>, LaunchError> {
     let mut parents: Vec<(PathBuf, PathBuf)> = Vec::new();
@@ -1043,7 +1049,15 @@ fn idmap_layers(
             None => {
                 let at = dir.join("idmapped").join(parents.len().to_string());
                 std::fs::create_dir_all(&at).map_err(internal)?;
-                crate::userns::idmapped_bind(&parent, &at, &user.path).map_err(internal)?;
+                crate::userns::idmapped_bind(&parent, &at, &user.path).map_err(
+                    |e| match root_field {
+                        Some(field) => LaunchError::BadSpec {
+                            field: field.into(),
+                            reason: e,
+                        },
+                        None => internal(e),
+                    },
+                )?;
                 mounts.push(at.clone());
                 parents.push((parent, at.clone()));
                 at

@@ -287,7 +287,7 @@ pub fn idmapped_bind(source: &Path, target: &Path, userns: &Path) -> Result<(), 
     };
     if r != 0 {
         return Err(errno(&format!(
-            "idmapped mount of {} (does its filesystem support idmapped mounts? see `nimbus doctor`)",
+            "idmapped mount of {} for the sandbox's user namespace (its filesystem may not support idmapped mounts; put it on ext4, xfs, btrfs or tmpfs, or set runtime.user_namespaces = \"off\")",
             source.display()
         )));
     }

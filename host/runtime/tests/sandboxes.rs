@@ -378,3 +378,29 @@ async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhil
         assert!(rt.leftovers(id.as_str()).await.is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_rootfs_on_a_filesystem_without_idmapped_mounts_is_a_bad_root_path() {
+    require_host();
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(27, data.path(), |_| {});
+    assert!(rt.user_namespaces());
+    // procfs is a directory tree crun could never use, and it cannot be idmapped.
+    let mut s = spec("unused", &["true"]);
+    s.root = Root::Rootfs {
+        path: "/proc/sys".into(),
+    };
+    let id = new_id();
+    let err = rt.launch(&id, "demo", &s, |_| {}).await.unwrap_err();
+    match err {
+        LaunchError::BadSpec { field, reason } => {
+            assert_eq!(field, "root.path");
+            assert!(
+                reason.contains("idmapped") && reason.contains("user_namespaces"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a bad root.path, got {other:?}"),
+    }
+    assert!(rt.leftovers(id.as_str()).await.is_empty());
+}
