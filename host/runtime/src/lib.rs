@@ -8,6 +8,7 @@
 //!
 //! See docs/runtime.md for the contract and docs/security.md for what every sandbox gets.
 
+pub mod attach;
 mod batch;
 pub mod build;
 pub mod bundle;
@@ -103,6 +104,8 @@ impl From<registry::RegistryError> for LaunchError {
 pub enum RuntimeError {
     #[error("sandbox {0} is not known to the runtime")]
     NotFound(String),
+    #[error("the process of sandbox {0} is not running (it has exited, or has not started yet)")]
+    NotRunning(String),
     #[error("internal runtime error: {0}")]
     Internal(String),
 }

@@ -17,8 +17,11 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::attach::AttachServer;
 
 pub const MONITOR_ARG: &str = "__monitor";
 
@@ -165,9 +168,21 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
     std::fs::write(a.dir.join("monitor.pid"), std::process::id().to_string())
         .map_err(|e| format!("cannot write monitor.pid: {e}"))?;
 
+    // Close-on-exec, so crun and the container get only the ends they are handed as stdio.
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
     let (read_end, write_end): (OwnedFd, OwnedFd) =
-        nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
     let write_clone = write_end.try_clone().map_err(|e| format!("dup: {e}"))?;
+    // The process's stdin stays open for stdio sessions, which attach through the socket.
+    let (stdin_read, stdin_write): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
+    let attach = match AttachServer::start(&a.dir, File::from(stdin_write)) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            eprintln!("nimbus monitor: no attach socket ({e}); stdio sessions cannot attach");
+            None
+        }
+    };
     let pid_file = a.dir.join("container.pid");
     let crun_log = a.dir.join("crun.log");
     let status = Command::new(&a.crun)
@@ -181,7 +196,7 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&a.id)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(stdin_read))
         .stdout(Stdio::from(write_clone))
         .stderr(Stdio::from(write_end))
         .status();
@@ -205,7 +220,10 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
         };
         fail(a, &msg);
         // Drain whatever the failed create printed into the log, for `logs`.
-        copy_log(File::from(read_end), &a.dir, a.log_max);
+        copy_log(File::from(read_end), &a.dir, a.log_max, |_| {});
+        if let Some(attach) = attach {
+            attach.finish(std::time::Duration::ZERO);
+        }
         return Ok(());
     }
     let pid: i32 = std::fs::read_to_string(&pid_file)
@@ -228,7 +246,15 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
 
     let dir = a.dir.clone();
     let log_max = a.log_max;
-    let logger = std::thread::spawn(move || copy_log(File::from(read_end), &dir, log_max));
+    let attach = Arc::new(attach);
+    let tap = attach.clone();
+    let logger = std::thread::spawn(move || {
+        copy_log(File::from(read_end), &dir, log_max, |chunk| {
+            if let Some(server) = tap.as_ref() {
+                server.broadcast(chunk)
+            }
+        })
+    });
 
     let (code, signal) = wait_for(pid);
     let oom_killed = oom_kills(&a.id) > 0;
@@ -237,6 +263,10 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while !logger.is_finished() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Attached clients get the rest of the output, then end-of-file.
+    if let Some(server) = attach.as_ref() {
+        server.finish(std::time::Duration::from_secs(1));
     }
     record_exit(
         &a.dir,
@@ -316,8 +346,8 @@ fn oom_kills(id: &str) -> u64 {
 }
 
 /// Copies the container's output into `log`, rotating to `log.1` when `log` reaches `max / 2`,
-/// so at most `max` bytes are kept.
-fn copy_log(mut src: File, dir: &Path, max: u64) {
+/// so at most `max` bytes are kept; `tap` sees every chunk too (attached clients).
+fn copy_log(mut src: File, dir: &Path, max: u64, tap: impl Fn(&[u8])) {
     let path = dir.join("log");
     let old = dir.join("log.1");
     let half = (max / 2).max(4096);
@@ -341,6 +371,7 @@ fn copy_log(mut src: File, dir: &Path, max: u64) {
             }
             size = 0;
         }
+        tap(&buf[..n]);
         if out.write_all(&buf[..n]).is_err() {
             return;
         }
@@ -374,7 +405,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
         std::fs::write(&src, vec![b'x'; 100_000]).unwrap();
-        copy_log(File::open(&src).unwrap(), d.path(), 16_384);
+        copy_log(File::open(&src).unwrap(), d.path(), 16_384, |_| {});
         let cur = std::fs::metadata(d.path().join("log")).unwrap().len();
         let old = std::fs::metadata(d.path().join("log.1")).unwrap().len();
         assert!(cur + old <= 16_384, "{cur} + {old}");

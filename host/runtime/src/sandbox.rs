@@ -924,6 +924,35 @@ impl Runtime {
         Ok(LogStream { rx })
     }
 
+    /// Connects to the sandbox's stdio through its monitor's attach socket (protocol in
+    /// [`crate::attach`]): output from now on, frames for stdin. Works for as long as the
+    /// process runs, across server restarts.
+    pub async fn attach(&self, id: &SandboxId) -> Result<tokio::net::UnixStream, RuntimeError> {
+        let dir = self.dir(id.as_str());
+        if !dir.is_dir() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        let path = crate::attach::socket_path(&dir);
+        let (addr, _dir) = crate::attach::short_path(&path)
+            .map_err(|e| RuntimeError::Internal(format!("{}: {e}", path.display())))?;
+        match tokio::net::UnixStream::connect(&addr).await {
+            Ok(conn) => Ok(conn),
+            // No socket, or nobody listening on it: the monitor is gone or not there yet.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Err(RuntimeError::NotRunning(id.to_string()))
+            }
+            Err(e) => Err(RuntimeError::Internal(format!(
+                "cannot attach to {id} through {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
     /// After a server restart: every sandbox the runtime has state for, with what is observed
     /// now (running ones kept running; exits that happened meanwhile reported).
     pub fn adopt_all(&self) -> Vec<(SandboxId, Observed)> {

@@ -8,7 +8,97 @@ use std::time::Duration;
 
 use common::*;
 use nimbus_core::spec::{ImageSource, Root, SandboxBackend};
-use nimbus_runtime::{ExitReason, LaunchError, Observed, ProgressEvent};
+use nimbus_runtime::{attach, ExitReason, LaunchError, Observed, ProgressEvent, RuntimeError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads from an attached sandbox until the output so far ends with `end` (or 30 s pass).
+async fn read_until(conn: &mut tokio::net::UnixStream, end: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&got).ends_with(end) {
+        let n = tokio::time::timeout_at(deadline, conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {end:?} in {:?}", String::from_utf8_lossy(&got)))
+            .unwrap();
+        assert!(n > 0, "output ended: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(got).unwrap()
+}
+
+/// The process's stdin is a pipe its monitor keeps open: clients attach, write to it, read the
+/// output live (two at once), and close it; a process that has exited cannot be attached.
+#[tokio::test]
+async fn stdio_clients_attach_write_stdin_read_output_and_close_stdin() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(18, data.path(), |_| {});
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let id = new_id();
+    rt.launch(
+        &id,
+        "demo",
+        &spec(&image, &["sh", "-c", "echo ready; cat; echo stdin-closed"]),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    // Output from before an attach is in the log, not on the socket.
+    let mut log = String::new();
+    for _ in 0..300 {
+        log = all_logs(&rt, &id).await;
+        if !log.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(log, "ready\n");
+    let mut first = rt.attach(&id).await.unwrap();
+    let mut second = rt.attach(&id).await.unwrap();
+    first
+        .write_all(&attach::stdin_frame(b"hello\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut first, "hello\n").await, "hello\n");
+    assert_eq!(read_until(&mut second, "hello\n").await, "hello\n");
+    // A client that leaves without closing stdin leaves it open for the next one.
+    drop(first);
+    second
+        .write_all(&attach::stdin_frame(b"again\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut second, "again\n").await, "again\n");
+    second
+        .write_all(&attach::close_stdin_frame())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_until(&mut second, "stdin-closed\n").await,
+        "stdin-closed\n"
+    );
+    // The process exited: the connection ends, and nobody can attach any more.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), second.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let o = wait_exited(&rt, &id, Duration::from_secs(30)).await;
+    assert!(matches!(o, Observed::Exited { code: 0, .. }), "{o:?}");
+    let err = rt.attach(&id).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::NotRunning(_)), "{err:?}");
+    assert_eq!(
+        all_logs(&rt, &id).await,
+        "ready\nhello\nagain\nstdin-closed\n"
+    );
+    rt.delete(&id).await.unwrap();
+    let err = rt.attach(&id).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::NotFound(_)), "{err:?}");
+    assert!(rt.leftovers(id.as_str()).await.is_empty());
+}
 
 #[tokio::test]
 async fn sandbox_runs_with_merged_environment_and_reports_its_exit_code() {
@@ -313,7 +403,11 @@ async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhil
     {
         let rt = runtime(17, data.path(), |_| {});
         // An allow-list gives it a chain and a verdict-map entry that must survive the restart.
-        let mut long_spec = spec(&image, &["sh", "-c", "echo up; sleep 300"]);
+        // It reads a line from stdin, which a client sends after the restart.
+        let mut long_spec = spec(
+            &image,
+            &["sh", "-c", "echo up; read line; echo got $line; sleep 300"],
+        );
         long_spec
             .network
             .egress
@@ -369,8 +463,14 @@ async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhil
         "adopted sandbox lost its rules: {}",
         String::from_utf8_lossy(&map.stdout)
     );
-    // The adopted sandbox is fully controllable: logs, stop, delete.
-    assert_eq!(all_logs(&rt, &long).await, "up\n");
+    // The adopted sandbox is fully controllable: stdio, logs, stop, delete. Its monitor, not
+    // the server, holds the process's stdin, so a client attaches after the restart.
+    let mut conn = rt.attach(&long).await.unwrap();
+    conn.write_all(&attach::stdin_frame(b"after-restart\n"))
+        .await
+        .unwrap();
+    assert_eq!(read_until(&mut conn, "\n").await, "got after-restart\n");
+    assert_eq!(all_logs(&rt, &long).await, "up\ngot after-restart\n");
     let o = rt.stop(&long, Some(Duration::from_secs(5))).await.unwrap();
     assert!(matches!(o, Observed::Exited { .. }));
     for id in [&long, &short] {
