@@ -87,7 +87,7 @@ impl ResourceKind {
 /// One authorization question. `action` is `<collection>.<verb>`, e.g. `services.update`,
 /// `sessions.open` (see [`actions`]). `context` carries facts the policy may need, e.g. for
 /// `sessions.open` the target (`targetKind` = `service`|`sandbox`, `targetName`), and for
-/// `sessions.get`/`sessions.close` the session's `createdBy` and its target.
+/// `sessions.get`/`sessions.close`/`sessions.attach` the session's `createdBy` and its target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthzRequest {
@@ -166,6 +166,8 @@ pub mod actions {
     pub const SESSIONS_GET: &str = "sessions.get";
     pub const SESSIONS_LIST: &str = "sessions.list";
     pub const SESSIONS_CLOSE: &str = "sessions.close";
+    /// Using a session's `stdio` channel: writing to the process's stdin and reading its output.
+    pub const SESSIONS_ATTACH: &str = "sessions.attach";
 }
 
 /// The policy id the grants rules answer with, native or as a component.
@@ -231,7 +233,7 @@ pub fn decide_by_grants(request: &AuthzRequest) -> Decision {
             granted(format!("sandbox:{name}:manage"))
         }
         actions::SESSIONS_OPEN => session_target_grant(request).and_then(granted),
-        actions::SESSIONS_GET | actions::SESSIONS_CLOSE => {
+        actions::SESSIONS_GET | actions::SESSIONS_CLOSE | actions::SESSIONS_ATTACH => {
             if request.context_value("createdBy") == Some(p.id.as_str()) {
                 Some("opener of the session".into())
             } else {
@@ -390,6 +392,29 @@ mod tests {
         assert!(decide_by_grants(&r).allow);
         r.context = vec![("createdBy".into(), "cred_2".into())];
         assert!(!decide_by_grants(&r).allow);
+    }
+
+    /// Using a session's stdio writes to a process: the opener (or whoever may open one on
+    /// its target) may, a read-only credential may not.
+    #[test]
+    fn attaching_to_a_session_is_for_its_opener_not_for_readers() {
+        let mut r = req(
+            principal("demo", &["tenant:read"]),
+            actions::SESSIONS_ATTACH,
+            ResourceKind::Session,
+            Some("ses_1"),
+        );
+        r.context = vec![("createdBy".into(), "cred_2".into())];
+        assert!(!decide_by_grants(&r).allow);
+        r.context = vec![("createdBy".into(), "cred_1".into())];
+        assert!(decide_by_grants(&r).allow);
+        r.context = vec![
+            ("createdBy".into(), "cred_2".into()),
+            ("targetKind".into(), "sandbox".into()),
+            ("targetName".into(), "sbx_a".into()),
+        ];
+        r.principal.grants = vec!["sandbox:sbx_a:reach".into()];
+        assert!(decide_by_grants(&r).allow);
     }
 
     #[test]

@@ -595,7 +595,7 @@ mod tests {
         catalog.ensure_bundled(engine).unwrap();
         assert_eq!(
             catalog.active_version("grants-policy").as_deref(),
-            Some("0.1.1")
+            Some("0.1.2")
         );
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -613,7 +613,7 @@ mod tests {
             catalog.active_version("grants-policy").as_deref(),
             Some("0.0.5")
         );
-        assert!(catalog.manifest("grants-policy", "0.1.1").is_ok());
+        assert!(catalog.manifest("grants-policy", "0.1.2").is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -173,7 +173,7 @@ fn decide_by_grants(request: &Request) -> Decision {
                 granted3("sandbox:", name, ":manage")
             }
             "sessions.open" => session_target(),
-            "sessions.get" | "sessions.close" => {
+            "sessions.get" | "sessions.close" | "sessions.attach" => {
                 if context_value(request, "createdBy") == Some(p.id.as_str()) {
                     Some("opener of the session".into())
                 } else {
