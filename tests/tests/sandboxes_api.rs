@@ -331,3 +331,181 @@ async fn a_create_refused_by_quota_starts_nothing_though_its_launch_was_prepared
         .await;
     assert!(st.is_success());
 }
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connects to a session's stdio channel with `token`; on refusal, the HTTP status and the
+/// JSON error body.
+async fn stdio(s: &Server, session: &str, token: &str) -> Result<Ws, (u16, serde_json::Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}{T}/sessions/{session}/stdio", s.base_url()).replace("http://", "ws://");
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(s.base_url().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            Err((
+                resp.status().as_u16(),
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            ))
+        }
+        Err(e) => panic!("stdio channel of {session}: {e}"),
+    }
+}
+
+/// Reads binary output until it ends with `end`; returns it.
+async fn read_output(ws: &mut Ws, end: &str) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got = String::new();
+    while !got.ends_with(end) {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {end:?} after {got:?}"));
+        match msg {
+            Some(Ok(Message::Binary(b))) => got.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("expected output, got {other:?} after {got:?}"),
+        }
+    }
+    got
+}
+
+/// The close frame that ends a channel: (code, reason).
+async fn closed_with(ws: &mut Ws) -> (u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        .await
+        .expect("the channel closes");
+    match msg {
+        Some(Ok(Message::Close(Some(f)))) => (f.code.into(), f.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+fn session_body(id: &str, channels: &[&str]) -> serde_json::Value {
+    json!({"target": {"sandbox": {"id": id}}, "channels": channels})
+}
+
+/// `GET /sessions/{id}/stdio`: input reaches the process's stdin, its output comes back, an
+/// empty message closes stdin, and the channel closes with 1000 when the process exits. A
+/// session closed through the API ends its channel with 1008. Refusals are JSON errors.
+#[tokio::test]
+async fn a_stdio_session_talks_to_the_process_over_a_websocket() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let script = "echo ready; while read line; do echo \"got $line\"; done; echo bye; exit 3";
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(&root, script)),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["metadata"]["id"].as_str().unwrap().to_string();
+    wait_state(&s, &id, &["ready"], Duration::from_secs(60)).await;
+    let open = |channels: &'static [&'static str]| {
+        let (s, id) = (&s, id.clone());
+        async move {
+            let (st, ses) = s
+                .call(
+                    "POST",
+                    &format!("{T}/sessions"),
+                    Some(session_body(&id, channels)),
+                )
+                .await;
+            assert_eq!(st, 201, "{ses}");
+            ses["metadata"]["id"].as_str().unwrap().to_string()
+        }
+    };
+    let (stdio_session, files_session, closing_session) = (
+        open(&["stdio"]).await,
+        open(&["files"]).await,
+        open(&["stdio"]).await,
+    );
+
+    // Refusals, each a documented JSON error.
+    let plain = s
+        .call("GET", &format!("{T}/sessions/{stdio_session}/stdio"), None)
+        .await;
+    assert_error(&plain, 400, "request.invalid_argument");
+    let (st, body) = stdio(&s, &files_session, &s.token).await.err().unwrap();
+    assert_error(
+        &(st.try_into().unwrap(), body.clone()),
+        400,
+        "request.invalid_argument",
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("stdio"),
+        "{body}"
+    );
+    let (st, reader) = s
+        .call(
+            "POST",
+            &format!("{T}/credentials"),
+            Some(json!({"kind": "token", "grants": ["tenant:read"]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{reader}");
+    let (st, body) = stdio(&s, &stdio_session, reader["secret"].as_str().unwrap())
+        .await
+        .err()
+        .unwrap();
+    assert_error(
+        &(st.try_into().unwrap(), body),
+        403,
+        "auth.permission_denied",
+    );
+
+    // A channel whose session is closed through the API ends with 1008.
+    let mut doomed = stdio(&s, &closing_session, &s.token).await.unwrap();
+    let (st, closed) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions/{closing_session}/close"),
+            Some(json!({"reason": "done"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{closed}");
+    let (code, reason) = closed_with(&mut doomed).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("closed"), "{reason}");
+    let (st, body) = stdio(&s, &closing_session, &s.token).await.err().unwrap();
+    assert_error(
+        &(st.try_into().unwrap(), body),
+        409,
+        "state.invalid_transition",
+    );
+
+    // The conversation.
+    let mut ws = stdio(&s, &stdio_session, &s.token).await.unwrap();
+    ws.send(Message::binary(b"hello\n".to_vec())).await.unwrap();
+    assert_eq!(read_output(&mut ws, "got hello\n").await, "got hello\n");
+    ws.send(Message::text("world\n")).await.unwrap();
+    assert_eq!(read_output(&mut ws, "got world\n").await, "got world\n");
+    ws.send(Message::binary(Vec::new())).await.unwrap();
+    assert_eq!(read_output(&mut ws, "bye\n").await, "bye\n");
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1000, "{reason}");
+    let sbx = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(30)).await;
+    assert_eq!(sbx["status"]["exitCode"], 3, "{sbx}");
+    assert_eq!(logs(&s, &id).await, "ready\ngot hello\ngot world\nbye\n");
+    // The process is gone: nothing to attach to.
+    let (st, body) = stdio(&s, &stdio_session, &s.token).await.err().unwrap();
+    assert_error(
+        &(st.try_into().unwrap(), body),
+        409,
+        "state.invalid_transition",
+    );
+    let (_, audit) = s.call("GET", &format!("{T}/audit"), None).await;
+    assert!(audit.to_string().contains("sessions.attach"), "{audit}");
+}

@@ -46,6 +46,25 @@ pub trait SandboxControl: Send + Sync {
         id: &'a SandboxId,
         follow: bool,
     ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error>>;
+    /// A connection to the running process's stdio: its output from now on, and its stdin.
+    fn attach<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<Attached, Error>>;
+}
+
+/// What a client sends to an attached process's stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StdinInput {
+    Bytes(bytes::Bytes),
+    /// Closes stdin: the process reads end-of-file.
+    Close,
+}
+
+/// A live connection to a running process's stdio.
+pub struct Attached {
+    /// The process's output (stdout and stderr) from the moment of attaching; it ends when the
+    /// process has exited.
+    pub output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    /// Input for its stdin, written in order. Dropping it leaves stdin open.
+    pub input: tokio::sync::mpsc::Sender<StdinInput>,
 }
 
 #[cfg(test)]

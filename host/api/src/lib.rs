@@ -22,7 +22,7 @@ use serde_json::json;
 
 pub use app::{App, SharedApp};
 
-use routes::{admin, sandboxes, services, sessions};
+use routes::{admin, sandboxes, services, sessions, stdio};
 
 /// One route of the API. `ROUTES` is the single list the router, the OpenAPI document and
 /// the route tests are checked against.
@@ -238,6 +238,13 @@ pub const ROUTES: &[Route] = &[
         "Close a session with a reason",
         200,
     ),
+    r(
+        "GET",
+        "/v1/tenants/{tenantId}/sessions/{id}/stdio",
+        "sessions.stdio",
+        "The session's stdio channel (WebSocket upgrade): stdin in, output out",
+        101,
+    ),
 ];
 
 /// Builds the router over `app`.
@@ -308,6 +315,10 @@ pub fn router(app: SharedApp) -> Router {
         .route(
             "/v1/tenants/{tenant}/sessions/{id}/close",
             post(sessions::close),
+        )
+        .route(
+            "/v1/tenants/{tenant}/sessions/{id}/stdio",
+            get(stdio::stdio),
         )
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nimbus_api::auth::{WorkloadClaims, WorkloadSigner};
-use nimbus_api::control::{already_committed, committed, BoxFuture, Commit, SandboxControl};
+use nimbus_api::control::{
+    already_committed, committed, Attached, BoxFuture, Commit, SandboxControl,
+};
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{set_condition, ConditionStatus, Endpoint, Readiness};
@@ -718,6 +720,23 @@ impl SandboxControl for ControlHandle {
         })
     }
 
+    fn attach<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<Attached, Error>> {
+        Box::pin(async move {
+            match self.0.runtime.attach(id).await {
+                Ok(conn) => Ok(attached(conn)),
+                Err(e @ (RuntimeError::NotRunning(_) | RuntimeError::NotFound(_))) => {
+                    Err(Error::invalid_transition(
+                        "sandbox",
+                        id.as_str(),
+                        "stopped",
+                        format!("{e}; a stdio session needs a running process"),
+                    ))
+                }
+                Err(e) => Err(Error::internal(e)),
+            }
+        })
+    }
+
     fn logs<'a>(
         &'a self,
         tenant: &'a Name,
@@ -743,5 +762,40 @@ impl SandboxControl for ControlHandle {
                 }
             }
         })
+    }
+}
+
+/// Wraps a connection to a monitor's attach socket: input messages become its frames (see
+/// `nimbus_runtime::attach`), written by a task of their own so that a process that does not
+/// read its stdin holds up only its input.
+fn attached(conn: tokio::net::UnixStream) -> Attached {
+    use nimbus_api::control::StdinInput;
+    use nimbus_runtime::attach::{close_stdin_frame, stdin_frame, MAX_FRAME};
+    use tokio::io::AsyncWriteExt;
+    let (output, mut to_monitor) = conn.into_split();
+    let (input, mut rx) = tokio::sync::mpsc::channel::<StdinInput>(16);
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let written = match msg {
+                StdinInput::Bytes(bytes) => {
+                    let mut result = Ok(());
+                    for chunk in bytes.chunks(MAX_FRAME) {
+                        result = to_monitor.write_all(&stdin_frame(chunk)).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    result
+                }
+                StdinInput::Close => to_monitor.write_all(&close_stdin_frame()).await,
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+    });
+    Attached {
+        output: Box::new(output),
+        input,
     }
 }

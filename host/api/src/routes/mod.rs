@@ -4,3 +4,4 @@ pub mod admin;
 pub mod sandboxes;
 pub mod services;
 pub mod sessions;
+pub mod stdio;

@@ -244,7 +244,7 @@ pub async fn open(
 
 /// Loads a session for `action` by `p`: tenant isolation first, then existence, then the
 /// policy with the session's facts (opener, target).
-async fn load(
+pub(crate) async fn load(
     app: &SharedApp,
     p: &Principal,
     tenant: &Name,
