@@ -508,4 +508,6 @@ async fn a_stdio_session_talks_to_the_process_over_a_websocket() {
     );
     let (_, audit) = s.call("GET", &format!("{T}/audit"), None).await;
     assert!(audit.to_string().contains("sessions.attach"), "{audit}");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
 }

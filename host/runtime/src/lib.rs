@@ -23,6 +23,7 @@ pub mod pool;
 pub mod reference;
 pub mod registry;
 mod sandbox;
+mod sealed_exec;
 pub mod seccomp;
 pub mod userns;
 mod zstd;
