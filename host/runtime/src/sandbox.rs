@@ -25,6 +25,7 @@ use crate::network::{Network, SandboxNet};
 use crate::pool::WarmPool;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, RegistryClient};
+use crate::sealed_exec::SealedCopy;
 use crate::userns::{IdRanges, UserNs};
 use crate::{LaunchError, ProgressEvent, RuntimeError};
 
@@ -95,6 +96,9 @@ pub struct Runtime {
     network: Arc<Network>,
     pool: Arc<WarmPool>,
     crun: PathBuf,
+    /// A sealed copy of crun for the server's own crun calls (kill, delete): crun skips
+    /// re-executing itself from such a copy (see sealed_exec.rs). Made on first use.
+    sealed_crun: std::sync::OnceLock<Option<SealedCopy>>,
     crun_root: PathBuf,
     monitor: PathBuf,
     host_ready: tokio::sync::OnceCell<()>,
@@ -198,6 +202,7 @@ impl Runtime {
             network,
             pool,
             crun,
+            sealed_crun: std::sync::OnceLock::new(),
             crun_root: data_dir.join("runtime/crun"),
             monitor,
             host_ready: tokio::sync::OnceCell::new(),
@@ -690,7 +695,16 @@ impl Runtime {
         let root = self.crun_root.to_string_lossy().into_owned();
         let mut full = vec!["--root", root.as_str()];
         full.extend_from_slice(args);
-        crate::cmd::run_cmd(&self.crun.to_string_lossy(), &full, None).await
+        let sealed = self
+            .sealed_crun
+            .get_or_init(|| SealedCopy::of(&self.crun).ok())
+            .as_ref()
+            .map(SealedCopy::path);
+        let crun = sealed.as_deref().unwrap_or(&self.crun).to_string_lossy();
+        crate::cmd::run_cmd(&crun, &full, None)
+            .await
+            // Errors name crun, not the copy's /proc/self/fd path.
+            .map_err(|e| e.replace(crun.as_ref(), &self.crun.to_string_lossy()))
     }
 
     /// What the runtime sees of sandbox `id` right now.
