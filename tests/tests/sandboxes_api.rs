@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nimbus_e2e::{assert_error, json, Server};
+use nimbus_e2e::{assert_error, json, nimbus_bin, Server};
 
 const T: &str = "/v1/tenants/demo";
 
@@ -510,4 +510,53 @@ async fn a_stdio_session_talks_to_the_process_over_a_websocket() {
     assert!(audit.to_string().contains("sessions.attach"), "{audit}");
     let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
     assert_eq!(st, 200);
+}
+
+/// `nimbus doctor --config` checks the crun and the data dir `serve` would use with that file.
+#[test]
+fn doctor_checks_what_the_operator_config_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("elsewhere/data");
+    let config = dir.path().join("nimbus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = {:?}\n[runtime]\ncrun = \"/nonexistent/crun\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(nimbus_bin())
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("FAIL crun        /nonexistent/crun not found"),
+        "{text}"
+    );
+    // The data dir does not exist yet: the check uses its nearest existing ancestor.
+    assert!(
+        text.contains(&format!("under {}", dir.path().display())),
+        "{text}"
+    );
+    // A flag still wins over the file.
+    let out = std::process::Command::new(nimbus_bin())
+        .args(["doctor", "--crun", "crun", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok   crun"), "{text}");
+    // A config with a mistake names the key.
+    std::fs::write(&config, "[runtime]\ncrun_path = \"x\"\n").unwrap();
+    let out = std::process::Command::new(nimbus_bin())
+        .args(["doctor", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("crun_path"), "{err}");
 }

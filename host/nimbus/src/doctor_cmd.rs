@@ -13,13 +13,19 @@ pub struct DoctorArgs {
     /// again.
     #[arg(long)]
     pub fix: bool,
-    /// The crun executable to check (default: crun on PATH, like `runtime.crun`).
-    #[arg(long, default_value = "crun")]
-    pub crun: PathBuf,
+    /// The crun executable to check (default: `runtime.crun` from `--config`, else crun on
+    /// PATH).
+    #[arg(long)]
+    pub crun: Option<PathBuf>,
     /// The data dir whose filesystem must support idmapped mounts for user namespaces
-    /// (default: $HOME/.local/share/nimbus, like `serve`).
+    /// (default: `server.data_dir` from `--config`, else $HOME/.local/share/nimbus, like
+    /// `serve`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The operator configuration `serve` uses (nimbus.toml), so that the checks look at the
+    /// same crun and data dir.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
@@ -38,8 +44,13 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("fix failed: {e}"),
         }
     }
-    let mut checks = doctor::all_checks(&args.crun);
-    let data_dir = match args.data_dir {
+    let config = match &args.config {
+        Some(p) => crate::config::Config::load(p)?,
+        None => crate::config::Config::default(),
+    };
+    let crun = args.crun.unwrap_or(config.runtime.crun);
+    let mut checks = doctor::all_checks(&crun);
+    let data_dir = match args.data_dir.or(config.server.data_dir) {
         Some(d) => d,
         None => crate::config::default_data_dir()?,
     };
