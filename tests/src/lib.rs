@@ -321,6 +321,23 @@ impl Drop for Server {
                 &["delete", "table", "inet", &format!("nimbus_{bridge}")],
             );
             quiet("ip", &["link", "delete", bridge]);
+            // Warm-pool namespaces a server killed mid-preparation (or by `kill9`) left: the
+            // next server on this bridge would remove them, but there may be none.
+            let prefix = format!("nimbus-{bridge}-");
+            if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    if let Some(ns) = line
+                        .split_whitespace()
+                        .next()
+                        .filter(|n| n.starts_with(&prefix))
+                    {
+                        quiet("ip", &["netns", "delete", ns]);
+                        let kept = format!("/run/nimbus/userns/{ns}");
+                        quiet("umount", &["-l", &kept]);
+                        let _ = std::fs::remove_file(&kept);
+                    }
+                }
+            }
         }
     }
 }

@@ -4,9 +4,9 @@
 // The binary is $NIMBUS_BIN, else ../../target/debug/nimbus relative to this package (the
 // workspace's default cargo target dir). A missing binary fails the test with what to do; it is
 // never a silent skip.
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -36,6 +36,61 @@ async function freePort() {
   });
 }
 
+// Each test server gets a bridge and subnet of its own, because node runs test files in parallel,
+// and removes them when it stops: a server leaves its bridge and nftables table on the host by
+// design (its sandboxes outlive it), which a test run must not. Slots are claimed with an atomic
+// mkdir holding the claimant's pid; a slot whose claimant died is taken over.
+const NET_SLOTS = "/run/nimbus/sdk-test-nets";
+
+async function claimNetwork() {
+  try {
+    await mkdir(NET_SLOTS, { recursive: true });
+  } catch {
+    return null; // not root: the server keeps its default network (sandboxes cannot run anyway)
+  }
+  for (let n = 1; n < 250; n++) {
+    const slot = join(NET_SLOTS, String(n));
+    try {
+      await mkdir(slot);
+    } catch (e) {
+      if (e.code !== "EEXIST") throw e;
+      let holder = NaN;
+      try {
+        holder = Number(await readFile(join(slot, "pid"), "utf8"));
+      } catch {
+        // claimed a moment ago, pid not written yet
+        continue;
+      }
+      try {
+        process.kill(holder, 0);
+        continue; // alive
+      } catch {
+        // its claimant is gone: take the slot over
+      }
+    }
+    await writeFile(join(slot, "pid"), String(process.pid));
+    return n;
+  }
+  throw new Error(`no free network slot for a test server in ${NET_SLOTS}; remove stale entries`);
+}
+
+function releaseNetwork(n) {
+  const bridge = `nmbsdk${n}`;
+  const quiet = (cmd, args) => spawnSync(cmd, args, { stdio: "ignore" });
+  quiet("nft", ["delete", "table", "inet", `nimbus_${bridge}`]);
+  quiet("ip", ["link", "delete", bridge]);
+  const list = spawnSync("ip", ["netns", "list"], { encoding: "utf8" });
+  for (const line of (list.stdout ?? "").split("\n")) {
+    const ns = line.split(" ")[0];
+    if (ns.startsWith(`nimbus-${bridge}-`)) {
+      quiet("ip", ["netns", "delete", ns]);
+      quiet("umount", ["-l", `/run/nimbus/userns/${ns}`]);
+      quiet("rm", ["-f", `/run/nimbus/userns/${ns}`]);
+    }
+  }
+  quiet("rm", ["-rf", join(NET_SLOTS, String(n))]);
+}
+
 /** Environment for child processes with every NIMBUS_* variable of the test runner removed. */
 export function cleanEnv(extra = {}) {
   const env = {};
@@ -57,7 +112,14 @@ export async function startServer() {
   const port = await freePort();
   const listen = `127.0.0.1:${port}`;
   let output = "";
-  const child = spawn(bin, ["serve", "--listen", listen, "--data-dir", dataDir], {
+  const net = await claimNetwork();
+  const args = ["serve", "--listen", listen, "--data-dir", dataDir];
+  if (net !== null) {
+    const config = join(root, "nimbus.toml");
+    await writeFile(config, `[runtime]\nbridge = "nmbsdk${net}"\nsubnet = "10.233.${net}.0/24"\n`);
+    args.push("--config", config);
+  }
+  const child = spawn(bin, args, {
     env: cleanEnv({ HOME: home, RUST_LOG: process.env.RUST_LOG ?? "info" }),
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -74,6 +136,7 @@ export async function startServer() {
       for (let i = 0; i < 100 && exited === null; i++) await sleep(50);
       if (exited === null) child.kill("SIGKILL");
     }
+    if (net !== null) releaseNetwork(net);
     await rm(root, { recursive: true, force: true });
   };
 
