@@ -560,3 +560,131 @@ fn doctor_checks_what_the_operator_config_names() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("crun_path"), "{err}");
 }
+
+/// The files channel over HTTP: write a file the process waits for, read back what it wrote,
+/// list, delete; bad paths, missing files and the wrong session are JSON errors; the files
+/// stay reachable after the process exits.
+#[tokio::test]
+async fn a_files_session_reads_writes_lists_and_deletes_in_the_sandbox() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let script = "while [ ! -f /work/in.txt ]; do sleep 0.05; done; \
+                  cat /work/in.txt > /work/out.txt; echo done";
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(&root, script)),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["metadata"]["id"].as_str().unwrap().to_string();
+    wait_state(&s, &id, &["ready"], Duration::from_secs(60)).await;
+    let open = |channels: &'static [&'static str]| {
+        let (s, id) = (&s, id.clone());
+        async move {
+            let (st, ses) = s
+                .call(
+                    "POST",
+                    &format!("{T}/sessions"),
+                    Some(session_body(&id, channels)),
+                )
+                .await;
+            assert_eq!(st, 201, "{ses}");
+            ses["metadata"]["id"].as_str().unwrap().to_string()
+        }
+    };
+    let (files, stdio_only) = (open(&["files"]).await, open(&["stdio"]).await);
+    let url =
+        |session: &str, path: &str| format!("{}{T}/sessions/{session}/files{path}", s.base_url());
+    let put = |session: String, path: &'static str, body: &'static [u8]| {
+        let req = s
+            .client
+            .put(url(&session, path))
+            .bearer_auth(&s.token)
+            .body(body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let get = |session: String, path: &'static str| {
+        let req = s.client.get(url(&session, path)).bearer_auth(&s.token);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+
+    let (st, body) = put(files.clone(), "/work/in.txt", b"hello files\n").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["size"], 12, "{body}");
+    wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(30)).await;
+    // The process has exited; its files are still there for the session.
+    let (st, bytes) = get(files.clone(), "/work/out.txt").await;
+    assert_eq!((st, bytes.as_slice()), (200, &b"hello files\n"[..]));
+    let (st, listing) = get(files.clone(), "/work/?list").await;
+    assert_eq!(st, 200);
+    let listing: serde_json::Value = serde_json::from_slice(&listing).unwrap();
+    let names: Vec<&str> = listing["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["in.txt", "out.txt"], "{listing}");
+    assert_eq!(listing["items"][0]["kind"], "file");
+    assert_eq!(listing["items"][0]["size"], 12);
+    let (st, root_listing) = get(files.clone(), "/?list").await;
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&root_listing).contains("\"work\""));
+
+    // Errors.
+    // (HTTP clients remove `..` from URLs themselves; an empty component reaches the server.)
+    let (st, body) = get(files.clone(), "/work//out.txt").await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_error(
+        &(st.try_into().unwrap(), body),
+        400,
+        "request.invalid_argument",
+    );
+    let (st, body) = get(files.clone(), "/work/nothing").await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_error(&(st.try_into().unwrap(), body), 404, "resource.not_found");
+    let (st, body) = get(files.clone(), "/work").await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_error(
+        &(st.try_into().unwrap(), body),
+        400,
+        "request.invalid_argument",
+    );
+    let (st, body) = get(stdio_only.clone(), "/work/out.txt").await;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_error(
+        &(st.try_into().unwrap(), body.clone()),
+        400,
+        "request.invalid_argument",
+    );
+    assert!(body.to_string().contains("files channel"), "{body}");
+
+    // Delete, then the file is gone.
+    let r = s
+        .client
+        .delete(url(&files, "/work/in.txt"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (st, _) = get(files.clone(), "/work/in.txt").await;
+    assert_eq!(st, 404);
+    let (_, audit) = s.call("GET", &format!("{T}/audit"), None).await;
+    assert!(audit.to_string().contains("files of sandbox/"), "{audit}");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}

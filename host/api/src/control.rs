@@ -48,6 +48,36 @@ pub trait SandboxControl: Send + Sync {
     ) -> BoxFuture<'a, Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Error>>;
     /// A connection to the running process's stdio: its output from now on, and its stdin.
     fn attach<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<Attached, Error>>;
+    /// The sandbox's root filesystem, from its launch until its delete.
+    fn files(&self, id: &SandboxId) -> Result<Box<dyn SandboxFiles>, Error>;
+}
+
+/// Files in a sandbox's root filesystem. Paths are absolute inside the sandbox and resolved
+/// there (symlinks and `..` never leave it). The calls block: run them on a blocking thread.
+pub trait SandboxFiles: Send + Sync {
+    /// The regular file at `path`, open for reading.
+    fn read(&self, path: &str) -> Result<std::fs::File, Error>;
+    /// Replaces (or creates, with missing parent directories) the file at `path`; returns the
+    /// size written.
+    fn write(&self, path: &str, bytes: &[u8]) -> Result<u64, Error>;
+    /// Removes the file, symlink or empty directory at `path`.
+    fn delete(&self, path: &str) -> Result<(), Error>;
+    /// The entries of the directory at `path`, sorted by name.
+    fn list(&self, path: &str) -> Result<Vec<FileEntry>, Error>;
+}
+
+/// One directory entry, as the files channel lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileEntry {
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    /// Permission bits (e.g. 420 for 0644).
+    pub mode: u32,
+    /// Last modification, seconds since the Unix epoch.
+    pub modified: i64,
 }
 
 /// What a client sends to an attached process's stdin.

@@ -22,7 +22,7 @@ use serde_json::json;
 
 pub use app::{App, SharedApp};
 
-use routes::{admin, sandboxes, services, sessions, stdio};
+use routes::{admin, files, sandboxes, services, sessions, stdio};
 
 /// One route of the API. `ROUTES` is the single list the router, the OpenAPI document and
 /// the route tests are checked against.
@@ -245,6 +245,34 @@ pub const ROUTES: &[Route] = &[
         "The session's stdio channel (WebSocket upgrade): stdin in, output out",
         101,
     ),
+    r(
+        "GET",
+        "/v1/tenants/{tenantId}/sessions/{id}/files/{path}",
+        "sessions.files.get",
+        "Read a file in the session's sandbox (files channel); with ?list, list a directory",
+        200,
+    ),
+    r(
+        "PUT",
+        "/v1/tenants/{tenantId}/sessions/{id}/files/{path}",
+        "sessions.files.put",
+        "Write a file in the session's sandbox (files channel)",
+        200,
+    ),
+    r(
+        "DELETE",
+        "/v1/tenants/{tenantId}/sessions/{id}/files/{path}",
+        "sessions.files.delete",
+        "Delete a file or empty directory in the session's sandbox (files channel)",
+        200,
+    ),
+    r(
+        "GET",
+        "/v1/tenants/{tenantId}/sessions/{id}/files/",
+        "sessions.files.root",
+        "List the root directory of the session's sandbox (files channel, with ?list)",
+        200,
+    ),
 ];
 
 /// Builds the router over `app`.
@@ -319,6 +347,16 @@ pub fn router(app: SharedApp) -> Router {
         .route(
             "/v1/tenants/{tenant}/sessions/{id}/stdio",
             get(stdio::stdio),
+        )
+        .route(
+            "/v1/tenants/{tenant}/sessions/{id}/files/{*path}",
+            get(files::with_path)
+                .put(files::with_path)
+                .delete(files::with_path),
+        )
+        .route(
+            "/v1/tenants/{tenant}/sessions/{id}/files/",
+            get(files::root),
         )
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nimbus_api::auth::{WorkloadClaims, WorkloadSigner};
 use nimbus_api::control::{
-    already_committed, committed, Attached, BoxFuture, Commit, SandboxControl,
+    already_committed, committed, Attached, BoxFuture, Commit, FileEntry, SandboxControl,
+    SandboxFiles,
 };
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::{Name, SandboxId};
@@ -737,6 +738,22 @@ impl SandboxControl for ControlHandle {
         })
     }
 
+    fn files(&self, id: &SandboxId) -> Result<Box<dyn SandboxFiles>, Error> {
+        match self.0.runtime.files(id) {
+            Ok(files) => Ok(Box::new(Files(files))),
+            Err(RuntimeError::NotFound(_)) => Err(Error::invalid_transition(
+                "sandbox",
+                id.as_str(),
+                "pending",
+                format!(
+                    "sandbox {id} has no root filesystem on this host (it has not been launched \
+                     yet, or its launch failed before preparing it)"
+                ),
+            )),
+            Err(e) => Err(Error::internal(e)),
+        }
+    }
+
     fn logs<'a>(
         &'a self,
         tenant: &'a Name,
@@ -797,5 +814,47 @@ fn attached(conn: tokio::net::UnixStream) -> Attached {
     Attached {
         output: Box::new(output),
         input,
+    }
+}
+
+/// The runtime's view of a sandbox's files, with its errors as API errors.
+struct Files(nimbus_runtime::files::SandboxFiles);
+
+fn file_error(e: nimbus_runtime::files::FileError) -> Error {
+    use nimbus_runtime::files::FileError;
+    match e {
+        FileError::NotFound(path) => Error::not_found("file", &path),
+        FileError::Invalid { path, reason } => {
+            Error::invalid_argument("path", format!("{path:?} {reason}"))
+        }
+        FileError::Io(m) => Error::internal(m),
+    }
+}
+
+impl SandboxFiles for Files {
+    fn read(&self, path: &str) -> Result<std::fs::File, Error> {
+        self.0.read(path).map_err(file_error)
+    }
+
+    fn write(&self, path: &str, bytes: &[u8]) -> Result<u64, Error> {
+        self.0.write(path, bytes).map_err(file_error)
+    }
+
+    fn delete(&self, path: &str) -> Result<(), Error> {
+        self.0.delete(path).map_err(file_error)
+    }
+
+    fn list(&self, path: &str) -> Result<Vec<FileEntry>, Error> {
+        let entries = self.0.list(path).map_err(file_error)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| FileEntry {
+                name: e.name,
+                kind: e.kind.to_string(),
+                size: e.size,
+                mode: e.mode,
+                modified: e.modified,
+            })
+            .collect())
     }
 }

@@ -15,6 +15,7 @@ pub mod bundle;
 mod cmd;
 pub mod config;
 pub mod doctor;
+pub mod files;
 pub mod images;
 mod leases;
 pub mod monitor;

@@ -967,6 +967,21 @@ impl Runtime {
         }
     }
 
+    /// The sandbox's root filesystem, for reading and writing files in it (the session files
+    /// channel). Available from the launch until the delete, whether the process runs or not.
+    pub fn files(&self, id: &SandboxId) -> Result<crate::files::SandboxFiles, RuntimeError> {
+        let dir = self.dir(id.as_str());
+        let meta = read_meta(&dir).map_err(|_| RuntimeError::NotFound(id.to_string()))?;
+        let owner = meta
+            .net
+            .and_then(|n| n.user)
+            .map(|user| user.map.host_id(0));
+        crate::files::SandboxFiles::open(&rootfs_dir(id.as_str()), owner).map_err(|e| match e {
+            crate::files::FileError::NotFound(_) => RuntimeError::NotFound(id.to_string()),
+            e => RuntimeError::Internal(e.to_string()),
+        })
+    }
+
     /// After a server restart: every sandbox the runtime has state for, with what is observed
     /// now (running ones kept running; exits that happened meanwhile reported).
     pub fn adopt_all(&self) -> Vec<(SandboxId, Observed)> {

@@ -504,3 +504,102 @@ async fn a_rootfs_on_a_filesystem_without_idmapped_mounts_is_a_bad_root_path() {
     }
     assert!(rt.leftovers(id.as_str()).await.is_empty());
 }
+
+/// The files of a sandbox, from the host: read what the process wrote, write what it reads
+/// (owned by root inside), list, delete; paths and symlinks resolve inside the sandbox, so a
+/// symlink to `/` or a `..` chain cannot reach the host. Files stay readable after the process
+/// exits, until the delete.
+#[tokio::test]
+async fn files_are_read_and_written_inside_the_sandbox_root_only() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(19, data.path(), |_| {});
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let id = new_id();
+    let marker = format!("nimbus-escape-{}", id.as_str());
+    let script = "echo made-inside > /tmp/out; ln -s / /escape; ln -s ../../../../../.. /tmp/up; \
+         while [ ! -f /data/in.txt ]; do sleep 0.05; done; cat /data/in.txt; ls -ln /data/in.txt";
+    rt.launch(&id, "demo", &spec(&image, &["sh", "-c", script]), |_| {})
+        .await
+        .unwrap();
+    let files = rt.files(&id).unwrap();
+    let mut out = String::new();
+    for _ in 0..300 {
+        if let Ok(mut f) = files.read("/tmp/out") {
+            use std::io::Read;
+            f.read_to_string(&mut out).unwrap();
+            if !out.is_empty() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(out, "made-inside\n");
+    // Through the sandbox's own symlinks: they resolve inside it.
+    let escape = format!("/escape/tmp/{marker}");
+    files.write(&escape, &b"x"[..]).unwrap();
+    files
+        .write(&format!("/tmp/up/tmp/{marker}-up"), &b"y"[..])
+        .unwrap();
+    assert!(!std::path::Path::new("/tmp").join(&marker).exists());
+    assert!(!std::path::Path::new("/tmp")
+        .join(format!("{marker}-up"))
+        .exists());
+    let tmp = files.list("/tmp").unwrap();
+    let names: Vec<&str> = tmp.iter().map(|e| e.name.as_str()).collect();
+    assert!(names.contains(&marker.as_str()), "{names:?}");
+    assert!(
+        names.contains(&format!("{marker}-up").as_str()),
+        "{names:?}"
+    );
+    let up = tmp.iter().find(|e| e.name == "up").unwrap();
+    assert_eq!(up.kind, "symlink");
+    // Dots are refused outright rather than clamped.
+    assert!(matches!(
+        files.read("/tmp/../etc/passwd"),
+        Err(nimbus_runtime::files::FileError::Invalid { .. })
+    ));
+    assert!(matches!(
+        files.read("/no/such/file"),
+        Err(nimbus_runtime::files::FileError::NotFound(_))
+    ));
+    assert!(matches!(
+        files.read("/tmp"),
+        Err(nimbus_runtime::files::FileError::Invalid { .. })
+    ));
+    // A write the process is waiting for: parents made, content whole, owned by root inside.
+    let n = files
+        .write("/data/in.txt", &b"from the host\n"[..])
+        .unwrap();
+    assert_eq!(n, 14);
+    let o = wait_exited(&rt, &id, Duration::from_secs(30)).await;
+    assert!(matches!(o, Observed::Exited { code: 0, .. }), "{o:?}");
+    let logs = all_logs(&rt, &id).await;
+    assert!(logs.starts_with("from the host\n"), "{logs}");
+    let ls: Vec<&str> = logs
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(ls.get(2..4), Some(&["0", "0"][..]), "owner inside: {logs}");
+    assert!(ls[0].starts_with("-rw-r--r--"), "mode: {logs}");
+    // After the exit the files are still there; delete works on files and empty dirs only.
+    files.delete("/tmp/out").unwrap();
+    assert!(matches!(
+        files.read("/tmp/out"),
+        Err(nimbus_runtime::files::FileError::NotFound(_))
+    ));
+    assert!(matches!(
+        files.delete("/data"),
+        Err(nimbus_runtime::files::FileError::Invalid { .. })
+    ));
+    files.delete("/data/in.txt").unwrap();
+    files.delete("/data").unwrap();
+    drop(files);
+    rt.delete(&id).await.unwrap();
+    assert!(matches!(rt.files(&id), Err(RuntimeError::NotFound(_))));
+    assert!(rt.leftovers(id.as_str()).await.is_empty());
+}

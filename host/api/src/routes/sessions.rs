@@ -244,12 +244,25 @@ pub async fn open(
 
 /// Loads a session for `action` by `p`: tenant isolation first, then existence, then the
 /// policy with the session's facts (opener, target).
-pub(crate) async fn load(
+async fn load(
     app: &SharedApp,
     p: &Principal,
     tenant: &Name,
     id: &str,
     action: &str,
+) -> Result<SessionRecord, Error> {
+    load_for_channel(app, p, tenant, id, action, None).await
+}
+
+/// [`load`] for using one of the session's channels: the policy also sees `channel`
+/// (`stdio`, `files`), so a policy can allow one and not the other.
+pub(crate) async fn load_for_channel(
+    app: &SharedApp,
+    p: &Principal,
+    tenant: &Name,
+    id: &str,
+    action: &str,
+    channel: Option<Channel>,
 ) -> Result<SessionRecord, Error> {
     app.require_same_tenant(p, action, tenant, ResourceKind::Session, Some(id))
         .await?;
@@ -259,13 +272,17 @@ pub(crate) async fn load(
         .get_session(tenant, id.as_str())
         .await?
         .ok_or_else(|| Error::not_found("session", id.as_str()))?;
+    let mut context = session_context(&record);
+    if let Some(c) = channel {
+        context.push(("channel".into(), c.as_str().into()));
+    }
     app.authorize(
         p,
         action,
         tenant,
         ResourceKind::Session,
         Some(id.as_str()),
-        session_context(&record),
+        context,
     )
     .await?;
     Ok(record)

@@ -38,7 +38,15 @@ pub async fn stdio(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<axum::response::Response> {
     let tenant = tenant_name(&tenant)?;
-    let session = super::sessions::load(&app, &p, &tenant, &id, actions::SESSIONS_ATTACH).await?;
+    let session = super::sessions::load_for_channel(
+        &app,
+        &p,
+        &tenant,
+        &id,
+        actions::SESSIONS_ATTACH,
+        Some(Channel::Stdio),
+    )
+    .await?;
     let upgrade = upgrade.map_err(|e| {
         Error::invalid_argument(
             "",
@@ -68,42 +76,7 @@ async fn attachable_sandbox(
     tenant: &Name,
     session: &SessionRecord,
 ) -> Result<SandboxId, Error> {
-    let id = session.id.as_str();
-    if !session.spec.channels.contains(&Channel::Stdio) {
-        return Err(Error::invalid_argument(
-            "channels",
-            format!(
-                "session {id} was opened without the stdio channel; open a session with \
-                 channels: [\"stdio\"]"
-            ),
-        ));
-    }
-    let state = if session.spec.expires_at <= Utc::now() {
-        SessionState::Expired
-    } else {
-        session.status.lifecycle_state
-    };
-    if state != SessionState::Open {
-        return Err(Error::invalid_transition(
-            "session",
-            id,
-            state.as_str(),
-            format!("session {id} is {}; open a new session", state.as_str()),
-        ));
-    }
-    let snapshot = &session.spec.target_snapshot;
-    let Some(sandbox) = snapshot
-        .id
-        .as_deref()
-        .filter(|_| snapshot.kind == "sandbox")
-    else {
-        return Err(Error::not_supported(
-            "the stdio channel of a sandbox-backed service is not available yet: services do \
-             not launch their sandboxes in this version; open the session on a sandbox",
-            serde_json::json!({ "channel": "stdio", "targetKind": snapshot.kind }),
-        ));
-    };
-    let sandbox = SandboxId::parse("target.sandbox.id", sandbox)?;
+    let sandbox = super::channels::channel_target(session, Channel::Stdio)?;
     let record = app
         .store
         .get_sandbox(tenant, sandbox.as_str())

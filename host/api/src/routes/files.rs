@@ -1,0 +1,214 @@
+//! `GET|PUT|DELETE /v1/tenants/{t}/sessions/{id}/files/{path}`: a session's files channel.
+//!
+//! - `GET …/files/{path}`: the file's bytes (`application/octet-stream`).
+//! - `GET …/files/{dir}/?list` (or `…/files/?list` for `/`): the directory's entries as JSON,
+//!   `{"path", "items": [{name, kind, size, mode, modified}]}`.
+//! - `PUT …/files/{path}`: the body becomes the file (at most [`MAX_UPLOAD`] bytes), replacing
+//!   it in one step; missing parent directories are created. Answers `{"path", "size"}`.
+//! - `DELETE …/files/{path}`: removes a file, symlink or empty directory.
+//!
+//! Paths are absolute inside the sandbox and resolved there: `..` stops at its root and its
+//! symlinks never lead out of it. New files belong to root inside the sandbox. The channel works
+//! from the session's open until it closes or expires, also after the sandbox's process has
+//! exited (its files stay until the sandbox is deleted). Every call is an audit event.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use nimbus_core::authz::{actions, Principal};
+use nimbus_core::names::{Name, SandboxId};
+use nimbus_core::resource::{Channel, SessionRecord};
+use nimbus_core::Error;
+use serde_json::{json, Value};
+
+use crate::app::{tenant_name, Caller, SharedApp};
+use crate::control::SandboxFiles;
+use crate::error::ApiResult;
+
+/// The largest file a PUT accepts (the body is held in memory while it is written).
+pub const MAX_UPLOAD: usize = 32 << 20;
+
+/// `…/files/{*path}`.
+pub async fn with_path(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    method: Method,
+    Path((tenant, id, path)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    serve(app, p, method, tenant, id, format!("/{path}"), q, body).await
+}
+
+/// `…/files/` (the root directory).
+pub async fn root(
+    State(app): State<SharedApp>,
+    Caller(p): Caller,
+    method: Method,
+    Path((tenant, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    serve(app, p, method, tenant, id, "/".into(), q, body).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    app: SharedApp,
+    p: Principal,
+    method: Method,
+    tenant: String,
+    id: String,
+    path: String,
+    query: Option<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let tenant = tenant_name(&tenant)?;
+    let session = super::sessions::load_for_channel(
+        &app,
+        &p,
+        &tenant,
+        &id,
+        actions::SESSIONS_ATTACH,
+        Some(Channel::Files),
+    )
+    .await?;
+    let list = match query.as_deref() {
+        None | Some("") => false,
+        Some("list") | Some("list=") | Some("list=true") => true,
+        Some(other) => {
+            return Err(Error::invalid_argument(
+                "query",
+                format!("unknown query {other:?}; the files channel takes only ?list"),
+            )
+            .into())
+        }
+    };
+    let sandbox = super::channels::channel_target(&session, Channel::Files)?;
+    let control = app.control.as_ref().ok_or_else(|| {
+        Error::runtime_unavailable(
+            "this server runs no sandboxes (server.sandbox_driver = \"none\")",
+        )
+    })?;
+    let files = control.files(&sandbox)?;
+    let what = format!("{method} {path}");
+    let response = match (method.clone(), list) {
+        (Method::GET, true) => list_dir(files, path).await,
+        (Method::GET, false) => read(files, path).await,
+        (Method::PUT, false) => write(files, path, body).await,
+        (Method::DELETE, false) => delete(files, path).await,
+        (_, true) => Err(Error::invalid_argument(
+            "query",
+            format!("?list goes with GET, not {method}"),
+        )),
+        (m, _) => Err(Error::invalid_argument(
+            "method",
+            format!("the files channel takes GET, PUT and DELETE, not {m}"),
+        )),
+    };
+    audit(
+        &app,
+        &p,
+        &tenant,
+        &session,
+        &sandbox,
+        &what,
+        response.is_ok(),
+    )
+    .await;
+    Ok(response?)
+}
+
+/// Runs a blocking file operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("file operation task: {e}")))?
+}
+
+async fn read(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, Error> {
+    let file = blocking(move || files.read(&path)).await?;
+    let len = file.metadata().map(|m| m.len()).ok();
+    let stream =
+        futures_util::stream::unfold(Some(tokio::fs::File::from_std(file)), |file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = file?;
+            let mut buf = vec![0u8; 64 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some(len) = len {
+        response = response.header(header::CONTENT_LENGTH, len);
+    }
+    response
+        .body(Body::from_stream(stream))
+        .map_err(Error::internal)
+}
+
+async fn list_dir(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, Error> {
+    let shown = path.clone();
+    let items = blocking(move || files.list(&path)).await?;
+    Ok(axum::response::IntoResponse::into_response(Json(
+        json!({ "path": shown, "items": items }),
+    )))
+}
+
+async fn write(files: Box<dyn SandboxFiles>, path: String, body: Body) -> Result<Response, Error> {
+    let bytes = axum::body::to_bytes(body, MAX_UPLOAD).await.map_err(|e| {
+        Error::invalid_argument(
+            "body",
+            format!(
+                "could not read the upload: {e} (files up to {} MiB can be written)",
+                MAX_UPLOAD >> 20
+            ),
+        )
+    })?;
+    let shown = path.clone();
+    let size = blocking(move || files.write(&path, &bytes)).await?;
+    Ok(axum::response::IntoResponse::into_response(Json(
+        json!({ "path": shown, "size": size }),
+    )))
+}
+
+async fn delete(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, Error> {
+    let shown = path.clone();
+    blocking(move || files.delete(&path)).await?;
+    let body: Value = json!({ "path": shown, "deleted": true });
+    Ok(axum::response::IntoResponse::into_response(Json(body)))
+}
+
+async fn audit(
+    app: &SharedApp,
+    p: &Principal,
+    tenant: &Name,
+    session: &SessionRecord,
+    sandbox: &SandboxId,
+    what: &str,
+    ok: bool,
+) {
+    let event = app.event(
+        p,
+        tenant,
+        actions::SESSIONS_ATTACH,
+        &format!("session/{}", session.id),
+        "allow",
+        &format!(
+            "files of sandbox/{sandbox}: {what}{}",
+            if ok { "" } else { " (failed)" }
+        ),
+    );
+    app.audit_best_effort(event).await;
+}
