@@ -388,8 +388,27 @@ async fn closed_with(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-fn session_body(id: &str, channels: &[&str]) -> serde_json::Value {
-    json!({"target": {"sandbox": {"id": id}}, "channels": channels})
+/// A sandbox running `script` in `root`, once it is ready.
+async fn ready_sandbox(s: &Server, root: &str, script: &str) -> String {
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(root, script)),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["metadata"]["id"].as_str().unwrap().to_string();
+    wait_state(s, &id, &["ready"], Duration::from_secs(60)).await;
+    id
+}
+
+/// A session on sandbox `id` with `channels`; its id.
+async fn open_session(s: &Server, id: &str, channels: &[&str]) -> String {
+    let body = json!({"target": {"sandbox": {"id": id}}, "channels": channels});
+    let (st, ses) = s.call("POST", &format!("{T}/sessions"), Some(body)).await;
+    assert_eq!(st, 201, "{ses}");
+    ses["metadata"]["id"].as_str().unwrap().to_string()
 }
 
 /// `GET /sessions/{id}/stdio`: input reaches the process's stdin, its output comes back, an
@@ -403,30 +422,8 @@ async fn a_stdio_session_talks_to_the_process_over_a_websocket() {
     let dir = tempfile::tempdir().unwrap();
     let root = busybox_rootfs(dir.path());
     let script = "echo ready; while read line; do echo \"got $line\"; done; echo bye; exit 3";
-    let (st, created) = s
-        .call(
-            "POST",
-            &format!("{T}/sandboxes"),
-            Some(sandbox(&root, script)),
-        )
-        .await;
-    assert_eq!(st, 201, "{created}");
-    let id = created["metadata"]["id"].as_str().unwrap().to_string();
-    wait_state(&s, &id, &["ready"], Duration::from_secs(60)).await;
-    let open = |channels: &'static [&'static str]| {
-        let (s, id) = (&s, id.clone());
-        async move {
-            let (st, ses) = s
-                .call(
-                    "POST",
-                    &format!("{T}/sessions"),
-                    Some(session_body(&id, channels)),
-                )
-                .await;
-            assert_eq!(st, 201, "{ses}");
-            ses["metadata"]["id"].as_str().unwrap().to_string()
-        }
-    };
+    let id = ready_sandbox(&s, &root, script).await;
+    let open = |channels: &'static [&'static str]| open_session(&s, &id, channels);
     let (stdio_session, files_session, closing_session) = (
         open(&["stdio"]).await,
         open(&["files"]).await,
@@ -571,30 +568,8 @@ async fn a_files_session_reads_writes_lists_and_deletes_in_the_sandbox() {
     let root = busybox_rootfs(dir.path());
     let script = "while [ ! -f /work/in.txt ]; do sleep 0.05; done; \
                   cat /work/in.txt > /work/out.txt; echo done";
-    let (st, created) = s
-        .call(
-            "POST",
-            &format!("{T}/sandboxes"),
-            Some(sandbox(&root, script)),
-        )
-        .await;
-    assert_eq!(st, 201, "{created}");
-    let id = created["metadata"]["id"].as_str().unwrap().to_string();
-    wait_state(&s, &id, &["ready"], Duration::from_secs(60)).await;
-    let open = |channels: &'static [&'static str]| {
-        let (s, id) = (&s, id.clone());
-        async move {
-            let (st, ses) = s
-                .call(
-                    "POST",
-                    &format!("{T}/sessions"),
-                    Some(session_body(&id, channels)),
-                )
-                .await;
-            assert_eq!(st, 201, "{ses}");
-            ses["metadata"]["id"].as_str().unwrap().to_string()
-        }
-    };
+    let id = ready_sandbox(&s, &root, script).await;
+    let open = |channels: &'static [&'static str]| open_session(&s, &id, channels);
     let (files, stdio_only) = (open(&["files"]).await, open(&["stdio"]).await);
     let url =
         |session: &str, path: &str| format!("{}{T}/sessions/{session}/files{path}", s.base_url());

@@ -2,10 +2,36 @@
 //! with the channel, is still open, and targets a sandbox.
 
 use chrono::Utc;
+use nimbus_core::authz::{actions, Principal};
 use nimbus_core::lifecycle::SessionState;
-use nimbus_core::names::SandboxId;
+use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{Channel, SessionRecord};
 use nimbus_core::Error;
+
+use crate::app::SharedApp;
+use crate::control::SandboxControl;
+
+/// Loads session `id` for using its `channel`: authorized as `sessions.attach`, with the
+/// channel in the request's context.
+pub(crate) async fn load_session(
+    app: &SharedApp,
+    p: &Principal,
+    tenant: &Name,
+    id: &str,
+    channel: Channel,
+) -> Result<SessionRecord, Error> {
+    super::sessions::load_for_channel(app, p, tenant, id, actions::SESSIONS_ATTACH, Some(channel))
+        .await
+}
+
+/// The sandbox driver the channels reach sandboxes through.
+pub(crate) fn control(app: &SharedApp) -> Result<&dyn SandboxControl, Error> {
+    app.control.as_deref().ok_or_else(|| {
+        Error::runtime_unavailable(
+            "this server runs no sandboxes (server.sandbox_driver = \"none\")",
+        )
+    })
+}
 
 /// The sandbox an open `session` reaches through `channel`.
 pub(crate) fn channel_target(

@@ -66,15 +66,7 @@ async fn serve(
     body: Body,
 ) -> ApiResult<Response> {
     let tenant = tenant_name(&tenant)?;
-    let session = super::sessions::load_for_channel(
-        &app,
-        &p,
-        &tenant,
-        &id,
-        actions::SESSIONS_ATTACH,
-        Some(Channel::Files),
-    )
-    .await?;
+    let session = super::channels::load_session(&app, &p, &tenant, &id, Channel::Files).await?;
     let list = match query.as_deref() {
         None | Some("") => false,
         Some("list") | Some("list=") | Some("list=true") => true,
@@ -87,12 +79,7 @@ async fn serve(
         }
     };
     let sandbox = super::channels::channel_target(&session, Channel::Files)?;
-    let control = app.control.as_ref().ok_or_else(|| {
-        Error::runtime_unavailable(
-            "this server runs no sandboxes (server.sandbox_driver = \"none\")",
-        )
-    })?;
-    let files = control.files(&sandbox)?;
+    let files = super::channels::control(&app)?.files(&sandbox)?;
     let what = format!("{method} {path}");
     let response = match (method.clone(), list) {
         (Method::GET, true) => list_dir(files, path).await,

@@ -38,15 +38,7 @@ pub async fn stdio(
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<axum::response::Response> {
     let tenant = tenant_name(&tenant)?;
-    let session = super::sessions::load_for_channel(
-        &app,
-        &p,
-        &tenant,
-        &id,
-        actions::SESSIONS_ATTACH,
-        Some(Channel::Stdio),
-    )
-    .await?;
+    let session = super::channels::load_session(&app, &p, &tenant, &id, Channel::Stdio).await?;
     let upgrade = upgrade.map_err(|e| {
         Error::invalid_argument(
             "",
@@ -57,11 +49,7 @@ pub async fn stdio(
         )
     })?;
     let sandbox = attachable_sandbox(&app, &tenant, &session).await?;
-    let control = app.control.as_ref().ok_or_else(|| {
-        Error::runtime_unavailable(
-            "this server runs no sandboxes (server.sandbox_driver = \"none\")",
-        )
-    })?;
+    let control = super::channels::control(&app)?;
     let attached = control.attach(&sandbox).await?;
     audit(&app, &p, &tenant, &session, &sandbox).await;
     let app = app.clone();
