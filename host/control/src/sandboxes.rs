@@ -827,6 +827,10 @@ fn file_error(e: nimbus_runtime::files::FileError) -> Error {
         FileError::Invalid { path, reason } => {
             Error::invalid_argument("path", format!("{path:?} {reason}"))
         }
+        FileError::NoSpace(path) => Error::quota_exhausted(
+            format!("no space left on this host for {path:?} in the sandbox's files"),
+            serde_json::json!({ "path": path }),
+        ),
         FileError::Io(m) => Error::internal(m),
     }
 }

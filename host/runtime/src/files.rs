@@ -26,6 +26,9 @@ pub enum FileError {
     NotFound(String),
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
+    /// The filesystem holding the sandbox's files is full.
+    #[error("{0}: no space left for the sandbox's files on this host")]
+    NoSpace(String),
     #[error("{0}")]
     Io(String),
 }
@@ -77,8 +80,11 @@ pub fn components(path: &str) -> Result<Vec<&str>, FileError> {
     Ok(parts)
 }
 
-fn io(path: &str, e: impl std::fmt::Display) -> FileError {
-    FileError::Io(format!("{path}: {e}"))
+fn io(path: &str, e: std::io::Error) -> FileError {
+    match e.raw_os_error() {
+        Some(code) => errno(path, Errno::from_raw(code)),
+        None => FileError::Io(format!("{path}: {e}")),
+    }
 }
 
 fn errno(path: &str, e: Errno) -> FileError {
@@ -96,7 +102,12 @@ fn errno(path: &str, e: Errno) -> FileError {
             path: path.to_string(),
             reason: "too many symbolic links".into(),
         },
-        other => io(path, other),
+        Errno::ENAMETOOLONG => FileError::Invalid {
+            path: path.to_string(),
+            reason: "has a name longer than 255 bytes, or is longer than 4096 bytes".into(),
+        },
+        Errno::ENOSPC | Errno::EDQUOT => FileError::NoSpace(path.to_string()),
+        other => FileError::Io(format!("{path}: {other}")),
     }
 }
 

@@ -569,6 +569,11 @@ async fn files_are_read_and_written_inside_the_sandbox_root_only() {
         files.read("/tmp"),
         Err(nimbus_runtime::files::FileError::Invalid { .. })
     ));
+    let long = format!("/tmp/{}", "a".repeat(300));
+    assert!(matches!(
+        files.write(&long, &b"x"[..]),
+        Err(nimbus_runtime::files::FileError::Invalid { .. })
+    ));
     // A write the process is waiting for: parents made, content whole, owned by root inside.
     let n = files
         .write("/data/in.txt", &b"from the host\n"[..])
