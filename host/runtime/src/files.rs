@@ -175,14 +175,17 @@ impl SandboxFiles {
         Ok(())
     }
 
-    /// The regular file at `path`, open for reading.
+    /// The regular file at `path`, open for reading. Anything else is refused before it is
+    /// opened for reading: opening a FIFO the sandbox made would block, and a device node
+    /// would reach the host's device.
     pub fn read(&self, path: &str) -> Result<File, FileError> {
         let rel = components(path)?;
-        let fd = self
-            .open_in(&rel, OFlag::O_RDONLY, Mode::empty())
+        let handle = self
+            .open_in(&rel, OFlag::O_PATH, Mode::empty())
             .map_err(|e| errno(path, e))?;
-        let file = File::from(fd);
-        let md = file.metadata().map_err(|e| io(path, e))?;
+        let md = File::from(handle.try_clone().map_err(|e| io(path, e))?)
+            .metadata()
+            .map_err(|e| io(path, e))?;
         if !md.is_file() {
             return Err(FileError::Invalid {
                 path: path.to_string(),
@@ -193,7 +196,8 @@ impl SandboxFiles {
                 },
             });
         }
-        Ok(file)
+        // Reopened through the handle itself: nothing is resolved again.
+        File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(|e| io(path, e))
     }
 
     /// Writes `bytes` to `path` (mode 0644), creating missing parent directories (0755), and

@@ -1067,11 +1067,14 @@ fn mount_root(
         upper.display(),
         work.display()
     );
+    // nodev: a device node an image carries (tar layers may) opens nothing, inside (the
+    // device cgroup denies it too) or from the host (the files channel). The sandbox's /dev is
+    // crun's own tmpfs and unaffected.
     let mounted = nix::mount::mount(
         Some("overlay"),
         rootfs,
         Some("overlay"),
-        nix::mount::MsFlags::empty(),
+        nix::mount::MsFlags::MS_NODEV,
         Some(opts.as_str()),
     );
     // The overlay keeps its own references to its layers.

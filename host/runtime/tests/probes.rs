@@ -272,6 +272,7 @@ const USERNS_PROBE: &str = r#"
 echo "map=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')"
 echo "owners=$(stat -c %u:%g /bin/busybox /etc/passwd | tr '\n' ' ')"
 echo "sysnet=$(ls /sys/class/net | tr '\n' ' ')"
+echo "rootopts=$(awk '$2 == "/" {print $4}' /proc/mounts | head -n 1)"
 touch /made-inside && echo made=1
 exec sleep 300
 "#;
@@ -353,6 +354,8 @@ async fn each_sandbox_runs_in_its_own_user_namespace_with_its_own_host_ids() {
         // ...and sysfs is the sandbox's own: its two interfaces, none of the host's (natively
         // the same listing shows the test's bridge, so the probe can see host interfaces).
         assert_eq!(out["sysnet"], "eth0 lo", "{logs}");
+        // Device nodes in the image's layers open nothing.
+        assert!(out["rootopts"].split(',').any(|o| o == "nodev"), "{logs}");
         assert!(std::path::Path::new("/sys/class/net/nbt24").exists());
         seen.push((id, first));
     }

@@ -519,7 +519,8 @@ async fn files_are_read_and_written_inside_the_sandbox_root_only() {
     let image = format!("{}/tools/busybox:v1", reg.host);
     let id = new_id();
     let marker = format!("nimbus-escape-{}", id.as_str());
-    let script = "echo made-inside > /tmp/out; ln -s / /escape; ln -s ../../../../../.. /tmp/up; \
+    let script = "mkfifo /tmp/fifo; echo made-inside > /tmp/out; ln -s / /escape; \
+         ln -s ../../../../../.. /tmp/up; \
          while [ ! -f /data/in.txt ]; do sleep 0.05; done; cat /data/in.txt; ls -ln /data/in.txt";
     rt.launch(&id, "demo", &spec(&image, &["sh", "-c", script]), |_| {})
         .await
@@ -567,6 +568,11 @@ async fn files_are_read_and_written_inside_the_sandbox_root_only() {
     ));
     assert!(matches!(
         files.read("/tmp"),
+        Err(nimbus_runtime::files::FileError::Invalid { .. })
+    ));
+    // A FIFO is refused without being opened (opening it would wait for a writer).
+    assert!(matches!(
+        files.read("/tmp/fifo"),
         Err(nimbus_runtime::files::FileError::Invalid { .. })
     ));
     let long = format!("/tmp/{}", "a".repeat(300));
