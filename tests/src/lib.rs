@@ -64,6 +64,8 @@ impl Server {
 
     /// Starts a server whose `--config` file has `toml` as its text (none when empty).
     pub async fn start_with_config(toml: &str) -> Server {
+        // Sandboxes an earlier, failed run left running after its data dir went.
+        nimbus_runtime::orphans::remove_orphans_under(&std::env::temp_dir());
         let root = tempfile::tempdir().expect("temp dir");
         // Servers of one test binary run side by side on one host: give each its own bridge
         // and address range so their sandboxes' networks never collide.

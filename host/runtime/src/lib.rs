@@ -20,6 +20,7 @@ pub mod images;
 mod leases;
 pub mod monitor;
 pub mod network;
+pub mod orphans;
 pub mod pool;
 pub mod reference;
 pub mod registry;

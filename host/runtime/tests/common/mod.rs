@@ -429,88 +429,9 @@ pub fn runtime(n: u8, data: &Path, tweak: impl FnOnce(&mut RuntimeConfig)) -> Ar
     reopen_runtime(n, data, tweak)
 }
 
-/// Sandboxes of earlier test runs that failed before deleting them: their monitor still runs,
-/// but the test's temporary data dir is gone. Their processes are killed and their host traces
-/// removed (cgroups, network and user namespaces, rootfs mount), so a failed run does not leave
-/// a process looping on the host for the next ones. Sandboxes of running tests (whose data dir
-/// exists) are not touched.
-pub fn remove_orphaned_sandboxes() {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args.iter().any(|a| a == "__monitor") {
-            continue;
-        }
-        let Some(dir) = args
-            .iter()
-            .position(|a| a == "--dir")
-            .and_then(|i| args.get(i + 1))
-            .map(PathBuf::from)
-        else {
-            continue;
-        };
-        if dir.exists() || !dir.starts_with(std::env::temp_dir()) {
-            continue;
-        }
-        let Some(id) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-            continue;
-        };
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        // The container's network namespace, by inode: a warm-pool one is not named after
-        // the sandbox.
-        let netns = children
-            .split_whitespace()
-            .find_map(|c| netns_of(c.parse().ok()?))
-            .unwrap_or_else(|| format!("nimbus-{id}"));
-        for child in children.split_whitespace() {
-            let _ = Command::new("kill").args(["-9", child]).status();
-        }
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &netns])
-            .stderr(Stdio::null())
-            .status();
-        let userns = Path::new("/run/nimbus/userns").join(&netns);
-        let _ = nix::mount::umount2(&userns, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&userns);
-        let rootfs = Path::new("/run/nimbus/rootfs").join(&id);
-        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&rootfs);
-        std::thread::sleep(Duration::from_millis(100));
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let _ = std::fs::remove_dir(h.path().join("nimbus").join(&id));
-            }
-        }
-    }
-}
-
-/// The name under /run/netns of the network namespace process `pid` is in.
-fn netns_of(pid: i32) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino();
-    std::fs::read_dir("/run/netns")
-        .ok()?
-        .flatten()
-        .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-}
-
 /// Drops the bridge and nftables table an earlier, interrupted run of test `n` left behind.
 pub fn clean_host(n: u8) {
-    remove_orphaned_sandboxes();
+    nimbus_runtime::orphans::remove_orphans_under(&std::env::temp_dir());
     // Warm-pool namespaces an interrupted run left (tests count them host-wide).
     if let Ok(list) = Command::new("ip").args(["netns", "list"]).output() {
         let prefix = format!("nimbus-nbt{n}-w");

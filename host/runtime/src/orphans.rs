@@ -1,0 +1,91 @@
+//! Sandboxes orphaned by a vanished data dir: a test (or a bench) that failed before deleting
+//! its sandboxes and whose temporary data dir was then removed leaves their monitors and
+//! processes running with nothing left to find them by. Test harnesses call
+//! [`remove_orphans_under`] with the temporary directory before they start, so a failed run does
+//! not leave a process looping on the host for the next ones. Servers never call it: a data dir
+//! that vanished under a running server is an operator's decision to undo by hand.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Removes the sandboxes whose monitor still runs but whose state dir, somewhere under `root`,
+/// is gone; returns their ids. Their processes are killed and their host traces removed
+/// (cgroups, network and user namespaces, rootfs mount). Sandboxes whose state dir exists are
+/// not touched.
+pub fn remove_orphans_under(root: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return removed;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.iter().any(|a| a == "__monitor") {
+            continue;
+        }
+        let Some(dir) = args
+            .iter()
+            .position(|a| a == "--dir")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+        else {
+            continue;
+        };
+        if dir.exists() || !dir.starts_with(root) {
+            continue;
+        }
+        let Some(id) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        // The container's network namespace, by inode: a warm-pool one is not named after
+        // the sandbox.
+        let netns = children
+            .split_whitespace()
+            .find_map(|c| netns_of(c.parse().ok()?))
+            .unwrap_or_else(|| format!("nimbus-{id}"));
+        for child in children.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", child]).status();
+        }
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &netns])
+            .stderr(Stdio::null())
+            .status();
+        let userns = Path::new("/run/nimbus/userns").join(&netns);
+        let _ = nix::mount::umount2(&userns, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&userns);
+        let rootfs = Path::new("/run/nimbus/rootfs").join(&id);
+        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&rootfs);
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join("nimbus").join(&id));
+            }
+        }
+        removed.push(id);
+    }
+    removed
+}
+
+/// The name under /run/netns of the network namespace process `pid` is in.
+fn netns_of(pid: i32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?.ino();
+    std::fs::read_dir("/run/netns")
+        .ok()?
+        .flatten()
+        .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
