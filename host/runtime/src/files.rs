@@ -57,12 +57,8 @@ pub struct SandboxFiles {
 /// The components of an absolute path inside the sandbox, checked: no empty, `.` or `..`
 /// components (they would make the target ambiguous), no NUL.
 pub fn components(path: &str) -> Result<Vec<&str>, FileError> {
-    let invalid = |reason: &str| FileError::Invalid {
-        path: path.to_string(),
-        reason: reason.to_string(),
-    };
     if path.contains('\0') {
-        return Err(invalid("contains a NUL byte"));
+        return Err(invalid(path, "contains a NUL byte"));
     }
     let trimmed = path.trim_start_matches('/').trim_end_matches('/');
     if trimmed.is_empty() {
@@ -74,10 +70,18 @@ pub fn components(path: &str) -> Result<Vec<&str>, FileError> {
         .any(|p| p.is_empty() || *p == "." || *p == "..")
     {
         return Err(invalid(
+            path,
             "has an empty, `.` or `..` component; give the path from / without them",
         ));
     }
     Ok(parts)
+}
+
+fn invalid(path: &str, reason: impl Into<String>) -> FileError {
+    FileError::Invalid {
+        path: path.to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn io(path: &str, e: std::io::Error) -> FileError {
@@ -90,22 +94,13 @@ fn io(path: &str, e: std::io::Error) -> FileError {
 fn errno(path: &str, e: Errno) -> FileError {
     match e {
         Errno::ENOENT => FileError::NotFound(path.to_string()),
-        Errno::ENOTDIR => FileError::Invalid {
-            path: path.to_string(),
-            reason: "a component of the path is not a directory".into(),
-        },
-        Errno::EXDEV => FileError::Invalid {
-            path: path.to_string(),
-            reason: "crosses into another filesystem".into(),
-        },
-        Errno::ELOOP => FileError::Invalid {
-            path: path.to_string(),
-            reason: "too many symbolic links".into(),
-        },
-        Errno::ENAMETOOLONG => FileError::Invalid {
-            path: path.to_string(),
-            reason: "has a name longer than 255 bytes, or is longer than 4096 bytes".into(),
-        },
+        Errno::ENOTDIR => invalid(path, "a component of the path is not a directory"),
+        Errno::EXDEV => invalid(path, "crosses into another filesystem"),
+        Errno::ELOOP => invalid(path, "too many symbolic links"),
+        Errno::ENAMETOOLONG => invalid(
+            path,
+            "has a name longer than 255 bytes, or is longer than 4096 bytes",
+        ),
         Errno::ENOSPC | Errno::EDQUOT => FileError::NoSpace(path.to_string()),
         other => FileError::Io(format!("{path}: {other}")),
     }
@@ -183,18 +178,11 @@ impl SandboxFiles {
         let handle = self
             .open_in(&rel, OFlag::O_PATH, Mode::empty())
             .map_err(|e| errno(path, e))?;
-        let md = File::from(handle.try_clone().map_err(|e| io(path, e))?)
-            .metadata()
-            .map_err(|e| io(path, e))?;
-        if !md.is_file() {
-            return Err(FileError::Invalid {
-                path: path.to_string(),
-                reason: if md.is_dir() {
-                    "is a directory; list it with ?list".into()
-                } else {
-                    "is not a regular file".into()
-                },
-            });
+        let st = nix::sys::stat::fstat(handle.as_raw_fd()).map_err(|e| errno(path, e))?;
+        match kind(st.st_mode) {
+            "file" => {}
+            "dir" => return Err(invalid(path, "is a directory; list it with ?list")),
+            _ => return Err(invalid(path, "is not a regular file")),
         }
         // Reopened through the handle itself: nothing is resolved again.
         File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(|e| io(path, e))
@@ -205,10 +193,7 @@ impl SandboxFiles {
     pub fn write(&self, path: &str, mut bytes: impl Read) -> Result<u64, FileError> {
         let rel = components(path)?;
         let Some((name, parents)) = rel.split_last() else {
-            return Err(FileError::Invalid {
-                path: path.to_string(),
-                reason: "names the root directory, not a file".into(),
-            });
+            return Err(invalid(path, "names the root directory, not a file"));
         };
         for depth in 0..parents.len() {
             let at = self.dir(&parents[..depth], path)?;
@@ -255,10 +240,7 @@ impl SandboxFiles {
                 *name,
             )
             .map_err(|e| match e {
-                Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST => FileError::Invalid {
-                    path: path.to_string(),
-                    reason: "is a directory".into(),
-                },
+                Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST => invalid(path, "is a directory"),
                 e => errno(path, e),
             })?;
             Ok(written)
@@ -277,10 +259,7 @@ impl SandboxFiles {
     pub fn delete(&self, path: &str) -> Result<(), FileError> {
         let rel = components(path)?;
         let Some((name, parents)) = rel.split_last() else {
-            return Err(FileError::Invalid {
-                path: path.to_string(),
-                reason: "is the root directory".into(),
-            });
+            return Err(invalid(path, "is the root directory"));
         };
         let parent = self.dir(parents, path)?;
         let st = fstatat(
@@ -289,17 +268,13 @@ impl SandboxFiles {
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|e| errno(path, e))?;
-        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
-        let flag = if is_dir {
+        let flag = if kind(st.st_mode) == "dir" {
             UnlinkatFlags::RemoveDir
         } else {
             UnlinkatFlags::NoRemoveDir
         };
         unlinkat(Some(parent.as_raw_fd()), *name, flag).map_err(|e| match e {
-            Errno::ENOTEMPTY | Errno::EEXIST => FileError::Invalid {
-                path: path.to_string(),
-                reason: "is a directory that is not empty".into(),
-            },
+            Errno::ENOTEMPTY | Errno::EEXIST => invalid(path, "is a directory that is not empty"),
             e => errno(path, e),
         })
     }
@@ -324,15 +299,9 @@ impl SandboxFiles {
             ) else {
                 continue; // removed meanwhile
             };
-            let kind = match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
-                SFlag::S_IFREG => "file",
-                SFlag::S_IFDIR => "dir",
-                SFlag::S_IFLNK => "symlink",
-                _ => "other",
-            };
             out.push(Entry {
                 name: name.to_string_lossy().into_owned(),
-                kind,
+                kind: kind(st.st_mode),
                 size: st.st_size as u64,
                 mode: st.st_mode & 0o7777,
                 modified: st.st_mtime,
@@ -340,6 +309,16 @@ impl SandboxFiles {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+/// `file`, `dir`, `symlink` or `other`, from a stat mode.
+fn kind(mode: u32) -> &'static str {
+    match SFlag::from_bits_truncate(mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => "file",
+        SFlag::S_IFDIR => "dir",
+        SFlag::S_IFLNK => "symlink",
+        _ => "other",
     }
 }
 
