@@ -741,15 +741,9 @@ impl SandboxControl for ControlHandle {
     fn files(&self, id: &SandboxId) -> Result<Box<dyn SandboxFiles>, Error> {
         match self.0.runtime.files(id) {
             Ok(files) => Ok(Box::new(Files(files))),
-            Err(RuntimeError::NotFound(_)) => Err(Error::invalid_transition(
-                "sandbox",
-                id.as_str(),
-                "pending",
-                format!(
-                    "sandbox {id} has no root filesystem on this host (it has not been launched \
-                     yet, or its launch failed before preparing it)"
-                ),
-            )),
+            // A session needs a ready sandbox to open, so a missing root means the sandbox has
+            // been deleted since.
+            Err(RuntimeError::NotFound(_)) => Err(Error::not_found("sandbox", id.as_str())),
             Err(e) => Err(Error::internal(e)),
         }
     }

@@ -951,14 +951,23 @@ impl Runtime {
             .map_err(|e| RuntimeError::Internal(format!("{}: {e}", path.display())))?;
         match tokio::net::UnixStream::connect(&addr).await {
             Ok(conn) => Ok(conn),
-            // No socket, or nobody listening on it: the monitor is gone or not there yet.
+            // No socket, or nobody listening on it: the monitor is gone or not there yet --
+            // unless the process runs, when the monitor could not offer one (its log says why).
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) =>
             {
-                Err(RuntimeError::NotRunning(id.to_string()))
+                match self.observe(id) {
+                    Observed::Running { .. } => Err(RuntimeError::Internal(format!(
+                        "sandbox {id} runs, but its monitor offers no attach socket at {}; \
+                         {} says why",
+                        path.display(),
+                        dir.join("monitor.log").display()
+                    ))),
+                    _ => Err(RuntimeError::NotRunning(id.to_string())),
+                }
             }
             Err(e) => Err(RuntimeError::Internal(format!(
                 "cannot attach to {id} through {}: {e}",

@@ -24,6 +24,26 @@ pub(crate) async fn load_session(
         .await
 }
 
+/// Records a use of `session`'s channel (`sessions.attach`), with what was done in `reason`.
+pub(crate) async fn audit(
+    app: &SharedApp,
+    p: &Principal,
+    tenant: &Name,
+    session: &SessionRecord,
+    reason: &str,
+) {
+    let target = format!("session/{}", session.id);
+    let event = app.event(
+        p,
+        tenant,
+        actions::SESSIONS_ATTACH,
+        &target,
+        "allow",
+        reason,
+    );
+    app.audit_best_effort(event).await;
+}
+
 /// The sandbox driver the channels reach sandboxes through.
 pub(crate) fn control(app: &SharedApp) -> Result<&dyn SandboxControl, Error> {
     app.control.as_deref().ok_or_else(|| {

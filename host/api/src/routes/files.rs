@@ -17,9 +17,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use nimbus_core::authz::{actions, Principal};
-use nimbus_core::names::{Name, SandboxId};
-use nimbus_core::resource::{Channel, SessionRecord};
+use nimbus_core::authz::Principal;
+
+use nimbus_core::resource::Channel;
 use nimbus_core::Error;
 use serde_json::{json, Value};
 
@@ -95,16 +95,9 @@ async fn serve(
             format!("the files channel takes GET, PUT and DELETE, not {m}"),
         )),
     };
-    audit(
-        &app,
-        &p,
-        &tenant,
-        &session,
-        &sandbox,
-        &what,
-        response.is_ok(),
-    )
-    .await;
+    let failed = if response.is_ok() { "" } else { " (failed)" };
+    let reason = format!("files of sandbox/{sandbox}: {what}{failed}");
+    super::channels::audit(&app, &p, &tenant, &session, &reason).await;
     Ok(response?)
 }
 
@@ -175,27 +168,4 @@ async fn delete(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, 
     blocking(move || files.delete(&path)).await?;
     let body: Value = json!({ "path": shown, "deleted": true });
     Ok(axum::response::IntoResponse::into_response(Json(body)))
-}
-
-async fn audit(
-    app: &SharedApp,
-    p: &Principal,
-    tenant: &Name,
-    session: &SessionRecord,
-    sandbox: &SandboxId,
-    what: &str,
-    ok: bool,
-) {
-    let event = app.event(
-        p,
-        tenant,
-        actions::SESSIONS_ATTACH,
-        &format!("session/{}", session.id),
-        "allow",
-        &format!(
-            "files of sandbox/{sandbox}: {what}{}",
-            if ok { "" } else { " (failed)" }
-        ),
-    );
-    app.audit_best_effort(event).await;
 }

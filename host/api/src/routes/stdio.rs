@@ -16,7 +16,6 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
-use nimbus_core::authz::{actions, Principal};
 use nimbus_core::lifecycle::{SandboxState, SessionState};
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{Channel, SessionRecord};
@@ -51,7 +50,8 @@ pub async fn stdio(
     let sandbox = attachable_sandbox(&app, &tenant, &session).await?;
     let control = super::channels::control(&app)?;
     let attached = control.attach(&sandbox).await?;
-    audit(&app, &p, &tenant, &session, &sandbox).await;
+    let reason = format!("stdio of sandbox/{sandbox}");
+    super::channels::audit(&app, &p, &tenant, &session, &reason).await;
     let app = app.clone();
     Ok(upgrade.on_upgrade(move |ws| async move {
         bridge(ws, attached, &app, &tenant, &session).await;
@@ -83,24 +83,6 @@ async fn attachable_sandbox(
         ));
     }
     Ok(sandbox)
-}
-
-async fn audit(
-    app: &SharedApp,
-    p: &Principal,
-    tenant: &Name,
-    session: &SessionRecord,
-    sandbox: &SandboxId,
-) {
-    let event = app.event(
-        p,
-        tenant,
-        actions::SESSIONS_ATTACH,
-        &format!("session/{}", session.id),
-        "allow",
-        &format!("stdio of sandbox/{sandbox}"),
-    );
-    app.audit_best_effort(event).await;
 }
 
 /// Pumps output to the client and the client's input to stdin until the process exits, the
