@@ -388,6 +388,13 @@ async fn closed_with(ws: &mut Ws) -> (u16, String) {
     }
 }
 
+/// Asserts that a files-channel `(status, body)` is the documented error `code`; its JSON.
+fn get_error((status, body): (u16, Vec<u8>), want: u16, code: &str) -> serde_json::Value {
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    assert_error(&(status.try_into().unwrap(), body.clone()), want, code);
+    body
+}
+
 /// A sandbox running `script` in `root`, once it is ready.
 async fn ready_sandbox(s: &Server, root: &str, script: &str) -> String {
     let (st, created) = s
@@ -621,27 +628,23 @@ async fn a_files_session_reads_writes_lists_and_deletes_in_the_sandbox() {
 
     // Errors.
     // (HTTP clients remove `..` from URLs themselves; an empty component reaches the server.)
-    let (st, body) = get(files.clone(), "/work//out.txt").await;
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    assert_error(
-        &(st.try_into().unwrap(), body),
+    get_error(
+        get(files.clone(), "/work//out.txt").await,
         400,
         "request.invalid_argument",
     );
-    let (st, body) = get(files.clone(), "/work/nothing").await;
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    assert_error(&(st.try_into().unwrap(), body), 404, "resource.not_found");
-    let (st, body) = get(files.clone(), "/work").await;
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    assert_error(
-        &(st.try_into().unwrap(), body),
+    get_error(
+        get(files.clone(), "/work/nothing").await,
+        404,
+        "resource.not_found",
+    );
+    get_error(
+        get(files.clone(), "/work").await,
         400,
         "request.invalid_argument",
     );
-    let (st, body) = get(stdio_only.clone(), "/work/out.txt").await;
-    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    assert_error(
-        &(st.try_into().unwrap(), body.clone()),
+    let body = get_error(
+        get(stdio_only.clone(), "/work/out.txt").await,
         400,
         "request.invalid_argument",
     );

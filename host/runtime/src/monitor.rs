@@ -1,8 +1,9 @@
 //! The per-sandbox monitor (the role conmon plays for podman). One process per sandbox, in its
-//! own session so it outlives the server: it runs `crun run --detach` with the container's stdio
-//! on a pipe it owns, becomes the container's parent (child subreaper), copies output into a
-//! bounded log, records the exit (code, signal, OOM kill) in `exit.json`, then deletes the crun
-//! container. One crun invocation (not `create` then `start`) is a good part of why a launch is
+//! own session so it outlives the server: it runs `crun run --detach` (from a sealed copy of
+//! crun, see `sealed_exec.rs`) with the container's stdio on pipes it owns, becomes the
+//! container's parent (child subreaper), copies output into a bounded log, serves stdin and live
+//! output on `attach.sock` (see `attach.rs`), records the exit (code, signal, OOM kill) in
+//! `exit.json`, then deletes the crun container. One crun invocation (not `create` then `start`) is a good part of why a launch is
 //! quick; the server makes sure the network is ready before it starts the monitor.
 //!
 //! Handshake with the launching server: the monitor prints one JSON line on stdout —

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
 /// Removes the sandboxes whose monitor still runs but whose state dir, somewhere under `root`,
 /// is gone; returns their ids. Their processes are killed and their host traces removed
 /// (cgroups, network and user namespaces, rootfs mount). Sandboxes whose state dir exists are
@@ -54,10 +57,11 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
             .split_whitespace()
             .find_map(|c| netns_of(c.parse().ok()?))
             .unwrap_or_else(|| format!("nimbus-{id}"));
-        for child in children.split_whitespace() {
-            let _ = Command::new("kill").args(["-9", child]).status();
+        let kill = |pid: i32| nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            let _ = kill(child);
         }
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = kill(pid);
         let _ = Command::new("ip")
             .args(["netns", "delete", &netns])
             .stderr(Stdio::null())

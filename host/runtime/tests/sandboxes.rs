@@ -47,15 +47,8 @@ async fn stdio_clients_attach_write_stdin_read_output_and_close_stdin() {
     .await
     .unwrap();
     // Output from before an attach is in the log, not on the socket.
-    let mut log = String::new();
-    for _ in 0..300 {
-        log = all_logs(&rt, &id).await;
-        if !log.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(log, "ready\n");
+    wait_for_log(&rt, &id, "ready\n").await;
+    assert_eq!(all_logs(&rt, &id).await, "ready\n");
     let mut first = rt.attach(&id).await.unwrap();
     let mut second = rt.attach(&id).await.unwrap();
     first
