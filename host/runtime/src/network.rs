@@ -322,18 +322,21 @@ flush map inet {table} sandboxes
     pub async fn prepare_unassigned(&self, token: &str) -> Result<SandboxNet, String> {
         let owner = format!("{POOL_OWNER}{token}");
         let address = self.allocate(&owner)?;
-        let made = async {
-            let netns = self.unassigned(token, address).netns;
-            self.allocate_user(&owner, &netns)?;
-            let net = self.unassigned(token, address);
-            self.create_netns(&net).await?;
-            self.link(&net).await?;
-            Ok(net)
+        let mut net = self.pool_net(token, address);
+        let made = match self.allocate_user(&owner, &net.netns) {
+            Ok(user) => {
+                net.user = user;
+                match self.create_netns(&net).await {
+                    Ok(()) => self.link(&net).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
         };
-        match made.await {
-            Ok(net) => Ok(net),
+        match made {
+            Ok(()) => Ok(net),
             Err(e) => {
-                let _ = self.teardown(&self.unassigned(token, address)).await;
+                let _ = self.teardown(&net).await;
                 self.release_all_of(&owner);
                 Err(e)
             }
@@ -343,11 +346,18 @@ flush map inet {table} sandboxes
     /// The names of the prepared namespace `token` at `address` (derived, so the leases alone
     /// are enough to find and remove it).
     pub fn unassigned(&self, token: &str, address: Ipv4Addr) -> SandboxNet {
+        let mut net = self.pool_net(token, address);
+        net.user = self.user_held_by(&format!("{POOL_OWNER}{token}"), &net.netns);
+        net
+    }
+
+    /// The names of warm-pool namespace `token` at `address`, without its user namespace.
+    fn pool_net(&self, token: &str, address: Ipv4Addr) -> SandboxNet {
         let h = short_hash(token, 11);
         let netns = format!("nimbus-{}-w{h}", self.bridge);
         SandboxNet {
             netns_path: PathBuf::from(format!("/run/netns/{netns}")),
-            user: self.user_held_by(&format!("{POOL_OWNER}{token}"), &netns),
+            user: None,
             netns,
             host_if: format!("nbv{h}"),
             address,
