@@ -322,6 +322,8 @@ fn kind(mode: u32) -> &'static str {
     }
 }
 
+/// A number for an upload's temporary name. Not `registry::tmp_path`: that name embeds the
+/// target's, and a target name near the 255-byte limit would make it too long.
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
