@@ -5,7 +5,7 @@
 # (p50/p99). Needs root, crun, podman, docker-registry, busybox-static (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p nimbus --quiet
+cargo build --release -p nimbus -p nimbus-runtime --bins --quiet
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 export NIMBUS_BIN="$target_dir/release/nimbus"
 exec cargo bench -p nimbus-runtime --bench sandbox_start "$@"

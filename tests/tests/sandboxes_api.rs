@@ -316,15 +316,7 @@ async fn a_create_refused_by_quota_starts_nothing_though_its_launch_was_prepared
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let monitors = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| {
-            let c = String::from_utf8_lossy(c);
-            c.contains("__monitor") && c.contains(s.data_dir().to_str().unwrap())
-        })
-        .count();
+    let monitors = nimbus_runtime::orphans::monitors_under(&s.data_dir()).len();
     assert_eq!(monitors, 1, "only the admitted sandbox has a monitor");
     let (st, _) = s
         .call("DELETE", &format!("{T}/sandboxes/{first}"), None)

@@ -355,14 +355,7 @@ async fn sigkill_of_the_server_leaves_sandboxes_running_and_the_restarted_server
 
 /// Monitors of this server's data dir that are alive.
 fn count_monitors(s: &Server) -> usize {
-    let dir = s.data_dir().display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("__monitor") && c.contains(&dir))
-        .count()
+    nimbus_runtime::orphans::monitors_under(&s.data_dir()).len()
 }
 
 #[tokio::test]

@@ -233,13 +233,24 @@ fn main() {
         let data = tempfile::tempdir().unwrap();
         let rt = runtime(50, data.path(), |c| c.warm_pool = 2);
         rt.warm_up().await.unwrap();
-        // A second runtime without user namespaces, when the first has them: its launches
-        // follow the first's in every round.
-        let plain = if rt.user_namespaces() {
+        // A second runtime, its launches following the first's in every round (a same-run
+        // A/B): without user namespaces when the first has them, or with
+        // BENCH_TWIN=no-standby without standby monitors.
+        let no_standby = std::env::var("BENCH_TWIN").is_ok_and(|t| t == "no-standby");
+        let twin_label = if no_standby {
+            "without standby monitors"
+        } else {
+            "without user namespaces"
+        };
+        let plain = if rt.user_namespaces() || no_standby {
             let plain_data = tempfile::tempdir().unwrap();
             let rt_plain = runtime(51, plain_data.path(), |c| {
                 c.warm_pool = 2;
-                c.user_namespaces = nimbus_runtime::config::UserNamespaces::Off;
+                if no_standby {
+                    c.standby_monitors = 0;
+                } else {
+                    c.user_namespaces = nimbus_runtime::config::UserNamespaces::Off;
+                }
             });
             rt_plain.warm_up().await.unwrap();
             let _ = run_to_end(&rt_plain, &spec(&image, &["echo", "warm"])).await;
@@ -428,7 +439,7 @@ fn main() {
         println!("    of which launch() returned after {:>8.1} ms", l.as_secs_f64() * 1e3);
         if !plain_launch.is_empty() {
             println!(
-                "  nimbus launch   {:>8.1} ms   (the same without user namespaces, right after each)",
+                "  nimbus launch   {:>8.1} ms   (the same {twin_label}, right after each)",
                 median(plain_launch).as_secs_f64() * 1e3
             );
         }
@@ -469,9 +480,9 @@ fn main() {
             );
         }
         // 50 concurrent creates; then the same without user namespaces, when that runtime exists.
-        let mut bursts = vec![("", rt.clone())];
+        let mut bursts = vec![(String::new(), rt.clone())];
         if let Some((rt_plain, _)) = &plain {
-            bursts.push((", without user namespaces", rt_plain.clone()));
+            bursts.push((format!(", {twin_label}"), rt_plain.clone()));
         }
         for (label, rt) in bursts {
             let (wall, each) = runtime_burst(&rt, &image).await;

@@ -43,6 +43,9 @@ pub struct RuntimeConfig {
     /// Network namespaces kept created and wired ahead of launches (the warm pool); 0 wires
     /// each sandbox's namespace during its launch.
     pub warm_pool: usize,
+    /// Monitors kept started ahead of launches, each waiting for a sandbox (see standby.rs);
+    /// 0 starts each sandbox's monitor during its launch.
+    pub standby_monitors: usize,
     /// Whether each sandbox runs in its own user namespace (root inside is an unprivileged id
     /// range on the host): `auto` when the host supports it, `required`, or `off`.
     pub user_namespaces: UserNamespaces,
@@ -82,6 +85,7 @@ impl Default for RuntimeConfig {
             monitor: None,
             fix_cgroups: false,
             warm_pool: 2,
+            standby_monitors: 2,
             user_namespaces: UserNamespaces::Auto,
             // In the range systemd leaves to containers (524288–1879048191); 4096 ranges end at
             // 0x50000000. `systemd-nspawn --private-users=pick` draws from the same space, so

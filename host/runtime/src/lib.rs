@@ -27,6 +27,7 @@ pub mod registry;
 mod sandbox;
 mod sealed_exec;
 pub mod seccomp;
+mod standby;
 pub mod userns;
 mod zstd;
 

@@ -3,22 +3,30 @@
 //! crun, see `sealed_exec.rs`) with the container's stdio on pipes it owns, becomes the
 //! container's parent (child subreaper), copies output into a bounded log, serves stdin and live
 //! output on `attach.sock` (see `attach.rs`), records the exit (code, signal, OOM kill) in
-//! `exit.json`, then deletes the crun container. One crun invocation (not `create` then `start`) is a good part of why a launch is
-//! quick; the server makes sure the network is ready before it starts the monitor.
+//! `exit.json`, then deletes the crun container. One crun invocation (not `create` then
+//! `start`) is a good part of why a launch is quick; the server makes sure the network is ready
+//! before it hands the sandbox over.
+//!
+//! A monitor starts before it has a sandbox: `<exe> __monitor --crun PATH` makes its session,
+//! becomes a subreaper and copies crun, then waits for its [`Assignment`], one JSON line on
+//! stdin. The server keeps a few monitors started this way (see `standby.rs`), so a launch
+//! does not wait for a process to start; end-of-file instead of an assignment (the server
+//! stopped, or no longer wants it) makes it exit. Once assigned, its working directory is the
+//! sandbox's state dir, which is how [`crate::orphans`] tells whose monitor it is.
 //!
 //! Handshake with the launching server: the monitor prints one JSON line on stdout —
 //! `{"pid":N}` once the container runs, or `{"error":"…"}` — and then stops using stdout.
 //!
 //! Entry points: the `nimbus-monitor` binary, or any binary that calls [`main_if_requested`]
-//! first thing in `main` (the `nimbus` server does), invoked as `<exe> __monitor …`.
+//! first thing in `main` (the `nimbus` server does).
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,10 +51,11 @@ pub struct ExitRecord {
     pub finished_at: u64,
 }
 
-#[derive(Debug)]
-pub struct MonitorArgs {
+/// The sandbox a started monitor is handed: one JSON line on its stdin.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Assignment {
+    /// The sandbox's state dir (bundle, log, exit record, attach socket).
     pub dir: PathBuf,
-    pub crun: PathBuf,
     pub crun_root: PathBuf,
     pub id: String,
     pub log_max: u64,
@@ -55,54 +64,25 @@ pub struct MonitorArgs {
     pub keep_seccomp: bool,
 }
 
-impl MonitorArgs {
-    pub fn to_args(&self) -> Vec<OsString> {
-        vec![
-            MONITOR_ARG.into(),
-            "--dir".into(),
-            self.dir.clone().into(),
-            "--crun".into(),
-            self.crun.clone().into(),
-            "--crun-root".into(),
-            self.crun_root.clone().into(),
-            "--id".into(),
-            self.id.clone().into(),
-            "--log-max".into(),
-            self.log_max.to_string().into(),
-            "--keep-seccomp".into(),
-            self.keep_seccomp.to_string().into(),
-        ]
-    }
+/// A monitor's command line after the executable: `__monitor --crun PATH`.
+pub fn command_line(crun: &Path) -> Vec<OsString> {
+    vec![MONITOR_ARG.into(), "--crun".into(), crun.into()]
+}
 
-    fn parse(args: Vec<OsString>) -> Result<Self, String> {
-        let mut it = args.into_iter().peekable();
-        if it.peek().is_some_and(|a| a == MONITOR_ARG) {
-            it.next();
-        }
-        let (mut dir, mut crun, mut crun_root, mut id, mut log_max) =
-            (None, None, None, None, None);
-        let mut keep_seccomp = false;
-        while let Some(flag) = it.next() {
-            let value = it.next().ok_or_else(|| format!("{flag:?} needs a value"))?;
-            match flag.to_str() {
-                Some("--dir") => dir = Some(PathBuf::from(value)),
-                Some("--crun") => crun = Some(PathBuf::from(value)),
-                Some("--crun-root") => crun_root = Some(PathBuf::from(value)),
-                Some("--id") => id = value.to_str().map(str::to_string),
-                Some("--log-max") => log_max = value.to_str().and_then(|v| v.parse().ok()),
-                Some("--keep-seccomp") => keep_seccomp = value == "true",
-                _ => return Err(format!("unknown monitor flag {flag:?}")),
-            }
-        }
-        Ok(Self {
-            dir: dir.ok_or("--dir missing")?,
-            crun: crun.ok_or("--crun missing")?,
-            crun_root: crun_root.ok_or("--crun-root missing")?,
-            id: id.ok_or("--id missing")?,
-            log_max: log_max.ok_or("--log-max missing")?,
-            keep_seccomp,
-        })
+fn parse_command_line(args: Vec<OsString>) -> Result<PathBuf, String> {
+    let mut it = args.into_iter().peekable();
+    if it.peek().is_some_and(|a| a == MONITOR_ARG) {
+        it.next();
     }
+    let mut crun = None;
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag:?} needs a value"))?;
+        match flag.to_str() {
+            Some("--crun") => crun = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown monitor flag {flag:?}")),
+        }
+    }
+    crun.ok_or_else(|| "--crun missing".to_string())
 }
 
 /// Call first thing in `main`: when the process was started as a monitor, runs it and returns
@@ -117,20 +97,111 @@ pub fn main_if_requested() -> Option<ExitCode> {
 }
 
 pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
-    let args = match MonitorArgs::parse(args) {
-        Ok(a) => a,
+    let crun = match parse_command_line(args) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("nimbus monitor: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
+    let ready = Prepared::new(&crun);
+    let a = match read_assignment() {
+        Ok(Some(a)) => a,
+        // Never used: the server stopped, or drained its standby monitors.
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            handshake(&serde_json::json!({ "error": e }));
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = take_up(&a) {
+        handshake(&serde_json::json!({ "error": e }));
+        return ExitCode::FAILURE;
+    }
+    for warning in &ready.warnings {
+        eprintln!("nimbus monitor: {warning}");
+    }
+    match run(&a, ready) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nimbus monitor for {}: {e}", args.id);
+            eprintln!("nimbus monitor for {}: {e}", a.id);
             ExitCode::FAILURE
         }
     }
+}
+
+/// What a monitor sets up before it has a sandbox.
+struct Prepared {
+    crun: PathBuf,
+    /// crun from a sealed copy: it skips re-executing itself (see sealed_exec.rs).
+    sealed: Option<SealedCopy>,
+    /// Set when the monitor cannot supervise (it could not become a subreaper).
+    unfit: Option<String>,
+    /// Said in `monitor.log` once there is one.
+    warnings: Vec<String>,
+}
+
+impl Prepared {
+    fn new(crun: &Path) -> Prepared {
+        let mut warnings = Vec::new();
+        // Own session: the server's terminal, process group and death do not reach the
+        // monitor. (It must not be started as a process-group leader, or setsid fails.)
+        if let Err(e) = nix::unistd::setsid() {
+            warnings.push(format!(
+                "setsid failed ({e}); staying in the server's session"
+            ));
+        }
+        let unfit = nix::sys::prctl::set_child_subreaper(true)
+            .err()
+            .map(|e| format!("cannot become child subreaper: {e}"));
+        // Without a sealed copy (no memfd support), crun copies itself, as it always does.
+        let sealed = match SealedCopy::of(crun) {
+            Ok(copy) => Some(copy),
+            Err(e) => {
+                warnings.push(format!(
+                    "no sealed copy of {} ({e}); crun copies itself",
+                    crun.display()
+                ));
+                None
+            }
+        };
+        Prepared {
+            crun: crun.to_path_buf(),
+            sealed,
+            unfit,
+            warnings,
+        }
+    }
+}
+
+/// The assignment line, or `None` at end-of-file.
+fn read_assignment() -> Result<Option<Assignment>, String> {
+    let mut line = String::new();
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(0) => Ok(None),
+        Ok(_) => serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| format!("unreadable assignment {:?}: {e}", line.trim())),
+        Err(e) => Err(format!("cannot read the assignment: {e}")),
+    }
+}
+
+/// Becomes the monitor of `a`: stderr into its `monitor.log`, its state dir as working
+/// directory, stdin let go (the server's pipe), the pid recorded.
+fn take_up(a: &Assignment) -> Result<(), String> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(a.dir.join("monitor.log"))
+        .map_err(|e| format!("cannot open {}: {e}", a.dir.join("monitor.log").display()))?;
+    let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+    if let Ok(devnull) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2(devnull.as_raw_fd(), 0);
+    }
+    std::env::set_current_dir(&a.dir)
+        .map_err(|e| format!("cannot enter {}: {e}", a.dir.display()))?;
+    std::fs::write(a.dir.join("monitor.pid"), std::process::id().to_string())
+        .map_err(|e| format!("cannot write monitor.pid: {e}"))
 }
 
 pub fn now_secs() -> u64 {
@@ -159,17 +230,11 @@ fn record_exit(dir: &Path, rec: &ExitRecord) -> Result<(), String> {
     write_atomic(&dir.join("exit.json"), &json).map_err(|e| format!("cannot write exit.json: {e}"))
 }
 
-fn run(a: &MonitorArgs) -> Result<(), String> {
-    // Own session: the server's terminal, process group and death do not reach the monitor.
-    // (It must not be started as a process-group leader, or setsid fails.)
-    if let Err(e) = nix::unistd::setsid() {
-        eprintln!("nimbus monitor: setsid failed ({e}); staying in the server's session");
+fn run(a: &Assignment, ready: Prepared) -> Result<(), String> {
+    if let Some(why) = &ready.unfit {
+        fail(a, &ready.crun, why);
+        return Err(why.clone());
     }
-    nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|e| format!("cannot become child subreaper: {e}"))?;
-    std::fs::write(a.dir.join("monitor.pid"), std::process::id().to_string())
-        .map_err(|e| format!("cannot write monitor.pid: {e}"))?;
-
     // Close-on-exec, so crun and the container get only the ends they are handed as stdio.
     let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
     let (read_end, write_end): (OwnedFd, OwnedFd) =
@@ -178,31 +243,28 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
     // The process's stdin stays open for stdio sessions, which attach through the socket.
     let (stdin_read, stdin_write): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
-    let attach = match AttachServer::start(&a.dir, File::from(stdin_write)) {
-        Ok(server) => Some(server),
-        Err(e) => {
-            eprintln!("nimbus monitor: no attach socket ({e}); stdio sessions cannot attach");
-            None
-        }
+    // The copier runs from before crun starts, so the process's first output reaches the log
+    // (and whoever follows it) as soon as it is written, not once crun has exited. Attached
+    // clients get output once the socket is up (no client can attach before the launch
+    // returns, which is after that).
+    let attach: Arc<OnceLock<AttachServer>> = Arc::new(OnceLock::new());
+    let logger = {
+        let (dir, log_max, tap) = (a.dir.clone(), a.log_max, attach.clone());
+        std::thread::spawn(move || {
+            copy_log(File::from(read_end), &dir, log_max, |chunk| {
+                if let Some(server) = tap.get() {
+                    server.broadcast(chunk)
+                }
+            })
+        })
     };
     let pid_file = a.dir.join("container.pid");
     let crun_log = a.dir.join("crun.log");
-    // crun run from a sealed copy of crun: it skips re-executing itself (see sealed_exec.rs).
-    // Without one (no memfd support), crun makes its own copy, as it always does.
-    let sealed = match SealedCopy::of(&a.crun) {
-        Ok(copy) => Some(copy),
-        Err(e) => {
-            eprintln!(
-                "nimbus monitor: no sealed copy of {} ({e}); crun copies itself",
-                a.crun.display()
-            );
-            None
-        }
-    };
-    let crun = sealed
+    let crun = ready
+        .sealed
         .as_ref()
-        .map_or_else(|| a.crun.clone(), SealedCopy::path);
-    let status = Command::new(&crun)
+        .map_or_else(|| ready.crun.clone(), SealedCopy::path);
+    let child = Command::new(&crun)
         .arg("--root")
         .arg(&a.crun_root)
         .arg(format!("--log=file:{}", crun_log.display()))
@@ -216,14 +278,24 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
         .stdin(Stdio::from(stdin_read))
         .stdout(Stdio::from(write_clone))
         .stderr(Stdio::from(write_end))
-        .status();
+        .spawn();
+    // The attach socket is made while crun works.
+    match AttachServer::start(&a.dir, File::from(stdin_write)) {
+        Ok(server) => {
+            let _ = attach.set(server);
+        }
+        Err(e) => {
+            eprintln!("nimbus monitor: no attach socket ({e}); stdio sessions cannot attach")
+        }
+    }
+    let status = child.and_then(|mut c| c.wait());
     // Kept only for the start: the copy is half a megabyte of memory per sandbox.
-    drop(sealed);
+    drop(ready.sealed);
     let status = match status {
         Ok(s) => s,
         Err(e) => {
-            let msg = format!("cannot run {}: {e}", a.crun.display());
-            fail(a, &msg);
+            let msg = format!("cannot run {}: {e}", ready.crun.display());
+            fail(a, &ready.crun, &msg);
             return Err(msg);
         }
     };
@@ -237,10 +309,10 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
         } else {
             msg
         };
-        fail(a, &msg);
-        // Drain whatever the failed create printed into the log, for `logs`.
-        copy_log(File::from(read_end), &a.dir, a.log_max, |_| {});
-        if let Some(attach) = attach {
+        fail(a, &ready.crun, &msg);
+        // Whatever the failed create printed goes into the log, for `logs`.
+        wait_until_finished(&logger, std::time::Duration::from_secs(2));
+        if let Some(attach) = attach.get() {
             attach.finish(std::time::Duration::ZERO);
         }
         return Ok(());
@@ -259,32 +331,16 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
     }
     handshake(&serde_json::json!({ "pid": pid }));
     if let Ok(devnull) = File::options().write(true).open("/dev/null") {
-        use std::os::fd::AsRawFd;
         let _ = nix::unistd::dup2(devnull.as_raw_fd(), 1);
     }
-
-    let dir = a.dir.clone();
-    let log_max = a.log_max;
-    let attach = Arc::new(attach);
-    let tap = attach.clone();
-    let logger = std::thread::spawn(move || {
-        copy_log(File::from(read_end), &dir, log_max, |chunk| {
-            if let Some(server) = tap.as_ref() {
-                server.broadcast(chunk)
-            }
-        })
-    });
 
     let (code, signal) = wait_for(pid);
     let oom_killed = oom_kills(&a.id) > 0;
     // The pipe closes when the last container process is gone; with a pid namespace that is
     // now. Give the copier a moment for buffered output, but never hang on a stray holder.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while !logger.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until_finished(&logger, std::time::Duration::from_secs(2));
     // Attached clients get the rest of the output, then end-of-file.
-    if let Some(server) = attach.as_ref() {
+    if let Some(server) = attach.get() {
         server.finish(std::time::Duration::from_secs(1));
     }
     record_exit(
@@ -297,7 +353,13 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
             finished_at: now_secs(),
         },
     )?;
-    let _ = Command::new(&a.crun)
+    crun_delete(&ready.crun, a);
+    Ok(())
+}
+
+/// Removes crun's state of the container (whether it ran or failed to start).
+fn crun_delete(crun: &Path, a: &Assignment) {
+    let _ = Command::new(crun)
         .arg("--root")
         .arg(&a.crun_root)
         .args(["delete", "--force", &a.id])
@@ -305,10 +367,17 @@ fn run(a: &MonitorArgs) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    Ok(())
 }
 
-fn fail(a: &MonitorArgs, msg: &str) {
+/// Waits up to `limit` for `thread` to end.
+fn wait_until_finished(thread: &std::thread::JoinHandle<()>, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !thread.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn fail(a: &Assignment, crun: &Path, msg: &str) {
     handshake(&serde_json::json!({ "error": msg }));
     let _ = record_exit(
         &a.dir,
@@ -320,14 +389,7 @@ fn fail(a: &MonitorArgs, msg: &str) {
             finished_at: now_secs(),
         },
     );
-    let _ = Command::new(&a.crun)
-        .arg("--root")
-        .arg(&a.crun_root)
-        .args(["delete", "--force", &a.id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    crun_delete(crun, a);
 }
 
 /// Reaps children until `pid` exits; returns (code, signal).
@@ -403,20 +465,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn monitor_arguments_round_trip() {
-        let a = MonitorArgs {
+    fn command_line_round_trips_and_rejects_unknown_flags() {
+        let crun = Path::new("/usr/bin/crun");
+        assert_eq!(parse_command_line(command_line(crun)).unwrap(), crun);
+        let mut extra = command_line(crun);
+        extra.extend(["--dir".into(), "/d".into()]);
+        assert!(parse_command_line(extra).unwrap_err().contains("--dir"));
+        assert!(parse_command_line(vec![MONITOR_ARG.into()])
+            .unwrap_err()
+            .contains("--crun missing"));
+    }
+
+    #[test]
+    fn an_assignment_is_one_json_line() {
+        let a = Assignment {
             dir: "/d".into(),
-            crun: "crun".into(),
             crun_root: "/r".into(),
             id: "sbx_1".into(),
             log_max: 1024,
             keep_seccomp: true,
         };
-        let b = MonitorArgs::parse(a.to_args()).unwrap();
-        assert_eq!(
-            (b.dir, b.id, b.log_max, b.keep_seccomp),
-            (a.dir, a.id, a.log_max, a.keep_seccomp)
-        );
+        let line = serde_json::to_string(&a).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Assignment>(&line).unwrap(), a);
     }
 
     #[test]

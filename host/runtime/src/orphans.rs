@@ -18,32 +18,8 @@ use nix::unistd::Pid;
 /// not touched.
 pub fn remove_orphans_under(root: &Path) -> Vec<String> {
     let mut removed = Vec::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return removed;
-    };
-    for p in procs.flatten() {
-        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args.iter().any(|a| a == "__monitor") {
-            continue;
-        }
-        let Some(dir) = args
-            .iter()
-            .position(|a| a == "--dir")
-            .and_then(|i| args.get(i + 1))
-            .map(PathBuf::from)
-        else {
-            continue;
-        };
-        if dir.exists() || !dir.starts_with(root) {
+    for (pid, dir) in monitors_under(root) {
+        if dir.exists() {
             continue;
         }
         let Some(id) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -83,6 +59,30 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
     removed
 }
 
+/// Sandbox monitors (pid, state dir) whose sandbox's state dir is, or was, under `root`.
+/// Standby monitors, which have no sandbox yet, are not among them.
+pub fn monitors_under(root: &Path) -> Vec<(i32, PathBuf)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid = p.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.iter().any(|a| a == crate::monitor::MONITOR_ARG) {
+                return None;
+            }
+            let dir = monitor_dir(pid, &args)?;
+            dir.starts_with(root).then_some((pid, dir))
+        })
+        .collect()
+}
+
 /// The name under /run/netns of the network namespace process `pid` is in.
 fn netns_of(pid: i32) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
@@ -92,4 +92,22 @@ fn netns_of(pid: i32) -> Option<String> {
         .flatten()
         .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino))
         .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// The state dir of the sandbox monitor `pid` watches: its working directory (monitors enter
+/// their sandbox's dir once assigned; a standby monitor is still in `/`), or the `--dir`
+/// argument of monitors started by earlier versions. A removed dir reads as its old path.
+fn monitor_dir(pid: i32, args: &[String]) -> Option<PathBuf> {
+    if let Some(dir) = args
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+    {
+        return Some(PathBuf::from(dir));
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    let cwd = cwd.to_string_lossy();
+    Some(PathBuf::from(
+        cwd.strip_suffix(" (deleted)").unwrap_or(&cwd),
+    ))
 }

@@ -7,7 +7,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,12 +19,13 @@ use crate::bundle::{build_spec, write_etc_files, BundleInput};
 use crate::config::{RuntimeConfig, UserNamespaces};
 use crate::doctor::{self, HostUnfit};
 use crate::images::{ContainerConfig, ImageStore};
-use crate::monitor::{ExitRecord, MonitorArgs};
+use crate::monitor::{Assignment, ExitRecord};
 use crate::network::{Network, SandboxNet};
 use crate::pool::WarmPool;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, RegistryClient};
 use crate::sealed_exec::SealedCopy;
+use crate::standby::MonitorPool;
 use crate::userns::{IdRanges, UserNs};
 use crate::{LaunchError, ProgressEvent, RuntimeError};
 
@@ -100,7 +100,8 @@ pub struct Runtime {
     /// re-executing itself from such a copy (see sealed_exec.rs). Made on first use.
     sealed_crun: std::sync::OnceLock<Option<SealedCopy>>,
     crun_root: PathBuf,
-    monitor: PathBuf,
+    /// Monitors started ahead of launches (see standby.rs).
+    monitors: Arc<MonitorPool>,
     host_ready: tokio::sync::OnceCell<()>,
 }
 
@@ -201,10 +202,10 @@ impl Runtime {
             images,
             network,
             pool,
+            monitors: Arc::new(MonitorPool::new(&monitor, &crun, config.standby_monitors)),
             crun,
             sealed_crun: std::sync::OnceLock::new(),
             crun_root: data_dir.join("runtime/crun"),
-            monitor,
             host_ready: tokio::sync::OnceCell::new(),
         }))
     }
@@ -241,11 +242,20 @@ impl Runtime {
 
     fn refill_pool(&self) {
         tokio::spawn(self.pool.clone().refill(self.network.clone()));
+        let monitors = self.monitors.clone();
+        tokio::spawn(async move { monitors.refill() });
     }
 
-    /// Removes the warm pool's namespaces and stops refilling it (at shutdown).
+    /// Removes the warm pool's namespaces, lets the standby monitors go and stops refilling
+    /// both (at shutdown).
     pub async fn drain_pool(&self) {
+        self.monitors.drain();
         self.pool.drain(&self.network).await;
+    }
+
+    /// Process ids of the monitors waiting for a sandbox (for tests).
+    pub fn standby_monitors(&self) -> Vec<u32> {
+        self.monitors.ready_pids()
     }
 
     /// Launches `spec` as sandbox `id` of `tenant` and returns once its process runs. On failure
@@ -590,55 +600,61 @@ impl Runtime {
         })
     }
 
-    /// Starts the sandbox's monitor and returns its handshake line. `keep_seccomp` asks it to
-    /// keep crun's compiled filter for the cache.
+    /// Hands the sandbox to a monitor (a standby one when one is ready) and returns its
+    /// handshake line. `keep_seccomp` asks it to keep crun's compiled filter for the cache.
     async fn spawn_monitor(
         &self,
         id: &str,
         dir: &Path,
         keep_seccomp: bool,
     ) -> Result<String, LaunchError> {
-        let args = MonitorArgs {
+        let assignment = Assignment {
             dir: dir.to_path_buf(),
-            crun: self.crun.clone(),
             crun_root: self.crun_root.clone(),
             id: id.to_string(),
             log_max: self.config.log_max_bytes,
             keep_seccomp,
         };
-        let monitor_log = std::fs::File::create(dir.join("monitor.log")).map_err(internal)?;
-        let mut child = tokio::process::Command::new(&self.monitor)
-            .args(args.to_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(monitor_log))
-            .spawn()
-            .map_err(|e| {
-                internal(format!(
-                    "cannot start the monitor {}: {e}",
-                    self.monitor.display()
-                ))
-            })?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| internal("monitor stdout missing"))?;
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(120),
-            tokio::io::BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
-        // The monitor lives on after the handshake; tokio reaps it if it exits while we run.
-        drop(child);
-        if !matches!(read, Ok(Ok(n)) if n > 0) {
+        let mut standby = true;
+        loop {
+            let mut child = self
+                .monitors
+                .assign(&assignment, standby)
+                .await
+                .map_err(internal)?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| internal("monitor stdout missing"))?;
+            let mut line = String::new();
+            let read = tokio::time::timeout(
+                Duration::from_secs(120),
+                tokio::io::BufReader::new(stdout).read_line(&mut line),
+            )
+            .await;
+            // The monitor lives on after the handshake; tokio reaps it if it exits while we run.
+            drop(child);
+            if matches!(read, Ok(Ok(n)) if n > 0) {
+                return Ok(line);
+            }
+            // A standby monitor that died before it took the sandbox up (it writes monitor.pid
+            // before it runs crun) started nothing: a fresh one gets the sandbox.
+            let gone = matches!(read, Ok(Ok(0)) | Ok(Err(_)));
+            if standby && gone && !dir.join("monitor.pid").exists() {
+                tracing::warn!(
+                    sandbox = id,
+                    "a standby monitor died before taking the sandbox; starting another"
+                );
+                standby = false;
+                continue;
+            }
             let why = std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
-            return Err(internal(format!(
-                "the monitor gave no answer: {}",
-                why.trim()
-            )));
+            let why = match why.trim() {
+                "" => "it exited without writing to monitor.log".to_string(),
+                why => why.to_string(),
+            };
+            return Err(internal(format!("the monitor gave no answer: {why}")));
         }
-        Ok(line)
     }
 
     /// Where the compiled seccomp filter is kept: keyed by the profile and the crun binary, so

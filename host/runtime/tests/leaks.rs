@@ -50,7 +50,10 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
         );
         ids.push(id);
     }
-    // The warm pool's namespaces are the runtime's, not a sandbox's; at shutdown they go too.
+    // The warm pool's namespaces and standby monitors are the runtime's, not a sandbox's; at
+    // shutdown they go too.
+    let standby = rt.standby_monitors();
+    assert!(!standby.is_empty(), "no standby monitor was ready");
     rt.drain_pool().await;
     // Host-wide views, restricted to what this test created (other tests may run beside it).
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -102,7 +105,18 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .filter(|c| String::from_utf8_lossy(c).contains(&dir))
         .count();
-    assert_eq!(procs, 0, "processes (monitors) left");
+    assert_eq!(procs, 0, "processes naming the data dir left");
+    let monitors = nimbus_runtime::orphans::monitors_under(data.path());
+    assert!(monitors.is_empty(), "sandbox monitors left: {monitors:?}");
+    // The standby monitors go once the pool is drained (they exit at end-of-file).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while standby.iter().any(|pid| monitor_alive(*pid)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "standby monitors {standby:?} still run after the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         std::fs::read_dir(data.path().join("runtime/sandboxes"))
             .unwrap()
@@ -124,6 +138,12 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
         0,
         "crun state left"
     );
+}
+
+/// True while `pid` runs as a monitor (not a zombie waiting to be reaped).
+fn monitor_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.contains(") Z ") && s.contains("(nimbus-monitor)"))
 }
 
 fn pool_namespaces(bridge: &str) -> usize {

@@ -607,3 +607,78 @@ async fn files_are_read_and_written_inside_the_sandbox_root_only() {
     assert!(matches!(rt.files(&id), Err(RuntimeError::NotFound(_))));
     assert!(rt.leftovers(id.as_str()).await.is_empty());
 }
+
+/// Standby monitors ready now, waiting up to 10 s for at least one.
+async fn standby_monitors(rt: &nimbus_runtime::Runtime) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = rt.standby_monitors();
+        if !ready.is_empty() {
+            return ready;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no standby monitor became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn monitor_of(data: &std::path::Path, id: &nimbus_core::names::SandboxId) -> u32 {
+    let path = data.join(format!("runtime/sandboxes/{id}/monitor.pid"));
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn launches_go_to_standby_monitors_and_to_a_fresh_one_when_the_standby_died() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(26, data.path(), |c| c.warm_pool = 1);
+    rt.warm_up().await.unwrap();
+    let image = format!("{}/tools/busybox:v1", reg.host);
+
+    let standby = standby_monitors(&rt).await;
+    let first = new_id();
+    rt.launch(&first, "demo", &spec(&image, &["echo", "one"]), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        monitor_of(data.path(), &first),
+        standby[0],
+        "the launch did not use the standby monitor"
+    );
+    wait_exited(&rt, &first, Duration::from_secs(30)).await;
+    assert_eq!(all_logs(&rt, &first).await, "one\n");
+
+    // The pool refills; a standby that dies before its launch is passed over.
+    let next = standby_monitors(&rt).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(next[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{}/stat", next[0]))
+        .is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(std::time::Instant::now() < deadline, "SIGKILL did not kill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = new_id();
+    rt.launch(&second, "demo", &spec(&image, &["echo", "two"]), |_| {})
+        .await
+        .unwrap();
+    assert_ne!(monitor_of(data.path(), &second), next[0]);
+    wait_exited(&rt, &second, Duration::from_secs(30)).await;
+    assert_eq!(all_logs(&rt, &second).await, "two\n");
+    for id in [&first, &second] {
+        rt.delete(id).await.unwrap();
+        assert!(rt.leftovers(id.as_str()).await.is_empty());
+    }
+}
