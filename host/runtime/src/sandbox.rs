@@ -13,7 +13,7 @@ use std::time::Duration;
 use nimbus_core::names::SandboxId;
 use nimbus_core::spec::{ImageSource, Root, SandboxBackend, SandboxSpec};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncBufReadExt;
 
 use crate::bundle::{build_spec, write_etc_files, BundleInput};
 use crate::config::{RuntimeConfig, UserNamespaces};
@@ -1286,40 +1286,69 @@ fn remove_cgroups(id: &str) {
 
 async fn stream_logs(dir: PathBuf, follow: bool, tx: tokio::sync::mpsc::Sender<Vec<u8>>) {
     // Older rotated output first.
-    if let Ok(old) = tokio::fs::read(dir.join("log.1")).await {
+    if let Ok(old) = std::fs::read(dir.join("log.1")) {
         if !old.is_empty() && tx.send(old).await.is_err() {
             return;
         }
     }
-    let path = dir.join("log");
-    let mut offset = 0u64;
-    let mut ino = None;
+    let mut log = LogTail::new(dir.join("log"));
     let mut watch = DirWatch::new(&dir);
     loop {
         let exited = dir.join("exit.json").exists() || !dir.exists();
-        if let Ok(mut f) = tokio::fs::File::open(&path).await {
-            let md = f.metadata().await.ok();
-            use std::os::unix::fs::MetadataExt;
-            let this_ino = md.as_ref().map(|m| m.ino());
-            // Rotated under us: the new file starts from zero.
-            if ino.is_some() && this_ino != ino {
-                offset = 0;
-            }
-            ino = this_ino;
-            if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
-                let mut buf = Vec::new();
-                if f.read_to_end(&mut buf).await.is_ok() && !buf.is_empty() {
-                    offset += buf.len() as u64;
-                    if tx.send(buf).await.is_err() {
-                        return;
-                    }
-                }
+        while let Some(chunk) = log.next_chunk() {
+            if tx.send(chunk).await.is_err() {
+                return;
             }
         }
         if !follow || exited {
             return;
         }
         watch.changed().await;
+    }
+}
+
+/// Reads what was appended to a sandbox's log since the last read, following its rotation.
+/// The reads are plain blocking ones on the async thread: they read a local file the monitor
+/// has just written, out of the page cache, in microseconds, while the four trips through the
+/// blocking pool that `tokio::fs` makes for open, stat, seek and read cost more than that on a
+/// busy host, and stood between a process's first output and its follower.
+struct LogTail {
+    path: PathBuf,
+    offset: u64,
+    ino: Option<u64>,
+}
+
+impl LogTail {
+    /// At most this much per chunk, so a long log is sent in pieces.
+    const CHUNK: u64 = 256 * 1024;
+
+    fn new(path: PathBuf) -> LogTail {
+        LogTail {
+            path,
+            offset: 0,
+            ino: None,
+        }
+    }
+
+    /// The next piece of new output, if there is any.
+    fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        use std::io::{Read as _, Seek as _};
+        use std::os::unix::fs::MetadataExt;
+        let mut f = std::fs::File::open(&self.path).ok()?;
+        let ino = f.metadata().ok().map(|m| m.ino());
+        // Rotated under us: the new file starts from zero.
+        if self.ino.is_some() && ino != self.ino {
+            self.offset = 0;
+        }
+        self.ino = ino;
+        f.seek(std::io::SeekFrom::Start(self.offset)).ok()?;
+        let mut buf = Vec::new();
+        f.take(Self::CHUNK).read_to_end(&mut buf).ok()?;
+        if buf.is_empty() {
+            return None;
+        }
+        self.offset += buf.len() as u64;
+        Some(buf)
     }
 }
 
@@ -1375,5 +1404,36 @@ impl DirWatch {
             while fd.get_ref().0.read_events().is_ok_and(|e| !e.is_empty()) {}
             ready.clear_ready();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn a_log_tail_reads_appends_in_bounded_chunks_and_follows_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("log");
+        let mut tail = LogTail::new(path.clone());
+        assert_eq!(tail.next_chunk(), None, "no log yet");
+        let big = vec![b'a'; LogTail::CHUNK as usize + 10];
+        std::fs::write(&path, &big).unwrap();
+        assert_eq!(tail.next_chunk().unwrap().len(), LogTail::CHUNK as usize);
+        assert_eq!(tail.next_chunk().unwrap(), vec![b'a'; 10]);
+        assert_eq!(tail.next_chunk(), None);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        assert_eq!(tail.next_chunk().unwrap(), b"more");
+        // Rotation: the log moves to log.1 and a new one starts.
+        std::fs::rename(&path, d.path().join("log.1")).unwrap();
+        std::fs::write(&path, b"fresh").unwrap();
+        assert_eq!(tail.next_chunk().unwrap(), b"fresh");
+        assert_eq!(tail.next_chunk(), None);
     }
 }
