@@ -25,6 +25,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Median over rounds of `a[i] / b[i]`: each round runs every path back to back, so a ratio
+/// within a round cancels the VM's drift between rounds, which a ratio of medians does not.
+fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    let mut r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64().max(1e-9))
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r[r.len() / 2]
+}
+
 fn pct(v: &[Duration], p: f64) -> Duration {
     let mut v = v.to_vec();
     v.sort();
@@ -417,6 +429,8 @@ fn main() {
             println!("podman: could not pull {image} into a private store; podman column skipped");
         }
 
+        let paired = |a: &[Duration]| (paired_ratio(a, &crun), paired_ratio(a, &crun_hardened));
+        let (api_paired, launch_paired) = ((!api.is_empty()).then(|| paired(&api)), paired(&nimbus));
         let n = median(nimbus);
         let l = median(launch_only);
         let c = median(crun);
@@ -431,7 +445,7 @@ fn main() {
                 nimbus_runtime::doctor::CgroupMigrations::Unavailable => "no favordynmods on this kernel",
             }
         );
-        let api_median = (!api.is_empty()).then(|| median(api));
+        let api_median = (!api.is_empty()).then(|| median(api.clone()));
         if let Some(a) = api_median {
             println!("  nimbus API      {:>8.1} ms   (POST the sandbox, follow its logs)", a.as_secs_f64() * 1e3);
         }
@@ -469,6 +483,14 @@ fn main() {
             "  ratio launch/crun     {:.2}x; against the hardened bundle {:.2}x",
             n.as_secs_f64() / c.as_secs_f64(),
             n.as_secs_f64() / h.as_secs_f64()
+        );
+        println!("  median of per-round ratios (paths of one round run back to back):");
+        if let Some((d, hd)) = api_paired {
+            println!("    API/crun      {d:.2}x; against the hardened bundle {hd:.2}x");
+        }
+        println!(
+            "    launch/crun   {:.2}x; against the hardened bundle {:.2}x",
+            launch_paired.0, launch_paired.1
         );
 
         if let Some((wall, each)) = api_burst {
