@@ -151,6 +151,11 @@ impl Prepared {
                 "setsid failed ({e}); staying in the server's session"
             ));
         }
+        // Until assigned, a monitor works in `/`: the directory it was started in may be
+        // anything, and an assigned monitor's working directory names its sandbox.
+        if let Err(e) = std::env::set_current_dir("/") {
+            warnings.push(format!("cannot enter /: {e}"));
+        }
         let unfit = nix::sys::prctl::set_child_subreaper(true)
             .err()
             .map(|e| format!("cannot become child subreaper: {e}"));
