@@ -7,8 +7,8 @@
 #
 # Two measures per run: requests/s under wrk, and the server's own CPU time per request (user +
 # system, from /proc/<pid>/stat). On a shared machine requests/s moves with whatever else runs;
-# CPU time per request is the steadier one. ROUNDS (default 3) alternates native and plugin runs
-# and prints the median of each. Needs `wrk` (apt-get install wrk) and a release build.
+# CPU time per request is the steadier one. ROUNDS (default 3) alternates allow-all, native and
+# plugin runs and prints the median of each, and the median of the per-round ratios. Needs `wrk` (apt-get install wrk) and a release build.
 #
 # CALLGRIND=1 instead runs each server under `valgrind --tool=callgrind` and counts the
 # instructions the whole server executes per request over REQUESTS (default 1000) sequential
@@ -132,4 +132,12 @@ print(f"  authorized natively (grant rules in Rust)      {n_rps:8.0f}   {n_cpu:8
 print(f"  allowed without a policy (native allow-all)    {a_rps:8.0f}   {a_cpu:8.1f}")
 print(f"cost of the plugin per request against allow-all: {a_rps / p_rps:.3f}x by req/s, {p_cpu / a_cpu:.3f}x by server CPU (target < 1.10x)")
 print(f"against the native rules: {n_rps / p_rps:.3f}x by req/s, {p_cpu / n_cpu:.3f}x by server CPU")
+# The three runs of a round follow each other, so a ratio within a round cancels the machine's
+# drift between rounds, which a ratio of medians does not.
+kinds = [r[0] for r in rows]
+rounds = [rows[i:i + 3] for i in range(0, len(rows) - 2, 3) if kinds[i:i + 3] == ["allow", "native", "plugin"]]
+if rounds:
+    by_rps = statistics.median(float(a[1]) / float(p[1]) for a, _, p in rounds)
+    by_cpu = statistics.median(float(p[2]) / float(a[2]) for a, _, p in rounds)
+    print(f"median of per-round ratios, plugin against allow-all: {by_rps:.3f}x by req/s, {by_cpu:.3f}x by server CPU")
 PY
