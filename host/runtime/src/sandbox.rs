@@ -498,77 +498,37 @@ impl Runtime {
             }
             return Err(e);
         }
-        match &prepared {
+        let (transferred, bundle) = match &prepared {
             Some(p) => {
-                if let Err(e) = self.network.transfer_lease(&net, &p.token, id) {
-                    // What is still the pool's goes back now; the failed launch's cleanup
-                    // removes the namespace and gives back what is already the sandbox's.
-                    self.network
-                        .release(&net, &format!("{}{}", crate::network::POOL_OWNER, p.token));
-                    return Err(internal(e));
-                }
+                // The leases change hands on another thread while the bundle is prepared on
+                // this one: each is a handful of metadata writes, slow ones on some hosts.
+                std::thread::scope(|scope| {
+                    let transfer = scope.spawn(|| self.network.transfer_lease(&net, &p.token, id));
+                    let bundle = self.prepare_bundle(id, spec, dir, &lower, &image, &net);
+                    let transferred = transfer
+                        .join()
+                        .unwrap_or_else(|_| Err("the lease transfer panicked".to_string()));
+                    (transferred, bundle)
+                })
             }
             None => {
                 self.network.create_netns(&net).await.map_err(internal)?;
                 self.network.link(&net).await.map_err(internal)?;
+                (
+                    Ok(()),
+                    self.prepare_bundle(id, spec, dir, &lower, &image, &net),
+                )
             }
+        };
+        if let (Err(e), Some(p)) = (transferred, &prepared) {
+            // What is still the pool's goes back now; the failed launch's cleanup removes the
+            // namespace and gives back what is already the sandbox's.
+            self.network
+                .release(&net, &format!("{}{}", crate::network::POOL_OWNER, p.token));
+            return Err(internal(e));
         }
-        phase("netns");
-
-        // Root filesystem: the image layers (top first) under the sandbox's own upper dir.
-        let rootfs = rootfs_dir(id);
-        std::fs::create_dir_all(dir.join("bundle")).map_err(internal)?;
-        // A `rootfs` root is the caller's directory: a filesystem that cannot be idmapped is
-        // theirs to change, so that failure names `root.path`.
-        let root_field = matches!(spec.root, Root::Rootfs { .. }).then_some("root.path");
-        mount_root(dir, &rootfs, &lower, net.user.as_ref(), root_field)?;
-        phase("rootfs");
-
-        // OCI config.
-        let hostname: String = id.chars().take(30).collect();
-        write_etc_files(&dir.join("etc"), &hostname, address).map_err(internal)?;
-        if let Some(user) = &net.user {
-            // Root-owned, they would show as `nobody` inside; they are bound read-only anyway.
-            chown_to(
-                user,
-                0,
-                &[
-                    &dir.join("etc/hosts"),
-                    &dir.join("etc/hostname"),
-                    &dir.join("etc/resolv.conf"),
-                ],
-            )?;
-        }
-        let oci = build_spec(&BundleInput {
-            id,
-            rootfs: &rootfs,
-            image: &image,
-            process: &spec.process,
-            resources: &spec.resources,
-            netns_path: &net.netns_path,
-            user: net.user.as_ref(),
-            etc_dir: &dir.join("etc"),
-            default_memory_mb: self.config.default_memory_mb,
-            default_pids: self.config.default_pids,
-            nofile: self.config.nofile,
-        })
-        .map_err(|p| LaunchError::BadSpec {
-            field: p.field.into(),
-            reason: p.reason,
-        })?;
-        let mut oci = oci;
-        let cached_bpf = self.cached_seccomp_bpf();
-        if let Some(b64) = &cached_bpf {
-            // crun compiles linux.seccomp with libseccomp on every create (about 30 ms for
-            // this profile); the same filter compiled once is handed over pre-built. The
-            // readable profile stays in config.json.
-            let mut ann = std::collections::HashMap::new();
-            ann.insert("run.oci.seccomp_bpf_data".to_string(), b64.clone());
-            oci.set_annotations(Some(ann));
-        }
-        let json = serde_json::to_vec_pretty(&oci).map_err(internal)?;
-        std::fs::write(dir.join("bundle/config.json"), json).map_err(internal)?;
-        phase("config");
+        let cached_bpf = bundle?;
+        phase("bundle");
 
         // The monitor runs the container and reports its pid (or why it could not). Until the
         // sandbox's rules are in, the namespace's traffic is dropped entirely (it has no
@@ -617,6 +577,73 @@ impl Runtime {
                 ports: meta.ports,
             },
         })
+    }
+
+    /// The sandbox's root filesystem (the image layers, top first, under its own upper dir),
+    /// its /etc files and its OCI config; returns the cached seccomp filter handed to crun,
+    /// if there is one.
+    fn prepare_bundle(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+        dir: &Path,
+        lower: &[PathBuf],
+        image: &ContainerConfig,
+        net: &SandboxNet,
+    ) -> Result<Option<String>, LaunchError> {
+        // Root filesystem: the image layers (top first) under the sandbox's own upper dir.
+        let rootfs = rootfs_dir(id);
+        std::fs::create_dir_all(dir.join("bundle")).map_err(internal)?;
+        // A `rootfs` root is the caller's directory: a filesystem that cannot be idmapped is
+        // theirs to change, so that failure names `root.path`.
+        let root_field = matches!(spec.root, Root::Rootfs { .. }).then_some("root.path");
+        mount_root(dir, &rootfs, lower, net.user.as_ref(), root_field)?;
+
+        // OCI config.
+        let hostname: String = id.chars().take(30).collect();
+        write_etc_files(&dir.join("etc"), &hostname, net.address).map_err(internal)?;
+        if let Some(user) = &net.user {
+            // Root-owned, they would show as `nobody` inside; they are bound read-only anyway.
+            chown_to(
+                user,
+                0,
+                &[
+                    &dir.join("etc/hosts"),
+                    &dir.join("etc/hostname"),
+                    &dir.join("etc/resolv.conf"),
+                ],
+            )?;
+        }
+        let oci = build_spec(&BundleInput {
+            id,
+            rootfs: &rootfs,
+            image,
+            process: &spec.process,
+            resources: &spec.resources,
+            netns_path: &net.netns_path,
+            user: net.user.as_ref(),
+            etc_dir: &dir.join("etc"),
+            default_memory_mb: self.config.default_memory_mb,
+            default_pids: self.config.default_pids,
+            nofile: self.config.nofile,
+        })
+        .map_err(|p| LaunchError::BadSpec {
+            field: p.field.into(),
+            reason: p.reason,
+        })?;
+        let mut oci = oci;
+        let cached_bpf = self.cached_seccomp_bpf();
+        if let Some(b64) = &cached_bpf {
+            // crun compiles linux.seccomp with libseccomp on every create (about 30 ms for
+            // this profile); the same filter compiled once is handed over pre-built. The
+            // readable profile stays in config.json.
+            let mut ann = std::collections::HashMap::new();
+            ann.insert("run.oci.seccomp_bpf_data".to_string(), b64.clone());
+            oci.set_annotations(Some(ann));
+        }
+        let json = serde_json::to_vec_pretty(&oci).map_err(internal)?;
+        std::fs::write(dir.join("bundle/config.json"), json).map_err(internal)?;
+        Ok(cached_bpf)
     }
 
     /// Hands the sandbox to a monitor (a standby one when one is ready) and returns its
