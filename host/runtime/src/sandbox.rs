@@ -591,15 +591,35 @@ impl Runtime {
         image: &ContainerConfig,
         net: &SandboxNet,
     ) -> Result<Option<String>, LaunchError> {
-        // Root filesystem: the image layers (top first) under the sandbox's own upper dir.
+        // Root filesystem: the image layers (top first) under the sandbox's own upper dir,
+        // mounted on another thread while the /etc files and the config are written here.
         let rootfs = rootfs_dir(id);
-        std::fs::create_dir_all(dir.join("bundle")).map_err(internal)?;
         // A `rootfs` root is the caller's directory: a filesystem that cannot be idmapped is
         // theirs to change, so that failure names `root.path`.
         let root_field = matches!(spec.root, Root::Rootfs { .. }).then_some("root.path");
-        mount_root(dir, &rootfs, lower, net.user.as_ref(), root_field)?;
+        std::thread::scope(|scope| {
+            let mounted =
+                scope.spawn(|| mount_root(dir, &rootfs, lower, net.user.as_ref(), root_field));
+            let configured = self.write_config(id, spec, dir, &rootfs, image, net);
+            let mounted = mounted
+                .join()
+                .unwrap_or_else(|_| Err(internal("mounting the root filesystem panicked")));
+            mounted.and(configured)
+        })
+    }
 
-        // OCI config.
+    /// The sandbox's /etc files and its OCI config (`bundle/config.json`); returns the cached
+    /// seccomp filter handed to crun, if there is one.
+    fn write_config(
+        &self,
+        id: &str,
+        spec: &SandboxSpec,
+        dir: &Path,
+        rootfs: &Path,
+        image: &ContainerConfig,
+        net: &SandboxNet,
+    ) -> Result<Option<String>, LaunchError> {
+        std::fs::create_dir_all(dir.join("bundle")).map_err(internal)?;
         let hostname: String = id.chars().take(30).collect();
         write_etc_files(&dir.join("etc"), &hostname, net.address).map_err(internal)?;
         if let Some(user) = &net.user {
@@ -616,7 +636,7 @@ impl Runtime {
         }
         let oci = build_spec(&BundleInput {
             id,
-            rootfs: &rootfs,
+            rootfs,
             image,
             process: &spec.process,
             resources: &spec.resources,
