@@ -353,6 +353,66 @@ async fn sigkill_of_the_server_leaves_sandboxes_running_and_the_restarted_server
     delete_all(&s, &[&long, &short]).await;
 }
 
+/// Rewrites a sandbox's record to `pending` in the server's database (the server must be down):
+/// what the record says when the server is killed after the launch started the process but
+/// before the launch's `creating` write committed.
+fn rewrite_to_pending(s: &Server, id: &str) {
+    let script = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+(doc,) = db.execute("SELECT doc FROM sandboxes WHERE id = ?", (sys.argv[2],)).fetchone()
+doc = json.loads(doc)
+status = doc["status"]
+key = "lifecycleState" if "lifecycleState" in status else "lifecycle_state"
+assert status[key] == "ready", status
+status[key] = "pending"
+db.execute("UPDATE sandboxes SET state = 'pending', doc = ? WHERE id = ?", (json.dumps(doc), sys.argv[2]))
+db.commit()
+"#;
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(s.data_dir().join("nimbus.db"))
+        .arg(id));
+}
+
+#[tokio::test]
+async fn a_sandbox_started_before_its_launch_recorded_creating_is_started_afresh_after_a_crash() {
+    let reg = registry_with_busybox();
+    let mut s = Server::start().await;
+    let image = format!("{}/e2e/busybox:v1", reg.host);
+    let id = create(
+        &s,
+        sandbox(&image, &["sh", "-c", "echo up; exec sleep 600"]),
+    )
+    .await;
+    wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
+    let monitor_pid = |s: &Server| {
+        std::fs::read_to_string(
+            s.data_dir()
+                .join(format!("runtime/sandboxes/{id}/monitor.pid")),
+        )
+        .unwrap_or_default()
+    };
+    let first = monitor_pid(&s);
+    assert!(!first.is_empty());
+    s.kill9();
+    rewrite_to_pending(&s, &id);
+    s.restart().await;
+    // Cleared and launched again, not failed as "already exists" beside a process nobody
+    // records.
+    let v = wait_state(&s, &id, &["ready", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(v["status"]["lifecycleState"], "ready", "{v}\n{}", s.log());
+    let second = monitor_pid(&s);
+    assert!(
+        !second.is_empty() && second != first,
+        "{first} then {second}"
+    );
+    assert_eq!(count_monitors(&s), 1, "the first launch's monitor is gone");
+    assert_eq!(logs(&s, &id).await, "up\n");
+    delete_all(&s, &[&id]).await;
+}
+
 /// Monitors of this server's data dir that are alive.
 fn count_monitors(s: &Server) -> usize {
     nimbus_runtime::orphans::monitors_under(&s.data_dir()).len()

@@ -96,7 +96,16 @@ impl SandboxController {
         for r in records {
             let tenant = r.meta.tenant_id.clone();
             match (r.status.lifecycle_state, self.runtime.observe(&r.id)) {
-                (SandboxState::Pending, _) => {
+                (SandboxState::Pending, observed) => {
+                    // A launch starts its process once the record is committed and records
+                    // `creating` alongside, so a restart can find a pending sandbox with host
+                    // state, even a running process: it is cut off like a `creating` one below.
+                    if observed != Observed::Missing {
+                        tracing::info!(sandbox = %r.id, "clearing a launch cut off before it recorded `creating`");
+                        if let Err(e) = self.runtime.delete(&r.id).await {
+                            tracing::warn!(sandbox = %r.id, error = %e, "could not clear an interrupted launch");
+                        }
+                    }
                     tokio::spawn(self.clone().launch_task(
                         tenant,
                         r.id.clone(),
