@@ -482,9 +482,9 @@ mod tests {
     }
 
     #[test]
-    fn an_assignment_is_one_json_line() {
+    fn an_assignment_is_one_json_line_whatever_its_paths_hold() {
         let a = Assignment {
-            dir: "/d".into(),
+            dir: "/d\nwith a newline".into(),
             crun_root: "/r".into(),
             id: "sbx_1".into(),
             log_max: 1024,

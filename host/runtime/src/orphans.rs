@@ -62,6 +62,8 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
 /// Sandbox monitors (pid, state dir) whose sandbox's state dir is, or was, under `root`.
 /// Standby monitors, which have no sandbox yet, are not among them.
 pub fn monitors_under(root: &Path) -> Vec<(i32, PathBuf)> {
+    // A monitor's working directory reads with symlinks resolved.
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -78,7 +80,7 @@ pub fn monitors_under(root: &Path) -> Vec<(i32, PathBuf)> {
                 return None;
             }
             let dir = monitor_dir(pid, &args)?;
-            dir.starts_with(root).then_some((pid, dir))
+            dir.starts_with(&root).then_some((pid, dir))
         })
         .collect()
 }

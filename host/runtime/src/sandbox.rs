@@ -151,6 +151,10 @@ impl Runtime {
     /// Opens (creating if needed) the runtime's state under `<data_dir>/runtime`. Does not touch
     /// the host network until the first launch; call [`Runtime::preflight`] to check the host.
     pub fn open(data_dir: &Path, config: &RuntimeConfig) -> Result<Arc<Runtime>, String> {
+        // Monitors work in their sandbox's dir and crun in theirs: every path handed to them
+        // must be absolute.
+        let data_dir = &std::path::absolute(data_dir)
+            .map_err(|e| format!("cannot resolve {}: {e}", data_dir.display()))?;
         let root = data_dir.join("runtime");
         for d in ["sandboxes", "crun", "net"] {
             std::fs::create_dir_all(root.join(d))
@@ -198,13 +202,19 @@ impl Runtime {
                 tracing::info!("runtime.fix_cgroups: {done}");
             }
         }
+        let monitors = Arc::new(MonitorPool::new(
+            &monitor,
+            &crun,
+            &root.join("monitors.log"),
+            config.standby_monitors,
+        ));
         Ok(Arc::new(Runtime {
             root,
             config: config.clone(),
             images,
             network,
             pool,
-            monitors: Arc::new(MonitorPool::new(&monitor, &crun, config.standby_monitors)),
+            monitors,
             preflight_passed: std::sync::Mutex::new(None),
             crun,
             sealed_crun: std::sync::OnceLock::new(),
@@ -683,11 +693,12 @@ impl Runtime {
         };
         let mut standby = true;
         loop {
-            let mut child = self
+            let assigned = self
                 .monitors
                 .assign(&assignment, standby)
                 .await
                 .map_err(internal)?;
+            let mut child = assigned.child;
             let stdout = child
                 .stdout
                 .take()
@@ -698,15 +709,17 @@ impl Runtime {
                 tokio::io::BufReader::new(stdout).read_line(&mut line),
             )
             .await;
-            // The monitor lives on after the handshake; tokio reaps it if it exits while we run.
-            drop(child);
             if matches!(read, Ok(Ok(n)) if n > 0) {
+                // The monitor lives on after the handshake; tokio reaps it when it exits.
                 return Ok(line);
             }
-            // A standby monitor that died before it took the sandbox up (it writes monitor.pid
-            // before it runs crun) started nothing: a fresh one gets the sandbox.
-            let gone = matches!(read, Ok(Ok(0)) | Ok(Err(_)));
-            if standby && gone && !dir.join("monitor.pid").exists() {
+            // No answer: make sure this monitor is gone before anything else happens.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            // A standby monitor that died before it took the sandbox up (it writes
+            // monitor.pid before it runs crun) started nothing: a fresh one gets the sandbox.
+            let died = matches!(read, Ok(Ok(0)));
+            if assigned.was_standby && died && !dir.join("monitor.pid").exists() {
                 tracing::warn!(
                     sandbox = id,
                     "a standby monitor died before taking the sandbox; starting another"
@@ -716,7 +729,10 @@ impl Runtime {
             }
             let why = std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
             let why = match why.trim() {
-                "" => "it exited without writing to monitor.log".to_string(),
+                "" => format!(
+                    "it wrote nothing to monitor.log; what monitors say before they have a sandbox is in {}",
+                    self.monitors.early_log().display()
+                ),
                 why => why.to_string(),
             };
             return Err(internal(format!("the monitor gave no answer: {why}")));
@@ -1351,8 +1367,9 @@ fn remove_cgroups(id: &str) {
 }
 
 async fn stream_logs(dir: PathBuf, follow: bool, tx: tokio::sync::mpsc::Sender<Vec<u8>>) {
-    // Older rotated output first.
-    if let Ok(old) = std::fs::read(dir.join("log.1")) {
+    // Older rotated output first (up to half the log cap: read off the async threads).
+    let rotated = dir.join("log.1");
+    if let Ok(Ok(old)) = tokio::task::spawn_blocking(move || std::fs::read(rotated)).await {
         if !old.is_empty() && tx.send(old).await.is_err() {
             return;
         }
@@ -1380,8 +1397,9 @@ async fn stream_logs(dir: PathBuf, follow: bool, tx: tokio::sync::mpsc::Sender<V
 /// busy host, and stood between a process's first output and its follower.
 struct LogTail {
     path: PathBuf,
-    offset: u64,
-    ino: Option<u64>,
+    /// The log being read, kept open: when the monitor rotates it (renames it to `log.1` and
+    /// starts a new `log`), the rest of the old one is still read through this handle.
+    file: Option<std::fs::File>,
 }
 
 impl LogTail {
@@ -1389,32 +1407,31 @@ impl LogTail {
     const CHUNK: u64 = 256 * 1024;
 
     fn new(path: PathBuf) -> LogTail {
-        LogTail {
-            path,
-            offset: 0,
-            ino: None,
-        }
+        LogTail { path, file: None }
     }
 
     /// The next piece of new output, if there is any.
     fn next_chunk(&mut self) -> Option<Vec<u8>> {
-        use std::io::{Read as _, Seek as _};
+        use std::io::Read as _;
         use std::os::unix::fs::MetadataExt;
-        let mut f = std::fs::File::open(&self.path).ok()?;
-        let ino = f.metadata().ok().map(|m| m.ino());
-        // Rotated under us: the new file starts from zero.
-        if self.ino.is_some() && ino != self.ino {
-            self.offset = 0;
+        loop {
+            if self.file.is_none() {
+                self.file = Some(std::fs::File::open(&self.path).ok()?);
+            }
+            let file = self.file.as_mut()?;
+            let mut buf = Vec::new();
+            file.by_ref().take(Self::CHUNK).read_to_end(&mut buf).ok()?;
+            if !buf.is_empty() {
+                return Some(buf);
+            }
+            // At the end of this file: if `log` is now another file, it was rotated, and
+            // reading goes on from the start of the new one.
+            let current = std::fs::metadata(&self.path).ok()?.ino();
+            if file.metadata().ok()?.ino() == current {
+                return None;
+            }
+            self.file = None;
         }
-        self.ino = ino;
-        f.seek(std::io::SeekFrom::Start(self.offset)).ok()?;
-        let mut buf = Vec::new();
-        f.take(Self::CHUNK).read_to_end(&mut buf).ok()?;
-        if buf.is_empty() {
-            return None;
-        }
-        self.offset += buf.len() as u64;
-        Some(buf)
     }
 }
 
@@ -1500,6 +1517,15 @@ mod tests {
         std::fs::rename(&path, d.path().join("log.1")).unwrap();
         std::fs::write(&path, b"fresh").unwrap();
         assert_eq!(tail.next_chunk().unwrap(), b"fresh");
+        assert_eq!(tail.next_chunk(), None);
+        // Rotated while a follower is partway through: it reads the rest of the old log first.
+        std::fs::write(&path, &big).unwrap();
+        let mut tail = LogTail::new(path.clone());
+        assert_eq!(tail.next_chunk().unwrap().len(), LogTail::CHUNK as usize);
+        std::fs::rename(&path, d.path().join("log.1")).unwrap();
+        std::fs::write(&path, b"after").unwrap();
+        assert_eq!(tail.next_chunk().unwrap(), vec![b'a'; 10]);
+        assert_eq!(tail.next_chunk().unwrap(), b"after");
         assert_eq!(tail.next_chunk(), None);
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use tokio::io::AsyncWriteExt;
@@ -22,31 +22,53 @@ use crate::monitor::{command_line, Assignment};
 pub struct MonitorPool {
     exe: PathBuf,
     crun: PathBuf,
+    /// Where monitors write until they have a sandbox (then it is its `monitor.log`): what a
+    /// monitor says before it is assigned, e.g. that it could not start, is kept here.
+    early_log: PathBuf,
     size: usize,
     ready: Mutex<VecDeque<Child>>,
+    /// Monitors being started by refills, counted so concurrent refills never overshoot.
+    starting: AtomicUsize,
     /// Set by `drain`: no more standby monitors are started.
     closed: AtomicBool,
 }
 
+/// A monitor handed a sandbox.
+pub struct Assigned {
+    pub child: Child,
+    /// Whether it was a standby one (started before this launch).
+    pub was_standby: bool,
+}
+
 impl MonitorPool {
-    pub fn new(exe: &Path, crun: &Path, size: usize) -> MonitorPool {
+    pub fn new(exe: &Path, crun: &Path, early_log: &Path, size: usize) -> MonitorPool {
         MonitorPool {
             exe: exe.to_path_buf(),
             crun: crun.to_path_buf(),
+            early_log: early_log.to_path_buf(),
             size,
             ready: Mutex::new(VecDeque::new()),
+            starting: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         }
     }
 
-    /// Starts a monitor waiting for its assignment. Its stderr is discarded until it has a
-    /// sandbox (then it is that sandbox's `monitor.log`).
+    /// Where monitors write before they have a sandbox.
+    pub fn early_log(&self) -> &Path {
+        &self.early_log
+    }
+
+    /// Starts a monitor waiting for its assignment.
     fn start(&self) -> std::io::Result<Child> {
+        let early_log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.early_log)?;
         Command::new(&self.exe)
             .args(command_line(&self.crun))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(early_log)
             .spawn()
             .map_err(|e| {
                 std::io::Error::new(
@@ -56,21 +78,33 @@ impl MonitorPool {
             })
     }
 
-    /// Starts standby monitors until `size` are ready. Call from within the async runtime.
+    /// Starts standby monitors until `size` are ready (dropping any that died meanwhile).
+    /// Call from within the async runtime.
     pub fn refill(&self) {
         loop {
             if self.closed.load(Ordering::SeqCst) {
                 return;
             }
-            if self.ready.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.size {
+            let ready = {
+                let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+                ready.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+                ready.len()
+            };
+            let starting = self.starting.fetch_add(1, Ordering::SeqCst);
+            if ready + starting >= self.size {
+                self.starting.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
-            match self.start() {
-                Ok(child) => self
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(child),
+            let started = self.start();
+            self.starting.fetch_sub(1, Ordering::SeqCst);
+            match started {
+                Ok(child) => {
+                    let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+                    // Drained while it started: it is let go like the others.
+                    if !self.closed.load(Ordering::SeqCst) {
+                        ready.push_back(child);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("no standby monitor: {e}");
                     return;
@@ -92,24 +126,35 @@ impl MonitorPool {
 
     /// Hands `assignment` to a monitor, a standby one if one is ready and `standby` allows it,
     /// and returns it (its stdout carries the handshake).
-    pub async fn assign(&self, assignment: &Assignment, standby: bool) -> std::io::Result<Child> {
+    pub async fn assign(
+        &self,
+        assignment: &Assignment,
+        standby: bool,
+    ) -> std::io::Result<Assigned> {
         let mut line = serde_json::to_vec(assignment)?;
         line.push(b'\n');
         if let Some(mut child) = standby.then(|| self.take_ready()).flatten() {
             // It can still have died since: then a fresh one gets the sandbox.
             if tell(&mut child, &line).await.is_ok() {
-                return Ok(child);
+                return Ok(Assigned {
+                    child,
+                    was_standby: true,
+                });
             }
         }
         let mut child = self.start()?;
         tell(&mut child, &line).await?;
-        Ok(child)
+        Ok(Assigned {
+            child,
+            was_standby: false,
+        })
     }
 
     /// Lets every standby monitor go (they exit at end-of-file) and starts no more.
     pub fn drain(&self) {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         self.closed.store(true, Ordering::SeqCst);
-        self.ready.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        ready.clear();
     }
 
     /// Standby monitors ready now (for tests).

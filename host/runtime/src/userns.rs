@@ -107,6 +107,30 @@ pub fn create(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Strin
     made
 }
 
+/// Closes every descriptor from 3 up except `a` and `b`. Async-signal-safe (only system
+/// calls), for a forked child of a multithreaded process.
+///
+/// # Safety
+/// Must only run in a child that does not use any other descriptor afterwards.
+unsafe fn close_all_but(a: i32, b: i32) {
+    let (lo, hi) = (a.min(b) as u32, a.max(b) as u32);
+    for (first, last) in [
+        (3, lo.wrapping_sub(1)),
+        (lo + 1, hi.wrapping_sub(1)),
+        (hi + 1, u32::MAX),
+    ] {
+        if first > last {
+            continue;
+        }
+        if libc::syscall(libc::SYS_close_range, first, last, 0) != 0 {
+            // Kernels before 5.9: one by one, up to a bound far above what the server uses.
+            for fd in first..=last.min(65535) {
+                libc::close(fd as i32);
+            }
+        }
+    }
+}
+
 fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), String> {
     let flags = libc::CLONE_NEWNET | user.map_or(0, |_| libc::CLONE_NEWUSER);
     // unshare(CLONE_NEWUSER) is refused to a multithreaded process, so a forked child (single
@@ -123,6 +147,11 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
     if pid == 0 {
         // SAFETY: plain system calls on fds this process owns; no allocation, no locks.
         unsafe {
+            // Only its own two pipe ends stay open: with the server's other descriptors (the
+            // other ends of these pipes, other launches' pipes, the standby monitors' stdin) a
+            // child orphaned by a killed server would never see end-of-file and would keep
+            // those monitors waiting for ever.
+            close_all_but(ready_w.as_raw_fd(), go_r.as_raw_fd());
             // 0, or the errno of the failure (all of unshare's fit in a byte).
             let status = if libc::unshare(flags) == 0 {
                 0u8

@@ -634,12 +634,15 @@ fn monitor_of(data: &std::path::Path, id: &nimbus_core::names::SandboxId) -> u32
 }
 
 #[tokio::test]
-async fn launches_go_to_standby_monitors_and_to_a_fresh_one_when_the_standby_died() {
+async fn launches_go_to_standby_monitors_and_pass_over_one_that_died() {
     require_host();
     let reg = Registry::start(None);
     reg.push_busybox("tools/busybox", "v1").await;
     let data = tempfile::tempdir().unwrap();
-    let rt = runtime(26, data.path(), |c| c.warm_pool = 1);
+    let rt = runtime(26, data.path(), |c| {
+        c.warm_pool = 1;
+        c.standby_monitors = 1;
+    });
     rt.warm_up().await.unwrap();
     let image = format!("{}/tools/busybox:v1", reg.host);
 
@@ -656,8 +659,10 @@ async fn launches_go_to_standby_monitors_and_to_a_fresh_one_when_the_standby_die
     wait_exited(&rt, &first, Duration::from_secs(30)).await;
     assert_eq!(all_logs(&rt, &first).await, "one\n");
 
-    // The pool refills; a standby that dies before its launch is passed over.
+    // The pool refills; a standby that dies before its launch is passed over, and with no
+    // other one ready the launch starts its own monitor.
     let next = standby_monitors(&rt).await;
+    assert_eq!(next.len(), 1, "{next:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(next[0] as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -681,4 +686,35 @@ async fn launches_go_to_standby_monitors_and_to_a_fresh_one_when_the_standby_die
         rt.delete(id).await.unwrap();
         assert!(rt.leftovers(id.as_str()).await.is_empty());
     }
+}
+
+#[tokio::test]
+async fn a_relative_data_dir_works_like_its_absolute_path() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    // The same directory, relative to this test's working directory.
+    let cwd = std::env::current_dir().unwrap();
+    let relative: std::path::PathBuf = cwd
+        .components()
+        .skip(1)
+        .map(|_| "..")
+        .collect::<std::path::PathBuf>()
+        .join(data.path().strip_prefix("/").unwrap());
+    assert!(relative.is_relative());
+    let rt = runtime(28, &relative, |_| {});
+    let (observed, output) = run_to_end(
+        &rt,
+        &spec(&format!("{}/tools/busybox:v1", reg.host), &["echo", "rel"]),
+    )
+    .await;
+    assert_eq!(
+        observed,
+        Observed::Exited {
+            code: 0,
+            reason: ExitReason::Exited
+        }
+    );
+    assert_eq!(output, "rel\n");
 }
