@@ -40,6 +40,63 @@ impl Drop for Registry {
 
 /// A registry on loopback holding `e2e/busybox:v1`, built from busybox-static with umoci and
 /// pushed with skopeo.
+/// Builds a busybox image (plus `extra_bytes` of random data in /payload) in `work` and pushes
+/// it to the registry at `host` as `repo` (`name:tag`).
+fn push_busybox_image(host: &str, work: &Path, repo: &str, extra_bytes: usize) {
+    let layout = work.join(format!("layout-{}", repo.replace(['/', ':'], "-")));
+    let bundle = work.join(format!("bundle-{}", repo.replace(['/', ':'], "-")));
+    let image = format!("{}:v1", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+    let applets = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for a in String::from_utf8_lossy(&applets.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    if extra_bytes > 0 {
+        // Incompressible, so the layer is as large as this file.
+        let mut random = std::fs::File::open("/dev/urandom").unwrap();
+        let mut out = std::fs::File::create(rootfs.join("payload")).unwrap();
+        std::io::copy(
+            &mut std::io::Read::take(&mut random, extra_bytes as u64),
+            &mut out,
+        )
+        .unwrap();
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "PATH=/bin",
+        "--config.cmd",
+        "sh",
+    ]));
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("oci:{image}"),
+        &format!("docker://{host}/{repo}"),
+    ]));
+}
+
 fn registry_with_busybox() -> Registry {
     let euid = Command::new("id")
         .arg("-u")
@@ -86,48 +143,7 @@ fn registry_with_busybox() -> Registry {
         std::thread::sleep(Duration::from_millis(25));
     }
 
-    let layout = dir.path().join("layout");
-    let bundle = dir.path().join("bundle");
-    let image = format!("{}:v1", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--image", &image])
-        .arg(&bundle));
-    let rootfs = bundle.join("rootfs");
-    for d in ["bin", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
-    let applets = Command::new(BUSYBOX).arg("--list").output().unwrap();
-    for a in String::from_utf8_lossy(&applets.stdout)
-        .lines()
-        .filter(|a| *a != "busybox")
-    {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.env",
-        "PATH=/bin",
-        "--config.cmd",
-        "sh",
-    ]));
-    run(Command::new("skopeo").args([
-        "copy",
-        "--quiet",
-        "--dest-tls-verify=false",
-        &format!("oci:{image}"),
-        &format!("docker://{host}/e2e/busybox:v1"),
-    ]));
+    push_busybox_image(&host, dir.path(), "e2e/busybox:v1", 0);
     Registry {
         child,
         host,
@@ -463,5 +479,64 @@ async fn image_pull_from_the_cli_shows_progress_and_sandboxes_then_start_without
     assert_eq!(text, "from the store\n");
     let v = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(60)).await;
     assert_eq!(v["status"]["exitCode"], 0, "{v}");
+    delete_all(&s, &[&id]).await;
+}
+
+#[tokio::test]
+async fn a_pull_shows_its_progress_in_the_sandboxes_ready_condition() {
+    let reg = registry_with_busybox();
+    let work = tempfile::tempdir().unwrap();
+    // Large enough that the pull lasts many polls on loopback.
+    push_busybox_image(&reg.host, work.path(), "e2e/big:v1", 48 << 20);
+    let s = Server::start().await;
+    let id = create(
+        &s,
+        sandbox(&format!("{}/e2e/big:v1", reg.host), &["echo", "big"]),
+    )
+    .await;
+    let (mut states, mut reasons, mut pulling) = (Vec::new(), Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, v) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+        let state = v["status"]["lifecycleState"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        for c in v["status"]["conditions"].as_array().into_iter().flatten() {
+            if c["type"] == "Ready" {
+                let reason = c["reason"].as_str().unwrap_or("").to_string();
+                if reason == "Pulling" {
+                    pulling.push(c["message"].as_str().unwrap_or("").to_string());
+                }
+                if reasons.last() != Some(&reason) {
+                    reasons.push(reason);
+                }
+            }
+        }
+        if states.last() != Some(&state) {
+            states.push(state.clone());
+        }
+        if ["ready", "stopped", "failed"].contains(&state.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no end to the launch: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        states.contains(&"creating".to_string()),
+        "a pull is recorded as creating: {states:?}"
+    );
+    assert!(
+        pulling
+            .iter()
+            .any(|m| m.contains("e2e/big:v1") && m.contains("MiB")),
+        "no pull progress in the Ready condition: reasons {reasons:?}, messages {pulling:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "Unpacking"),
+        "no unpack progress: {reasons:?}"
+    );
+    wait_state(&s, &id, &["stopped"], Duration::from_secs(60)).await;
+    assert_eq!(logs(&s, &id).await, "big\n");
     delete_all(&s, &[&id]).await;
 }

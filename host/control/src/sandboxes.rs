@@ -30,6 +30,8 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// A host check result is reused for this long, so creates do not each run the checks.
 const PREFLIGHT_TTL: Duration = Duration::from_secs(5);
+/// How long a launch runs before its sandbox is recorded `creating` (see `launch_inner`).
+const CREATING_AFTER: Duration = Duration::from_millis(200);
 /// Lifetime of the workload identity token a sandbox receives.
 const WORKLOAD_TOKEN_TTL_SECONDS: i64 = 24 * 3600;
 
@@ -366,14 +368,25 @@ impl SandboxController {
                 .environment
                 .insert("NIMBUS_WORKLOAD_IDENTITY_TOKEN".into(), token);
         }
-        // pending → creating is recorded while the launch runs, not before it: the durable
-        // write costs as much as a good part of the launch and nothing in the launch needs it.
-        // Progress is written only once `creating` is, so a first "Pulling" cannot be lost.
+        // pending → creating is recorded once the launch has something to report (a pull's or
+        // build's progress), once it has run for CREATING_AFTER, or once it is over (`ready`
+        // follows at once), whichever comes first: a durable write while crun starts the
+        // process slowed every start by 3–5% (bench/start_ab.sh), and nothing in the launch
+        // needs it. Progress is written only once `creating` is, so a first "Pulling" cannot be
+        // lost. A restart that finds a `pending` sandbox with host state clears it and
+        // launches it again, as it does a `creating` one.
         let (began_tx, began_rx) = tokio::sync::watch::channel(false);
+        let (wanted_tx, mut wanted_rx) = tokio::sync::watch::channel(false);
+        let (over_tx, over_rx) = tokio::sync::oneshot::channel::<()>();
         let record_committed = committed(commit.clone());
         let began = async {
             if !record_committed.await {
                 return Err(Error::not_found("sandbox", id.as_str()));
+            }
+            tokio::select! {
+                _ = wanted_rx.wait_for(|w| *w) => {}
+                _ = over_rx => {}
+                _ = tokio::time::sleep(CREATING_AFTER) => {}
             }
             self.store
                 .update_sandbox(
@@ -413,15 +426,27 @@ impl SandboxController {
             let _ = began_tx.send(result.is_ok());
             result
         };
-        let progress =
-            ProgressWriter::new(self.store.clone(), tenant.clone(), id.clone(), began_rx);
-        let launch = self.runtime.launch_gated(
-            id,
-            tenant.as_str(),
-            &spec,
-            |e| progress.event(e),
-            committed(commit),
+        let progress = ProgressWriter::new(
+            self.store.clone(),
+            tenant.clone(),
+            id.clone(),
+            began_rx,
+            wanted_tx,
         );
+        let launch = async {
+            let outcome = self
+                .runtime
+                .launch_gated(
+                    id,
+                    tenant.as_str(),
+                    &spec,
+                    |e| progress.event(e),
+                    committed(commit),
+                )
+                .await;
+            let _ = over_tx.send(());
+            outcome
+        };
         let (began, outcome) = tokio::join!(began, launch);
         progress.flush().await;
         if let Err(e) = began {
@@ -584,6 +609,8 @@ struct ProgressWriter {
     /// Becomes true once the sandbox is recorded as `creating`; closed without becoming true
     /// if that write failed.
     began: tokio::sync::watch::Receiver<bool>,
+    /// Set when there is progress to write: `creating` must be recorded first.
+    wanted: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -599,6 +626,7 @@ impl ProgressWriter {
         tenant: Name,
         id: SandboxId,
         began: tokio::sync::watch::Receiver<bool>,
+        wanted: tokio::sync::watch::Sender<bool>,
     ) -> ProgressWriter {
         ProgressWriter {
             store,
@@ -606,6 +634,7 @@ impl ProgressWriter {
             id,
             state: Arc::new(Mutex::new(ProgressState::default())),
             began,
+            wanted,
         }
     }
 
@@ -657,6 +686,7 @@ impl ProgressWriter {
     }
 
     fn write(&self, reason: &'static str, message: String) {
+        self.wanted.send_replace(true);
         let (store, tenant, id) = (self.store.clone(), self.tenant.clone(), self.id.clone());
         let mut began = self.began.clone();
         tokio::spawn(async move {
