@@ -18,6 +18,7 @@ pub mod doctor;
 pub mod files;
 pub mod images;
 mod leases;
+mod logs;
 pub mod monitor;
 pub mod network;
 pub mod orphans;
@@ -33,7 +34,8 @@ mod zstd;
 
 pub use config::RuntimeConfig;
 pub use doctor::HostUnfit;
-pub use sandbox::{Endpoint, ExitReason, Launched, LogStream, Observed, Runtime};
+pub use logs::LogStream;
+pub use sandbox::{Endpoint, ExitReason, Launched, Observed, Runtime};
 
 /// Progress of a launch, in order; feeds the sandbox's conditions.
 #[derive(Debug, Clone, PartialEq, Eq)]
