@@ -718,3 +718,57 @@ async fn a_relative_data_dir_works_like_its_absolute_path() {
     );
     assert_eq!(output, "rel\n");
 }
+
+#[tokio::test]
+async fn a_standby_monitor_that_dies_with_its_assignment_is_replaced_by_a_fresh_one() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    // A monitor whose first instance reads its assignment and dies without a word (as one
+    // killed at that moment would); every later one is the real monitor.
+    let marker = data.path().join("first-monitor-started");
+    let script = data.path().join("monitor.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif mkdir {} 2>/dev/null; then read line; exit 0; fi\nexec {} \"$@\"\n",
+            marker.display(),
+            env!("CARGO_BIN_EXE_nimbus-monitor")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let rt = runtime(29, data.path(), |c| {
+        c.monitor = Some(script.clone());
+        c.standby_monitors = 1;
+    });
+    rt.warm_up().await.unwrap();
+    let first = standby_monitors(&rt).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = new_id();
+    rt.launch(
+        &id,
+        "demo",
+        &spec(
+            &format!("{}/tools/busybox:v1", reg.host),
+            &["echo", "again"],
+        ),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_ne!(monitor_of(data.path(), &id), first[0]);
+    wait_exited(&rt, &id, Duration::from_secs(30)).await;
+    assert_eq!(all_logs(&rt, &id).await, "again\n");
+    rt.delete(&id).await.unwrap();
+    assert!(rt.leftovers(id.as_str()).await.is_empty());
+    rt.drain_pool().await;
+}
