@@ -587,7 +587,8 @@ impl Runtime {
         net: &SandboxNet,
     ) -> Result<Option<String>, LaunchError> {
         // Root filesystem: the image layers (top first) under the sandbox's own upper dir,
-        // mounted on another thread while the /etc files and the config are written here.
+        // mounted on another thread while the /etc files are written here. The config comes
+        // after both: it resolves `process.user` in the mounted root's /etc/passwd.
         let rootfs = rootfs_dir(id);
         // A `rootfs` root is the caller's directory: a filesystem that cannot be idmapped is
         // theirs to change, so that failure names `root.path`.
@@ -595,16 +596,17 @@ impl Runtime {
         std::thread::scope(|scope| {
             let mounted =
                 scope.spawn(|| mount_root(dir, &rootfs, lower, net.user.as_ref(), root_field));
-            let configured = self.write_config(id, spec, dir, &rootfs, image, net);
+            let written = write_etc(id, dir, net);
             let mounted = mounted
                 .join()
                 .unwrap_or_else(|_| Err(internal("mounting the root filesystem panicked")));
-            mounted.and(configured)
-        })
+            mounted.and(written)
+        })?;
+        self.write_config(id, spec, dir, &rootfs, image, net)
     }
 
-    /// The sandbox's /etc files and its OCI config (`bundle/config.json`); returns the cached
-    /// seccomp filter handed to crun, if there is one.
+    /// The sandbox's OCI config (`bundle/config.json`), once its root is mounted; returns the
+    /// cached seccomp filter handed to crun, if there is one.
     fn write_config(
         &self,
         id: &str,
@@ -614,21 +616,6 @@ impl Runtime {
         image: &ContainerConfig,
         net: &SandboxNet,
     ) -> Result<Option<String>, LaunchError> {
-        std::fs::create_dir_all(dir.join("bundle")).map_err(internal)?;
-        let hostname: String = id.chars().take(30).collect();
-        write_etc_files(&dir.join("etc"), &hostname, net.address).map_err(internal)?;
-        if let Some(user) = &net.user {
-            // Root-owned, they would show as `nobody` inside; they are bound read-only anyway.
-            chown_to(
-                user,
-                0,
-                &[
-                    &dir.join("etc/hosts"),
-                    &dir.join("etc/hostname"),
-                    &dir.join("etc/resolv.conf"),
-                ],
-            )?;
-        }
         let oci = build_spec(&BundleInput {
             id,
             rootfs,
@@ -1108,6 +1095,27 @@ impl Runtime {
 /// sit in a private home, because crun resolves the root's path after joining the sandbox's
 /// user namespace, where root is an unprivileged host id. Traversable, not listable.
 const ROOTFS_MOUNTS: &str = "/run/nimbus/rootfs";
+
+/// The sandbox's `bundle` dir and its /etc files (hosts, hostname, resolv.conf), owned by
+/// root inside the sandbox.
+fn write_etc(id: &str, dir: &Path, net: &SandboxNet) -> Result<(), LaunchError> {
+    std::fs::create_dir_all(dir.join("bundle")).map_err(internal)?;
+    let hostname: String = id.chars().take(30).collect();
+    write_etc_files(&dir.join("etc"), &hostname, net.address).map_err(internal)?;
+    if let Some(user) = &net.user {
+        // Root-owned, they would show as `nobody` inside; they are bound read-only anyway.
+        chown_to(
+            user,
+            0,
+            &[
+                &dir.join("etc/hosts"),
+                &dir.join("etc/hostname"),
+                &dir.join("etc/resolv.conf"),
+            ],
+        )?;
+    }
+    Ok(())
+}
 
 fn rootfs_dir(id: &str) -> PathBuf {
     Path::new(ROOTFS_MOUNTS).join(id)
