@@ -113,20 +113,7 @@ async fn blocking<T: Send + 'static>(
 async fn read(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, Error> {
     let file = blocking(move || files.read(&path)).await?;
     let len = file.metadata().map(|m| m.len()).ok();
-    let stream =
-        futures_util::stream::unfold(Some(tokio::fs::File::from_std(file)), |file| async move {
-            use tokio::io::AsyncReadExt;
-            let mut file = file?;
-            let mut buf = vec![0u8; 64 * 1024];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), Some(file)))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        });
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
     let mut response = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream");
