@@ -28,8 +28,6 @@ use nimbus_store::Store;
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// Progress is written to the store at most this often (plus on every phase change).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
-/// A host check result is reused for this long, so creates do not each run the checks.
-const PREFLIGHT_TTL: Duration = Duration::from_secs(5);
 /// How long a launch runs before its sandbox is recorded `creating` (see `launch_inner`).
 const CREATING_AFTER: Duration = Duration::from_millis(200);
 /// Lifetime of the workload identity token a sandbox receives.
@@ -45,7 +43,6 @@ pub struct SandboxController {
     /// report the kill or the vanished state dir as an exit (a reader would see `failed` for
     /// a moment). Pruned once the record is gone.
     deleting: Mutex<HashSet<String>>,
-    preflight: Mutex<Option<(Instant, Option<String>)>>,
 }
 
 impl SandboxController {
@@ -60,7 +57,6 @@ impl SandboxController {
             signer,
             busy: Mutex::new(HashSet::new()),
             deleting: Mutex::new(HashSet::new()),
-            preflight: Mutex::new(None),
         })
     }
 
@@ -310,18 +306,7 @@ impl SandboxController {
     }
 
     fn cached_preflight(&self) -> Option<String> {
-        let mut slot = match self.preflight.lock() {
-            Ok(s) => s,
-            Err(_) => return Some("internal: the host check cache is poisoned".into()),
-        };
-        if let Some((at, result)) = slot.as_ref() {
-            if at.elapsed() < PREFLIGHT_TTL {
-                return result.clone();
-            }
-        }
-        let result = self.runtime.preflight().err().map(|e| e.to_string());
-        *slot = Some((Instant::now(), result.clone()));
-        result
+        self.runtime.recent_preflight().err().map(|e| e.to_string())
     }
 
     /// Launches sandbox `id`: with `spec` when the create hands it over while its record is

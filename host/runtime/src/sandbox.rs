@@ -87,8 +87,8 @@ pub struct Runtime {
     crun_root: PathBuf,
     /// Monitors started ahead of launches (see standby.rs).
     monitors: Arc<MonitorPool>,
-    /// When the host last passed the launch preflight.
-    preflight_passed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The last preflight and when it ran (see `recent_preflight`).
+    last_preflight: std::sync::Mutex<Option<(std::time::Instant, Result<(), HostUnfit>)>>,
     host_ready: tokio::sync::OnceCell<()>,
 }
 
@@ -200,7 +200,7 @@ impl Runtime {
             network,
             pool,
             monitors,
-            preflight_passed: std::sync::Mutex::new(None),
+            last_preflight: std::sync::Mutex::new(None),
             crun,
             sealed_crun: std::sync::OnceLock::new(),
             crun_root: data_dir.join("runtime/crun"),
@@ -213,20 +213,23 @@ impl Runtime {
         doctor::preflight(&self.crun)
     }
 
-    /// [`Runtime::preflight`] for a launch: a pass is trusted for a few seconds (the checks
-    /// took ~0.3 ms of every launch), a failure never is.
-    fn preflight_for_launch(&self) -> Result<(), HostUnfit> {
-        const TRUSTED_FOR: Duration = Duration::from_secs(5);
-        let mut passed = self
-            .preflight_passed
+    /// [`Runtime::preflight`] as of at most a few seconds ago: launches and the server's
+    /// refusal of creates on an unfit host ask it often (the checks took ~0.3 ms of every
+    /// launch). A host fixed meanwhile is seen within that time.
+    pub fn recent_preflight(&self) -> Result<(), HostUnfit> {
+        const FRESH_FOR: Duration = Duration::from_secs(5);
+        let mut last = self
+            .last_preflight
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if passed.is_some_and(|at| at.elapsed() < TRUSTED_FOR) {
-            return Ok(());
+        if let Some((at, result)) = last.as_ref() {
+            if at.elapsed() < FRESH_FOR {
+                return result.clone();
+            }
         }
-        doctor::preflight(&self.crun)?;
-        *passed = Some(std::time::Instant::now());
-        Ok(())
+        let result = doctor::preflight(&self.crun);
+        *last = Some((std::time::Instant::now(), result.clone()));
+        result
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -303,7 +306,7 @@ impl Runtime {
             ));
         }
         let t_launch = std::time::Instant::now();
-        self.preflight_for_launch()?;
+        self.recent_preflight()?;
         tracing::debug!(sandbox = %id, elapsed_ms = t_launch.elapsed().as_secs_f64() * 1e3, "preflight done");
         let dir = self.dir(id.as_str());
         // Claiming the state dir is atomic, so two launches of one id cannot both proceed.
