@@ -63,7 +63,16 @@ impl MonitorPool {
         let early_log = std::fs::File::options()
             .create(true)
             .append(true)
-            .open(&self.early_log)?;
+            .open(&self.early_log)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot open {} for the monitor's output: {e}",
+                        self.early_log.display()
+                    ),
+                )
+            })?;
         Command::new(&self.exe)
             .args(command_line(&self.crun))
             .stdin(Stdio::piped())
