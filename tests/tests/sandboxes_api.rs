@@ -522,11 +522,16 @@ fn doctor_checks_what_the_operator_config_names() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(nimbus_bin())
-        .args(["doctor", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let doctor = |args: &[&str]| {
+        std::process::Command::new(nimbus_bin())
+            .arg("doctor")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = doctor(&[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(
@@ -539,20 +544,12 @@ fn doctor_checks_what_the_operator_config_names() {
         "{text}"
     );
     // A flag still wins over the file.
-    let out = std::process::Command::new(nimbus_bin())
-        .args(["doctor", "--crun", "crun", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = doctor(&["--crun", "crun"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok   crun"), "{text}");
     // A config with a mistake names the key.
     std::fs::write(&config, "[runtime]\ncrun_path = \"x\"\n").unwrap();
-    let out = std::process::Command::new(nimbus_bin())
-        .args(["doctor", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = doctor(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("crun_path"), "{err}");
 }
