@@ -199,8 +199,7 @@ async fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
             reason: ExitReason::Signaled(9)
         }
     );
-    rt.delete(&id).await.unwrap();
-    assert!(rt.leftovers(id.as_str()).await.is_empty());
+    delete_leaving_nothing(&rt, &id).await;
 }
 
 async fn wait_for_log(
@@ -467,8 +466,7 @@ async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhil
     let o = rt.stop(&long, Some(Duration::from_secs(5))).await.unwrap();
     assert!(matches!(o, Observed::Exited { .. }));
     for id in [&long, &short] {
-        rt.delete(id).await.unwrap();
-        assert!(rt.leftovers(id.as_str()).await.is_empty());
+        delete_leaving_nothing(&rt, id).await;
     }
 }
 
@@ -683,8 +681,7 @@ async fn launches_go_to_standby_monitors_and_pass_over_one_that_died() {
     wait_exited(&rt, &second, Duration::from_secs(30)).await;
     assert_eq!(all_logs(&rt, &second).await, "two\n");
     for id in [&first, &second] {
-        rt.delete(id).await.unwrap();
-        assert!(rt.leftovers(id.as_str()).await.is_empty());
+        delete_leaving_nothing(&rt, id).await;
     }
 }
 
@@ -768,7 +765,6 @@ async fn a_standby_monitor_that_dies_with_its_assignment_is_replaced_by_a_fresh_
     assert_ne!(monitor_of(data.path(), &id), first[0]);
     wait_exited(&rt, &id, Duration::from_secs(30)).await;
     assert_eq!(all_logs(&rt, &id).await, "again\n");
-    rt.delete(&id).await.unwrap();
-    assert!(rt.leftovers(id.as_str()).await.is_empty());
+    delete_leaving_nothing(&rt, &id).await;
     rt.drain_pool().await;
 }

@@ -552,3 +552,10 @@ pub fn basic_auth_config(path: &Path, host: &str, user: &str, pass: &str) {
     )
     .unwrap();
 }
+
+/// Deletes sandbox `id` and checks that nothing of it is left on the host.
+pub async fn delete_leaving_nothing(rt: &Runtime, id: &SandboxId) {
+    rt.delete(id).await.unwrap();
+    let left = rt.leftovers(id.as_str()).await;
+    assert!(left.is_empty(), "{id} left {left:?}");
+}
