@@ -272,7 +272,8 @@ async fn a_host_that_cannot_run_containers_refuses_creates_with_runtime_unavaila
 }
 
 #[tokio::test]
-async fn a_create_refused_by_quota_starts_nothing_though_its_launch_was_prepared_alongside() {
+async fn creates_refused_by_quota_or_for_a_missing_tenant_start_nothing_though_their_launch_was_prepared_alongside(
+) {
     let root_dir = tempfile::tempdir().unwrap();
     let root = busybox_rootfs(root_dir.path());
     let s = Server::start_with_config("[limits]\nsandboxes_per_tenant = 1\n").await;
@@ -298,6 +299,29 @@ async fn a_create_refused_by_quota_starts_nothing_though_its_launch_was_prepared
             .await;
         assert_error(&r, 429, "quota.exhausted");
     }
+    // A valid create in a tenant that does not exist starts its launch before the tenant
+    // lookup answers 404; that launch must be withdrawn too. A bad body there is still a 404
+    // (the tenant is checked first).
+    let r = s
+        .call(
+            "POST",
+            "/v1/tenants/no-such-tenant/sandboxes",
+            Some(sandbox(&root, "echo should-not-run")),
+        )
+        .await;
+    assert_error(&r, 404, "resource.not_found");
+    let r = s
+        .call(
+            "POST",
+            "/v1/tenants/no-such-tenant/sandboxes",
+            Some({
+                let mut bad = sandbox(&root, "echo should-not-run");
+                bad["spec"]["process"]["argv"] = json!([]);
+                bad
+            }),
+        )
+        .await;
+    assert_error(&r, 404, "resource.not_found");
     let sandboxes_dir = s.data_dir().join("runtime/sandboxes");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -57,8 +57,12 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // No ping before each use of a pooled connection (sqlx's default for network
+        // databases): an embedded SQLite connection cannot have lost its server, and each ping
+        // is another round trip to the connection's worker thread on every query.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(base.clone())
             .await
             .map_err(|e| Error::internal(format!("opening {}: {e}", path.display())))?;
@@ -68,6 +72,7 @@ impl Store {
             .map_err(|e| Error::internal(format!("migrating {}: {e}", path.display())))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(base.read_only(true))
             .await
             .map_err(|e| Error::internal(format!("opening {} for reading: {e}", path.display())))?;

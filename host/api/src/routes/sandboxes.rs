@@ -45,34 +45,21 @@ pub async fn create(
         vec![],
     )
     .await?;
-    app.require_tenant(&tenant).await?;
-    if let Owner::Service { service_name } = &body.spec.owner {
-        return Err(Error::invalid_argument(
-            "spec.owner",
-            format!("sandboxes owned by a service are created only by the service manager; start service {:?} instead, or use {{\"kind\": \"standalone\"}}", service_name.as_str()),
-        )
-        .into());
-    }
-    body.spec.validate("spec")?;
-    validate_labels("labels", &body.labels)?;
-    if body.spec.backend == SandboxBackend::Krun {
-        return Err(Error::not_supported(
-            "the krun backend does not run processes yet: its network egress enforcement is not at parity with the container backend, so it fails closed; use backend \"container\"",
-            serde_json::json!({ "backend": "krun" }),
-        )
-        .into());
-    }
-    let (reason, message) = match &app.control {
-        Some(control) => {
-            if let Some(why) = control.unavailable() {
-                return Err(Error::runtime_unavailable(format!("this host cannot run container sandboxes: {why}")).into());
-            }
-            ("Scheduled", "accepted; the sandbox controller is launching it")
-        }
-        None => ("DriverUnavailable", "no sandbox driver is running in this server (server.sandbox_driver = \"none\"); the sandbox is recorded and waits for one"),
-    };
-    let now = Utc::now();
+    // The request is checked (in memory) before the tenant is looked up, so that a valid one's
+    // launch can start preparing while the lookup runs; a missing tenant still answers 404
+    // ahead of any complaint about the body, and withdraws that launch.
+    let checked = check_create(&app, &body);
+    let (commit_tx, commit) = tokio::sync::watch::channel(None);
     let id = SandboxId::generate();
+    if let (Ok(_), Some(control)) = (&checked, &app.control) {
+        control.launch(tenant.clone(), id.clone(), body.spec.clone(), commit);
+    }
+    if let Err(e) = app.require_tenant(&tenant).await {
+        let _ = commit_tx.send(Some(false));
+        return Err(e.into());
+    }
+    let (reason, message) = checked?;
+    let now = Utc::now();
     let meta = Meta::new(tenant.clone(), body.labels, now);
     let mut record = SandboxRecord {
         status: status::pending_sandbox_status(meta.generation, now, reason, message),
@@ -91,10 +78,6 @@ pub async fn create(
     );
     // The launch prepares (root filesystem, network, config) while the record is written, and
     // starts the process only once the write has committed.
-    let (commit_tx, commit) = tokio::sync::watch::channel(None);
-    if let Some(control) = &app.control {
-        control.launch(tenant, id, record.spec.clone(), commit);
-    }
     let created = app
         .store
         .create_sandbox(&mut record, app.limits.sandboxes_per_tenant, &audit)
@@ -102,6 +85,39 @@ pub async fn create(
     let _ = commit_tx.send(Some(created.is_ok()));
     created?;
     Ok((StatusCode::CREATED, Json(wire::sandbox(&record))))
+}
+
+/// Checks a create request's body and that this server can run it; returns the reason and
+/// message of the record's first condition.
+fn check_create(
+    app: &SharedApp,
+    body: &CreateSandbox,
+) -> Result<(&'static str, &'static str), Error> {
+    if let Owner::Service { service_name } = &body.spec.owner {
+        return Err(Error::invalid_argument(
+            "spec.owner",
+            format!("sandboxes owned by a service are created only by the service manager; start service {:?} instead, or use {{\"kind\": \"standalone\"}}", service_name.as_str()),
+        ));
+    }
+    body.spec.validate("spec")?;
+    validate_labels("labels", &body.labels)?;
+    if body.spec.backend == SandboxBackend::Krun {
+        return Err(Error::not_supported(
+            "the krun backend does not run processes yet: its network egress enforcement is not at parity with the container backend, so it fails closed; use backend \"container\"",
+            serde_json::json!({ "backend": "krun" }),
+        ));
+    }
+    match &app.control {
+        Some(control) => {
+            if let Some(why) = control.unavailable() {
+                return Err(Error::runtime_unavailable(format!(
+                    "this host cannot run container sandboxes: {why}"
+                )));
+            }
+            Ok(("Scheduled", "accepted; the sandbox controller is launching it"))
+        }
+        None => Ok(("DriverUnavailable", "no sandbox driver is running in this server (server.sandbox_driver = \"none\"); the sandbox is recorded and waits for one")),
+    }
 }
 
 fn parse_id(raw: &str) -> Result<SandboxId, Error> {
