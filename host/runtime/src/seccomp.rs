@@ -127,10 +127,17 @@ pub fn convert_moby(moby: &Value, caps: &[&str]) -> Result<Value, String> {
     Ok(profile)
 }
 
-/// The in-tree profile as the OCI type.
+/// The in-tree profile as the OCI type. Parsed once: every launch's config carries it, and
+/// parsing its few hundred syscall names took longer than the rest of the config together.
 pub fn profile() -> Result<oci_spec::runtime::LinuxSeccomp, String> {
-    serde_json::from_str(PROFILE_JSON)
-        .map_err(|e| format!("the built-in seccomp profile does not parse: {e}"))
+    static PARSED: std::sync::OnceLock<Result<oci_spec::runtime::LinuxSeccomp, String>> =
+        std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            serde_json::from_str(PROFILE_JSON)
+                .map_err(|e| format!("the built-in seccomp profile does not parse: {e}"))
+        })
+        .clone()
 }
 
 #[cfg(test)]
