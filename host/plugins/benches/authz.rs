@@ -157,6 +157,28 @@ fn main() {
     );
     assert!(authz.authorize(&req).allow);
 
+    // The same decision through a policy with no logic (plugins/testdata/empty-policy), served
+    // by its own host exactly like the grants policy: what any authz plugin costs.
+    let empty_policy_dir = dir.with_extension("empty-policy");
+    let empty_policy_wasm =
+        std::path::Path::new(env!("NIMBUS_PLUGINS_WASM_DIR")).join("empty_policy.wasm");
+    nimbus_plugins::PluginStore::open(&empty_policy_dir)
+        .expect("open plugin store")
+        .install(
+            &std::fs::read(&empty_policy_wasm).expect("read empty_policy.wasm"),
+            None,
+            None,
+        )
+        .expect("install the empty policy");
+    let empty_policy_config: PluginsConfig =
+        toml::from_str("watch_interval_ms = 0\n[authz]\nplugin = \"empty-policy\"\n")
+            .expect("empty-policy config");
+    let empty_policy_host =
+        PluginHost::open(&empty_policy_dir, &empty_policy_config).expect("open plugin host");
+    let empty_policy = empty_policy_host.authorizer();
+    let d = empty_policy.authorize(&req);
+    assert!(d.allow, "{d:?}");
+
     let empty = wat::parse_str(EMPTY_COMPONENT).expect("empty component");
     let floor = Floor::new(&empty).expect("floor component");
     let with_memory = wat::parse_str(EMPTY_COMPONENT_WITH_MEMORY).expect("component with memory");
@@ -181,6 +203,13 @@ fn main() {
             "floor-small-memory",
             "floor with 16 KiB of 1-byte-page memory            ",
             Box::new(|| floor_small.run_once().expect("floor call")),
+        ),
+        case(
+            "floor-authz",
+            "empty authz policy (same world and request)        ",
+            Box::new(|| {
+                black_box(empty_policy.authorize(black_box(&req)));
+            }),
         ),
         case(
             "plugin",
@@ -212,6 +241,7 @@ fn main() {
         rounds += 1;
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&empty_policy_dir);
 
     println!(
         "authz decision per call ({rounds} interleaved rounds of {BATCH} calls)  wall ns (median)  cpu ns (mean)"
@@ -225,6 +255,7 @@ fn main() {
             ("floor", "plugin / floor"),
             ("floor-small-memory", "plugin / floor with 16 KiB memory"),
             ("floor-memory", "plugin / floor with 64 KiB memory"),
+            ("floor-authz", "plugin / empty authz policy"),
             ("native", "plugin / native"),
         ] {
             if let Some(other) = get(name) {
