@@ -10,6 +10,13 @@
 # CPU time per request is the steadier one. ROUNDS (default 3) alternates allow-all, native and
 # plugin runs and prints the median of each, and the median of the per-round ratios. Needs `wrk` (apt-get install wrk) and a release build.
 #
+# PERF=1 instead samples one plugin server under wrk with `perf record` and prints the share of
+# its CPU samples that fall in the policy: wasmtime, the guest's compiled code and memset (which
+# wasmtime uses to reset an instance's memory; counted whole, so the share is an upper bound).
+# The policy's cost per request against allow-all is then 1 / (1 - share). Within one run, so
+# the machine's drift between runs, which dominates the side-by-side figures on a shared VM, does
+# not enter it; it misses effects outside those functions (e.g. caches the policy evicts).
+#
 # CALLGRIND=1 instead runs each server under `valgrind --tool=callgrind` and counts the
 # instructions the whole server executes per request over REQUESTS (default 1000) sequential
 # requests after a warm-up: deterministic, unaffected by other load, but blind to cache misses
@@ -92,6 +99,48 @@ for _ in range(int(sys.argv[1])):
   rm -f "$dir/pid"
   callgrind_annotate "$dir/cg.out.1" 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {gsub(",", "", $1); printf "%.0f\n", $1 / n}'
 }
+
+perf_run() { # $1 = port; prints "samples-in-policy total-samples requests"
+  local dir="$work/perf" port=$1
+  mkdir -p "$dir/home"
+  printf '[server]\nsandbox_driver = "none"\nauthorizer = "plugin"\n' > "$dir/nimbus.toml"
+  HOME="$dir/home" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
+  local pid=$!
+  echo "$pid" > "$dir/pid"
+  until curl -sf "127.0.0.1:$port/healthz" >/dev/null; do sleep 0.1; done
+  local token url
+  token=$(python3 -c "import json;print(json.load(open('$dir/home/.config/nimbus/application_default_credentials.json'))['token'])")
+  curl -sf -XPOST "127.0.0.1:$port/v1/tenants/demo/services" -H "Authorization: Bearer $token" \
+    -d '{"name":"worker","backend":{"kind":"builtIn","provider":"browser"}}' >/dev/null
+  url="http://127.0.0.1:$port/v1/tenants/demo/services/worker"
+  wrk -t1 -c8 -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
+  perf record -F 4000 -p "$pid" -o "$dir/perf.data" -- sleep "$duration" 2>/dev/null &
+  local rec=$!
+  wrk -t1 -c8 -d"${duration}s" -H "Authorization: Bearer $token" "$url" >/dev/null
+  wait "$rec" || true
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  rm -f "$dir/pid"
+  # Symbols of the guest's compiled code are unknown to perf: they show as bare addresses.
+  perf report -i "$dir/perf.data" --no-children --sort sym --stdio -g none -F sample,sym 2>/dev/null |
+    awk '/^#/ || NF < 2 { next }
+      { total += $1 }
+      /wasmtime|cranelift|nimbus_plugins|memset|\[\.\] 0x/ { policy += $1 }
+      END { print policy + 0, total + 0 }'
+}
+
+if [ -n "${PERF:-}" ]; then
+  command -v perf >/dev/null || { echo "PERF=1 needs perf (apt-get install linux-perf)" >&2; exit 2; }
+  read -r policy total < <(perf_run 18934)
+  python3 - "$policy" "$total" "$duration" <<'PY'
+import sys
+policy, total, secs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+share = policy / total
+print(f"GET service through the plugin server, {secs}s under wrk, perf samples: {policy} of {total} in the policy ({share:.1%})")
+print(f"cost of the plugin per request against allow-all: {1 / (1 - share):.3f}x (target < 1.10x), by CPU samples")
+PY
+  exit 0
+fi
 
 if [ -n "${CALLGRIND:-}" ]; then
   command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
