@@ -37,6 +37,26 @@ fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
     r[r.len() / 2]
 }
 
+/// All CPUs' (steal, total) time from /proc/stat, in clock ticks.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...; guest time is already in user.
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+}
+
+/// The share of CPU time stolen by the hypervisor between two `cpu_times` readings.
+fn steal_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((s0, t0), (s1, t1)) = (before?, after?);
+    (t1 > t0).then(|| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
+}
+
 fn pct(v: &[Duration], p: f64) -> Duration {
     let mut v = v.to_vec();
     v.sort();
@@ -345,6 +365,7 @@ fn main() {
         let (mut api, mut nimbus, mut launch_only, mut crun, mut crun_hardened) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut plain_launch = Vec::new();
+        let steal_before = cpu_times();
         for i in 0..rounds() {
             // The order rotates, so no path always follows another's cleanup.
             for step in 0..4 {
@@ -371,6 +392,7 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         }
+        let steal = steal_share(steal_before, cpu_times());
         // A burst through the API: 50 creates at once, each followed to its first byte.
         let api_burst = match &server {
             Some(server) => {
@@ -436,6 +458,15 @@ fn main() {
         let c = median(crun);
         let h = median(crun_hardened);
         println!("create -> first byte of output (median of {}, image already pulled)", rounds());
+        // On a VM, time the hypervisor gives to other guests slows every path, but not alike
+        // (the paths with more processes and wake-ups suffer more), so say how much there was.
+        if let Some(steal) = steal {
+            println!(
+                "  CPU stolen by the hypervisor during the rounds: {:.1}%{}",
+                steal * 100.0,
+                if steal > 0.05 { " (a busy host: the ratios below are inflated)" } else { "" }
+            );
+        }
         // Changes every column by 10-25 ms here (see `nimbus doctor`), so say which it was.
         println!(
             "  host: {}",
