@@ -20,29 +20,41 @@ pub struct SandboxFilter {
 }
 
 impl Store {
-    /// Inserts a sandbox unless the tenant already has `max_live` sandboxes that have not
-    /// ended (`quota.exhausted`); the count and the insert are one transaction.
+    /// Writes a new sandbox record with its audit event, or refuses it: `resource.not_found`
+    /// when its tenant does not exist, `quota.exhausted` when the tenant has `max_live`
+    /// sandboxes running or pending.
     pub async fn create_sandbox(
         &self,
         record: &mut SandboxRecord,
         max_live: u32,
         audit: &AuditEvent,
     ) -> Result<(), Error> {
+        let tenant = record.meta.tenant_id.as_str();
         let mut tx = self.begin().await?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM sandboxes WHERE tenant_id = ? AND state NOT IN ('stopped', 'failed')",
+        // One statement takes the next resource version and reads the tenant's existence and
+        // live count: each statement is a round trip to the connection's thread, and this
+        // transaction stands between a create and its process's start. A refusal rolls the
+        // version back with the transaction.
+        let (version, tenant_exists, live): (i64, bool, i64) = sqlx::query_as(
+            "UPDATE counters SET value = value + 1 WHERE name = 'resource_version' \
+             RETURNING value, \
+             EXISTS (SELECT 1 FROM tenants WHERE name = ?1), \
+             (SELECT COUNT(*) FROM sandboxes WHERE tenant_id = ?1 AND state NOT IN ('stopped', 'failed'))",
         )
-        .bind(record.meta.tenant_id.as_str())
+        .bind(tenant)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
+        if !tenant_exists {
+            return Err(Error::not_found("tenant", tenant));
+        }
         if live >= i64::from(max_live) {
             return Err(Error::quota_exhausted(
-                format!("tenant {:?} has {live} sandboxes running or pending, its limit; stop or delete some first", record.meta.tenant_id.as_str()),
+                format!("tenant {tenant:?} has {live} sandboxes running or pending, its limit; stop or delete some first"),
                 serde_json::json!({ "kind": "sandbox", "limit": max_live, "current": live }),
             ));
         }
-        record.meta.resource_version = next_resource_version(&mut tx).await?;
+        record.meta.resource_version = version;
         sqlx::query("INSERT INTO sandboxes (id, tenant_id, state, doc) VALUES (?, ?, ?, ?)")
             .bind(record.id.as_str())
             .bind(record.meta.tenant_id.as_str())

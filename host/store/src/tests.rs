@@ -238,3 +238,79 @@ async fn opening_a_session_on_a_service_that_changed_since_it_was_read_is_a_conf
         "nothing half-written"
     );
 }
+
+fn sandbox_in(tenant: &str) -> nimbus_core::resource::SandboxRecord {
+    use nimbus_core::lifecycle::SandboxState;
+    use nimbus_core::resource::{SandboxRecord, SandboxStatus};
+    let now = Utc::now();
+    let spec = serde_json::from_value(serde_json::json!({
+        "owner": { "kind": "standalone", "displayName": "t" },
+        "backend": "container",
+        "root": { "kind": "rootfs", "path": "/srv/root" },
+        "process": { "argv": ["true"] }
+    }))
+    .unwrap();
+    SandboxRecord {
+        id: nimbus_core::names::SandboxId::generate(),
+        profile: nimbus_core::spec::Profile::Worker,
+        meta: Meta::new(Name::parse("t", tenant).unwrap(), Default::default(), now),
+        spec,
+        status: SandboxStatus {
+            lifecycle_state: SandboxState::Pending,
+            readiness: Readiness::NotReady,
+            observed_generation: 1,
+            conditions: vec![],
+            endpoints: vec![],
+            exit_code: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_sandbox_create_refused_for_its_tenant_or_quota_writes_nothing() {
+    let (store, _dir) = store().await;
+    let mut first = sandbox_in("demo");
+    store
+        .create_sandbox(&mut first, 1, &audit("sandboxes.create"))
+        .await
+        .unwrap();
+    let version = first.meta.resource_version;
+    assert!(version > 0);
+    let audited = store
+        .list_audit("demo", None, 100)
+        .await
+        .unwrap()
+        .items
+        .len();
+
+    let e = store
+        .create_sandbox(&mut sandbox_in("nosuch"), 5, &audit("sandboxes.create"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+    assert!(e.message.contains("nosuch"), "{}", e.message);
+    let e = store
+        .create_sandbox(&mut sandbox_in("demo"), 1, &audit("sandboxes.create"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::QuotaExhausted, "{e:?}");
+
+    // Neither refusal left a record, an audit event or a used resource version.
+    let page = store
+        .list_sandboxes(&demo(), &Default::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(
+        store
+            .list_audit("demo", None, 100)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        audited
+    );
+    let mut next = service("after");
+    store.create_service(&mut next, &audit("c")).await.unwrap();
+    assert_eq!(next.meta.resource_version, version + 1);
+}

@@ -45,20 +45,22 @@ pub async fn create(
         vec![],
     )
     .await?;
-    // The request is checked (in memory) before the tenant is looked up, so that a valid one's
-    // launch can start preparing while the lookup runs; a missing tenant still answers 404
-    // ahead of any complaint about the body, and withdraws that launch.
-    let checked = check_create(&app, &body);
+    // A missing tenant answers 404 ahead of any complaint about the body. A valid request's
+    // tenant is checked inside the write below instead of before it: the launch prepares
+    // (root filesystem, network, config) while the record is written, and starts the process
+    // only once the write has committed; a refused write withdraws it.
+    let (reason, message) = match check_create(&app, &body) {
+        Ok(first_condition) => first_condition,
+        Err(e) => {
+            app.require_tenant(&tenant).await?;
+            return Err(e.into());
+        }
+    };
     let (commit_tx, commit) = tokio::sync::watch::channel(None);
     let id = SandboxId::generate();
-    if let (Ok(_), Some(control)) = (&checked, &app.control) {
+    if let Some(control) = &app.control {
         control.launch(tenant.clone(), id.clone(), body.spec.clone(), commit);
     }
-    if let Err(e) = app.require_tenant(&tenant).await {
-        let _ = commit_tx.send(Some(false));
-        return Err(e.into());
-    }
-    let (reason, message) = checked?;
     let now = Utc::now();
     let meta = Meta::new(tenant.clone(), body.labels, now);
     let mut record = SandboxRecord {
@@ -76,8 +78,6 @@ pub async fn create(
         "allow",
         "",
     );
-    // The launch prepares (root filesystem, network, config) while the record is written, and
-    // starts the process only once the write has committed.
     let created = app
         .store
         .create_sandbox(&mut record, app.limits.sandboxes_per_tenant, &audit)
