@@ -38,31 +38,41 @@ cpu_ticks() { # user + system clock ticks of a process
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
-run() { # $1 = authorizer kind, $2 = port, $3 = round; prints "req/s cpu-µs-per-request"
-  local dir="$work/$1-$3"
+start_server() { # $1 = authorizer kind, $2 = port, $3 = dir, then an optional launcher
+  # (e.g. valgrind …); sets pid, token and url (a service to GET) for the caller
+  local kind=$1 port=$2 dir=$3
+  shift 3
   mkdir -p "$dir/home"
-  if curl -s "127.0.0.1:$2/healthz" >/dev/null; then
-    echo "port $2 is already serving; stop that server first" >&2
+  if curl -s "127.0.0.1:$port/healthz" >/dev/null; then
+    echo "port $port is already serving; stop that server first" >&2
     exit 1
   fi
-  printf '[server]\nsandbox_driver = "none"\nauthorizer = "%s"\n' "$1" > "$dir/nimbus.toml"
-  HOME="$dir/home" "$bin" serve --listen "127.0.0.1:$2" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
-  local pid=$!
+  printf '[server]\nsandbox_driver = "none"\nauthorizer = "%s"\n' "$kind" > "$dir/nimbus.toml"
+  HOME="$dir/home" "$@" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
+  pid=$!
   echo "$pid" > "$dir/pid"
-  until curl -sf "127.0.0.1:$2/healthz" >/dev/null; do sleep 0.1; done
-  local token url
+  until curl -sf "127.0.0.1:$port/healthz" >/dev/null; do sleep 0.2; done
   token=$(python3 -c "import json;print(json.load(open('$dir/home/.config/nimbus/application_default_credentials.json'))['token'])")
-  curl -sf -XPOST "127.0.0.1:$2/v1/tenants/demo/services" -H "Authorization: Bearer $token" \
+  curl -sf -XPOST "127.0.0.1:$port/v1/tenants/demo/services" -H "Authorization: Bearer $token" \
     -d '{"name":"worker","backend":{"kind":"builtIn","provider":"browser"}}' >/dev/null
-  url="http://127.0.0.1:$2/v1/tenants/demo/services/worker"
+  url="http://127.0.0.1:$port/v1/tenants/demo/services/worker"
+}
+
+stop_server() { # $1 = dir
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  rm -f "$1/pid"
+}
+
+run() { # $1 = authorizer kind, $2 = port, $3 = round; prints "req/s cpu-µs-per-request"
+  local dir="$work/$1-$3" pid token url
+  start_server "$1" "$2" "$dir"
   wrk -t1 -c8 -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
   local before after out
   before=$(cpu_ticks "$pid")
   out=$(wrk -t1 -c8 -d"${duration}s" -H "Authorization: Bearer $token" "$url")
   after=$(cpu_ticks "$pid")
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
-  rm -f "$dir/pid"
+  stop_server "$dir"
   python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 out, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -73,18 +83,8 @@ PY
 }
 
 callgrind_run() { # $1 = authorizer kind, $2 = port; prints instructions per request
-  local dir="$work/cg-$1" n=${REQUESTS:-1000}
-  mkdir -p "$dir/home"
-  printf '[server]\nsandbox_driver = "none"\nauthorizer = "%s"\n' "$1" > "$dir/nimbus.toml"
-  HOME="$dir/home" valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
-    "$bin" serve --listen "127.0.0.1:$2" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
-  local pid=$!
-  echo "$pid" > "$dir/pid"
-  until curl -sf "127.0.0.1:$2/healthz" >/dev/null; do sleep 0.5; done
-  local token
-  token=$(python3 -c "import json;print(json.load(open('$dir/home/.config/nimbus/application_default_credentials.json'))['token'])")
-  curl -sf -XPOST "127.0.0.1:$2/v1/tenants/demo/services" -H "Authorization: Bearer $token" \
-    -d '{"name":"worker","backend":{"kind":"builtIn","provider":"browser"}}' >/dev/null
+  local dir="$work/cg-$1" n=${REQUESTS:-1000} pid token url
+  start_server "$1" "$2" "$dir" valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out"
   local get="import http.client, sys
 c = http.client.HTTPConnection('127.0.0.1:$2')
 for _ in range(int(sys.argv[1])):
@@ -94,33 +94,19 @@ for _ in range(int(sys.argv[1])):
   callgrind_control -z "$pid" >/dev/null
   python3 -c "$get" "$n"
   callgrind_control -d "$pid" >/dev/null
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
-  rm -f "$dir/pid"
+  stop_server "$dir"
   callgrind_annotate "$dir/cg.out.1" 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {gsub(",", "", $1); printf "%.0f\n", $1 / n}'
 }
 
-perf_run() { # $1 = port; prints "samples-in-policy total-samples requests"
-  local dir="$work/perf" port=$1
-  mkdir -p "$dir/home"
-  printf '[server]\nsandbox_driver = "none"\nauthorizer = "plugin"\n' > "$dir/nimbus.toml"
-  HOME="$dir/home" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
-  local pid=$!
-  echo "$pid" > "$dir/pid"
-  until curl -sf "127.0.0.1:$port/healthz" >/dev/null; do sleep 0.1; done
-  local token url
-  token=$(python3 -c "import json;print(json.load(open('$dir/home/.config/nimbus/application_default_credentials.json'))['token'])")
-  curl -sf -XPOST "127.0.0.1:$port/v1/tenants/demo/services" -H "Authorization: Bearer $token" \
-    -d '{"name":"worker","backend":{"kind":"builtIn","provider":"browser"}}' >/dev/null
-  url="http://127.0.0.1:$port/v1/tenants/demo/services/worker"
+perf_run() { # $1 = port; prints "samples-in-policy total-samples"
+  local dir="$work/perf" pid token url
+  start_server plugin "$1" "$dir"
   wrk -t1 -c8 -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
   perf record -F 4000 -p "$pid" -o "$dir/perf.data" -- sleep "$duration" 2>/dev/null &
   local rec=$!
   wrk -t1 -c8 -d"${duration}s" -H "Authorization: Bearer $token" "$url" >/dev/null
   wait "$rec" || true
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
-  rm -f "$dir/pid"
+  stop_server "$dir"
   # Symbols of the guest's compiled code are unknown to perf: they show as bare addresses.
   perf report -i "$dir/perf.data" --no-children --sort sym --stdio -g none -F sample,sym 2>/dev/null |
     awk '/^#/ || NF < 2 { next }
