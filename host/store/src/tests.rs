@@ -29,6 +29,16 @@ fn service(name: &str) -> ServiceRecord {
     }
 }
 
+/// Audit events recorded for the demo tenant.
+async fn audit_count(store: &crate::Store) -> usize {
+    store
+        .list_audit("demo", None, 1000)
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
 fn demo() -> Name {
     Name::parse("t", "demo").unwrap()
 }
@@ -124,12 +134,7 @@ async fn a_failed_guard_writes_nothing_and_no_audit() {
         .create_service(&mut service("a"), &audit("c"))
         .await
         .unwrap();
-    let before = store
-        .list_audit("demo", None, 100)
-        .await
-        .unwrap()
-        .items
-        .len();
+    let before = audit_count(&store).await;
     let name = Name::parse("n", "a").unwrap();
     let err = store
         .update_service(
@@ -142,15 +147,7 @@ async fn a_failed_guard_writes_nothing_and_no_audit() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::InvalidArgument);
-    assert_eq!(
-        store
-            .list_audit("demo", None, 100)
-            .await
-            .unwrap()
-            .items
-            .len(),
-        before
-    );
+    assert_eq!(audit_count(&store).await, before);
 }
 
 #[tokio::test]
@@ -276,12 +273,7 @@ async fn a_sandbox_create_refused_for_its_tenant_or_quota_writes_nothing() {
         .unwrap();
     let version = first.meta.resource_version;
     assert!(version > 0);
-    let audited = store
-        .list_audit("demo", None, 100)
-        .await
-        .unwrap()
-        .items
-        .len();
+    let audited = audit_count(&store).await;
 
     let e = store
         .create_sandbox(&mut sandbox_in("nosuch"), 5, &audit("sandboxes.create"))
@@ -301,15 +293,7 @@ async fn a_sandbox_create_refused_for_its_tenant_or_quota_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(page.items.len(), 1);
-    assert_eq!(
-        store
-            .list_audit("demo", None, 100)
-            .await
-            .unwrap()
-            .items
-            .len(),
-        audited
-    );
+    assert_eq!(audit_count(&store).await, audited);
     let mut next = service("after");
     store.create_service(&mut next, &audit("c")).await.unwrap();
     assert_eq!(next.meta.resource_version, version + 1);
