@@ -523,9 +523,10 @@ impl Runtime {
             // namespace and gives back what is already the sandbox's.
             self.network
                 .release(&net, &format!("{}{}", crate::network::POOL_OWNER, p.token));
+            self.refill_pool();
             return Err(internal(e));
         }
-        let cached_bpf = bundle?;
+        let cached_bpf = bundle.inspect_err(|_| self.refill_pool())?;
         phase("bundle");
 
         // The monitor runs the container and reports its pid (or why it could not). Until the
@@ -536,6 +537,9 @@ impl Runtime {
         // before it starts, so its first connection is not dropped.
         let deny_all = spec.network.egress.allow.is_empty();
         if !go.await {
+            // What the launch took from the warm pool is replaced, as after a start: refused
+            // creates must not leave later launches to wire their namespaces themselves.
+            self.refill_pool();
             return Err(LaunchError::Withdrawn(id.to_string()));
         }
         phase("go");

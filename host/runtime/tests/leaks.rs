@@ -292,3 +292,47 @@ fn namespaces_made_at_the_same_time_never_wait_on_each_other() {
         made.unwrap();
     }
 }
+
+#[tokio::test]
+async fn withdrawn_launches_leave_nothing_and_the_warm_pool_refills() {
+    require_host();
+    let root = tempfile::tempdir().unwrap();
+    tar::Archive::new(std::io::Cursor::new(busybox_layer()))
+        .unpack(root.path())
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(43, data.path(), |c| c.warm_pool = 2);
+    rt.warm_up().await.unwrap();
+    let pool_full = |what: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while pool_namespaces("nbt43") < 2 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    pool_full("the warm pool never filled").await;
+    let mut s = spec("unused", &["echo", "should-not-run"]);
+    s.root = nimbus_core::spec::Root::Rootfs {
+        path: root.path().display().to_string(),
+    };
+    // Launches prepared from the pool (network, root, config) and then refused by their
+    // caller, as a create refused by its quota or a missing tenant is.
+    for _ in 0..3 {
+        let id = new_id();
+        let refused = rt
+            .launch_gated(&id, "demo", &s, |_| {}, async { false })
+            .await;
+        assert!(
+            matches!(refused, Err(nimbus_runtime::LaunchError::Withdrawn(_))),
+            "{:?}",
+            refused.err()
+        );
+        assert!(
+            rt.leftovers(id.as_str()).await.is_empty(),
+            "{:?}",
+            rt.leftovers(id.as_str()).await
+        );
+    }
+    pool_full("withdrawn launches drained the warm pool").await;
+    rt.drain_pool().await;
+}
