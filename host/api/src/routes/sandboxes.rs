@@ -78,12 +78,19 @@ pub async fn create(
         "allow",
         "",
     );
-    let created = app
-        .store
-        .create_sandbox(&mut record, app.limits.sandboxes_per_tenant, &audit)
-        .await;
-    let _ = commit_tx.send(Some(created.is_ok()));
-    created?;
+    // The write and the word to the launch run as a task of their own: a handler dropped by a
+    // client that went away mid-commit must not leave a committed record whose launch was
+    // told it was refused (it would stay pending, without a process, until a restart).
+    let store = app.store.clone();
+    let max_live = app.limits.sandboxes_per_tenant;
+    let write = tokio::spawn(async move {
+        let created = store.create_sandbox(&mut record, max_live, &audit).await;
+        let _ = commit_tx.send(Some(created.is_ok()));
+        created.map(|()| record)
+    });
+    let record = write
+        .await
+        .map_err(|e| Error::internal(format!("the sandbox's write did not complete: {e}")))??;
     Ok((StatusCode::CREATED, Json(wire::sandbox(&record))))
 }
 
