@@ -10,12 +10,15 @@
 # CPU time per request is the steadier one. ROUNDS (default 3) alternates allow-all, native and
 # plugin runs and prints the median of each, and the median of the per-round ratios. Needs `wrk` (apt-get install wrk) and a release build.
 #
-# PERF=1 instead samples one plugin server under wrk with `perf record` and prints the share of
-# its CPU samples that fall in the policy: wasmtime, the guest's compiled code and memset (which
-# wasmtime uses to reset an instance's memory; counted whole, so the share is an upper bound).
-# The policy's cost per request against allow-all is then 1 / (1 - share). Within one run, so
-# the machine's drift between runs, which dominates the side-by-side figures on a shared VM, does
-# not enter it; it misses effects outside those functions (e.g. caches the policy evicts).
+# PERF=1 instead samples one plugin server under wrk with `perf record` (DWARF call graphs) and
+# prints the share of its CPU samples spent inside the authorizer's call, children included
+# (wasmtime, the guest's code, the allocator, the kernel on its behalf). The policy's cost per
+# request against allow-all is then 1 / (1 - share). It is measured within one run, so the
+# machine's drift between runs, which dominates the side-by-side figures on a shared VM, does
+# not enter it; it misses effects outside the call (e.g. caches the policy evicts for the rest
+# of the request).
+#
+# KEEP=1 keeps the servers' work directory (logs, perf data) instead of removing it.
 #
 # CALLGRIND=1 instead runs each server under `valgrind --tool=callgrind` and counts the
 # instructions the whole server executes per request over REQUESTS (default 1000) sequential
@@ -31,7 +34,7 @@ duration=${DURATION:-10}
 rounds=${ROUNDS:-3}
 work=$(mktemp -d)
 # Servers are started from inside $(…) subshells, so they are tracked by pid file, not as jobs.
-cleanup() { for p in "$work"/*/pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; rm -rf "$work"; }
+cleanup() { for p in "$work"/*/pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 
 cpu_ticks() { # user + system clock ticks of a process
@@ -98,31 +101,28 @@ for _ in range(int(sys.argv[1])):
   callgrind_annotate "$dir/cg.out.1" 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {gsub(",", "", $1); printf "%.0f\n", $1 / n}'
 }
 
-perf_run() { # $1 = port; prints "samples-in-policy total-samples"
+perf_run() { # $1 = port; prints the percentage of samples inside the authorizer's call
   local dir="$work/perf" pid token url
   start_server plugin "$1" "$dir"
   wrk -t1 -c8 -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
-  perf record -F 4000 -p "$pid" -o "$dir/perf.data" -- sleep "$duration" 2>/dev/null &
+  perf record --call-graph dwarf,16384 -F 500 -p "$pid" -o "$dir/perf.data" -- sleep "$duration" 2>"$dir/perf.log" &
   local rec=$!
   wrk -t1 -c8 -d"${duration}s" -H "Authorization: Bearer $token" "$url" >/dev/null
-  wait "$rec" || true
+  wait "$rec" || { echo "perf record failed: $(cat "$dir/perf.log")" >&2; exit 1; }
   stop_server "$dir"
-  # Symbols of the guest's compiled code are unknown to perf: they show as bare addresses.
-  perf report -i "$dir/perf.data" --no-children --sort sym --stdio -g none -F sample,sym 2>/dev/null |
-    awk '/^#/ || NF < 2 { next }
-      { total += $1 }
-      /wasmtime|cranelift|nimbus_plugins|memset|\[\.\] 0x/ { policy += $1 }
-      END { print policy + 0, total + 0 }'
+  perf report -i "$dir/perf.data" --children --sort sym --stdio -g none 2>/dev/null |
+    awk '/PluginAuthorizer as nimbus_core::authz::Authorizer>::authorize/ && !found { sub("%", "", $1); share = $1; found = 1 }
+      END { if (!found) exit 1; print share }' ||
+    { echo "no samples inside the authorizer's call (see $dir/perf.log)" >&2; exit 1; }
 }
 
 if [ -n "${PERF:-}" ]; then
   command -v perf >/dev/null || { echo "PERF=1 needs perf (apt-get install linux-perf)" >&2; exit 2; }
-  read -r policy total < <(perf_run 18934)
-  python3 - "$policy" "$total" "$duration" <<'PY'
+  share=$(perf_run 18934)
+  python3 - "$share" "$duration" <<'PY'
 import sys
-policy, total, secs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-share = policy / total
-print(f"GET service through the plugin server, {secs}s under wrk, perf samples: {policy} of {total} in the policy ({share:.1%})")
+share, secs = float(sys.argv[1]) / 100, sys.argv[2]
+print(f"GET service through the plugin server, {secs}s under wrk: {share:.1%} of the server's CPU samples inside the authorizer's call")
 print(f"cost of the plugin per request against allow-all: {1 / (1 - share):.3f}x (target < 1.10x), by CPU samples")
 PY
   exit 0

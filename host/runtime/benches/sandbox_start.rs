@@ -37,7 +37,8 @@ fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
     r[r.len() / 2]
 }
 
-/// All CPUs' (steal, total) time from /proc/stat, in clock ticks.
+/// All CPUs' (steal, busy) time from /proc/stat, in clock ticks: busy is every state but
+/// idle and iowait (a halted vCPU has nothing stolen, so idle time would dilute the share).
 fn cpu_times() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<u64> = stat
@@ -48,13 +49,14 @@ fn cpu_times() -> Option<(u64, u64)> {
         .filter_map(|f| f.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal ...; guest time is already in user.
-    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+    let total: u64 = fields.iter().take(8).sum();
+    Some((*fields.get(7)?, total - fields.get(3)? - fields.get(4)?))
 }
 
-/// The share of CPU time stolen by the hypervisor between two `cpu_times` readings.
+/// The share of busy CPU time stolen by the hypervisor between two `cpu_times` readings.
 fn steal_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
-    let ((s0, t0), (s1, t1)) = (before?, after?);
-    (t1 > t0).then(|| s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
+    let ((s0, b0), (s1, b1)) = (before?, after?);
+    (b1 > b0).then(|| s1.saturating_sub(s0) as f64 / (b1 - b0) as f64)
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {
@@ -462,9 +464,9 @@ fn main() {
         // (the paths with more processes and wake-ups suffer more), so say how much there was.
         if let Some(steal) = steal {
             println!(
-                "  CPU stolen by the hypervisor during the rounds: {:.1}%{}",
+                "  CPU stolen by the hypervisor during the rounds: {:.1}% of the busy time{}",
                 steal * 100.0,
-                if steal > 0.05 { " (a busy host: the ratios below are inflated)" } else { "" }
+                if steal > 0.10 { " (a busy host: the ratios below are inflated)" } else { "" }
             );
         }
         // Changes every column by 10-25 ms here (see `nimbus doctor`), so say which it was.
