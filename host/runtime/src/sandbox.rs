@@ -463,6 +463,9 @@ impl Runtime {
         // Network first: a namespace from the warm pool, else one made and wired now. The
         // state file names it before anything is wired, so a failed launch's cleanup finds it.
         self.ensure_host().await?;
+        // Whichever way this launch ends, what it took from the warm pool is replaced, but
+        // only then: preparing a namespace costs CPU the launch needs.
+        let refill = RefillWhenDone(self);
         let prepared = self.pool.take();
         let net = match &prepared {
             Some(p) => self.network.assigned(p.net.clone(), id, tenant),
@@ -523,10 +526,9 @@ impl Runtime {
             // namespace and gives back what is already the sandbox's.
             self.network
                 .release(&net, &format!("{}{}", crate::network::POOL_OWNER, p.token));
-            self.refill_pool();
             return Err(internal(e));
         }
-        let cached_bpf = bundle.inspect_err(|_| self.refill_pool())?;
+        let cached_bpf = bundle?;
         phase("bundle");
 
         // The monitor runs the container and reports its pid (or why it could not). Until the
@@ -537,9 +539,6 @@ impl Runtime {
         // before it starts, so its first connection is not dropped.
         let deny_all = spec.network.egress.allow.is_empty();
         if !go.await {
-            // What the launch took from the warm pool is replaced, as after a start: refused
-            // creates must not leave later launches to wire their namespaces themselves.
-            self.refill_pool();
             return Err(LaunchError::Withdrawn(id.to_string()));
         }
         phase("go");
@@ -557,8 +556,7 @@ impl Runtime {
                 .await
                 .map_err(internal)?;
         }
-        // Replace what was taken only now: preparing a namespace costs CPU the launch needed.
-        self.refill_pool();
+        drop(refill);
         let line = created?;
         let answer: serde_json::Value = serde_json::from_str(line.trim()).map_err(internal)?;
         if let Some(err) = answer["error"].as_str() {
@@ -1102,6 +1100,20 @@ impl Runtime {
 /// sit in a private home, because crun resolves the root's path after joining the sandbox's
 /// user namespace, where root is an unprivileged host id. Traversable, not listable.
 const ROOTFS_MOUNTS: &str = "/run/nimbus/rootfs";
+
+/// Refills the warm pool and the standby monitors when dropped: a launch holds one from the
+/// moment it takes from the pool, so a launch that fails or is withdrawn by its caller (a
+/// create refused by its quota) replaces what it took as a started one does.
+struct RefillWhenDone<'a>(&'a Runtime);
+
+impl Drop for RefillWhenDone<'_> {
+    fn drop(&mut self) {
+        // A launch dropped while its runtime shuts down has nothing to refill for.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.0.refill_pool();
+        }
+    }
+}
 
 /// The sandbox's `bundle` dir and its /etc files (hosts, hostname, resolv.conf), owned by
 /// root inside the sandbox.
