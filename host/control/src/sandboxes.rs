@@ -96,8 +96,9 @@ impl SandboxController {
             match (r.status.lifecycle_state, self.runtime.observe(&r.id)) {
                 (SandboxState::Pending, observed) => {
                     // A launch starts its process once the record is committed and records
-                    // `creating` alongside, so a restart can find a pending sandbox with host
-                    // state, even a running process: it is cut off like a `creating` one below.
+                    // `creating` only later (see `launch_inner`), so a restart can find a
+                    // pending sandbox with host state, even a running process: it is cut off
+                    // like a `creating` one below.
                     if observed != Observed::Missing {
                         tracing::info!(sandbox = %r.id, "clearing a launch cut off before it recorded `creating`");
                         if let Err(e) = self.runtime.delete(&r.id).await {
