@@ -1,10 +1,16 @@
 //! Cost of one authorization decision: through the grants-policy component (fresh instance +
-//! call, as the server does it), natively (`decide_by_grants`), and wasmtime's floor (fresh
-//! instance + call of an empty component under the same per-call setup). Plain harness:
+//! call, as the server does it), natively (`decide_by_grants`), and wasmtime's floors (fresh
+//! instance + call of an empty component under the same per-call setup; see `floors.rs`): the
+//! floor for `decide` itself (an empty component typed like a policy: the request in, a constant
+//! decision out, no logic), which the target of 1.5x is read against, and the bare floor (no
+//! memory, no arguments, no result) with steps in between. Plain harness:
 //! `cargo bench -p nimbus-plugins --bench authz`. Prints per-call medians and the ratios.
 //!
 //! The cases are interleaved (one batch of each per round) so that load from other processes on a
 //! shared machine hits them alike; ratios are medians of the per-round ratios.
+//! `NIMBUS_BENCH_EVICT_MIB=32` evicts the caches before every call (see [`Evictor`]): a server
+//! makes each decision with caches cold from the rest of the request, and there a decision costs
+//! several times its hot-loop figure.
 //! `NIMBUS_BENCH_SECS` sets the total time (default 10), `NIMBUS_BENCH_ONLY=<case>` runs one case
 //! (for `valgrind --tool=callgrind`, which counts instructions deterministically: 200 warm-up
 //! calls + 15 batches of 200 with `NIMBUS_BENCH_SECS=0`).
@@ -40,19 +46,47 @@ struct Case<'a> {
 }
 
 const BATCH: u32 = 200;
+/// Calls per batch when caches are evicted before each call (each eviction takes milliseconds).
+const COLD_BATCH: u32 = 20;
+
+/// With `NIMBUS_BENCH_EVICT_MIB=N`, every call is preceded by writing one byte per cache line of
+/// an N MiB buffer, so that it starts with cold caches and TLB, as a decision does on a server
+/// that handled a request in between. Only the call is timed.
+struct Evictor(Vec<u8>);
+
+impl Evictor {
+    fn evict(&mut self, round: u8) {
+        for i in (0..self.0.len()).step_by(64) {
+            self.0[i] = self.0[i].wrapping_add(round);
+        }
+        black_box(&self.0);
+    }
+}
 
 impl Case<'_> {
-    fn batch(&mut self) {
-        let cpu = thread_cpu_ns();
-        let t = Instant::now();
-        for _ in 0..BATCH {
+    fn batch(&mut self, evictor: Option<&mut Evictor>) {
+        let Some(evictor) = evictor else {
+            let cpu = thread_cpu_ns();
+            let t = Instant::now();
+            for _ in 0..BATCH {
+                (self.f)();
+            }
+            self.wall.push(t.elapsed() / BATCH);
+            if let (Some(a), Some(b)) = (cpu, thread_cpu_ns()) {
+                self.cpu_ns += b.saturating_sub(a);
+            }
+            self.calls += BATCH as u64;
+            return;
+        };
+        // Cold: CPU time would include the evictions, so only wall time is kept.
+        let mut spent = Duration::ZERO;
+        for i in 0..COLD_BATCH {
+            evictor.evict(i as u8);
+            let t = Instant::now();
             (self.f)();
+            spent += t.elapsed();
         }
-        self.wall.push(t.elapsed() / BATCH);
-        if let (Some(a), Some(b)) = (cpu, thread_cpu_ns()) {
-            self.cpu_ns += b.saturating_sub(a);
-        }
-        self.calls += BATCH as u64;
+        self.wall.push(spent / COLD_BATCH);
     }
 
     fn median(&self) -> f64 {
@@ -62,9 +96,18 @@ impl Case<'_> {
     }
 
     /// Mean CPU ns per call: the kernel updates a running thread's CPU time coarsely, so this is
-    /// a mean over all batches rather than a per-batch median.
-    fn cpu(&self) -> f64 {
-        self.cpu_ns as f64 / self.calls.max(1) as f64
+    /// a mean over all batches rather than a per-batch median. None when not measured (cold).
+    fn cpu(&self) -> Option<f64> {
+        (self.calls > 0).then(|| self.cpu_ns as f64 / self.calls as f64)
+    }
+}
+
+/// "<a / b>x wall (median of rounds), <a / b>x cpu", the CPU part only where both were measured.
+fn ratios(a: &Case, b: &Case) -> String {
+    let wall = format!("{:.2}x wall (median of rounds)", ratio(a, b));
+    match (a.cpu(), b.cpu()) {
+        (Some(x), Some(y)) => format!("{wall}, {:.2}x cpu", x / y.max(1.0)),
+        _ => wall,
     }
 }
 
@@ -117,23 +160,12 @@ fn request() -> AuthzRequest {
     }
 }
 
-const EMPTY_COMPONENT: &str = r#"(component
-    (core module $m (func (export "run")))
-    (core instance $i (instantiate $m))
-    (func (export "run") (canon lift (core func $i "run"))))"#;
+mod floors;
 
-/// The same, with one 64 KiB page of linear memory (what the grants-policy guest starts with):
-/// shows the part of the cost that is resetting memory between instances.
-const EMPTY_COMPONENT_WITH_MEMORY: &str = r#"(component
-    (core module $m (memory (export "memory") 1) (func (export "run")))
-    (core instance $i (instantiate $m))
-    (func (export "run") (canon lift (core func $i "run"))))"#;
-
-/// The same, with 16 KiB of memory in 1-byte pages: about what the bundled guests start with.
-const EMPTY_COMPONENT_WITH_SMALL_MEMORY: &str = r#"(component
-    (core module $m (memory (export "memory") 16384 (pagesize 1)) (func (export "run")))
-    (core instance $i (instantiate $m))
-    (func (export "run") (canon lift (core func $i "run"))))"#;
+use floors::{
+    DECIDE_FLOOR_COMPONENT, EMPTY_COMPONENT, EMPTY_COMPONENT_WITH_MEMORY,
+    EMPTY_COMPONENT_WITH_SMALL_MEMORY, REQUEST_FLOOR_COMPONENT,
+};
 
 fn main() {
     let budget = Duration::from_secs(
@@ -187,22 +219,48 @@ fn main() {
     let small = wat::parse_str(EMPTY_COMPONENT_WITH_SMALL_MEMORY).expect("small memory");
     let floor_small = Floor::new(&small).expect("floor component with small memory");
 
+    let request_floor =
+        wat::parse_str(REQUEST_FLOOR_COMPONENT).expect("component receiving a request");
+    let floor_request = Floor::new(&request_floor).expect("floor component receiving a request");
+    let decide_floor = wat::parse_str(DECIDE_FLOOR_COMPONENT).expect("decide floor component");
+    let floor_decide = Floor::new(&decide_floor).expect("decide floor");
+
     let only = std::env::var("NIMBUS_BENCH_ONLY").unwrap_or_default();
     let mut cases = vec![
         case(
             "floor",
-            "wasmtime floor (instantiate + call empty component)",
+            "bare floor: empty component, `run: func()`          ",
             Box::new(|| floor.run_once().expect("floor call")),
         ),
         case(
             "floor-memory",
-            "floor with one 64 KiB memory page                  ",
+            "bare floor with one 64 KiB memory page             ",
             Box::new(|| floor_mem.run_once().expect("floor call")),
         ),
         case(
             "floor-small-memory",
-            "floor with 16 KiB of 1-byte-page memory            ",
+            "bare floor with 16 KiB of 1-byte-page memory       ",
             Box::new(|| floor_small.run_once().expect("floor call")),
+        ),
+        case(
+            "floor-request",
+            "empty component receiving the request              ",
+            Box::new(|| {
+                floor_request
+                    .run_request_once(black_box(&req))
+                    .expect("floor call with the request")
+            }),
+        ),
+        case(
+            "floor-decide",
+            "floor for decide: request in, constant decision out",
+            Box::new(|| {
+                black_box(
+                    floor_decide
+                        .run_decide_once(black_box(&req))
+                        .expect("decide floor call"),
+                );
+            }),
         ),
         case(
             "floor-authz",
@@ -232,39 +290,68 @@ fn main() {
             (c.f)();
         }
     }
+    let mut evictor = std::env::var("NIMBUS_BENCH_EVICT_MIB")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&mib| mib > 0)
+        .map(|mib| Evictor(vec![1u8; mib << 20]));
     let start = Instant::now();
     let mut rounds = 0;
     while start.elapsed() < budget || rounds < 15 {
         for c in &mut cases {
-            c.batch();
+            c.batch(evictor.as_mut());
         }
         rounds += 1;
     }
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&empty_policy_dir);
 
-    println!(
-        "authz decision per call ({rounds} interleaved rounds of {BATCH} calls)  wall ns (median)  cpu ns (mean)"
-    );
+    match &evictor {
+        None => println!(
+            "authz decision per call ({rounds} interleaved rounds of {BATCH} calls)  wall ns (median)  cpu ns (mean)"
+        ),
+        Some(e) => println!(
+            "authz decision per call, caches evicted ({} MiB) before each ({rounds} interleaved rounds of {COLD_BATCH} calls)  wall ns (median)  cpu ns (not measured)",
+            e.0.len() >> 20
+        ),
+    }
     for c in &cases {
-        println!("  {} {:>9.0} {:>10.0}", c.label, c.median(), c.cpu());
+        let cpu = c.cpu().map_or("-".to_string(), |ns| format!("{ns:.0}"));
+        println!("  {} {:>9.0} {:>10}", c.label, c.median(), cpu);
     }
     let get = |name: &str| cases.iter().find(|c| c.name == name);
     if let Some(plugin) = get("plugin") {
         for (name, what) in [
-            ("floor", "plugin / floor"),
-            ("floor-small-memory", "plugin / floor with 16 KiB memory"),
-            ("floor-memory", "plugin / floor with 64 KiB memory"),
+            ("floor", "plugin / bare floor"),
+            (
+                "floor-small-memory",
+                "plugin / bare floor with 16 KiB memory",
+            ),
+            ("floor-memory", "plugin / bare floor with 64 KiB memory"),
+            (
+                "floor-request",
+                "plugin / empty component receiving the request",
+            ),
+            ("floor-decide", "plugin / floor for decide (target <= 1.5x)"),
             ("floor-authz", "plugin / empty authz policy"),
             ("native", "plugin / native"),
         ] {
             if let Some(other) = get(name) {
-                println!(
-                    "  {what}: {:.2}x wall (median of rounds), {:.2}x cpu",
-                    ratio(plugin, other),
-                    plugin.cpu() / other.cpu().max(1.0)
-                );
+                println!("  {what}: {}", ratios(plugin, other));
             }
+        }
+    }
+    // What no policy can go below: the decide call itself, and receiving its request alone,
+    // against the bare floor.
+    for (name, what) in [
+        ("floor-decide", "floor for decide / bare floor"),
+        (
+            "floor-request",
+            "empty component receiving the request / bare floor",
+        ),
+    ] {
+        if let (Some(c), Some(floor)) = (get(name), get("floor")) {
+            println!("  {what}: {}", ratios(c, floor));
         }
     }
 }

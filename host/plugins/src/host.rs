@@ -594,5 +594,17 @@ pub mod bench {
         pub fn run_once(&self) -> anyhow::Result<()> {
             self.0.run_once()
         }
+
+        /// For a component exporting `decide: func(request: request)` (the authz request, no
+        /// result): instantiates it and passes `request` the way a policy receives it.
+        pub fn run_request_once(&self, request: &AuthzRequest) -> anyhow::Result<()> {
+            self.0.run_request_once(request)
+        }
+
+        /// For a component exporting `decide` typed as `nimbus:authz/policy` has it:
+        /// instantiates it and asks it for a decision on `request`.
+        pub fn run_decide_once(&self, request: &AuthzRequest) -> anyhow::Result<Decision> {
+            self.0.run_decide_once(request)
+        }
     }
 }

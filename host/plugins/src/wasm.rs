@@ -854,3 +854,57 @@ impl FloorRunner {
         Ok(())
     }
 }
+
+impl FloorRunner {
+    /// Instantiates `bytes` (a component exporting `decide: func(request: request)`, the authz
+    /// request type with no result) and calls it with `request`, lowered by the host exactly as
+    /// for a policy: what any component that receives an authorization request costs before it
+    /// answers.
+    pub fn run_request_once(
+        &self,
+        request: &nimbus_core::authz::AuthzRequest,
+    ) -> anyhow::Result<()> {
+        let ctx = CallCtx::new(Arc::from("floor"), Arc::new(Vec::new()), None, &self.limits);
+        let mut store = new_store(&self.engine, ctx, &self.limits);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| anyhow!("{e:#}"))?;
+        let decide = instance
+            .get_typed_func::<(RequestRef<'_>,), ()>(&mut store, "decide")
+            .map_err(|e| anyhow!("{e:#}"))?;
+        decide
+            .call(&mut store, (request_ref(request),))
+            .map_err(|e| anyhow!("{e:#}"))?;
+        Ok(())
+    }
+
+    /// Instantiates `bytes` (a component exporting `decide` typed exactly as
+    /// `nimbus:authz/policy` has it) and asks it for a decision with `request`: the whole call
+    /// a policy gets, lowering the request and lifting the answer, without the slot around it.
+    pub fn run_decide_once(
+        &self,
+        request: &nimbus_core::authz::AuthzRequest,
+    ) -> anyhow::Result<nimbus_core::authz::Decision> {
+        let ctx = CallCtx::new(Arc::from("floor"), Arc::new(Vec::new()), None, &self.limits);
+        let mut store = new_store(&self.engine, ctx, &self.limits);
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| anyhow!("{e:#}"))?;
+        let decide: DecideFunc<'_> = instance
+            .get_typed_func(&mut store, "decide")
+            .map_err(|e| anyhow!("{e:#}"))?;
+        let (answer,) = decide
+            .call(&mut store, (request_ref(request),))
+            .map_err(|e| anyhow!("{e:#}"))?;
+        match answer {
+            Ok(d) => Ok(nimbus_core::authz::Decision {
+                allow: d.allow,
+                policy_ids: d.policy_ids,
+                reasons: d.reasons,
+            }),
+            Err(_) => Err(anyhow!("the component answered an error")),
+        }
+    }
+}
