@@ -8,7 +8,9 @@
 # Two measures per run: requests/s under wrk, and the server's own CPU time per request (user +
 # system, from /proc/<pid>/stat). On a shared machine requests/s moves with whatever else runs;
 # CPU time per request is the steadier one. ROUNDS (default 3) alternates allow-all, native and
-# plugin runs and prints the median of each, and the median of the per-round ratios. Needs `wrk` (apt-get install wrk) and a release build.
+# plugin runs and prints the median of each, and the median of the per-round ratios. CONNS
+# (default 8) sets wrk's connections; CONNS=1 sends one request at a time. Needs `wrk`
+# (apt-get install wrk) and a release build.
 #
 # PERF=1 instead samples one plugin server under wrk with `perf record` (DWARF call graphs) and
 # prints the share of its CPU samples spent inside the authorizer's call, children included
@@ -32,6 +34,7 @@ target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import j
 bin="$target_dir/release/nimbus"
 duration=${DURATION:-10}
 rounds=${ROUNDS:-3}
+conns=${CONNS:-8}
 work=$(mktemp -d)
 # Servers are started from inside $(…) subshells, so they are tracked by pid file, not as jobs.
 cleanup() { for p in "$work"/*/pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
@@ -70,10 +73,10 @@ stop_server() { # $1 = dir
 run() { # $1 = authorizer kind, $2 = port, $3 = round; prints "req/s cpu-µs-per-request"
   local dir="$work/$1-$3" pid token url
   start_server "$1" "$2" "$dir"
-  wrk -t1 -c8 -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
+  wrk -t1 -c"$conns" -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
   local before after out
   before=$(cpu_ticks "$pid")
-  out=$(wrk -t1 -c8 -d"${duration}s" -H "Authorization: Bearer $token" "$url")
+  out=$(wrk -t1 -c"$conns" -d"${duration}s" -H "Authorization: Bearer $token" "$url")
   after=$(cpu_ticks "$pid")
   stop_server "$dir"
   python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
@@ -175,4 +178,12 @@ if rounds:
     by_rps = statistics.median(float(a[1]) / float(p[1]) for a, _, p in rounds)
     by_cpu = statistics.median(float(p[2]) / float(a[2]) for a, _, p in rounds)
     print(f"median of per-round ratios, plugin against allow-all: {by_rps:.3f}x by req/s, {by_cpu:.3f}x by server CPU")
+    # A machine that drifts steadily (e.g. a VM whose neighbours get busier) still biases a
+    # ratio within a round, since plugin always runs after allow-all. Against the mean of the
+    # allow-all runs on either side of it, a linear drift cancels.
+    if len(rounds) > 1:
+        by_cpu_ab = statistics.median(
+            float(p[2]) / ((float(a[2]) + float(nxt[0][2])) / 2)
+            for (a, _, p), nxt in zip(rounds, rounds[1:]))
+        print(f"median of plugin against the allow-all runs before and after it: {by_cpu_ab:.3f}x by server CPU")
 PY
