@@ -195,3 +195,113 @@ async fn a_bad_plugins_table_stops_the_server_at_start_naming_the_key() {
         "{err}"
     );
 }
+
+/// The value of the first metric line that starts with `prefix` (name and labels), if any.
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn plugin_calls_failures_and_durations_are_served_on_the_metrics_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let server = Server::start_with_config(&format!(
+        "[server]\nmetrics_listen = \"127.0.0.1:{port}\"\n[plugins.limits]\ntimeout_ms = 30000\n"
+    ))
+    .await;
+    for _ in 0..3 {
+        let (st, _) = server.call("GET", &format!("{T}/services"), None).await;
+        assert_eq!(st.as_u16(), 200);
+    }
+    let scrape = || async {
+        let resp = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .expect("the metrics listener answers");
+        assert_eq!(resp.status().as_u16(), 200);
+        let ctype = resp.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+        resp.text().await.unwrap()
+    };
+    let text = scrape().await;
+    let calls = metric(
+        &text,
+        "nimbus_plugin_calls_total{slot=\"authz\",plugin=\"grants-policy@",
+    )
+    .unwrap_or_else(|| panic!("no authz call counter:\n{text}"));
+    assert!(calls >= 3.0, "{text}");
+    let timed = metric(
+        &text,
+        "nimbus_plugin_call_duration_seconds_count{slot=\"authz\",plugin=\"grants-policy@",
+    )
+    .unwrap_or_else(|| panic!("no authz duration histogram:\n{text}"));
+    assert_eq!(timed, calls, "every call is timed:\n{text}");
+
+    // A policy that traps: requests are denied, and the failures are counted by kind.
+    let trap = guest("trap_policy");
+    let (status, _, err) = server.cli(&[
+        "plugin",
+        "install",
+        trap.to_str().unwrap(),
+        "--id",
+        "grants-policy",
+        "--version",
+        "0.2.0",
+    ]);
+    assert!(status.success(), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.call("GET", &format!("{T}/services"), None).await;
+        if r.0.as_u16() == 403 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never switched to the trapping policy; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = scrape().await;
+    let traps = metric(
+        &text,
+        "nimbus_plugin_failures_total{slot=\"authz\",plugin=\"grants-policy@0.2.0\",kind=\"trap\"}",
+    )
+    .unwrap_or_else(|| panic!("no trap counter:\n{text}"));
+    assert!(traps >= 1.0, "{text}");
+    assert!(server.log().contains("plugin.failed"), "{}", server.log());
+}
+
+#[tokio::test]
+async fn a_metrics_listen_address_in_use_stops_the_server_at_start_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("nimbus.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nsandbox_driver = \"none\"\nmetrics_listen = \"{addr}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("server.metrics_listen = \"{addr}\"")),
+        "{err}"
+    );
+}

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub sandbox_driver: SandboxDriver,
     #[serde(default)]
     pub authorizer: AuthorizerKind,
+    /// Where to serve plugin metrics (`GET /metrics`, Prometheus text, unauthenticated); off
+    /// when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Who answers authorization questions.
@@ -121,6 +124,8 @@ mod tests {
         assert!(err.contains("listne"), "{err}");
         let err = Config::parse("[server]\nlisten = \"not an address\"\n").unwrap_err();
         assert!(err.contains("server.listen"), "{err}");
+        let err = Config::parse("[server]\nmetrics_listen = \"localhost\"\n").unwrap_err();
+        assert!(err.contains("server.metrics_listen"), "{err}");
     }
 
     #[test]

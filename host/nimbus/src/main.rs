@@ -6,6 +6,7 @@ mod bootstrap;
 mod config;
 mod doctor_cmd;
 mod image_cmd;
+mod metrics_endpoint;
 mod plugin_cmd;
 mod serve_cmd;
 

@@ -111,6 +111,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Plugins: the authorization policy every request passes through, and health checks.
     let plugins =
         nimbus_plugins::PluginHost::open(&data_dir, &config.plugins).context("loading plugins")?;
+    let metrics_task = match config.server.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics_endpoint::bind(addr).await?;
+            tracing::info!(metrics = %addr, "serving plugin metrics at http://{addr}/metrics");
+            let router = crate::metrics_endpoint::router(plugins.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!("the metrics listener stopped: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let health_task = tokio::spawn(HealthController::new(store.clone(), plugins.clone()).run());
     let app = Arc::new(App {
         signer,
@@ -145,6 +158,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     reaper.abort();
     // Sandboxes keep running: their monitors outlive the server and are adopted on the next start.
     health_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     if let Some(t) = controller_task {
         t.abort();
     }

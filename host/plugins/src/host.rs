@@ -338,9 +338,16 @@ impl PluginHost {
         self.metrics.snapshot()
     }
 
-    /// Metrics in Prometheus text format.
+    /// Call-duration histograms, one per slot/plugin pair loaded so far.
+    pub fn durations(&self) -> Vec<crate::metrics::DurationSample> {
+        self.metrics.durations()
+    }
+
+    /// Metrics in Prometheus text format: call and failure counters, call durations.
     pub fn metrics_text(&self) -> String {
-        crate::metrics::render_prometheus(&self.metrics.snapshot())
+        let mut text = crate::metrics::render_prometheus(&self.metrics.snapshot());
+        text.push_str(&crate::metrics::render_durations(&self.metrics.durations()));
+        text
     }
 
     /// The installed plugins.
@@ -444,7 +451,10 @@ impl Authorizer for PluginAuthorizer {
             None,
             &slot.limits,
         );
-        match wasm::call_authz(self.engine, &loaded.prepared, ctx, &slot.limits, request) {
+        let started = std::time::Instant::now();
+        let result = wasm::call_authz(self.engine, &loaded.prepared, ctx, &slot.limits, request);
+        loaded.counters.observe(started.elapsed());
+        match result {
             Ok(Ok(decision)) => decision,
             Ok(Err(error)) => {
                 let msg = match error {
@@ -525,7 +535,10 @@ fn run_health(
         &slot.limits,
     );
     let checked_by = loaded.label.to_string();
-    match wasm::call_health(engine, &loaded.prepared, ctx, &slot.limits, target) {
+    let started = std::time::Instant::now();
+    let result = wasm::call_health(engine, &loaded.prepared, ctx, &slot.limits, target);
+    loaded.counters.observe(started.elapsed());
+    match result {
         Ok(HealthAnswer::Report {
             healthy,
             detail,

@@ -27,5 +27,5 @@ pub use config::{
 };
 pub use health::{HealthAuth, HealthOutcome, HealthProbe, HealthTarget, HttpProbe, TcpProbe};
 pub use host::{bench, world_text, PluginHost, PluginStore};
-pub use metrics::{render_prometheus, MetricSample};
+pub use metrics::{render_durations, render_prometheus, DurationSample, MetricSample};
 pub use wasm::{AUTHZ_WORLD, HEALTH_WORLD};

@@ -3,6 +3,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds of the call-duration histogram's buckets, in seconds. An authorization decision
+/// takes microseconds (tens of them on a busy server), a health check up to its timeout.
+pub(crate) const DURATION_BUCKETS: [f64; 12] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025, 0.1, 1.0, 10.0,
+];
 
 /// Failure kinds: the call failed (`trap`, `timeout`, `fuel`, `memory`, `instantiate`,
 /// `malformed`), or the plugin answered with its own error variant (`error`).
@@ -20,11 +27,28 @@ pub(crate) const KINDS: [&str; 7] = [
 pub(crate) struct Counters {
     calls: AtomicU64,
     failures: [AtomicU64; KINDS.len()],
+    /// Calls that ended within each bucket's bound (not cumulative; rendering accumulates), the
+    /// last one past every bound.
+    duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    duration_sum_ns: AtomicU64,
 }
 
 impl Counters {
     pub fn call(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long a call took, from the start of instantiation to the host's check of
+    /// the answer, whatever its outcome.
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.duration_sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     pub fn fail(&self, kind: &str) {
@@ -53,7 +77,48 @@ pub struct MetricSample {
     pub value: u64,
 }
 
+/// The call-duration histogram of one slot/plugin pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurationSample {
+    pub slot: String,
+    /// `id@version`.
+    pub plugin: String,
+    /// (upper bound in seconds, calls that took at most that long), cumulative like
+    /// Prometheus's `le` buckets; the last bound is infinite.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
 impl Metrics {
+    /// The call-duration histograms, one per slot/plugin pair loaded so far.
+    pub fn durations(&self) -> Vec<DurationSample> {
+        let reg = match self.registry.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        reg.iter()
+            .map(|(slot, plugin, c)| {
+                let bounds = DURATION_BUCKETS.iter().copied().chain([f64::INFINITY]);
+                let mut total = 0;
+                let buckets = bounds
+                    .zip(&c.duration_buckets)
+                    .map(|(bound, n)| {
+                        total += n.load(Ordering::Relaxed);
+                        (bound, total)
+                    })
+                    .collect();
+                DurationSample {
+                    slot: slot.clone(),
+                    plugin: plugin.clone(),
+                    buckets,
+                    count: total,
+                    sum_seconds: c.duration_sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                }
+            })
+            .collect()
+    }
+
     /// The counters of `plugin` in `slot`, created on first use.
     pub fn counters(&self, slot: &str, plugin: &str) -> Arc<Counters> {
         let mut reg = match self.registry.lock() {
@@ -117,4 +182,66 @@ pub fn render_prometheus(samples: &[MetricSample]) -> String {
         ));
     }
     out
+}
+
+/// `nimbus_plugin_call_duration_seconds` in Prometheus text format.
+pub fn render_durations(samples: &[DurationSample]) -> String {
+    let mut out = String::from("# TYPE nimbus_plugin_call_duration_seconds histogram\n");
+    for s in samples {
+        let labels = format!("slot=\"{}\",plugin=\"{}\"", s.slot, s.plugin);
+        for (bound, n) in &s.buckets {
+            let le = if bound.is_infinite() {
+                "+Inf".to_string()
+            } else {
+                bound.to_string()
+            };
+            out.push_str(&format!(
+                "nimbus_plugin_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "nimbus_plugin_call_duration_seconds_sum{{{labels}}} {}\n",
+            s.sum_seconds
+        ));
+        out.push_str(&format!(
+            "nimbus_plugin_call_duration_seconds_count{{{labels}}} {}\n",
+            s.count
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_land_in_cumulative_buckets_with_their_sum() {
+        let m = Metrics::default();
+        let c = m.counters("authz", "grants-policy@0.1.2");
+        c.observe(Duration::from_micros(8));
+        c.observe(Duration::from_micros(30));
+        c.observe(Duration::from_secs(20));
+        let d = &m.durations()[0];
+        assert_eq!(d.count, 3);
+        assert!(
+            (d.sum_seconds - 20.000038).abs() < 1e-9,
+            "{}",
+            d.sum_seconds
+        );
+        let at = |bound: f64| d.buckets.iter().find(|(b, _)| *b == bound).map(|(_, n)| *n);
+        assert_eq!(at(0.00001), Some(1));
+        assert_eq!(at(0.000025), Some(1));
+        assert_eq!(at(0.00005), Some(2));
+        assert_eq!(at(10.0), Some(2));
+        assert_eq!(at(f64::INFINITY), Some(3));
+        let text = render_durations(&m.durations());
+        assert!(text.contains(
+            "nimbus_plugin_call_duration_seconds_bucket{slot=\"authz\",plugin=\"grants-policy@0.1.2\",le=\"0.00005\"} 2\n"
+        ), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains(
+            "nimbus_plugin_call_duration_seconds_count{slot=\"authz\",plugin=\"grants-policy@0.1.2\"} 3\n"
+        ), "{text}");
+    }
 }

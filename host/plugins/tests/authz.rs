@@ -193,6 +193,14 @@ fn assert_contained(host: &PluginHost, kind: &str) {
     assert!(!again.allow);
     assert_eq!(failures(host, kind), 2);
     assert_eq!(host.serving("health.tcp").unwrap(), "tcp-health@0.1.1");
+    // Failed calls are timed like the others.
+    let timed: u64 = host
+        .durations()
+        .iter()
+        .filter(|d| d.slot == "authz")
+        .map(|d| d.count)
+        .sum();
+    assert_eq!(timed, 2, "{:?}", host.durations());
 }
 
 #[test]
