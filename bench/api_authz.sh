@@ -7,7 +7,9 @@
 #
 # Two measures per run: requests/s under wrk, and the server's own CPU time per request (user +
 # system, from /proc/<pid>/stat). On a shared machine requests/s moves with whatever else runs;
-# CPU time per request is the steadier one. ROUNDS (default 3) alternates allow-all, native and
+# CPU time per request is the steadier one. The plugin runs also report the mean wall time of one
+# decision inside the server, from its call-duration histogram (`metrics_listen`, on the API's
+# port + 1000). ROUNDS (default 3) alternates allow-all, native and
 # plugin runs and prints the median of each, and the median of the per-round ratios. CONNS
 # (default 8) sets wrk's connections; CONNS=1 sends one request at a time. Needs `wrk`
 # (apt-get install wrk) and a release build.
@@ -53,7 +55,9 @@ start_server() { # $1 = authorizer kind, $2 = port, $3 = dir, then an optional l
     echo "port $port is already serving; stop that server first" >&2
     exit 1
   fi
-  printf '[server]\nsandbox_driver = "none"\nauthorizer = "%s"\n' "$kind" > "$dir/nimbus.toml"
+  # Plugin metrics (the decision's duration inside the server) on the port 1000 above.
+  printf '[server]\nsandbox_driver = "none"\nauthorizer = "%s"\nmetrics_listen = "127.0.0.1:%s"\n' \
+    "$kind" "$((port + 1000))" > "$dir/nimbus.toml"
   HOME="$dir/home" "$@" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
   pid=$!
   echo "$pid" > "$dir/pid"
@@ -70,7 +74,14 @@ stop_server() { # $1 = dir
   rm -f "$1/pid"
 }
 
-run() { # $1 = authorizer kind, $2 = port, $3 = round; prints "req/s cpu-µs-per-request"
+decision_us() { # $1 = metrics port; mean µs per authz plugin call so far, or - if none
+  curl -sf "127.0.0.1:$1/metrics" | awk '
+    /^nimbus_plugin_call_duration_seconds_sum\{slot="authz"/ { sum += $NF }
+    /^nimbus_plugin_call_duration_seconds_count\{slot="authz"/ { n += $NF }
+    END { if (n > 0) printf "%.1f\n", sum / n * 1e6; else print "-" }'
+}
+
+run() { # $1 = authorizer kind, $2 = port, $3 = round; prints "req/s cpu-µs-per-request decision-µs"
   local dir="$work/$1-$3" pid token url
   start_server "$1" "$2" "$dir"
   wrk -t1 -c"$conns" -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
@@ -78,13 +89,15 @@ run() { # $1 = authorizer kind, $2 = port, $3 = round; prints "req/s cpu-µs-per
   before=$(cpu_ticks "$pid")
   out=$(wrk -t1 -c"$conns" -d"${duration}s" -H "Authorization: Bearer $token" "$url")
   after=$(cpu_ticks "$pid")
+  local decision
+  decision=$(decision_us "$(($2 + 1000))")
   stop_server "$dir"
-  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
+  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" "$decision" <<'PY'
 import re, sys
 out, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))
 n = int(re.search(r"(\d+) requests in", out).group(1))
-print(f"{rps:.0f} {(after - before) / hz / n * 1e6:.1f}")
+print(f"{rps:.0f} {(after - before) / hz / n * 1e6:.1f} {sys.argv[5]}")
 PY
 }
 
@@ -170,6 +183,9 @@ print(f"  authorized natively (grant rules in Rust)      {n_rps:8.0f}   {n_cpu:8
 print(f"  allowed without a policy (native allow-all)    {a_rps:8.0f}   {a_cpu:8.1f}")
 print(f"cost of the plugin per request against allow-all: {a_rps / p_rps:.3f}x by req/s, {p_cpu / a_cpu:.3f}x by server CPU (target < 1.10x)")
 print(f"against the native rules: {n_rps / p_rps:.3f}x by req/s, {p_cpu / n_cpu:.3f}x by server CPU")
+decisions = [float(r[3]) for r in rows if r[0] == "plugin" and len(r) > 3 and r[3] != "-"]
+if decisions:
+    print(f"one decision inside the plugin server (its call-duration histogram): {statistics.median(decisions):.1f} µs wall, median of the runs' means")
 # The three runs of a round follow each other, so a ratio within a round cancels the machine's
 # drift between rounds, which a ratio of medians does not.
 kinds = [r[0] for r in rows]
