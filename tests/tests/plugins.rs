@@ -33,6 +33,44 @@ fn lines(stdout: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Installs the guest `guest_name` as version 0.2.0 of `grants-policy`, the policy a server
+/// with the default config uses, through the CLI on the server's data dir.
+fn install_as_grants_policy_0_2_0(server: &Server, guest_name: &str) {
+    let wasm = guest(guest_name);
+    let (status, _, err) = server.cli(&[
+        "plugin",
+        "install",
+        wasm.to_str().unwrap(),
+        "--id",
+        "grants-policy",
+        "--version",
+        "0.2.0",
+    ]);
+    assert!(status.success(), "{err}");
+}
+
+/// Lists services until the answer has `status`: the server notices the plugin store's new
+/// generation on its own (no restart), within a bounded wait. Returns that answer.
+async fn wait_for_services_status(
+    server: &Server,
+    status: u16,
+    what: &str,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = server.call("GET", &format!("{T}/services"), None).await;
+        if r.0.as_u16() == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never switched to {what}; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn plugin_list_on_a_servers_data_dir_shows_the_bundled_plugins_with_their_pins() {
     let server = Server::start().await;
@@ -126,49 +164,14 @@ async fn installing_a_new_policy_version_switches_a_running_servers_decisions() 
         "the bundled grants-policy allows the admin"
     );
 
-    let deny_all = guest("deny_all_policy");
-    let (status, _, err) = server.cli(&[
-        "plugin",
-        "install",
-        deny_all.to_str().unwrap(),
-        "--id",
-        "grants-policy",
-        "--version",
-        "0.2.0",
-    ]);
-    assert!(status.success(), "{err}");
-    // The server notices the store's new generation on its own (bounded wait, no restart).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = server.call("GET", &format!("{T}/services"), None).await;
-        if r.0.as_u16() == 403 {
-            assert_error(&r, 403, "auth.permission_denied");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server never switched to grants-policy 0.2.0; log:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    install_as_grants_policy_0_2_0(&server, "deny_all_policy");
+    let r = wait_for_services_status(&server, 403, "grants-policy 0.2.0").await;
+    assert_error(&r, 403, "auth.permission_denied");
 
     // Removing that version falls back to the bundled one, again without a restart.
     let (status, _, err) = server.cli(&["plugin", "remove", "grants-policy@0.2.0"]);
     assert!(status.success(), "{err}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (st, _) = server.call("GET", &format!("{T}/services"), None).await;
-        if st.as_u16() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server never switched back; log:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_services_status(&server, 200, "the bundled grants-policy").await;
 }
 
 #[tokio::test]
@@ -245,30 +248,8 @@ async fn plugin_calls_failures_and_durations_are_served_on_the_metrics_listener(
     assert_eq!(timed, calls, "every call is timed:\n{text}");
 
     // A policy that traps: requests are denied, and the failures are counted by kind.
-    let trap = guest("trap_policy");
-    let (status, _, err) = server.cli(&[
-        "plugin",
-        "install",
-        trap.to_str().unwrap(),
-        "--id",
-        "grants-policy",
-        "--version",
-        "0.2.0",
-    ]);
-    assert!(status.success(), "{err}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = server.call("GET", &format!("{T}/services"), None).await;
-        if r.0.as_u16() == 403 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server never switched to the trapping policy; log:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    install_as_grants_policy_0_2_0(&server, "trap_policy");
+    wait_for_services_status(&server, 403, "the trapping policy").await;
     let text = scrape().await;
     let traps = metric(
         &text,

@@ -818,8 +818,8 @@ pub(crate) fn load_precompiled(engine: &Engine, cwasm: &[u8]) -> anyhow::Result<
     component.map_err(|e| anyhow!("{e:#}"))
 }
 
-/// A minimal benchmark floor: instantiate `bytes` (a component exporting `run: func()`) and call
-/// it under the same store setup as a plugin call.
+/// A benchmark floor: instantiates an empty component (see the authz bench's `floors.rs`) and
+/// calls it under the same store setup as a plugin call.
 pub(crate) struct FloorRunner {
     engine: Engine,
     pre: wasmtime::component::InstancePre<CallCtx>,
@@ -840,36 +840,35 @@ impl FloorRunner {
         })
     }
 
-    pub fn run_once(&self) -> anyhow::Result<()> {
+    /// A fresh store (with the per-call setup of a plugin call) and an instance in it.
+    fn instantiate(&self) -> anyhow::Result<(Store<CallCtx>, wasmtime::component::Instance)> {
         let ctx = CallCtx::new(Arc::from("floor"), Arc::new(Vec::new()), None, &self.limits);
         let mut store = new_store(&self.engine, ctx, &self.limits);
         let instance = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| anyhow!("{e:#}"))?;
+        Ok((store, instance))
+    }
+
+    /// For a component exporting `run: func()`.
+    pub fn run_once(&self) -> anyhow::Result<()> {
+        let (mut store, instance) = self.instantiate()?;
         let run = instance
             .get_typed_func::<(), ()>(&mut store, "run")
             .map_err(|e| anyhow!("{e:#}"))?;
         run.call(&mut store, ()).map_err(|e| anyhow!("{e:#}"))?;
         Ok(())
     }
-}
 
-impl FloorRunner {
-    /// Instantiates `bytes` (a component exporting `decide: func(request: request)`, the authz
-    /// request type with no result) and calls it with `request`, lowered by the host exactly as
-    /// for a policy: what any component that receives an authorization request costs before it
-    /// answers.
+    /// For a component exporting `decide: func(request: request)` (the authz request type, no
+    /// result): calls it with `request`, lowered by the host exactly as for a policy. What any
+    /// component that receives an authorization request costs before it answers.
     pub fn run_request_once(
         &self,
         request: &nimbus_core::authz::AuthzRequest,
     ) -> anyhow::Result<()> {
-        let ctx = CallCtx::new(Arc::from("floor"), Arc::new(Vec::new()), None, &self.limits);
-        let mut store = new_store(&self.engine, ctx, &self.limits);
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| anyhow!("{e:#}"))?;
+        let (mut store, instance) = self.instantiate()?;
         let decide = instance
             .get_typed_func::<(RequestRef<'_>,), ()>(&mut store, "decide")
             .map_err(|e| anyhow!("{e:#}"))?;
@@ -879,19 +878,14 @@ impl FloorRunner {
         Ok(())
     }
 
-    /// Instantiates `bytes` (a component exporting `decide` typed exactly as
-    /// `nimbus:authz/policy` has it) and asks it for a decision with `request`: the whole call
-    /// a policy gets, lowering the request and lifting the answer, without the slot around it.
+    /// For a component exporting `decide` typed exactly as `nimbus:authz/policy` has it: asks
+    /// it for a decision on `request`, the whole call a policy gets (lowering the request,
+    /// lifting the answer) without the slot around it.
     pub fn run_decide_once(
         &self,
         request: &nimbus_core::authz::AuthzRequest,
     ) -> anyhow::Result<nimbus_core::authz::Decision> {
-        let ctx = CallCtx::new(Arc::from("floor"), Arc::new(Vec::new()), None, &self.limits);
-        let mut store = new_store(&self.engine, ctx, &self.limits);
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| anyhow!("{e:#}"))?;
+        let (mut store, instance) = self.instantiate()?;
         let decide: DecideFunc<'_> = instance
             .get_typed_func(&mut store, "decide")
             .map_err(|e| anyhow!("{e:#}"))?;
