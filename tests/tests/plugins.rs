@@ -176,27 +176,31 @@ async fn installing_a_new_policy_version_switches_a_running_servers_decisions() 
 
 #[tokio::test]
 async fn a_bad_plugins_table_stops_the_server_at_start_naming_the_key() {
-    let root = tempfile::tempdir().unwrap();
-    let config = root.path().join("nimbus.toml");
-    std::fs::write(
-        &config,
+    let err = serve_refused(
         "[plugins.authz]\nplugin = \"grants-policy\"\nlimits = { memory_mib = 65 }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(root.path().join("data"))
-        .arg("--config")
-        .arg(&config)
-        .env("HOME", root.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         err.contains("plugins.authz.limits.memory_mib = 65"),
         "{err}"
     );
+}
+
+/// Runs `nimbus serve` with `config` as its nimbus.toml, expects it to exit with an error at
+/// start, and returns its stderr.
+fn serve_refused(config: &str) -> String {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("nimbus.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("data"))
+        .arg("--config")
+        .arg(&path)
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the server started with:\n{config}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The value of the first metric line that starts with `prefix` (name and labels), if any.
@@ -264,23 +268,9 @@ async fn plugin_calls_failures_and_durations_are_served_on_the_metrics_listener(
 async fn a_metrics_listen_address_in_use_stops_the_server_at_start_naming_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let config = root.path().join("nimbus.toml");
-    std::fs::write(
-        &config,
-        format!("[server]\nsandbox_driver = \"none\"\nmetrics_listen = \"{addr}\"\n"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(root.path().join("data"))
-        .arg("--config")
-        .arg(&config)
-        .env("HOME", root.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&format!(
+        "[server]\nsandbox_driver = \"none\"\nmetrics_listen = \"{addr}\"\n"
+    ));
     assert!(
         err.contains(&format!("server.metrics_listen = \"{addr}\"")),
         "{err}"
