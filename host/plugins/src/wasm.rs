@@ -898,7 +898,13 @@ impl FloorRunner {
                 policy_ids: d.policy_ids,
                 reasons: d.reasons,
             }),
-            Err(_) => Err(anyhow!("the component answered an error")),
+            Err(az::Error::InvalidConfig(m)) => {
+                Err(anyhow!("the component answered invalid-config: {m}"))
+            }
+            Err(az::Error::InvalidRequest(m)) => {
+                Err(anyhow!("the component answered invalid-request: {m}"))
+            }
+            Err(az::Error::Other(m)) => Err(anyhow!("the component answered an error: {m}")),
         }
     }
 }
