@@ -588,13 +588,9 @@ fn launch_failure(e: &LaunchError) -> (&'static str, String) {
 /// Writes launch progress into the sandbox's `Ready` condition, at most every
 /// `PROGRESS_INTERVAL` within a phase, so a large pull does not become a write storm.
 struct ProgressWriter {
-    store: Store,
-    tenant: Name,
-    id: SandboxId,
     state: Arc<Mutex<ProgressState>>,
-    /// Becomes true once the sandbox is recorded as `creating`; closed without becoming true
-    /// if that write failed.
-    began: tokio::sync::watch::Receiver<bool>,
+    /// To the one task that writes the conditions, in the order they were reported.
+    writes: tokio::sync::mpsc::UnboundedSender<(&'static str, String)>,
     /// Set when there is progress to write: `creating` must be recorded first.
     wanted: tokio::sync::watch::Sender<bool>,
 }
@@ -614,12 +610,43 @@ impl ProgressWriter {
         began: tokio::sync::watch::Receiver<bool>,
         wanted: tokio::sync::watch::Sender<bool>,
     ) -> ProgressWriter {
+        // One task writes every condition, in order: writes spawned one by one all waited for
+        // `creating` and then raced, so an earlier `Pulling` could land after `Unpacking`.
+        // `began` becomes true once the sandbox is recorded as `creating`, and is closed without
+        // becoming true if that write failed; the task ends when the writer is dropped.
+        let (writes, mut queued) = tokio::sync::mpsc::unbounded_channel::<(&'static str, String)>();
+        let mut began = began;
+        tokio::spawn(async move {
+            if began.wait_for(|b| *b).await.is_err() {
+                return;
+            }
+            while let Some((reason, message)) = queued.recv().await {
+                let _ = store
+                    .update_sandbox(
+                        &tenant,
+                        id.as_str(),
+                        |r| {
+                            if r.status.lifecycle_state == SandboxState::Creating {
+                                set_condition(
+                                    &mut r.status.conditions,
+                                    "Ready",
+                                    ConditionStatus::False,
+                                    reason,
+                                    message.clone(),
+                                    Utc::now(),
+                                    r.meta.generation,
+                                );
+                            }
+                            Ok(())
+                        },
+                        None,
+                    )
+                    .await;
+            }
+        });
         ProgressWriter {
-            store,
-            tenant,
-            id,
             state: Arc::new(Mutex::new(ProgressState::default())),
-            began,
+            writes,
             wanted,
         }
     }
@@ -673,34 +700,8 @@ impl ProgressWriter {
 
     fn write(&self, reason: &'static str, message: String) {
         self.wanted.send_replace(true);
-        let (store, tenant, id) = (self.store.clone(), self.tenant.clone(), self.id.clone());
-        let mut began = self.began.clone();
-        tokio::spawn(async move {
-            if began.wait_for(|b| *b).await.is_err() {
-                return;
-            }
-            let _ = store
-                .update_sandbox(
-                    &tenant,
-                    id.as_str(),
-                    |r| {
-                        if r.status.lifecycle_state == SandboxState::Creating {
-                            set_condition(
-                                &mut r.status.conditions,
-                                "Ready",
-                                ConditionStatus::False,
-                                reason,
-                                message,
-                                Utc::now(),
-                                r.meta.generation,
-                            );
-                        }
-                        Ok(())
-                    },
-                    None,
-                )
-                .await;
-        });
+        // Only fails once the writing task has ended (`creating` was never recorded).
+        let _ = self.writes.send((reason, message));
     }
 
     async fn flush(&self) {
