@@ -127,11 +127,13 @@ async fn reach_from_sandbox(
     policy: NetworkPolicy,
     targets: &[(String, u16)],
 ) -> Vec<bool> {
+    // The client's stdin stays open for the whole 2 s: busybox nc exits as soon as its stdin
+    // ends, so `echo | nc` missed the answer of a server slow to write it (a loaded machine).
     let script: String = targets
         .iter()
         .map(|(a, p)| {
             format!(
-                "(echo | nc -w 2 {a} {p} | grep -q hi) && echo {a}:{p}=ok || echo {a}:{p}=fail\n"
+                "(sleep 2 | nc -w 2 {a} {p} | grep -q hi) && echo {a}:{p}=ok || echo {a}:{p}=fail\n"
             )
         })
         .collect();
