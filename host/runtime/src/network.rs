@@ -154,6 +154,7 @@ impl Network {
         if !Path::new("/sys/class/net").join(br).exists() {
             run_cmd("ip", &["link", "add", br, "type", "bridge"], None).await?;
         }
+        pin_bridge_address(br).await?;
         let addrs = run_cmd("ip", &["-4", "-o", "addr", "show", "dev", br], None).await?;
         if !addrs.contains(&format!("inet {gw}/")) {
             run_cmd(
@@ -565,6 +566,29 @@ flush map inet {table} sandboxes
             .await
             .is_ok()
     }
+}
+
+/// Fixes the bridge's MAC address at the one it has now. A bridge whose address nobody set
+/// takes the lowest of its ports' addresses, so it changed whenever a sandbox's veth came or
+/// went; running sandboxes kept the gateway's old address in their ARP cache and their
+/// traffic went nowhere until it expired. Pinning the current address (rather than a new
+/// one) keeps the caches of sandboxes that survived a server restart valid.
+async fn pin_bridge_address(br: &str) -> Result<(), String> {
+    let dev = Path::new("/sys/class/net").join(br);
+    let read = |f: &str| {
+        std::fs::read_to_string(dev.join(f))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("cannot read {}: {e}", dev.join(f).display()))
+    };
+    // NET_ADDR_SET: an address was set explicitly and the bridge keeps it.
+    const NET_ADDR_SET: &str = "3";
+    if read("addr_assign_type")? == NET_ADDR_SET {
+        return Ok(());
+    }
+    let address = read("address")?;
+    run_cmd("ip", &["link", "set", br, "address", &address], None)
+        .await
+        .map(|_| ())
 }
 
 fn write_sysctl(key: &str, value: &str) -> Result<(), String> {

@@ -133,7 +133,7 @@ async fn reach_from_sandbox(
         .iter()
         .map(|(a, p)| {
             format!(
-                "(sleep 2 | nc -w 2 {a} {p} | grep -q hi) && echo {a}:{p}=ok || echo {a}:{p}=fail\n"
+                "got=$(sleep 2 | nc -w 2 {a} {p}; echo \" nc exit $?\"); echo \"{a}:{p} said [$got]\"; case \"$got\" in hi*) echo {a}:{p}=ok;; *) echo {a}:{p}=fail;; esac\n"
             )
         })
         .collect();
@@ -141,8 +141,13 @@ async fn reach_from_sandbox(
     s.network = policy;
     let id = new_id();
     rt.launch(&id, tenant, &s, |_| {}).await.unwrap();
-    wait_exited(rt, &id, Duration::from_secs(60)).await;
+    let exited = wait_exited(rt, &id, Duration::from_secs(60)).await;
     let logs = all_logs(rt, &id).await;
+    // Shown when the test fails: which probe said what, and how the sandbox ended.
+    eprintln!(
+        "probe sandbox {id} ({tenant}, {:?}) ended {exited:?}; logs:\n{logs}",
+        s.network
+    );
     rt.delete(&id).await.unwrap();
     targets
         .iter()
@@ -332,4 +337,44 @@ async fn tenants_cannot_reach_each_other_and_the_host_reaches_endpoints() {
     rt.delete(&server).await.unwrap();
     rt.drain_pool().await;
     assert!(rt.leftovers(server.as_str()).await.is_empty());
+}
+
+/// The bridge's MAC address is every sandbox's gateway address in its ARP cache, so it must
+/// not move when ports come and go (an unpinned bridge takes its lowest port's address, and
+/// running sandboxes then send to an address nobody answers for).
+#[tokio::test]
+async fn the_gateway_keeps_its_mac_address_as_ports_come_and_go() {
+    require_host();
+    let n = 33;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(n, data.path(), |_| {});
+    // A bridge as an earlier version left it: created, address never set.
+    let br = format!("nbt{n}");
+    sh(&format!("ip link add {br} type bridge"));
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{br}/{f}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = read("address");
+    rt.warm_up().await.unwrap();
+    assert_eq!(read("address"), before, "the existing address is kept");
+    // A port with the lowest possible address: an unpinned bridge would take it.
+    struct Veth(String);
+    impl Drop for Veth {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["link", "delete", &self.0])
+                .status();
+        }
+    }
+    let port = Veth(format!("nbt{n}low"));
+    sh(&format!(
+        "ip link add {} address 00:00:00:00:00:01 type veth peer name {}p && ip link set {} master {br} up",
+        port.0, port.0, port.0
+    ));
+    assert_eq!(read("address"), before, "a new port does not move it");
+    drop(port);
+    assert_eq!(read("address"), before, "a port leaving does not move it");
 }
