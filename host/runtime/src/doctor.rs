@@ -164,6 +164,8 @@ pub fn essential_checks(crun: &Path) -> Vec<Check> {
     out.push(tool("nft", "nftables"));
     out.push(tool("ip", "iproute2"));
     out.push(tool("bridge", "iproute2"));
+    // Deleting a sandbox deletes its tracked connections (see `Network::teardown`).
+    out.push(tool("conntrack", "conntrack"));
     let netns = Path::new("/proc/self/ns/net").exists();
     out.push(Check {
         name: "netns",

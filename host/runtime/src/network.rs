@@ -536,6 +536,13 @@ flush map inet {table} sandboxes
                 errors.push(e);
             }
         }
+        // After the namespace, so that nothing can open a flow again. A warm-pool namespace
+        // (no chain) never had traffic forwarded, so it has nothing tracked.
+        if !c.is_empty() {
+            if let Err(e) = forget_connections(a).await {
+                errors.push(e);
+            }
+        }
         if Path::new("/sys/class/net").join(&net.host_if).exists() {
             let _ = run_cmd("ip", &["link", "delete", &net.host_if], None).await;
         }
@@ -566,6 +573,27 @@ flush map inet {table} sandboxes
             .await
             .is_ok()
     }
+}
+
+/// Deletes the connection-tracking entries of flows from and to `address`. Tracking is keyed
+/// by address, and a deleted sandbox's address goes to the next sandbox launched: an entry
+/// left behind would let that sandbox's packets through as part of an established flow (for
+/// UDP the right ports are enough), whatever its own policy says.
+async fn forget_connections(address: Ipv4Addr) -> Result<(), String> {
+    let address = address.to_string();
+    for side in ["--orig-src", "--orig-dst"] {
+        match run_cmd("conntrack", &["-D", side, &address], None).await {
+            Ok(_) => {}
+            // conntrack fails when nothing matched.
+            Err(e) if e.contains(" 0 flow entries have been deleted") => {}
+            Err(e) => {
+                return Err(format!(
+                    "the tracked connections of {address} could not be deleted: {e}"
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fixes the bridge's MAC address at the one it has now. A bridge whose address nobody set

@@ -378,3 +378,78 @@ async fn the_gateway_keeps_its_mac_address_as_ports_come_and_go() {
     drop(port);
     assert_eq!(read("address"), before, "a port leaving does not move it");
 }
+
+/// Connection tracking is keyed by address, and a deleted sandbox's address goes to the next
+/// sandbox launched: an entry left behind would pass that sandbox's packets as part of an
+/// established flow (a UDP "reply" needs nothing more than the right ports), whatever its own
+/// policy says.
+#[tokio::test]
+async fn a_deleted_sandbox_leaves_no_tracked_connections_to_the_next_holder_of_its_address() {
+    require_host();
+    let n = 34;
+    let mut net = FakeInternet::create(
+        &format!("i{n}"),
+        &format!("198.51.{n}.1/24"),
+        &format!("198.51.{n}.2/24"),
+    );
+    let inet = format!("198.51.{n}.2");
+    // A server in the fake internet that keeps its connection open for a minute.
+    let held = Command::new("ip")
+        .args(["netns", "exec", &net.ns, BUSYBOX, "sh", "-c"])
+        .arg(format!("sleep 60 | {BUSYBOX} nc -l -p 8090"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    net.servers.push(held);
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let data = tempfile::tempdir().unwrap();
+    // No warm pool: the next launch takes the lowest free address, the one just freed.
+    let rt = runtime(n, data.path(), |_| {});
+
+    let mut s = spec(&image, &["sh", "-c", &format!("sleep 60 | nc {inet} 8090")]);
+    s.network = allow(&format!("{inet}/32"), &[8090]);
+    let first = new_id();
+    let address = rt
+        .launch(&first, "tenant-a", &s, |_| {})
+        .await
+        .unwrap()
+        .endpoint
+        .address;
+    let tracked = || {
+        let out = Command::new("conntrack").arg("-L").output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("={address} ")))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !tracked().iter().any(|l| l.contains("ESTABLISHED")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection to {inet}:8090 was never tracked: {:?}",
+            tracked()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rt.delete(&first).await.unwrap();
+    assert_eq!(
+        tracked(),
+        Vec::<String>::new(),
+        "tracked connections of the deleted sandbox"
+    );
+
+    let next = new_id();
+    let launched = rt
+        .launch(&next, "tenant-b", &spec(&image, &["sleep", "30"]), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        launched.endpoint.address, address,
+        "the next sandbox holds the freed address"
+    );
+    rt.delete(&next).await.unwrap();
+    drop(net);
+}
