@@ -264,6 +264,63 @@ async fn plugin_calls_failures_and_durations_are_served_on_the_metrics_listener(
     assert!(server.log().contains("plugin.failed"), "{}", server.log());
 }
 
+/// The metrics listener also serves the API's own request durations, labelled by route
+/// template (never by the raw path) and status code.
+#[tokio::test]
+async fn requests_are_timed_per_route_and_status_on_the_metrics_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let server = Server::start_with_config(&format!(
+        "[server]\nsandbox_driver = \"none\"\nmetrics_listen = \"127.0.0.1:{port}\"\n"
+    ))
+    .await;
+    for _ in 0..2 {
+        let (st, _) = server.call("GET", &format!("{T}/services"), None).await;
+        assert_eq!(st.as_u16(), 200);
+    }
+    let (st, _) = server
+        .call("GET", &format!("{T}/services/no-such-service"), None)
+        .await;
+    assert_eq!(st.as_u16(), 404);
+    let (st, _) = server.call("GET", "/v1/no/such/route", None).await;
+    assert_eq!(st.as_u16(), 404);
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("the metrics listener answers")
+        .text()
+        .await
+        .unwrap();
+    let count = |labels: &str| {
+        metric(
+            &text,
+            &format!("nimbus_http_request_duration_seconds_count{{{labels}}}"),
+        )
+    };
+    assert_eq!(
+        count(r#"method="GET",route="/v1/tenants/{tenant}/services",code="200""#),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(r#"method="GET",route="/v1/tenants/{tenant}/services/{name}",code="404""#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(r#"method="GET",route="unmatched",code="404""#),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("no-such-service"),
+        "raw paths leak into labels:\n{text}"
+    );
+    // The plugin metrics are still there, after the request metrics.
+    assert!(text.contains("nimbus_plugin_calls_total"), "{text}");
+}
+
 #[tokio::test]
 async fn a_metrics_listen_address_in_use_stops_the_server_at_start_naming_the_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

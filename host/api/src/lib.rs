@@ -7,6 +7,7 @@ pub mod auth;
 pub mod control;
 pub mod error;
 pub mod extract;
+pub mod http_metrics;
 pub mod openapi;
 pub mod pagination;
 pub mod reaper;

@@ -111,18 +111,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Plugins: the authorization policy every request passes through, and health checks.
     let plugins =
         nimbus_plugins::PluginHost::open(&data_dir, &config.plugins).context("loading plugins")?;
-    let metrics_task = match config.server.metrics_listen {
-        Some(addr) => {
+    // Requests are timed only when something serves the figures.
+    let http_metrics = config
+        .server
+        .metrics_listen
+        .map(|_| Arc::new(nimbus_api::http_metrics::HttpMetrics::default()));
+    let metrics_task = match (config.server.metrics_listen, &http_metrics) {
+        (Some(addr), Some(http)) => {
             let listener = crate::metrics_endpoint::bind(addr).await?;
-            tracing::info!(metrics = %addr, "serving plugin metrics at http://{addr}/metrics");
-            let router = crate::metrics_endpoint::router(plugins.clone());
+            tracing::info!(metrics = %addr, "serving request and plugin metrics at http://{addr}/metrics");
+            let router = crate::metrics_endpoint::router(http.clone(), plugins.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!("the metrics listener stopped: {e}");
                 }
             }))
         }
-        None => None,
+        _ => None,
     };
     let health_task = tokio::spawn(HealthController::new(store.clone(), plugins.clone()).run());
     let app = Arc::new(App {
@@ -141,7 +146,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         limits: config.limits,
     });
     let reaper = tokio::spawn(nimbus_api::reaper::run(app.clone()));
-    let router = nimbus_api::router(app);
+    let router = match http_metrics {
+        Some(m) => nimbus_api::http_metrics::track(nimbus_api::router(app), m),
+        None => nimbus_api::router(app),
+    };
 
     tracing::info!(%endpoint, data_dir = %data_dir.display(), credentials = %credential_file.display(), "nimbus is serving");
     // No Nagle: streamed responses (followed logs, events) are many small writes, and each

@@ -1,0 +1,153 @@
+//! Request durations per route and status code, for the metrics listener
+//! (`[server] metrics_listen`). Routes are labelled by the router's path templates
+//! (`/v1/tenants/{tenant}/services/{name}`), so the number of series stays bounded whatever
+//! paths clients send; requests no route matched share `route="unmatched"`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+
+/// Upper bounds of the duration buckets, in seconds: from a cached read to a slow pull.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// (method, route template, status code).
+type SeriesKey = (String, String, u16);
+
+#[derive(Default)]
+struct Series {
+    /// Requests per bucket, not cumulative; the last counts those above every bound.
+    buckets: [u64; BUCKETS.len() + 1],
+    sum_seconds: f64,
+}
+
+/// The durations of the requests the server answered since it started.
+#[derive(Default)]
+pub struct HttpMetrics {
+    series: Mutex<BTreeMap<SeriesKey, Series>>,
+}
+
+/// Times every request `router` serves into `metrics`.
+pub fn track(router: Router, metrics: Arc<HttpMetrics>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(metrics, observe))
+}
+
+async fn observe(State(metrics): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    metrics.record(method, route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+impl HttpMetrics {
+    /// Counts one request that took `took` until its response's head was ready (a streamed
+    /// body, such as followed logs, is not included).
+    pub fn record(&self, method: String, route: String, status: u16, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let s = series.entry((method, route, status)).or_default();
+        s.buckets[bucket] += 1;
+        s.sum_seconds += seconds;
+    }
+
+    /// The Prometheus text exposition of `nimbus_http_request_duration_seconds`.
+    pub fn render(&self) -> String {
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let name = "nimbus_http_request_duration_seconds";
+        let mut out = format!(
+            "# HELP {name} Time from a request's arrival to its response's head, by method, route template and status code.\n# TYPE {name} histogram\n"
+        );
+        for ((method, route, status), s) in series.iter() {
+            let labels = format!(
+                "method=\"{}\",route=\"{}\",code=\"{status}\"",
+                escape(method),
+                escape(route)
+            );
+            let mut cumulative = 0;
+            for (bound, n) in BUCKETS.iter().zip(s.buckets) {
+                cumulative += n;
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            cumulative += s.buckets[BUCKETS.len()];
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", s.sum_seconds);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        }
+        out
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_bucketed_cumulatively_per_method_route_and_code() {
+        let m = HttpMetrics::default();
+        let route = "/v1/tenants/{tenant}/services/{name}";
+        let get = |code, micros| {
+            m.record(
+                "GET".into(),
+                route.into(),
+                code,
+                Duration::from_micros(micros),
+            )
+        };
+        get(200, 80);
+        get(200, 300);
+        get(200, 20_000_000);
+        get(404, 80);
+        let text = m.render();
+        let line = |suffix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("nimbus_http_request_duration_seconds{suffix}")))
+                .unwrap_or_else(|| panic!("no line {suffix} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let ok = format!("method=\"GET\",route=\"{route}\",code=\"200\"");
+        assert_eq!(line(&format!("_bucket{{{ok},le=\"0.0001\"}}")), "1");
+        assert_eq!(line(&format!("_bucket{{{ok},le=\"0.0005\"}}")), "2");
+        assert_eq!(line(&format!("_bucket{{{ok},le=\"10\"}}")), "2");
+        assert_eq!(line(&format!("_bucket{{{ok},le=\"+Inf\"}}")), "3");
+        assert_eq!(line(&format!("_count{{{ok}}}")), "3");
+        let sum: f64 = line(&format!("_sum{{{ok}}}")).parse().unwrap();
+        assert!((sum - 20.00038).abs() < 1e-9, "{sum}");
+        let missing = format!("method=\"GET\",route=\"{route}\",code=\"404\"");
+        assert_eq!(line(&format!("_count{{{missing}}}")), "1");
+        assert!(text.contains("# TYPE nimbus_http_request_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
