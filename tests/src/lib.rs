@@ -318,10 +318,12 @@ impl Drop for Server {
                     .stderr(Stdio::null())
                     .status();
             };
-            quiet(
-                "nft",
-                &["delete", "table", "inet", &format!("nimbus_{bridge}")],
-            );
+            for family in ["inet", "bridge"] {
+                quiet(
+                    "nft",
+                    &["delete", "table", family, &format!("nimbus_{bridge}")],
+                );
+            }
             quiet("ip", &["link", "delete", bridge]);
             // Warm-pool namespaces a server killed mid-preparation (or by `kill9`) left: the
             // next server on this bridge would remove them, but there may be none.

@@ -228,9 +228,11 @@ impl Drop for ApiServer {
         );
         let _ = self.child.wait();
         // Its bridge and table: left behind, they slow every later `nft` call on the host.
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", "nimbus_nmbbench"])
-            .status();
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, "nimbus_nmbbench"])
+                .status();
+        }
         let _ = Command::new("ip")
             .args(["link", "delete", "nmbbench"])
             .status();

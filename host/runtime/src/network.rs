@@ -198,13 +198,15 @@ add rule inet {table} input iifname "{br}" ct state established,related accept
 add rule inet {table} input iifname "{br}" drop
 add rule inet {table} postrouting ip saddr {subnet} oifname != "{br}" masquerade
 flush map inet {table} sandboxes
-"#
+{ports}"#,
+            ports = port_binding_base(table)
         );
         let mut script = script;
         let chains = run_cmd("nft", &["list", "table", "inet", table], None)
             .await
             .unwrap_or_default();
         for n in known {
+            script.push_str(&bind_port(table, n));
             if chains.contains(&format!("chain {} ", n.chain))
                 || chains.contains(&format!("chain {} {{", n.chain))
             {
@@ -456,11 +458,13 @@ flush map inet {table} sandboxes
             // needed (siblings allowed to reach the subnet may reach it). Fewer chains also
             // keep every later `nft` call quicker: nft reads the whole table first.
             return Ok(format!(
-                "add set inet {table} {set} {{ type ipv4_addr; }}\nadd element inet {table} {set} {{ {a} }}\n",
-                a = net.address
+                "add set inet {table} {set} {{ type ipv4_addr; }}\nadd element inet {table} {set} {{ {a} }}\n{port}",
+                a = net.address,
+                port = bind_port(table, net)
             ));
         }
-        let mut s = format!(
+        let mut s = bind_port(table, net);
+        s.push_str(&format!(
             "add set inet {table} {set} {{ type ipv4_addr; }}\nadd element inet {table} {set} {{ {a} }}\nadd chain inet {table} {c}\nflush chain inet {table} {c}\n\
              add rule inet {table} {c} ip daddr {{ 127.0.0.0/8, 169.254.0.0/16, 0.0.0.0/8, 224.0.0.0/4 }} drop\n\
              add rule inet {table} {c} ip daddr {sub} ip daddr != @{set} drop\n\
@@ -468,7 +472,7 @@ flush map inet {table} sandboxes
             a = net.address,
             sub = self.subnet,
             gw = net.gateway,
-        );
+        ));
         for rule in &policy.egress.allow {
             let cidr = parse_cidr(&rule.cidr)?;
             // Sandboxes have IPv4 only, so an IPv6 rule can never match; it is skipped.
@@ -515,15 +519,20 @@ flush map inet {table} sandboxes
             let set = &net.tenant_set;
             let script = format!(
                 "add set inet {table} {set} {{ type ipv4_addr; }}\nadd element inet {table} {set} {{ {a} }}\ndelete element inet {table} {set} {{ {a} }}\n\
-                 add chain inet {table} {c}\nadd element inet {table} sandboxes {{ {a} : jump {c} }}\ndelete element inet {table} sandboxes {{ {a} }}\ndelete chain inet {table} {c}\n"
+                 add chain inet {table} {c}\nadd element inet {table} sandboxes {{ {a} : jump {c} }}\ndelete element inet {table} sandboxes {{ {a} }}\ndelete chain inet {table} {c}\n{port}",
+                port = bind_port(table, net) + &unbind_port(table, net)
             );
             if self.rules_batcher.apply(script).await.is_err() {
                 // Each statement separately: a missing element must not stop the rest.
+                let unbind = unbind_port(table, net);
                 for stmt in [
                     format!("delete element inet {table} sandboxes {{ {a} }}"),
                     format!("delete element inet {table} {set} {{ {a} }}"),
                     format!("delete chain inet {table} {c}"),
-                ] {
+                ]
+                .into_iter()
+                .chain(unbind.lines().map(str::to_string))
+                {
                     let _ = run_cmd("nft", &[&stmt], None).await;
                 }
                 if self.chain_exists(c).await {
@@ -573,6 +582,49 @@ flush map inet {table} sandboxes
             .await
             .is_ok()
     }
+}
+
+/// The `bridge` family table (same name as the `inet` one) that binds each sandbox's bridge port
+/// to its address. A frame from a bound port passes only with the port's own address as IPv4 or
+/// ARP sender; anything else (another sandbox's address, IPv6, other protocols) is dropped
+/// before the IP layer sees it. Without this the verdict map, keyed by source address, would
+/// give a sandbox that forged a sibling's address that sibling's egress policy, and a forged
+/// ARP sender would redirect the host's traffic for the sibling. Sandboxes cannot forge today
+/// (no `CAP_NET_RAW`, no `CAP_NET_ADMIN`); this holds even for a guest that can (a microVM's
+/// kernel). Ports not yet bound (a warm-pool namespace, which runs nothing) are not filtered.
+fn port_binding_base(table: &str) -> String {
+    format!(
+        "add table bridge {table}
+add set bridge {table} ports {{ type ifname . ipv4_addr; }}
+add set bridge {table} port_names {{ type ifname; }}
+add chain bridge {table} from_sandboxes {{ type filter hook input priority -200; policy accept; }}
+flush chain bridge {table} from_sandboxes
+add rule bridge {table} from_sandboxes iifname != @port_names accept
+add rule bridge {table} from_sandboxes iifname . ip saddr @ports accept
+add rule bridge {table} from_sandboxes iifname . arp saddr ip @ports accept
+add rule bridge {table} from_sandboxes drop
+flush set bridge {table} ports
+flush set bridge {table} port_names
+"
+    )
+}
+
+/// Binds `net`'s bridge port to its address (see [`port_binding_base`]); a no-op if bound.
+fn bind_port(table: &str, net: &SandboxNet) -> String {
+    format!(
+        "add element bridge {table} ports {{ \"{i}\" . {a} }}\nadd element bridge {table} port_names {{ \"{i}\" }}\n",
+        i = net.host_if,
+        a = net.address
+    )
+}
+
+/// Unbinds `net`'s bridge port; an error where it is not bound.
+fn unbind_port(table: &str, net: &SandboxNet) -> String {
+    format!(
+        "delete element bridge {table} port_names {{ \"{i}\" }}\ndelete element bridge {table} ports {{ \"{i}\" . {a} }}\n",
+        i = net.host_if,
+        a = net.address
+    )
 }
 
 /// Deletes the connection-tracking entries of flows from and to `address`. Tracking is keyed
@@ -668,6 +720,9 @@ mod tests {
             .find("198.51.100.0/24 tcp dport { 80, 443 } accept")
             .unwrap();
         assert!(meta < allow && tenant < allow);
+        // Both bind the sandbox's bridge port to its address.
+        let binding = format!("ports {{ \"{}\" . 10.99.0.2 }}", net.host_if);
+        assert!(r.contains(&binding) && deny_all.contains(&binding), "{r}");
         assert!(r
             .trim_end()
             .ends_with(&format!("10.99.0.2 : jump {} }}", net.chain)));

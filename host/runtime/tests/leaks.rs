@@ -91,6 +91,11 @@ async fn fifty_create_delete_cycles_leave_no_trace() {
         "verdict map entries left"
     );
     assert_eq!(
+        count_lines(&["nft", "list", "set", "bridge", table, "ports"], "nbv"),
+        0,
+        "bridge port bindings left"
+    );
+    assert_eq!(
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()

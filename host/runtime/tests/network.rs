@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use nimbus_core::names::SandboxId;
 use nimbus_core::spec::{EgressPolicy, EgressRule, NetworkPolicy};
 use nimbus_runtime::{Observed, Runtime};
 
@@ -451,5 +452,140 @@ async fn a_deleted_sandbox_leaves_no_tracked_connections_to_the_next_holder_of_i
         "the next sandbox holds the freed address"
     );
     rt.delete(&next).await.unwrap();
+    drop(net);
+}
+
+/// A sandbox's bridge port is bound to its address: a sandbox that forges a sibling's address
+/// (here: the test, as root, does it in the sandbox's namespace, which the sandbox itself
+/// cannot) gets nothing through, neither under the sibling's policy nor by ARP.
+#[tokio::test]
+async fn a_sandbox_that_forges_a_siblings_address_gets_nothing_through() {
+    require_host();
+    let n = 35;
+    let net = FakeInternet::create(
+        &format!("i{n}"),
+        &format!("198.51.{n}.1/24"),
+        &format!("198.51.{n}.2/24"),
+    );
+    let inet = format!("198.51.{n}.2");
+    // Datagrams to port 9999 are counted where they arrive, in the fake internet.
+    sh(&format!(
+        "ip netns exec {ns} nft add table inet count && ip netns exec {ns} nft add chain inet count pre '{{ type filter hook prerouting priority -300; }}' && ip netns exec {ns} nft add rule inet count pre udp dport 9999 counter",
+        ns = net.ns
+    ));
+    let arrived = || {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &net.ns, "nft", "list", "chain", "inet", "count", "pre",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("counter packets ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no counter in {text}"))
+    };
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(n, data.path(), |c| c.warm_pool = 2);
+    rt.warm_up().await.unwrap();
+    let running = |id: &SandboxId| match rt.observe(id) {
+        Observed::Running { pid, endpoint } => (pid, endpoint.address),
+        other => panic!("sandbox {id} is not running: {other:?}"),
+    };
+    // The sibling may send to the fake internet; the forger may send nowhere.
+    let mut allowed = spec(&image, &["sleep", "300"]);
+    allowed.network = allow(&format!("{inet}/32"), &[]);
+    let sibling = new_id();
+    rt.launch(&sibling, "demo", &allowed, |_| {}).await.unwrap();
+    let forger = new_id();
+    rt.launch(&forger, "demo", &spec(&image, &["sleep", "300"]), |_| {})
+        .await
+        .unwrap();
+    let (sibling_pid, sibling_addr) = running(&sibling);
+    let (forger_pid, forger_addr) = running(&forger);
+    let in_netns = |pid: i32, script: &str| {
+        let st = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "bash", "-c", script])
+            .status()
+            .unwrap();
+        assert!(st.success(), "`{script}` in the namespace of {pid} failed");
+    };
+    let send = format!("echo x > /dev/udp/{inet}/9999");
+    let settle = || std::thread::sleep(Duration::from_millis(500));
+
+    // The path works: the sibling, as itself, gets through.
+    in_netns(sibling_pid, &send);
+    settle();
+    assert_eq!(arrived(), 1, "the sibling's own datagram");
+
+    // The forger takes the sibling's address as its source, with the gateway's MAC address
+    // known (so no ARP is needed): dropped at its bridge port.
+    let gateway = format!("10.{}.0.1", 100 + u16::from(n));
+    let bridge_mac = std::fs::read_to_string(format!("/sys/class/net/nbt{n}/address")).unwrap();
+    in_netns(
+        forger_pid,
+        &format!(
+            "ip addr add {sibling_addr}/32 dev eth0 && ip neigh replace {gateway} lladdr {mac} dev eth0 nud permanent && ip route replace default via {gateway} dev eth0 src {sibling_addr} && {send}",
+            mac = bridge_mac.trim()
+        ),
+    );
+    settle();
+    assert_eq!(arrived(), 1, "a datagram with a forged source got through");
+
+    // A forged ARP sender does not make the host send the sibling's traffic to the forger.
+    // Read over netlink: sysfs would show the host's own interfaces.
+    let mac_of = |pid: i32| {
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                &pid.to_string(),
+                "-n",
+                "ip",
+                "-o",
+                "link",
+                "show",
+                "eth0",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("link/ether ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no MAC address in {text}"))
+    };
+    let (sibling_mac, forger_mac) = (mac_of(sibling_pid), mac_of(forger_pid));
+    assert_ne!(sibling_mac, forger_mac);
+    in_netns(
+        forger_pid,
+        &format!("ip neigh del {gateway} dev eth0; ip route replace default via {gateway} dev eth0 src {sibling_addr}; {send}; sleep 1; true"),
+    );
+    let host_view = Command::new("ip")
+        .args([
+            "neigh",
+            "show",
+            &sibling_addr.to_string(),
+            "dev",
+            &format!("nbt{n}"),
+        ])
+        .output()
+        .unwrap();
+    let host_view = String::from_utf8_lossy(&host_view.stdout);
+    assert!(
+        !host_view.contains(&forger_mac),
+        "the host maps {sibling_addr} to the forger ({forger_mac}, sibling {sibling_mac}): {host_view}"
+    );
+    assert_eq!(arrived(), 1, "a datagram with a forged source got through");
+    assert_ne!(forger_addr, sibling_addr);
+
+    rt.delete(&sibling).await.unwrap();
+    rt.delete(&forger).await.unwrap();
+    rt.drain_pool().await;
     drop(net);
 }

@@ -453,10 +453,12 @@ pub fn clean_host(n: u8) {
             }
         }
     }
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", &format!("nimbus_nbt{n}")])
-        .stderr(Stdio::null())
-        .status();
+    for family in ["inet", "bridge"] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, &format!("nimbus_nbt{n}")])
+            .stderr(Stdio::null())
+            .status();
+    }
     let _ = Command::new("ip")
         .args(["link", "delete", &format!("nbt{n}")])
         .stderr(Stdio::null())
