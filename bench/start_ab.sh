@@ -24,6 +24,7 @@ cleanup() {
   # The servers' bridges and tables: left behind, they slow every later `nft` call on the host.
   for n in 1 2; do
     nft delete table inet "nimbus_nmbab$n" 2>/dev/null || true
+    nft delete table bridge "nimbus_nmbab$n" 2>/dev/null || true
     ip link delete "nmbab$n" 2>/dev/null || true
   done
   rm -rf "$work"

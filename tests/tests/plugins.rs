@@ -203,6 +203,14 @@ fn serve_refused(config: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A loopback port nothing listens on (for the metrics listener).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// The value of the first metric line that starts with `prefix` (name and labels), if any.
 fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
@@ -213,10 +221,7 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn plugin_calls_failures_and_durations_are_served_on_the_metrics_listener() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let server = Server::start_with_config(&format!(
         "[server]\nmetrics_listen = \"127.0.0.1:{port}\"\n[plugins.limits]\ntimeout_ms = 30000\n"
     ))
@@ -268,10 +273,7 @@ async fn plugin_calls_failures_and_durations_are_served_on_the_metrics_listener(
 /// template (never by the raw path) and status code.
 #[tokio::test]
 async fn requests_are_timed_per_route_and_status_on_the_metrics_listener() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let server = Server::start_with_config(&format!(
         "[server]\nsandbox_driver = \"none\"\nmetrics_listen = \"127.0.0.1:{port}\"\n"
     ))

@@ -85,6 +85,27 @@ impl FakeInternet {
     }
 }
 
+impl FakeInternet {
+    /// Test `n`'s fake internet: the host side at 198.51.`n`.1/24 and the internet host at
+    /// 198.51.`n`.2, returned with it.
+    fn numbered(n: u8) -> (FakeInternet, String) {
+        let net = FakeInternet::create(
+            &format!("i{n}"),
+            &format!("198.51.{n}.1/24"),
+            &format!("198.51.{n}.2/24"),
+        );
+        (net, format!("198.51.{n}.2"))
+    }
+}
+
+/// A registry serving the busybox image, and that image's reference (keep the registry).
+async fn busybox_image() -> (Registry, String) {
+    let registry = Registry::start(None);
+    registry.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", registry.host);
+    (registry, image)
+}
+
 impl Drop for FakeInternet {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -190,19 +211,12 @@ fn host_address() -> String {
 async fn egress_is_denied_by_default_and_allowed_only_by_policy() {
     require_host();
     let n = 30;
-    let net = FakeInternet::create(
-        &format!("i{n}"),
-        &format!("198.51.{n}.1/24"),
-        &format!("198.51.{n}.2/24"),
-    );
-    let inet = format!("198.51.{n}.2");
+    let (net, inet) = FakeInternet::numbered(n);
     assert!(
         native_connect(&inet, 8080),
         "the fake internet host is reachable natively"
     );
-    let reg = Registry::start(None);
-    reg.push_busybox("tools/busybox", "v1").await;
-    let image = format!("{}/tools/busybox:v1", reg.host);
+    let (_registry, image) = busybox_image().await;
     let data = tempfile::tempdir().unwrap();
     // The warm pool on: launches take prepared namespaces, as on a server.
     let rt = runtime(n, data.path(), |c| c.warm_pool = 2);
@@ -248,9 +262,7 @@ async fn host_gateway_and_metadata_addresses_stay_blocked_even_when_everything_i
     let n = 31;
     let data = tempfile::tempdir().unwrap();
     let rt = runtime(n, data.path(), |_| {});
-    let reg = Registry::start(None);
-    reg.push_busybox("tools/busybox", "v1").await;
-    let image = format!("{}/tools/busybox:v1", reg.host);
+    let (_registry, image) = busybox_image().await;
     // Bring the bridge up (first launch) so the gateway address exists, then listen on it.
     let _ = reach_from_sandbox(&rt, &image, "demo", NetworkPolicy::default(), &[]).await;
     let gateway = format!("10.{}.0.1", 100 + u16::from(n));
@@ -285,9 +297,7 @@ async fn tenants_cannot_reach_each_other_and_the_host_reaches_endpoints() {
     // The warm pool on: launches take prepared namespaces, as on a server.
     let rt = runtime(n, data.path(), |c| c.warm_pool = 2);
     rt.warm_up().await.unwrap();
-    let reg = Registry::start(None);
-    reg.push_busybox("tools/busybox", "v1").await;
-    let image = format!("{}/tools/busybox:v1", reg.host);
+    let (_registry, image) = busybox_image().await;
     let server = new_id();
     let launched = rt
         .launch(
@@ -388,12 +398,7 @@ async fn the_gateway_keeps_its_mac_address_as_ports_come_and_go() {
 async fn a_deleted_sandbox_leaves_no_tracked_connections_to_the_next_holder_of_its_address() {
     require_host();
     let n = 34;
-    let mut net = FakeInternet::create(
-        &format!("i{n}"),
-        &format!("198.51.{n}.1/24"),
-        &format!("198.51.{n}.2/24"),
-    );
-    let inet = format!("198.51.{n}.2");
+    let (mut net, inet) = FakeInternet::numbered(n);
     // A server in the fake internet that keeps its connection open for a minute.
     let held = Command::new("ip")
         .args(["netns", "exec", &net.ns, BUSYBOX, "sh", "-c"])
@@ -402,9 +407,7 @@ async fn a_deleted_sandbox_leaves_no_tracked_connections_to_the_next_holder_of_i
         .spawn()
         .unwrap();
     net.servers.push(held);
-    let reg = Registry::start(None);
-    reg.push_busybox("tools/busybox", "v1").await;
-    let image = format!("{}/tools/busybox:v1", reg.host);
+    let (_registry, image) = busybox_image().await;
     let data = tempfile::tempdir().unwrap();
     // No warm pool: the next launch takes the lowest free address, the one just freed.
     let rt = runtime(n, data.path(), |_| {});
@@ -462,12 +465,7 @@ async fn a_deleted_sandbox_leaves_no_tracked_connections_to_the_next_holder_of_i
 async fn a_sandbox_that_forges_a_siblings_address_gets_nothing_through() {
     require_host();
     let n = 35;
-    let net = FakeInternet::create(
-        &format!("i{n}"),
-        &format!("198.51.{n}.1/24"),
-        &format!("198.51.{n}.2/24"),
-    );
-    let inet = format!("198.51.{n}.2");
+    let (net, inet) = FakeInternet::numbered(n);
     // Datagrams to port 9999 are counted where they arrive, in the fake internet.
     sh(&format!(
         "ip netns exec {ns} nft add table inet count && ip netns exec {ns} nft add chain inet count pre '{{ type filter hook prerouting priority -300; }}' && ip netns exec {ns} nft add rule inet count pre udp dport 9999 counter",
@@ -487,9 +485,7 @@ async fn a_sandbox_that_forges_a_siblings_address_gets_nothing_through() {
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or_else(|| panic!("no counter in {text}"))
     };
-    let reg = Registry::start(None);
-    reg.push_busybox("tools/busybox", "v1").await;
-    let image = format!("{}/tools/busybox:v1", reg.host);
+    let (_registry, image) = busybox_image().await;
     let data = tempfile::tempdir().unwrap();
     let rt = runtime(n, data.path(), |c| c.warm_pool = 2);
     rt.warm_up().await.unwrap();

@@ -37,7 +37,7 @@ async function freePort() {
 }
 
 // Each test server gets a bridge and subnet of its own, because node runs test files in parallel,
-// and removes them when it stops: a server leaves its bridge and nftables table on the host by
+// and removes them when it stops: a server leaves its bridge and nftables tables on the host by
 // design (its sandboxes outlive it), which a test run must not. Slots are claimed with an atomic
 // mkdir holding the claimant's pid; a slot whose claimant died is taken over.
 const NET_SLOTS = "/run/nimbus/sdk-test-nets";
@@ -77,7 +77,9 @@ async function claimNetwork() {
 function releaseNetwork(n) {
   const bridge = `nmbsdk${n}`;
   const quiet = (cmd, args) => spawnSync(cmd, args, { stdio: "ignore" });
-  quiet("nft", ["delete", "table", "inet", `nimbus_${bridge}`]);
+  for (const family of ["inet", "bridge"]) {
+    quiet("nft", ["delete", "table", family, `nimbus_${bridge}`]);
+  }
   quiet("ip", ["link", "delete", bridge]);
   const list = spawnSync("ip", ["netns", "list"], { encoding: "utf8" });
   for (const line of (list.stdout ?? "").split("\n")) {
