@@ -510,8 +510,10 @@ async fn files_are_read_and_written_inside_the_sandbox_root_only() {
     let image = format!("{}/tools/busybox:v1", reg.host);
     let id = new_id();
     let marker = format!("nimbus-escape-{}", id.as_str());
-    let script = "mkfifo /tmp/fifo; echo made-inside > /tmp/out; ln -s / /escape; \
-         ln -s ../../../../../.. /tmp/up; \
+    // `/tmp/out` comes last: once the test sees it, the symlinks exist (written through
+    // before they did, the test's files would create a real `/tmp/up` directory instead).
+    let script = "mkfifo /tmp/fifo; ln -s / /escape; ln -s ../../../../../.. /tmp/up; \
+         echo made-inside > /tmp/out; \
          while [ ! -f /data/in.txt ]; do sleep 0.05; done; cat /data/in.txt; ls -ln /data/in.txt";
     rt.launch(&id, "demo", &spec(&image, &["sh", "-c", script]), |_| {})
         .await
