@@ -112,12 +112,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let plugins =
         nimbus_plugins::PluginHost::open(&data_dir, &config.plugins).context("loading plugins")?;
     // Requests are timed only when something serves the figures.
-    let http_metrics = config
-        .server
-        .metrics_listen
-        .map(|_| Arc::new(nimbus_api::http_metrics::HttpMetrics::default()));
-    let metrics_task = match (config.server.metrics_listen, &http_metrics) {
-        (Some(addr), Some(http)) => {
+    let http_metrics = config.server.metrics_listen.map(|addr| {
+        (
+            addr,
+            Arc::new(nimbus_api::http_metrics::HttpMetrics::default()),
+        )
+    });
+    let metrics_task = match &http_metrics {
+        Some((addr, http)) => {
+            let addr = *addr;
             let listener = crate::metrics_endpoint::bind(addr).await?;
             tracing::info!(metrics = %addr, "serving request and plugin metrics at http://{addr}/metrics");
             let router = crate::metrics_endpoint::router(http.clone(), plugins.clone());
@@ -127,7 +130,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 }
             }))
         }
-        _ => None,
+        None => None,
     };
     let health_task = tokio::spawn(HealthController::new(store.clone(), plugins.clone()).run());
     let app = Arc::new(App {
@@ -147,7 +150,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let reaper = tokio::spawn(nimbus_api::reaper::run(app.clone()));
     let router = match http_metrics {
-        Some(m) => nimbus_api::http_metrics::track(nimbus_api::router(app), m),
+        Some((_, m)) => nimbus_api::http_metrics::track(nimbus_api::router(app), m),
         None => nimbus_api::router(app),
     };
 
