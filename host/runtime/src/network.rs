@@ -633,19 +633,22 @@ fn unbind_port(table: &str, net: &SandboxNet) -> String {
 /// UDP the right ports are enough), whatever its own policy says.
 async fn forget_connections(address: Ipv4Addr) -> Result<(), String> {
     let address = address.to_string();
-    for side in ["--orig-src", "--orig-dst"] {
-        match run_cmd("conntrack", &["-D", side, &address], None).await {
-            Ok(_) => {}
-            // conntrack fails when nothing matched.
-            Err(e) if e.contains(" 0 flow entries have been deleted") => {}
-            Err(e) => {
-                return Err(format!(
+    let delete = |side: &'static str| {
+        let address = address.clone();
+        async move {
+            match run_cmd("conntrack", &["-D", side, &address], None).await {
+                Ok(_) => Ok(()),
+                // conntrack fails when nothing matched.
+                Err(e) if e.contains(" 0 flow entries have been deleted") => Ok(()),
+                Err(e) => Err(format!(
                     "the tracked connections of {address} could not be deleted: {e}"
-                ))
+                )),
             }
         }
-    }
-    Ok(())
+    };
+    // Side by side: each walks the kernel's whole table (16 ms with 262 144 buckets).
+    let (from, to) = tokio::join!(delete("--orig-src"), delete("--orig-dst"));
+    from.and(to)
 }
 
 /// Fixes the bridge's MAC address at the one it has now. A bridge whose address nobody set
