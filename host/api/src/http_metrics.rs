@@ -4,7 +4,6 @@
 //! paths clients send; requests no route matched share `route="unmatched"`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
+use nimbus_core::histogram::{escape_label, Histogram};
 
 /// Upper bounds of the duration buckets, in seconds: from a cached read to a slow pull.
 const BUCKETS: [f64; 16] = [
@@ -22,17 +22,10 @@ const BUCKETS: [f64; 16] = [
 /// (method, route template, status code).
 type SeriesKey = (String, String, u16);
 
-#[derive(Default)]
-struct Series {
-    /// Requests per bucket, not cumulative; the last counts those above every bound.
-    buckets: [u64; BUCKETS.len() + 1],
-    sum_seconds: f64,
-}
-
 /// The durations of the requests the server answered since it started.
 #[derive(Default)]
 pub struct HttpMetrics {
-    series: Mutex<BTreeMap<SeriesKey, Series>>,
+    series: Mutex<BTreeMap<SeriesKey, Histogram>>,
 }
 
 /// Times every request `router` serves into `metrics`.
@@ -57,15 +50,11 @@ impl HttpMetrics {
     /// Counts one request that took `took` until its response's head was ready (a streamed
     /// body, such as followed logs, is not included).
     pub fn record(&self, method: String, route: String, status: u16, took: Duration) {
-        let seconds = took.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(BUCKETS.len());
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let s = series.entry((method, route, status)).or_default();
-        s.buckets[bucket] += 1;
-        s.sum_seconds += seconds;
+        series
+            .entry((method, route, status))
+            .or_insert_with(|| Histogram::new(&BUCKETS))
+            .observe(took);
     }
 
     /// The Prometheus text exposition of `nimbus_http_request_duration_seconds`.
@@ -75,32 +64,16 @@ impl HttpMetrics {
         let mut out = format!(
             "# HELP {name} Time from a request's arrival to its response's head, by method, route template and status code.\n# TYPE {name} histogram\n"
         );
-        for ((method, route, status), s) in series.iter() {
+        for ((method, route, status), histogram) in series.iter() {
             let labels = format!(
                 "method=\"{}\",route=\"{}\",code=\"{status}\"",
-                escape(method),
-                escape(route)
+                escape_label(method),
+                escape_label(route)
             );
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(s.buckets) {
-                cumulative += n;
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-            }
-            cumulative += s.buckets[BUCKETS.len()];
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", s.sum_seconds);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+            histogram.snapshot().render(&mut out, name, &labels);
         }
         out
     }
-}
-
-/// A label value as the text format wants it.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -144,10 +117,5 @@ mod tests {
         let missing = format!("method=\"GET\",route=\"{route}\",code=\"404\"");
         assert_eq!(line(&format!("_count{{{missing}}}")), "1");
         assert!(text.contains("# TYPE nimbus_http_request_duration_seconds histogram"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

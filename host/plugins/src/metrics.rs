@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nimbus_core::histogram::{Histogram, HistogramSnapshot};
+
 /// Upper bounds of the call-duration histogram's buckets, in seconds. An authorization decision
 /// takes microseconds (tens of them on a busy server), a health check up to its timeout.
 pub(crate) const DURATION_BUCKETS: [f64; 12] = [
@@ -23,14 +25,21 @@ pub(crate) const KINDS: [&str; 7] = [
     "error",
 ];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     calls: AtomicU64,
     failures: [AtomicU64; KINDS.len()],
-    /// Calls that ended within each bucket's bound (not cumulative; rendering accumulates), the
-    /// last one past every bound.
-    duration_buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
-    duration_sum_ns: AtomicU64,
+    durations: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            calls: AtomicU64::new(0),
+            failures: Default::default(),
+            durations: Histogram::new(&DURATION_BUCKETS),
+        }
+    }
 }
 
 impl Counters {
@@ -41,14 +50,7 @@ impl Counters {
     /// Records how long a call took, from the start of instantiation to the host's check of
     /// the answer, whatever its outcome.
     pub fn observe(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let i = DURATION_BUCKETS
-            .iter()
-            .position(|bound| secs <= *bound)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.duration_sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.durations.observe(took);
     }
 
     pub fn fail(&self, kind: &str) {
@@ -83,11 +85,7 @@ pub struct DurationSample {
     pub slot: String,
     /// `id@version`.
     pub plugin: String,
-    /// (upper bound in seconds, calls that took at most that long), cumulative like
-    /// Prometheus's `le` buckets; the last bound is infinite.
-    pub buckets: Vec<(f64, u64)>,
-    pub count: u64,
-    pub sum_seconds: f64,
+    pub histogram: HistogramSnapshot,
 }
 
 impl Metrics {
@@ -98,23 +96,10 @@ impl Metrics {
             Err(p) => p.into_inner(),
         };
         reg.iter()
-            .map(|(slot, plugin, c)| {
-                let bounds = DURATION_BUCKETS.iter().copied().chain([f64::INFINITY]);
-                let mut total = 0;
-                let buckets = bounds
-                    .zip(&c.duration_buckets)
-                    .map(|(bound, n)| {
-                        total += n.load(Ordering::Relaxed);
-                        (bound, total)
-                    })
-                    .collect();
-                DurationSample {
-                    slot: slot.clone(),
-                    plugin: plugin.clone(),
-                    buckets,
-                    count: total,
-                    sum_seconds: c.duration_sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
-                }
+            .map(|(slot, plugin, c)| DurationSample {
+                slot: slot.clone(),
+                plugin: plugin.clone(),
+                histogram: c.durations.snapshot(),
             })
             .collect()
     }
@@ -189,24 +174,8 @@ pub fn render_durations(samples: &[DurationSample]) -> String {
     let mut out = String::from("# TYPE nimbus_plugin_call_duration_seconds histogram\n");
     for s in samples {
         let labels = format!("slot=\"{}\",plugin=\"{}\"", s.slot, s.plugin);
-        for (bound, n) in &s.buckets {
-            let le = if bound.is_infinite() {
-                "+Inf".to_string()
-            } else {
-                bound.to_string()
-            };
-            out.push_str(&format!(
-                "nimbus_plugin_call_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}\n"
-            ));
-        }
-        out.push_str(&format!(
-            "nimbus_plugin_call_duration_seconds_sum{{{labels}}} {}\n",
-            s.sum_seconds
-        ));
-        out.push_str(&format!(
-            "nimbus_plugin_call_duration_seconds_count{{{labels}}} {}\n",
-            s.count
-        ));
+        s.histogram
+            .render(&mut out, "nimbus_plugin_call_duration_seconds", &labels);
     }
     out
 }
@@ -222,7 +191,7 @@ mod tests {
         c.observe(Duration::from_micros(8));
         c.observe(Duration::from_micros(30));
         c.observe(Duration::from_secs(20));
-        let d = &m.durations()[0];
+        let d = &m.durations()[0].histogram;
         assert_eq!(d.count, 3);
         assert!(
             (d.sum_seconds - 20.000038).abs() < 1e-9,

@@ -198,7 +198,7 @@ fn assert_contained(host: &PluginHost, kind: &str) {
         .durations()
         .iter()
         .filter(|d| d.slot == "authz")
-        .map(|d| d.count)
+        .map(|d| d.histogram.count)
         .sum();
     assert_eq!(timed, 2, "{:?}", host.durations());
 }
