@@ -44,8 +44,8 @@ pub struct ServerConfig {
     pub sandbox_driver: SandboxDriver,
     #[serde(default)]
     pub authorizer: AuthorizerKind,
-    /// Where to serve plugin metrics (`GET /metrics`, Prometheus text, unauthenticated); off
-    /// when unset.
+    /// Where to serve request and plugin metrics (`GET /metrics`, Prometheus text,
+    /// unauthenticated); off when unset, and requests are then not timed.
     pub metrics_listen: Option<SocketAddr>,
 }
 

@@ -824,6 +824,10 @@ pub(crate) struct FloorRunner {
     engine: Engine,
     pre: wasmtime::component::InstancePre<CallCtx>,
     limits: EffectiveLimits,
+    /// The `decide` export, found once by name as a policy's is at load.
+    decide: Option<ComponentExportIndex>,
+    /// Set once `decide` passed the policy's type check (see [`FloorRunner::run_decide_once`]).
+    decide_checked: std::sync::OnceLock<()>,
 }
 
 impl FloorRunner {
@@ -837,6 +841,8 @@ impl FloorRunner {
             engine: engine.clone(),
             pre,
             limits,
+            decide: component.get_export_index(None, "decide"),
+            decide_checked: std::sync::OnceLock::new(),
         })
     }
 
@@ -880,15 +886,28 @@ impl FloorRunner {
 
     /// For a component exporting `decide` typed exactly as `nimbus:authz/policy` has it: asks
     /// it for a decision on `request`, the whole call a policy gets (lowering the request,
-    /// lifting the answer) without the slot around it.
+    /// lifting the answer) without the slot around it. The export is reached as a policy's is
+    /// (by index, its type checked once rather than on every call), so the floor does no work
+    /// a policy call skips.
     pub fn run_decide_once(
         &self,
         request: &nimbus_core::authz::AuthzRequest,
     ) -> anyhow::Result<nimbus_core::authz::Decision> {
         let (mut store, instance) = self.instantiate()?;
-        let decide: DecideFunc<'_> = instance
-            .get_typed_func(&mut store, "decide")
-            .map_err(|e| anyhow!("{e:#}"))?;
+        let func = self
+            .decide
+            .and_then(|i| instance.get_func(&mut store, i))
+            .ok_or_else(|| anyhow!("the component exports no decide function"))?;
+        if self.decide_checked.get().is_none() {
+            func.typed::<(RequestRef<'_>,), (Result<az::Decision, az::Error>,)>(&store)
+                .map_err(|e| anyhow!("decide is not typed as a policy's: {e:#}"))?;
+            let _ = self.decide_checked.set(());
+        }
+        // SAFETY: `func` is the `decide` export of an instance of this runner's one component,
+        // and that export passed `Func::typed` against exactly this signature above (on this
+        // call or an earlier one); every instance of one component has the same types.
+        #[allow(unsafe_code)]
+        let decide = unsafe { DecideFunc::new_unchecked(func) };
         let (answer,) = decide
             .call(&mut store, (request_ref(request),))
             .map_err(|e| anyhow!("{e:#}"))?;
