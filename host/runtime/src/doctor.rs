@@ -241,6 +241,7 @@ pub fn all_checks(crun: &Path) -> Vec<Check> {
             }),
         });
     }
+    out.push(nftables_check());
     let fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
     out.push(Check {
         name: "ip_forward",
@@ -252,6 +253,74 @@ pub fn all_checks(crun: &Path) -> Vec<Check> {
         fix: None,
     });
     out
+}
+
+/// Whether the kernel takes the host ruleset every sandbox network needs (the `inet` table
+/// with its verdict map and NAT chain, and the `bridge` table that binds ports to addresses):
+/// `nft --check` loads it under a probe name and applies nothing. A kernel built without one
+/// of these nftables features would otherwise fail only at the first launch.
+fn nftables_check() -> Check {
+    if !nix::unistd::geteuid().is_root() {
+        return Check {
+            name: "nftables",
+            status: Status::Info,
+            detail: "not checked: loading nftables rules, even to check them, needs root".into(),
+            fix: None,
+        };
+    }
+    let subnet = crate::network::Subnet {
+        base: std::net::Ipv4Addr::new(10, 88, 0, 0),
+        prefix: 16,
+    };
+    let rules = crate::network::host_rules("nimbus_doctor_probe", "nimbus-probe", subnet);
+    nft_check(&rules)
+}
+
+/// `nft --check` on `rules`, as a doctor check.
+fn nft_check(rules: &str) -> Check {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let outcome = Command::new("nft")
+        .args(["--check", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(rules.as_bytes())?;
+            }
+            child.wait_with_output()
+        });
+    match outcome {
+        Ok(out) if out.status.success() => Check {
+            name: "nftables",
+            status: Status::Ok,
+            detail: "the kernel accepts the sandbox network's rules (inet and bridge tables)"
+                .into(),
+            fix: None,
+        },
+        Ok(out) => Check {
+            name: "nftables",
+            status: Status::Fail,
+            detail: format!(
+                "the kernel refuses the sandbox network's rules: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            fix: Some(
+                "use a kernel with nf_tables for the inet and bridge families, NAT, conntrack and \
+                 sets (CONFIG_NF_TABLES_INET, CONFIG_NF_TABLES_BRIDGE, CONFIG_NFT_NAT, \
+                 CONFIG_NFT_CT, CONFIG_NF_TABLES_SET)"
+                    .into(),
+            ),
+        },
+        Err(e) => Check {
+            name: "nftables",
+            status: Status::Fail,
+            detail: format!("cannot run nft: {e}"),
+            fix: Some("apt-get install nftables".into()),
+        },
+    }
 }
 
 /// Whether sandboxes can get user namespaces with their layers under `dir` (the data dir): a
@@ -491,6 +560,37 @@ pub fn fix_hugetlb() -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_takes_the_sandbox_network_rules_and_nothing_is_applied() {
+        let check = nftables_check();
+        assert_eq!(check.status, Status::Ok, "{check:?}");
+        let tables = std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .expect("nft list tables");
+        assert!(
+            !String::from_utf8_lossy(&tables.stdout).contains("nimbus_doctor_probe"),
+            "the check left its probe table behind"
+        );
+    }
+
+    #[test]
+    fn rules_the_kernel_refuses_fail_the_check_with_its_words() {
+        // A NAT chain cannot hook forward: nft parses this, the kernel refuses it.
+        let check = nft_check(
+            "add table inet nimbus_doctor_bad\n\
+             add chain inet nimbus_doctor_bad c { type nat hook forward priority 0; }\n",
+        );
+        assert_eq!(check.status, Status::Fail, "{check:?}");
+        assert!(check.detail.contains("refuses"), "{}", check.detail);
+        assert!(
+            check.detail.contains("nimbus_doctor_bad"),
+            "{}",
+            check.detail
+        );
+        assert!(check.fix.is_some());
+    }
 
     #[test]
     fn hybrid_layout_with_hugetlb_in_v2_is_detected() {

@@ -175,33 +175,8 @@ impl Network {
         // sandboxes a direct path to each other that port isolation then breaks.
         write_sysctl("net/ipv4/ip_forward", "1")?;
         write_sysctl(&format!("net/ipv4/conf/{br}/send_redirects"), "0")?;
-        let subnet = self.subnet;
         let table = &self.table;
-        let script = format!(
-            r#"add table inet {table}
-add map inet {table} sandboxes {{ type ipv4_addr : verdict; }}
-add chain inet {table} forward {{ type filter hook forward priority 0; policy accept; }}
-add chain inet {table} input {{ type filter hook input priority 0; policy accept; }}
-add chain inet {table} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
-add chain inet {table} egress
-flush chain inet {table} forward
-flush chain inet {table} input
-flush chain inet {table} postrouting
-flush chain inet {table} egress
-add rule inet {table} forward ct state established,related accept
-add rule inet {table} forward ct state invalid iifname "{br}" drop
-add rule inet {table} forward iifname "{br}" jump egress
-add rule inet {table} forward oifname "{br}" drop
-add rule inet {table} egress ip saddr vmap @sandboxes
-add rule inet {table} egress drop
-add rule inet {table} input iifname "{br}" ct state established,related accept
-add rule inet {table} input iifname "{br}" drop
-add rule inet {table} postrouting ip saddr {subnet} oifname != "{br}" masquerade
-flush map inet {table} sandboxes
-{ports}"#,
-            ports = port_binding_base(table)
-        );
-        let mut script = script;
+        let mut script = host_rules(table, br, self.subnet);
         let chains = run_cmd("nft", &["list", "table", "inet", table], None)
             .await
             .unwrap_or_default();
@@ -582,6 +557,38 @@ flush map inet {table} sandboxes
             .await
             .is_ok()
     }
+}
+
+/// The host's base ruleset for bridge `br`, in table `table`, without any sandbox's entries:
+/// the `inet` table (forwarding through each sandbox's verdict-map chain, no traffic to the host,
+/// masquerade on the way out) and the `bridge` table that binds ports to addresses. Loading it
+/// flushes its chains, map and sets. `nimbus doctor` checks it (`nft --check`) under a probe
+/// name, so a kernel without these nftables features is caught before the first launch.
+pub(crate) fn host_rules(table: &str, br: &str, subnet: Subnet) -> String {
+    format!(
+        r#"add table inet {table}
+add map inet {table} sandboxes {{ type ipv4_addr : verdict; }}
+add chain inet {table} forward {{ type filter hook forward priority 0; policy accept; }}
+add chain inet {table} input {{ type filter hook input priority 0; policy accept; }}
+add chain inet {table} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
+add chain inet {table} egress
+flush chain inet {table} forward
+flush chain inet {table} input
+flush chain inet {table} postrouting
+flush chain inet {table} egress
+add rule inet {table} forward ct state established,related accept
+add rule inet {table} forward ct state invalid iifname "{br}" drop
+add rule inet {table} forward iifname "{br}" jump egress
+add rule inet {table} forward oifname "{br}" drop
+add rule inet {table} egress ip saddr vmap @sandboxes
+add rule inet {table} egress drop
+add rule inet {table} input iifname "{br}" ct state established,related accept
+add rule inet {table} input iifname "{br}" drop
+add rule inet {table} postrouting ip saddr {subnet} oifname != "{br}" masquerade
+flush map inet {table} sandboxes
+{ports}"#,
+        ports = port_binding_base(table)
+    )
 }
 
 /// The `bridge` family table (same name as the `inet` one) that binds each sandbox's bridge port

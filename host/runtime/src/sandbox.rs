@@ -246,7 +246,12 @@ impl Runtime {
             })
             .await
             .map(|_| ())
-            .map_err(|e| internal(format!("setting up the sandbox bridge failed: {e}")))
+            .map_err(|e| {
+                internal(format!(
+                    "setting up the sandbox bridge failed: {e}; `nimbus doctor` checks whether \
+                     this host's kernel takes the sandbox network's nftables rules"
+                ))
+            })
     }
 
     /// Sets up the host network and fills the warm pool in the background, so the first
