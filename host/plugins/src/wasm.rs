@@ -69,6 +69,8 @@ pub(crate) struct CallCtx {
     net: Option<NetAccess>,
     deadline: Instant,
     log_lines: u32,
+    /// Keeps the epoch advancing while this call's store lives (its deadline depends on it).
+    _ticking: crate::engine::Ticking,
 }
 
 /// Network access for a health-check call.
@@ -130,6 +132,7 @@ impl CallCtx {
             net,
             deadline: Instant::now() + limits.timeout,
             log_lines: 0,
+            _ticking: crate::engine::Ticking::start(),
         }
     }
 
