@@ -22,6 +22,9 @@
 # not enter it; it misses effects outside the call (e.g. caches the policy evicts for the rest
 # of the request).
 #
+# NIMBUS_BIN=path measures that server binary instead of building the release one (e.g. to
+# compare two builds).
+#
 # KEEP=1 keeps the servers' work directory (logs, perf data) instead of removing it.
 #
 # CALLGRIND=1 instead runs each server under `valgrind --tool=callgrind` and counts the
@@ -31,9 +34,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
-cargo build --release -p nimbus --quiet
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-bin="$target_dir/release/nimbus"
+if [ -n "${NIMBUS_BIN:-}" ]; then
+  bin=$NIMBUS_BIN
+else
+  cargo build --release -p nimbus --quiet
+  target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+  bin="$target_dir/release/nimbus"
+fi
 duration=${DURATION:-10}
 rounds=${ROUNDS:-3}
 conns=${CONNS:-8}
