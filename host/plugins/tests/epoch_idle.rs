@@ -32,8 +32,8 @@ fn wait_until_parked(within: Duration) {
     let start = Instant::now();
     loop {
         let before = ticker_wakeups();
-        std::thread::sleep(Duration::from_millis(100));
-        // A ticking thread wakes every 2 ms: 50 times in this window.
+        std::thread::sleep(Duration::from_millis(200));
+        // A ticking thread wakes every 10 ms: 20 times in this window.
         if ticker_wakeups() == before {
             return;
         }
