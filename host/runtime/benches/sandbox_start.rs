@@ -350,6 +350,13 @@ fn main() {
             assert!(st.success());
         }
         std::fs::write(hb.path().join("config.json"), serde_json::to_vec(&hardened).unwrap()).unwrap();
+        // The same bundle running `sleep 60`, started detached, for the delete baseline.
+        let hb_sleep = tempfile::tempdir().unwrap();
+        let mut sleeping = hardened.clone();
+        sleeping["root"]["path"] = hb.path().join("rootfs").display().to_string().into();
+        sleeping["process"]["args"] = serde_json::json!(["sleep", "60"]);
+        sleeping["linux"]["cgroupsPath"] = format!("/nimbus/bench-delete-{}", std::process::id()).into();
+        std::fs::write(hb_sleep.path().join("config.json"), serde_json::to_vec(&sleeping).unwrap()).unwrap();
 
         // Through the API: a real server, POST the sandbox, follow its logs to the first byte.
         let server = match nimbus_bin() {
@@ -369,6 +376,7 @@ fn main() {
         let (mut api, mut nimbus, mut launch_only, mut crun, mut crun_hardened) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut plain_launch = Vec::new();
+        let (mut deletes, mut crun_deletes) = (Vec::new(), Vec::new());
         let steal_before = cpu_times();
         for i in 0..rounds() {
             // The order rotates, so no path always follows another's cleanup.
@@ -388,7 +396,13 @@ fn main() {
                             plain_launch.push(launch_first_byte(rt_plain, plain_data.path(), &image).await.0);
                         }
                     }
-                    2 => crun.push(first_byte_of(crun_run(&crun_root, bundle.path(), &format!("bench-{i}")))),
+                    2 => {
+                        crun.push(first_byte_of(crun_run(&crun_root, bundle.path(), &format!("bench-{i}"))));
+                        // Deleting a running sandbox, against `crun delete --force` of the
+                        // hardened bundle running the same process.
+                        deletes.push(delete_running(&rt, &image).await);
+                        crun_deletes.push(crun_delete_running(&crun_root, hb_sleep.path(), &format!("benchd-{i}")));
+                    }
                     _ => crun_hardened.push(first_byte_of(crun_run(&crun_root, hb.path(), &format!("benchh-{i}")))),
                 }
                 // Let the step's sandbox finish going away (and the warm pool refill) before
@@ -521,6 +535,13 @@ fn main() {
             n.as_secs_f64() / h.as_secs_f64(),
             n.as_secs_f64() / c.as_secs_f64()
         );
+        println!(
+            "delete of a running sandbox (median of {}): nimbus {:.1} ms (kill, unmount, network and conntrack teardown), raw `crun delete --force` {:.1} ms (hardened bundle); per-round ratio {:.2}x",
+            rounds(),
+            median(deletes.clone()).as_secs_f64() * 1e3,
+            median(crun_deletes.clone()).as_secs_f64() * 1e3,
+            paired_ratio(&deletes, &crun_deletes)
+        );
         println!("  median of per-round ratios (paths of one round run back to back):");
         if let Some((d, hd)) = api_paired {
             println!("    API/crun      {hd:.2}x against the hardened bundle; {d:.2}x against the default config");
@@ -585,6 +606,44 @@ async fn launch_first_byte(
     let times = tokio::join!(first_byte, launched);
     rt.delete(&id).await.unwrap();
     times
+}
+
+/// Launches a `sleep 60` sandbox (not timed) and times its delete.
+async fn delete_running(rt: &Runtime, image: &str) -> Duration {
+    let id = new_id();
+    rt.launch(&id, "demo", &spec(image, &["sleep", "60"]), |_| {})
+        .await
+        .unwrap();
+    let start = Instant::now();
+    rt.delete(&id).await.unwrap();
+    start.elapsed()
+}
+
+/// Starts `bundle` detached with crun (not timed) and times `crun delete --force`.
+fn crun_delete_running(root: &std::path::Path, bundle: &std::path::Path, name: &str) -> Duration {
+    let name = format!("{name}-{}", std::process::id());
+    let st = Command::new("crun")
+        .arg("--root")
+        .arg(root)
+        .args(["run", "--detach", "--bundle"])
+        .arg(bundle)
+        .arg(&name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
+    assert!(st.success(), "crun run --detach {name}");
+    let start = Instant::now();
+    let st = Command::new("crun")
+        .arg("--root")
+        .arg(root)
+        .args(["delete", "--force", &name])
+        .status()
+        .unwrap();
+    let t = start.elapsed();
+    assert!(st.success(), "crun delete --force {name}");
+    t
 }
 
 /// 50 launches at once through `rt`, then their deletes: (wall time, each launch's time).
