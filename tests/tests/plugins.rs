@@ -85,7 +85,7 @@ async fn plugin_list_on_a_servers_data_dir_shows_the_bundled_plugins_with_their_
     );
     for r in &rows {
         let bundled = if r[0] == "grants-policy" {
-            "0.1.2"
+            "0.1.3"
         } else {
             "0.1.1"
         };

@@ -557,6 +557,26 @@ impl Catalog {
 mod tests {
     use super::*;
 
+    /// The authorization policy runs on every request in a fresh instance whose memory and
+    /// tables are reset afterwards: it must stay without a function table and with a few KiB of
+    /// memory (see plugins/.cargo/config.toml and docs/plugins.md, "Writing a plugin").
+    #[test]
+    fn the_bundled_policy_instantiates_without_a_table_and_with_under_8_kib_of_memory() {
+        let engine = crate::engine::engine().unwrap();
+        let policy = BUNDLED
+            .iter()
+            .find(|b| embedded_metadata(b.bytes).is_some_and(|(id, _)| id == "grants-policy"))
+            .expect("grants-policy is bundled");
+        let component = crate::wasm::compile(engine, policy.bytes).unwrap();
+        let needs = component
+            .resources_required()
+            .expect("a policy imports no resources");
+        assert_eq!(needs.num_tables, 0, "the policy has a function table");
+        assert_eq!(needs.num_memories, 1);
+        let memory = needs.max_initial_memory_size.unwrap_or(0);
+        assert!(memory <= 8 << 10, "initial memory of {memory} bytes");
+    }
+
     fn temp_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
             "nimbus-catalog-{tag}-{}-{}",
@@ -595,7 +615,7 @@ mod tests {
         catalog.ensure_bundled(engine).unwrap();
         assert_eq!(
             catalog.active_version("grants-policy").as_deref(),
-            Some("0.1.2")
+            Some("0.1.3")
         );
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -613,7 +633,7 @@ mod tests {
             catalog.active_version("grants-policy").as_deref(),
             Some("0.0.5")
         );
-        assert!(catalog.manifest("grants-policy", "0.1.2").is_ok());
+        assert!(catalog.manifest("grants-policy", "0.1.3").is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

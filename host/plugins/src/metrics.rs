@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn durations_land_in_cumulative_buckets_with_their_sum() {
         let m = Metrics::default();
-        let c = m.counters("authz", "grants-policy@0.1.2");
+        let c = m.counters("authz", "grants-policy@0.1.3");
         c.observe(Duration::from_micros(8));
         c.observe(Duration::from_micros(30));
         c.observe(Duration::from_secs(20));
@@ -206,11 +206,11 @@ mod tests {
         assert_eq!(at(f64::INFINITY), Some(3));
         let text = render_durations(&m.durations());
         assert!(text.contains(
-            "nimbus_plugin_call_duration_seconds_bucket{slot=\"authz\",plugin=\"grants-policy@0.1.2\",le=\"0.00005\"} 2\n"
+            "nimbus_plugin_call_duration_seconds_bucket{slot=\"authz\",plugin=\"grants-policy@0.1.3\",le=\"0.00005\"} 2\n"
         ), "{text}");
         assert!(text.contains("le=\"+Inf\"} 3\n"), "{text}");
         assert!(text.contains(
-            "nimbus_plugin_call_duration_seconds_count{slot=\"authz\",plugin=\"grants-policy@0.1.2\"} 3\n"
+            "nimbus_plugin_call_duration_seconds_count{slot=\"authz\",plugin=\"grants-policy@0.1.3\"} 3\n"
         ), "{text}");
     }
 }

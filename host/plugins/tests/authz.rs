@@ -126,7 +126,7 @@ fn request_table() -> Vec<AuthzRequest> {
 fn grants_policy_component_agrees_with_the_native_rules_on_every_request_in_the_table() {
     let dir = TempDir::new("agree");
     let host = PluginHost::open(dir.path(), &config("")).unwrap();
-    assert_eq!(host.serving("authz").unwrap(), "grants-policy@0.1.2");
+    assert_eq!(host.serving("authz").unwrap(), "grants-policy@0.1.3");
     let authz = host.authorizer();
     let table = request_table();
     let (mut allowed, mut denied) = (0, 0);
@@ -383,7 +383,7 @@ fn a_pinned_version_is_not_swapped_by_a_newer_install() {
     let dir = TempDir::new("pinned");
     let host = PluginHost::open(
         dir.path(),
-        &config("[authz]\nplugin = \"grants-policy\"\nversion = \"0.1.2\"\n"),
+        &config("[authz]\nplugin = \"grants-policy\"\nversion = \"0.1.3\"\n"),
     )
     .unwrap();
     PluginStore::open(dir.path())

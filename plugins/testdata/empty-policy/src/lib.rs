@@ -11,6 +11,8 @@ wit_bindgen::generate!({
     path: "../../../wit/authz/0.1.0",
     world: "authz-policy",
     generate_all,
+    // As in grants-policy: no link helper, so no function table.
+    disable_custom_section_link_helpers: true,
 });
 
 nimbus_guest_rt::plugin_metadata!();
