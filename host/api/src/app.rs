@@ -102,9 +102,9 @@ impl App {
             return Ok(());
         }
         let reason = format!(
-            "credential belongs to tenant {:?}, not {:?}",
-            principal.tenant_id,
-            tenant.as_str()
+            "credential belongs to tenant {}, not {}",
+            nimbus_core::authz::quoted(&principal.tenant_id),
+            nimbus_core::authz::quoted(tenant.as_str())
         );
         let target = target_of(kind, name);
         self.audit_best_effort(self.event(principal, tenant, action, &target, "deny", &reason))

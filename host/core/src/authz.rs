@@ -183,6 +183,29 @@ impl Authorizer for GrantsPolicy {
     }
 }
 
+/// `s` in double quotes for a reason: as `{:?}` prints it for ASCII (quotes, backslashes and
+/// control characters escaped), and every other character as `\u{…}`. The grants-policy
+/// component escapes the same way; `{:?}` itself would need Unicode tables that make every
+/// instance of the component copy and reset a second page of memory.
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            ' '..='~' => out.push(c),
+            _ => out.extend(c.escape_unicode()),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The grant rules as a pure function, shared by [`GrantsPolicy`] and its tests.
 pub fn decide_by_grants(request: &AuthzRequest) -> Decision {
     let p = &request.principal;
@@ -196,8 +219,9 @@ pub fn decide_by_grants(request: &AuthzRequest) -> Decision {
         return Decision::deny(
             GRANTS_POLICY_ID,
             format!(
-                "credential belongs to tenant {:?}, not {:?}",
-                p.tenant_id, request.resource.tenant_id
+                "credential belongs to tenant {}, not {}",
+                quoted(&p.tenant_id),
+                quoted(&request.resource.tenant_id)
             ),
         );
     }
@@ -248,14 +272,15 @@ pub fn decide_by_grants(request: &AuthzRequest) -> Decision {
             GRANTS_POLICY_ID,
             match request.resource.name.as_deref() {
                 Some(n) => format!(
-                    "no grant allows {} on {} {:?}",
+                    "no grant allows {} on {} {}",
                     request.action,
                     request.resource.kind.as_str(),
-                    n
+                    quoted(n)
                 ),
                 None => format!(
-                    "no grant allows {} in tenant {:?}",
-                    request.action, request.resource.tenant_id
+                    "no grant allows {} in tenant {}",
+                    request.action,
+                    quoted(&request.resource.tenant_id)
                 ),
             },
         ),
@@ -275,6 +300,20 @@ fn session_target_grant(request: &AuthzRequest) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_prints_ascii_as_debug_does_and_escapes_everything_else() {
+        for s in [
+            "demo",
+            "a \"b\" \\ c",
+            "tab\tnl\ncr\rnul\0",
+            "esc\u{1b}del\u{7f}",
+            "",
+        ] {
+            assert_eq!(quoted(s), format!("{s:?}"));
+        }
+        assert_eq!(quoted("café ✓\u{301}"), "\"caf\\u{e9} \\u{2713}\\u{301}\"");
+    }
 
     fn principal(tenant: &str, grants: &[&str]) -> Principal {
         Principal {

@@ -122,6 +122,53 @@ fn request_table() -> Vec<AuthzRequest> {
     out
 }
 
+/// The policy's instance starts with 1.5 KiB of heap: a request far larger than that (a
+/// credential with hundreds of grants, long names) grows its memory page by page and is
+/// decided exactly as natively, whether the matching grant comes first or last.
+#[test]
+fn a_request_larger_than_the_policys_initial_memory_is_decided_like_the_native_rules() {
+    let dir = TempDir::new("big-request");
+    let host = PluginHost::open(dir.path(), &config("")).unwrap();
+    let authz = host.authorizer();
+    let long = "x".repeat(300);
+    let mut grants: Vec<String> = (0..400)
+        .map(|i| format!("service:{long}{i}:read"))
+        .collect();
+    for target in ["web", "missing"] {
+        for grant_last in [false, true] {
+            let matching = "service:web:read".to_string();
+            if grant_last {
+                grants.push(matching);
+            } else {
+                grants.insert(0, matching);
+            }
+            let r = AuthzRequest {
+                principal: Principal {
+                    id: "cred_big".into(),
+                    kind: PrincipalKind::ApiKey,
+                    tenant_id: "demo".into(),
+                    grants: grants.clone(),
+                },
+                action: actions::SERVICES_GET.into(),
+                resource: ResourceRef {
+                    tenant_id: "demo".into(),
+                    kind: ResourceKind::Service,
+                    name: Some(target.into()),
+                },
+                context: vec![("note".into(), long.clone())],
+            };
+            let native = decide_by_grants(&r);
+            assert_eq!(
+                authz.authorize(&r),
+                native,
+                "{target}, grant last: {grant_last}"
+            );
+            assert_eq!(native.allow, target == "web");
+            grants.retain(|g| g != "service:web:read");
+        }
+    }
+}
+
 #[test]
 fn grants_policy_component_agrees_with_the_native_rules_on_every_request_in_the_table() {
     let dir = TempDir::new("agree");

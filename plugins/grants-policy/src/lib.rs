@@ -82,42 +82,21 @@ fn concat(parts: &[&str]) -> String {
     out
 }
 
-/// Appends `s` as `{:?}` prints a `str`: quoted, with quotes, backslashes and control characters
-/// escaped.
-fn push_debug(out: &mut String, s: &str) {
-    if !s.is_ascii() {
-        // What `{:?}` does, without `core::fmt`: each character as `char::escape_debug` has
-        // it, except that a `str`'s single quotes stay as they are.
-        out.push('"');
-        for c in s.chars() {
-            if c == '\'' {
-                out.push(c);
-            } else {
-                out.extend(c.escape_debug());
-            }
-        }
-        out.push('"');
-        return;
-    }
+/// Appends `s` in double quotes, as `nimbus_core::authz::quoted` has it: as `{:?}` prints
+/// ASCII (quotes, backslashes and control characters escaped), every other character as
+/// `\u{…}`. (`{:?}` itself would bring Unicode tables that every instance copies and resets.)
+fn push_quoted(out: &mut String, s: &str) {
     out.push('"');
-    for b in s.bytes() {
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            b'\0' => out.push_str("\\0"),
-            0x20..=0x7e => out.push(b as char),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.push_str("\\u{");
-                if b >= 0x10 {
-                    out.push(HEX[(b >> 4) as usize] as char);
-                }
-                out.push(HEX[(b & 0xf) as usize] as char);
-                out.push('}');
-            }
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            ' '..='~' => out.push(c),
+            _ => out.extend(c.escape_unicode()),
         }
     }
     out.push('"');
@@ -142,9 +121,9 @@ fn decide_by_grants(request: &Request) -> Decision {
     }
     if p.tenant_id != request.resource.tenant_id {
         let mut why = String::from("credential belongs to tenant ");
-        push_debug(&mut why, &p.tenant_id);
+        push_quoted(&mut why, &p.tenant_id);
         why.push_str(", not ");
-        push_debug(&mut why, &request.resource.tenant_id);
+        push_quoted(&mut why, &request.resource.tenant_id);
         return deny(why);
     }
     if request.action == "tenants.create" {
@@ -203,11 +182,11 @@ fn decide_by_grants(request: &Request) -> Decision {
                     why.push_str(" on ");
                     why.push_str(kind_str(request.resource.kind));
                     why.push(' ');
-                    push_debug(&mut why, n);
+                    push_quoted(&mut why, n);
                 }
                 None => {
                     why.push_str(" in tenant ");
-                    push_debug(&mut why, &request.resource.tenant_id);
+                    push_quoted(&mut why, &request.resource.tenant_id);
                 }
             }
             deny(why)

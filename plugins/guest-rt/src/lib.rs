@@ -32,11 +32,12 @@ impl Default for Arena {
     }
 }
 
-/// Least the arena grows linear memory by, in bytes: fewer `memory.grow` calls (each one asks the
-/// host's limiter) for guests that allocate a lot, while a call that fits in the initial heap
-/// never grows at all.
+/// Least the arena grows linear memory by, in bytes: one host page. Each `memory.grow` asks the
+/// host's limiter, but the host resets every page a call touched, so a call that needs a little
+/// more than the initial heap pays for one more page, not for 64 KiB. A call that fits in the
+/// initial heap never grows at all.
 #[cfg(target_arch = "wasm32")]
-const GROW_CHUNK: usize = 64 << 10;
+const GROW_CHUNK: usize = 4 << 10;
 
 #[cfg(target_arch = "wasm32")]
 extern "C" {
