@@ -9,8 +9,9 @@
 # system, from /proc/<pid>/stat). On a shared machine requests/s moves with whatever else runs;
 # CPU time per request is the steadier one. The plugin runs also report the mean wall time of one
 # decision inside the server, from its call-duration histogram (`metrics_listen`, on the API's
-# port + 1000). ROUNDS (default 3) alternates allow-all, native and
-# plugin runs and prints the median of each, and the median of the per-round ratios. CONNS
+# port + 1000). ROUNDS (default 3) runs allow-all, native and plugin once per round, in an order
+# that rotates from round to round, and prints the median of each, the median of the per-round
+# ratios and a drift-corrected ratio. CONNS
 # (default 8) sets wrk's connections; CONNS=1 sends one request at a time. Needs `wrk`
 # (apt-get install wrk) and a release build.
 #
@@ -169,44 +170,63 @@ PY
 fi
 
 results="$work/results"
+kinds=(allow native plugin)
 for r in $(seq "$rounds"); do
-  echo "allow $(run allow-all-benchmark-only 18933 "$r")" >> "$results"
-  echo "native $(run native 18931 "$r")" >> "$results"
-  echo "plugin $(run plugin 18932 "$r")" >> "$results"
+  # The order rotates from round to round, so that no kind always runs first, or always right
+  # after another; each line records its round.
+  for k in 0 1 2; do
+    kind=${kinds[$(((r + k) % 3))]}
+    case $kind in
+      allow) echo "allow $r $(run allow-all-benchmark-only 18933 "$r")" >> "$results" ;;
+      native) echo "native $r $(run native 18931 "$r")" >> "$results" ;;
+      plugin) echo "plugin $r $(run plugin 18932 "$r")" >> "$results" ;;
+    esac
+  done
 done
 python3 - "$results" "$duration" <<'PY'
 import statistics, sys
+# kind round req/s cpu-µs-per-request decision-µs, in the order they ran
 rows = [l.split() for l in open(sys.argv[1])]
 def med(kind, col):
     return statistics.median(float(r[col]) for r in rows if r[0] == kind)
 for kind in ("allow", "native", "plugin"):
-    runs = ", ".join(f"{float(r[1]):.0f}/{float(r[2]):.1f}" for r in rows if r[0] == kind)
+    runs = ", ".join(f"{float(r[2]):.0f}/{float(r[3]):.1f}" for r in rows if r[0] == kind)
     print(f"  {kind} runs (req/s / server CPU µs per request): {runs}")
-a_rps, n_rps, p_rps = med("allow", 1), med("native", 1), med("plugin", 1)
-a_cpu, n_cpu, p_cpu = med("allow", 2), med("native", 2), med("plugin", 2)
-print(f"GET service ({len(rows) // 3} rounds of {sys.argv[2]}s, medians)     req/s   server CPU µs/request")
+a_rps, n_rps, p_rps = med("allow", 2), med("native", 2), med("plugin", 2)
+a_cpu, n_cpu, p_cpu = med("allow", 3), med("native", 3), med("plugin", 3)
+n_rounds = len({r[1] for r in rows})
+print(f"GET service ({n_rounds} rounds of {sys.argv[2]}s, medians)     req/s   server CPU µs/request")
 print(f"  authorized by grants-policy.wasm               {p_rps:8.0f}   {p_cpu:8.1f}")
 print(f"  authorized natively (grant rules in Rust)      {n_rps:8.0f}   {n_cpu:8.1f}")
 print(f"  allowed without a policy (native allow-all)    {a_rps:8.0f}   {a_cpu:8.1f}")
 print(f"cost of the plugin per request against allow-all: {a_rps / p_rps:.3f}x by req/s, {p_cpu / a_cpu:.3f}x by server CPU (target < 1.10x)")
 print(f"against the native rules: {n_rps / p_rps:.3f}x by req/s, {p_cpu / n_cpu:.3f}x by server CPU")
-decisions = [float(r[3]) for r in rows if r[0] == "plugin" and len(r) > 3 and r[3] != "-"]
+decisions = [float(r[4]) for r in rows if r[0] == "plugin" and len(r) > 4 and r[4] != "-"]
 if decisions:
     print(f"one decision inside the plugin server (its call-duration histogram): {statistics.median(decisions):.1f} µs wall, median of the runs' means")
-# The three runs of a round follow each other, so a ratio within a round cancels the machine's
-# drift between rounds, which a ratio of medians does not.
-kinds = [r[0] for r in rows]
-rounds = [rows[i:i + 3] for i in range(0, len(rows) - 2, 3) if kinds[i:i + 3] == ["allow", "native", "plugin"]]
-if rounds:
-    by_rps = statistics.median(float(a[1]) / float(p[1]) for a, _, p in rounds)
-    by_cpu = statistics.median(float(p[2]) / float(a[2]) for a, _, p in rounds)
+# The runs of a round follow each other, so a ratio within a round cancels the machine's drift
+# between rounds, which a ratio of medians does not.
+by_round = {}
+for r in rows:
+    by_round.setdefault(r[1], {})[r[0]] = r
+pairs = [(k["allow"], k["plugin"]) for k in by_round.values() if "allow" in k and "plugin" in k]
+if pairs:
+    by_rps = statistics.median(float(a[2]) / float(p[2]) for a, p in pairs)
+    by_cpu = statistics.median(float(p[3]) / float(a[3]) for a, p in pairs)
     print(f"median of per-round ratios, plugin against allow-all: {by_rps:.3f}x by req/s, {by_cpu:.3f}x by server CPU")
-    # A machine that drifts steadily (e.g. a VM whose neighbours get busier) still biases a
-    # ratio within a round, since plugin always runs after allow-all. Against the mean of the
-    # allow-all runs on either side of it, a linear drift cancels.
-    if len(rounds) > 1:
-        by_cpu_ab = statistics.median(
-            float(p[2]) / ((float(a[2]) + float(nxt[0][2])) / 2)
-            for (a, _, p), nxt in zip(rounds, rounds[1:]))
-        print(f"median of plugin against the allow-all runs before and after it: {by_cpu_ab:.3f}x by server CPU")
+# A machine that drifts steadily (e.g. a VM whose neighbours get busier) still biases a ratio
+# within a round. Against the allow-all CPU interpolated at the plugin run's place in the
+# sequence, from the allow-all runs just before and just after it, a linear drift cancels.
+allow_at = [(i, float(r[3])) for i, r in enumerate(rows) if r[0] == "allow"]
+interpolated = []
+for i, r in enumerate(rows):
+    if r[0] != "plugin":
+        continue
+    before = [a for a in allow_at if a[0] < i]
+    after = [a for a in allow_at if a[0] > i]
+    if before and after:
+        (i0, c0), (i1, c1) = before[-1], after[0]
+        interpolated.append(float(r[3]) / (c0 + (c1 - c0) * (i - i0) / (i1 - i0)))
+if interpolated:
+    print(f"median of plugin against allow-all interpolated between the runs around it: {statistics.median(interpolated):.3f}x by server CPU")
 PY
