@@ -893,13 +893,41 @@ impl Runtime {
         if matches!(self.observe_str(id), Observed::Running { .. }) {
             let _ = self.stop_str(id, Some(Duration::ZERO)).await;
         }
-        // Wait for the monitor to finish its own cleanup (crun delete) before removing its dir.
+        // With the process gone, the container's cleanup (the monitor's `crun delete`, then
+        // the root's mount) and the network's (rules, namespace, tracked connections) need
+        // nothing from each other: they run side by side.
+        let (mut problems, (network_problems, rules_gone)) = tokio::join!(
+            self.remove_container(id, &dir),
+            self.remove_network(id, &dir)
+        );
+        problems.extend(network_problems);
+        remove_cgroups(id);
+        if problems.is_empty() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                problems.push(format!("removing {}: {e}", dir.display()));
+            }
+        }
+        let left = self.traces(id, !rules_gone).await;
+        problems.extend(left);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "sandbox {id} was not fully removed: {}",
+                problems.join("; ")
+            ))
+        }
+    }
+
+    /// Waits for the monitor to finish its own cleanup (`crun delete`), deletes the container
+    /// itself if the monitor could not, and unmounts and removes the root. Returns problems.
+    async fn remove_container(&self, id: &str, dir: &Path) -> Vec<String> {
         if let Some(mpid) = read_pid(&dir.join("monitor.pid")) {
-            for _ in 0..500 {
+            for _ in 0..(5000 / EXIT_POLL.as_millis()) {
                 if !is_monitor(mpid) {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(EXIT_POLL).await;
             }
             if is_monitor(mpid) {
                 let _ = nix::sys::signal::kill(
@@ -909,7 +937,11 @@ impl Runtime {
             }
         }
         let mut problems = Vec::new();
-        let _ = self.crun_cmd(&["delete", "--force", id]).await;
+        // The monitor deletes the container itself when the process ends; crun is run only
+        // when its state is still there (a monitor killed or gone before it could).
+        if self.crun_root.join(id).exists() {
+            let _ = self.crun_cmd(&["delete", "--force", id]).await;
+        }
         // `bundle/rootfs`: where sandboxes launched by earlier versions have their root.
         for rootfs in [rootfs_dir(id), dir.join("bundle/rootfs")] {
             if is_mountpoint(&rootfs) {
@@ -924,11 +956,21 @@ impl Runtime {
             }
             _ => {}
         }
-        match read_meta(&dir) {
+        problems
+    }
+
+    /// Tears down the sandbox's network and gives up its leases. Returns problems, and whether
+    /// its nftables rules are known to be gone (a teardown that succeeds has deleted them in
+    /// one transaction or checked the chain itself).
+    async fn remove_network(&self, id: &str, dir: &Path) -> (Vec<String>, bool) {
+        let mut problems = Vec::new();
+        let mut rules_gone = false;
+        match read_meta(dir) {
             Ok(meta) => {
                 if let Some(net) = &meta.net {
-                    if let Err(e) = self.network.teardown(net).await {
-                        problems.push(e);
+                    match self.network.teardown(net).await {
+                        Ok(()) => rules_gone = true,
+                        Err(e) => problems.push(e),
                     }
                     self.network.release(net, id);
                 }
@@ -936,22 +978,7 @@ impl Runtime {
             // A launch cut off before its state file was written may hold leases.
             Err(_) => self.network.release_all_of(id),
         }
-        remove_cgroups(id);
-        if problems.is_empty() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                problems.push(format!("removing {}: {e}", dir.display()));
-            }
-        }
-        let left = self.leftovers(id).await;
-        problems.extend(left);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "sandbox {id} was not fully removed: {}",
-                problems.join("; ")
-            ))
-        }
+        (problems, rules_gone)
     }
 
     /// Traces of sandbox `id` still present on the host (empty after a successful delete):
@@ -960,6 +987,12 @@ impl Runtime {
     /// A namespace taken from the warm pool is not named after the sandbox; `delete` checks
     /// that one by the names recorded in the sandbox's state (see `Network::teardown`).
     pub async fn leftovers(&self, id: &str) -> Vec<String> {
+        self.traces(id, true).await
+    }
+
+    /// [`Self::leftovers`], asking nftables about the sandbox's chain only with `check_rules`
+    /// (an `nft` run; a delete whose teardown succeeded knows the answer).
+    async fn traces(&self, id: &str, check_rules: bool) -> Vec<String> {
         let mut out = Vec::new();
         let dir = self.dir(id);
         if dir.exists() {
@@ -988,7 +1021,7 @@ impl Runtime {
         if Path::new("/sys/class/net").join(&plan.host_if).exists() {
             out.push(format!("interface {}", plan.host_if));
         }
-        if self.network.chain_exists(&plan.chain).await {
+        if check_rules && self.network.chain_exists(&plan.chain).await {
             out.push(format!("nftables chain {}", plan.chain));
         }
         for c in cgroup_dirs(id) {
@@ -1347,6 +1380,10 @@ fn is_mountpoint(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// How often a stop or delete looks for the process's end and the monitor's: a `stat` or a
+/// `/proc` read each time, while every millisecond waited is a millisecond of the caller's.
+const EXIT_POLL: Duration = Duration::from_millis(2);
+
 async fn wait_exit(dir: &Path, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -1356,7 +1393,7 @@ async fn wait_exit(dir: &Path, within: Duration) -> bool {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(EXIT_POLL).await;
     }
 }
 
