@@ -268,10 +268,19 @@ fn nftables_check() -> Check {
             fix: None,
         };
     }
-    let subnet = crate::network::Subnet {
-        base: std::net::Ipv4Addr::new(10, 88, 0, 0),
-        prefix: 16,
-    };
+    // Which subnet does not matter to the kernel's answer; the default one is as good as any.
+    let subnet =
+        match crate::network::Subnet::parse(&crate::config::RuntimeConfig::default().subnet) {
+            Ok(subnet) => subnet,
+            Err(e) => {
+                return Check {
+                    name: "nftables",
+                    status: Status::Info,
+                    detail: format!("not checked: the default subnet does not parse: {e}"),
+                    fix: None,
+                }
+            }
+        };
     let rules = crate::network::host_rules("nimbus_doctor_probe", "nimbus-probe", subnet);
     nft_check(&rules)
 }
