@@ -5,15 +5,17 @@
 # `"allow-all-benchmark-only"` (no policy at all), side by side. Target: the plugin costs under
 # 10% more than the native allow-all baseline; the ratio to the native rules is printed too.
 #
-# Two measures per run: requests/s under wrk, and the server's own CPU time per request (user +
-# system, from /proc/<pid>/stat). On a shared machine requests/s moves with whatever else runs;
-# CPU time per request is the steadier one. The plugin runs also report the mean wall time of one
-# decision inside the server, from its call-duration histogram (`metrics_listen`, on the API's
-# port + 1000). ROUNDS (default 3) runs allow-all, native and plugin once per round, in an order
-# that rotates from round to round, and prints the median of each, the median of the per-round
-# ratios and a drift-corrected ratio. CONNS
-# (default 8) sets wrk's connections; CONNS=1 sends one request at a time. Needs `wrk`
-# (apt-get install wrk) and a release build.
+# The three servers run at the same time, and the load moves between them in slices: ROUNDS
+# (default 10) rounds in which each server gets DURATION seconds (default 3) of wrk, in an order
+# that rotates from round to round. Slices of one round lie within seconds of each other, so the
+# machine's drift (on a shared VM, as large as the effect measured) hits the three alike, and no
+# server restarts between its measures. Two measures per slice: requests/s, and the server's own
+# CPU time per request (the sum of its threads' run time, from /proc/<pid>/task/*/schedstat,
+# ns precision). The script prints each server's medians, the median and
+# quartiles of the per-round ratios (the figure to read), and the mean wall time of one decision
+# inside the plugin server, from its call-duration histogram (`metrics_listen`, on the API's
+# port + 1000). CONNS (default 8) sets wrk's connections; CONNS=1 sends one request at a time.
+# Needs `wrk` (apt-get install wrk) and a release build.
 #
 # PERF=1 instead samples one plugin server under wrk with `perf record` (DWARF call graphs) and
 # prints the share of its CPU samples spent inside the authorizer's call, children included
@@ -42,16 +44,16 @@ else
   target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
   bin="$target_dir/release/nimbus"
 fi
-duration=${DURATION:-10}
-rounds=${ROUNDS:-3}
+duration=${DURATION:-}
+rounds=${ROUNDS:-10}
 conns=${CONNS:-8}
 work=$(mktemp -d)
 # Servers are started from inside $(…) subshells, so they are tracked by pid file, not as jobs.
 cleanup() { for p in "$work"/*/pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; [ -n "${KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 
-cpu_ticks() { # user + system clock ticks of a process
-  awk '{print $14 + $15}' "/proc/$1/stat"
+cpu_ns() { # nanoseconds a process's threads have run (first field of each schedstat)
+  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
 
 start_server() { # $1 = authorizer kind, $2 = port, $3 = dir, then an optional launcher
@@ -82,30 +84,26 @@ stop_server() { # $1 = dir
   rm -f "$1/pid"
 }
 
-decision_us() { # $1 = metrics port; mean µs per authz plugin call so far, or - if none
+decision_us_raw() { # $1 = metrics port; "sum-seconds count" of the authz plugin's calls so far
   curl -sf "127.0.0.1:$1/metrics" | awk '
     /^nimbus_plugin_call_duration_seconds_sum\{slot="authz"/ { sum += $NF }
     /^nimbus_plugin_call_duration_seconds_count\{slot="authz"/ { n += $NF }
-    END { if (n > 0) printf "%.1f\n", sum / n * 1e6; else print "-" }'
+    END { printf "%.9f %d\n", sum, n }'
 }
 
-run() { # $1 = authorizer kind, $2 = port, $3 = round; prints "req/s cpu-µs-per-request decision-µs"
-  local dir="$work/$1-$3" pid token url
-  start_server "$1" "$2" "$dir"
-  wrk -t1 -c"$conns" -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
-  local before after out
-  before=$(cpu_ticks "$pid")
+slice() { # $1 = kind, $2 = round; one slice of load on that kind's running server; prints
+  # "req/s cpu-µs-per-request"
+  local pid token url before after out
+  pid=$(cat "$work/$1/pid") token=$(cat "$work/$1/token") url=$(cat "$work/$1/url")
+  before=$(cpu_ns "$pid")
   out=$(wrk -t1 -c"$conns" -d"${duration}s" -H "Authorization: Bearer $token" "$url")
-  after=$(cpu_ticks "$pid")
-  local decision
-  decision=$(decision_us "$(($2 + 1000))")
-  stop_server "$dir"
-  python3 - "$out" "$before" "$after" "$(getconf CLK_TCK)" "$decision" <<'PY'
+  after=$(cpu_ns "$pid")
+  python3 - "$out" "$before" "$after" <<'PY'
 import re, sys
-out, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out, before, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))
 n = int(re.search(r"(\d+) requests in", out).group(1))
-print(f"{rps:.0f} {(after - before) / hz / n * 1e6:.1f} {sys.argv[5]}")
+print(f"{rps:.0f} {(after - before) / n / 1e3:.1f}")
 PY
 }
 
@@ -141,6 +139,7 @@ perf_run() { # $1 = port; prints the percentage of samples inside the authorizer
 }
 
 if [ -n "${PERF:-}" ]; then
+  duration=${duration:-10}
   command -v perf >/dev/null || { echo "PERF=1 needs perf (apt-get install linux-perf)" >&2; exit 2; }
   share=$(perf_run 18934)
   python3 - "$share" "$duration" <<'PY'
@@ -169,64 +168,60 @@ PY
   exit 0
 fi
 
+duration=${duration:-3}
 results="$work/results"
 kinds=(allow native plugin)
+declare -A kind_of=([allow]=allow-all-benchmark-only [native]=native [plugin]=plugin)
+declare -A port_of=([allow]=18933 [native]=18931 [plugin]=18932)
+for k in "${kinds[@]}"; do
+  start_server "${kind_of[$k]}" "${port_of[$k]}" "$work/$k"
+  echo "$token" > "$work/$k/token"
+  echo "$url" > "$work/$k/url"
+  wrk -t1 -c"$conns" -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
+done
+decisions_before=$(decision_us_raw "$((port_of[plugin] + 1000))")
 for r in $(seq "$rounds"); do
   # The order rotates from round to round, so that no kind always runs first, or always right
   # after another; each line records its round.
-  for k in 0 1 2; do
-    kind=${kinds[$(((r + k) % 3))]}
-    case $kind in
-      allow) echo "allow $r $(run allow-all-benchmark-only 18933 "$r")" >> "$results" ;;
-      native) echo "native $r $(run native 18931 "$r")" >> "$results" ;;
-      plugin) echo "plugin $r $(run plugin 18932 "$r")" >> "$results" ;;
-    esac
+  for i in 0 1 2; do
+    k=${kinds[$(((r + i) % 3))]}
+    echo "$k $r $(slice "$k" "$r")" >> "$results"
   done
 done
-python3 - "$results" "$duration" <<'PY'
+decisions_after=$(decision_us_raw "$((port_of[plugin] + 1000))")
+python3 - "$results" "$duration" "$decisions_before" "$decisions_after" <<'PY'
 import statistics, sys
-# kind round req/s cpu-µs-per-request decision-µs, in the order they ran
+# kind round req/s cpu-µs-per-request, in the order they ran
 rows = [l.split() for l in open(sys.argv[1])]
 def med(kind, col):
     return statistics.median(float(r[col]) for r in rows if r[0] == kind)
+def quartiles(values):
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return q[0], statistics.median(values), q[2]
 for kind in ("allow", "native", "plugin"):
     runs = ", ".join(f"{float(r[2]):.0f}/{float(r[3]):.1f}" for r in rows if r[0] == kind)
-    print(f"  {kind} runs (req/s / server CPU µs per request): {runs}")
-a_rps, n_rps, p_rps = med("allow", 2), med("native", 2), med("plugin", 2)
-a_cpu, n_cpu, p_cpu = med("allow", 3), med("native", 3), med("plugin", 3)
+    print(f"  {kind} slices (req/s / server CPU µs per request): {runs}")
 n_rounds = len({r[1] for r in rows})
-print(f"GET service ({n_rounds} rounds of {sys.argv[2]}s, medians)     req/s   server CPU µs/request")
-print(f"  authorized by grants-policy.wasm               {p_rps:8.0f}   {p_cpu:8.1f}")
-print(f"  authorized natively (grant rules in Rust)      {n_rps:8.0f}   {n_cpu:8.1f}")
-print(f"  allowed without a policy (native allow-all)    {a_rps:8.0f}   {a_cpu:8.1f}")
-print(f"cost of the plugin per request against allow-all: {a_rps / p_rps:.3f}x by req/s, {p_cpu / a_cpu:.3f}x by server CPU (target < 1.10x)")
-print(f"against the native rules: {n_rps / p_rps:.3f}x by req/s, {p_cpu / n_cpu:.3f}x by server CPU")
-decisions = [float(r[4]) for r in rows if r[0] == "plugin" and len(r) > 4 and r[4] != "-"]
-if decisions:
-    print(f"one decision inside the plugin server (its call-duration histogram): {statistics.median(decisions):.1f} µs wall, median of the runs' means")
-# The runs of a round follow each other, so a ratio within a round cancels the machine's drift
-# between rounds, which a ratio of medians does not.
+print(f"GET service ({n_rounds} rounds, {sys.argv[2]}s per server per round, medians)     req/s   server CPU µs/request")
+for kind, label in (("plugin", "authorized by grants-policy.wasm           "),
+                    ("native", "authorized natively (grant rules in Rust)  "),
+                    ("allow", "allowed without a policy (native allow-all)")):
+    print(f"  {label}   {med(kind, 2):8.0f}   {med(kind, 3):8.1f}")
+# Each round's slices follow each other within seconds, so a ratio within a round cancels the
+# machine's drift between rounds; its median over the rounds is the figure to read.
 by_round = {}
 for r in rows:
-    by_round.setdefault(r[1], {})[r[0]] = r
-pairs = [(k["allow"], k["plugin"]) for k in by_round.values() if "allow" in k and "plugin" in k]
-if pairs:
-    by_rps = statistics.median(float(a[2]) / float(p[2]) for a, p in pairs)
-    by_cpu = statistics.median(float(p[3]) / float(a[3]) for a, p in pairs)
-    print(f"median of per-round ratios, plugin against allow-all: {by_rps:.3f}x by req/s, {by_cpu:.3f}x by server CPU")
-# A machine that drifts steadily (e.g. a VM whose neighbours get busier) still biases a ratio
-# within a round. Against the allow-all CPU interpolated at the plugin run's place in the
-# sequence, from the allow-all runs just before and just after it, a linear drift cancels.
-allow_at = [(i, float(r[3])) for i, r in enumerate(rows) if r[0] == "allow"]
-interpolated = []
-for i, r in enumerate(rows):
-    if r[0] != "plugin":
-        continue
-    before = [a for a in allow_at if a[0] < i]
-    after = [a for a in allow_at if a[0] > i]
-    if before and after:
-        (i0, c0), (i1, c1) = before[-1], after[0]
-        interpolated.append(float(r[3]) / (c0 + (c1 - c0) * (i - i0) / (i1 - i0)))
-if interpolated:
-    print(f"median of plugin against allow-all interpolated between the runs around it: {statistics.median(interpolated):.3f}x by server CPU")
+    by_round.setdefault(r[1], {})[r[0]] = (float(r[2]), float(r[3]))
+def ratios(kind):
+    cpu = [b[kind][1] / b["allow"][1] for b in by_round.values() if kind in b and "allow" in b]
+    rps = [b["allow"][0] / b[kind][0] for b in by_round.values() if kind in b and "allow" in b]
+    return quartiles(cpu), quartiles(rps)
+for kind, name in (("plugin", "the plugin"), ("native", "the native rules")):
+    (c1, c2, c3), (r1, r2, r3) = ratios(kind)
+    target = " (target < 1.10x)" if kind == "plugin" else ""
+    print(f"{name} against allow-all, median of per-round ratios [quartiles]: {c2:.3f}x [{c1:.3f}-{c3:.3f}] by server CPU{target}, {r2:.3f}x [{r1:.3f}-{r3:.3f}] by req/s")
+(before, after) = (sys.argv[3].split(), sys.argv[4].split())
+if len(before) == 2 and len(after) == 2 and float(after[1]) > float(before[1]):
+    mean = (float(after[0]) - float(before[0])) / (float(after[1]) - float(before[1]))
+    print(f"one decision inside the plugin server (its call-duration histogram, over the slices): {mean * 1e6:.1f} µs wall")
 PY
