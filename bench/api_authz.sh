@@ -15,6 +15,9 @@
 # quartiles of the per-round ratios (the figure to read), and the mean wall time of one decision
 # inside the plugin server, from its call-duration histogram (`metrics_listen`, on the API's
 # port + 1000). CONNS (default 8) sets wrk's connections; CONNS=1 sends one request at a time.
+# EMPTY=1 adds a fourth server whose authz slot holds the bench-only empty policy
+# (plugins/testdata/empty-policy: the same world, no logic, allows everything): what wasmtime's
+# fresh instance per call costs on the API before any policy logic runs.
 # Needs `wrk` (apt-get install wrk) and a release build.
 #
 # PERF=1 instead samples one plugin server under wrk with `perf record` (DWARF call graphs) and
@@ -67,7 +70,13 @@ start_server() { # $1 = authorizer kind, $2 = port, $3 = dir, then an optional l
   fi
   # Plugin metrics (the decision's duration inside the server) on the port 1000 above.
   printf '[server]\nsandbox_driver = "none"\nauthorizer = "%s"\nmetrics_listen = "127.0.0.1:%s"\n' \
-    "$kind" "$((port + 1000))" > "$dir/nimbus.toml"
+    "${kind%%:*}" "$((port + 1000))" > "$dir/nimbus.toml"
+  if [ "$kind" = plugin:empty-policy ]; then
+    # The bench-only policy without logic, installed into this server's store and put in the
+    # authz slot: what any policy costs on the API before its logic runs.
+    "$bin" plugin install "$empty_policy_wasm" --data-dir "$dir/data" >/dev/null
+    printf '[plugins.authz]\nplugin = "empty-policy"\n' >> "$dir/nimbus.toml"
+  fi
   HOME="$dir/home" "$@" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
   pid=$!
   echo "$pid" > "$dir/pid"
@@ -171,8 +180,13 @@ fi
 duration=${duration:-3}
 results="$work/results"
 kinds=(allow native plugin)
-declare -A kind_of=([allow]=allow-all-benchmark-only [native]=native [plugin]=plugin)
-declare -A port_of=([allow]=18933 [native]=18931 [plugin]=18932)
+declare -A kind_of=([allow]=allow-all-benchmark-only [native]=native [plugin]=plugin [empty]=plugin:empty-policy)
+declare -A port_of=([allow]=18933 [native]=18931 [plugin]=18932 [empty]=18934)
+if [ -n "${EMPTY:-}" ]; then
+  kinds+=(empty)
+  empty_policy_wasm="$(dirname "$(dirname "$bin")")/nimbus-plugins-wasm/wasm32-wasip2/release/empty_policy.wasm"
+  [ -f "$empty_policy_wasm" ] || { echo "EMPTY=1 needs $empty_policy_wasm (built with the server)" >&2; exit 2; }
+fi
 for k in "${kinds[@]}"; do
   start_server "${kind_of[$k]}" "${port_of[$k]}" "$work/$k"
   echo "$token" > "$work/$k/token"
@@ -183,8 +197,8 @@ decisions_before=$(decision_us_raw "$((port_of[plugin] + 1000))")
 for r in $(seq "$rounds"); do
   # The order rotates from round to round, so that no kind always runs first, or always right
   # after another; each line records its round.
-  for i in 0 1 2; do
-    k=${kinds[$(((r + i) % 3))]}
+  for i in "${!kinds[@]}"; do
+    k=${kinds[$(((r + i) % ${#kinds[@]}))]}
     echo "$k $r $(slice "$k" "$r")" >> "$results"
   done
 done
@@ -198,14 +212,18 @@ def med(kind, col):
 def quartiles(values):
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
     return q[0], statistics.median(values), q[2]
-for kind in ("allow", "native", "plugin"):
+kinds = [k for k in ("allow", "native", "plugin", "empty") if any(r[0] == k for r in rows)]
+for kind in kinds:
     runs = ", ".join(f"{float(r[2]):.0f}/{float(r[3]):.1f}" for r in rows if r[0] == kind)
     print(f"  {kind} slices (req/s / server CPU µs per request): {runs}")
 n_rounds = len({r[1] for r in rows})
 print(f"GET service ({n_rounds} rounds, {sys.argv[2]}s per server per round, medians)     req/s   server CPU µs/request")
 for kind, label in (("plugin", "authorized by grants-policy.wasm           "),
+                    ("empty", "authorized by the empty policy (no logic)   "),
                     ("native", "authorized natively (grant rules in Rust)  "),
                     ("allow", "allowed without a policy (native allow-all)")):
+    if kind not in kinds:
+        continue
     print(f"  {label}   {med(kind, 2):8.0f}   {med(kind, 3):8.1f}")
 # Each round's slices follow each other within seconds, so a ratio within a round cancels the
 # machine's drift between rounds; its median over the rounds is the figure to read.
@@ -216,7 +234,9 @@ def ratios(kind):
     cpu = [b[kind][1] / b["allow"][1] for b in by_round.values() if kind in b and "allow" in b]
     rps = [b["allow"][0] / b[kind][0] for b in by_round.values() if kind in b and "allow" in b]
     return quartiles(cpu), quartiles(rps)
-for kind, name in (("plugin", "the plugin"), ("native", "the native rules")):
+for kind, name in (("plugin", "the plugin"), ("empty", "the empty policy"), ("native", "the native rules")):
+    if kind not in kinds:
+        continue
     (c1, c2, c3), (r1, r2, r3) = ratios(kind)
     target = " (target < 1.10x)" if kind == "plugin" else ""
     print(f"{name} against allow-all, median of per-round ratios [quartiles]: {c2:.3f}x [{c1:.3f}-{c3:.3f}] by server CPU{target}, {r2:.3f}x [{r1:.3f}-{r3:.3f}] by req/s")
