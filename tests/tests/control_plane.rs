@@ -750,3 +750,188 @@ async fn bad_input_gets_a_400_naming_the_field() {
         "resource.already_exists",
     );
 }
+
+/// Input the contract refuses, found by probing every route with malformed requests: each is a
+/// 400 with the JSON error body, and nothing is written.
+#[tokio::test]
+async fn malformed_requests_are_refused_whole_and_write_nothing() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let svc = |name: &str| {
+        format!(
+            "{{\"name\":\"{name}\",\"backend\":{{\"kind\":\"builtIn\",\"provider\":\"browser\"}}}}"
+        )
+    };
+
+    // Anything after the JSON value: refused, not cut short, and no record appears.
+    for (i, tail) in ["xx", " {\"name\":\"other\"}", "}}", "\u{0}"]
+        .iter()
+        .enumerate()
+    {
+        let name = format!("trail-{i}");
+        let r = s
+            .call_raw(
+                "POST",
+                &format!("{T}/services"),
+                format!("{}{tail}", svc(&name)).into_bytes(),
+            )
+            .await;
+        assert_error(&r, 400, "request.invalid_argument");
+        assert!(
+            r.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("malformed JSON"),
+            "{}",
+            r.1
+        );
+        assert_error(
+            &s.call("GET", &format!("{T}/services/{name}"), None).await,
+            404,
+            "resource.not_found",
+        );
+    }
+    let (st, created) = s
+        .call_raw("POST", &format!("{T}/services"), svc("kept").into_bytes())
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let update = "{\"labels\":{\"a\":\"b\"},\"ifMatchGeneration\":1}garbage";
+    assert_error(
+        &s.call_raw(
+            "PUT",
+            &format!("{T}/services/kept"),
+            update.as_bytes().to_vec(),
+        )
+        .await,
+        400,
+        "request.invalid_argument",
+    );
+
+    // Query parameters a call does not take, on calls that take none.
+    for (method, path) in [
+        ("GET", format!("{T}/services/kept?bogus=1")),
+        ("GET", format!("{T}?x=1")),
+        (
+            "GET",
+            format!("{T}/sandboxes/sbx_0123456789abcdef01234567?force=true"),
+        ),
+    ] {
+        let r = s.call(method, &path, None).await;
+        assert_error(&r, 400, "request.invalid_argument");
+    }
+    let r = s
+        .call(
+            "PUT",
+            &format!("{T}/services/kept?bogusParam=1"),
+            Some(json!({"labels": {"a": "b"}, "ifMatchGeneration": 1})),
+        )
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(r.1["error"]["details"]["field"], "bogusParam", "{}", r.1);
+
+    // An explicitly empty value is a mistake, not the default.
+    let r = s
+        .call("POST", &format!("{T}/services/kept/start?waitUntil="), None)
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(r.1["error"]["details"]["field"], "waitUntil", "{}", r.1);
+
+    // start/stop/restart take no body; an empty object is allowed for clients that always send one.
+    for body in ["{\"unknownField\":1}", "{", "[]", "null"] {
+        assert_error(
+            &s.call_raw(
+                "POST",
+                &format!("{T}/services/kept/start"),
+                body.as_bytes().to_vec(),
+            )
+            .await,
+            400,
+            "request.invalid_argument",
+        );
+    }
+    let (st, after) = s.call("GET", &format!("{T}/services/kept"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        created["metadata"]["resourceVersion"]
+    );
+    assert_eq!(after["metadata"]["labels"], created["metadata"]["labels"]);
+    for body in ["", "{}", " { } "] {
+        let (st, v) = s
+            .call_raw(
+                "POST",
+                &format!("{T}/services/kept/stop"),
+                body.as_bytes().to_vec(),
+            )
+            .await;
+        assert_eq!(st, 202, "{body:?}: {v}");
+    }
+
+    // A path segment that is not UTF-8: the JSON error body, not axum's plain text.
+    let r = s.call("GET", &format!("{T}/services/%FF"), None).await;
+    assert_error(&r, 400, "request.invalid_argument");
+
+    // Page tokens are signed: a well-formed made-up one and an edited real one are refused.
+    for i in 0..3 {
+        s.call_raw(
+            "POST",
+            &format!("{T}/services"),
+            svc(&format!("page-{i}")).into_bytes(),
+        )
+        .await;
+    }
+    let (st, page) = s.call("GET", &format!("{T}/services?limit=1"), None).await;
+    assert_eq!(st, 200);
+    let token = page["metadata"]["nextPageToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s.call(
+            "GET",
+            &format!("{T}/services?limit=1&pageToken={token}"),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let mut edited = token.clone().into_bytes();
+    let last = edited.len() - 2;
+    edited[last] = if edited[last] == b'A' { b'B' } else { b'A' };
+    let edited = String::from_utf8(edited).unwrap();
+    use base64::Engine;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("p2\nservices\ndemo\nzzz");
+    for bad in [edited, forged] {
+        let r = s
+            .call(
+                "GET",
+                &format!("{T}/services?limit=1&pageToken={bad}"),
+                None,
+            )
+            .await;
+        assert_error(&r, 400, "request.invalid_argument");
+        assert_eq!(r.1["error"]["details"]["field"], "pageToken", "{}", r.1);
+    }
+
+    // Required fields are required: a session's channels, a credential's grants.
+    let r = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "kept"}}})),
+        )
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(r.1["error"]["details"]["field"], "channels", "{}", r.1);
+    let r = s
+        .call(
+            "POST",
+            &format!("{T}/credentials"),
+            Some(json!({"kind": "token"})),
+        )
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(r.1["error"]["details"]["field"], "grants", "{}", r.1);
+    let (_, sessions) = s.call("GET", &format!("{T}/sessions"), None).await;
+    assert_eq!(sessions["items"].as_array().unwrap().len(), 0, "{sessions}");
+}

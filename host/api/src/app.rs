@@ -19,6 +19,8 @@ pub struct App {
     pub store: Store,
     pub authorizer: Arc<dyn Authorizer>,
     pub signer: WorkloadSigner,
+    /// Signs and checks the lists' page tokens.
+    pub page_tokens: crate::pagination::PageTokens,
     /// Wakes the session reaper when a session is opened (its expiry may be the earliest).
     pub reaper_wake: tokio::sync::Notify,
     pub limits: Limits,

@@ -36,8 +36,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             "the request body is empty; send a JSON object",
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let mut field = if path == "." { String::new() } else { path };
         let inner = e.into_inner();
@@ -65,7 +65,63 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             }
         };
         Error::invalid_argument(&field, message)
-    })
+    })?;
+    // One JSON value and nothing after it: `{…}garbage` or two objects are refused, not cut short.
+    de.end().map_err(|e| {
+        Error::invalid_argument(
+            "",
+            format!(
+                "malformed JSON: {e} after the request's JSON value; send exactly one JSON object"
+            ),
+        )
+    })?;
+    Ok(value)
+}
+
+/// For calls that take no request body (`POST …/start`): an empty body, or an empty JSON
+/// object for clients that always send one. Anything else is refused as any body is.
+pub struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| Error::invalid_argument("", format!("the request body is larger than {MAX_BODY_BYTES} bytes or could not be read")))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(NoBody);
+        }
+        let refuse = |field: &str, why: String| {
+            ApiError(Error::invalid_argument(
+                field,
+                format!("this call takes no request body (or an empty object): {why}"),
+            ))
+        };
+        let object = parse_json::<serde_json::Map<String, serde_json::Value>>(&bytes)
+            .map_err(|e| refuse("", e.message))?;
+        match object.keys().next() {
+            None => Ok(NoBody),
+            Some(key) => Err(refuse(key, format!("unknown field `{key}`"))),
+        }
+    }
+}
+
+/// For calls that take no query parameters: any parameter is refused, as unknown ones are
+/// where some are taken.
+pub struct NoQuery;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        QueryParams::parse(parts.uri.query(), &[])
+            .map(|_| NoQuery)
+            .map_err(ApiError)
+    }
 }
 
 /// A query string as known key/value pairs. Unknown keys are rejected so typos are noticed.
@@ -78,6 +134,13 @@ impl QueryParams {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let k = percent_decode(k).map_err(|why| Error::invalid_argument(k, why))?;
             let v = percent_decode(v).map_err(|why| Error::invalid_argument(&k, why))?;
+            // `?waitUntil=` is a mistake (a variable that was empty), not the default.
+            if v.is_empty() && allowed.contains(&k.as_str()) {
+                return Err(Error::invalid_argument(
+                    &k,
+                    "has no value; give one, or leave the parameter out for the default",
+                ));
+            }
             if !allowed.contains(&k.as_str()) {
                 return Err(Error::invalid_argument(
                     &k,

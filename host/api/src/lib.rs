@@ -362,7 +362,34 @@ pub fn router(app: SharedApp) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(json_rejections))
         .with_state(app)
+}
+
+/// Rejections axum's own extractors answer in plain text (a path segment that is not UTF-8
+/// once percent-decoded, e.g. `/services/%FF`) become the API's JSON error like every other
+/// bad request.
+async fn json_rejections(response: axum::response::Response) -> axum::response::Response {
+    let plain_text = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if response.status() != StatusCode::BAD_REQUEST || !plain_text {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        "the request could not be parsed".to_string()
+    } else {
+        text
+    };
+    axum::response::IntoResponse::into_response(error::ApiError(Error::invalid_argument(
+        "", message,
+    )))
 }
 
 async fn no_route(method: Method, uri: axum::http::Uri) -> error::ApiError {

@@ -1,45 +1,103 @@
 //! Opaque page tokens. A token names the collection and tenant it was issued for, so a token
-//! replayed elsewhere is a clear 400 rather than a silently wrong page.
+//! replayed elsewhere is a clear 400 rather than a silently wrong page, and carries a MAC by a
+//! key the server keeps in its store, so an edited or made-up token is refused too.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use nimbus_core::names::Name;
 use nimbus_core::Error;
+use nimbus_store::Store;
+use rand::RngCore;
+use sha2::Sha256;
 
 use crate::extract::QueryParams;
 
-const VERSION: &str = "p1";
+const VERSION: &str = "p2";
+/// Bytes of the HMAC-SHA256 tag kept in a token: forging one is a 2^-128 guess.
+const TAG_BYTES: usize = 16;
 
-pub fn encode(collection: &str, tenant: &Name, after: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{VERSION}\n{collection}\n{tenant}\n{after}"))
+/// Issues and checks page tokens with the server's page-token key.
+#[derive(Clone)]
+pub struct PageTokens {
+    key: Vec<u8>,
 }
 
-/// Returns the key to continue after, or `request.invalid_argument` naming `pageToken`.
-pub fn decode(
-    token: Option<&str>,
-    collection: &str,
-    tenant: &Name,
-) -> Result<Option<String>, Error> {
-    let Some(token) = token else { return Ok(None) };
-    let bad = || {
-        Error::invalid_argument("pageToken", "is not a page token from this listing; pass metadata.nextPageToken from the previous page unchanged, or omit it to start over")
-    };
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let mut parts = text.splitn(4, '\n');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(VERSION), Some(c), Some(t), Some(after))
-            if c == collection && t == tenant.as_str() && !after.is_empty() =>
-        {
-            Ok(Some(after.to_string()))
+pub const PAGE_TOKEN_KEY_NAME: &str = "page-token-hmac";
+
+impl PageTokens {
+    /// Loads the key from the store, creating it on first use (tokens stay valid across
+    /// restarts).
+    pub async fn load(store: &Store) -> Result<PageTokens, Error> {
+        let key = store
+            .server_key(PAGE_TOKEN_KEY_NAME, || {
+                let mut k = vec![0u8; 32];
+                rand::thread_rng().fill_bytes(&mut k);
+                k
+            })
+            .await?;
+        Ok(PageTokens { key })
+    }
+
+    /// With a given key (tests).
+    pub fn with_key(key: Vec<u8>) -> PageTokens {
+        PageTokens { key }
+    }
+
+    fn tag(&self, payload: &[u8]) -> Vec<u8> {
+        // HMAC accepts keys of any length; this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(b"nimbus page token\n");
+        mac.update(payload);
+        mac.finalize().into_bytes()[..TAG_BYTES].to_vec()
+    }
+
+    pub fn encode(&self, collection: &str, tenant: &Name, after: &str) -> String {
+        let payload = format!("{VERSION}\n{collection}\n{tenant}\n{after}");
+        let mut bytes = payload.into_bytes();
+        let tag = self.tag(&bytes);
+        bytes.extend_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Returns the key to continue after, or `request.invalid_argument` naming `pageToken`.
+    pub fn decode(
+        &self,
+        token: Option<&str>,
+        collection: &str,
+        tenant: &Name,
+    ) -> Result<Option<String>, Error> {
+        let Some(token) = token else { return Ok(None) };
+        let bad = || {
+            Error::invalid_argument("pageToken", "is not a page token from this listing; pass metadata.nextPageToken from the previous page unchanged, or omit it to start over")
+        };
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+        let split = bytes.len().checked_sub(TAG_BYTES).ok_or_else(bad)?;
+        let (payload, tag) = bytes.split_at(split);
+        // Compared in constant time, so that the tag cannot be guessed byte by byte.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(b"nimbus page token\n");
+        mac.update(payload);
+        mac.verify_truncated_left(tag).map_err(|_| bad())?;
+        let text = std::str::from_utf8(payload).map_err(|_| bad())?;
+        let mut parts = text.splitn(4, '\n');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(VERSION), Some(c), Some(t), Some(after))
+                if c == collection && t == tenant.as_str() && !after.is_empty() =>
+            {
+                Ok(Some(after.to_string()))
+            }
+            _ => Err(bad()),
         }
-        _ => Err(bad()),
     }
 }
 
 /// The paging part of a list request: where to continue and how many to return, from
 /// `pageToken` and `limit` (1–1000, default 50).
 pub struct Paging<'a> {
+    tokens: &'a PageTokens,
     collection: &'static str,
     tenant: &'a Name,
     pub after: Option<String>,
@@ -49,20 +107,22 @@ pub struct Paging<'a> {
 impl<'a> Paging<'a> {
     pub fn from_query(
         q: &QueryParams,
+        tokens: &'a PageTokens,
         collection: &'static str,
         tenant: &'a Name,
     ) -> Result<Paging<'a>, Error> {
         Ok(Paging {
+            tokens,
             collection,
             tenant,
-            after: decode(q.get("pageToken"), collection, tenant)?,
+            after: tokens.decode(q.get("pageToken"), collection, tenant)?,
             limit: nimbus_store::page_size(q.u32("limit", 1, 1000)?),
         })
     }
 
     /// The token for the page after the one the store returned.
     pub fn next_token(&self, next_after: Option<String>) -> Option<String> {
-        next_after.map(|a| encode(self.collection, self.tenant, &a))
+        next_after.map(|a| self.tokens.encode(self.collection, self.tenant, &a))
     }
 }
 
@@ -72,16 +132,47 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_are_bound_to_their_listing() {
+        let tokens = PageTokens::with_key(b"key".to_vec());
         let demo = Name::parse("t", "demo").unwrap();
         let other = Name::parse("t", "other").unwrap();
-        let t = encode("services", &demo, "worker");
+        let t = tokens.encode("services", &demo, "worker");
         assert_eq!(
-            decode(Some(&t), "services", &demo).unwrap().as_deref(),
+            tokens
+                .decode(Some(&t), "services", &demo)
+                .unwrap()
+                .as_deref(),
             Some("worker")
         );
-        assert!(decode(Some(&t), "sandboxes", &demo).is_err());
-        assert!(decode(Some(&t), "services", &other).is_err());
-        assert!(decode(Some("garbage!"), "services", &demo).is_err());
-        assert_eq!(decode(None, "services", &demo).unwrap(), None);
+        assert!(tokens.decode(Some(&t), "sandboxes", &demo).is_err());
+        assert!(tokens.decode(Some(&t), "services", &other).is_err());
+        assert!(tokens.decode(Some("garbage!"), "services", &demo).is_err());
+        assert_eq!(tokens.decode(None, "services", &demo).unwrap(), None);
+    }
+
+    #[test]
+    fn edited_or_made_up_tokens_are_refused() {
+        let tokens = PageTokens::with_key(b"key".to_vec());
+        let demo = Name::parse("t", "demo").unwrap();
+        let t = tokens.encode("services", &demo, "worker");
+        // Every single-character edit of a real token is refused.
+        for i in 0..t.len() {
+            let mut edited = t.clone().into_bytes();
+            edited[i] = if edited[i] == b'A' { b'B' } else { b'A' };
+            let edited = String::from_utf8(edited).unwrap();
+            if edited != t {
+                assert!(
+                    tokens.decode(Some(&edited), "services", &demo).is_err(),
+                    "{edited}"
+                );
+            }
+        }
+        // A well-formed payload without the server's tag, and a token from another key.
+        let forged = URL_SAFE_NO_PAD.encode(format!("{VERSION}\nservices\ndemo\nzzz"));
+        assert!(tokens.decode(Some(&forged), "services", &demo).is_err());
+        let foreign = PageTokens::with_key(b"other".to_vec()).encode("services", &demo, "zzz");
+        assert!(tokens.decode(Some(&foreign), "services", &demo).is_err());
+        // The previous, unsigned format.
+        let old = URL_SAFE_NO_PAD.encode("p1\nservices\ndemo\nworker");
+        assert!(tokens.decode(Some(&old), "services", &demo).is_err());
     }
 }

@@ -133,8 +133,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let health_task = tokio::spawn(HealthController::new(store.clone(), plugins.clone()).run());
+    let page_tokens = nimbus_api::pagination::PageTokens::load(&store).await?;
     let app = Arc::new(App {
         signer,
+        page_tokens,
         control,
         store: store.clone(),
         authorizer: match config.server.authorizer {

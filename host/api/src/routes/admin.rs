@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::auth::{hash_secret, new_secret, validate_grant};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, NoQuery, QueryParams};
 use crate::pagination::Paging;
 use crate::wire;
 
@@ -27,6 +27,7 @@ pub struct CreateTenant {
 pub async fn create_tenant(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     JsonBody(body): JsonBody<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = Name::parse("name", &body.name)?;
@@ -54,6 +55,7 @@ pub async fn create_tenant(
 pub async fn get_tenant(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path(tenant): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_name(&tenant)?;
@@ -78,7 +80,6 @@ pub async fn get_tenant(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateCredential {
     kind: CredentialKind,
-    #[serde(default)]
     grants: Vec<String>,
     #[serde(default)]
     ttl_seconds: Option<u64>,
@@ -147,6 +148,7 @@ pub fn new_credential(
 pub async fn create_credential(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path(tenant): Path<String>,
     JsonBody(body): JsonBody<CreateCredential>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -202,7 +204,7 @@ pub async fn list_credentials(
     )
     .await?;
     app.require_tenant(&tenant).await?;
-    let paging = Paging::from_query(&q, "credentials", &tenant)?;
+    let paging = Paging::from_query(&q, &app.page_tokens, "credentials", &tenant)?;
     let page = app
         .store
         .list_credentials(&tenant, paging.after.as_deref(), paging.limit)
@@ -217,6 +219,7 @@ pub async fn list_credentials(
 pub async fn revoke_credential(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path((tenant, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_name(&tenant)?;
@@ -263,7 +266,7 @@ pub async fn list_audit(
     )
     .await?;
     app.require_tenant(&tenant).await?;
-    let paging = Paging::from_query(&q, "audit", &tenant)?;
+    let paging = Paging::from_query(&q, &app.page_tokens, "audit", &tenant)?;
     // Audit events are keyed by their sequence number.
     let after = match &paging.after {
         Some(a) => Some(a.parse::<i64>().map_err(|_| {

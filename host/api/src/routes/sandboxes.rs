@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, NoBody, NoQuery, QueryParams};
 use crate::pagination::Paging;
 use crate::{status, wire};
 
@@ -32,6 +32,7 @@ pub struct CreateSandbox {
 pub async fn create(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path(tenant): Path<String>,
     JsonBody(body): JsonBody<CreateSandbox>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -134,6 +135,7 @@ fn parse_id(raw: &str) -> Result<SandboxId, Error> {
 pub async fn get(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path((tenant, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_name(&tenant)?;
@@ -193,7 +195,7 @@ pub async fn list(
         label_value: q.get("labelValue").map(str::to_string),
         state,
     };
-    let paging = Paging::from_query(&q, "sandboxes", &tenant)?;
+    let paging = Paging::from_query(&q, &app.page_tokens, "sandboxes", &tenant)?;
     let page = app
         .store
         .list_sandboxes(&tenant, &filter, paging.after.as_deref(), paging.limit)
@@ -208,7 +210,9 @@ pub async fn list(
 pub async fn stop(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path((tenant, id)): Path<(String, String)>,
+    _: NoBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let tenant = tenant_name(&tenant)?;
     app.authorize(
@@ -288,6 +292,7 @@ pub async fn stop(
 pub async fn delete(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path((tenant, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_name(&tenant)?;

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, NoBody, NoQuery, QueryParams};
 use crate::pagination::Paging;
 use crate::{status, wire};
 
@@ -41,6 +41,7 @@ pub struct UpdateService {
 pub async fn create(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path(tenant): Path<String>,
     JsonBody(body): JsonBody<CreateService>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -88,6 +89,7 @@ pub async fn create(
 pub async fn get(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path((tenant, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_name(&tenant)?;
@@ -127,7 +129,7 @@ pub async fn list(
     )
     .await?;
     app.require_tenant(&tenant).await?;
-    let paging = Paging::from_query(&q, "services", &tenant)?;
+    let paging = Paging::from_query(&q, &app.page_tokens, "services", &tenant)?;
     let page = app
         .store
         .list_services(&tenant, paging.after.as_deref(), paging.limit)
@@ -142,6 +144,7 @@ pub async fn list(
 pub async fn update(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path((tenant, name)): Path<(String, String)>,
     JsonBody(body): JsonBody<UpdateService>,
 ) -> ApiResult<Json<Value>> {
@@ -335,6 +338,7 @@ pub async fn start(
     Caller(p): Caller,
     Path((tenant, name)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    _: NoBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     set_desired(
         &app,
@@ -353,6 +357,7 @@ pub async fn stop(
     Caller(p): Caller,
     Path((tenant, name)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    _: NoBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     set_desired(
         &app,
@@ -371,6 +376,7 @@ pub async fn restart(
     Caller(p): Caller,
     Path((tenant, name)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    _: NoBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     set_desired(
         &app,

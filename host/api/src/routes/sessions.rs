@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, NoQuery, QueryParams};
 use crate::pagination::Paging;
 use crate::wire;
 
@@ -30,7 +30,6 @@ pub const MIN_TTL_MS: u64 = 1000;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpenSession {
     target: SessionTarget,
-    #[serde(default)]
     channels: Vec<Channel>,
     #[serde(default)]
     requested_ttl_ms: Option<u64>,
@@ -70,6 +69,17 @@ fn check_channels(
     allowed: &[Channel],
     target_kind: &str,
 ) -> Result<(), Error> {
+    let offer = || {
+        if allowed.is_empty() {
+            "no channels".to_string()
+        } else {
+            allowed
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
     for (i, c) in channels.iter().enumerate() {
         if channels[..i].contains(c) {
             return Err(Error::invalid_argument(
@@ -78,20 +88,12 @@ fn check_channels(
             ));
         }
         if !allowed.contains(c) {
-            let offer = if allowed.is_empty() {
-                "no channels".to_string()
-            } else {
-                allowed
-                    .iter()
-                    .map(|c| c.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
             return Err(Error::invalid_argument(
                 &format!("channels[{i}]"),
                 format!(
-                    "channel {:?} is not offered by a {target_kind} target, which offers {offer}",
-                    c.as_str()
+                    "channel {:?} is not offered by a {target_kind} target, which offers {}",
+                    c.as_str(),
+                    offer()
                 ),
             ));
         }
@@ -118,6 +120,7 @@ fn session_context(s: &SessionRecord) -> Vec<(String, String)> {
 pub async fn open(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path(tenant): Path<String>,
     JsonBody(body): JsonBody<OpenSession>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -291,6 +294,7 @@ pub(crate) async fn load_for_channel(
 pub async fn get(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path((tenant, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_name(&tenant)?;
@@ -339,7 +343,7 @@ pub async fn list(
             )
         })?),
     };
-    let paging = Paging::from_query(&q, "sessions", &tenant)?;
+    let paging = Paging::from_query(&q, &app.page_tokens, "sessions", &tenant)?;
     let page = app
         .store
         .list_sessions(&tenant, state, paging.after.as_deref(), paging.limit)
@@ -356,6 +360,7 @@ pub async fn list(
 pub async fn close(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: NoQuery,
     Path((tenant, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<CloseSession>,
 ) -> ApiResult<Json<Value>> {
