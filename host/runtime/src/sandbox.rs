@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use nimbus_core::names::SandboxId;
 use nimbus_core::spec::{ImageSource, Root, SandboxBackend, SandboxSpec};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 
@@ -856,13 +857,20 @@ impl Runtime {
             Observed::Running { .. } => {}
         }
         let dir = self.dir(id);
+        // The sandbox's process is the init of its own PID namespace: signalling it directly
+        // does what `crun kill` would, without running crun, and SIGKILL to a namespace's init
+        // ends every process in it. crun is the fallback when the init cannot be confirmed.
         if !grace.is_zero() {
-            let _ = self.crun_cmd(&["kill", id, "TERM"]).await;
+            if !signal_init(&dir, id, Signal::SIGTERM) {
+                let _ = self.crun_cmd(&["kill", id, "TERM"]).await;
+            }
             if wait_exit(&dir, grace).await {
                 return Ok(self.observe_str(id));
             }
         }
-        let _ = self.crun_cmd(&["kill", "--all", id, "KILL"]).await;
+        if !signal_init(&dir, id, Signal::SIGKILL) {
+            let _ = self.crun_cmd(&["kill", "--all", id, "KILL"]).await;
+        }
         if !wait_exit(&dir, Duration::from_secs(10)).await {
             // The container's init may be gone already with crun unaware; kill it directly.
             if let Some(pid) = read_pid(&dir.join("container.pid")) {
@@ -1359,6 +1367,34 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Sends `signal` to sandbox `id`'s init process (`container.pid` in its state dir `dir`) if
+/// that process is still in the sandbox's cgroup, so that a pid recycled by another process is
+/// never signalled. Returns whether the signal was sent.
+fn signal_init(dir: &Path, id: &str, signal: Signal) -> bool {
+    let Some(pid) = read_pid(&dir.join("container.pid")) else {
+        return false;
+    };
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    if !in_sandbox_cgroup(&cgroups, id) {
+        return false;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).is_ok()
+}
+
+/// Whether a `/proc/<pid>/cgroup` listing (`hierarchy:controllers:path` lines, read from the
+/// host's cgroup namespace) puts the process in sandbox `id`'s cgroup (`cgroupsPath:
+/// /nimbus/<id>`, or below it).
+fn in_sandbox_cgroup(listing: &str, id: &str) -> bool {
+    let own = format!("/nimbus/{id}");
+    listing.lines().any(|line| {
+        line.splitn(3, ':').nth(2).is_some_and(|path| {
+            path == own || path.strip_prefix(&own).is_some_and(|r| r.starts_with('/'))
+        })
+    })
+}
+
 /// True when `pid` is alive and is a Nimbus monitor (pids get reused).
 fn is_monitor(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -1417,5 +1453,26 @@ fn remove_cgroups(id: &str) {
             // Empty cgroups are removed with rmdir; a populated one stays and is reported.
             let _ = std::fs::remove_dir(&c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_sandbox_cgroup;
+
+    #[test]
+    fn the_init_is_recognised_by_its_sandbox_cgroup_only() {
+        let v1 = "12:pids:/nimbus/sbx_abc\n11:memory:/nimbus/sbx_abc\n1:name=systemd:/user.slice\n";
+        assert!(in_sandbox_cgroup(v1, "sbx_abc"));
+        assert!(in_sandbox_cgroup("0::/nimbus/sbx_abc\n", "sbx_abc"));
+        assert!(in_sandbox_cgroup("0::/nimbus/sbx_abc/sub\n", "sbx_abc"));
+        // Another sandbox whose id starts with this one's, the parent, and host processes.
+        assert!(!in_sandbox_cgroup("0::/nimbus/sbx_abcd\n", "sbx_abc"));
+        assert!(!in_sandbox_cgroup("0::/nimbus\n", "sbx_abc"));
+        assert!(!in_sandbox_cgroup(
+            "0::/system.slice/ssh.service\n",
+            "sbx_abc"
+        ));
+        assert!(!in_sandbox_cgroup("", "sbx_abc"));
     }
 }

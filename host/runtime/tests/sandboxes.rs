@@ -202,6 +202,74 @@ async fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
     delete_leaving_nothing(&rt, &id).await;
 }
 
+/// The pids in sandbox `id`'s cgroup (`/nimbus/<id>` in whichever hierarchy has it).
+fn cgroup_pids(id: &str) -> Vec<i32> {
+    let mut dirs = vec![std::path::PathBuf::from(format!(
+        "/sys/fs/cgroup/nimbus/{id}"
+    ))];
+    for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        dirs.push(e.path().join("nimbus").join(id));
+    }
+    let mut pids: Vec<i32> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|s| s.lines().filter_map(|l| l.parse().ok()).collect::<Vec<_>>())
+        .collect();
+    pids.sort();
+    pids.dedup();
+    pids
+}
+
+#[tokio::test]
+async fn delete_kills_every_process_of_the_sandbox_by_signalling_its_init() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(44, data.path(), |_| {});
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    // Children that ignore SIGTERM, one of them in its own session, beside the init.
+    let s = spec(
+        &image,
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; sleep 1000 & setsid sleep 1000 & echo ready; wait",
+        ],
+    );
+    let id = new_id();
+    rt.launch(&id, "demo", &s, |_| {}).await.unwrap();
+    wait_for_log(&rt, &id, "ready").await;
+    let Observed::Running { pid, .. } = rt.observe(&id) else {
+        panic!("{id} is not running: {:?}", rt.observe(&id));
+    };
+    // The premise of signalling the init directly: the host sees it in the sandbox's cgroup.
+    let listing = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with(&format!("/nimbus/{id}"))),
+        "{listing}"
+    );
+    let pids = cgroup_pids(id.as_str());
+    assert!(
+        pids.len() >= 3,
+        "expected the init and two sleeps, got {pids:?}"
+    );
+
+    delete_leaving_nothing(&rt, &id).await;
+    for _ in 0..200 {
+        if pids
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("processes of {id} outlived its delete: {pids:?}");
+}
+
 async fn wait_for_log(
     rt: &nimbus_runtime::Runtime,
     id: &nimbus_core::names::SandboxId,
