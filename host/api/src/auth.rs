@@ -119,6 +119,15 @@ pub enum Presented<'a> {
 }
 
 pub fn presented(headers: &axum::http::HeaderMap) -> Result<Presented<'_>, Error> {
+    // Two credential headers of one kind are ambiguous (which one did a proxy add?): refused
+    // rather than resolved by order.
+    for name in [axum::http::header::AUTHORIZATION.as_str(), API_KEY_HEADER] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Error::unauthenticated(format!(
+                "the {name} header is given more than once; send one credential"
+            )));
+        }
+    }
     let auth = headers.get(axum::http::header::AUTHORIZATION);
     let key = headers.get(API_KEY_HEADER);
     match (auth, key) {
@@ -276,6 +285,20 @@ mod tests {
         let other = WorkloadSigner { key: vec![8; 32] };
         assert!(other.verify(&token, Utc::now()).is_err());
         assert!(s.verify(&s.mint(&claims(-1)), Utc::now()).is_err());
+    }
+
+    #[test]
+    fn one_credential_header_at_most() {
+        use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        assert!(matches!(presented(&h), Ok(Presented::Bearer("a"))));
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert!(presented(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.append(API_KEY_HEADER, HeaderValue::from_static("k1"));
+        h.append(API_KEY_HEADER, HeaderValue::from_static("k2"));
+        assert!(presented(&h).is_err());
     }
 
     #[test]
