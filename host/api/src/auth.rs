@@ -60,24 +60,38 @@ pub struct WorkloadSigner {
 
 pub const WORKLOAD_KEY_NAME: &str = "workload-identity-hmac";
 
+/// The server's 32-byte secret key called `name`, from its store; made at random and stored on
+/// first use, so that what it signs stays valid across restarts.
+pub(crate) async fn server_key(store: &Store, name: &str) -> Result<Vec<u8>, Error> {
+    store
+        .server_key(name, || {
+            let mut k = vec![0u8; 32];
+            rand::thread_rng().fill_bytes(&mut k);
+            k
+        })
+        .await
+}
+
+/// HMAC-SHA256 under `key`, started with `domain` so that one key's MACs for one purpose are
+/// never valid for another.
+pub(crate) fn keyed_mac(key: &[u8], domain: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(domain);
+    mac
+}
+
 impl WorkloadSigner {
     /// Loads the signing key from the store, creating it on first use.
     pub async fn load(store: &Store) -> Result<WorkloadSigner, Error> {
-        let key = store
-            .server_key(WORKLOAD_KEY_NAME, || {
-                let mut k = vec![0u8; 32];
-                rand::thread_rng().fill_bytes(&mut k);
-                k
-            })
-            .await?;
-        Ok(WorkloadSigner { key })
+        Ok(WorkloadSigner {
+            key: server_key(store, WORKLOAD_KEY_NAME).await?,
+        })
     }
 
     fn mac(&self, payload: &str) -> Hmac<Sha256> {
-        // HMAC accepts keys of any length; this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(WORKLOAD_PREFIX.as_bytes());
+        let mut mac = keyed_mac(&self.key, WORKLOAD_PREFIX.as_bytes());
         mac.update(payload.as_bytes());
         mac
     }

@@ -8,14 +8,17 @@ use hmac::{Hmac, Mac};
 use nimbus_core::names::Name;
 use nimbus_core::Error;
 use nimbus_store::Store;
-use rand::RngCore;
 use sha2::Sha256;
+
+use crate::auth::keyed_mac;
 
 use crate::extract::QueryParams;
 
 const VERSION: &str = "p2";
 /// Bytes of the HMAC-SHA256 tag kept in a token: forging one is a 2^-128 guess.
 const TAG_BYTES: usize = 16;
+/// What the key's MACs for page tokens start with (the same store key type signs other things).
+const DOMAIN: &[u8] = b"nimbus page token\n";
 
 /// Issues and checks page tokens with the server's page-token key.
 #[derive(Clone)]
@@ -29,14 +32,9 @@ impl PageTokens {
     /// Loads the key from the store, creating it on first use (tokens stay valid across
     /// restarts).
     pub async fn load(store: &Store) -> Result<PageTokens, Error> {
-        let key = store
-            .server_key(PAGE_TOKEN_KEY_NAME, || {
-                let mut k = vec![0u8; 32];
-                rand::thread_rng().fill_bytes(&mut k);
-                k
-            })
-            .await?;
-        Ok(PageTokens { key })
+        Ok(PageTokens {
+            key: crate::auth::server_key(store, PAGE_TOKEN_KEY_NAME).await?,
+        })
     }
 
     /// With a given key (tests).
@@ -44,20 +42,17 @@ impl PageTokens {
         PageTokens { key }
     }
 
-    fn tag(&self, payload: &[u8]) -> Vec<u8> {
-        // HMAC accepts keys of any length; this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(b"nimbus page token\n");
+    fn mac(&self, payload: &[u8]) -> Hmac<Sha256> {
+        let mut mac = keyed_mac(&self.key, DOMAIN);
         mac.update(payload);
-        mac.finalize().into_bytes()[..TAG_BYTES].to_vec()
+        mac
     }
 
     pub fn encode(&self, collection: &str, tenant: &Name, after: &str) -> String {
         let payload = format!("{VERSION}\n{collection}\n{tenant}\n{after}");
         let mut bytes = payload.into_bytes();
-        let tag = self.tag(&bytes);
-        bytes.extend_from_slice(&tag);
+        let tag = self.mac(&bytes).finalize().into_bytes();
+        bytes.extend_from_slice(&tag[..TAG_BYTES]);
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
@@ -76,11 +71,9 @@ impl PageTokens {
         let split = bytes.len().checked_sub(TAG_BYTES).ok_or_else(bad)?;
         let (payload, tag) = bytes.split_at(split);
         // Compared in constant time, so that the tag cannot be guessed byte by byte.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-        mac.update(b"nimbus page token\n");
-        mac.update(payload);
-        mac.verify_truncated_left(tag).map_err(|_| bad())?;
+        self.mac(payload)
+            .verify_truncated_left(tag)
+            .map_err(|_| bad())?;
         let text = std::str::from_utf8(payload).map_err(|_| bad())?;
         let mut parts = text.splitn(4, '\n');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
