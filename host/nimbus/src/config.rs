@@ -72,18 +72,66 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
+        // serde takes a struct from an array of its fields' values too (`limits = [5, 6]`);
+        // every section here is a table.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            for path in TABLES {
+                let mut value = None;
+                let mut at = Some(&table);
+                for part in path.split('.') {
+                    value = at.and_then(|t| t.get(part));
+                    at = value.and_then(|v| v.as_table());
+                }
+                if let Some(v) = value.filter(|v| !v.is_table()) {
+                    return Err(format!(
+                        "key `{path}`: expected a table (`[{path}]`), found {}",
+                        v.type_str()
+                    ));
+                }
+            }
+        }
         let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let msg = inner.message().to_string();
+            let mut msg = inner.message().trim_end().to_string();
+            if let Some(span) = inner.span() {
+                let (line, column) = line_and_column(text, span.start);
+                msg = format!("{msg} (line {line}, column {column})");
+            }
             if key == "." || key.is_empty() {
                 msg
             } else {
                 format!("key `{key}`: {msg}")
             }
-        })
+        })?;
+        Ok(config)
     }
+}
+
+/// The sections of the config file; each must be a table when present.
+const TABLES: [&str; 10] = [
+    "server",
+    "limits",
+    "runtime",
+    "runtime.monitor",
+    "runtime.mirrors",
+    "plugins",
+    "plugins.limits",
+    "plugins.authz",
+    "plugins.health",
+    "plugins.providers",
+];
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
 }
 
 /// `$XDG_DATA_HOME/nimbus`, else `$HOME/.local/share/nimbus`.
@@ -116,6 +164,23 @@ mod tests {
         }
         let err = Config::parse("[server]\nauthorizer = \"allow-all\"\n").unwrap_err();
         assert!(err.contains("server.authorizer"), "{err}");
+    }
+
+    #[test]
+    fn sections_must_be_tables_and_syntax_errors_say_where() {
+        for (text, key) in [
+            ("limits = [5, 6]\n", "limits"),
+            ("plugins = []\n", "plugins"),
+            ("[plugins]\nauthz = [\"grants-policy\"]\n", "plugins.authz"),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(
+                err.contains(&format!("key `{key}`")) && err.contains("table"),
+                "{text}: {err}"
+            );
+        }
+        let err = Config::parse("[server]\n\nsandbox_driver = \"none\" \"x\"\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub enum PluginCommand {
     Precompile,
 }
 
+/// Largest component `install` reads: compiling one takes time and memory in proportion, and
+/// plugins are small (the bundled ones are 15–31 KiB).
+const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
 fn line(p: &PluginInfo) -> String {
     let mut flags = Vec::new();
     if p.active {
@@ -100,6 +104,18 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
             }
         }
         PluginCommand::Install { file, id, version } => {
+            let size = std::fs::metadata(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .len();
+            if size > MAX_COMPONENT_BYTES {
+                bail!(
+                    "refusing to install {}: it is {} MiB, and a plugin component is at most {} MiB \
+                     (the bundled ones are a few dozen KiB)",
+                    file.display(),
+                    size >> 20,
+                    MAX_COMPONENT_BYTES >> 20
+                );
+            }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let info = store
@@ -146,8 +162,19 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
             }
         }
         PluginCommand::Remove { plugin } => {
-            for p in store.remove(&plugin)? {
+            let removed = store.remove(&plugin)?;
+            for p in &removed {
                 writeln!(out, "removed {} {}", p.id, p.version)?;
+            }
+            // The store cannot see servers' configs: say what removing the last version means.
+            if let Some(id) = removed.first().map(|p| p.id.clone()) {
+                if !store.list()?.iter().any(|p| p.id == id) {
+                    eprintln!(
+                        "nimbus: no version of {id} is left; a server whose config names it in a slot keeps \
+                         the version it has loaded, and will not start again until {id} is installed or \
+                         the slot names another plugin"
+                    );
+                }
             }
         }
         PluginCommand::Precompile => {

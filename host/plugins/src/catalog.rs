@@ -324,6 +324,28 @@ impl Catalog {
                     existing.sha256
                 );
             }
+            // The same bytes again: nothing to write (a bundled version stays bundled, and
+            // running servers have nothing to reload), except making it active if asked.
+            if make_active && !existing.active {
+                write_atomic(&self.plugin_dir(id).join("active"), version.as_bytes())?;
+                self.bump_generation()?;
+                return self.manifest(id, version);
+            }
+            return Ok(existing);
+        }
+        // The slot that names an id expects one world: a version implementing another would
+        // stop servers whose config names it from starting.
+        let world = prepared.world().name();
+        if let Some(other) = self
+            .list()?
+            .into_iter()
+            .find(|p| p.id == id && p.world != world)
+        {
+            bail!(
+                "{id} {} implements {}, and this component implements {world}; every version of a plugin \
+                 implements one world (the slot that names it needs that world): install it under another --id",
+                other.version, other.world
+            );
         }
         create_private_dir(&dir)?;
         write_atomic(&dir.join("component.wasm"), bytes)?;
@@ -614,6 +636,56 @@ mod tests {
             )
             .unwrap();
         catalog.ensure_bundled(engine).unwrap();
+        assert_eq!(
+            catalog.active_version("grants-policy").as_deref(),
+            Some("0.1.3")
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reinstalling_the_same_bytes_changes_nothing_and_a_bundled_version_stays_bundled() {
+        let dir = temp_dir("same");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        let policy = BUNDLED
+            .iter()
+            .find(|b| embedded_metadata(b.bytes).is_some_and(|(id, _)| id == "grants-policy"))
+            .unwrap();
+        let before = catalog.manifest("grants-policy", "0.1.3").unwrap();
+        let generation = catalog.generation();
+        let again = catalog.install(engine, policy.bytes, None, None).unwrap();
+        assert_eq!(again, before);
+        assert_eq!(again.source, "bundled");
+        assert_eq!(
+            catalog.generation(),
+            generation,
+            "running servers would reload"
+        );
+        assert!(
+            catalog.remove("grants-policy").is_err(),
+            "bundled stays unremovable"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_version_of_a_plugin_implements_one_world() {
+        let dir = temp_dir("world");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        let health = BUNDLED
+            .iter()
+            .find(|b| embedded_metadata(b.bytes).is_some_and(|(id, _)| id == "http-health"))
+            .unwrap();
+        let e = catalog
+            .install(engine, health.bytes, Some("grants-policy"), Some("0.3.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one world"), "{e}");
+        assert!(catalog.manifest("grants-policy", "0.3.0").is_err());
         assert_eq!(
             catalog.active_version("grants-policy").as_deref(),
             Some("0.1.3")
