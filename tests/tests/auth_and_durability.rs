@@ -605,3 +605,27 @@ async fn openapi_lists_every_route_and_every_listed_route_is_served() {
         "request.method_not_allowed",
     );
 }
+
+#[tokio::test]
+async fn the_credential_command_refuses_unknown_tenants_and_names_its_own_flags() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (st, _, err) = s.cli(&["credential", "list", "--tenant", "nosuch"]);
+    assert!(!st.success());
+    assert!(err.contains("tenant nosuch does not exist"), "{err}");
+    let (st, _, err) = s.cli(&[
+        "credential",
+        "create",
+        "--grant",
+        "tenant:read",
+        "--ttl-seconds",
+        "0",
+    ]);
+    assert!(!st.success());
+    assert!(err.contains("--ttl-seconds"), "{err}");
+    let (st, _, err) = s.cli(&["credential", "create", "--grant", "bogus"]);
+    assert!(!st.success());
+    assert!(err.contains("--grant"), "{err}");
+    let (st, out, err) = s.cli(&["credential", "list"]);
+    assert!(st.success(), "{err}");
+    assert!(!out.trim().is_empty());
+}

@@ -8,6 +8,7 @@ use nimbus_api::auth::{WorkloadClaims, WorkloadSigner};
 use nimbus_api::routes::admin::new_credential;
 use nimbus_core::names::Name;
 use nimbus_core::resource::{AuditEvent, CredentialKind};
+use nimbus_store::Store;
 
 use crate::config::default_data_dir;
 use crate::serve_cmd::open_store;
@@ -89,6 +90,40 @@ enum CredentialCommand {
     },
 }
 
+/// A credential request's error in the command's terms: the API's field names become the
+/// flags that set them (`ttlSeconds` → `--ttl-seconds`).
+fn as_flags(e: nimbus_core::Error) -> anyhow::Error {
+    let field = e
+        .details
+        .get("field")
+        .and_then(|f| f.as_str())
+        .unwrap_or("");
+    let flag = match field {
+        "ttlSeconds" => "--ttl-seconds",
+        "description" => "--description",
+        f if f.starts_with("grants") => "--grant",
+        _ => return anyhow!(e.message),
+    };
+    let why = e
+        .message
+        .strip_prefix(&format!("{field}: "))
+        .unwrap_or(&e.message);
+    anyhow!("{flag}: {why}")
+}
+
+/// Fails unless `tenant` exists, saying how to create it.
+async fn require_tenant(store: &Store, tenant: &Name) -> anyhow::Result<()> {
+    if store
+        .get_tenant(tenant)
+        .await
+        .map_err(|e| anyhow!(e.message))?
+        .is_none()
+    {
+        bail!("tenant {tenant} does not exist; create it with `nimbus tenant create {tenant}`");
+    }
+    Ok(())
+}
+
 fn cli_audit(tenant: &Name, action: &str, target: String) -> AuditEvent {
     AuditEvent {
         tenant_id: tenant.to_string(),
@@ -142,14 +177,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
             workload,
         } => {
             let tenant = name("--tenant", &tenant)?;
-            if store
-                .get_tenant(&tenant)
-                .await
-                .map_err(|e| anyhow!(e.message))?
-                .is_none()
-            {
-                bail!("tenant {tenant} does not exist; create it with `nimbus tenant create {tenant}`");
-            }
+            require_tenant(store, &tenant).await?;
             let kind = match kind {
                 KindArg::Token => CredentialKind::Token,
                 KindArg::ApiKey => CredentialKind::ApiKey,
@@ -177,7 +205,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
             };
             let (record, secret) =
                 new_credential(&tenant, kind, grants, ttl_seconds, description, true)
-                    .map_err(|e| anyhow!(e.message))?;
+                    .map_err(as_flags)?;
             store
                 .create_credential(
                     &record,
@@ -198,6 +226,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
         }
         CredentialCommand::List { tenant } => {
             let tenant = name("--tenant", &tenant)?;
+            require_tenant(store, &tenant).await?;
             let mut after: Option<String> = None;
             loop {
                 let page = store
