@@ -555,20 +555,47 @@ async fn tenant_capacity_is_enforced_with_quota_exhausted() {
 
 #[tokio::test]
 async fn a_bad_config_file_fails_at_start_naming_the_key() {
-    let root = tempfile::tempdir().unwrap();
-    let cfg = root.path().join("nimbus.toml");
-    std::fs::write(&cfg, "[limits]\nsandboxes_per_tenant = \"many\"\n").unwrap();
-    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(root.path().join("data"))
-        .arg("--config")
-        .arg(&cfg)
-        .env("HOME", root.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("limits.sandboxes_per_tenant"), "{err}");
+    for (config, listen, says) in [
+        (
+            "[limits]\nsandboxes_per_tenant = \"many\"\n",
+            "127.0.0.1:0",
+            "limits.sandboxes_per_tenant",
+        ),
+        (
+            "limits = [5, 6]\n",
+            "127.0.0.1:0",
+            "key `limits`: expected a table",
+        ),
+        (
+            "[server]\n\nlisten = \"127.0.0.1:1\" 2\n",
+            "127.0.0.1:0",
+            "line 3",
+        ),
+        (
+            "[server]\nmetrics_listen = \"127.0.0.1:1\"\n",
+            "127.0.0.1:1",
+            "server.metrics_listen = \"127.0.0.1:1\" is the API's own address",
+        ),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = root.path().join("nimbus.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(root.path().join("data"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("HOME", root.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{config}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{config}: {err}");
+        assert!(
+            !root.path().join("data").exists(),
+            "{config}: the data dir was created"
+        );
+    }
 }
 
 #[tokio::test]

@@ -31,6 +31,11 @@ pub struct DoctorArgs {
 pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     // Output errors (a closed pipe) are ignored: the exit status carries the verdict.
     let mut out = std::io::stdout().lock();
+    // The config first: a bad one stops the command before `--fix` changes anything.
+    let config = match &args.config {
+        Some(p) => crate::config::Config::load(p)?,
+        None => crate::config::Config::default(),
+    };
     if args.fix {
         match doctor::apply_fixes() {
             Ok(done) if done.is_empty() => {
@@ -44,10 +49,6 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("fix failed: {e}"),
         }
     }
-    let config = match &args.config {
-        Some(p) => crate::config::Config::load(p)?,
-        None => crate::config::Config::default(),
-    };
     let crun = args.crun.unwrap_or(config.runtime.crun);
     let mut checks = doctor::all_checks(&crun);
     let data_dir = match args.data_dir.or(config.server.data_dir) {

@@ -54,6 +54,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(a) => a,
         None => DEFAULT_LISTEN.parse().context("default listen address")?,
     };
+    // Port 0 asks for any free port, which the two listeners get separately.
+    if listen.port() != 0 && config.server.metrics_listen == Some(listen) {
+        anyhow::bail!(
+            "server.metrics_listen = \"{listen}\" is the API's own address (--listen / server.listen); \
+             give the metrics another port"
+        );
+    }
     let data_dir = match args.data_dir.clone().or(config.server.data_dir.clone()) {
         Some(d) => d,
         None => default_data_dir()?,
