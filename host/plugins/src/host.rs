@@ -381,6 +381,25 @@ fn load_for_slot(
 ) -> anyhow::Result<Loaded> {
     let key = format!("plugins.{}", kind.key());
     let version = match &cfg.version {
+        Some(v) if catalog.manifest(&cfg.plugin, v).is_err() => {
+            let versions: Vec<String> = catalog
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.id == cfg.plugin)
+                .map(|p| p.version)
+                .collect();
+            bail!(
+                "{key}.version = {v:?}: {} {v} is not installed (installed versions: {}); \
+                 install it, or pin one of those",
+                cfg.plugin,
+                if versions.is_empty() {
+                    "none".to_string()
+                } else {
+                    versions.join(", ")
+                }
+            );
+        }
         Some(v) => v.clone(),
         None => catalog.active_version(&cfg.plugin).ok_or_else(|| {
             let installed: Vec<String> = catalog

@@ -218,6 +218,18 @@ fn configuration_naming_a_missing_plugin_or_a_wrong_world_fails_with_the_key() {
         "lists what is installed: {msg}"
     );
 
+    let err = PluginHost::open(
+        dir.path(),
+        &config("[authz]\nplugin = \"grants-policy\"\nversion = \"9.9.9\"\n"),
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.starts_with("plugins.authz.version = \"9.9.9\"")
+            && msg.contains("installed versions: 0.1.3"),
+        "{msg}"
+    );
+
     let err =
         PluginHost::open(dir.path(), &config("[authz]\nplugin = \"http-health\"\n")).unwrap_err();
     assert!(
