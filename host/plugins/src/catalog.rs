@@ -324,14 +324,25 @@ impl Catalog {
                     existing.sha256
                 );
             }
-            // The same bytes again: nothing to write (a bundled version stays bundled, and
-            // running servers have nothing to reload), except making it active if asked.
+            // The same bytes again: the manifest stays (a bundled version stays bundled). What
+            // changed on disk is repaired, as `verify` advises: a component file that no longer
+            // has these bytes, and its precompiled code. Running servers reload only if
+            // something was written or the active version changes.
+            let file = dir.join("component.wasm");
+            let mut changed = false;
+            if fs::read(&file).map(|b| sha256_hex(&b)).ok().as_deref() != Some(sha.as_str()) {
+                write_atomic(&file, bytes)?;
+                self.write_cache(engine, &sha, &component)?;
+                changed = true;
+            }
             if make_active && !existing.active {
                 write_atomic(&self.plugin_dir(id).join("active"), version.as_bytes())?;
-                self.bump_generation()?;
-                return self.manifest(id, version);
+                changed = true;
             }
-            return Ok(existing);
+            if changed {
+                self.bump_generation()?;
+            }
+            return self.manifest(id, version);
         }
         // The slot that names an id expects one world: a version implementing another would
         // stop servers whose config names it from starting.
@@ -666,6 +677,21 @@ mod tests {
         assert!(
             catalog.remove("grants-policy").is_err(),
             "bundled stays unremovable"
+        );
+
+        // A component file changed on disk (what `verify` reports) is repaired by reinstalling
+        // the trusted bytes, and stays bundled.
+        let file = catalog
+            .version_dir("grants-policy", "0.1.3")
+            .join("component.wasm");
+        fs::write(&file, b"tampered").unwrap();
+        let repaired = catalog.install(engine, policy.bytes, None, None).unwrap();
+        assert_eq!(repaired.source, "bundled");
+        assert_eq!(fs::read(&file).unwrap(), policy.bytes);
+        assert!(catalog.load(engine, "grants-policy", "0.1.3").is_ok());
+        assert!(
+            catalog.generation() > generation,
+            "running servers reload the repaired file"
         );
         fs::remove_dir_all(&dir).unwrap();
     }
