@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use nimbus_plugins::{PluginInfo, PluginStore};
+use nimbus_plugins::{PluginInfo, PluginStore, MAX_COMPONENT_BYTES};
 
 #[derive(clap::Args)]
 pub struct PluginArgs {
@@ -47,10 +47,6 @@ pub enum PluginCommand {
     /// Compile every installed plugin for this server into the precompiled cache.
     Precompile,
 }
-
-/// Largest component `install` reads: compiling one takes time and memory in proportion, and
-/// plugins are small (the bundled ones are 15–31 KiB).
-const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
 fn line(p: &PluginInfo) -> String {
     let mut flags = Vec::new();
@@ -104,6 +100,7 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
             }
         }
         PluginCommand::Install { file, id, version } => {
+            // Checked before reading, so that a huge file is not read only to be refused.
             let size = std::fs::metadata(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?
                 .len();
@@ -167,8 +164,14 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
                 writeln!(out, "removed {} {}", p.id, p.version)?;
             }
             // The store cannot see servers' configs: say what removing the last version means.
+            // The removal is done whatever the listing says: a store that cannot be listed now
+            // only loses the warning.
             if let Some(id) = removed.first().map(|p| p.id.clone()) {
-                if !store.list()?.iter().any(|p| p.id == id) {
+                let left = store
+                    .list()
+                    .map(|all| all.iter().any(|p| p.id == id))
+                    .unwrap_or(true);
+                if !left {
                     eprintln!(
                         "nimbus: no version of {id} is left; a server whose config names it in a slot keeps \
                          the version it has loaded, and will not start again until {id} is installed or \

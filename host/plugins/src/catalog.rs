@@ -26,6 +26,10 @@ use crate::config::{is_plugin_id, is_version, version_key};
 use crate::wasm::{self, Prepared};
 
 /// What `nimbus plugin list` shows for one installed version.
+/// Largest component the store installs: compiling one takes time and memory in proportion,
+/// and plugins are small (the bundled ones are 15–31 KiB).
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginInfo {
     pub id: String,
@@ -273,6 +277,13 @@ impl Catalog {
         id: Option<&str>,
         version: Option<&str>,
     ) -> anyhow::Result<PluginInfo> {
+        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+            bail!(
+                "the component is {} MiB, and a plugin component is at most {} MiB (the bundled ones are a few dozen KiB)",
+                bytes.len() >> 20,
+                MAX_COMPONENT_BYTES >> 20
+            );
+        }
         if !wasmparser::Parser::is_component(bytes) {
             let what = if wasmparser::Parser::is_core_wasm(bytes) {
                 "a core WebAssembly module, not a component (wrap it with `wasm-tools component new`, or build for wasm32-wasip2)"
@@ -693,6 +704,22 @@ mod tests {
             catalog.generation() > generation,
             "running servers reload the repaired file"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_component_over_the_size_limit_is_refused_before_it_is_parsed() {
+        let dir = temp_dir("size");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        let mut big = deny_all();
+        big.resize(MAX_COMPONENT_BYTES as usize + 1, 0);
+        let e = catalog
+            .install(engine, &big, Some("big"), Some("1.0.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 64 MiB"), "{e}");
+        assert!(catalog.list().unwrap().iter().all(|p| p.id != "big"));
         fs::remove_dir_all(&dir).unwrap();
     }
 
