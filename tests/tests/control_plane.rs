@@ -869,6 +869,14 @@ async fn malformed_requests_are_refused_whole_and_write_nothing() {
     // A path segment that is not UTF-8: the JSON error body, not axum's plain text.
     let r = s.call("GET", &format!("{T}/services/%FF"), None).await;
     assert_error(&r, 400, "request.invalid_argument");
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("percent-encoded UTF-8"),
+        "{}",
+        r.1
+    );
 
     // Page tokens are signed: a well-formed made-up one and an edited real one are refused.
     for i in 0..3 {

@@ -21,11 +21,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
         // The body must parse as JSON whatever Content-Type says (curl's default is a form type).
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-            .await
-            .map_err(|_| Error::invalid_argument("", format!("the request body is larger than {MAX_BODY_BYTES} bytes or could not be read")))?;
+        let bytes = read_body(req).await?;
         parse_json(&bytes).map(JsonBody).map_err(ApiError)
     }
+}
+
+/// The request's body, at most [`MAX_BODY_BYTES`].
+async fn read_body(req: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError(Error::invalid_argument(
+                "",
+                format!(
+                    "the request body is larger than {MAX_BODY_BYTES} bytes or could not be read"
+                ),
+            ))
+        })
 }
 
 /// Parses JSON into `T`, naming the offending field (`spec.process.argv[0]`) on error.
@@ -86,9 +98,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-            .await
-            .map_err(|_| Error::invalid_argument("", format!("the request body is larger than {MAX_BODY_BYTES} bytes or could not be read")))?;
+        let bytes = read_body(req).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(NoBody);
         }

@@ -382,11 +382,18 @@ async fn json_rejections(response: axum::response::Response) -> axum::response::
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(_) => String::new(),
     };
-    let message = if text.is_empty() {
+    let what = if text.is_empty() {
         "the request could not be parsed".to_string()
     } else {
         text
     };
+    // axum's path extractor says "Invalid URL: …" (e.g. a segment that is not UTF-8).
+    let hint = if what.starts_with("Invalid URL") {
+        "path segments must be percent-encoded UTF-8; "
+    } else {
+        ""
+    };
+    let message = format!("{what}; {hint}see GET /v1/openapi.json for the API's paths");
     axum::response::IntoResponse::into_response(error::ApiError(Error::invalid_argument(
         "", message,
     )))
