@@ -73,19 +73,13 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config, String> {
         // serde takes a struct from an array of its fields' values too (`limits = [5, 6]`);
-        // every section here is a table.
+        // every section and every struct-typed value here is a table.
         if let Ok(table) = text.parse::<toml::Table>() {
-            for path in TABLES {
-                let mut value = None;
-                let mut at = Some(&table);
-                for part in path.split('.') {
-                    value = at.and_then(|t| t.get(part));
-                    at = value.and_then(|v| v.as_table());
-                }
-                if let Some(v) = value.filter(|v| !v.is_table()) {
+            for pattern in TABLES {
+                let parts: Vec<&str> = pattern.split('.').collect();
+                if let Some((path, found)) = not_a_table(&table, &parts, "") {
                     return Err(format!(
-                        "key `{path}`: expected a table (`[{path}]`), found {}",
-                        v.type_str()
+                        "key `{path}`: expected a table (`[{path}]`), found {found}"
                     ));
                 }
             }
@@ -109,19 +103,59 @@ impl Config {
     }
 }
 
-/// The sections of the config file; each must be a table when present.
-const TABLES: [&str; 10] = [
+/// Where the config file has tables (sections, and struct- or map-typed values); `*` stands for
+/// any key (a slot or provider name). A new section or struct-typed key belongs here.
+const TABLES: [&str; 17] = [
     "server",
     "limits",
     "runtime",
-    "runtime.monitor",
     "runtime.mirrors",
     "plugins",
     "plugins.limits",
     "plugins.authz",
+    "plugins.authz.limits",
+    "plugins.authz.config",
     "plugins.health",
+    "plugins.health.*",
+    "plugins.health.*.limits",
+    "plugins.health.*.config",
     "plugins.providers",
+    "plugins.providers.*",
+    "plugins.providers.*.limits",
+    "plugins.providers.*.config",
 ];
+
+/// The first value at `parts` (below `table`, whose path is `prefix`) that is present but not
+/// a table: its dotted path and its TOML type.
+fn not_a_table(
+    table: &toml::Table,
+    parts: &[&str],
+    prefix: &str,
+) -> Option<(String, &'static str)> {
+    let (first, rest) = parts.split_first()?;
+    let entries: Vec<(&String, &toml::Value)> = if *first == "*" {
+        table.iter().collect()
+    } else {
+        table.get_key_value(*first).into_iter().collect()
+    };
+    for (key, value) in entries {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value.as_table() {
+            None => return Some((path, value.type_str())),
+            Some(inner) if !rest.is_empty() => {
+                if let Some(found) = not_a_table(inner, rest, &path) {
+                    return Some(found);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
 
 /// 1-based line and column of byte `offset` in `text`.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
@@ -172,6 +206,18 @@ mod tests {
             ("limits = [5, 6]\n", "limits"),
             ("plugins = []\n", "plugins"),
             ("[plugins]\nauthz = [\"grants-policy\"]\n", "plugins.authz"),
+            (
+                "[plugins.health]\nhttp = [\"http-health\"]\n",
+                "plugins.health.http",
+            ),
+            (
+                "[plugins.providers]\nbrowser = [\"x\"]\n",
+                "plugins.providers.browser",
+            ),
+            (
+                "[plugins.authz]\nplugin = \"grants-policy\"\nlimits = [1]\n",
+                "plugins.authz.limits",
+            ),
         ] {
             let err = Config::parse(text).unwrap_err();
             assert!(
@@ -179,6 +225,12 @@ mod tests {
                 "{text}: {err}"
             );
         }
+        // Values that are not tables where none is expected stay accepted.
+        let c = Config::parse(
+            "[runtime]\nmonitor = \"/usr/lib/nimbus/nimbus-monitor\"\n[runtime.mirrors]\n\"docker.io\" = [\"http://m:5000\"]\n",
+        )
+        .unwrap();
+        assert!(c.runtime.monitor.is_some());
         let err = Config::parse("[server]\n\nsandbox_driver = \"none\" \"x\"\n").unwrap_err();
         assert!(err.contains("line 3"), "{err}");
     }
