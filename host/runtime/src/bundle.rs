@@ -364,7 +364,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, SpecProblem> {
     let linux = linux
         .namespaces(namespaces)
         .resources(resources)
-        .cgroups_path(PathBuf::from(format!("/nimbus/{}", input.id)))
+        .cgroups_path(PathBuf::from(cgroup_path(input.id)))
         .seccomp(seccomp::profile().map_err(|e| problem("config", e))?)
         .masked_paths(
             MASKED_PATHS
@@ -496,6 +496,12 @@ pub fn write_etc_files(
         }
     }
     std::fs::write(dir.join("resolv.conf"), out)
+}
+
+/// The sandbox's cgroup, relative to each hierarchy's root (the OCI `cgroupsPath`): the runtime,
+/// its monitors and the orphan sweep all find a sandbox's processes and counters there.
+pub(crate) fn cgroup_path(id: &str) -> String {
+    format!("/nimbus/{id}")
 }
 
 #[cfg(test)]

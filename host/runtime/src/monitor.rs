@@ -417,8 +417,9 @@ fn wait_for(pid: i32) -> (i32, Option<i32>) {
 
 /// OOM kills recorded for the container's memory cgroup (v1 or v2 layout).
 fn oom_kills(id: &str) -> u64 {
-    let v1 = format!("/sys/fs/cgroup/memory/nimbus/{id}/memory.oom_control");
-    let v2 = format!("/sys/fs/cgroup/nimbus/{id}/memory.events");
+    let own = crate::bundle::cgroup_path(id);
+    let v1 = format!("/sys/fs/cgroup/memory{own}/memory.oom_control");
+    let v2 = format!("/sys/fs/cgroup{own}/memory.events");
     for p in [v1, v2] {
         if let Ok(text) = std::fs::read_to_string(&p) {
             for line in text.lines() {

@@ -51,7 +51,8 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(100));
         if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
             for h in hierarchies.flatten() {
-                let _ = std::fs::remove_dir(h.path().join("nimbus").join(&id));
+                let own = crate::bundle::cgroup_path(&id);
+                let _ = std::fs::remove_dir(h.path().join(own.trim_start_matches('/')));
             }
         }
         removed.push(id);

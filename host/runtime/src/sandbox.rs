@@ -872,13 +872,9 @@ impl Runtime {
             let _ = self.crun_cmd(&["kill", "--all", id, "KILL"]).await;
         }
         if !wait_exit(&dir, Duration::from_secs(10)).await {
-            // The container's init may be gone already with crun unaware; kill it directly.
-            if let Some(pid) = read_pid(&dir.join("container.pid")) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            // Once more, in case crun's state had gone while the init had not: a kill that
+            // still checks the pid is the sandbox's.
+            signal_init(&dir, id, Signal::SIGKILL);
             wait_exit(&dir, Duration::from_secs(5)).await;
         }
         Ok(self.observe_str(id))
@@ -1387,7 +1383,7 @@ fn signal_init(dir: &Path, id: &str, signal: Signal) -> bool {
 /// host's cgroup namespace) puts the process in sandbox `id`'s cgroup (`cgroupsPath:
 /// /nimbus/<id>`, or below it).
 fn in_sandbox_cgroup(listing: &str, id: &str) -> bool {
-    let own = format!("/nimbus/{id}");
+    let own = crate::bundle::cgroup_path(id);
     listing.lines().any(|line| {
         line.splitn(3, ':').nth(2).is_some_and(|path| {
             path == own || path.strip_prefix(&own).is_some_and(|r| r.starts_with('/'))
@@ -1435,10 +1431,12 @@ async fn wait_exit(dir: &Path, within: Duration) -> bool {
 
 /// Cgroup directories crun creates for `cgroupsPath: /nimbus/<id>` on v1, hybrid and v2 hosts.
 fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    let mut out = vec![PathBuf::from(format!("/sys/fs/cgroup/nimbus/{id}"))];
+    let own = crate::bundle::cgroup_path(id);
+    let below = own.trim_start_matches('/');
+    let mut out = vec![Path::new("/sys/fs/cgroup").join(below)];
     if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in entries.flatten() {
-            let p = e.path().join("nimbus").join(id);
+            let p = e.path().join(below);
             if !out.contains(&p) {
                 out.push(p);
             }
