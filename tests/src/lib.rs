@@ -405,3 +405,31 @@ pub fn batch_sandbox() -> Value {
         "labels": { "purpose": "batch" }
     })
 }
+
+/// What `nimbus serve` said when it refused to start.
+pub struct Refusal {
+    pub stderr: String,
+    /// Whether it created its data dir before refusing.
+    pub data_dir_created: bool,
+}
+
+/// Runs `nimbus serve --listen <listen>` with `config` as its nimbus.toml (and a fresh data dir
+/// and HOME), expects it to exit with an error at start, and returns what it said.
+pub fn serve_refused(config: &str, listen: &str) -> Refusal {
+    let root = tempfile::tempdir().expect("temp dir");
+    let path = root.path().join("nimbus.toml");
+    std::fs::write(&path, config).expect("write nimbus.toml");
+    let out = Command::new(nimbus_bin())
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(root.path().join("data"))
+        .arg("--config")
+        .arg(&path)
+        .env("HOME", root.path())
+        .output()
+        .expect("run nimbus serve");
+    assert!(!out.status.success(), "the server started with:\n{config}");
+    Refusal {
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        data_dir_created: root.path().join("data").exists(),
+    }
+}

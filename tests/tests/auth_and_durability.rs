@@ -577,22 +577,11 @@ async fn a_bad_config_file_fails_at_start_naming_the_key() {
             "server.metrics_listen = \"127.0.0.1:1\" is the API's own address",
         ),
     ] {
-        let root = tempfile::tempdir().unwrap();
-        let cfg = root.path().join("nimbus.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
-            .args(["serve", "--listen", listen, "--data-dir"])
-            .arg(root.path().join("data"))
-            .arg("--config")
-            .arg(&cfg)
-            .env("HOME", root.path())
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{config}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let refusal = nimbus_e2e::serve_refused(config, listen);
+        let err = &refusal.stderr;
         assert!(err.contains(says), "{config}: {err}");
         assert!(
-            !root.path().join("data").exists(),
+            !refusal.data_dir_created,
             "{config}: the data dir was created"
         );
     }

@@ -243,24 +243,13 @@ async fn an_unreadable_tls_ca_file_stops_the_server_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("ca.pem");
     std::fs::write(&bogus, "not a certificate").unwrap();
-    let config = dir.path().join("nimbus.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let err = nimbus_e2e::serve_refused(
+        &format!(
             "{NO_DRIVER}[plugins]\ntls_ca_file = \"{}\"\n",
             bogus.display()
         ),
+        "127.0.0.1:0",
     )
-    .unwrap();
-    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--config")
-        .arg(&config)
-        .env("HOME", dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    .stderr;
     assert!(err.contains("plugins.tls_ca_file"), "{err}");
 }

@@ -188,19 +188,7 @@ async fn a_bad_plugins_table_stops_the_server_at_start_naming_the_key() {
 /// Runs `nimbus serve` with `config` as its nimbus.toml, expects it to exit with an error at
 /// start, and returns its stderr.
 fn serve_refused(config: &str) -> String {
-    let root = tempfile::tempdir().unwrap();
-    let path = root.path().join("nimbus.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(root.path().join("data"))
-        .arg("--config")
-        .arg(&path)
-        .env("HOME", root.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the server started with:\n{config}");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    nimbus_e2e::serve_refused(config, "127.0.0.1:0").stderr
 }
 
 /// A loopback port nothing listens on (for the metrics listener).
