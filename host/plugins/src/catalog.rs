@@ -607,11 +607,8 @@ mod tests {
     #[test]
     fn the_bundled_policy_instantiates_without_a_table_and_within_one_page_of_memory() {
         let engine = crate::engine::engine().unwrap();
-        let policy = BUNDLED
-            .iter()
-            .find(|b| embedded_metadata(b.bytes).is_some_and(|(id, _)| id == "grants-policy"))
-            .expect("grants-policy is bundled");
-        let component = crate::wasm::compile(engine, policy.bytes).unwrap();
+        let policy = bundled("grants-policy");
+        let component = crate::wasm::compile(engine, policy).unwrap();
         let needs = component
             .resources_required()
             .expect("a policy imports no resources");
@@ -620,6 +617,15 @@ mod tests {
         let memory = needs.max_initial_memory_size.unwrap_or(0);
         // One 4 KiB host page: the host resets memory by the page after every call.
         assert!(memory <= 4 << 10, "initial memory of {memory} bytes");
+    }
+
+    /// The bytes of bundled plugin `id`.
+    fn bundled(id: &str) -> &'static [u8] {
+        BUNDLED
+            .iter()
+            .find(|b| embedded_metadata(b.bytes).is_some_and(|(i, _)| i == id))
+            .unwrap_or_else(|| panic!("{id} is bundled"))
+            .bytes
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -671,13 +677,10 @@ mod tests {
         let engine = crate::engine::engine().unwrap();
         let catalog = Catalog::open(&dir).unwrap();
         catalog.ensure_bundled(engine).unwrap();
-        let policy = BUNDLED
-            .iter()
-            .find(|b| embedded_metadata(b.bytes).is_some_and(|(id, _)| id == "grants-policy"))
-            .unwrap();
+        let policy = bundled("grants-policy");
         let before = catalog.manifest("grants-policy", "0.1.3").unwrap();
         let generation = catalog.generation();
-        let again = catalog.install(engine, policy.bytes, None, None).unwrap();
+        let again = catalog.install(engine, policy, None, None).unwrap();
         assert_eq!(again, before);
         assert_eq!(again.source, "bundled");
         assert_eq!(
@@ -696,9 +699,9 @@ mod tests {
             .version_dir("grants-policy", "0.1.3")
             .join("component.wasm");
         fs::write(&file, b"tampered").unwrap();
-        let repaired = catalog.install(engine, policy.bytes, None, None).unwrap();
+        let repaired = catalog.install(engine, policy, None, None).unwrap();
         assert_eq!(repaired.source, "bundled");
-        assert_eq!(fs::read(&file).unwrap(), policy.bytes);
+        assert_eq!(fs::read(&file).unwrap(), policy);
         assert!(catalog.load(engine, "grants-policy", "0.1.3").is_ok());
         assert!(
             catalog.generation() > generation,
@@ -729,12 +732,9 @@ mod tests {
         let engine = crate::engine::engine().unwrap();
         let catalog = Catalog::open(&dir).unwrap();
         catalog.ensure_bundled(engine).unwrap();
-        let health = BUNDLED
-            .iter()
-            .find(|b| embedded_metadata(b.bytes).is_some_and(|(id, _)| id == "http-health"))
-            .unwrap();
+        let health = bundled("http-health");
         let e = catalog
-            .install(engine, health.bytes, Some("grants-policy"), Some("0.3.0"))
+            .install(engine, health, Some("grants-policy"), Some("0.3.0"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("one world"), "{e}");
