@@ -411,6 +411,9 @@ pub struct Refusal {
     pub stderr: String,
     /// Whether it created its data dir before refusing.
     pub data_dir_created: bool,
+    /// Whether it wrote the admin credential file (its HOME's
+    /// `.config/nimbus/application_default_credentials.json`) before refusing.
+    pub credential_written: bool,
 }
 
 /// Runs `nimbus serve --listen <listen>` with `config` as its nimbus.toml (and a fresh data dir
@@ -431,5 +434,9 @@ pub fn serve_refused(config: &str, listen: &str) -> Refusal {
     Refusal {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         data_dir_created: root.path().join("data").exists(),
+        credential_written: root
+            .path()
+            .join(".config/nimbus/application_default_credentials.json")
+            .exists(),
     }
 }

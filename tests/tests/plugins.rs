@@ -185,6 +185,29 @@ async fn a_bad_plugins_table_stops_the_server_at_start_naming_the_key() {
     );
 }
 
+#[tokio::test]
+async fn a_plugin_that_is_not_installed_stops_the_server_before_it_writes_a_credential() {
+    // Checked against the plugin store, so only once the data dir is open; but before the
+    // server bootstraps its tenant and credential, listens, or sets up sandboxes.
+    let refusal = nimbus_e2e::serve_refused(
+        "[plugins.authz]\nplugin = \"no-such-policy\"\n",
+        "127.0.0.1:0",
+    );
+    let err = &refusal.stderr;
+    assert!(
+        err.contains("plugins.authz.plugin = \"no-such-policy\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("grants-policy"),
+        "lists what is installed: {err}"
+    );
+    assert!(
+        !refusal.credential_written,
+        "the credential file was written before the refusal"
+    );
+}
+
 /// Runs `nimbus serve` with `config` as its nimbus.toml, expects it to exit with an error at
 /// start, and returns its stderr.
 fn serve_refused(config: &str) -> String {

@@ -72,6 +72,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("config: {}", e.message))?;
 
     let store = open_store(&data_dir).await?;
+    // Plugins: the authorization policy every request passes through, and health checks. Loaded
+    // before anything else is set up, so that a bad `[plugins]` section (a plugin that is not
+    // installed, a pin that does not match) stops the server before it writes a tenant or a
+    // credential, listens, or touches the host's network.
+    let plugins =
+        nimbus_plugins::PluginHost::open(&data_dir, &config.plugins).context("loading plugins")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
@@ -115,9 +121,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let controller_task = controller.clone().map(|c| tokio::spawn(c.run()));
-    // Plugins: the authorization policy every request passes through, and health checks.
-    let plugins =
-        nimbus_plugins::PluginHost::open(&data_dir, &config.plugins).context("loading plugins")?;
     // Requests are timed only when something serves the figures.
     let http_metrics = config.server.metrics_listen.map(|addr| {
         (
