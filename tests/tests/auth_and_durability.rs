@@ -645,3 +645,28 @@ async fn the_credential_command_refuses_unknown_tenants_and_names_its_own_flags(
     assert!(st.success(), "{err}");
     assert!(!out.trim().is_empty());
 }
+
+#[test]
+fn tenant_and_credential_commands_refuse_a_data_dir_no_server_has_used() {
+    // A mistyped --data-dir must not quietly become a new, empty data dir that no server reads.
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("typo");
+    for args in [
+        &["credential", "list"][..],
+        &["credential", "create", "--grant", "tenant:read"],
+        &["tenant", "create", "team-a"],
+    ] {
+        let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&missing)
+            .env("HOME", root.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains("holds no Nimbus database"), "{args:?}: {err}");
+        assert!(err.contains("nimbus serve --data-dir"), "{args:?}: {err}");
+        assert!(!missing.exists(), "{args:?} created the data dir");
+    }
+}

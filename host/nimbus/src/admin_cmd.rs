@@ -27,6 +27,21 @@ impl DataDirArg {
             None => default_data_dir(),
         }
     }
+
+    /// Opens the store of a server that has run at least once. Tenants and credentials written
+    /// anywhere else would never be seen by a server (a mistyped `--data-dir` would quietly
+    /// make a new, empty one), so a data dir without a database is refused, and not created.
+    async fn open_existing(&self) -> anyhow::Result<nimbus_store::Store> {
+        let dir = self.resolve()?;
+        if !dir.join("nimbus.db").is_file() {
+            anyhow::bail!(
+                "{} holds no Nimbus database (nimbus.db): pass the --data-dir your server uses,                  or run `nimbus serve --data-dir {}` once to create it",
+                dir.display(),
+                dir.display()
+            );
+        }
+        open_store(&dir).await
+    }
 }
 
 #[derive(clap::Args)]
@@ -141,7 +156,7 @@ fn name(field: &str, v: &str) -> anyhow::Result<Name> {
 }
 
 pub async fn run_tenant(args: TenantArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.data_dir.resolve()?).await?;
+    let store = args.data_dir.open_existing().await?;
     match args.command {
         TenantCommand::Create { name: n } => {
             let tenant = name("name", &n)?;
@@ -160,7 +175,7 @@ pub async fn run_tenant(args: TenantArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run_credential(args: CredentialArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.data_dir.resolve()?).await?;
+    let store = args.data_dir.open_existing().await?;
     let result = credential(&store, args.command).await;
     store.close().await;
     result
