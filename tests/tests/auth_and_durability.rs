@@ -204,18 +204,33 @@ async fn exact_grants_decide_session_opens() {
 #[tokio::test]
 async fn workload_identity_tokens_are_verified_and_bound_to_their_tenant() {
     let s = Server::start_with_config(NO_DRIVER).await;
-    let (ok, token, err) = s.cli(&[
-        "credential",
-        "create",
-        "--kind",
-        "workload-identity",
-        "--workload",
-        "sandbox:sbx_x",
-        "--grant",
-        "tenant:read",
-        "--ttl-seconds",
-        "600",
-    ]);
+    let (st, sbx) = s
+        .call("POST", &format!("{T}/sandboxes"), Some(batch_sandbox()))
+        .await;
+    assert_eq!(st, 201, "{sbx}");
+    let workload = format!("sandbox:{}", sbx["metadata"]["id"].as_str().unwrap());
+    let mint = |workload: &str| {
+        s.cli(&[
+            "credential",
+            "create",
+            "--kind",
+            "workload-identity",
+            "--workload",
+            workload,
+            "--grant",
+            "tenant:read",
+            "--ttl-seconds",
+            "600",
+        ])
+    };
+    // Only a sandbox of the tenant can be named: a free-form workload would be a principal
+    // that names nothing (or poses as another, e.g. a credential id).
+    for bad in ["bogus", "cred_01abc", "sandbox:sbx_nosuch"] {
+        let (st, out, err) = mint(bad);
+        assert!(!st.success(), "minted for {bad}: {out}");
+        assert!(err.contains("--workload"), "{err}");
+    }
+    let (ok, token, err) = mint(&workload);
     assert!(ok.success(), "{err}");
     let token = token.trim();
     assert_eq!(
@@ -249,7 +264,7 @@ async fn workload_identity_tokens_are_verified_and_bound_to_their_tenant() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|e| e["actor"] == "sandbox:sbx_x" && e["decision"] == "deny"));
+        .any(|e| e["actor"] == workload.as_str() && e["decision"] == "deny"));
 }
 
 #[tokio::test]

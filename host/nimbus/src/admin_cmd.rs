@@ -139,6 +139,28 @@ async fn require_tenant(store: &Store, tenant: &Name) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A workload identity token names its workload as the principal (audit actor, a session's
+/// opener), so it must name a sandbox of the tenant: a free-form name could pose as another
+/// principal (e.g. a credential id) or as nothing that exists.
+async fn require_sandbox_workload(
+    store: &Store,
+    tenant: &Name,
+    workload: &str,
+) -> anyhow::Result<()> {
+    let Some(id) = workload.strip_prefix("sandbox:") else {
+        bail!("--workload {workload:?}: name the sandbox as sandbox:<id>, e.g. --workload sandbox:sbx_…");
+    };
+    let exists = store
+        .get_sandbox(tenant, id)
+        .await
+        .map_err(|e| anyhow!(e.message))?
+        .is_some();
+    if !exists {
+        bail!("--workload {workload}: tenant {tenant} has no sandbox {id:?} (GET /v1/tenants/{tenant}/sandboxes lists them)");
+    }
+    Ok(())
+}
+
 fn cli_audit(tenant: &Name, action: &str, target: String) -> AuditEvent {
     AuditEvent {
         tenant_id: tenant.to_string(),
@@ -198,6 +220,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                 KindArg::ApiKey => CredentialKind::ApiKey,
                 KindArg::WorkloadIdentity => {
                     let workload = workload.ok_or_else(|| anyhow!("--workload is required for a workload identity token, e.g. --workload sandbox:sbx_…"))?;
+                    require_sandbox_workload(store, &tenant, &workload).await?;
                     for (i, g) in grants.iter().enumerate() {
                         nimbus_api::auth::validate_grant(&format!("--grant[{i}]"), g)
                             .map_err(|e| anyhow!(e.message))?;
