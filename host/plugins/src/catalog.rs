@@ -230,7 +230,14 @@ impl Catalog {
     /// bundled versions). A bundled version becomes active if its plugin has no active version,
     /// or if the active one is an older bundled version (an upgraded server brings its policy);
     /// a version the operator installed stays active.
+    ///
+    /// Then repairs what an interrupted change leaves (see [`Catalog::repair_active`]).
     pub fn ensure_bundled(&self, engine: &Engine) -> anyhow::Result<()> {
+        self.install_missing_bundled(engine)?;
+        self.repair_active()
+    }
+
+    fn install_missing_bundled(&self, engine: &Engine) -> anyhow::Result<()> {
         let missing: Vec<&Bundled> = BUNDLED
             .iter()
             .filter(|b| match embedded_metadata(b.bytes) {
@@ -264,6 +271,63 @@ impl Catalog {
             };
             self.install_locked(engine, b.bytes, &id, &version, "bundled", make_active)
                 .with_context(|| format!("cannot install the bundled plugin {id} {version}"))?;
+        }
+        Ok(())
+    }
+
+    /// A plugin with installed versions but no active one is what a crash leaves between writing
+    /// a version and pointing `active` at it, or between removing the active version and falling
+    /// back: its newest version becomes active, as a removal would have made it. Leftover
+    /// temporary files of interrupted writes are deleted. Changes nothing in a sound store.
+    fn repair_active(&self) -> anyhow::Result<()> {
+        let broken = |c: &Catalog| -> anyhow::Result<Vec<PluginInfo>> {
+            let mut newest: Vec<PluginInfo> = Vec::new();
+            for p in c.list()? {
+                if c.active_version(&p.id).is_some() {
+                    continue;
+                }
+                // `list` is sorted by id, then version: the last of an id is its newest.
+                match newest.last_mut() {
+                    Some(last) if last.id == p.id => *last = p,
+                    _ => newest.push(p),
+                }
+            }
+            Ok(newest)
+        };
+        let stale_temp_files = |c: &Catalog| -> Vec<PathBuf> {
+            let installed = c.root.join("installed");
+            let dirs = fs::read_dir(&installed).into_iter().flatten().flatten();
+            dirs.flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"))
+                })
+                .collect()
+        };
+        if broken(self)?.is_empty() && stale_temp_files(self).is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        // Under the lock no other process is between a temporary file and its rename.
+        for tmp in stale_temp_files(self) {
+            let _ = fs::remove_file(tmp);
+        }
+        let repairs = broken(self)?;
+        for p in &repairs {
+            write_atomic(&self.plugin_dir(&p.id).join("active"), p.version.as_bytes())?;
+            tracing::warn!(
+                plugin = %p.id,
+                version = %p.version,
+                "plugin {} had no active version (an install or removal was interrupted); made {} active",
+                p.id,
+                p.version
+            );
+        }
+        if !repairs.is_empty() {
+            self.bump_generation()?;
         }
         Ok(())
     }
@@ -369,8 +433,12 @@ impl Catalog {
                 other.version, other.world
             );
         }
+        // The manifest is written last: it is what makes the version installed, so a crash
+        // before it leaves a directory that counts as absent (and is written again), and a crash
+        // after it leaves a version whose file and precompiled code are there.
         create_private_dir(&dir)?;
         write_atomic(&dir.join("component.wasm"), bytes)?;
+        self.write_cache(engine, &sha, &component)?;
         let info = PluginInfo {
             id: id.to_string(),
             version: version.to_string(),
@@ -383,7 +451,6 @@ impl Catalog {
         };
         let manifest = serde_json::to_vec_pretty(&info)?;
         write_atomic(&dir.join("manifest.json"), &manifest)?;
-        self.write_cache(engine, &sha, &component)?;
         if make_active {
             write_atomic(&self.plugin_dir(id).join("active"), version.as_bytes())?;
         }
@@ -668,6 +735,36 @@ mod tests {
             catalog.active_version("grants-policy").as_deref(),
             Some("0.1.3")
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_left_without_an_active_version_by_a_crash_is_repaired_at_open() {
+        let dir = temp_dir("crash");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        let plugin_dir = catalog.plugin_dir("grants-policy");
+        // A crash after the version was written and before `active` was renamed into place.
+        fs::remove_file(plugin_dir.join("active")).unwrap();
+        fs::write(plugin_dir.join(".active.tmp-4242"), "0.1.3").unwrap();
+        // A crash after a removal and before its fallback: `active` names a version that is gone.
+        fs::write(catalog.plugin_dir("tcp-health").join("active"), "9.9.9").unwrap();
+        assert_eq!(catalog.active_version("grants-policy"), None);
+        let before = catalog.generation();
+
+        catalog.ensure_bundled(engine).unwrap();
+        assert_eq!(
+            catalog.active_version("grants-policy").as_deref(),
+            Some("0.1.3")
+        );
+        assert!(catalog.active_version("tcp-health").is_some());
+        assert!(!plugin_dir.join(".active.tmp-4242").exists());
+        assert!(catalog.generation() > before, "running servers reload");
+        // A sound store is left alone.
+        let sound = catalog.generation();
+        catalog.ensure_bundled(engine).unwrap();
+        assert_eq!(catalog.generation(), sound);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -382,13 +382,7 @@ fn load_for_slot(
     let key = format!("plugins.{}", kind.key());
     let version = match &cfg.version {
         Some(v) if catalog.manifest(&cfg.plugin, v).is_err() => {
-            let versions: Vec<String> = catalog
-                .list()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| p.id == cfg.plugin)
-                .map(|p| p.version)
-                .collect();
+            let versions = installed_versions(catalog, &cfg.plugin);
             bail!(
                 "{key}.version = {v:?}: {} {v} is not installed (installed versions: {}); \
                  install it, or pin one of those",
@@ -402,6 +396,15 @@ fn load_for_slot(
         }
         Some(v) => v.clone(),
         None => catalog.active_version(&cfg.plugin).ok_or_else(|| {
+            let versions = installed_versions(catalog, &cfg.plugin);
+            if !versions.is_empty() {
+                return anyhow!(
+                    "{key}.plugin = {:?}: {} has no active version (installed: {}); pin one with                      {key}.version, or install it again",
+                    cfg.plugin,
+                    cfg.plugin,
+                    versions.join(", ")
+                );
+            }
             let installed: Vec<String> = catalog
                 .list()
                 .unwrap_or_default()
@@ -450,6 +453,17 @@ fn load_for_slot(
         info,
         prepared,
     })
+}
+
+/// The installed versions of plugin `id`, oldest first (for error messages).
+fn installed_versions(catalog: &Catalog, id: &str) -> Vec<String> {
+    catalog
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.id == id)
+        .map(|p| p.version)
+        .collect()
 }
 
 /// The `authz` slot as an [`Authorizer`].
