@@ -299,6 +299,38 @@ async fn listing_paginates_over_several_pages_with_stable_order_and_rejects_bad_
         400,
         "request.invalid_argument",
     );
+    // A token is bound to its listing's filters; only the limit may change between pages.
+    let filtered = "labelKey=purpose&labelValue=batch";
+    let (_, page) = s
+        .call("GET", &format!("{T}/sandboxes?limit=1&{filtered}"), None)
+        .await;
+    let tok = page["metadata"]["nextPageToken"].as_str().unwrap();
+    let (st, next) = s
+        .call(
+            "GET",
+            &format!("{T}/sandboxes?limit=4&labelValue=batch&labelKey=purpose&pageToken={tok}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{next}");
+    for other in ["", "&labelKey=purpose", "&state=pending"] {
+        let r = s
+            .call(
+                "GET",
+                &format!("{T}/sandboxes?limit=1{other}&pageToken={tok}"),
+                None,
+            )
+            .await;
+        assert_error(&r, 400, "request.invalid_argument");
+        assert!(
+            r.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("same filters"),
+            "{}",
+            r.1
+        );
+    }
 }
 
 #[tokio::test]

@@ -171,6 +171,11 @@ impl QueryParams {
         Ok(QueryParams(map))
     }
 
+    /// Every parameter given, in no particular order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .get(key)
