@@ -975,3 +975,58 @@ async fn malformed_requests_are_refused_whole_and_write_nothing() {
     let (_, sessions) = s.call("GET", &format!("{T}/sessions"), None).await;
     assert_eq!(sessions["items"].as_array().unwrap().len(), 0, "{sessions}");
 }
+
+#[tokio::test]
+async fn deleting_a_service_closes_its_open_sessions() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    for name in ["worker", "other"] {
+        let (st, _) = s
+            .call("POST", &format!("{T}/services"), Some(worker_service(name)))
+            .await;
+        assert_eq!(st, 201);
+    }
+    let open = |name: &str| Some(json!({"target": {"service": {"name": name}}, "channels": []}));
+    let sessions = format!("{T}/sessions");
+    let (_, on_worker) = s.call("POST", &sessions, open("worker")).await;
+    let (_, on_other) = s.call("POST", &sessions, open("other")).await;
+    let (st, deleted) = s
+        .call(
+            "DELETE",
+            &format!("{T}/services/worker?ifMatchGeneration=1&force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{deleted}");
+    let path = |ses: &serde_json::Value| {
+        format!("{T}/sessions/{}", ses["metadata"]["id"].as_str().unwrap())
+    };
+    let (_, closed) = s.call("GET", &path(&on_worker), None).await;
+    assert_eq!(closed["status"]["lifecycleState"], "closed", "{closed}");
+    assert_eq!(
+        closed["status"]["closeReason"],
+        "the service worker was deleted"
+    );
+    let (_, other) = s.call("GET", &path(&on_other), None).await;
+    assert_eq!(other["status"]["lifecycleState"], "open");
+    // A service created again under the name has no session from before.
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(worker_service("worker")),
+    )
+    .await;
+    let (_, page) = s
+        .call("GET", &format!("{T}/sessions?state=open"), None)
+        .await;
+    let open_ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(open_ids, vec![on_other["metadata"]["id"].as_str().unwrap()]);
+    let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    assert!(audit["items"].as_array().unwrap().iter().any(|e| {
+        e["action"] == "sessions.close" && e["reason"] == "the service worker was deleted"
+    }));
+}

@@ -139,6 +139,13 @@ impl Store {
             .await
             .map_err(db_error)?;
         insert_audit(&mut tx, audit).await?;
+        crate::sessions::close_sessions_of_deleted_target(
+            &mut tx,
+            tenant,
+            crate::sessions::DeletedTarget::Service(name),
+            audit,
+        )
+        .await?;
         commit(tx).await?;
         Ok(record)
     }

@@ -8,7 +8,7 @@ use nimbus_core::Error;
 
 use crate::{
     commit, db_error, from_doc, insert_audit, load_by_id, next_resource_version, paginate, to_doc,
-    Page, Store,
+    Page, Store, Tx,
 };
 
 /// Timestamps are stored as fixed-width RFC 3339 UTC so text order is time order.
@@ -23,6 +23,83 @@ pub enum TargetGuard {
     Service { name: Name, generation: i64 },
     /// The sandbox must still exist in the `ready` state.
     Sandbox { id: String },
+}
+
+/// A session target that is being deleted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DeletedTarget<'a> {
+    Service(&'a Name),
+    Sandbox(&'a str),
+}
+
+impl DeletedTarget<'_> {
+    fn is_target_of(&self, session: &SessionRecord) -> bool {
+        let target = &session.spec.target;
+        match self {
+            DeletedTarget::Service(name) => {
+                target.service.as_ref().is_some_and(|t| t.name == **name)
+            }
+            DeletedTarget::Sandbox(id) => target
+                .sandbox
+                .as_ref()
+                .is_some_and(|t| t.id.as_str() == *id),
+        }
+    }
+
+    fn close_reason(&self) -> String {
+        match self {
+            DeletedTarget::Service(name) => format!("the service {name} was deleted"),
+            DeletedTarget::Sandbox(id) => format!("the sandbox {id} was deleted"),
+        }
+    }
+}
+
+/// Closes the open sessions of `target`, in the transaction that deletes it: a session is a
+/// lease on its target and ends with it, so none stays `open` on something gone (or on a
+/// service of the same name created later). Each closure is an audit event of the deleting
+/// actor, like a close.
+pub(crate) async fn close_sessions_of_deleted_target(
+    tx: &mut Tx,
+    tenant: &Name,
+    target: DeletedTarget<'_>,
+    deletion: &AuditEvent,
+) -> Result<(), Error> {
+    let docs: Vec<String> =
+        sqlx::query_scalar("SELECT doc FROM sessions WHERE tenant_id = ? AND state = 'open'")
+            .bind(tenant.as_str())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    let reason = target.close_reason();
+    for doc in docs {
+        let mut record: SessionRecord = from_doc(&doc)?;
+        if !target.is_target_of(&record) {
+            continue;
+        }
+        let Ok(next) = record.status.lifecycle_state.on(SessionEvent::Close) else {
+            continue;
+        };
+        record.status.lifecycle_state = next;
+        record.status.close_reason = Some(reason.clone());
+        record.status.ended_at = Some(deletion.time);
+        record.meta.updated_at = deletion.time;
+        record.meta.resource_version = next_resource_version(tx).await?;
+        sqlx::query("UPDATE sessions SET state = ?, doc = ? WHERE id = ?")
+            .bind(next.as_str())
+            .bind(to_doc(&record)?)
+            .bind(record.id.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        let closed = AuditEvent {
+            action: "sessions.close".into(),
+            target: format!("session/{}", record.id),
+            reason: reason.clone(),
+            ..deletion.clone()
+        };
+        insert_audit(tx, &closed).await?;
+    }
+    Ok(())
 }
 
 impl Store {

@@ -298,3 +298,148 @@ async fn a_sandbox_create_refused_for_its_tenant_or_quota_writes_nothing() {
     store.create_service(&mut next, &audit("c")).await.unwrap();
     assert_eq!(next.meta.resource_version, version + 1);
 }
+
+fn open_session_on(
+    target: nimbus_core::resource::SessionTarget,
+) -> nimbus_core::resource::SessionRecord {
+    use nimbus_core::lifecycle::SessionState;
+    use nimbus_core::names::SessionId;
+    use nimbus_core::resource::{SessionRecord, SessionSpec, SessionStatus, TargetSnapshot};
+    let now = Utc::now();
+    let snapshot = TargetSnapshot {
+        kind: if target.service.is_some() {
+            "service"
+        } else {
+            "sandbox"
+        }
+        .into(),
+        name: target.service.as_ref().map(|s| s.name.to_string()),
+        id: target.sandbox.as_ref().map(|s| s.id.to_string()),
+        generation: 1,
+        backend: "builtIn".into(),
+    };
+    SessionRecord {
+        id: SessionId::generate(),
+        meta: Meta::new(demo(), Default::default(), now),
+        created_by: "cred_x".into(),
+        spec: SessionSpec {
+            target,
+            channels: vec![],
+            requested_ttl_ms: None,
+            ttl_ms: 60_000,
+            ttl_clamped: false,
+            expires_at: now + chrono::Duration::minutes(1),
+            target_snapshot: snapshot,
+        },
+        status: SessionStatus {
+            lifecycle_state: SessionState::Open,
+            close_reason: None,
+            ended_at: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_target_closes_its_open_sessions_in_the_same_write() {
+    use nimbus_core::lifecycle::{SandboxState, SessionState};
+    use nimbus_core::resource::{SandboxTarget, ServiceTarget, SessionTarget};
+    let (store, _dir) = store().await;
+    let mut kept = service("kept");
+    let mut gone = service("gone");
+    store.create_service(&mut kept, &audit("c")).await.unwrap();
+    store.create_service(&mut gone, &audit("c")).await.unwrap();
+    let mut sandbox = sandbox_in("demo");
+    sandbox.status.lifecycle_state = SandboxState::Ready;
+    store
+        .create_sandbox(&mut sandbox, 10, &audit("c"))
+        .await
+        .unwrap();
+
+    let on_service = |s: &ServiceRecord| SessionTarget {
+        service: Some(ServiceTarget {
+            name: s.name.clone(),
+        }),
+        sandbox: None,
+    };
+    let mut open = Vec::new();
+    for (target, guard) in [
+        (
+            on_service(&kept),
+            crate::TargetGuard::Service {
+                name: kept.name.clone(),
+                generation: 1,
+            },
+        ),
+        (
+            on_service(&gone),
+            crate::TargetGuard::Service {
+                name: gone.name.clone(),
+                generation: 1,
+            },
+        ),
+        (
+            SessionTarget {
+                service: None,
+                sandbox: Some(SandboxTarget {
+                    id: sandbox.id.clone(),
+                }),
+            },
+            crate::TargetGuard::Sandbox {
+                id: sandbox.id.to_string(),
+            },
+        ),
+    ] {
+        let mut session = open_session_on(target);
+        store
+            .open_session(&mut session, &guard, 100, &audit("sessions.open"))
+            .await
+            .unwrap();
+        open.push(session.id.to_string());
+    }
+
+    let audited = audit_count(&store).await;
+    store
+        .delete_service(
+            &demo(),
+            &gone.name,
+            1,
+            |_| Ok(()),
+            &audit("services.delete"),
+        )
+        .await
+        .unwrap();
+    store
+        .delete_sandbox(
+            &demo(),
+            sandbox.id.as_str(),
+            |_| Ok(()),
+            &audit("sandboxes.delete"),
+        )
+        .await
+        .unwrap();
+
+    let state = |id: String| {
+        let store = store.clone();
+        async move { store.get_session(&demo(), &id).await.unwrap().unwrap() }
+    };
+    assert_eq!(
+        state(open[0].clone()).await.status.lifecycle_state,
+        SessionState::Open,
+        "a session on another service stays open"
+    );
+    let closed = state(open[1].clone()).await;
+    assert_eq!(closed.status.lifecycle_state, SessionState::Closed);
+    assert_eq!(
+        closed.status.close_reason.as_deref(),
+        Some("the service gone was deleted")
+    );
+    assert!(closed.status.ended_at.is_some());
+    let closed = state(open[2].clone()).await;
+    assert_eq!(closed.status.lifecycle_state, SessionState::Closed);
+    assert_eq!(
+        closed.status.close_reason,
+        Some(format!("the sandbox {} was deleted", sandbox.id))
+    );
+    // Two deletions and two closures, each audited.
+    assert_eq!(audit_count(&store).await, audited + 4);
+}
