@@ -64,12 +64,21 @@ pub(crate) async fn close_sessions_of_deleted_target(
     target: DeletedTarget<'_>,
     deletion: &AuditEvent,
 ) -> Result<(), Error> {
-    let docs: Vec<String> =
-        sqlx::query_scalar("SELECT doc FROM sessions WHERE tenant_id = ? AND state = 'open'")
-            .bind(tenant.as_str())
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db_error)?;
+    // Narrowed in SQL (JSON1) so a tenant's other open sessions are not read; the match is
+    // checked again on the decoded record.
+    let (path, key) = match target {
+        DeletedTarget::Service(name) => ("$.spec.target.service.name", name.as_str()),
+        DeletedTarget::Sandbox(id) => ("$.spec.target.sandbox.id", id),
+    };
+    let docs: Vec<String> = sqlx::query_scalar(
+        "SELECT doc FROM sessions WHERE tenant_id = ? AND state = 'open' AND json_extract(doc, ?) = ?",
+    )
+    .bind(tenant.as_str())
+    .bind(path)
+    .bind(key)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
     let reason = target.close_reason();
     for doc in docs {
         let mut record: SessionRecord = from_doc(&doc)?;
