@@ -362,48 +362,76 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> std::io::Result<()> {
             .and_then(|n| n.to_str())
             .map(str::to_string)
         else {
-            entry.unpack_in(dest)?;
+            entry.unpack_in(dest).map_err(with_cause)?;
             continue;
         };
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            let parent_rel = path.parent().unwrap_or(Path::new(""));
-            if parent_rel.components().any(|c| {
-                !matches!(
-                    c,
-                    std::path::Component::Normal(_) | std::path::Component::CurDir
-                )
-            }) {
-                return Err(std::io::Error::other(format!(
-                    "whiteout {} escapes the layer",
-                    path.display()
-                )));
-            }
-            let parent = dest.join(parent_rel);
-            std::fs::create_dir_all(&parent)?;
-            if hidden == ".wh..opq" {
-                xattr::set(&parent, "trusted.overlay.opaque", b"y")?;
-            } else {
-                let target = parent.join(hidden);
-                if target.symlink_metadata().is_ok() {
-                    if target.is_dir() {
-                        std::fs::remove_dir_all(&target)?;
-                    } else {
-                        std::fs::remove_file(&target)?;
-                    }
-                }
-                nix::sys::stat::mknod(
-                    &target,
-                    nix::sys::stat::SFlag::S_IFCHR,
-                    nix::sys::stat::Mode::empty(),
-                    nix::sys::stat::makedev(0, 0),
-                )
-                .map_err(std::io::Error::from)?;
-            }
+            apply_whiteout(dest, &path, hidden)?;
             continue;
         }
-        entry.unpack_in(dest)?;
+        entry.unpack_in(dest).map_err(with_cause)?;
     }
     Ok(())
+}
+
+/// The tar crate's unpack errors say only "failed to unpack `<path>`" and keep why in their
+/// source; the message shown to the operator needs both.
+fn with_cause(e: std::io::Error) -> std::io::Error {
+    match std::error::Error::source(&e) {
+        Some(cause) => std::io::Error::new(e.kind(), format!("{e}: {cause}")),
+        None => e,
+    }
+}
+
+/// Applies the whiteout entry `path` (file name `.wh.<hidden>`) inside `dest`. A layer comes from
+/// a registry, so nothing here may reach outside `dest`: the entry's directories are walked one
+/// by one without following symlinks (a symlink among them is refused, where following it would
+/// delete or replace a file elsewhere on the host), and `hidden` must name one entry, not `.`,
+/// `..` or nothing.
+fn apply_whiteout(dest: &Path, path: &Path, hidden: &str) -> std::io::Result<()> {
+    let refuse = |why: &str| {
+        std::io::Error::other(format!(
+            "whiteout {} {why}; the layer is refused",
+            path.display()
+        ))
+    };
+    let mut parent = dest.to_path_buf();
+    for c in path.parent().unwrap_or(Path::new("")).components() {
+        match c {
+            std::path::Component::Normal(part) => parent.push(part),
+            std::path::Component::CurDir => continue,
+            _ => return Err(refuse("escapes the layer")),
+        }
+        match parent.symlink_metadata() {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => return Err(refuse("lies under a symlink")),
+            Ok(_) => return Err(refuse("lies under a file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&parent)?,
+            Err(e) => return Err(e),
+        }
+    }
+    if hidden == ".wh..opq" {
+        return xattr::set(&parent, "trusted.overlay.opaque", b"y");
+    }
+    if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.starts_with(".wh.") {
+        return Err(refuse("names no single entry"));
+    }
+    let target = parent.join(hidden);
+    match target.symlink_metadata() {
+        // A directory is removed with its contents (std's remove_dir_all does not follow
+        // symlinks inside it); a symlink is removed itself, never what it points to.
+        Ok(m) if m.file_type().is_dir() => std::fs::remove_dir_all(&target)?,
+        Ok(_) => std::fs::remove_file(&target)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    nix::sys::stat::mknod(
+        &target,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        nix::sys::stat::makedev(0, 0),
+    )
+    .map_err(std::io::Error::from)
 }
 
 #[cfg(test)]
@@ -484,5 +512,72 @@ mod tests {
         std::fs::create_dir(&out).unwrap();
         let _ = unpack_layer(&blob, &out);
         assert!(!dir.path().join("escaped").exists());
+    }
+
+    /// A layer of `ln` (a symlink to `target`) followed by a regular entry named `then`,
+    /// written raw (tar::Builder refuses some of these names).
+    fn symlink_then(target: &Path, then: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let header = |kind, mode| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h
+        };
+        let mut h = header(tar::EntryType::Symlink, 0o777);
+        b.append_link(&mut h, "ln", target).unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o644);
+        let name = &mut h.as_gnu_mut().unwrap().name;
+        name[..then.len()].copy_from_slice(then.as_bytes());
+        h.set_cksum();
+        b.append(&h, std::io::empty()).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn whiteouts_never_reach_outside_the_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a hostile layer aims at: a file and a directory outside the store.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        std::fs::write(outside.join("victim"), b"v").unwrap();
+        std::fs::write(outside.join("sub/keep"), b"k").unwrap();
+        let blob = dir.path().join("blob");
+        for (i, (tarball, why)) in [
+            (symlink_then(&outside, "ln/.wh.victim"), "under a symlink"),
+            (
+                symlink_then(&outside.join("sub"), "ln/.wh..."),
+                "under a symlink",
+            ),
+            (symlink_then(&outside, ".wh..."), "names no single entry"),
+            (symlink_then(&outside, "x/.wh."), "names no single entry"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            std::fs::write(&blob, tarball).unwrap();
+            let out = dir.path().join(format!("store/layers/out{i}"));
+            std::fs::create_dir_all(&out).unwrap();
+            let err = unpack_layer(&blob, &out).unwrap_err();
+            assert!(err.to_string().contains(why), "case {i}: {err}");
+            assert_eq!(
+                std::fs::read(outside.join("victim")).unwrap(),
+                b"v",
+                "case {i}"
+            );
+            assert_eq!(
+                std::fs::read(outside.join("sub/keep")).unwrap(),
+                b"k",
+                "case {i}"
+            );
+            assert!(
+                out.parent().unwrap().is_dir(),
+                "case {i}: the store's layers dir"
+            );
+        }
     }
 }
