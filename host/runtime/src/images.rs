@@ -68,6 +68,7 @@ impl ImageStore {
     pub fn open(root: &Path, client: RegistryClient) -> std::io::Result<Self> {
         for d in ["blobs/sha256", "layers", "images"] {
             std::fs::create_dir_all(root.join(d))?;
+            remove_stale_temporaries(&root.join(d));
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -122,6 +123,9 @@ impl ImageStore {
             serde_json::from_slice(&raw.bytes).map_err(|e| proto(format!("manifest: {e}")))?;
         if let Some(list) = &doc.manifests {
             let chosen = pick_platform(r, list)?;
+            // A digest, so that `manifest` checks what arrives against it: an index entry that
+            // names a tag (or a path) would let the registry serve anything under a pinned index.
+            check_digest(&chosen.digest).map_err(|e| proto(format!("index entry: {e}")))?;
             let digest = chosen.digest.clone();
             raw = self.client.manifest(r, &digest).await?;
             doc = serde_json::from_slice(&raw.bytes)
@@ -155,7 +159,9 @@ impl ImageStore {
                             bytes_total: total,
                         })
                     };
-                    self.client.fetch_blob(r, &d.digest, &path, &cb).await?;
+                    self.client
+                        .fetch_blob(r, &d.digest, d.size, &path, &cb)
+                        .await?;
                 }
             }
             done_before += d.size;
@@ -181,6 +187,9 @@ impl ImageStore {
         record: ImageRecord,
         progress: &(dyn Fn(ProgressEvent) + Send + Sync),
     ) -> Result<Image, RegistryError> {
+        // The config is checked before anything is unpacked or recorded: a record is written
+        // only for an image that loads.
+        let image = self.load(record.clone())?;
         let count = record.layers.len();
         for (i, digest) in record.layers.iter().enumerate() {
             progress(ProgressEvent::Unpacking {
@@ -192,7 +201,7 @@ impl ImageStore {
         }
         let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
         write_blob_bytes(&self.record_path(key), &json)?;
-        self.load(record)
+        Ok(image)
     }
 
     fn load_record(&self, key: &str) -> Result<Option<Image>, RegistryError> {
@@ -210,7 +219,9 @@ impl ImageStore {
         {
             return Ok(None);
         }
-        self.load(record).map(Some)
+        // A record whose image does not load (written by an older version that recorded before
+        // checking the config) is as good as absent: the reference is resolved again.
+        Ok(self.load(record).ok())
     }
 
     fn load(&self, record: ImageRecord) -> Result<Image, RegistryError> {
@@ -218,7 +229,12 @@ impl ImageStore {
         let cfg: ConfigFile =
             serde_json::from_slice(&cfg_bytes).map_err(|e| RegistryError::Protocol {
                 reference: record.reference.clone(),
-                registry: String::new(),
+                registry: record
+                    .reference
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
                 cause: format!("image config {}: {e}", record.config_digest),
             })?;
         let layer_dirs = record.layers.iter().map(|l| self.layer_dir(l)).collect();
@@ -309,6 +325,35 @@ impl ImageStore {
 
     pub fn lookup(&self, key: &str) -> Result<Option<Image>, RegistryError> {
         self.load_record(key)
+    }
+}
+
+/// Removes the temporary files and directories (`.tmp-<name>-<pid>[-<n>]`) that a pull or an
+/// unpack killed midway left in `dir`: those of processes that no longer run. A process that
+/// still runs (a server beside `nimbus image pull`) keeps its own.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = name
+            .strip_prefix(".tmp-")
+            .and_then(|rest| rest.split('-').nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
     }
 }
 
@@ -512,6 +557,62 @@ mod tests {
         std::fs::create_dir(&out).unwrap();
         let _ = unpack_layer(&blob, &out);
         assert!(!dir.path().join("escaped").exists());
+    }
+
+    #[tokio::test]
+    async fn an_image_whose_config_does_not_load_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let client =
+            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
+                .unwrap();
+        let store = ImageStore::open(dir.path(), client).unwrap();
+        let put = |bytes: &[u8]| {
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+            let src = dir.path().join("src");
+            std::fs::write(&src, bytes).unwrap();
+            store.import_blob(&digest, &src).unwrap();
+            digest
+        };
+        let config = put(b"this is not json");
+        let layer = put(&layer(&[("f", Some(b"x"))]));
+        let record = ImageRecord {
+            reference: "127.0.0.1:5000/t/x:v1".into(),
+            manifest_digest: config.clone(),
+            config_digest: config,
+            layers: vec![layer],
+        };
+        let err = store
+            .finish("127.0.0.1:5000/t/x:v1", record, &|_| {})
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("registry 127.0.0.1:5000 sent"),
+            "{err}"
+        );
+        assert!(store.list().unwrap().is_empty(), "no record is written");
+        assert!(store.lookup("127.0.0.1:5000/t/x:v1").unwrap().is_none());
+    }
+
+    #[test]
+    fn temporaries_of_processes_that_are_gone_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        let layers = dir.path().join("layers");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::create_dir_all(layers.join(".tmp-abc-999999999/etc")).unwrap();
+        // pid 999999999 cannot exist (pid_max is at most 2^22); this process's own stays.
+        let gone = blobs.join(".tmp-abc-999999999-2");
+        let mine = blobs.join(format!(".tmp-abc-{}-0", std::process::id()));
+        std::fs::write(&gone, b"x").unwrap();
+        std::fs::write(&mine, b"x").unwrap();
+        let client =
+            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
+                .unwrap();
+        ImageStore::open(dir.path(), client).unwrap();
+        assert!(!gone.exists());
+        assert!(!layers.join(".tmp-abc-999999999").exists());
+        assert!(mine.exists());
     }
 
     /// A layer of `ln` (a symlink to `target`) followed by a regular entry named `then`,

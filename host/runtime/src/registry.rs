@@ -20,6 +20,30 @@ pub const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
+/// Largest manifest or index read from a registry; more is refused before it is all in memory.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Largest answer read from a token endpoint (a token is a few KiB).
+const MAX_TOKEN_ANSWER_BYTES: usize = 64 << 10;
+/// How long a registry may send nothing while a request or an answer is under way. A registry
+/// that stalls is given up on, naming it, rather than waited for forever.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a whole answer of at most `cap` bytes; a longer one is refused as soon as it passes
+/// `cap`, so a registry cannot fill memory with an endless answer.
+async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(format!("the answer is larger than {} KiB", cap >> 10));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        if out.len() + chunk.len() > cap {
+            return Err(format!("the answer is larger than {} KiB", cap >> 10));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// Why talking to a registry failed; the launch error mapping keeps these apart.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -170,6 +194,7 @@ impl RegistryClient {
         let http = reqwest::Client::builder()
             .user_agent(concat!("nimbus/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(IDLE_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
@@ -278,7 +303,7 @@ impl RegistryClient {
             if let Some((u, p)) = &creds {
                 treq = treq.basic_auth(u, Some(p));
             }
-            let tresp = treq.send().await.map_err(unreachable)?;
+            let mut tresp = treq.send().await.map_err(unreachable)?;
             if tresp.status() == reqwest::StatusCode::UNAUTHORIZED
                 || tresp.status() == reqwest::StatusCode::FORBIDDEN
             {
@@ -292,11 +317,15 @@ impl RegistryClient {
                 token: Option<String>,
                 access_token: Option<String>,
             }
-            let tok: Tok = tresp.json().await.map_err(|e| RegistryError::Protocol {
+            let token_error = |cause: String| RegistryError::Protocol {
                 reference: r.to_string(),
                 registry: ep.host.clone(),
-                cause: format!("token endpoint answer: {e}"),
-            })?;
+                cause: format!("token endpoint {realm} answered: {cause}"),
+            };
+            let body = read_capped(&mut tresp, MAX_TOKEN_ANSWER_BYTES)
+                .await
+                .map_err(token_error)?;
+            let tok: Tok = serde_json::from_slice(&body).map_err(|e| token_error(e.to_string()))?;
             let t = tok
                 .token
                 .or(tok.access_token)
@@ -379,7 +408,7 @@ impl RegistryClient {
             MT_DOCKER_MANIFEST,
         ]
         .join(", ");
-        let resp = self
+        let mut resp = self
             .get_any(r, &format!("manifests/{reference}"), Some(&accept))
             .await?;
         let media_type = resp
@@ -397,14 +426,9 @@ impl RegistryClient {
             registry: r.registry.clone(),
             cause,
         };
-        let bytes = resp
-            .bytes()
+        let bytes = read_capped(&mut resp, MAX_MANIFEST_BYTES)
             .await
-            .map_err(|e| proto(format!("reading manifest: {e}")))?
-            .to_vec();
-        if bytes.len() > 4 << 20 {
-            return Err(proto("manifest larger than 4 MiB".into()));
-        }
+            .map_err(|e| proto(format!("manifest {reference}: {e}")))?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if reference.starts_with("sha256:") && reference != digest {
             return Err(proto(format!(
@@ -418,12 +442,14 @@ impl RegistryClient {
         })
     }
 
-    /// Streams a blob into `dest` (via a temp file in the same dir), checking its digest;
-    /// `progress` gets the number of bytes written so far.
+    /// Streams a blob into `dest` (via a temp file in the same dir), checking its digest and
+    /// that it is no longer than the `size` its manifest declares (a registry cannot fill the
+    /// disk with an endless blob); `progress` gets the number of bytes written so far.
     pub async fn fetch_blob(
         &self,
         r: &ImageRef,
         digest: &str,
+        size: u64,
         dest: &Path,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), RegistryError> {
@@ -437,6 +463,15 @@ impl RegistryClient {
                 registry: r.registry.clone(),
                 cause: format!("download of {digest} broke off: {}", error_chain(&e)),
             })? {
+                if done + chunk.len() as u64 > size {
+                    return Err(RegistryError::Protocol {
+                        reference: r.to_string(),
+                        registry: r.registry.clone(),
+                        cause: format!(
+                            "blob {digest} is longer than the {size} bytes its manifest declares"
+                        ),
+                    });
+                }
                 hasher.update(&chunk);
                 file.write_all(&chunk).await?;
                 done += chunk.len() as u64;
@@ -664,6 +699,64 @@ mod tests {
             }
         });
         (host, token_requests)
+    }
+
+    /// A registry that answers every request with 200 and a body that never ends (until the
+    /// client hangs up), as a hostile one could.
+    fn endless_registry() -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut out = stream;
+                    let _ = write!(
+                        out,
+                        "HTTP/1.1 200 OK\r\nContent-Type: {MT_OCI_MANIFEST}\r\nConnection: close\r\n\r\n"
+                    );
+                    let chunk = [b' '; 64 << 10];
+                    while out.write_all(&chunk).is_ok() {}
+                });
+            }
+        });
+        host
+    }
+
+    #[tokio::test]
+    async fn endless_answers_are_cut_off_at_their_limits() {
+        let host = endless_registry();
+        let r = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
+        let client =
+            RegistryClient::new(&RuntimeConfig::default(), Credentials::default()).unwrap();
+        let err = client.manifest(&r, "v1").await.err().unwrap();
+        assert!(err.to_string().contains("larger than 4096 KiB"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("blob");
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let err = client
+            .fetch_blob(&r, &digest, 100_000, &dest, &|_| {})
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("longer than the 100000 bytes its manifest declares"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the partial download is removed"
+        );
     }
 
     #[tokio::test]
