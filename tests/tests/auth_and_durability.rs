@@ -685,3 +685,24 @@ fn tenant_and_credential_commands_refuse_a_data_dir_no_server_has_used() {
         assert!(!missing.exists(), "{args:?} created the data dir");
     }
 }
+
+#[test]
+fn the_image_commands_make_a_new_data_dir_private() {
+    // Unpacked layers keep their setuid files; no other local user may reach them.
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["image", "list", "--data-dir"])
+        .arg(&data)
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "data dir mode {mode:o}");
+}

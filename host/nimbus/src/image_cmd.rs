@@ -42,8 +42,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => default_data_dir()?,
     };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    crate::serve_cmd::create_private_data_dir(&data_dir)?;
     let runtime = nimbus_runtime::Runtime::open(&data_dir, &config.runtime)
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
     let images = runtime.images();

@@ -33,12 +33,18 @@ pub struct ServeArgs {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-/// Opens the store under `data_dir`, creating the directory (mode 0700) if needed.
-pub async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+/// Creates `data_dir` if needed and makes it private (mode 0700): it holds the database, keys,
+/// and unpacked image layers, whose setuid files no other local user may reach.
+pub fn create_private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting data dir {}", data_dir.display()))?;
+        .with_context(|| format!("restricting data dir {}", data_dir.display()))
+}
+
+/// Opens the store under `data_dir`, creating the directory (mode 0700) if needed.
+pub async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+    create_private_data_dir(data_dir)?;
     let db = data_dir.join("nimbus.db");
     Store::open(&db)
         .await
