@@ -453,7 +453,20 @@ impl RegistryClient {
         dest: &Path,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), RegistryError> {
-        let mut resp = self.get_any(r, &format!("blobs/{digest}"), None).await?;
+        let mut resp = match self.get_any(r, &format!("blobs/{digest}"), None).await {
+            Ok(resp) => resp,
+            // The manifest was found, so "check the repository name and tag" would mislead.
+            Err(RegistryError::NotFound { registry, .. }) => {
+                return Err(RegistryError::Protocol {
+                    reference: r.to_string(),
+                    registry,
+                    cause: format!(
+                        "its manifest lists blob {digest}, which the registry does not have"
+                    ),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         let tmp = tmp_path(dest);
         let mut file = tokio::fs::File::create(&tmp).await?;
         let mut hasher = Sha256::new();
@@ -728,6 +741,45 @@ mod tests {
             }
         });
         host
+    }
+
+    #[tokio::test]
+    async fn a_blob_the_registry_does_not_have_is_named_as_such() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut out = stream;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        let r = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
+        let client =
+            RegistryClient::new(&RuntimeConfig::default(), Credentials::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let digest = format!("sha256:{}", "1".repeat(64));
+        let err = client
+            .fetch_blob(&r, &digest, 10, &dir.path().join("blob"), &|_| {})
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains(&format!(
+                "lists blob {digest}, which the registry does not have"
+            )),
+            "{err}"
+        );
     }
 
     #[tokio::test]
