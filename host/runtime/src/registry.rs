@@ -714,10 +714,10 @@ mod tests {
         (host, token_requests)
     }
 
-    /// A registry that answers every request with 200 and a body that never ends (until the
-    /// client hangs up), as a hostile one could.
-    fn endless_registry() -> String {
-        use std::io::{BufRead, BufReader, Write};
+    /// A registry on a loopback port that reads each request's head and hands the connection to
+    /// `answer`, on a thread of its own. Returns its `host:port`.
+    fn fake_registry(answer: fn(std::net::TcpStream)) -> String {
+        use std::io::{BufRead, BufReader};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         std::thread::spawn(move || {
@@ -730,39 +730,35 @@ mod tests {
                             break;
                         }
                     }
-                    let mut out = stream;
-                    let _ = write!(
-                        out,
-                        "HTTP/1.1 200 OK\r\nContent-Type: {MT_OCI_MANIFEST}\r\nConnection: close\r\n\r\n"
-                    );
-                    let chunk = [b' '; 64 << 10];
-                    while out.write_all(&chunk).is_ok() {}
+                    answer(stream);
                 });
             }
         });
         host
     }
 
+    /// A registry that answers every request with 200 and a body that never ends (until the
+    /// client hangs up), as a hostile one could.
+    fn endless_registry() -> String {
+        fake_registry(|mut out| {
+            use std::io::Write;
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: {MT_OCI_MANIFEST}\r\nConnection: close\r\n\r\n"
+            );
+            let chunk = [b' '; 64 << 10];
+            while out.write_all(&chunk).is_ok() {}
+        })
+    }
+
     #[tokio::test]
     async fn a_blob_the_registry_does_not_have_is_named_as_such() {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let host = listener.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                }
-                let mut out = stream;
-                let _ = write!(
-                    out,
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-            }
+        let host = fake_registry(|mut out| {
+            use std::io::Write;
+            let _ = write!(
+                out,
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
         });
         let r = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
         let client =
