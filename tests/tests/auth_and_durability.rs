@@ -682,6 +682,7 @@ fn tenant_and_credential_commands_refuse_a_data_dir_no_server_has_used() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains("holds no Nimbus database"), "{args:?}: {err}");
         assert!(err.contains("nimbus serve --data-dir"), "{args:?}: {err}");
+        assert!(err.contains("your server uses, or run"), "{args:?}: {err}");
         assert!(!missing.exists(), "{args:?} created the data dir");
     }
 }

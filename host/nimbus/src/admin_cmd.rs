@@ -35,7 +35,8 @@ impl DataDirArg {
         let dir = self.resolve()?;
         if !dir.join("nimbus.db").is_file() {
             anyhow::bail!(
-                "{} holds no Nimbus database (nimbus.db): pass the --data-dir your server uses,                  or run `nimbus serve --data-dir {}` once to create it",
+                "{} holds no Nimbus database (nimbus.db): pass the --data-dir your server uses, \
+                 or run `nimbus serve --data-dir {}` once to create it",
                 dir.display(),
                 dir.display()
             );

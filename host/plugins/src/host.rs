@@ -399,7 +399,8 @@ fn load_for_slot(
             let versions = installed_versions(catalog, &cfg.plugin);
             if !versions.is_empty() {
                 return anyhow!(
-                    "{key}.plugin = {:?}: {} has no active version (installed: {}); pin one with                      {key}.version, or install it again",
+                    "{key}.plugin = {:?}: {} has no active version (installed: {}); pin one with \
+                     {key}.version, or install it again",
                     cfg.plugin,
                     cfg.plugin,
                     versions.join(", ")
