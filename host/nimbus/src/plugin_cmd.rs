@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use nimbus_plugins::{PluginInfo, PluginStore, MAX_COMPONENT_BYTES};
+use nimbus_plugins::{PluginInfo, PluginStore};
 
 #[derive(clap::Args)]
 pub struct PluginArgs {
@@ -104,15 +104,8 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
             let size = std::fs::metadata(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?
                 .len();
-            if size > MAX_COMPONENT_BYTES {
-                bail!(
-                    "refusing to install {}: it is {} MiB, and a plugin component is at most {} MiB \
-                     (the bundled ones are a few dozen KiB)",
-                    file.display(),
-                    size >> 20,
-                    MAX_COMPONENT_BYTES >> 20
-                );
-            }
+            nimbus_plugins::check_component_size(size)
+                .with_context(|| format!("refusing to install {}", file.display()))?;
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let info = store

@@ -30,6 +30,19 @@ use crate::wasm::{self, Prepared};
 /// and plugins are small (the bundled ones are 15–31 KiB).
 pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
+/// Refuses a component of `size` bytes over [`MAX_COMPONENT_BYTES`]; the CLI asks before reading
+/// a file, the store again before compiling what it is given.
+pub fn check_component_size(size: u64) -> anyhow::Result<()> {
+    if size > MAX_COMPONENT_BYTES {
+        bail!(
+            "the component is {} MiB, and a plugin component is at most {} MiB (the bundled ones are a few dozen KiB)",
+            size >> 20,
+            MAX_COMPONENT_BYTES >> 20
+        );
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginInfo {
     pub id: String,
@@ -341,13 +354,7 @@ impl Catalog {
         id: Option<&str>,
         version: Option<&str>,
     ) -> anyhow::Result<PluginInfo> {
-        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
-            bail!(
-                "the component is {} MiB, and a plugin component is at most {} MiB (the bundled ones are a few dozen KiB)",
-                bytes.len() >> 20,
-                MAX_COMPONENT_BYTES >> 20
-            );
-        }
+        check_component_size(bytes.len() as u64)?;
         if !wasmparser::Parser::is_component(bytes) {
             let what = if wasmparser::Parser::is_core_wasm(bytes) {
                 "a core WebAssembly module, not a component (wrap it with `wasm-tools component new`, or build for wasm32-wasip2)"

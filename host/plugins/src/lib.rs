@@ -21,7 +21,7 @@ mod metrics;
 mod net;
 mod wasm;
 
-pub use catalog::{PluginInfo, VerifyReport, MAX_COMPONENT_BYTES};
+pub use catalog::{check_component_size, PluginInfo, VerifyReport, MAX_COMPONENT_BYTES};
 pub use config::{
     ConfigValue, HealthSlots, Limits, PluginsConfig, SlotConfig, MAX_MEMORY_MIB, MAX_TIMEOUT_MS,
 };
