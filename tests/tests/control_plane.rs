@@ -940,7 +940,10 @@ async fn malformed_requests_are_refused_whole_and_write_nothing() {
     edited[last] = if edited[last] == b'A' { b'B' } else { b'A' };
     let edited = String::from_utf8(edited).unwrap();
     use base64::Engine;
-    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("p2\nservices\ndemo\nzzz");
+    // The current payload format (version, collection, tenant, the digest of no filters, the
+    // key to continue after), without the server's tag.
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode("p3\nservices\ndemo\ne3b0c44298fc1c14\nzzz");
     for bad in [edited, forged] {
         let r = s
             .call(
