@@ -229,12 +229,11 @@ impl ImageStore {
         let cfg: ConfigFile =
             serde_json::from_slice(&cfg_bytes).map_err(|e| RegistryError::Protocol {
                 reference: record.reference.clone(),
-                registry: record
-                    .reference
-                    .split('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
+                // A built image's record (`build:<hex>`, see build.rs) has no registry to name.
+                registry: match ImageRef::parse(&record.reference) {
+                    Ok(r) if !record.reference.starts_with("build:") => r.registry,
+                    _ => "(a local build)".into(),
+                },
                 cause: format!("image config {}: {e}", record.config_digest),
             })?;
         let layer_dirs = record.layers.iter().map(|l| self.layer_dir(l)).collect();
