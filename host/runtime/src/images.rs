@@ -396,7 +396,9 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> std::io::Result<()> {
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
+    // Extended attributes are applied by `unpack_entry`, which keeps only the namespaces an
+    // image may set.
+    archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -406,14 +408,71 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> std::io::Result<()> {
             .and_then(|n| n.to_str())
             .map(str::to_string)
         else {
-            entry.unpack_in(dest).map_err(with_cause)?;
+            unpack_entry(&mut entry, &path, dest)?;
             continue;
         };
         if let Some(hidden) = name.strip_prefix(".wh.") {
             apply_whiteout(dest, &path, hidden)?;
             continue;
         }
-        entry.unpack_in(dest).map_err(with_cause)?;
+        unpack_entry(&mut entry, &path, dest)?;
+    }
+    Ok(())
+}
+
+/// Whether an image layer may give a file the extended attribute `name`. Layers come from
+/// registries: `trusted.*` holds overlayfs' own bookkeeping (`trusted.overlay.redirect`,
+/// `…metacopy`, `…origin`), which a layer must not forge, and other `security.*` attributes are
+/// host policy (SELinux labels, IMA). File capabilities and ACLs are part of what an image means.
+fn image_may_set_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name == b"security.capability"
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
+/// Unpacks one entry inside `dest` (the tar crate refuses paths that leave it), then applies the
+/// entry's extended attributes that [`image_may_set_xattr`] allows; the others are dropped.
+fn unpack_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    path: &Path,
+    dest: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut xattrs = Vec::new();
+    if let Some(extensions) = entry.pax_extensions()? {
+        for ext in extensions {
+            let ext = ext?;
+            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                if image_may_set_xattr(name) {
+                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+    }
+    if !entry.unpack_in(dest).map_err(with_cause)? || xattrs.is_empty() {
+        return Ok(());
+    }
+    // The place `unpack_in` wrote to: `dest` joined with the path's plain components.
+    let mut written = dest.to_path_buf();
+    for c in path.components() {
+        if let std::path::Component::Normal(part) = c {
+            written.push(part);
+        }
+    }
+    for (name, value) in xattrs {
+        // `xattr::set` does not follow a symlink in the last component, and `unpack_in` checked
+        // that the directories above it stay inside `dest`.
+        xattr::set(&written, std::ffi::OsStr::from_bytes(&name), &value).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot set the extended attribute {} on {}: {e}",
+                    String::from_utf8_lossy(&name),
+                    path.display()
+                ),
+            )
+        })?;
     }
     Ok(())
 }
@@ -536,6 +595,79 @@ mod tests {
                 .unwrap()
                 .as_deref(),
             Some(&b"y"[..])
+        );
+    }
+
+    /// A layer holding one file whose PAX header carries the given extended attributes.
+    fn layer_with_xattrs(path: &str, xattrs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut records = Vec::new();
+        for (name, value) in xattrs {
+            let body = [b" SCHILY.xattr.", name.as_bytes(), b"=", value, b"\n"].concat();
+            // A PAX record starts with its own length in decimal, that length included.
+            let mut len = body.len() + 1;
+            while len.to_string().len() + body.len() != len {
+                len += 1;
+            }
+            records.extend_from_slice(len.to_string().as_bytes());
+            records.extend_from_slice(&body);
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        let mut pax = tar::Header::new_ustar();
+        pax.set_uid(0);
+        pax.set_gid(0);
+        pax.set_mtime(0);
+        pax.set_entry_type(tar::EntryType::XHeader);
+        pax.set_size(records.len() as u64);
+        pax.set_mode(0o644);
+        pax.set_cksum();
+        b.append_data(&mut pax, "PaxHeader", &records[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(1);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, path, &b"x"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_layer_sets_only_the_extended_attributes_an_image_may_carry() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        // cap_net_raw+ep, as `setcap` writes it for e.g. ping.
+        let capability: &[u8] = &[
+            0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        std::fs::write(
+            &blob,
+            layer_with_xattrs(
+                "bin/tool",
+                &[
+                    ("user.origin", b"image"),
+                    ("security.capability", capability),
+                    ("trusted.overlay.redirect", b"/etc"),
+                    ("trusted.overlay.metacopy", b""),
+                    ("security.selinux", b"system_u:object_r:shadow_t:s0"),
+                ],
+            ),
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        unpack_layer(&blob, &out).unwrap();
+        let tool = out.join("bin/tool");
+        assert_eq!(std::fs::read(&tool).unwrap(), b"x");
+        let get = |name: &str| xattr::get(&tool, name).unwrap();
+        assert_eq!(get("user.origin").as_deref(), Some(&b"image"[..]));
+        assert_eq!(get("security.capability").as_deref(), Some(capability));
+        assert_eq!(get("trusted.overlay.redirect"), None);
+        assert_eq!(get("trusted.overlay.metacopy"), None);
+        assert_ne!(
+            get("security.selinux").as_deref(),
+            Some(&b"system_u:object_r:shadow_t:s0"[..])
         );
     }
 
