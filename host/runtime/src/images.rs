@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use crate::disk_reserve::DiskReserve;
 use crate::reference::ImageRef;
 use crate::registry::{pick_platform, ManifestDoc, RegistryClient, RegistryError};
 use crate::ProgressEvent;
@@ -62,6 +63,8 @@ pub struct ImageStore {
     client: RegistryClient,
     /// One lock per reference / per layer so concurrent pulls of the same thing happen once.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Free space pulls and unpacks leave on the store's file system.
+    reserve: DiskReserve,
 }
 
 impl ImageStore {
@@ -74,7 +77,14 @@ impl ImageStore {
             root: root.to_path_buf(),
             client,
             locks: Mutex::new(HashMap::new()),
+            reserve: DiskReserve::default(),
         })
+    }
+
+    /// Keeps `reserve` free on the store's file system instead of the default 1 GiB.
+    pub fn with_disk_reserve(mut self, reserve: DiskReserve) -> Self {
+        self.reserve = reserve;
+        self
     }
 
     fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -143,6 +153,14 @@ impl ImageStore {
         check_digest(&config.digest).map_err(proto)?;
         write_blob_bytes(&self.blob_path(&raw.digest), &raw.bytes)?;
         let total: u64 = layers.iter().map(|l| l.size).sum::<u64>() + config.size;
+        // Sizes come from the manifest: refuse up front what cannot fit, before downloading.
+        let missing: u64 = std::iter::once(&config)
+            .chain(layers.iter())
+            .filter(|d| !self.blob_path(&d.digest).exists())
+            .map(|d| d.size)
+            .fold(0, u64::saturating_add);
+        self.reserve
+            .ensure_room(&self.root, missing, &format!("pulling {key}"))?;
         let mut done_before = 0u64;
         for d in std::iter::once(&config).chain(layers.iter()) {
             let path = self.blob_path(&d.digest);
@@ -265,12 +283,17 @@ impl ImageStore {
                 digest.trim_start_matches("sha256:"),
                 std::process::id()
             ));
+        let reserve = self.reserve;
         let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if tmp.exists() {
                 std::fs::remove_dir_all(&tmp)?;
             }
             std::fs::create_dir_all(&tmp)?;
-            unpack_layer(&blob, &tmp)?;
+            if let Err(e) = unpack_layer(&blob, &tmp, reserve) {
+                // What a refused or broken layer wrote so far is of no use, and may be large.
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
             match std::fs::rename(&tmp, &dest) {
                 // Another process finished the same layer first: theirs is as good.
                 Err(_) if dest.is_dir() => std::fs::remove_dir_all(&tmp),
@@ -378,8 +401,9 @@ fn write_blob_bytes(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Unpacks a layer tarball (plain, gzip or zstd, told apart by their magic bytes as the
 /// media type may not say), translating OCI whiteouts: `.wh.<name>` becomes a 0/0 character
 /// device and `.wh..wh..opq` the `trusted.overlay.opaque` attribute on its directory, which is
-/// how overlayfs spells them in a lower layer.
-pub fn unpack_layer(blob: &Path, dest: &Path) -> std::io::Result<()> {
+/// how overlayfs spells them in a lower layer. Stops once the file system holding `dest` nears
+/// `reserve` (a small download may decompress to any size).
+pub fn unpack_layer(blob: &Path, dest: &Path, reserve: DiskReserve) -> std::io::Result<()> {
     let mut f = std::fs::File::open(blob)?;
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic)?;
@@ -392,7 +416,11 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> std::io::Result<()> {
     } else {
         Box::new(f)
     };
-    let mut archive = tar::Archive::new(reader);
+    let what = format!(
+        "unpacking layer sha256:{}",
+        blob.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut archive = tar::Archive::new(reserve.guard(reader, dest, what));
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -478,12 +506,15 @@ fn unpack_entry<R: Read>(
 }
 
 /// The tar crate's unpack errors say only "failed to unpack `<path>`" and keep why in their
-/// source; the message shown to the operator needs both.
+/// sources (nested one per layer of its code); the message shown to the operator needs all of it.
 fn with_cause(e: std::io::Error) -> std::io::Error {
-    match std::error::Error::source(&e) {
-        Some(cause) => std::io::Error::new(e.kind(), format!("{e}: {cause}")),
-        None => e,
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
     }
+    std::io::Error::new(e.kind(), message)
 }
 
 /// Applies the whiteout entry `path` (file name `.wh.<hidden>`) inside `dest`. A layer comes from
@@ -584,7 +615,7 @@ mod tests {
         std::fs::write(&blob, gz.finish().unwrap()).unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        unpack_layer(&blob, &out).unwrap();
+        unpack_layer(&blob, &out, DiskReserve::new(0)).unwrap();
         assert_eq!(std::fs::read(out.join("etc/keep")).unwrap(), b"k");
         use std::os::unix::fs::FileTypeExt;
         let md = std::fs::symlink_metadata(out.join("etc/gone")).unwrap();
@@ -657,7 +688,7 @@ mod tests {
         .unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        unpack_layer(&blob, &out).unwrap();
+        unpack_layer(&blob, &out, DiskReserve::new(0)).unwrap();
         let tool = out.join("bin/tool");
         assert_eq!(std::fs::read(&tool).unwrap(), b"x");
         let get = |name: &str| xattr::get(&tool, name).unwrap();
@@ -686,7 +717,7 @@ mod tests {
         std::fs::write(&blob, b.into_inner().unwrap()).unwrap();
         let out = dir.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let _ = unpack_layer(&blob, &out);
+        let _ = unpack_layer(&blob, &out, DiskReserve::new(0));
         assert!(!dir.path().join("escaped").exists());
     }
 
@@ -723,6 +754,101 @@ mod tests {
         );
         assert!(store.list().unwrap().is_empty(), "no record is written");
         assert!(store.lookup("127.0.0.1:5000/t/x:v1").unwrap().is_none());
+    }
+
+    /// A tmpfs of `mib` MiB mounted on `at` for the life of the value.
+    struct Tmpfs(PathBuf);
+    impl Tmpfs {
+        fn mount(at: &Path, mib: u64) -> Self {
+            std::fs::create_dir_all(at).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={mib}m").as_str()),
+            )
+            .unwrap();
+            Tmpfs(at.to_path_buf())
+        }
+    }
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layer_that_decompresses_past_the_disk_reserve_is_stopped_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Tmpfs::mount(&dir.path().join("store"), 48);
+        let client =
+            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
+                .unwrap();
+        let store = ImageStore::open(&fs.0, client)
+            .unwrap()
+            .with_disk_reserve(DiskReserve::new(16 << 20));
+        // 64 MiB of zeros: about 64 KiB gzipped, more than the 48 MiB file system unpacked.
+        let zeros = vec![0u8; 64 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &layer(&[("bomb", Some(&zeros))])).unwrap();
+        let bytes = gz.finish().unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let src = dir.path().join("src");
+        std::fs::write(&src, &bytes).unwrap();
+        store.import_blob(&digest, &src).unwrap();
+
+        let err = store.unpack(&digest).await.unwrap_err().to_string();
+        assert!(err.contains("unpacking layer sha256:"), "{err}");
+        assert!(err.contains("Nimbus keeps 16 MiB free there"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(fs.0.join("layers")).unwrap().collect();
+        assert!(left.is_empty(), "the partial layer is removed: {left:?}");
+        let st = nix::sys::statvfs::statvfs(&fs.0).unwrap();
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        assert!(free > 40 << 20, "only {free} bytes free after the refusal");
+    }
+
+    #[tokio::test]
+    async fn a_pull_whose_manifest_declares_more_than_the_disk_holds_downloads_nothing() {
+        static REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let host = crate::registry::tests::fake_registry(|mut out| {
+            use std::io::Write;
+            REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+            let body = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": crate::registry::MT_OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": d('c'), "size": 100},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "digest": d('1'), "size": 1u64 << 50}],
+            })
+            .to_string();
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                crate::registry::MT_OCI_MANIFEST,
+                body.len()
+            );
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let client =
+            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
+                .unwrap();
+        let store = ImageStore::open(dir.path(), client).unwrap();
+        let r = ImageRef::parse(&format!("{host}/team/huge:v1")).unwrap();
+        let err = store.pull(&r, &|_| {}).await.err().unwrap().to_string();
+        assert!(
+            err.contains(&format!(
+                "pulling {host}/team/huge:v1 needs 1073741824 MiB more"
+            )),
+            "{err}"
+        );
+        assert_eq!(
+            REQUESTS.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the manifest was requested"
+        );
     }
 
     #[test]
@@ -794,7 +920,7 @@ mod tests {
             std::fs::write(&blob, tarball).unwrap();
             let out = dir.path().join(format!("store/layers/out{i}"));
             std::fs::create_dir_all(&out).unwrap();
-            let err = unpack_layer(&blob, &out).unwrap_err();
+            let err = unpack_layer(&blob, &out, DiskReserve::new(0)).unwrap_err();
             assert!(err.to_string().contains(why), "case {i}: {err}");
             assert_eq!(
                 std::fs::read(outside.join("victim")).unwrap(),

@@ -14,6 +14,7 @@ pub mod build;
 pub mod bundle;
 mod cmd;
 pub mod config;
+pub mod disk_reserve;
 pub mod doctor;
 pub mod files;
 pub mod images;

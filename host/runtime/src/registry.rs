@@ -594,7 +594,7 @@ pub fn pick_platform<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -716,7 +716,7 @@ mod tests {
 
     /// A registry on a loopback port that reads each request's head and hands the connection to
     /// `answer`, on a thread of its own. Returns its `host:port`.
-    fn fake_registry(answer: fn(std::net::TcpStream)) -> String {
+    pub(crate) fn fake_registry(answer: fn(std::net::TcpStream)) -> String {
         use std::io::{BufRead, BufReader};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
