@@ -260,11 +260,156 @@ async fn workload_identity_tokens_are_verified_and_bound_to_their_tenant() {
         "auth.unauthenticated",
     );
     let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
-    assert!(audit["items"]
+    let items = audit["items"].as_array().unwrap();
+    assert!(items
+        .iter()
+        .any(|e| e["actor"] == workload.as_str() && e["decision"] == "deny"));
+    // Minting by hand leaves a trace: such tokens are not listed among the credentials.
+    assert!(
+        items.iter().any(|e| e["actor"] == "cli"
+            && e["action"] == "credentials.create"
+            && e["target"] == format!("workload/{workload}")
+            && e["reason"].as_str().unwrap().contains("tenant:read")),
+        "{audit}"
+    );
+    // A workload token lives only as long as its sandbox: deleting the sandbox revokes it.
+    let (st, gone) = s
+        .call(
+            "DELETE",
+            &format!("{T}/sandboxes/{}", sbx["metadata"]["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{gone}");
+    let refused = s
+        .call_as(Auth::Bearer(token), "GET", &format!("{T}/services"), None)
+        .await;
+    assert_error(&refused, 401, "auth.unauthenticated");
+    assert!(
+        refused.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("which no longer exists"),
+        "{}",
+        refused.1
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_admin_cannot_revoke_a_server_admin_credential() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (_, tenant_admin) = credential(&s, "demo", "token", &["tenant:admin"]).await;
+    let (_, list) = s
+        .call("GET", &format!("{T}/credentials?limit=1000"), None)
+        .await;
+    let server_admin = list["items"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|e| e["actor"] == workload.as_str() && e["decision"] == "deny"));
+        .find(|c| c["grants"] == json!(["server:admin"]))
+        .unwrap_or_else(|| panic!("no server admin in {list}"))["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = s
+        .call_as(
+            Auth::Bearer(&tenant_admin),
+            "DELETE",
+            &format!("{T}/credentials/{server_admin}"),
+            None,
+        )
+        .await;
+    assert_error(&refused, 403, "auth.permission_denied");
+    assert!(
+        refused.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only a server admin may revoke"),
+        "{}",
+        refused.1
+    );
+    // The server admin still works, and the attempt is in the audit log.
+    let (st, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    assert_eq!(st, 200, "the server admin was locked out: {audit}");
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "credentials.revoke"
+                && e["decision"] == "deny"
+                && e["target"] == format!("credential/{server_admin}")),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn denials_are_clipped_and_recorded_only_in_tenants_that_exist() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let long = "x".repeat(20_000);
+    // Unauthenticated: a 20 KB path is kept to a clipped line in an existing tenant, and
+    // nowhere for a tenant that does not exist (yet).
+    for tenant in ["demo", "futureco"] {
+        let (st, _) = s
+            .call_as(
+                Auth::None,
+                "GET",
+                &format!("/v1/tenants/{tenant}/services/{long}"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 401);
+    }
+    let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    let anonymous: Vec<_> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "anonymous")
+        .collect();
+    assert_eq!(anonymous.len(), 1, "{audit}");
+    for field in ["action", "target"] {
+        let text = anonymous[0][field].as_str().unwrap();
+        assert!(text.len() < 600, "{field} is {} bytes", text.len());
+        assert!(text.ends_with("bytes in all)"), "{text}");
+    }
+    // A tenant admin of demo trying to create a tenant: the denial names a tenant that does not
+    // exist, so it is recorded in demo, the credential's own tenant.
+    let (_, tenant_admin) = credential(&s, "demo", "token", &["tenant:admin"]).await;
+    let refused = s
+        .call_as(
+            Auth::Bearer(&tenant_admin),
+            "POST",
+            "/v1/tenants",
+            Some(json!({"name": "evil"})),
+        )
+        .await;
+    assert_error(&refused, 403, "auth.permission_denied");
+    let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "tenants.create" && e["decision"] == "deny"),
+        "{audit}"
+    );
+    // The tenant created later starts with an audit log of its own, not the earlier denials.
+    let (st, _) = s
+        .call("POST", "/v1/tenants", Some(json!({"name": "futureco"})))
+        .await;
+    assert_eq!(st, 201);
+    let (_, fresh) = s
+        .call("GET", "/v1/tenants/futureco/audit?limit=1000", None)
+        .await;
+    assert!(
+        fresh["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] != "anonymous"),
+        "{fresh}"
+    );
 }
 
 #[tokio::test]

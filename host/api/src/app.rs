@@ -82,8 +82,11 @@ impl App {
             .unwrap_or_else(|| "the policy denied the request".into());
         tracing::info!(actor = %principal.id, action, tenant = %tenant, reason, "denied");
         let target = target_of(kind, name);
-        self.audit_best_effort(self.event(principal, tenant, action, &target, "deny", &reason))
-            .await;
+        self.audit_denial(
+            self.event(principal, tenant, action, &target, "deny", &reason),
+            Some(principal),
+        )
+        .await;
         Err(Error::permission_denied(action, &reason))
     }
 
@@ -109,8 +112,11 @@ impl App {
             nimbus_core::authz::quoted(tenant.as_str())
         );
         let target = target_of(kind, name);
-        self.audit_best_effort(self.event(principal, tenant, action, &target, "deny", &reason))
-            .await;
+        self.audit_denial(
+            self.event(principal, tenant, action, &target, "deny", &reason),
+            Some(principal),
+        )
+        .await;
         Err(Error::permission_denied(action, &reason))
     }
 
@@ -142,8 +148,26 @@ impl App {
         }
     }
 
-    /// Records an audit event outside a write (reads, denials). A failure is logged: the
-    /// caller's outcome does not change because the audit log could not be written.
+    /// Records a denied request's event (see `Store::record_denial`: in the targeted tenant if
+    /// it exists, else in the caller's own, `principal`'s); a failure, or an event with no tenant
+    /// to go to, is logged. The caller's outcome does not change.
+    pub async fn audit_denial(&self, event: AuditEvent, principal: Option<&Principal>) {
+        let actor_tenant = principal.map(|p| p.tenant_id.as_str());
+        match self.store.record_denial(&event, actor_tenant).await {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::info!(
+                actor = event.actor,
+                tenant = event.tenant_id,
+                "a denied request named no existing tenant; not recorded in any audit log"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, action = event.action, "could not record an audit event")
+            }
+        }
+    }
+
+    /// Records an audit event outside a write (reads). A failure is logged: the caller's
+    /// outcome does not change because the audit log could not be written.
     pub async fn audit_best_effort(&self, event: AuditEvent) {
         if let Err(e) = self.store.record_audit(&event).await {
             tracing::error!(error = %e, action = event.action, "could not record an audit event");
@@ -187,15 +211,18 @@ impl FromRequestParts<SharedApp> for Caller {
                     .and_then(|rest| rest.split('/').next())
                     .and_then(|t| Name::parse("tenantId", t).ok());
                 if let Some(tenant) = tenant {
-                    app.audit_best_effort(AuditEvent {
-                        tenant_id: tenant.to_string(),
-                        time: Utc::now(),
-                        actor: "anonymous".into(),
-                        action: format!("{} {}", parts.method, path),
-                        target: path.to_string(),
-                        decision: "deny".into(),
-                        reason: e.message.clone(),
-                    })
+                    app.audit_denial(
+                        AuditEvent {
+                            tenant_id: tenant.to_string(),
+                            time: Utc::now(),
+                            actor: "anonymous".into(),
+                            action: format!("{} {}", parts.method, path),
+                            target: path.to_string(),
+                            decision: "deny".into(),
+                            reason: e.message.clone(),
+                        },
+                        None,
+                    )
                     .await;
                 }
                 Err(ApiError(e))

@@ -189,6 +189,7 @@ pub async fn authenticate(
         }
         Presented::Bearer(t) if t.starts_with(WORKLOAD_PREFIX) => {
             let claims = signer.verify(t, now)?;
+            require_live_workload(store, &claims).await?;
             return Ok(Principal {
                 id: claims.workload,
                 kind: PrincipalKind::Workload,
@@ -224,6 +225,29 @@ pub async fn authenticate(
         tenant_id: record.tenant_id.to_string(),
         grants: record.grants,
     })
+}
+
+/// A workload identity token lives only as long as its sandbox: such tokens are not listed
+/// among the tenant's credentials, so deleting the sandbox is what revokes them (a token whose
+/// sandbox is gone could otherwise act for up to its whole lifetime, and mint lasting
+/// credentials if its grants allow).
+async fn require_live_workload(store: &Store, claims: &WorkloadClaims) -> Result<(), Error> {
+    let gone = || {
+        Error::unauthenticated(format!(
+            "this workload identity token belongs to {}, which no longer exists; a workload token lives only as long as its sandbox",
+            claims.workload
+        ))
+    };
+    let (Some(id), Ok(tenant)) = (
+        claims.workload.strip_prefix("sandbox:"),
+        nimbus_core::names::Name::parse("tenantId", &claims.tenant_id),
+    ) else {
+        return Err(gone());
+    };
+    match store.get_sandbox(&tenant, id).await? {
+        Some(_) => Ok(()),
+        None => Err(gone()),
+    }
 }
 
 /// Checks a grant string against the documented grammar (see `nimbus_core::authz`).

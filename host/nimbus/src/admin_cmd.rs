@@ -231,6 +231,21 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                     let signer = WorkloadSigner::load(store)
                         .await
                         .map_err(|e| anyhow!(e.message))?;
+                    // Recorded before the token is shown: a token nobody can list must at
+                    // least leave a trace of who minted it, for what, with which grants.
+                    let mut audit = cli_audit(
+                        &tenant,
+                        "credentials.create",
+                        format!("workload/{workload}"),
+                    );
+                    audit.reason = format!(
+                        "nimbus command line: workload identity token, grants [{}], valid {ttl} s",
+                        grants.join(" ")
+                    );
+                    store
+                        .record_audit(&audit)
+                        .await
+                        .map_err(|e| anyhow!(e.message))?;
                     let token = signer.mint(&WorkloadClaims {
                         tenant_id: tenant.to_string(),
                         workload,
@@ -301,6 +316,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                     &tenant,
                     &id,
                     &cli_audit(&tenant, "credentials.revoke", format!("credential/{id}")),
+                    true,
                 )
                 .await
                 .map_err(|e| anyhow!(e.message))?;

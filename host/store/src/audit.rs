@@ -14,6 +14,53 @@ impl Store {
         commit(tx).await
     }
 
+    /// Records the event of a denied request (401 or 403). Its text is clipped (the path and
+    /// ids come from the request, so an unauthenticated caller could otherwise store ~100 KB
+    /// per request). It goes to the tenant it targeted if that tenant exists; otherwise to
+    /// `actor_tenant`, the denied credential's own tenant, so that its admins see the attempt
+    /// (and a tenant created later does not inherit events from before it existed); with
+    /// neither, nowhere (the caller logs it). Returns the tenant it went to.
+    pub async fn record_denial(
+        &self,
+        event: &AuditEvent,
+        actor_tenant: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        let mut event = AuditEvent {
+            action: clip(&event.action),
+            target: clip(&event.target),
+            reason: clip(&event.reason),
+            ..event.clone()
+        };
+        let mut tx = self.begin().await?;
+        let exists = |name: String| {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tenants WHERE name = ?").bind(name)
+        };
+        if exists(event.tenant_id.clone())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?
+            == 0
+        {
+            let fallback = match actor_tenant {
+                Some(t) => {
+                    exists(t.to_string())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_error)?
+                        > 0
+                }
+                None => false,
+            };
+            match actor_tenant {
+                Some(t) if fallback => event.tenant_id = t.to_string(),
+                _ => return Ok(None),
+            }
+        }
+        insert_audit(&mut tx, &event).await?;
+        commit(tx).await?;
+        Ok(Some(event.tenant_id))
+    }
+
     /// Oldest first; `after` is the sequence number of the last event already seen.
     pub async fn list_audit(
         &self,
@@ -40,4 +87,19 @@ impl Store {
             next_after: page.next_after,
         })
     }
+}
+
+/// The longest text an audit field of a denied request keeps, in bytes.
+const MAX_DENIAL_FIELD_BYTES: usize = 512;
+
+/// `text` cut to [`MAX_DENIAL_FIELD_BYTES`] at a character boundary, saying how long it was.
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_DENIAL_FIELD_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_DENIAL_FIELD_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
 }

@@ -61,12 +61,15 @@ impl Store {
         Ok(paginate(items, limit, |c| c.id.to_string()))
     }
 
-    /// Marks the credential revoked (idempotent) and returns it.
+    /// Marks the credential revoked (idempotent) and returns it. A credential granting
+    /// `server:admin` is revoked only if `may_revoke_server_admin` (the caller is a server admin,
+    /// or the operator's CLI): a tenant admin must not lock the server's admins out.
     pub async fn revoke_credential(
         &self,
         tenant: &Name,
         id: &str,
         audit: &AuditEvent,
+        may_revoke_server_admin: bool,
     ) -> Result<CredentialRecord, Error> {
         let mut tx = self.begin().await?;
         let row =
@@ -80,6 +83,12 @@ impl Store {
             Some(r) => decode(&r)?,
             None => return Err(Error::not_found("credential", id)),
         };
+        if !may_revoke_server_admin && record.grants.iter().any(|g| g == "server:admin") {
+            return Err(Error::permission_denied(
+                &audit.action,
+                "only a server admin may revoke a credential that grants server:admin",
+            ));
+        }
         if record.revoked_at.is_none() {
             record.revoked_at = Some(Utc::now());
             next_resource_version(&mut tx).await?;

@@ -6,7 +6,7 @@ use axum::Json;
 use chrono::{Duration, Utc};
 use nimbus_core::authz::{actions, ResourceKind};
 use nimbus_core::names::{CredentialId, Name};
-use nimbus_core::resource::{CredentialKind, CredentialRecord};
+use nimbus_core::resource::{AuditEvent, CredentialKind, CredentialRecord};
 use nimbus_core::Error;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -241,10 +241,30 @@ pub async fn revoke_credential(
         "allow",
         "",
     );
-    let record = app
+    let is_server_admin = p.grants.iter().any(|g| g == "server:admin");
+    let record = match app
         .store
-        .revoke_credential(&tenant, id.as_str(), &audit)
-        .await?;
+        .revoke_credential(&tenant, id.as_str(), &audit, is_server_admin)
+        .await
+    {
+        Ok(record) => record,
+        Err(e) if e.code == nimbus_core::error::ErrorCode::PermissionDenied => {
+            let reason = e
+                .details
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let deny = AuditEvent {
+                decision: "deny".into(),
+                reason,
+                ..audit
+            };
+            app.audit_denial(deny, Some(&p)).await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(wire::credential(&record)))
 }
 
