@@ -1,6 +1,7 @@
 //! The seccomp filter every sandbox gets: moby's default profile converted to OCI
 //! `linux.seccomp` for x86_64 and Nimbus's capability set, with `io_uring_*` removed (a large
-//! kernel attack surface most workloads never need). The converted profile lives in the tree
+//! kernel attack surface most workloads never need), and sockets confined to the address
+//! families a sandbox's network policy governs (see [`SOCKET_FAMILIES`]). The converted profile lives in the tree
 //! (`seccomp/default.json`) so a reviewer sees exactly what is enforced; a test regenerates it
 //! from the Debian copy of moby's profile and fails if the two disagree.
 
@@ -28,6 +29,16 @@ pub const MOBY_PROFILE_PATH: &str =
     "/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json";
 
 const ARCH_NAMES: &[&str] = &["amd64", "x86_64"];
+
+/// The address families `socket(2)` may create inside a sandbox: `AF_UNIX` (1), `AF_INET` (2),
+/// `AF_INET6` (10), `AF_NETLINK` (16; the sandbox's own namespace, used by `ip` and by name
+/// lookups). Every other family fails with EPERM: those nftables and the network namespace do
+/// not govern — notably `AF_VSOCK` (40), which reaches the hypervisor and host services on a
+/// VM whatever the egress policy says — and rarely used kernel surface (`AF_ALG`, `AF_KEY`, …).
+/// Moby allows every family but `AF_VSOCK`. `socketcall(2)`, the 32-bit multiplexer whose
+/// arguments a filter cannot see, is not allowed; 32-bit programs use `socket(2)` directly on
+/// any kernel since 4.3.
+pub const SOCKET_FAMILIES: &[u64] = &[1, 2, 10, 16];
 
 /// Converts a moby profile to OCI `linux.seccomp` JSON: keeps the rules whose `includes`
 /// (arches, caps) match x86_64 and `caps`, drops those whose `excludes` match, removes
@@ -88,7 +99,11 @@ pub fn convert_moby(moby: &Value, caps: &[&str]) -> Result<Value, String> {
             .as_array()
             .ok_or("rule without names")?
             .iter()
-            .filter(|n| n.as_str().is_some_and(|n| !n.starts_with("io_uring")))
+            .filter(|n| {
+                n.as_str().is_some_and(|n| {
+                    !n.starts_with("io_uring") && n != "socket" && n != "socketcall"
+                })
+            })
             .cloned()
             .collect();
         if names.is_empty() {
@@ -112,6 +127,13 @@ pub fn convert_moby(moby: &Value, caps: &[&str]) -> Result<Value, String> {
             out["errnoRet"] = json!(e);
         }
         syscalls.push(out);
+    }
+    for family in SOCKET_FAMILIES {
+        syscalls.push(json!({
+            "names": ["socket"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{ "index": 0, "value": family, "op": "SCMP_CMP_EQ" }],
+        }));
     }
     let mut profile = json!({
         "defaultAction": default_action,
@@ -155,6 +177,32 @@ mod tests {
             .collect();
         assert!(names.iter().any(|n| *n == "read"));
         assert!(!names.iter().any(|n| n.starts_with("io_uring")));
+        assert!(!names.iter().any(|n| *n == "socketcall"));
+        // socket(2) only with an allowed family as its first argument, never unconditionally.
+        let socket_rules: Vec<_> = p
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|s| s.names().iter().any(|n| n == "socket"))
+            .collect();
+        let mut families: Vec<u64> = socket_rules
+            .iter()
+            .map(|r| {
+                let args = r
+                    .args()
+                    .as_ref()
+                    .expect("socket allowed without a condition");
+                assert_eq!(args.len(), 1);
+                assert_eq!(args[0].index(), 0);
+                assert_eq!(
+                    args[0].op(),
+                    oci_spec::runtime::LinuxSeccompOperator::ScmpCmpEq
+                );
+                args[0].value()
+            })
+            .collect();
+        families.sort();
+        assert_eq!(families, SOCKET_FAMILIES);
         // Capability-gated syscalls for capabilities sandboxes do not hold stay forbidden.
         for forbidden in ["unshare", "mount", "pivot_root", "setns", "bpf"] {
             assert!(

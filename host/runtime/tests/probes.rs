@@ -388,3 +388,81 @@ async fn with_user_namespaces_off_root_inside_is_host_root() {
         "the identity map (the probe above can tell the difference)"
     );
 }
+
+/// Tries `socket(2)` with each address family and prints `name=<errno>` (0 when it worked).
+const SOCKET_PROBE_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <sys/socket.h>
+int main(void) {
+    struct { const char *name; int family, type; } t[] = {
+        {"unix", 1, SOCK_STREAM}, {"inet", 2, SOCK_STREAM}, {"inet6", 10, SOCK_STREAM},
+        {"netlink", 16, SOCK_RAW}, {"vsock", 40, SOCK_STREAM}, {"alg", 38, SOCK_SEQPACKET},
+    };
+    for (unsigned i = 0; i < sizeof t / sizeof t[0]; i++) {
+        int fd = socket(t[i].family, t[i].type, 0);
+        printf("%s=%d\n", t[i].name, fd >= 0 ? 0 : errno);
+    }
+    return 0;
+}
+"#;
+
+/// Socket families outside the network policy's reach fail with EPERM (seccomp's answer, told
+/// apart from the kernel's EAFNOSUPPORT where a family is not built in): `AF_VSOCK` reaches the
+/// hypervisor and host services of a VM past nftables. The ones the policy governs still work.
+#[tokio::test]
+async fn only_socket_families_the_network_policy_governs_can_be_created() {
+    require_host();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("probe.c");
+    let probe = dir.path().join("probe");
+    std::fs::write(&source, SOCKET_PROBE_C).unwrap();
+    let cc = Command::new("cc")
+        .arg("-static")
+        .arg("-O")
+        .arg("-o")
+        .arg(&probe)
+        .arg(&source)
+        .output()
+        .expect("cc (a C compiler with static libc) is needed to build the socket probe");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+
+    let native = Command::new(&probe).output().unwrap();
+    let native = parse(&String::from_utf8_lossy(&native.stdout));
+    assert_eq!(native["inet"], "0", "{native:?}");
+    assert_ne!(
+        native["vsock"], "1",
+        "natively AF_VSOCK is not refused by a filter: {native:?}"
+    );
+
+    let mut layer = tar::Builder::new(Vec::new());
+    tar_file(&mut layer, "probe", 0o755, &std::fs::read(&probe).unwrap());
+    let reg = Registry::start(None);
+    reg.push_image(
+        "tools/socket-probe",
+        "v1",
+        &[busybox_layer(), layer.into_inner().unwrap()],
+        busybox_config(),
+        "amd64",
+    )
+    .await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(53, data.path(), |_| {});
+    let s = spec(&format!("{}/tools/socket-probe:v1", reg.host), &["/probe"]);
+    let (o, logs) = run_to_end(&rt, &s).await;
+    assert!(matches!(o, Observed::Exited { .. }), "{o:?} {logs}");
+    let inside = parse(&logs);
+    for allowed in ["unix", "inet", "inet6", "netlink"] {
+        assert_eq!(inside[allowed], "0", "{allowed} refused inside: {logs}");
+    }
+    for refused in ["vsock", "alg"] {
+        assert_eq!(
+            inside[refused], "1",
+            "{refused} not refused with EPERM: {logs}"
+        );
+    }
+}
