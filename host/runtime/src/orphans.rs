@@ -45,9 +45,12 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
         let userns = Path::new("/run/nimbus/userns").join(&netns);
         let _ = nix::mount::umount2(&userns, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&userns);
-        let rootfs = Path::new("/run/nimbus/rootfs").join(&id);
-        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&rootfs);
+        // `<id>/root` under its gate; `<id>` itself for sandboxes of earlier versions.
+        let gate = Path::new("/run/nimbus/rootfs").join(&id);
+        for rootfs in [gate.join("root"), gate] {
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&rootfs);
+        }
         std::thread::sleep(Duration::from_millis(100));
         if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
             for h in hierarchies.flatten() {

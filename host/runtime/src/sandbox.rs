@@ -946,19 +946,22 @@ impl Runtime {
         if self.crun_root.join(id).exists() {
             let _ = self.crun_cmd(&["delete", "--force", id]).await;
         }
-        // `bundle/rootfs`: where sandboxes launched by earlier versions have their root.
-        for rootfs in [rootfs_dir(id), dir.join("bundle/rootfs")] {
+        // The gate itself and `bundle/rootfs`: where sandboxes launched by earlier versions
+        // have their root.
+        for rootfs in [rootfs_dir(id), rootfs_gate(id), dir.join("bundle/rootfs")] {
             if is_mountpoint(&rootfs) {
                 if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
                     problems.push(format!("unmounting {}: {e}", rootfs.display()));
                 }
             }
         }
-        match std::fs::remove_dir(rootfs_dir(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                problems.push(format!("removing {}: {e}", rootfs_dir(id).display()))
+        for empty in [rootfs_dir(id), rootfs_gate(id)] {
+            match std::fs::remove_dir(&empty) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    problems.push(format!("removing {}: {e}", empty.display()))
+                }
+                _ => {}
             }
-            _ => {}
         }
         problems
     }
@@ -1002,10 +1005,10 @@ impl Runtime {
         if dir.exists() {
             out.push(format!("state dir {}", dir.display()));
         }
-        if rootfs_dir(id).exists() {
+        if rootfs_gate(id).exists() {
             out.push(format!(
                 "root filesystem mount point {}",
-                rootfs_dir(id).display()
+                rootfs_gate(id).display()
             ));
         }
         if self.crun_root.join(id).exists() {
@@ -1178,7 +1181,14 @@ fn write_etc(id: &str, dir: &Path, net: &SandboxNet) -> Result<(), LaunchError> 
     Ok(())
 }
 
+/// The sandbox's root filesystem mount point, `<ROOTFS_MOUNTS>/<id>/root`. Its parent (the
+/// "gate", [`rootfs_gate`]) is 0700 and owned by the sandbox's root, so that no other host user
+/// reaches the sandbox's files: ids are not secret (`/proc/mounts` lists every mount point).
 fn rootfs_dir(id: &str) -> PathBuf {
+    rootfs_gate(id).join("root")
+}
+
+fn rootfs_gate(id: &str) -> PathBuf {
     Path::new(ROOTFS_MOUNTS).join(id)
 }
 
@@ -1195,6 +1205,15 @@ fn mount_root(
     root_field: Option<&'static str>,
 ) -> Result<(), LaunchError> {
     let (upper, work) = (dir.join("upper"), dir.join("work"));
+    if let Some(gate) = rootfs.parent() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(gate).map_err(internal)?;
+        std::fs::set_permissions(gate, std::fs::Permissions::from_mode(0o700)).map_err(internal)?;
+        // crun resolves the root's path as the sandbox's root (see ROOTFS_MOUNTS).
+        if let Some(user) = user {
+            chown_to(user, 0, &[gate])?;
+        }
+    }
     for d in [rootfs, &upper, &work] {
         std::fs::create_dir_all(d).map_err(internal)?;
     }
@@ -1230,12 +1249,13 @@ fn mount_root(
     );
     // nodev: a device node an image carries (tar layers may) opens nothing, inside (the
     // device cgroup denies it too) or from the host (the files channel). The sandbox's /dev is
-    // crun's own tmpfs and unaffected.
+    // crun's own tmpfs and unaffected. nosuid: a setuid file a sandbox writes never raises
+    // whoever runs it on the host; inside, no_new_privs already makes setuid bits inert.
     let mounted = nix::mount::mount(
         Some("overlay"),
         rootfs,
         Some("overlay"),
-        nix::mount::MsFlags::MS_NODEV,
+        nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOSUID,
         Some(opts.as_str()),
     );
     // The overlay keeps its own references to its layers.
@@ -1312,6 +1332,8 @@ fn classify_create_error(msg: &str) -> LaunchError {
         || m.contains("executable file")
         || m.contains("exec format error")
         || m.contains("Permission denied")
+        // crun opens argv[0] before it execs it; a directory there fails with EPERM.
+        || m.contains("open executable")
     {
         LaunchError::BadArgv(m.to_string())
     } else if m.contains("chdir") || m.contains("cwd") {
@@ -1327,7 +1349,10 @@ fn classify_create_error(msg: &str) -> LaunchError {
 fn exit_reason(rec: &ExitRecord) -> ExitReason {
     if let Some(e) = &rec.start_error {
         ExitReason::StartFailed(e.clone())
-    } else if rec.oom_killed {
+    } else if rec.oom_killed && rec.code != 0 {
+        // The cgroup saw an OOM kill and the process did not succeed: the kill is the likely
+        // cause (the process itself, or a child whose death it passed on). A process that
+        // exits 0 after a child was killed handled it, and completed.
         ExitReason::OomKilled
     } else if let Some(s) = rec.signal {
         ExitReason::Signaled(s)

@@ -208,6 +208,22 @@ async fn allocating_past_the_memory_limit_is_oom_killed_and_reported() {
             reason: ExitReason::OomKilled
         }
     );
+    // A child killed at the limit, whose death the process handles: the process completed.
+    s.process.argv = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("{}; echo child=$?", argv.join(" ")),
+    ];
+    let (o, logs) = run_to_end(&rt, &s).await;
+    assert!(logs.contains("child=137"), "{logs}");
+    assert_eq!(
+        o,
+        Observed::Exited {
+            code: 0,
+            reason: ExitReason::Exited
+        },
+        "{logs}"
+    );
 }
 
 #[tokio::test]
@@ -354,8 +370,42 @@ async fn each_sandbox_runs_in_its_own_user_namespace_with_its_own_host_ids() {
         // ...and sysfs is the sandbox's own: its two interfaces, none of the host's (natively
         // the same listing shows the test's bridge, so the probe can see host interfaces).
         assert_eq!(out["sysnet"], "eth0 lo", "{logs}");
-        // Device nodes in the image's layers open nothing.
+        // Device nodes in the image's layers open nothing, and setuid bits raise no one.
         assert!(out["rootopts"].split(',').any(|o| o == "nodev"), "{logs}");
+        assert!(out["rootopts"].split(',').any(|o| o == "nosuid"), "{logs}");
+        // No other host user reaches the sandbox's files: the mount point's parent is the
+        // sandbox root's own, 0700 (ids are public: /proc/mounts lists every mount point).
+        let gate = std::path::Path::new("/run/nimbus/rootfs").join(id.as_str());
+        let md = std::fs::metadata(&gate).unwrap();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!((md.uid(), md.permissions().mode() & 0o777), (first, 0o700));
+        let inside_file = gate.join("root/made-inside");
+        let stat_as = |uid: &str| {
+            Command::new("setpriv")
+                .args([
+                    "--reuid",
+                    uid,
+                    "--regid",
+                    uid,
+                    "--clear-groups",
+                    BUSYBOX,
+                    "stat",
+                ])
+                .arg(&inside_file)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(
+            stat_as("0"),
+            "the probe cannot find {}",
+            inside_file.display()
+        );
+        assert!(
+            !stat_as("65534"),
+            "another host user reached the sandbox's files"
+        );
         assert!(std::path::Path::new("/sys/class/net/nbt24").exists());
         seen.push((id, first));
     }
