@@ -845,6 +845,16 @@ impl SandboxSpec {
                     format!("{user:?} must be a uid, uid:gid, or a user name like \"nobody\""),
                 ));
             }
+            let out_of_range = user
+                .split(':')
+                .filter_map(|part| part.parse::<u64>().ok())
+                .find(|id| *id > MAX_SANDBOX_ID as u64);
+            if let Some(id) = out_of_range {
+                return Err(Error::invalid_argument(
+                    &f("user"),
+                    format!("{user:?}: id {id} is outside 0–{MAX_SANDBOX_ID}, the ids a sandbox's user namespace maps"),
+                ));
+            }
         }
         Ok(())
     }
@@ -865,6 +875,10 @@ impl SandboxSpec {
         value
     }
 }
+
+/// The highest uid or gid a sandbox process may run as: its user namespace maps 65 536 ids.
+/// (4294967295, `(uid_t)-1`, would mean "leave unchanged" to setresuid and so run as root.)
+pub const MAX_SANDBOX_ID: u32 = 65_535;
 
 fn is_user_part(s: &str) -> bool {
     !s.is_empty()
@@ -936,6 +950,14 @@ mod tests {
                 "spec.process.workingDir",
             ),
             ("/process/user", json!("root; rm"), "spec.process.user"),
+            // (uid_t)-1 would leave the process root; unmapped ids fail only at launch.
+            ("/process/user", json!("4294967295"), "spec.process.user"),
+            (
+                "/process/user",
+                json!("1000:4294967295"),
+                "spec.process.user",
+            ),
+            ("/process/user", json!("70000"), "spec.process.user"),
             (
                 "/process/environment",
                 json!({"1X": "v"}),

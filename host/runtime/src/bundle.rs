@@ -199,6 +199,15 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32, String), Spe
             }
         },
     };
+    // The image's passwd and group are the image author's: ids outside the mapped range (or
+    // 4294967295, which setresuid reads as "unchanged", i.e. root) are refused here too.
+    let max = nimbus_core::spec::MAX_SANDBOX_ID;
+    if uid > max || gid > max {
+        return Err(problem(
+            "process.user",
+            format!("{user:?} resolves to {uid}:{gid} in the image, outside 0–{max}, the ids a sandbox's user namespace maps"),
+        ));
+    }
     Ok((uid, gid, if home.is_empty() { "/".into() } else { home }))
 }
 
@@ -538,10 +547,14 @@ mod tests {
         std::fs::create_dir(d.path().join("etc")).unwrap();
         std::fs::write(
             d.path().join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\nsneaky:x:4294967295:0::/:/bin/sh\n",
         )
         .unwrap();
-        std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nstaff:x:50:\nwide:x:70000:\n",
+        )
+        .unwrap();
         assert_eq!(
             resolve_user(d.path(), "app").unwrap(),
             (1000, 1001, "/home/app".into())
@@ -555,6 +568,11 @@ mod tests {
             (4242, 7, "/".into())
         );
         assert!(resolve_user(d.path(), "nobody-here").is_err());
+        // An image's passwd may name ids a sandbox does not map; (uid_t)-1 would mean root.
+        for user in ["sneaky", "app:wide"] {
+            let err = resolve_user(d.path(), user).unwrap_err();
+            assert_eq!(err.field, "process.user", "{user}");
+        }
     }
 
     #[test]

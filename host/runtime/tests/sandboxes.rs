@@ -341,6 +341,18 @@ async fn bad_argv_fails_the_launch_with_bad_argv_and_leaves_nothing() {
         "{err:?}"
     );
     assert_eq!(rt.observe(&id), Observed::Missing);
+    // A directory as argv[0] is the caller's mistake too, not an internal error.
+    let dir_id = new_id();
+    let err = rt
+        .launch(
+            &dir_id,
+            "demo",
+            &spec(&format!("{}/tools/busybox:v1", reg.host), &["/tmp"]),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, LaunchError::BadArgv(_)), "{err:?}");
     assert!(
         rt.leftovers(id.as_str()).await.is_empty(),
         "{:?}",
