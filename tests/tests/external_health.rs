@@ -1,5 +1,7 @@
 //! External services are health-checked through the health plugins by the server.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_e2e::{json, Server};
@@ -8,15 +10,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const T: &str = "/v1/tenants/demo";
 const NO_DRIVER: &str = "[server]\nsandbox_driver = \"none\"\n";
 
-/// A minimal HTTP server on loopback answering `200 ok` to everything, until aborted.
-async fn http_server() -> (u16, tokio::task::JoinHandle<()>) {
+/// A minimal HTTP server on loopback answering `200 ok` to everything, until aborted: its
+/// port, the connections it accepted (one per check: it closes each), and its task.
+async fn http_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
                 return;
             };
+            count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf).await;
@@ -28,7 +34,37 @@ async fn http_server() -> (u16, tokio::task::JoinHandle<()>) {
             });
         }
     });
-    (port, task)
+    (port, accepted, task)
+}
+
+/// A loopback listener that accepts connections and never answers, holding them open, until
+/// aborted: an HTTP check of it lasts its whole timeout. Its port, the connections it
+/// accepted, and its task.
+async fn silent_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    (port, accepted, task)
+}
+
+/// Waits up to `within` for `counter` to reach `n`; whether it did.
+async fn reaches(counter: &AtomicUsize, n: usize, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while counter.load(Ordering::SeqCst) < n {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
 }
 
 async fn wait_health(s: &Server, name: &str, want: &str) -> serde_json::Value {
@@ -50,7 +86,7 @@ async fn wait_health(s: &Server, name: &str, want: &str) -> serde_json::Value {
 #[tokio::test]
 async fn an_external_service_goes_healthy_then_unhealthy_when_its_server_stops() {
     let s = Server::start_with_config(NO_DRIVER).await;
-    let (port, server) = http_server().await;
+    let (port, _, server) = http_server().await;
     for (name, health) in [
         (
             "web",
@@ -89,6 +125,59 @@ async fn an_external_service_goes_healthy_then_unhealthy_when_its_server_stops()
     let body = json!({"name": "quiet", "backend": {"kind": "external", "endpoint": {"url": "http://127.0.0.1:9"}}});
     let (_, quiet) = s.call("POST", &format!("{T}/services"), Some(body)).await;
     assert_eq!(quiet["status"]["lifecycleState"], "declared");
+}
+
+/// One service whose endpoint never answers must not delay another's checks (services are
+/// scheduled each on its own, not in rounds that wait for their slowest check), and a service
+/// never has two checks in flight.
+#[tokio::test]
+async fn a_service_that_never_answers_does_not_delay_other_services_checks() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let service = |name: &str, port: u16, timeout_ms: u32| {
+        json!({"name": name, "backend": {"kind": "external", "endpoint": {"url": format!("http://127.0.0.1:{port}")}, "auth": {"kind": "none"},
+            "health": {"kind": "http", "intervalSeconds": 1, "timeoutMs": timeout_ms}}})
+    };
+    let (silent_port, silent_accepted, silent) = silent_server().await;
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/services"),
+            Some(service("slow", silent_port, 15_000)),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    // Its first check is in flight: connected, waiting 15 s for an answer that never comes.
+    assert!(
+        reaches(&silent_accepted, 1, Duration::from_secs(10)).await,
+        "slow was never checked\n{}",
+        s.log()
+    );
+
+    let (port, fast_accepted, fast) = http_server().await;
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/services"),
+            Some(service("fast", port, 2000)),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    // Checked every second, so three checks take about 3 s; 8 s is generous, and well within
+    // the slow check's 15 s.
+    assert!(
+        reaches(&fast_accepted, 3, Duration::from_secs(8)).await,
+        "fast was checked {} times in 8 s while slow's check was in flight\n{}",
+        fast_accepted.load(Ordering::SeqCst),
+        s.log()
+    );
+    let (_, svc) = s.call("GET", &format!("{T}/services/fast"), None).await;
+    assert_eq!(svc["status"]["health"], "healthy", "{svc}");
+    // Slow still has its first check, and only it, in flight: no result, no second connection.
+    assert_eq!(silent_accepted.load(Ordering::SeqCst), 1);
+    let (_, svc) = s.call("GET", &format!("{T}/services/slow"), None).await;
+    assert_eq!(svc["status"]["health"], "unknown", "{svc}");
+    silent.abort();
+    fast.abort();
 }
 
 /// `openssl s_server -www` on a free loopback port with a certificate for 127.0.0.1 from a

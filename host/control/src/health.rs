@@ -2,7 +2,7 @@
 //! configured health plugin and writes what it found into the service's status. Reachable
 //! services are `running` and `ready`; unreachable ones `failed` with the check's detail.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,13 +12,28 @@ use nimbus_core::resource::{set_condition, ConditionStatus, Health, Readiness, S
 use nimbus_core::spec::{self, ExternalAuth, HealthProbe, ServiceBackend};
 use nimbus_plugins::{HealthAuth, HealthOutcome, HealthTarget, HttpProbe, PluginHost, TcpProbe};
 use nimbus_store::Store;
+use tokio::sync::Semaphore;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// How often the controller looks for services that are due.
 const TICK: Duration = Duration::from_millis(500);
 
+/// Checks that may run at once, across all services and tenants. Each running check holds a
+/// blocking thread and a plugin instance from the pool the authorization policy also draws
+/// from, so an unbounded number of slow endpoints must not exhaust either; checks beyond the
+/// cap wait for a free permit.
+const MAX_CONCURRENT_CHECKS: usize = 64;
+
 pub struct HealthController {
     store: Store,
     plugins: Arc<PluginHost>,
+}
+
+/// One service's place in the schedule: when its latest check was started, and that check's
+/// task (still waiting for a permit, probing, or recording; or finished).
+struct Scheduled {
+    started: Instant,
+    check: AbortHandle,
 }
 
 impl HealthController {
@@ -26,20 +41,28 @@ impl HealthController {
         HealthController { store, plugins }
     }
 
+    /// Runs until aborted. Every service is scheduled on its own: a check runs in a task of
+    /// its own and the loop never waits for one, so a slow endpoint delays only its own
+    /// service's next check, never another service's (or tenant's). Aborting this future drops
+    /// `checks`, which aborts the checks in flight.
     pub async fn run(self) {
-        // When each service (by tenant/name/uid) was last checked.
-        let mut last: HashMap<String, Instant> = HashMap::new();
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS));
+        // Keyed by tenant/name/uid, so a service deleted and created again starts afresh.
+        let mut schedule: HashMap<String, Scheduled> = HashMap::new();
+        let mut checks = JoinSet::new();
         loop {
             tokio::time::sleep(TICK).await;
-            let services = match self.store.services_by_backend_kind("external").await {
+            // Reap finished checks so the set does not grow; their results are already written.
+            while checks.try_join_next().is_some() {}
+            let services = match this.store.services_by_backend_kind("external").await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "health controller could not list services");
                     continue;
                 }
             };
-            let mut checks = tokio::task::JoinSet::new();
-            let mut live = std::collections::HashSet::new();
+            let mut live = HashSet::new();
             for service in services {
                 let key = format!(
                     "{}/{}/{}",
@@ -49,20 +72,32 @@ impl HealthController {
                 let Some((target, interval)) = target_of(&service) else {
                     continue;
                 };
-                if last.get(&key).is_some_and(|t| t.elapsed() < interval) {
+                if !is_due(schedule.get(&key), interval) {
                     continue;
                 }
-                last.insert(key, Instant::now());
-                let plugins = self.plugins.clone();
-                checks.spawn(async move { (service, plugins.check_health(target).await) });
+                let check = checks.spawn(this.clone().check(service, target, permits.clone()));
+                let started = Instant::now();
+                schedule.insert(key, Scheduled { started, check });
             }
-            last.retain(|k, _| live.contains(k));
-            while let Some(done) = checks.join_next().await {
-                if let Ok((service, outcome)) = done {
-                    self.record(&service, &outcome).await;
-                }
-            }
+            // Forget deleted services. A check of one still in flight finishes on its own; its
+            // result is then not recorded (the service is gone).
+            schedule.retain(|k, _| live.contains(k));
         }
+    }
+
+    /// Checks one service once, when a permit is free, and records the outcome.
+    async fn check(
+        self: Arc<Self>,
+        service: ServiceRecord,
+        target: HealthTarget,
+        permits: Arc<Semaphore>,
+    ) {
+        // The semaphore is never closed; should it be, there is nothing to do.
+        let Ok(_permit) = permits.acquire_owned().await else {
+            return;
+        };
+        let outcome = self.plugins.check_health(target).await;
+        self.record(&service, &outcome).await;
     }
 
     async fn record(&self, service: &ServiceRecord, outcome: &HealthOutcome) {
@@ -136,6 +171,18 @@ impl HealthController {
                 tracing::debug!(service = %service.name, error = %e, "health result not recorded")
             }
         }
+    }
+}
+
+/// Whether a service is due for a check. Never while its previous check is unfinished (one
+/// check in flight per service); otherwise when `interval` has passed since that check
+/// *started*, so a service is checked every `interval` however long each check takes, unless a
+/// check takes longer than that, when the next one starts (at the next tick) after it ends.
+/// The interval is read from the current spec on every tick, so a changed one applies at once.
+fn is_due(previous: Option<&Scheduled>, interval: Duration) -> bool {
+    match previous {
+        None => true,
+        Some(p) => p.check.is_finished() && p.started.elapsed() >= interval,
     }
 }
 
