@@ -15,6 +15,25 @@ pub use reqwest;
 pub use serde_json::json;
 
 /// Where the `nimbus` binary is.
+/// A guest component built by nimbus-plugins' build script into
+/// `<target>/nimbus-plugins-wasm/wasm32-wasip2/release/` (beside `<target>/debug/nimbus`).
+pub fn guest_component(name: &str) -> PathBuf {
+    let bin = nimbus_bin();
+    let target = bin
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir above the nimbus binary");
+    let path = target
+        .join("nimbus-plugins-wasm/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo build -p nimbus` builds the guest components",
+        path.display()
+    );
+    path
+}
+
 pub fn nimbus_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NIMBUS_BIN") {
         return PathBuf::from(p);
@@ -219,6 +238,14 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the server again on the same port, data dir and HOME, with `toml` as its whole
+    /// nimbus.toml (the harness's own `[runtime]` lines are not added again: meant for servers
+    /// with `sandbox_driver = "none"`).
+    pub async fn restart_with_config(&mut self, toml: &str) {
+        self.config = Some(toml.to_string());
+        self.restart().await;
     }
 
     /// Starts the server again on the same port, data dir and HOME.

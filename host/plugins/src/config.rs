@@ -80,13 +80,44 @@ pub struct SlotConfig {
 }
 
 /// A scalar config value; numbers and booleans reach the plugin as their TOML text.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConfigValue {
     String(String),
     Integer(i64),
     Float(f64),
     Bool(bool),
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose error ("data did not match any variant of
+/// untagged enum") says neither what was found nor what is accepted.
+impl<'de> Deserialize<'de> for ConfigValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl serde::de::Visitor<'_> for Scalar {
+            type Value = ConfigValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, integer, float or boolean (plugins read config values as text; write a list or table as a string)")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::String(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Integer(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ConfigValue, E> {
+                i64::try_from(v)
+                    .map(ConfigValue::Integer)
+                    .map_err(|_| E::custom(format!("{v} is too large; write it as a string")))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Float(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<ConfigValue, E> {
+                Ok(ConfigValue::Bool(v))
+            }
+        }
+        d.deserialize_any(Scalar)
+    }
 }
 
 impl ConfigValue {
@@ -121,6 +152,16 @@ pub struct EffectiveLimits {
     pub timeout: Duration,
     pub fuel: u64,
     pub memory_bytes: usize,
+}
+
+impl EffectiveLimits {
+    /// Whether a call under these limits may hold its thread long enough to matter to other
+    /// requests: both its deadline and its fuel (about a nanosecond a unit) allow more than
+    /// ~50 ms. The default authz limits (200 ms, 20 M fuel) do not: fuel ends a spinning policy
+    /// within ~20 ms.
+    pub fn may_run_long(&self) -> bool {
+        self.timeout > Duration::from_millis(50) && self.fuel > 50_000_000
+    }
 }
 
 /// The slots a plugin can serve.
@@ -413,6 +454,33 @@ mod tests {
         let cfg = c.slot(SlotKind::Authz).config;
         let got: Vec<String> = cfg.values().map(ConfigValue::to_plugin_string).collect();
         assert_eq!(got, vec!["x", "3", "true"]);
+    }
+
+    #[test]
+    fn a_config_value_that_is_no_scalar_says_what_is_accepted() {
+        let e =
+            parse("[authz]\nplugin = \"grants-policy\"\nconfig = { a = [1, 2] }\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("a string, integer, float or boolean"),
+            "{e:#}"
+        );
+        let c = parse("[authz]\nplugin = \"grants-policy\"\nconfig = { f = 1.5 }\n").unwrap();
+        assert_eq!(c.slot(SlotKind::Authz).config["f"], ConfigValue::Float(1.5));
+    }
+
+    #[test]
+    fn only_limits_that_allow_a_long_call_count_as_long() {
+        let c = parse("").unwrap();
+        assert!(!c.effective_limits(SlotKind::Authz).may_run_long());
+        let c =
+            parse("[authz]\nplugin = \"p\"\nlimits = { timeout_ms = 5000, fuel = 1000000000 }\n")
+                .unwrap();
+        assert!(c.effective_limits(SlotKind::Authz).may_run_long());
+        let c = parse("[authz]\nplugin = \"p\"\nlimits = { timeout_ms = 5000 }\n").unwrap();
+        assert!(
+            !c.effective_limits(SlotKind::Authz).may_run_long(),
+            "the default fuel still bounds the call"
+        );
     }
 
     #[test]

@@ -25,6 +25,16 @@ const POOL_CORE_INSTANCES: u32 = 4000;
 const POOL_MEMORIES: u32 = 1000;
 const POOL_TABLES: u32 = 4000;
 
+/// What one component instance may take of the pool. The pool is shared by every slot, so
+/// without a cap one component (say a health check with hundreds of memories, several checks
+/// in flight) could take every slot and make each authorization fail to instantiate, and so
+/// deny. The bundled guests fit well within these (the policies are one core module; the
+/// health checks, Rust guests with WASI adapters, a handful); a component over a cap is
+/// refused at install.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+const MAX_TABLES_PER_COMPONENT: u32 = 8;
+
 /// Bytes of each memory and table slot kept resident between instances: covers the bundled
 /// guests (one 64 KiB page) with room to spare, and bounds the pool's resident memory to
 /// 256 KiB per slot used.
@@ -145,6 +155,9 @@ fn build() -> anyhow::Result<Engine> {
         .total_core_instances(POOL_CORE_INSTANCES)
         .total_memories(POOL_MEMORIES)
         .total_tables(POOL_TABLES)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
         .max_memory_size(max_memory)
         // Reset the low part of a memory or table by rewriting it instead of unmapping it, so
         // that the next instance finds its pages resident: no page faults, no TLB shootdowns.

@@ -172,7 +172,8 @@ impl PluginHost {
         let metrics = Arc::new(Metrics::default());
         let make = |kind: SlotKind| -> anyhow::Result<Arc<Slot>> {
             let cfg = config.slot(kind);
-            let loaded = load_for_slot(engine, &catalog, &metrics, kind, &cfg)?;
+            let limits = config.effective_limits(kind);
+            let loaded = load_for_slot(engine, &catalog, &metrics, kind, &cfg, &limits)?;
             let grants = cfg
                 .hosts
                 .iter()
@@ -180,7 +181,7 @@ impl PluginHost {
                 .collect();
             Ok(Arc::new(Slot {
                 kind,
-                limits: config.effective_limits(kind),
+                limits,
                 config_pairs: Arc::new(
                     cfg.config
                         .iter()
@@ -289,8 +290,12 @@ impl PluginHost {
                 &self.metrics,
                 slot.kind,
                 &slot.cfg,
+                &slot.limits,
             ) {
-                Ok(next) if next.info.sha256 == current.info.sha256 => {}
+                // The same bytes under another version still switch: logs and metrics name
+                // the version serving.
+                Ok(next)
+                    if next.label == current.label && next.info.sha256 == current.info.sha256 => {}
                 Ok(next) => {
                     tracing::info!(
                         event = "plugin.swapped",
@@ -370,18 +375,45 @@ fn spawn_watcher(host: Weak<PluginHost>, interval: Duration) -> anyhow::Result<(
         .map_err(|e| anyhow!("cannot start the plugin store watcher: {e}"))
 }
 
-/// Resolves a slot's configuration to an installed version and loads it, checking its world
-/// and pins. Errors name the config key.
+/// Resolves a slot's configuration to an installed version and loads it, checking its world,
+/// its pins, and that it starts within the slot's `limits`. Errors name the config key.
 fn load_for_slot(
     engine: &Engine,
     catalog: &Catalog,
     metrics: &Metrics,
     kind: SlotKind,
     cfg: &SlotConfig,
+    limits: &EffectiveLimits,
 ) -> anyhow::Result<Loaded> {
     let key = format!("plugins.{}", kind.key());
-    let version = match &cfg.version {
-        Some(v) if catalog.manifest(&cfg.plugin, v).is_err() => {
+    let pinned_by_sha = match (&cfg.version, &cfg.sha256) {
+        // A sha256 pin without a version names the version: the one installed with those bytes.
+        (None, Some(pin)) => {
+            Some(version_with_sha(catalog, &cfg.plugin, pin).ok_or_else(|| {
+                let installed: Vec<String> = catalog
+                    .list()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| p.id == cfg.plugin)
+                    .map(|p| format!("{} ({}…)", p.version, &p.sha256[..12.min(p.sha256.len())]))
+                    .collect();
+                anyhow!(
+                "{key}.sha256 = {pin:?}: no installed version of {} has those bytes (installed: \
+                 {}); install the pinned component, or update the pin",
+                cfg.plugin,
+                if installed.is_empty() {
+                    "none".to_string()
+                } else {
+                    installed.join(", ")
+                }
+            )
+            })?)
+        }
+        _ => None,
+    };
+    let version = match (pinned_by_sha, &cfg.version) {
+        (Some(v), _) => v,
+        (None, Some(v)) if catalog.manifest(&cfg.plugin, v).is_err() => {
             let versions = installed_versions(catalog, &cfg.plugin);
             bail!(
                 "{key}.version = {v:?}: {} {v} is not installed (installed versions: {}); \
@@ -394,8 +426,8 @@ fn load_for_slot(
                 }
             );
         }
-        Some(v) => v.clone(),
-        None => catalog.active_version(&cfg.plugin).ok_or_else(|| {
+        (None, Some(v)) => v.clone(),
+        (None, None) => catalog.active_version(&cfg.plugin).ok_or_else(|| {
             let versions = installed_versions(catalog, &cfg.plugin);
             if !versions.is_empty() {
                 return anyhow!(
@@ -447,6 +479,17 @@ fn load_for_slot(
             );
         }
     }
+    wasm::check_starts_within(engine, &prepared, limits).map_err(|why| {
+        anyhow!(
+            "{key}: {} {} cannot start within this slot's limits ({} MiB of memory, {} fuel, \
+             {} ms): {why}; raise {key}.limits (or [plugins.limits]), or use another version",
+            info.id,
+            info.version,
+            limits.memory_bytes >> 20,
+            limits.fuel,
+            limits.timeout.as_millis()
+        )
+    })?;
     let label = format!("{}@{}", info.id, info.version);
     Ok(Loaded {
         counters: metrics.counters(kind.key(), &label),
@@ -454,6 +497,22 @@ fn load_for_slot(
         info,
         prepared,
     })
+}
+
+/// The version of plugin `id` installed with sha256 `pin`: the active one if it matches, else
+/// the newest that does.
+fn version_with_sha(catalog: &Catalog, id: &str, pin: &str) -> Option<String> {
+    let matching: Vec<String> = catalog
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.id == id && p.sha256.eq_ignore_ascii_case(pin))
+        .map(|p| p.version)
+        .collect();
+    match catalog.active_version(id) {
+        Some(active) if matching.contains(&active) => Some(active),
+        _ => matching.last().cloned(),
+    }
 }
 
 /// The installed versions of plugin `id`, oldest first (for error messages).
@@ -486,7 +545,20 @@ impl Authorizer for PluginAuthorizer {
             &slot.limits,
         );
         let started = std::time::Instant::now();
-        let result = wasm::call_authz(self.engine, &loaded.prepared, ctx, &slot.limits, request);
+        let call = || wasm::call_authz(self.engine, &loaded.prepared, ctx, &slot.limits, request);
+        // Decisions run on the API's async workers: a policy that may run long (as its limits
+        // allow) must not stall the other requests of its worker meanwhile.
+        let result = if slot.limits.may_run_long() {
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            if multi_thread {
+                tokio::task::block_in_place(call)
+            } else {
+                call()
+            }
+        } else {
+            call()
+        };
         loaded.counters.observe(started.elapsed());
         match result {
             Ok(Ok(decision)) => decision,

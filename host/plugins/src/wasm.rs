@@ -432,6 +432,17 @@ pub(crate) fn prepare(engine: &Engine, component: &Component) -> anyhow::Result<
             "nimbus:host/network-types@",
         ],
     };
+    // Host interfaces exist at 0.1.x only: name a newer one plainly rather than let the linker
+    // report a "wrong type".
+    if let Some(newer) = imports
+        .iter()
+        .find(|i| i.starts_with("nimbus:host/") && !i.contains("@0.1."))
+    {
+        anyhow::bail!(
+            "the component imports {newer}, but this server offers nimbus:host interfaces at \
+             0.1.x only; rebuild the plugin against nimbus:host@0.1.0 (wit/ in the Nimbus tree)"
+        );
+    }
     let extra: Vec<&String> = imports
         .iter()
         .filter(|i| !offered.iter().any(|o| i.starts_with(o)) && !is_types_import(i, world))
@@ -448,11 +459,19 @@ pub(crate) fn prepare(engine: &Engine, component: &Component) -> anyhow::Result<
                 .join(", ")
         );
     }
+    let host_mismatch = |e: wasmtime::Error| {
+        anyhow!(
+            "its imports do not match what this server offers for {} (the functions of \
+             nimbus:host@0.1.0 in wit/; a function the component expects is missing or has \
+             another type): {e:#}",
+            world.name()
+        )
+    };
     let result = match world {
         World::Authz => {
             let pre = authz_linker(engine)?
                 .instantiate_pre(component)
-                .map_err(|e| anyhow!("{e:#}"))?;
+                .map_err(host_mismatch)?;
             // The bindings check that the policy interface and its `decide` function exist.
             authz_bindings::AuthzPolicyPre::new(pre.clone()).and_then(|_| {
                 let interface = component
@@ -471,45 +490,105 @@ pub(crate) fn prepare(engine: &Engine, component: &Component) -> anyhow::Result<
         World::Health => {
             let pre = health_linker(engine)?
                 .instantiate_pre(component)
-                .map_err(|e| anyhow!("{e:#}"))?;
+                .map_err(host_mismatch)?;
             health_bindings::HealthCheckPre::new(pre).map(Prepared::Health)
         }
     };
     let prepared = result
         .map_err(|e| anyhow!("{e:#}"))
         .with_context(|| format!("the component does not match {}", world.name()))?;
-    trial_instantiate(engine, &prepared)
-        .with_context(|| format!("the component does not match {}", world.name()))?;
-    Ok(prepared)
+    // The largest limits any slot may set: what cannot start within them can serve no slot.
+    // Each slot checks its own limits when it loads the plugin (`check_starts_within`).
+    let ceiling = EffectiveLimits {
+        timeout: Duration::from_secs(1),
+        fuel: TRIAL_FUEL,
+        memory_bytes: (crate::config::MAX_MEMORY_MIB as usize) << 20,
+    };
+    match trial_instantiate(engine, &prepared, &ceiling) {
+        Ok(()) => Ok(prepared),
+        Err(TrialFailure::Mismatch(e)) => {
+            Err(e.context(format!("the component does not match {}", world.name())))
+        }
+        Err(TrialFailure::Limit(failure)) => anyhow::bail!(
+            "the component cannot start even within the largest limits a slot may have \
+             ({} MiB of memory, {TRIAL_FUEL} fuel, 1 s): it {}",
+            crate::config::MAX_MEMORY_MIB,
+            start_failure(&failure)
+        ),
+    }
 }
 
-/// Instantiates once under tight limits: this type-checks the exported functions against the
-/// world (linking alone checks only their names) and runs any start function.
-fn trial_instantiate(engine: &Engine, prepared: &Prepared) -> anyhow::Result<()> {
-    let limits = EffectiveLimits {
-        timeout: Duration::from_secs(1),
-        fuel: 10_000_000,
-        memory_bytes: 16 << 20,
-    };
-    let ctx = CallCtx::new(
-        Arc::from("install-check"),
-        Arc::new(Vec::new()),
-        None,
-        &limits,
-    );
-    let mut store = new_store(engine, ctx, &limits);
-    match prepared {
-        Prepared::Authz(pre) => pre.pre.instantiate(&mut store).and_then(|instance| {
-            // The one full type check of `decide`; calls rely on it (see `decide_func`).
-            let func = instance
-                .get_func(&mut store, pre.decide)
-                .ok_or_else(|| wasmtime::format_err!("the component has no decide function"))?;
-            func.typed::<(RequestRef<'_>,), (Result<az::Decision, az::Error>,)>(&store)
-                .map(|_| ())
-        }),
-        Prepared::Health(pre) => pre.instantiate(&mut store).map(|_| ()),
+/// Fuel for a trial instantiation at install: start-up code (data segments, start functions)
+/// must fit in it whatever the slot.
+const TRIAL_FUEL: u64 = 1_000_000_000;
+
+/// What went wrong starting an instance, as the end of a sentence starting "it ".
+fn start_failure(failure: &CallFailure) -> String {
+    match failure {
+        CallFailure::Memory(m) => format!("needs more memory to start than allowed ({m})"),
+        CallFailure::Fuel => "ran out of fuel in its start-up code".into(),
+        CallFailure::Timeout => "ran past the deadline in its start-up code".into(),
+        CallFailure::Trap(m) => format!("trapped in its start-up code: {m}"),
+        CallFailure::Instantiate(m) | CallFailure::Malformed(m) => {
+            format!("could not be instantiated: {m}")
+        }
     }
-    .map_err(|e| anyhow!("{e:#}"))
+}
+
+/// Why a trial instantiation failed.
+pub(crate) enum TrialFailure {
+    /// The component's exports do not have the world's types.
+    Mismatch(anyhow::Error),
+    /// Starting it ran into a limit (memory, fuel, deadline) or trapped.
+    Limit(CallFailure),
+}
+
+/// Instantiates once under `limits`: this type-checks the exported functions against the
+/// world (linking alone checks only their names) and runs any start function.
+fn trial_instantiate(
+    engine: &Engine,
+    prepared: &Prepared,
+    limits: &EffectiveLimits,
+) -> Result<(), TrialFailure> {
+    let ctx = CallCtx::new(Arc::from("trial"), Arc::new(Vec::new()), None, limits);
+    let mut store = new_store(engine, ctx, limits);
+    let instance = match prepared {
+        Prepared::Authz(pre) => pre.pre.instantiate(&mut store).map(Some),
+        Prepared::Health(pre) => pre.instantiate(&mut store).map(|_| None),
+    };
+    let instance = match instance {
+        Ok(i) => i,
+        Err(e) => {
+            return Err(match classify(e, store.data()) {
+                // Not a trap: the pool or the linker refused it.
+                CallFailure::Malformed(m) => TrialFailure::Limit(CallFailure::Instantiate(m)),
+                other => TrialFailure::Limit(other),
+            });
+        }
+    };
+    if let (Some(instance), Prepared::Authz(pre)) = (instance, prepared) {
+        // The one full type check of `decide`; calls rely on it (see `decide_func`).
+        let func = instance.get_func(&mut store, pre.decide).ok_or_else(|| {
+            TrialFailure::Mismatch(anyhow!("the component has no decide function"))
+        })?;
+        func.typed::<(RequestRef<'_>,), (Result<az::Decision, az::Error>,)>(&store)
+            .map_err(|e| TrialFailure::Mismatch(anyhow!("{e:#}")))?;
+    }
+    Ok(())
+}
+
+/// Checks that a prepared plugin starts within a slot's `limits` (memory for its initial
+/// state, fuel and time for its start-up code): a plugin that cannot would fail every call.
+pub(crate) fn check_starts_within(
+    engine: &Engine,
+    prepared: &Prepared,
+    limits: &EffectiveLimits,
+) -> Result<(), String> {
+    match trial_instantiate(engine, prepared, limits) {
+        Ok(()) => Ok(()),
+        Err(TrialFailure::Limit(failure)) => Err(format!("it {}", start_failure(&failure))),
+        Err(TrialFailure::Mismatch(e)) => Err(format!("{e:#}")),
+    }
 }
 
 /// The types interfaces of a world's own package are implicit imports of its exports.
