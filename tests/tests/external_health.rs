@@ -127,6 +127,45 @@ async fn an_external_service_goes_healthy_then_unhealthy_when_its_server_stops()
     assert_eq!(quiet["status"]["lifecycleState"], "declared");
 }
 
+/// `?waitUntil=` on start makes the server answer once the status shows the condition, or when
+/// `timeoutMs` has passed, with the object as it then is.
+#[tokio::test]
+async fn start_with_wait_until_answers_once_the_condition_holds_or_the_time_is_up() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (port, _, _server) = http_server().await;
+    let health = json!({"kind": "http", "path": "/", "intervalSeconds": 1, "timeoutMs": 500});
+    let body = json!({"name": "web", "backend": {"kind": "external", "endpoint": {"url": format!("http://127.0.0.1:{port}")}, "auth": {"kind": "none"}, "health": health}});
+    let (st, created) = s.call("POST", &format!("{T}/services"), Some(body)).await;
+    assert_eq!(st, 201, "{created}");
+    assert_ne!(created["status"]["health"], "healthy", "{created}");
+    let (st, started) = s
+        .call(
+            "POST",
+            &format!("{T}/services/web/start?waitUntil=healthy&timeoutMs=20000"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{started}");
+    assert_eq!(started["status"]["health"], "healthy", "{started}");
+    // A condition that does not come: the answer comes at the timeout, showing the status.
+    let body = json!({"name": "quiet", "backend": {"kind": "external", "endpoint": {"url": "http://127.0.0.1:9"}}});
+    s.call("POST", &format!("{T}/services"), Some(body)).await;
+    let asked = Instant::now();
+    let (st, quiet) = s
+        .call(
+            "POST",
+            &format!("{T}/services/quiet/start?waitUntil=healthy&timeoutMs=300"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{quiet}");
+    assert_ne!(quiet["status"]["health"], "healthy", "{quiet}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "it did not wait"
+    );
+}
+
 /// One service whose endpoint never answers must not delay another's checks (services are
 /// scheduled each on its own, not in rounds that wait for their slowest check), and a service
 /// never has two checks in flight.

@@ -1,13 +1,15 @@
 //! `/v1/tenants/{t}/services`.
 
+use std::time::Duration;
+
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use nimbus_core::authz::{actions, ResourceKind};
-use nimbus_core::lifecycle::DesiredRunState;
+use nimbus_core::lifecycle::{DesiredRunState, ServiceState};
 use nimbus_core::names::Name;
-use nimbus_core::resource::{Meta, ServiceRecord};
+use nimbus_core::resource::{Health, Meta, Readiness, ServiceRecord};
 use nimbus_core::spec::{validate_labels, Labels, ServiceBackend};
 use nimbus_core::Error;
 use serde::Deserialize;
@@ -282,7 +284,8 @@ async fn set_desired(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let tenant = tenant_name(&tenant)?;
     let name = Name::parse("name", &name)?;
-    // `waitUntil`/`timeoutMs` are accepted for compatibility; waiting is done by the SDKs.
+    // `waitUntil`/`timeoutMs`: the server waits for the condition before answering (the SDKs
+    // poll on their own too).
     let q = QueryParams::parse(q.as_deref(), &["waitUntil", "timeoutMs"])?;
     if let Some(w) = q.get("waitUntil") {
         let allowed: &[&str] = if desired == DesiredRunState::Running {
@@ -298,7 +301,7 @@ async fn set_desired(
             .into());
         }
     }
-    q.u32("timeoutMs", 0, 3_600_000)?;
+    let timeout = q.u32("timeoutMs", 0, 3_600_000)?;
     app.authorize(
         p,
         action,
@@ -330,8 +333,53 @@ async fn set_desired(
             Some(&audit),
         )
         .await?;
+    let record = match q.get("waitUntil") {
+        Some(until) => {
+            let timeout = Duration::from_millis(timeout.map_or(DEFAULT_WAIT_MS, u64::from));
+            wait_for_condition(app, &tenant, &name, until, timeout, record).await?
+        }
+        None => record,
+    };
     Ok((StatusCode::ACCEPTED, Json(wire::service(&record))))
 }
+
+/// How long `?waitUntil=` waits when `timeoutMs` is not given.
+const DEFAULT_WAIT_MS: u64 = 30_000;
+
+/// `?waitUntil=ready|healthy|stopped`: re-reads the service until its status shows the
+/// condition or `timeout` passes, and returns it as it then is. Either way the answer is 202
+/// with the object, whose status tells the caller which happened. A service deleted meanwhile
+/// is 404.
+async fn wait_for_condition(
+    app: &SharedApp,
+    tenant: &Name,
+    name: &Name,
+    until: &str,
+    timeout: Duration,
+    mut record: ServiceRecord,
+) -> Result<ServiceRecord, Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = &record.status;
+        let met = match until {
+            "ready" => s.readiness == Readiness::Ready,
+            "healthy" => s.health == Health::Healthy,
+            _ => s.lifecycle_state == ServiceState::Stopped,
+        };
+        if met || tokio::time::Instant::now() >= deadline {
+            return Ok(record);
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + WAIT_POLL)).await;
+        record = app
+            .store
+            .get_service(tenant, name)
+            .await?
+            .ok_or_else(|| Error::not_found("service", name.as_str()))?;
+    }
+}
+
+/// How often a `?waitUntil=` request re-reads the service.
+const WAIT_POLL: Duration = Duration::from_millis(100);
 
 pub async fn start(
     State(app): State<SharedApp>,
