@@ -1,6 +1,7 @@
 //! The plugin store through the real `nimbus` binary, on a running server's data dir.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nimbus_e2e::{assert_error, Server};
@@ -344,5 +345,222 @@ async fn a_metrics_listen_address_in_use_stops_the_server_at_start_naming_the_ke
     assert!(
         err.contains(&format!("server.metrics_listen = \"{addr}\"")),
         "{err}"
+    );
+}
+
+/// Runs `nimbus <args> --data-dir <dir>` on a plugin store without a server, killed after 60 s
+/// (a command that hangs fails its test). Returns the status, stdout and stderr.
+fn store_cli(dir: &Path, args: &[&str]) -> (ExitStatus, String, String) {
+    let out_file = |name: &str| std::fs::File::create(dir.join(name)).expect("output file");
+    let mut child = Command::new(nimbus_e2e::nimbus_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("HOME", dir)
+        .stdin(Stdio::null())
+        .stdout(out_file("stdout"))
+        .stderr(out_file("stderr"))
+        .spawn()
+        .expect("run nimbus");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`nimbus {}` did not finish in 60 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    (status, read("stdout"), read("stderr"))
+}
+
+fn store_file(dir: &Path, path: &str) -> PathBuf {
+    dir.join("data/plugins").join(path)
+}
+
+#[test]
+fn a_corrupt_manifest_only_disables_its_own_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (status, _, err) = store_cli(dir, &["plugin", "list"]);
+    assert!(status.success(), "{err}");
+    std::fs::write(
+        store_file(dir, "installed/tcp-health/0.1.1/manifest.json"),
+        "{garbage\n",
+    )
+    .unwrap();
+
+    let (status, out, err) = store_cli(dir, &["plugin", "list"]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("grants-policy 0.1.3") && !out.contains("tcp-health"),
+        "{out}"
+    );
+    assert!(
+        err.contains("tcp-health/0.1.1/manifest.json is corrupt"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`nimbus plugin remove tcp-health@0.1.1`"),
+        "{err}"
+    );
+
+    let (status, out, err) = store_cli(dir, &["plugin", "verify"]);
+    assert!(!status.success());
+    assert!(out.contains("CORRUPT tcp-health 0.1.1"), "{out}");
+    assert!(out.contains("ok grants-policy 0.1.3"), "{out}");
+    assert!(err.contains("1 corrupt"), "{err}");
+
+    let deny_all = guest("deny_all_policy");
+    let (status, _, err) = store_cli(dir, &["plugin", "install", deny_all.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+
+    // Removing it brings the bundled version back at once.
+    let (status, out, err) = store_cli(dir, &["plugin", "remove", "tcp-health@0.1.1"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "removed tcp-health 0.1.1");
+    assert!(!err.contains("no version of tcp-health is left"), "{err}");
+    let (status, out, err) = store_cli(dir, &["plugin", "verify"]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("ok tcp-health 0.1.1"), "{out}");
+}
+
+#[tokio::test]
+async fn a_server_starts_with_a_corrupt_manifest_of_a_version_no_slot_uses() {
+    let mut server = Server::start_with_config("[server]\nsandbox_driver = \"none\"\n").await;
+    let deny_all = guest("deny_all_policy");
+    let (status, _, err) = server.cli(&["plugin", "install", deny_all.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    let manifest = server
+        .data_dir()
+        .join("plugins/installed/deny-all-policy/0.1.0/manifest.json");
+    std::fs::write(&manifest, "{garbage\n").unwrap();
+    server.terminate();
+    server.restart().await;
+    let (st, _) = server.call("GET", &format!("{T}/services"), None).await;
+    assert_eq!(st.as_u16(), 200);
+    assert!(
+        server
+            .log()
+            .contains("deny-all-policy/0.1.0/manifest.json is corrupt"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn plugin_install_refuses_devices_and_pipes_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let fifo = dir.join("fifo.wasm");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success());
+    let link = dir.join("zero.wasm");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    for file in [Path::new("/dev/zero"), fifo.as_path(), link.as_path(), dir] {
+        let file = file.to_str().unwrap();
+        let args = [
+            "plugin",
+            "install",
+            file,
+            "--id",
+            "x-y",
+            "--version",
+            "0.1.0",
+        ];
+        let (status, _, err) = store_cli(dir, &args);
+        assert!(!status.success());
+        assert!(
+            err.contains(&format!("{file} is not a regular file")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn plugin_install_refuses_a_version_with_leading_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let deny_all = guest("deny_all_policy");
+    let args = [
+        "plugin",
+        "install",
+        deny_all.to_str().unwrap(),
+        "--version",
+        "01.2.3",
+    ];
+    let (status, _, err) = store_cli(dir.path(), &args);
+    assert!(!status.success());
+    assert!(err.contains("leading zeros (write 1.2.3)"), "{err}");
+    let (_, out, _) = store_cli(dir.path(), &["plugin", "list"]);
+    assert!(!out.contains("deny-all-policy"), "{out}");
+}
+
+#[test]
+fn plugin_verify_finds_precompiled_code_swapped_for_another_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (status, out, err) = store_cli(dir, &["plugin", "list"]);
+    assert!(status.success(), "{err}");
+    let sha = |id: &str| {
+        let row = lines(&out).into_iter().find(|r| r[0] == id).unwrap();
+        row[3].clone()
+    };
+    let cache = std::fs::read_dir(store_file(dir, "cache"))
+        .unwrap()
+        .next()
+        .expect("an engine's cache directory")
+        .unwrap()
+        .path();
+    let other = std::fs::read(cache.join(format!("{}.cwasm", sha("http-health")))).unwrap();
+    let target = cache.join(format!("{}.cwasm", sha("tcp-health")));
+    std::fs::write(&target, &other).unwrap();
+    let sum = Command::new("sha256sum").arg(&target).output().unwrap();
+    let sum = String::from_utf8(sum.stdout).unwrap();
+    std::fs::write(target.with_extension("cwasm.sha256"), &sum[..64]).unwrap();
+
+    let (status, out, err) = store_cli(dir, &["plugin", "verify"]);
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("CORRUPT tcp-health 0.1.1"), "{out}");
+    assert!(out.contains("run `nimbus plugin precompile`"), "{out}");
+    let (status, _, err2) = store_cli(dir, &["plugin", "precompile"]);
+    assert!(status.success(), "{err} {err2}");
+    let (status, out, err) = store_cli(dir, &["plugin", "verify"]);
+    assert!(status.success(), "{out}{err}");
+}
+
+#[test]
+fn plugin_precompile_does_every_plugin_and_fails_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let (status, _, err) = store_cli(dir, &["plugin", "list"]);
+    assert!(status.success(), "{err}");
+    std::fs::write(
+        store_file(dir, "installed/grants-policy/0.1.3/component.wasm"),
+        b"tampered",
+    )
+    .unwrap();
+    let cache = std::fs::read_dir(store_file(dir, "cache"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_dir_all(&cache).unwrap();
+
+    let (status, _, err) = store_cli(dir, &["plugin", "precompile"]);
+    assert!(!status.success());
+    assert!(err.contains("cannot precompile 1 of 3 plugins"), "{err}");
+    assert!(err.contains("grants-policy 0.1.3 fails its pin"), "{err}");
+    let cached = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(
+        cached, 4,
+        "http-health and tcp-health, after grants-policy, are precompiled"
     );
 }

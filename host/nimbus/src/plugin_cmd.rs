@@ -1,8 +1,8 @@
 //! `nimbus plugin …`: manage the WebAssembly plugin store under `<data-dir>/plugins`. The logic
 //! lives in `nimbus_plugins::PluginStore`; this file parses arguments and prints.
 
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use nimbus_plugins::{PluginInfo, PluginStore};
@@ -64,6 +64,31 @@ fn line(p: &PluginInfo) -> String {
     format!("{} {} {} {} {}", p.id, p.version, p.world, p.sha256, flags)
 }
 
+/// Reads a component file. What is not a regular file (after symlinks) is refused before it is
+/// opened: a device such as /dev/zero has no size to check and never ends, and opening a FIFO
+/// waits for a writer. At most one byte over the limit is read, whatever the size said.
+fn read_component(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let cannot_read = || format!("cannot read {}", file.display());
+    let meta = std::fs::metadata(file).with_context(cannot_read)?;
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file (a directory, device, pipe or socket); install a .wasm file",
+            file.display()
+        );
+    }
+    // Checked before reading, so that a huge file is not read only to be refused.
+    nimbus_plugins::check_component_size(meta.len())?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| {
+            f.take(nimbus_plugins::MAX_COMPONENT_BYTES + 1)
+                .read_to_end(&mut bytes)
+        })
+        .with_context(cannot_read)?;
+    nimbus_plugins::check_component_size(bytes.len() as u64)?;
+    Ok(bytes)
+}
+
 pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
     let data_dir = match args.data_dir {
         Some(d) => d,
@@ -100,14 +125,8 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
             }
         }
         PluginCommand::Install { file, id, version } => {
-            // Checked before reading, so that a huge file is not read only to be refused.
-            let size = std::fs::metadata(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?
-                .len();
-            nimbus_plugins::check_component_size(size)
+            let bytes = read_component(&file)
                 .with_context(|| format!("refusing to install {}", file.display()))?;
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let info = store
                 .install(&bytes, id.as_deref(), version.as_deref())
                 .with_context(|| format!("refusing to install {}", file.display()))?;
@@ -120,8 +139,13 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
         }
         PluginCommand::Verify => {
             let reports = store.verify()?;
-            let mut bad = 0;
+            let (mut bad, mut corrupt) = (0, 0);
             for r in &reports {
+                if let Some(problem) = &r.problem {
+                    corrupt += 1;
+                    writeln!(out, "CORRUPT {} {}: {problem}", r.id, r.version)?;
+                    continue;
+                }
                 match &r.actual_sha256 {
                     Some(actual) if *actual == r.expected_sha256 => {
                         writeln!(out, "ok {} {} {}", r.id, r.version, actual)?
@@ -144,10 +168,23 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
                     }
                 }
             }
+            let mut failures = Vec::new();
             if bad > 0 {
+                failures.push(format!(
+                    "{bad} fail their sha256 pin (reinstall them from a trusted file, or remove them)"
+                ));
+            }
+            if corrupt > 0 {
+                failures.push(format!(
+                    "{corrupt} corrupt (each CORRUPT line says what to do)"
+                ));
+            }
+            if !failures.is_empty() {
                 bail!(
-                    "{bad} of {} plugins fail their sha256 pin; reinstall them from a trusted file (or remove them)",
-                    reports.len()
+                    "{} of {} plugins fail verification: {}",
+                    bad + corrupt,
+                    reports.len(),
+                    failures.join("; ")
                 );
             }
         }
@@ -156,6 +193,12 @@ fn execute(data_dir: PathBuf, command: PluginCommand) -> anyhow::Result<()> {
             for p in &removed {
                 writeln!(out, "removed {} {}", p.id, p.version)?;
             }
+            // A version removed for its corrupt manifest may have been bundled: opening the store
+            // again installs it now rather than at the next command.
+            let store = match removed.iter().any(|p| p.source == "unknown") {
+                true => PluginStore::open(&data_dir)?,
+                false => store,
+            };
             // The store cannot see servers' configs: say what removing the last version means.
             // The removal is done whatever the listing says: a store that cannot be listed now
             // only loses the warning.

@@ -61,20 +61,49 @@ pub struct PluginInfo {
     pub active: bool,
 }
 
+impl PluginInfo {
+    /// All that is known of a version whose manifest cannot be read: its directory's names.
+    fn unreadable(id: String, version: String) -> PluginInfo {
+        PluginInfo {
+            id,
+            version,
+            world: String::new(),
+            sha256: String::new(),
+            size: 0,
+            source: "unknown".to_string(),
+            installed_at: 0,
+            active: false,
+        }
+    }
+}
+
 /// Result of checking one installed version against its pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     pub id: String,
     pub version: String,
+    /// Empty if the manifest cannot be read.
     pub expected_sha256: String,
     /// `None` if the component file could not be read.
     pub actual_sha256: Option<String>,
+    /// Corruption found besides the pin, and what to do about it: a manifest that cannot be
+    /// read, or precompiled code that is not what the component compiles to.
+    pub problem: Option<String>,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.actual_sha256.as_deref() == Some(self.expected_sha256.as_str())
+        self.problem.is_none()
+            && self.actual_sha256.as_deref() == Some(self.expected_sha256.as_str())
     }
+}
+
+/// An installed version as found on disk (a version directory with a manifest), with its
+/// manifest or why that cannot be read.
+struct Entry {
+    id: String,
+    version: String,
+    manifest: anyhow::Result<PluginInfo>,
 }
 
 /// A component shipped inside the server binary.
@@ -245,9 +274,18 @@ impl Catalog {
     /// a version the operator installed stays active.
     ///
     /// Then repairs what an interrupted change leaves (see [`Catalog::repair_active`]).
+    ///
+    /// Versions whose manifest cannot be read are skipped by everything but `verify` and
+    /// `remove`; they are reported here, once per opening (a server's start, each CLI command).
     pub fn ensure_bundled(&self, engine: &Engine) -> anyhow::Result<()> {
         self.install_missing_bundled(engine)?;
-        self.repair_active()
+        self.repair_active()?;
+        for e in self.scan()? {
+            if let Err(err) = e.manifest {
+                tracing::warn!(plugin = %e.id, version = %e.version, "skipping {} {}: {err:#}", e.id, e.version);
+            }
+        }
+        Ok(())
     }
 
     fn install_missing_bundled(&self, engine: &Engine) -> anyhow::Result<()> {
@@ -393,12 +431,34 @@ impl Catalog {
         if !is_version(version) {
             bail!("{version:?} is not a version like 0.1.0");
         }
+        // Semver's rule: 01.2.3 would be a second spelling (and directory) of 1.2.3, sorting
+        // equal to it.
+        let core = version.split('-').next().unwrap_or_default();
+        if core.split('.').any(|n| n.len() > 1 && n.starts_with('0')) {
+            let plain: Vec<&str> = core
+                .split('.')
+                .map(|n| match n.trim_start_matches('0') {
+                    "" => "0",
+                    n => n,
+                })
+                .collect();
+            bail!(
+                "{version:?} is not a version: its numbers may not have leading zeros (write {}{})",
+                plain.join("."),
+                &version[core.len()..]
+            );
+        }
         let sha = sha256_hex(bytes);
         let component = wasm::compile(engine, bytes)
             .context("the file is not a WebAssembly component this server can compile")?;
         let prepared = wasm::prepare(engine, &component)?;
         let dir = self.version_dir(id, version);
-        if let Ok(existing) = self.manifest(id, version) {
+        // A version whose manifest is corrupt is not written over either: its pin is unknown.
+        let existing = match dir.join("manifest.json").exists() {
+            true => Some(self.manifest(id, version)?),
+            false => None,
+        };
+        if let Some(existing) = existing {
             if existing.sha256 != sha {
                 bail!(
                     "{id} {version} is already installed with sha256 {}, and an installed version is never replaced; \
@@ -478,11 +538,24 @@ impl Catalog {
         write_atomic(&path, &cwasm)
     }
 
+    /// The manifest of an installed version. One that cannot be parsed, or that names another
+    /// version than its directory's, is corrupt: the error says how to get rid of it.
     pub fn manifest(&self, id: &str, version: &str) -> anyhow::Result<PluginInfo> {
         let path = self.version_dir(id, version).join("manifest.json");
         let text = fs::read(&path).with_context(|| format!("{id} {version} is not installed"))?;
-        let mut info: PluginInfo = serde_json::from_slice(&text)
-            .with_context(|| format!("{} is corrupt", path.display()))?;
+        let parsed = serde_json::from_slice::<PluginInfo>(&text)
+            .map_err(anyhow::Error::from)
+            .and_then(|info| match info.id == id && info.version == version {
+                true => Ok(info),
+                false => Err(anyhow!("it names {} {}", info.id, info.version)),
+            });
+        let mut info = parsed.map_err(|e| {
+            anyhow!(
+                "{} is corrupt ({e}); run `nimbus plugin remove {id}@{version}` and install it again \
+                 (a bundled version is installed again when the store is next opened)",
+                path.display()
+            )
+        })?;
         info.active = self.active_version(id).as_deref() == Some(version);
         Ok(info)
     }
@@ -494,8 +567,18 @@ impl Catalog {
             .filter(|v| self.version_dir(id, v).join("manifest.json").exists())
     }
 
-    /// Every installed version, by id then version.
+    /// Every installed version that can be read, by id then version.
     pub fn list(&self) -> anyhow::Result<Vec<PluginInfo>> {
+        Ok(self
+            .scan()?
+            .into_iter()
+            .filter_map(|e| e.manifest.ok())
+            .collect())
+    }
+
+    /// Every installed version, by id then version. A corrupt manifest is an entry of its own,
+    /// so that it hides nothing else.
+    fn scan(&self) -> anyhow::Result<Vec<Entry>> {
         let mut out = Vec::new();
         let dir = self.root.join("installed");
         let mut ids: Vec<String> = fs::read_dir(&dir)
@@ -513,95 +596,190 @@ impl Catalog {
                 .filter_map(|e| e.file_name().into_string().ok())
                 .collect();
             versions.sort_by_key(|v| version_key(v));
-            for v in versions {
-                out.push(self.manifest(&id, &v)?);
+            for version in versions {
+                let manifest = self.manifest(&id, &version);
+                out.push(Entry {
+                    id: id.clone(),
+                    version,
+                    manifest,
+                });
             }
         }
         Ok(out)
     }
 
-    /// Resolves `id` or `id@version` to installed versions.
-    pub fn resolve(&self, spec: &str) -> anyhow::Result<Vec<PluginInfo>> {
+    /// The installed versions `id` or `id@version` names, readable or not.
+    fn matching(&self, spec: &str) -> anyhow::Result<Vec<Entry>> {
         let (id, version) = match spec.split_once('@') {
             Some((i, v)) => (i, Some(v)),
             None => (spec, None),
         };
-        let all: Vec<PluginInfo> = self
-            .list()?
+        Ok(self
+            .scan()?
             .into_iter()
-            .filter(|p| p.id == id && version.is_none_or(|v| p.version == v))
-            .collect();
-        if all.is_empty() {
+            .filter(|e| e.id == id && version.is_none_or(|v| e.version == v))
+            .collect())
+    }
+
+    /// Resolves `id` or `id@version` to installed versions.
+    pub fn resolve(&self, spec: &str) -> anyhow::Result<Vec<PluginInfo>> {
+        let (readable, corrupt): (Vec<_>, Vec<_>) = self
+            .matching(spec)?
+            .into_iter()
+            .map(|e| e.manifest)
+            .partition(|m| m.is_ok());
+        if readable.is_empty() {
+            // Only corrupt versions match: say that, and what to do, rather than "not installed".
+            if let Some(Err(e)) = corrupt.into_iter().next() {
+                return Err(e);
+            }
             bail!("no installed plugin matches {spec:?}; `nimbus plugin list` shows what is installed");
         }
-        Ok(all)
+        Ok(readable.into_iter().flatten().collect())
     }
 
     /// Removes `id` (every version) or `id@version`. The bundled versions stay: the server
-    /// would reinstall them at its next start.
+    /// would reinstall them at its next start. A version with a corrupt manifest goes whatever
+    /// it was (a bundled one is installed again at the next opening).
     pub fn remove(&self, spec: &str) -> anyhow::Result<Vec<PluginInfo>> {
         let _lock = self.lock()?;
-        let targets = self.resolve(spec)?;
-        let (bundled, removable): (Vec<_>, Vec<_>) =
-            targets.into_iter().partition(|p| p.source == "bundled");
+        let targets = self.matching(spec)?;
+        let Some(id) = targets.first().map(|e| e.id.clone()) else {
+            bail!("no installed plugin matches {spec:?}; `nimbus plugin list` shows what is installed");
+        };
+        let removable: Vec<Entry> = targets
+            .into_iter()
+            .filter(|e| !e.manifest.as_ref().is_ok_and(|p| p.source == "bundled"))
+            .collect();
         if removable.is_empty() {
             bail!(
                 "{spec} is bundled with the server and cannot be removed; configure another plugin for its slot instead"
             );
         }
-        for p in &removable {
-            fs::remove_dir_all(self.version_dir(&p.id, &p.version))
-                .with_context(|| format!("cannot remove {} {}", p.id, p.version))?;
+        let mut removed = Vec::new();
+        for e in removable {
+            fs::remove_dir_all(self.version_dir(&e.id, &e.version))
+                .with_context(|| format!("cannot remove {} {}", e.id, e.version))?;
+            removed.push(
+                e.manifest
+                    .unwrap_or_else(|_| PluginInfo::unreadable(e.id, e.version)),
+            );
         }
-        let id = &removable[0].id;
-        if self.active_version(id).is_none() {
-            // Fall back to the newest remaining version (bundled ones included), if any.
-            let mut left: Vec<PluginInfo> = bundled
-                .into_iter()
-                .chain(self.list()?.into_iter().filter(|p| &p.id == id))
-                .collect();
-            left.sort_by_key(|p| version_key(&p.version));
+        if self.active_version(&id).is_none() {
+            // Fall back to the newest remaining version (bundled ones included; `list` is
+            // sorted by version), if any.
+            let left: Vec<PluginInfo> = self.list()?.into_iter().filter(|p| p.id == id).collect();
             match left.last() {
-                Some(p) => write_atomic(&self.plugin_dir(id).join("active"), p.version.as_bytes())?,
-                None => {
-                    let _ = fs::remove_dir_all(self.plugin_dir(id));
+                Some(p) => {
+                    write_atomic(&self.plugin_dir(&id).join("active"), p.version.as_bytes())?
                 }
+                // A corrupt version left behind keeps the directory, for its own removal.
+                None if self.matching(&id)?.is_empty() => {
+                    let _ = fs::remove_dir_all(self.plugin_dir(&id));
+                }
+                None => {}
             }
         }
         self.bump_generation()?;
-        Ok(removable)
+        Ok(removed)
     }
 
-    /// Rechecks every installed component against the sha256 recorded at install.
+    /// Rechecks every installed version: that its manifest can be read, its component against
+    /// the sha256 recorded at install, and this engine's precompiled code of it, which a server
+    /// runs without looking at the component again.
     pub fn verify(&self) -> anyhow::Result<Vec<VerifyReport>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .map(|p| {
-                let actual = fs::read(self.version_dir(&p.id, &p.version).join("component.wasm"))
-                    .ok()
-                    .map(|b| sha256_hex(&b));
-                VerifyReport {
-                    id: p.id,
-                    version: p.version,
-                    expected_sha256: p.sha256,
-                    actual_sha256: actual,
+        // The process's one engine, the one `PluginStore` and servers use: its cache is checked.
+        let engine = crate::engine::engine()?;
+        let mut reports = Vec::new();
+        for e in self.scan()? {
+            let p = match e.manifest {
+                Ok(p) => p,
+                Err(err) => {
+                    reports.push(VerifyReport {
+                        id: e.id,
+                        version: e.version,
+                        expected_sha256: String::new(),
+                        actual_sha256: None,
+                        problem: Some(format!("{err:#}")),
+                    });
+                    continue;
                 }
-            })
-            .collect())
+            };
+            let bytes = fs::read(self.version_dir(&p.id, &p.version).join("component.wasm")).ok();
+            let actual = bytes.as_deref().map(sha256_hex);
+            let problem = match &bytes {
+                Some(b) if actual.as_deref() == Some(p.sha256.as_str()) => self
+                    .check_cache(engine, &p, b)
+                    .err()
+                    .map(|e| format!("{e:#}")),
+                _ => None,
+            };
+            reports.push(VerifyReport {
+                id: p.id,
+                version: p.version,
+                expected_sha256: p.sha256,
+                actual_sha256: actual,
+                problem,
+            });
+        }
+        Ok(reports)
     }
 
-    /// Compiles every installed component for this engine into the cache.
+    /// Compares this engine's precompiled code of `p`, if any, with a fresh compilation of its
+    /// verified `bytes`: wasmtime's output is deterministic, so any difference is tampering or
+    /// damage (the side file's checksum proves nothing, it is written beside the code).
+    fn check_cache(&self, engine: &Engine, p: &PluginInfo, bytes: &[u8]) -> anyhow::Result<()> {
+        let path = self.cache_path(engine, &p.sha256);
+        let Ok(cached) = fs::read(&path) else {
+            return Ok(()); // none yet: loading compiles and writes it
+        };
+        let fresh = wasm::serialize(&wasm::compile(engine, bytes)?)?;
+        if cached != fresh {
+            bail!(
+                "the precompiled code {} is not what {} {} compiles to, and a server would run it; \
+                 run `nimbus plugin precompile` to rewrite it",
+                path.display(),
+                p.id,
+                p.version
+            );
+        }
+        Ok(())
+    }
+
+    /// Compiles every installed version for this engine into the cache, rewriting what is
+    /// there. A version that fails does not stop the others: the error lists every failure.
     pub fn precompile_all(&self, engine: &Engine) -> anyhow::Result<Vec<PluginInfo>> {
         let _lock = self.lock()?;
-        let all = self.list()?;
-        for p in &all {
-            let bytes = self.read_verified(p)?;
-            let component = wasm::compile(engine, &bytes)?;
-            self.write_cache(engine, &p.sha256, &component)
-                .with_context(|| format!("cannot precompile {} {}", p.id, p.version))?;
+        let entries = self.scan()?;
+        let total = entries.len();
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        for e in entries {
+            let compiled = e.manifest.and_then(|p| {
+                let bytes = self.read_verified(&p)?;
+                let component = wasm::compile(engine, &bytes).with_context(|| {
+                    format!(
+                        "this server cannot compile {} {}; remove it (`nimbus plugin remove {}@{}`)",
+                        p.id, p.version, p.id, p.version
+                    )
+                })?;
+                self.write_cache(engine, &p.sha256, &component)
+                    .with_context(|| format!("cannot precompile {} {}", p.id, p.version))?;
+                Ok(p)
+            });
+            match compiled {
+                Ok(p) => done.push(p),
+                // Every error names the version.
+                Err(err) => failed.push(format!("{err:#}")),
+            }
         }
-        Ok(all)
+        if !failed.is_empty() {
+            bail!(
+                "cannot precompile {} of {total} plugins (the others are precompiled):\n  {}",
+                failed.len(),
+                failed.join("\n  ")
+            );
+        }
+        Ok(done)
     }
 
     pub fn component_bytes(&self, id: &str, version: &str) -> anyhow::Result<Vec<u8>> {
@@ -846,6 +1024,219 @@ mod tests {
         assert_eq!(
             catalog.active_version("grants-policy").as_deref(),
             Some("0.1.3")
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn corrupt_manifest(catalog: &Catalog, id: &str, version: &str) {
+        let path = catalog.version_dir(id, version).join("manifest.json");
+        fs::write(path, "{garbage\n").unwrap();
+    }
+
+    fn load_error(catalog: &Catalog, id: &str, version: &str) -> String {
+        let engine = crate::engine::engine().unwrap();
+        match catalog.load(engine, id, version) {
+            Ok(_) => panic!("{id} {version} loaded"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn a_corrupt_manifest_disables_its_own_version_and_nothing_else() {
+        let dir = temp_dir("corrupt");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        corrupt_manifest(&catalog, "tcp-health", "0.1.1");
+        catalog.ensure_bundled(engine).unwrap();
+        let listed: Vec<String> = catalog
+            .list()
+            .unwrap()
+            .iter()
+            .map(|p| format!("{}@{}", p.id, p.version))
+            .collect();
+        assert_eq!(listed, ["grants-policy@0.1.3", "http-health@0.1.1"]);
+        assert!(catalog.load(engine, "http-health", "0.1.1").is_ok());
+        let e = load_error(&catalog, "tcp-health", "0.1.1");
+        assert!(
+            e.contains("tcp-health/0.1.1/manifest.json is corrupt"),
+            "{e}"
+        );
+        assert!(e.contains("`nimbus plugin remove tcp-health@0.1.1`"), "{e}");
+
+        // A server whose slots do not need that version starts; one whose slot does says why.
+        let config = |toml: &str| -> crate::config::PluginsConfig {
+            toml::from_str(&format!("watch_interval_ms = 0\n{toml}")).unwrap()
+        };
+        let other = config("[health.tcp]\nplugin = \"http-health\"\n");
+        assert!(crate::host::PluginHost::open(&dir, &other).is_ok());
+        // The health.tcp slot needs tcp-health 0.1.1.
+        let e = crate::host::PluginHost::open(&dir, &config("")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("manifest.json is corrupt"),
+            "{e:#}"
+        );
+
+        let bad: Vec<VerifyReport> = catalog
+            .verify()
+            .unwrap()
+            .into_iter()
+            .filter(|r| !r.ok())
+            .collect();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(
+            (bad[0].id.as_str(), bad[0].version.as_str()),
+            ("tcp-health", "0.1.1")
+        );
+        assert!(bad[0].problem.as_deref().unwrap().contains("is corrupt"));
+
+        // Another version installs; the corrupt one is not written over (its pin is unknown).
+        catalog
+            .install(
+                engine,
+                bundled("http-health"),
+                Some("tcp-health"),
+                Some("0.2.0"),
+            )
+            .unwrap();
+        let e = catalog
+            .install(engine, bundled("tcp-health"), None, None)
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("is corrupt"), "{e:#}");
+
+        // Removing it works, and the bundled version comes back at the next opening, without
+        // taking over from the operator's.
+        let removed = catalog.remove("tcp-health@0.1.1").unwrap();
+        assert_eq!(removed.len(), 1);
+        catalog.ensure_bundled(engine).unwrap();
+        assert_eq!(
+            catalog.manifest("tcp-health", "0.1.1").unwrap().source,
+            "bundled"
+        );
+        assert_eq!(
+            catalog.active_version("tcp-health").as_deref(),
+            Some("0.2.0")
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_crash_repair_makes_the_newest_readable_version_active() {
+        let dir = temp_dir("corrupt-crash");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        catalog
+            .install(engine, &deny_all(), Some("grants-policy"), Some("0.2.0"))
+            .unwrap();
+        corrupt_manifest(&catalog, "grants-policy", "0.2.0");
+        fs::remove_file(catalog.plugin_dir("grants-policy").join("active")).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        assert_eq!(
+            catalog.active_version("grants-policy").as_deref(),
+            Some("0.1.3")
+        );
+        // Removing the last version of an id leaves a corrupt one in place.
+        catalog
+            .install(engine, &deny_all(), Some("deny-all"), Some("0.1.0"))
+            .unwrap();
+        catalog
+            .install(engine, &deny_all(), Some("deny-all"), Some("0.2.0"))
+            .unwrap();
+        corrupt_manifest(&catalog, "deny-all", "0.1.0");
+        catalog.remove("deny-all@0.2.0").unwrap();
+        assert!(catalog.version_dir("deny-all", "0.1.0").exists());
+        assert_eq!(catalog.remove("deny-all").unwrap().len(), 1);
+        assert!(!catalog.plugin_dir("deny-all").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn versions_with_leading_zeros_are_refused() {
+        let dir = temp_dir("zeros");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        for (version, plain) in [
+            ("01.2.3", "1.2.3"),
+            ("1.00.3", "1.0.3"),
+            ("1.2.03-rc.1", "1.2.3-rc.1"),
+        ] {
+            let e = catalog
+                .install(engine, &deny_all(), Some("deny-all"), Some(version))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("leading zeros"), "{e}");
+            assert!(e.contains(&format!("(write {plain})")), "{e}");
+        }
+        catalog
+            .install(engine, &deny_all(), Some("deny-all"), Some("0.10.0"))
+            .unwrap();
+        let versions: Vec<String> = catalog
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.version)
+            .collect();
+        assert_eq!(versions, ["0.10.0"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn verify_finds_precompiled_code_of_another_component_and_precompile_rewrites_it() {
+        let dir = temp_dir("cache");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        let tcp = catalog.manifest("tcp-health", "0.1.1").unwrap();
+        let http = catalog.manifest("http-health", "0.1.1").unwrap();
+        // Another plugin's code with a matching side file: what a server loads without a word.
+        let swapped = fs::read(catalog.cache_path(engine, &http.sha256)).unwrap();
+        let target = catalog.cache_path(engine, &tcp.sha256);
+        fs::write(&target, &swapped).unwrap();
+        fs::write(target.with_extension("cwasm.sha256"), sha256_hex(&swapped)).unwrap();
+        assert!(catalog.cached_component(engine, &tcp.sha256).is_some());
+
+        let bad: Vec<VerifyReport> = catalog
+            .verify()
+            .unwrap()
+            .into_iter()
+            .filter(|r| !r.ok())
+            .collect();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].id, "tcp-health");
+        let problem = bad[0].problem.as_deref().unwrap();
+        assert!(problem.contains("nimbus plugin precompile"), "{problem}");
+
+        catalog.precompile_all(engine).unwrap();
+        assert!(catalog.verify().unwrap().iter().all(VerifyReport::ok));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn precompile_does_every_plugin_and_reports_each_failure() {
+        let dir = temp_dir("precompile");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        let component = catalog
+            .version_dir("grants-policy", "0.1.3")
+            .join("component.wasm");
+        fs::write(component, b"tampered").unwrap();
+        corrupt_manifest(&catalog, "tcp-health", "0.1.1");
+        let http = catalog.manifest("http-health", "0.1.1").unwrap();
+        let http_cache = catalog.cache_path(engine, &http.sha256);
+        fs::remove_file(&http_cache).unwrap();
+
+        let e = format!("{:#}", catalog.precompile_all(engine).unwrap_err());
+        assert!(e.contains("cannot precompile 2 of 3 plugins"), "{e}");
+        assert!(e.contains("grants-policy 0.1.3 fails its pin"), "{e}");
+        assert!(
+            e.contains("tcp-health/0.1.1/manifest.json is corrupt"),
+            "{e}"
+        );
+        assert!(
+            http_cache.exists(),
+            "the plugin after a failure is precompiled"
         );
         fs::remove_dir_all(&dir).unwrap();
     }
