@@ -726,6 +726,62 @@ async fn bad_input_gets_a_400_naming_the_field() {
         .call_raw("POST", &format!("{T}/services"), b"[]".to_vec())
         .await;
     assert_error(&r, 400, "request.invalid_argument");
+    // An array is not taken for an object, field by position (it was: 201).
+    let r = s
+        .call_raw(
+            "POST",
+            &format!("{T}/services"),
+            br#"["arr", {"kind": "builtIn", "provider": "browser"}, {}]"#.to_vec(),
+        )
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be a JSON object"),
+        "{}",
+        r.1
+    );
+    // A key given twice is refused, not silently resolved to one of its values.
+    for body in [
+        r#"{"name": "twice", "backend": {"kind": "builtIn", "provider": "browser"}, "labels": {"a": "1", "a": "2"}}"#,
+        r#"{"profile": "worker", "spec": {"owner": {"kind": "standalone", "displayName": "twice"}, "backend": "container", "root": {"kind": "oci_image", "source": {"kind": "reference", "reference": "busybox"}}, "process": {"argv": ["true"], "environment": {"X": "1", "X": "2"}}}}"#,
+    ] {
+        let path = if body.contains("profile") {
+            "sandboxes"
+        } else {
+            "services"
+        };
+        let r = s
+            .call_raw("POST", &format!("{T}/{path}"), body.as_bytes().to_vec())
+            .await;
+        assert_error(&r, 400, "request.invalid_argument");
+        assert!(
+            r.1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("given twice"),
+            "{}",
+            r.1
+        );
+    }
+    // A generation below 1 is no generation ever read: a bad request, not a stale one.
+    let r = s
+        .call(
+            "DELETE",
+            &format!("{T}/services/none-yet?ifMatchGeneration=-1"),
+            None,
+        )
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(r.1["error"]["details"]["field"], "ifMatchGeneration");
+    // A label filter no label could match is refused, naming it.
+    let r = s
+        .call("GET", &format!("{T}/sandboxes?labelKey=BAD%20KEY"), None)
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(r.1["error"]["details"]["field"], "labelKey");
     let big = format!("{{\"name\": \"x\", \"backend\": {{\"kind\": \"builtIn\", \"provider\": \"browser\"}}, \"labels\": {{\"a\": \"{}\"}}}}", "x".repeat(2 * 1024 * 1024));
     assert_error(
         &s.call_raw("POST", &format!("{T}/services"), big.into_bytes())

@@ -8,23 +8,8 @@ use nimbus_e2e::{assert_error, Server};
 
 const T: &str = "/v1/tenants/demo";
 
-/// A guest component built by nimbus-plugins' build script into
-/// `<target>/nimbus-plugins-wasm/wasm32-wasip2/release/` (beside `<target>/debug/nimbus`).
 fn guest(name: &str) -> PathBuf {
-    let bin = nimbus_e2e::nimbus_bin();
-    let target = bin
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir above the nimbus binary");
-    let path = target
-        .join("nimbus-plugins-wasm/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo build -p nimbus` builds the guest components",
-        path.display()
-    );
-    path
+    nimbus_e2e::guest_component(name)
 }
 
 fn lines(stdout: &str) -> Vec<Vec<String>> {

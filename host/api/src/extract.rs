@@ -48,6 +48,25 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             "the request body is empty; send a JSON object",
         ));
     }
+    // serde would take `[a, b, c]` for a struct, matching values to fields by position: a body
+    // is an object with named fields, whatever the order of the fields in the code.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let found = match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(serde_json::Value::Array(_)) => Some("an array"),
+            Ok(serde_json::Value::String(_)) => Some("a string"),
+            Ok(serde_json::Value::Number(_)) => Some("a number"),
+            Ok(serde_json::Value::Bool(_)) => Some("a boolean"),
+            Ok(serde_json::Value::Null) => Some("null"),
+            // Not JSON at all: the parse below says where it breaks.
+            Ok(serde_json::Value::Object(_)) | Err(_) => None,
+        };
+        if let Some(found) = found {
+            return Err(Error::invalid_argument(
+                "",
+                format!("the request body must be a JSON object ({{\"name\": …}}), not {found}"),
+            ));
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -14,6 +14,44 @@ use crate::names::Name;
 /// starting and ending alphanumeric.
 pub type Labels = BTreeMap<String, String>;
 
+/// Reads a JSON object of strings, refusing a key given twice: JSON parsers disagree on which
+/// of two values wins (serde keeps the last one silently), so the caller must say which it means.
+/// For labels and environments (`#[serde(deserialize_with = "unique_keys")]`).
+pub fn unique_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "the key {key:?} is given twice; give each key once"
+                    )));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
+}
+
+/// [`unique_keys`] for an optional field (`#[serde(default, deserialize_with = …)]`).
+pub fn unique_keys_opt<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    unique_keys(d).map(Some)
+}
+
 pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Error> {
     if labels.len() > 64 {
         return Err(Error::invalid_argument(
@@ -22,26 +60,41 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Error> {
         ));
     }
     for (k, v) in labels {
-        let charset = |s: &str| {
-            s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        };
-        let alnum_ends = |s: &str| {
-            s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
-        };
-        if k.is_empty() || k.len() > 63 || !charset(k) || !alnum_ends(k) {
-            return Err(Error::invalid_argument(
-                &format!("{field}.{k}"),
-                "label keys are 1-63 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting and ending with a letter or digit",
-            ));
-        }
-        if v.len() > 63 || !charset(v) || (!v.is_empty() && !alnum_ends(v)) {
-            return Err(Error::invalid_argument(
-                &format!("{field}.{k}"),
-                "label values are 0-63 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting and ending with a letter or digit",
-            ));
-        }
+        let at = format!("{field}.{k}");
+        validate_label_key(&at, k)?;
+        validate_label_value(&at, v)?;
+    }
+    Ok(())
+}
+
+fn label_charset(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn label_alnum_ends(s: &str) -> bool {
+    s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// A label key (also a `labelKey` filter); `field` names it in the error.
+pub fn validate_label_key(field: &str, k: &str) -> Result<(), Error> {
+    if k.is_empty() || k.len() > 63 || !label_charset(k) || !label_alnum_ends(k) {
+        return Err(Error::invalid_argument(
+            field,
+            "label keys are 1-63 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting and ending with a letter or digit",
+        ));
+    }
+    Ok(())
+}
+
+/// A label value (also a `labelValue` filter); `field` names it in the error.
+pub fn validate_label_value(field: &str, v: &str) -> Result<(), Error> {
+    if v.len() > 63 || !label_charset(v) || (!v.is_empty() && !label_alnum_ends(v)) {
+        return Err(Error::invalid_argument(
+            field,
+            "label values are 0-63 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting and ending with a letter or digit",
+        ));
     }
     Ok(())
 }
@@ -475,7 +528,7 @@ pub enum ImageSource {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Process {
     pub argv: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub environment: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,

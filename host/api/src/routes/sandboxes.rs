@@ -8,7 +8,9 @@ use nimbus_core::authz::{actions, ResourceKind};
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::SandboxId;
 use nimbus_core::resource::{set_condition, ConditionStatus, Meta, Readiness, SandboxRecord};
-use nimbus_core::spec::{validate_labels, Labels, Owner, Profile, SandboxBackend, SandboxSpec};
+use nimbus_core::spec::{
+    unique_keys, validate_labels, Labels, Owner, Profile, SandboxBackend, SandboxSpec,
+};
 use nimbus_core::Error;
 use nimbus_store::SandboxFilter;
 use serde::Deserialize;
@@ -25,7 +27,7 @@ use crate::{status, wire};
 pub struct CreateSandbox {
     profile: Profile,
     spec: SandboxSpec,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     labels: Labels,
 }
 
@@ -189,6 +191,13 @@ pub async fn list(
     };
     if q.get("labelValue").is_some() && q.get("labelKey").is_none() {
         return Err(Error::invalid_argument("labelValue", "needs labelKey too").into());
+    }
+    // A filter no label could match is a mistake to report, not an empty list.
+    if let Some(k) = q.get("labelKey") {
+        nimbus_core::spec::validate_label_key("labelKey", k)?;
+    }
+    if let Some(v) = q.get("labelValue") {
+        nimbus_core::spec::validate_label_value("labelValue", v)?;
     }
     let filter = SandboxFilter {
         label_key: q.get("labelKey").map(str::to_string),

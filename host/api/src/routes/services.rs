@@ -10,7 +10,7 @@ use nimbus_core::authz::{actions, ResourceKind};
 use nimbus_core::lifecycle::{DesiredRunState, ServiceState};
 use nimbus_core::names::Name;
 use nimbus_core::resource::{Health, Meta, Readiness, ServiceRecord};
-use nimbus_core::spec::{validate_labels, Labels, ServiceBackend};
+use nimbus_core::spec::{unique_keys, unique_keys_opt, validate_labels, Labels, ServiceBackend};
 use nimbus_core::Error;
 use serde::Deserialize;
 use serde_json::Value;
@@ -26,7 +26,7 @@ use crate::{status, wire};
 pub struct CreateService {
     name: String,
     backend: ServiceBackend,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     labels: Labels,
 }
 
@@ -35,7 +35,7 @@ pub struct CreateService {
 pub struct UpdateService {
     #[serde(default)]
     backend: Option<ServiceBackend>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys_opt")]
     labels: Option<Labels>,
     if_match_generation: Option<i64>,
 }
@@ -167,6 +167,7 @@ pub async fn update(
             "is required: pass the generation you last read (metadata.generation)",
         )
     })?;
+    check_generation(expected)?;
     if let Some(b) = &body.backend {
         b.validate("backend", &name)?;
     }
@@ -238,6 +239,7 @@ pub async fn delete(
             "is required: pass ?ifMatchGeneration=<the generation you last read>",
         )
     })?;
+    check_generation(expected)?;
     let force = q.bool("force")?;
     let audit = app.event(
         &p,
@@ -341,6 +343,18 @@ async fn set_desired(
         None => record,
     };
     Ok((StatusCode::ACCEPTED, Json(wire::service(&record))))
+}
+
+/// Generations start at 1: anything less is no generation that was ever read, so a mistake in
+/// the request (400) rather than a stale one (412).
+fn check_generation(expected: i64) -> Result<(), Error> {
+    if expected < 1 {
+        return Err(Error::invalid_argument(
+            "ifMatchGeneration",
+            format!("{expected} is not a generation (they start at 1); pass metadata.generation as you last read it"),
+        ));
+    }
+    Ok(())
 }
 
 /// How long `?waitUntil=` waits when `timeoutMs` is not given.
