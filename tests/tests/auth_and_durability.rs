@@ -175,6 +175,29 @@ async fn exact_grants_decide_session_opens() {
         403,
         "auth.permission_denied",
     );
+    // Session ids cannot be probed: for a caller who could not read it, a missing id is the
+    // same 403 as another's session; for one who could (the admin), 404.
+    let ghost = "ses_00000000000000000000000000";
+    for (method, path, body) in [
+        ("GET", format!("{T}/sessions/{ghost}"), None),
+        (
+            "POST",
+            format!("{T}/sessions/{ghost}/close"),
+            Some(json!({"reason": "probe"})),
+        ),
+    ] {
+        assert_error(
+            &s.call_as(Auth::Bearer(&tok), method, &path, body.clone())
+                .await,
+            403,
+            "auth.permission_denied",
+        );
+        assert_error(
+            &s.call(method, &path, body).await,
+            404,
+            "resource.not_found",
+        );
+    }
     // The opener can read and close its own session.
     let id = ses["metadata"]["id"].as_str().unwrap();
     assert_eq!(
@@ -249,6 +272,19 @@ async fn workload_identity_tokens_are_verified_and_bound_to_their_tenant() {
         .await,
         403,
         "auth.permission_denied",
+    );
+    // Sent as an API key, it is refused saying how to send it.
+    let misplaced = s
+        .call_as(Auth::ApiKey(token), "GET", &format!("{T}/services"), None)
+        .await;
+    assert_error(&misplaced, 401, "auth.unauthenticated");
+    assert!(
+        misplaced.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send it as \"Authorization: Bearer"),
+        "{}",
+        misplaced.1
     );
     let mut forged = token.to_string();
     forged.pop();

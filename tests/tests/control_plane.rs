@@ -839,6 +839,54 @@ async fn bad_input_gets_a_400_naming_the_field() {
     );
 }
 
+/// Free text that ends up in audit logs and terminals may not hide what it says: control
+/// characters and invisible formatting ones (a right-to-left override, a line separator) are
+/// refused in a close reason, a credential description and a sandbox's display name.
+#[tokio::test]
+async fn free_text_with_invisible_formatting_characters_is_refused() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    s.call("POST", &format!("{T}/services"), Some(worker_service("w")))
+        .await;
+    let (_, ses) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "w"}}, "channels": []})),
+        )
+        .await;
+    let id = ses["metadata"]["id"].as_str().unwrap();
+    for sneaky in [
+        "done\u{202E}txt.exe",
+        "line\u{2028}break",
+        "zero\u{200B}width",
+    ] {
+        let r = s
+            .call(
+                "POST",
+                &format!("{T}/sessions/{id}/close"),
+                Some(json!({ "reason": sneaky })),
+            )
+            .await;
+        assert_error(&r, 400, "request.invalid_argument");
+        assert_eq!(r.1["error"]["details"]["field"], "reason");
+        let r = s
+            .call(
+                "POST",
+                &format!("{T}/credentials"),
+                Some(json!({"kind": "token", "grants": ["tenant:read"], "description": sneaky})),
+            )
+            .await;
+        assert_error(&r, 400, "request.invalid_argument");
+        let mut sbx = batch_sandbox();
+        sbx["spec"]["owner"]["displayName"] = json!(sneaky);
+        let r = s.call("POST", &format!("{T}/sandboxes"), Some(sbx)).await;
+        assert_error(&r, 400, "request.invalid_argument");
+    }
+    // The session is still open: nothing was written.
+    let (_, still) = s.call("GET", &format!("{T}/sessions/{id}"), None).await;
+    assert_eq!(still["status"]["lifecycleState"], "open", "{still}");
+}
+
 /// Input the contract refuses, found by probing every route with malformed requests: each is a
 /// 400 with the JSON error body, and nothing is written.
 #[tokio::test]
@@ -894,10 +942,32 @@ async fn malformed_requests_are_refused_whole_and_write_nothing() {
         "request.invalid_argument",
     );
 
+    // A compressed body is refused by name, not as malformed JSON.
+    let compressed = s
+        .client
+        .post(format!("{}{T}/services", s.base_url()))
+        .bearer_auth(&s.token)
+        .header("Content-Encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compressed.status(), 400);
+    let body: serde_json::Value = compressed.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Encoding \"gzip\" is not supported"),
+        "{body}"
+    );
+
     // Query parameters a call does not take, on calls that take none.
     for (method, path) in [
         ("GET", format!("{T}/services/kept?bogus=1")),
         ("GET", format!("{T}?x=1")),
+        ("GET", "/healthz?x=1".to_string()),
+        ("GET", "/v1/openapi.json?x=1".to_string()),
         (
             "GET",
             format!("{T}/sandboxes/sbx_0123456789abcdef01234567?force=true"),

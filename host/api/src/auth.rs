@@ -198,6 +198,11 @@ pub async fn authenticate(
             });
         }
         Presented::Bearer(t) => (t, CredentialKind::Token),
+        Presented::ApiKey(k) if k.starts_with(WORKLOAD_PREFIX) => {
+            return Err(Error::unauthenticated(
+                "this is a workload identity token: send it as \"Authorization: Bearer <token>\", not as an API key",
+            ))
+        }
         Presented::ApiKey(k) => (k, CredentialKind::ApiKey),
     };
     let unknown = || {

@@ -26,8 +26,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// The request's body, at most [`MAX_BODY_BYTES`].
+/// The request's body, at most [`MAX_BODY_BYTES`]. A compressed body is refused by name:
+/// read as it is, it would only fail as "malformed JSON".
 async fn read_body(req: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
+    if let Some(encoding) = req.headers().get(axum::http::header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        if !encoding.trim().eq_ignore_ascii_case("identity") {
+            return Err(ApiError(Error::invalid_argument(
+                "",
+                format!(
+                    "Content-Encoding {encoding:?} is not supported; send the body uncompressed"
+                ),
+            )));
+        }
+    }
     axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| {

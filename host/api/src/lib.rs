@@ -281,11 +281,11 @@ pub fn router(app: SharedApp) -> Router {
     Router::new()
         .route(
             "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
+            get(|_: extract::NoQuery| async { Json(json!({ "status": "ok" })) }),
         )
         .route(
             "/v1/openapi.json",
-            get(|| async { Json(openapi::document()) }),
+            get(|_: extract::NoQuery| async { Json(openapi::document()) }),
         )
         .route("/v1/tenants", post(admin::create_tenant))
         .route("/v1/tenants/{tenant}", get(admin::get_tenant))

@@ -10,6 +10,23 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::names::Name;
 
+/// Characters a free-text field (a session's close reason, a credential's description, a
+/// sandbox's display name) must not hold: control characters, and the invisible formatting ones
+/// that make text read otherwise than it is (bidirectional overrides such as U+202E,
+/// zero-width characters, line and paragraph separators, the byte-order mark). These fields
+/// end up in audit logs and terminals.
+pub fn is_unsafe_text_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
 /// Labels: up to 64 pairs; keys 1–63 and values 0–63 characters of `[A-Za-z0-9._-]`, keys
 /// starting and ending alphanumeric.
 pub type Labels = BTreeMap<String, String>;
@@ -735,10 +752,10 @@ impl SandboxSpec {
             display_name: Some(d),
         } = &self.owner
         {
-            if d.is_empty() || d.chars().count() > 128 || d.chars().any(char::is_control) {
+            if d.is_empty() || d.chars().count() > 128 || d.chars().any(is_unsafe_text_char) {
                 return Err(Error::invalid_argument(
                     &f("owner.displayName"),
-                    "must be 1-128 characters with no control characters",
+                    "must be 1-128 characters with no control or invisible formatting characters",
                 ));
             }
         }

@@ -121,10 +121,10 @@ pub fn new_credential(
         }
     }
     if let Some(d) = &description {
-        if d.chars().count() > 256 || d.chars().any(char::is_control) {
+        if d.chars().count() > 256 || d.chars().any(nimbus_core::spec::is_unsafe_text_char) {
             return Err(Error::invalid_argument(
                 "description",
-                "must be at most 256 characters with no control characters",
+                "must be at most 256 characters with no control or invisible formatting characters",
             ));
         }
     }

@@ -270,15 +270,24 @@ pub(crate) async fn load_for_channel(
     app.require_same_tenant(p, action, tenant, ResourceKind::Session, Some(id))
         .await?;
     let id = SessionId::parse("id", id)?;
-    let record = app
-        .store
-        .get_session(tenant, id.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("session", id.as_str()))?;
+    let channel_context = channel.map(|c| ("channel".to_string(), c.as_str().to_string()));
+    let Some(record) = app.store.get_session(tenant, id.as_str()).await? else {
+        // Decided as for a session the caller knows nothing of (no opener, no target): a caller
+        // who could not read this id were it there gets the same 403 as for one that is, so
+        // session ids cannot be probed for existence; one who could learns it is not there.
+        app.authorize(
+            p,
+            action,
+            tenant,
+            ResourceKind::Session,
+            Some(id.as_str()),
+            channel_context.into_iter().collect(),
+        )
+        .await?;
+        return Err(Error::not_found("session", id.as_str()));
+    };
     let mut context = session_context(&record);
-    if let Some(c) = channel {
-        context.push(("channel".into(), c.as_str().into()));
-    }
+    context.extend(channel_context);
     app.authorize(
         p,
         action,
@@ -368,11 +377,14 @@ pub async fn close(
     let record = load(&app, &p, &tenant, &id, actions::SESSIONS_CLOSE).await?;
     if body.reason.trim().is_empty()
         || body.reason.chars().count() > 1024
-        || body.reason.chars().any(char::is_control)
+        || body
+            .reason
+            .chars()
+            .any(nimbus_core::spec::is_unsafe_text_char)
     {
         return Err(Error::invalid_argument(
             "reason",
-            "must be 1-1024 characters with no control characters",
+            "must be 1-1024 characters with no control or invisible formatting characters (such as U+202E)",
         )
         .into());
     }
