@@ -839,6 +839,42 @@ async fn bad_input_gets_a_400_naming_the_field() {
     );
 }
 
+/// A read-modify-write that sends back what a read shows in place of a secret is told which
+/// value that is and what to send instead.
+#[tokio::test]
+async fn sending_back_a_redacted_value_names_it() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let body = json!({"name": "ext", "backend": {"kind": "external", "endpoint": {"url": "https://search.internal:9200"}, "auth": {"kind": "bearer", "token": "s3cret"}}});
+    let (st, created) = s.call("POST", &format!("{T}/services"), Some(body)).await;
+    assert_eq!(st, 201, "{created}");
+    let (_, read) = s.call("GET", &format!("{T}/services/ext"), None).await;
+    assert_eq!(
+        read["spec"]["backend"]["auth"]["token"]["redacted"], true,
+        "{read}"
+    );
+    let r = s
+        .call(
+            "PUT",
+            &format!("{T}/services/ext"),
+            Some(json!({"backend": read["spec"]["backend"], "ifMatchGeneration": 1})),
+        )
+        .await;
+    assert_error(&r, 400, "request.invalid_argument");
+    assert_eq!(
+        r.1["error"]["details"]["field"], "backend.auth.token",
+        "{}",
+        r.1
+    );
+    assert!(
+        r.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send the value itself"),
+        "{}",
+        r.1
+    );
+}
+
 /// Free text that ends up in audit logs and terminals may not hide what it says: control
 /// characters and invisible formatting ones (a right-to-left override, a line separator) are
 /// refused in a close reason, a credential description and a sandbox's display name.

@@ -99,6 +99,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         let message = if inner.is_syntax() || inner.is_eof() {
             field = String::new();
             format!("malformed JSON: {inner}")
+        } else if let Some(at) = redacted_value_in(bytes) {
+            // A read-modify-write sent back what a read shows in place of a secret; serde's
+            // "invalid type: map" (at the enclosing tagged field at best) would not say so.
+            field = at;
+            "this value reads back as {\"redacted\": true} (reads never return secrets, \
+             arguments or environments); send the value itself"
+                .to_string()
         } else {
             // serde's own text, without its line/column suffix for data errors.
             let text = inner.to_string();
@@ -119,6 +126,31 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         )
     })?;
     Ok(value)
+}
+
+/// The path (`backend.auth.token`) of the first object in the body that is a redaction marker
+/// (`{"redacted": true, …}`), as responses show secrets and sandbox inputs.
+fn redacted_value_in(bytes: &[u8]) -> Option<String> {
+    fn find(v: &serde_json::Value, path: String) -> Option<String> {
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match v {
+            serde_json::Value::Object(m) if m.get("redacted") == Some(&true.into()) => Some(path),
+            serde_json::Value::Object(m) => m.iter().find_map(|(k, v)| find(v, join(k))),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| find(v, format!("{path}[{i}]"))),
+            _ => None,
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    find(&value, String::new())
 }
 
 /// For calls that take no request body (`POST …/start`): an empty body, or an empty JSON
