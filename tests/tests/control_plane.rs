@@ -839,6 +839,60 @@ async fn bad_input_gets_a_400_naming_the_field() {
     );
 }
 
+/// Tenants and sessions have the shape every resource has (http-api.md): metadata with a
+/// generation and times, spec, and a status with readiness, health and a Ready condition.
+#[tokio::test]
+async fn tenants_and_sessions_have_the_shape_of_every_resource() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (st, tenant) = s.call("GET", T, None).await;
+    assert_eq!(st, 200, "{tenant}");
+    let (_, svc) = s
+        .call("POST", &format!("{T}/services"), Some(worker_service("w")))
+        .await;
+    assert!(svc["metadata"]["generation"].is_i64(), "{svc}");
+    let (_, open) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions"),
+            Some(json!({"target": {"service": {"name": "w"}}, "channels": []})),
+        )
+        .await;
+    let id = open["metadata"]["id"].as_str().unwrap().to_string();
+    let (_, closed) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions/{id}/close"),
+            Some(json!({"reason": "done"})),
+        )
+        .await;
+    for r in [&tenant, &open, &closed] {
+        for key in [
+            "generation",
+            "resourceVersion",
+            "createdAt",
+            "updatedAt",
+            "labels",
+        ] {
+            assert!(!r["metadata"][key].is_null(), "no metadata.{key}: {r}");
+        }
+        assert!(r["spec"].is_object(), "{r}");
+        for key in [
+            "lifecycleState",
+            "readiness",
+            "health",
+            "observedGeneration",
+        ] {
+            assert!(!r["status"][key].is_null(), "no status.{key}: {r}");
+        }
+        assert_eq!(r["status"]["conditions"][0]["type"], "Ready", "{r}");
+    }
+    assert_eq!(tenant["status"]["conditions"][0]["status"], "True");
+    assert_eq!(open["status"]["readiness"], "ready");
+    assert_eq!(closed["status"]["readiness"], "notReady");
+    assert_eq!(closed["status"]["conditions"][0]["reason"], "Closed");
+    assert_eq!(closed["status"]["conditions"][0]["status"], "False");
+}
+
 /// A read-modify-write that sends back what a read shows in place of a secret is told which
 /// value that is and what to send instead.
 #[tokio::test]

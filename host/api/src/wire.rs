@@ -1,6 +1,7 @@
 //! Rendering stored records into the wire shape: `{metadata, spec, status}`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use nimbus_core::lifecycle::SessionState;
 use nimbus_core::resource::{
     CredentialRecord, Meta, SandboxRecord, ServiceRecord, SessionRecord, TenantRecord,
 };
@@ -54,6 +55,34 @@ pub fn session(s: &SessionRecord) -> Value {
     if let (Some(obj), Some(t)) = (status.as_object_mut(), s.status.ended_at) {
         obj.insert("endedAt".into(), json!(time(t)));
     }
+    // The rest of the shape every resource has, derived from the session's state: a session
+    // is ready while it is open, and nothing about it has a health of its own.
+    let open = s.status.lifecycle_state == SessionState::Open;
+    let (reason, message) = match (s.status.lifecycle_state, &s.status.close_reason) {
+        (SessionState::Open, _) => ("Open", "the session is open".to_string()),
+        (SessionState::Expired, _) => ("Expired", "the session reached its expiry".to_string()),
+        (SessionState::Closed, Some(why)) => ("Closed", format!("closed: {why}")),
+        (SessionState::Closed, None) => ("Closed", "closed".to_string()),
+    };
+    if let Some(obj) = status.as_object_mut() {
+        obj.insert(
+            "readiness".into(),
+            json!(if open { "ready" } else { "notReady" }),
+        );
+        obj.insert("health".into(), json!("unknown"));
+        obj.insert("observedGeneration".into(), json!(s.meta.generation));
+        obj.insert(
+            "conditions".into(),
+            json!([{
+                "type": "Ready",
+                "status": if open { "True" } else { "False" },
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": time(s.status.ended_at.unwrap_or(s.meta.created_at)),
+                "observedGeneration": s.meta.generation,
+            }]),
+        );
+    }
     json!({
         "metadata": metadata(&s.meta, json!({ "id": s.id, "createdBy": s.created_by })),
         "spec": spec,
@@ -61,14 +90,36 @@ pub fn session(s: &SessionRecord) -> Value {
     })
 }
 
+/// A tenant in the shape every resource has. A tenant has no definition that changes (its name
+/// is all it is), so it stays at generation 1, and it is ready from its creation on.
 pub fn tenant(t: &TenantRecord) -> Value {
+    let created = time(t.created_at);
     json!({
         "metadata": {
             "name": t.name,
             "id": t.name,
-            "createdAt": time(t.created_at),
+            "tenantId": t.name,
+            "generation": 1,
             "resourceVersion": t.resource_version.to_string(),
-        }
+            "createdAt": created,
+            "updatedAt": created,
+            "labels": {},
+        },
+        "spec": {},
+        "status": {
+            "lifecycleState": "active",
+            "readiness": "ready",
+            "health": "unknown",
+            "observedGeneration": 1,
+            "conditions": [{
+                "type": "Ready",
+                "status": "True",
+                "reason": "Active",
+                "message": "the tenant exists",
+                "lastTransitionTime": created,
+                "observedGeneration": 1,
+            }],
+        },
     })
 }
 
