@@ -25,7 +25,22 @@ impl HostPattern {
             return None;
         }
         let (host, port) = split_host_port(s)?;
+        if port == Some(0) {
+            return None;
+        }
         let host = host.to_ascii_lowercase();
+        // A name is dot-separated labels of letters, digits, '-' and '_' (service names of
+        // some container tools have it), none empty; an IPv6 address is hex and colons.
+        let name = host.strip_prefix("*.").unwrap_or(&host);
+        let is_name = name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !is_name && name.parse::<std::net::Ipv6Addr>().is_err() {
+            return None;
+        }
         let (host, wildcard) = match host.strip_prefix("*.") {
             Some(rest) if !rest.is_empty() && !rest.contains('*') => (format!(".{rest}"), true),
             Some(_) => return None,
@@ -390,6 +405,12 @@ mod tests {
             "host:port",
             "http://x",
             "[::1",
+            "host:0",
+            "a..b",
+            ".a",
+            "a.",
+            "*..a",
+            "a!b",
         ] {
             assert!(HostPattern::parse(bad).is_none(), "{bad:?}");
         }
