@@ -421,6 +421,14 @@ async fn denials_are_clipped_and_recorded_only_in_tenants_that_exist() {
         )
         .await;
     assert_error(&refused, 403, "auth.permission_denied");
+    assert!(
+        refused.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only a server admin may create tenants"),
+        "{}",
+        refused.1
+    );
     let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
     assert!(
         audit["items"]

@@ -215,6 +215,11 @@ pub fn decide_by_grants(request: &AuthzRequest) -> Decision {
     if has("server:admin") {
         return allow("grant server:admin".into());
     }
+    // Before the tenant check: the tenant being created is not the caller's, and saying so
+    // would hide the reason.
+    if request.action == actions::TENANTS_CREATE {
+        return Decision::deny(GRANTS_POLICY_ID, "only a server admin may create tenants");
+    }
     if p.tenant_id != request.resource.tenant_id {
         return Decision::deny(
             GRANTS_POLICY_ID,
@@ -224,9 +229,6 @@ pub fn decide_by_grants(request: &AuthzRequest) -> Decision {
                 quoted(&request.resource.tenant_id)
             ),
         );
-    }
-    if request.action == actions::TENANTS_CREATE {
-        return Decision::deny(GRANTS_POLICY_ID, "only a server admin may create tenants");
     }
     if has("tenant:admin") {
         return allow("grant tenant:admin".into());
@@ -362,14 +364,17 @@ mod tests {
     }
 
     #[test]
-    fn tenant_admin_cannot_create_tenants() {
-        let r = req(
+    fn tenant_admin_cannot_create_tenants_and_is_told_why() {
+        let mut r = req(
             principal("demo", &["tenant:admin"]),
             actions::TENANTS_CREATE,
             ResourceKind::Tenant,
             Some("demo"),
         );
-        assert!(!decide_by_grants(&r).allow);
+        r.resource.tenant_id = "newco".into();
+        let d = decide_by_grants(&r);
+        assert!(!d.allow);
+        assert_eq!(d.reasons[0], "only a server admin may create tenants");
     }
 
     #[test]

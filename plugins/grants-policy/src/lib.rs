@@ -119,15 +119,17 @@ fn decide_by_grants(request: &Request) -> Decision {
     if has("server:admin") {
         return allow("grant server:admin".into());
     }
+    // Before the tenant check, as in the native rules: the tenant being created is not the
+    // caller's, and saying so would hide the reason.
+    if request.action == "tenants.create" {
+        return deny("only a server admin may create tenants".into());
+    }
     if p.tenant_id != request.resource.tenant_id {
         let mut why = String::from("credential belongs to tenant ");
         push_quoted(&mut why, &p.tenant_id);
         why.push_str(", not ");
         push_quoted(&mut why, &request.resource.tenant_id);
         return deny(why);
-    }
-    if request.action == "tenants.create" {
-        return deny("only a server admin may create tenants".into());
     }
     if has("tenant:admin") {
         return allow("grant tenant:admin".into());
