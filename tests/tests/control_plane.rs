@@ -839,6 +839,43 @@ async fn bad_input_gets_a_400_naming_the_field() {
     );
 }
 
+/// Labels do not move the generation, so two read-modify-writes of labels at one generation
+/// would both succeed; `ifMatchResourceVersion` lets the second one learn it is stale.
+#[tokio::test]
+async fn label_writes_can_be_guarded_by_the_resource_version() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (_, svc) = s
+        .call(
+            "POST",
+            &format!("{T}/services"),
+            Some(worker_service("lbl")),
+        )
+        .await;
+    let rv = svc["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let put = |owner: &str| json!({"labels": {"owner": owner}, "ifMatchGeneration": 1, "ifMatchResourceVersion": rv});
+    let (st, bob) = s
+        .call("PUT", &format!("{T}/services/lbl"), Some(put("bob")))
+        .await;
+    assert_eq!(st, 200, "{bob}");
+    let stale = s
+        .call("PUT", &format!("{T}/services/lbl"), Some(put("carol")))
+        .await;
+    assert_error(&stale, 412, "op.precondition_failed");
+    assert_eq!(
+        stale.1["error"]["details"]["currentResourceVersion"], bob["metadata"]["resourceVersion"],
+        "{}",
+        stale.1
+    );
+    let (_, now) = s.call("GET", &format!("{T}/services/lbl"), None).await;
+    assert_eq!(
+        now["metadata"]["labels"]["owner"], "bob",
+        "the stale write changed nothing"
+    );
+}
+
 /// Tenants and sessions have the shape every resource has (http-api.md): metadata with a
 /// generation and times, spec, and a status with readiness, health and a Ready condition.
 #[tokio::test]

@@ -179,6 +179,22 @@ impl Error {
         )
     }
 
+    /// `ifMatchResourceVersion` named another write than the last one.
+    pub fn resource_version_mismatch(
+        kind: &str,
+        name: &str,
+        current: &str,
+        expected: &str,
+    ) -> Self {
+        Error::new(
+            ErrorCode::PreconditionFailed,
+            format!(
+                "{kind} {name:?} is at resourceVersion {current}, not {expected}: it was written since you read it; re-read it and retry"
+            ),
+            json!({ "kind": kind, "name": name, "currentResourceVersion": current, "expectedResourceVersion": expected }),
+        )
+    }
+
     pub fn quota_exhausted(message: impl Into<String>, detail: Value) -> Self {
         Error::new(ErrorCode::QuotaExhausted, message, detail)
     }

@@ -38,6 +38,11 @@ pub struct UpdateService {
     #[serde(default, deserialize_with = "unique_keys_opt")]
     labels: Option<Labels>,
     if_match_generation: Option<i64>,
+    /// Optional, on top of `ifMatchGeneration`: the write must follow exactly the one that
+    /// produced this `metadata.resourceVersion`. Labels do not move the generation, so this is
+    /// what keeps two read-modify-writes of labels from overwriting each other.
+    #[serde(default)]
+    if_match_resource_version: Option<String>,
 }
 
 pub async fn create(
@@ -189,6 +194,18 @@ pub async fn update(
             &name,
             Some(expected),
             |r| {
+                let current = r.meta.resource_version.to_string();
+                match &body.if_match_resource_version {
+                    Some(v) if *v != current => {
+                        return Err(Error::resource_version_mismatch(
+                            "service",
+                            name.as_str(),
+                            &current,
+                            v,
+                        ))
+                    }
+                    _ => {}
+                }
                 let now = Utc::now();
                 if let Some(backend) = body.backend {
                     if backend != r.backend {
