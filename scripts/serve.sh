@@ -9,5 +9,9 @@ cd "$(dirname "$0")/.."
 # nimbus-monitor, beside nimbus, is the per-sandbox monitor: a small executable starts in about
 # half the time the server's own binary would (docs/runtime.md).
 cargo build --release -p nimbus -p nimbus-runtime --bins
-./target/release/nimbus doctor --fix || echo "serve: the host is not fit for container sandboxes yet; see above" >&2
-exec ./target/release/nimbus serve "$@"
+# Where cargo put them: ./target, or $CARGO_TARGET_DIR (or a target-dir in cargo's config).
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+nimbus="$target_dir/release/nimbus"
+[ -x "$nimbus" ] || { echo "serve: $nimbus was not built; see the cargo output above" >&2; exit 1; }
+"$nimbus" doctor --fix || echo "serve: the host is not fit for container sandboxes yet; see above" >&2
+exec "$nimbus" serve "$@"

@@ -147,7 +147,16 @@ pub fn essential_checks(crun: &Path) -> Vec<Check> {
             detail: "no cgroup hierarchy found at /sys/fs/cgroup".into(),
             fix: Some("mount cgroup2 at /sys/fs/cgroup (mount -t cgroup2 none /sys/fs/cgroup)".into()),
         },
-        layout => Check { name: "cgroups", status: Status::Ok, detail: format!("{layout:?}"), fix: None },
+        layout => Check {
+            name: "cgroups",
+            status: Status::Ok,
+            detail: match layout {
+                CgroupLayout::Unified => "cgroup v2 (unified)".into(),
+                CgroupLayout::Legacy => "cgroup v1 (legacy)".into(),
+                _ => "cgroup v1 with an empty v2 hierarchy (hybrid, as crun accepts it)".into(),
+            },
+            fix: None,
+        },
     });
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     let overlay = fs.lines().any(|l| l.trim_end().ends_with("overlay"));

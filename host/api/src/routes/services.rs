@@ -279,7 +279,7 @@ pub async fn delete(
                         name.as_str(),
                         r.status.desired_state.as_str(),
                         format!(
-                            "service {:?} is started; stop it first or delete with force=true",
+                            "service {:?} was started (status.desiredState is running) and not stopped since; stop it first or delete with force=true",
                             name.as_str()
                         ),
                     ));
