@@ -874,6 +874,16 @@ async fn label_writes_can_be_guarded_by_the_resource_version() {
         now["metadata"]["labels"]["owner"], "bob",
         "the stale write changed nothing"
     );
+    // `null` for the optional labels means "unchanged", as for any optional field.
+    let (st, same) = s
+        .call(
+            "PUT",
+            &format!("{T}/services/lbl"),
+            Some(json!({"labels": null, "ifMatchGeneration": 1})),
+        )
+        .await;
+    assert_eq!(st, 200, "{same}");
+    assert_eq!(same["metadata"]["labels"]["owner"], "bob", "{same}");
 }
 
 /// Tenants and sessions have the shape every resource has (http-api.md): metadata with a

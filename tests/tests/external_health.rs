@@ -148,7 +148,8 @@ async fn start_with_wait_until_answers_once_the_condition_holds_or_the_time_is_u
     assert_eq!(st, 202, "{started}");
     assert_eq!(started["status"]["health"], "healthy", "{started}");
     // A condition that does not come: the answer comes at the timeout, showing the status.
-    let body = json!({"name": "quiet", "backend": {"kind": "external", "endpoint": {"url": "http://127.0.0.1:9"}}});
+    let health = json!({"kind": "tcp", "intervalSeconds": 1, "timeoutMs": 200});
+    let body = json!({"name": "quiet", "backend": {"kind": "external", "endpoint": {"url": "http://127.0.0.1:9"}, "auth": {"kind": "none"}, "health": health}});
     s.call("POST", &format!("{T}/services"), Some(body)).await;
     let asked = Instant::now();
     let (st, quiet) = s
@@ -163,6 +164,28 @@ async fn start_with_wait_until_answers_once_the_condition_holds_or_the_time_is_u
     assert!(
         asked.elapsed() >= Duration::from_millis(300),
         "it did not wait"
+    );
+    // A condition that cannot come is not waited for: a built-in provider is a declared
+    // definition this server does not run.
+    s.call(
+        "POST",
+        &format!("{T}/services"),
+        Some(json!({"name": "lb", "backend": {"kind": "builtIn", "provider": "loadBalancer"}})),
+    )
+    .await;
+    let asked = Instant::now();
+    let (st, lb) = s
+        .call(
+            "POST",
+            &format!("{T}/services/lb/start?waitUntil=ready&timeoutMs=20000"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{lb}");
+    assert_eq!(lb["status"]["readiness"], "notReady", "{lb}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "it waited for what cannot come"
     );
 }
 

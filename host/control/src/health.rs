@@ -119,7 +119,20 @@ impl HealthController {
             )
         };
         let message = format!("{} (checked by {})", outcome.detail, outcome.checked_by);
-        let current = &service.status;
+        // A check runs for up to its timeout: compare with the service as it is now, not as it
+        // was when the check started. A result about another definition (replaced, or updated
+        // to another endpoint) says nothing about this one.
+        let Ok(Some(fresh)) = self
+            .store
+            .get_service(&service.meta.tenant_id, &service.name)
+            .await
+        else {
+            return;
+        };
+        if fresh.uid != service.uid || fresh.meta.generation != service.meta.generation {
+            return;
+        }
+        let current = &fresh.status;
         let unchanged = current.health == health
             && current.lifecycle_state == state
             && current
@@ -135,7 +148,8 @@ impl HealthController {
             .update_service(
                 &service.meta.tenant_id,
                 &service.name,
-                None,
+                // Refused if the definition changed since the check started (its endpoint may).
+                Some(service.meta.generation),
                 |r| {
                     // The service was replaced or its backend changed meanwhile: drop this result.
                     if r.uid != uid || r.backend.kind() != "external" {

@@ -62,11 +62,14 @@ pub fn unique_keys<'de, D: serde::Deserializer<'de>>(
     d.deserialize_map(Unique)
 }
 
-/// [`unique_keys`] for an optional field (`#[serde(default, deserialize_with = …)]`).
+/// [`unique_keys`] for an optional field (`#[serde(default, deserialize_with = …)]`); `null`
+/// is `None`, as for any optional field.
 pub fn unique_keys_opt<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    unique_keys(d).map(Some)
+    #[derive(Deserialize)]
+    struct Unique(#[serde(deserialize_with = "unique_keys")] BTreeMap<String, String>);
+    Ok(Option::<Unique>::deserialize(d)?.map(|u| u.0))
 }
 
 pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Error> {

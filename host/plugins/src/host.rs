@@ -65,6 +65,9 @@ pub struct PluginHost {
     metrics: Arc<Metrics>,
     http_client: reqwest::Client,
     seen_generation: Mutex<u64>,
+    /// Per slot, the last swap failure logged: a failed swap is retried on every watch tick
+    /// (it may have been transient, e.g. a deadline missed under load), but logged once.
+    swap_failures: Mutex<std::collections::HashMap<&'static str, String>>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -206,6 +209,7 @@ impl PluginHost {
             metrics,
             http_client: crate::net::http_client(config.tls_ca_file.as_deref())?,
             seen_generation: Mutex::new(generation),
+            swap_failures: Mutex::new(std::collections::HashMap::new()),
         });
         for slot in host.slots() {
             let l = slot.current();
@@ -278,9 +282,7 @@ impl PluginHost {
     /// store's generation changes; a slot whose new plugin fails to load keeps its current one.
     pub fn refresh(&self) -> Vec<String> {
         let generation = self.catalog.generation();
-        if let Ok(mut g) = self.seen_generation.lock() {
-            *g = generation;
-        }
+        let mut all_loaded = true;
         let mut swapped = Vec::new();
         for slot in self.slots() {
             let current = slot.current();
@@ -309,14 +311,33 @@ impl PluginHost {
                     swapped.push(format!("{}={}", slot.kind.key(), next.label));
                     slot.set(Arc::new(next));
                 }
-                Err(e) => tracing::error!(
-                    event = "plugin.swap_failed",
-                    slot = slot.kind.key(),
-                    keeping = &*current.label,
-                    "cannot switch plugin slot {}: {e:#}; keeping {}",
-                    slot.kind.key(),
-                    current.label
-                ),
+                Err(e) => {
+                    all_loaded = false;
+                    let message = format!("{e:#}");
+                    let mut logged = self.swap_failures.lock().unwrap_or_else(|p| p.into_inner());
+                    if logged.get(slot.kind.key()) != Some(&message) {
+                        tracing::error!(
+                            event = "plugin.swap_failed",
+                            slot = slot.kind.key(),
+                            keeping = &*current.label,
+                            "cannot switch plugin slot {}: {message}; keeping {} (retried while the store stays as it is)",
+                            slot.kind.key(),
+                            current.label
+                        );
+                        logged.insert(slot.kind.key(), message);
+                    }
+                    continue;
+                }
+            }
+            if let Ok(mut logged) = self.swap_failures.lock() {
+                logged.remove(slot.kind.key());
+            }
+        }
+        // Only a refresh in which every slot loaded settles this generation; otherwise the
+        // watcher tries again at its next tick.
+        if all_loaded {
+            if let Ok(mut g) = self.seen_generation.lock() {
+                *g = generation;
             }
         }
         swapped

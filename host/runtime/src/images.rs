@@ -65,6 +65,9 @@ pub struct ImageStore {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Free space pulls and unpacks leave on the store's file system.
     reserve: DiskReserve,
+    /// Bytes that pulls under way have declared and not yet downloaded: each pull's room check
+    /// counts the others', so concurrent pulls cannot each pass against the same free space.
+    downloading: std::sync::atomic::AtomicU64,
 }
 
 impl ImageStore {
@@ -78,6 +81,7 @@ impl ImageStore {
             client,
             locks: Mutex::new(HashMap::new()),
             reserve: DiskReserve::default(),
+            downloading: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -159,8 +163,7 @@ impl ImageStore {
             .filter(|d| !self.blob_path(&d.digest).exists())
             .map(|d| d.size)
             .fold(0, u64::saturating_add);
-        self.reserve
-            .ensure_room(&self.root, missing, &format!("pulling {key}"))?;
+        let _claim = self.claim_room(missing, &format!("pulling {key}"))?;
         let mut done_before = 0u64;
         for d in std::iter::once(&config).chain(layers.iter()) {
             let path = self.blob_path(&d.digest);
@@ -196,6 +199,20 @@ impl ImageStore {
             layers: layers.into_iter().map(|l| l.digest).collect(),
         };
         self.finish(&key, record, progress).await
+    }
+
+    /// Checks that `bytes` more fit beside what other pulls are downloading, and counts them
+    /// among those until the returned claim is dropped.
+    fn claim_room(&self, bytes: u64, what: &str) -> std::io::Result<RoomClaim<'_>> {
+        use std::sync::atomic::Ordering;
+        let others = self.downloading.fetch_add(bytes, Ordering::SeqCst);
+        let claim = RoomClaim {
+            counter: &self.downloading,
+            bytes,
+        };
+        self.reserve
+            .ensure_room(&self.root, others.saturating_add(bytes), what)?;
+        Ok(claim)
     }
 
     /// Unpacks the record's layers, persists it under `key` and loads it.
@@ -353,6 +370,19 @@ impl ImageStore {
 /// Removes the temporary files and directories (`.tmp-<name>-<pid>[-<n>]`) that a pull or an
 /// unpack killed midway left in `dir`: those of processes that no longer run. A process that
 /// still runs (a server beside `nimbus image pull`) keeps its own.
+/// Bytes a pull counts as on their way to disk; given back when the pull ends, however it ends.
+struct RoomClaim<'a> {
+    counter: &'a std::sync::atomic::AtomicU64,
+    bytes: u64,
+}
+
+impl Drop for RoomClaim<'_> {
+    fn drop(&mut self) {
+        self.counter
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -478,7 +508,11 @@ fn unpack_entry<R: Read>(
             }
         }
     }
-    if !entry.unpack_in(dest).map_err(with_cause)? || xattrs.is_empty() {
+    // As the tar crate did: links carry no attributes of their own (Linux refuses user.* on a
+    // symlink, which would refuse the whole layer).
+    let is_link =
+        entry.header().entry_type().is_symlink() || entry.header().entry_type().is_hard_link();
+    if !entry.unpack_in(dest).map_err(with_cause)? || xattrs.is_empty() || is_link {
         return Ok(());
     }
     // The place `unpack_in` wrote to: `dest` joined with the path's plain components.
@@ -806,6 +840,25 @@ mod tests {
         let st = nix::sys::statvfs::statvfs(&fs.0).unwrap();
         let free = st.blocks_available() as u64 * st.fragment_size() as u64;
         assert!(free > 40 << 20, "only {free} bytes free after the refusal");
+    }
+
+    #[test]
+    fn concurrent_pulls_count_each_others_declared_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let client =
+            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
+                .unwrap();
+        let store = ImageStore::open(dir.path(), client)
+            .unwrap()
+            .with_disk_reserve(DiskReserve::new(0));
+        let st = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let first = store.claim_room(free / 2 + 1, "pulling a").unwrap();
+        // Alone it would fit; beside the first, it does not.
+        let err = store.claim_room(free / 2 + 1, "pulling b").err().unwrap();
+        assert!(err.to_string().starts_with("pulling b needs"), "{err}");
+        drop(first);
+        store.claim_room(free / 2 + 1, "pulling b").unwrap();
     }
 
     #[tokio::test]

@@ -1105,7 +1105,14 @@ impl Runtime {
             .net
             .and_then(|n| n.user)
             .map(|user| user.map.host_id(0));
-        crate::files::SandboxFiles::open(&rootfs_dir(id.as_str()), owner).map_err(|e| match e {
+        // A sandbox launched by an earlier version (and adopted) has its root mounted on the
+        // gate itself; `<gate>/root` would then be its /root directory.
+        let root = if is_mountpoint(&rootfs_gate(id.as_str())) {
+            rootfs_gate(id.as_str())
+        } else {
+            rootfs_dir(id.as_str())
+        };
+        crate::files::SandboxFiles::open(&root, owner).map_err(|e| match e {
             crate::files::FileError::NotFound(_) => RuntimeError::NotFound(id.to_string()),
             e => RuntimeError::Internal(e.to_string()),
         })

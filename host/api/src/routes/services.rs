@@ -10,7 +10,9 @@ use nimbus_core::authz::{actions, ResourceKind};
 use nimbus_core::lifecycle::{DesiredRunState, ServiceState};
 use nimbus_core::names::Name;
 use nimbus_core::resource::{Health, Meta, Readiness, ServiceRecord};
-use nimbus_core::spec::{unique_keys, unique_keys_opt, validate_labels, Labels, ServiceBackend};
+use nimbus_core::spec::{
+    unique_keys, unique_keys_opt, validate_labels, HealthProbe, Labels, ServiceBackend,
+};
 use nimbus_core::Error;
 use serde::Deserialize;
 use serde_json::Value;
@@ -379,8 +381,9 @@ const DEFAULT_WAIT_MS: u64 = 30_000;
 
 /// `?waitUntil=ready|healthy|stopped`: re-reads the service until its status shows the
 /// condition or `timeout` passes, and returns it as it then is. Either way the answer is 202
-/// with the object, whose status tells the caller which happened. A service deleted meanwhile
-/// is 404.
+/// with the object, whose status tells the caller which happened. A condition that cannot come
+/// is not waited for (see [`cannot_become_ready`]; an external service, which this server does
+/// not run, never stops). A service deleted meanwhile is 404.
 async fn wait_for_condition(
     app: &SharedApp,
     tenant: &Name,
@@ -392,12 +395,20 @@ async fn wait_for_condition(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let s = &record.status;
+        // `declared` has nothing launched: as stopped as a service gets.
         let met = match until {
             "ready" => s.readiness == Readiness::Ready,
             "healthy" => s.health == Health::Healthy,
-            _ => s.lifecycle_state == ServiceState::Stopped,
+            _ => matches!(
+                s.lifecycle_state,
+                ServiceState::Stopped | ServiceState::Declared
+            ),
         };
-        if met || tokio::time::Instant::now() >= deadline {
+        let unreachable = match until {
+            "stopped" => matches!(record.backend, ServiceBackend::External { .. }),
+            _ => cannot_become_ready(&record),
+        };
+        if met || unreachable || tokio::time::Instant::now() >= deadline {
             return Ok(record);
         }
         tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + WAIT_POLL)).await;
@@ -409,8 +420,23 @@ async fn wait_for_condition(
     }
 }
 
+/// Whether nothing this server does will make the service ready or healthy: built-in providers
+/// are declared definitions it does not run, sandbox-backed services it cannot launch yet (their
+/// `Ready` condition says `LauncherUnavailable`), and external services without a health check.
+fn cannot_become_ready(record: &ServiceRecord) -> bool {
+    match &record.backend {
+        ServiceBackend::BuiltIn { .. } => true,
+        ServiceBackend::Sandbox { .. } => record
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.kind == "Ready" && c.reason == "LauncherUnavailable"),
+        ServiceBackend::External { health, .. } => *health == HealthProbe::None,
+    }
+}
+
 /// How often a `?waitUntil=` request re-reads the service.
-const WAIT_POLL: Duration = Duration::from_millis(100);
+const WAIT_POLL: Duration = Duration::from_millis(250);
 
 pub async fn start(
     State(app): State<SharedApp>,

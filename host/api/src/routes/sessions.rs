@@ -245,8 +245,10 @@ pub async fn open(
     Ok((StatusCode::CREATED, Json(wire::session(&record))))
 }
 
-/// Loads a session for `action` by `p`: tenant isolation first, then existence, then the
-/// policy with the session's facts (opener, target).
+/// Loads a session for `action` by `p`: tenant isolation first, then the policy, with the
+/// session's facts (opener, target) when it exists and without them when it does not (so a
+/// missing id is refused like one the caller may not see, and found missing only by a caller
+/// who could read it).
 async fn load(
     app: &SharedApp,
     p: &Principal,
