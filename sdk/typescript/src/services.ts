@@ -40,7 +40,8 @@ function generation(value: unknown): number {
   return value;
 }
 
-function positive(value: number | undefined, fallback: number, what: string): number {
+/** A poll option: `fallback` when absent, else a positive number of milliseconds. */
+export function positive(value: number | undefined, fallback: number, what: string): number {
   if (value === undefined) return fallback;
   if (typeof value !== "number" || !Number.isFinite(value) || value <= 0) {
     throw invalid(`${what} must be a positive number of milliseconds`, { argument: what, value: String(value) });
@@ -90,7 +91,8 @@ export function describeServiceStatus(status: ServiceStatus | undefined, generat
   return parts.join(" ");
 }
 
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+/** Waits `ms`, or rejects with the signal's reason when it fires first. */
+export function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted === true) {
       reject(signal.reason);

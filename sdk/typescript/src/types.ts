@@ -361,6 +361,15 @@ export interface WaitServiceRequest extends CallOptions, PollOptions {
 
 export type SandboxLifecycleState = "pending" | "creating" | "ready" | "stopping" | "stopped" | "failed";
 
+/** What `sandboxes.wait` polls for: `ready` (the process runs) or `stopped` (it ended: the
+ * sandbox is `stopped` or `failed`). */
+export type SandboxWaitTarget = "ready" | "stopped";
+
+export interface WaitSandboxRequest extends CallOptions, PollOptions {
+  id: string;
+  until: SandboxWaitTarget;
+}
+
 export interface SandboxMetadata extends ResourceMetadata {
   id: string;
 }
@@ -518,6 +527,7 @@ export const CLIENT_ERROR_CODES = [
   "client.network",
   "client.invalid_response",
   "client.deadline_exceeded",
+  "client.condition_unreachable",
   "client.aborted",
 ] as const;
 export type ClientErrorCode = (typeof CLIENT_ERROR_CODES)[number];

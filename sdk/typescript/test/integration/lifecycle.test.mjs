@@ -68,6 +68,30 @@ describe("lifecycle calls against nimbus serve", () => {
     await assert.rejects(nimbus.services.get({ name: "lb" }), { code: "resource.not_found" });
   });
 
+  test("sandboxes.wait returns once a sandbox ended and refuses ready after that at once", async () => {
+    const spec = {
+      owner: { kind: "standalone", displayName: "wait-me" },
+      backend: "container",
+      root: { kind: "oci_image", source: { kind: "reference", reference: "busybox" } },
+      process: { argv: ["true"] },
+    };
+    const sbx = await nimbus.sandboxes.create({ profile: "worker", spec });
+    const id = sbx.metadata.id;
+    // `true` exits at once, or the image cannot be pulled here: either way the sandbox ends.
+    const ended = await nimbus.sandboxes.wait({ id, until: "stopped", timeoutMs: 60_000 });
+    assert.ok(["stopped", "failed"].includes(ended.status.lifecycleState), ended.status.lifecycleState);
+    const asked = Date.now();
+    await assert.rejects(nimbus.sandboxes.wait({ id, until: "ready", timeoutMs: 60_000 }), (err) => {
+      assert.equal(err.code, "client.condition_unreachable");
+      assert.match(err.message, new RegExp(`sandbox ${id} will not become ready: it has ended; last observed status: lifecycleState=`));
+      assert.equal(err.details.lastStatus.lifecycleState, ended.status.lifecycleState);
+      return true;
+    });
+    assert.ok(Date.now() - asked < 5000, "an ended sandbox is not waited for");
+    await assert.rejects(nimbus.sandboxes.wait({ id, until: "running" }), { code: "client.invalid_argument" });
+    await nimbus.sandboxes.delete({ id });
+  });
+
   test("sandboxes filter by state, stop, and delete", async () => {
     const spec = {
       owner: { kind: "standalone", displayName: "filter-me" },
