@@ -211,7 +211,17 @@ impl ImageStore {
             bytes,
         };
         self.reserve
-            .ensure_room(&self.root, others.saturating_add(bytes), what)?;
+            .ensure_room(&self.root, others.saturating_add(bytes), what)
+            .map_err(|e| match others {
+                0 => e,
+                n => std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} ({} MiB of what is needed is for other pulls under way)",
+                        n >> 20
+                    ),
+                ),
+            })?;
         Ok(claim)
     }
 
@@ -542,13 +552,7 @@ fn unpack_entry<R: Read>(
 /// The tar crate's unpack errors say only "failed to unpack `<path>`" and keep why in their
 /// sources (nested one per layer of its code); the message shown to the operator needs all of it.
 fn with_cause(e: std::io::Error) -> std::io::Error {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        message = format!("{message}: {cause}");
-        source = cause.source();
-    }
-    std::io::Error::new(e.kind(), message)
+    std::io::Error::new(e.kind(), crate::registry::error_chain(&e))
 }
 
 /// Applies the whiteout entry `path` (file name `.wh.<hidden>`) inside `dest`. A layer comes from
@@ -890,12 +894,23 @@ mod tests {
                 .unwrap();
         let store = ImageStore::open(dir.path(), client).unwrap();
         let r = ImageRef::parse(&format!("{host}/team/huge:v1")).unwrap();
-        let err = store.pull(&r, &|_| {}).await.err().unwrap().to_string();
+        let err = store.pull(&r, &|_| {}).await.err().unwrap();
+        let text = err.to_string();
         assert!(
-            err.contains(&format!(
+            text.contains(&format!(
                 "pulling {host}/team/huge:v1 needs 1073741824 MiB more"
             )),
-            "{err}"
+            "{text}"
+        );
+        // Said as it is (no "writing … failed"), and for a launch it is the host's to fix
+        // (RuntimeUnavailable), not an internal error.
+        assert!(text.starts_with("pulling "), "{text}");
+        assert!(
+            matches!(
+                crate::LaunchError::from(err),
+                crate::LaunchError::HostUnfit(_)
+            ),
+            "{text}"
         );
         assert_eq!(
             REQUESTS.load(std::sync::atomic::Ordering::SeqCst),

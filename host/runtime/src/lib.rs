@@ -101,6 +101,12 @@ impl From<registry::RegistryError> for LaunchError {
             R::NotFound { .. } | R::NoPlatform { .. } => LaunchError::ImageNotFound(e.to_string()),
             R::AuthFailed { .. } => LaunchError::AuthFailed(e.to_string()),
             R::Unreachable { .. } => LaunchError::RegistryUnreachable(e.to_string()),
+            // The disk's free-space reserve: the host's to fix, not an internal fault.
+            R::Io(ref io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                LaunchError::HostUnfit(HostUnfit {
+                    problems: vec![e.to_string()],
+                })
+            }
             R::Protocol { .. } | R::Io(_) => LaunchError::Internal(e.to_string()),
         }
     }

@@ -61,8 +61,17 @@ pub enum RegistryError {
     },
     #[error("image {reference} has no linux/amd64 variant (platforms offered: {offered})")]
     NoPlatform { reference: String, offered: String },
-    #[error("writing to the image store failed: {0}")]
+    #[error("{}", io_message(.0))]
     Io(#[from] std::io::Error),
+}
+
+/// A refusal to fill the disk (the store's free-space reserve) says so itself; anything else
+/// is a failed write.
+fn io_message(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull => e.to_string(),
+        _ => format!("writing to the image store failed: {e}"),
+    }
 }
 
 #[derive(Deserialize)]
@@ -520,7 +529,8 @@ pub fn tmp_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".tmp-{name}-{}-{n}", std::process::id()))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error's message followed by each of its causes' (`a: b: c`).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
