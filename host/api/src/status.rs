@@ -7,6 +7,10 @@ use nimbus_core::resource::{
 };
 use nimbus_core::spec::ServiceBackend;
 
+/// The `Ready` reason of a started sandbox-backed service this server cannot launch yet; the
+/// condition will not change by waiting (see `?waitUntil=`).
+pub const LAUNCHER_UNAVAILABLE: &str = "LauncherUnavailable";
+
 /// The status of a service after a write, from its backend and desired run state. Keeps the
 /// previous conditions (and health, which the health controller owns) so transition times stay
 /// true.
@@ -24,7 +28,7 @@ pub fn service_status(
             let (reason, message) = match desired {
                 DesiredRunState::Stopped => ("Stopped", "the service is not started; start it to launch its sandbox".to_string()),
                 DesiredRunState::Running => (
-                    "LauncherUnavailable",
+                    LAUNCHER_UNAVAILABLE,
                     "the service is started (desired state running), but this server does not launch service sandboxes yet; the desired state is recorded".to_string(),
                 ),
             };

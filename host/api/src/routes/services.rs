@@ -430,7 +430,7 @@ fn cannot_become_ready(record: &ServiceRecord) -> bool {
             .status
             .conditions
             .iter()
-            .any(|c| c.kind == "Ready" && c.reason == "LauncherUnavailable"),
+            .any(|c| c.kind == "Ready" && c.reason == status::LAUNCHER_UNAVAILABLE),
         ServiceBackend::External { health, .. } => *health == HealthProbe::None,
     }
 }
