@@ -1,6 +1,6 @@
 import { NimbusError } from "./errors.js";
 import { segment, type Transport } from "./http.js";
-import { DEFAULT_WAIT_INTERVAL_MS, DEFAULT_WAIT_TIMEOUT_MS, positive, sleep } from "./services.js";
+import { DEFAULT_WAIT_INTERVAL_MS, DEFAULT_WAIT_TIMEOUT_MS, describeConditions, positive, sleep } from "./services.js";
 import type {
   CallOptions,
   CreateSandboxRequest,
@@ -18,12 +18,9 @@ const WAIT_TARGETS: readonly SandboxWaitTarget[] = ["ready", "stopped"];
 /** One line describing a sandbox's status, for wait errors. */
 function describe(status: SandboxStatus | undefined): string {
   if (status === undefined || status === null) return "(no status reported)";
-  const conditions = (status.conditions ?? []).map((c) => {
-    const why = [c.reason, c.message].filter((s) => typeof s === "string" && s !== "").join(": ");
-    return `${c.type}=${c.status}${why === "" ? "" : ` (${why})`}`;
-  });
   const exit = status.exitCode === undefined || status.exitCode === null ? "" : ` exitCode=${status.exitCode}`;
-  return `lifecycleState=${status.lifecycleState}${exit}${conditions.length > 0 ? ` conditions: ${conditions.join(", ")}` : ""}`;
+  const conditions = describeConditions(status.conditions);
+  return `lifecycleState=${status.lifecycleState}${exit}${conditions === "" ? "" : ` ${conditions}`}`;
 }
 
 function call(req: CallOptions): CallOptions {

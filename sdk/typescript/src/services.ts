@@ -2,6 +2,7 @@ import { NimbusError } from "./errors.js";
 import { segment, type Transport } from "./http.js";
 import type {
   CallOptions,
+  Condition,
   CreateServiceRequest,
   DeleteServiceRequest,
   GetServiceRequest,
@@ -83,12 +84,18 @@ export function describeServiceStatus(status: ServiceStatus | undefined, generat
         : `observedGeneration=${status.observedGeneration} (generation ${generation})`,
     );
   }
-  const conditions = (status.conditions ?? []).map((c) => {
+  const conditions = describeConditions(status.conditions);
+  if (conditions !== "") parts.push(conditions);
+  return parts.join(" ");
+}
+
+/** `conditions: Ready=False (Reason: message), …`, or "" without any; for wait messages. */
+export function describeConditions(conditions: readonly Condition[] | undefined): string {
+  const each = (conditions ?? []).map((c) => {
     const why = [c.reason, c.message].filter((s) => typeof s === "string" && s !== "").join(": ");
     return `${c.type}=${c.status}${why === "" ? "" : ` (${why})`}`;
   });
-  if (conditions.length > 0) parts.push(`conditions: ${conditions.join(", ")}`);
-  return parts.join(" ");
+  return each.length > 0 ? `conditions: ${each.join(", ")}` : "";
 }
 
 /** Waits `ms`, or rejects with the signal's reason when it fires first. */
