@@ -405,6 +405,19 @@ pub fn assert_error(resp: &(StatusCode, Value), status: u16, code: &str) {
     );
 }
 
+/// [`assert_error`], and its message contains `says`.
+#[track_caller]
+pub fn assert_error_says(resp: &(StatusCode, Value), status: u16, code: &str, says: &str) {
+    assert_error(resp, status, code);
+    assert!(
+        resp.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(says)),
+        "the message does not say {says:?}: {}",
+        resp.1
+    );
+}
+
 /// A sandbox-backed service definition as in the guides.
 pub fn worker_service(name: &str) -> Value {
     json!({
