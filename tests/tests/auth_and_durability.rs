@@ -838,6 +838,16 @@ async fn the_credential_command_refuses_unknown_tenants_and_names_its_own_flags(
     let (st, out, err) = s.cli(&["credential", "list"]);
     assert!(st.success(), "{err}");
     assert!(!out.trim().is_empty());
+    // A tenant without credentials says so (on stderr: the list itself stays empty).
+    let (st, _, err) = s.cli(&["tenant", "create", "team-empty"]);
+    assert!(st.success(), "{err}");
+    let (st, out, err) = s.cli(&["credential", "list", "--tenant", "team-empty"]);
+    assert!(st.success(), "{err}");
+    assert!(out.trim().is_empty(), "{out}");
+    assert!(
+        err.contains("tenant team-empty has no credentials"),
+        "{err}"
+    );
 }
 
 #[test]

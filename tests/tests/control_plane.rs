@@ -361,7 +361,8 @@ async fn sandboxes_are_stored_pending_with_a_truthful_condition_and_redacted_inp
     // Label and state filters.
     let mut other = batch_sandbox();
     other["labels"] = json!({"purpose": "other"});
-    s.call("POST", &format!("{T}/sandboxes"), Some(other)).await;
+    let (_, other) = s.call("POST", &format!("{T}/sandboxes"), Some(other)).await;
+    let other_id = other["metadata"]["id"].as_str().unwrap().to_string();
     let (_, batch) = s
         .call(
             "GET",
@@ -402,6 +403,17 @@ async fn sandboxes_are_stored_pending_with_a_truthful_condition_and_redacted_inp
         &s.call("GET", &format!("{T}/sandboxes/{id}"), None).await,
         404,
         "resource.not_found",
+    );
+    // A sandbox deleted before it ended answers with its final state, not the one it had.
+    let (st, deleted) = s
+        .call("DELETE", &format!("{T}/sandboxes/{other_id}"), None)
+        .await;
+    assert_eq!(st, 200, "{deleted}");
+    assert_eq!(deleted["status"]["lifecycleState"], "stopped", "{deleted}");
+    assert_eq!(deleted["status"]["readiness"], "notReady", "{deleted}");
+    assert_eq!(
+        deleted["status"]["conditions"][0]["reason"], "Deleted",
+        "{deleted}"
     );
     // Service-owned sandboxes are not created through this API.
     let mut owned = batch_sandbox();

@@ -318,6 +318,14 @@ async fn a_deleted_sandbox_is_never_seen_failed_on_its_way_out() {
         };
         let (seen, (st, v)) = tokio::join!(reads, delete);
         assert!(st.is_success(), "delete: {st} {v}");
+        // The final object says what the delete did to the running process.
+        assert_eq!(v["status"]["lifecycleState"], "stopped", "{v}");
+        let ready = v["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(ready["reason"], "Deleted", "{v}");
         assert!(
             seen.iter().all(|state| state == "ready"),
             "round {round}: read while deleting: {seen:?}"

@@ -282,11 +282,13 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
             let tenant = name("--tenant", &tenant)?;
             require_tenant(store, &tenant).await?;
             let mut after: Option<String> = None;
+            let mut listed = 0usize;
             loop {
                 let page = store
                     .list_credentials(&tenant, after.as_deref(), 500)
                     .await
                     .map_err(|e| anyhow!(e.message))?;
+                listed += page.items.len();
                 for c in &page.items {
                     let state = if c.revoked_at.is_some() {
                         "revoked"
@@ -307,6 +309,13 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                     Some(a) => after = Some(a),
                     None => break,
                 }
+            }
+            if listed == 0 {
+                // On stderr, so that scripts reading the list still see an empty one.
+                eprintln!(
+                    "tenant {tenant} has no credentials (--tenant names another tenant; \
+                     `nimbus credential create --tenant {tenant} --grant tenant:admin` makes one)"
+                );
             }
         }
         CredentialCommand::Revoke { tenant, id } => {

@@ -330,11 +330,34 @@ pub async fn delete(
     if let Some(control) = &app.control {
         control.teardown(&id).await?;
     }
-    let record = app
+    let mut record = app
         .store
         .delete_sandbox(&tenant, id.as_str(), |_| Ok(()), &audit)
         .await?;
+    mark_deleted(&mut record, Utc::now());
     Ok(Json(wire::sandbox(&record)))
+}
+
+/// The final object a delete answers with: a sandbox deleted while it was live had its process
+/// killed by the teardown, so it is `stopped`, not the state its record last held.
+fn mark_deleted(record: &mut SandboxRecord, now: chrono::DateTime<Utc>) {
+    let status = &mut record.status;
+    if status.lifecycle_state.is_terminal() {
+        return;
+    }
+    let was = status.lifecycle_state.as_str();
+    status.lifecycle_state = SandboxState::Stopped;
+    status.readiness = Readiness::NotReady;
+    status.endpoints.clear();
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        ConditionStatus::False,
+        "Deleted",
+        format!("deleted while {was}; its process, if any, was killed and its files removed"),
+        now,
+        record.meta.generation,
+    );
 }
 
 pub async fn logs(
