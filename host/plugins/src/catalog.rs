@@ -285,7 +285,56 @@ impl Catalog {
                 tracing::warn!(plugin = %e.id, version = %e.version, "skipping {} {}: {err:#}", e.id, e.version);
             }
         }
+        let _lock = self.lock()?;
+        self.prune_cache(Some(&crate::engine::compatibility_key(engine)));
         Ok(())
+    }
+
+    /// Deletes precompiled code nothing will load: the code of versions no longer installed
+    /// and, given the key of this process's engine, other engines' caches (left by an earlier
+    /// or later server build, which recompiles what it needs). The cache only saves compile
+    /// time, so a file that cannot be removed is logged and left. Runs under the store's lock:
+    /// an install meanwhile would otherwise lose its fresh code.
+    fn prune_cache(&self, engine_key: Option<&str>) {
+        let Ok(entries) = self.scan() else { return };
+        let installed: std::collections::HashSet<String> = entries
+            .into_iter()
+            .filter_map(|e| e.manifest.ok().map(|p| p.sha256))
+            .collect();
+        let Ok(dirs) = fs::read_dir(self.root.join("cache")) else {
+            return;
+        };
+        let remove = |path: &Path, is_dir: bool| {
+            let removed = if is_dir {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            };
+            if let Err(e) = removed {
+                tracing::warn!(
+                    "cannot remove unused precompiled plugin code {}: {e}",
+                    path.display()
+                );
+            }
+        };
+        for dir in dirs.flatten() {
+            if engine_key.is_some_and(|key| dir.file_name().to_str() != Some(key)) {
+                remove(&dir.path(), true);
+                continue;
+            }
+            let Ok(files) = fs::read_dir(dir.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                // `<sha256>.cwasm`, `<sha256>.cwasm.sha256`, and a write's `.<name>.tmp-<pid>`.
+                let sha = name.to_str().unwrap_or("").trim_start_matches('.');
+                let sha = sha.split('.').next().unwrap_or("");
+                if !installed.contains(sha) {
+                    remove(&file.path(), false);
+                }
+            }
+        }
     }
 
     fn install_missing_bundled(&self, engine: &Engine) -> anyhow::Result<()> {
@@ -681,6 +730,7 @@ impl Catalog {
             }
         }
         self.bump_generation()?;
+        self.prune_cache(None);
         Ok(removed)
     }
 
@@ -1209,6 +1259,41 @@ mod tests {
 
         catalog.precompile_all(engine).unwrap();
         assert!(catalog.verify().unwrap().iter().all(VerifyReport::ok));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unused_precompiled_code_is_deleted() {
+        let dir = temp_dir("prune");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        let http = catalog.manifest("http-health", "0.1.1").unwrap();
+        let kept = catalog.cache_path(engine, &http.sha256);
+        let ours = kept.parent().unwrap().to_path_buf();
+        // An older server build's cache, and this engine's code of a version since removed.
+        let stale_engine = catalog.root().join("cache/0123456789abcdef");
+        fs::create_dir_all(&stale_engine).unwrap();
+        fs::write(stale_engine.join(format!("{}.cwasm", http.sha256)), b"old").unwrap();
+        let orphan = ours.join(format!("{}.cwasm", "ab".repeat(32)));
+        fs::write(&orphan, b"orphan").unwrap();
+        fs::write(orphan.with_extension("cwasm.sha256"), b"x").unwrap();
+
+        catalog.ensure_bundled(engine).unwrap();
+        assert!(!stale_engine.exists(), "another engine's cache is left");
+        assert!(!orphan.exists(), "code of an uninstalled version is left");
+        assert!(!orphan.with_extension("cwasm.sha256").exists());
+        assert!(kept.exists() && kept.with_extension("cwasm.sha256").exists());
+
+        // Removing a version deletes its code (other engines' caches included).
+        let info = catalog
+            .install(engine, &deny_all(), Some("deny-all"), Some("0.1.0"))
+            .unwrap();
+        let code = catalog.cache_path(engine, &info.sha256);
+        assert!(code.exists());
+        catalog.remove("deny-all").unwrap();
+        assert!(!code.exists(), "a removed version's code is left");
+        assert!(kept.exists(), "the remaining version's code went too");
         fs::remove_dir_all(&dir).unwrap();
     }
 
