@@ -699,7 +699,11 @@ async fn bad_input_gets_a_400_naming_the_field() {
         ),
         (
             json!({"name": "ok", "backend": {"kind": "builtIn", "provider": "ftp"}}),
-            "backend",
+            "backend.provider",
+        ),
+        (
+            json!({"name": "ok", "backend": {"kind": "external", "endpoint": {"url": "http://x"}, "health": {"kind": "http", "path": 5}}}),
+            "backend.health",
         ),
         (
             json!({"name": "ok", "backend": {"kind": "teleport"}}),

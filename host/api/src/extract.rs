@@ -84,17 +84,21 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         let path = e.path().to_string();
         let mut field = if path == "." { String::new() } else { path };
         let inner = e.into_inner();
+        let mut text = inner.to_string();
+        // An error from inside a tagged variant carries its path below the variant.
+        while let Some((below, rest)) = text
+            .strip_prefix(nimbus_core::spec::NESTED_PATH_PREFIX)
+            .and_then(|r| r.split_once("`: "))
+        {
+            field = join_path(&field, below);
+            text = rest.to_string();
+        }
         // serde reports a missing field at its parent; name the field itself.
-        let text = inner.to_string();
         if let Some(missing) = text
             .strip_prefix("missing field `")
             .and_then(|r| r.split('`').next())
         {
-            field = if field.is_empty() {
-                missing.to_string()
-            } else {
-                format!("{field}.{missing}")
-            };
+            field = join_path(&field, missing);
         }
         let message = if inner.is_syntax() || inner.is_eof() {
             field = String::new();
@@ -108,7 +112,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 .to_string()
         } else {
             // serde's own text, without its line/column suffix for data errors.
-            let text = inner.to_string();
             match text.rfind(" at line ") {
                 Some(i) => text[..i].to_string(),
                 None => text,
@@ -126,6 +129,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         )
     })?;
     Ok(value)
+}
+
+/// `parent.child`, or `parent[0]` for an index; either side may be empty.
+fn join_path(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else if child.is_empty() || child.starts_with('[') {
+        format!("{parent}{child}")
+    } else {
+        format!("{parent}.{child}")
+    }
 }
 
 /// The path (`backend.auth.token`) of the first object in the body that is a redaction marker
@@ -318,6 +332,87 @@ fn percent_decode(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct ServiceBody {
+        backend: nimbus_core::spec::ServiceBackend,
+    }
+
+    fn backend_error(backend: &str) -> (String, String) {
+        let body = format!(r#"{{"backend": {backend}}}"#);
+        let e = parse_json::<ServiceBody>(body.as_bytes()).unwrap_err();
+        let field = e.details["field"].as_str().unwrap_or("").to_string();
+        (field, e.message)
+    }
+
+    #[test]
+    fn errors_inside_a_service_backend_name_their_place() {
+        let sandbox = |process: &str| {
+            format!(
+                r#"{{"kind": "sandbox", "sandbox": {{"owner": {{"kind": "service", "serviceName": "w"}},
+                "backend": "container", "root": {{"kind": "rootfs", "path": "/srv/r"}}, "process": {process}}}}}"#
+            )
+        };
+        for (backend, field, says) in [
+            (
+                sandbox(r#"{"argv": ["sh", 5]}"#),
+                "backend.sandbox.process.argv[1]",
+                "expected a string",
+            ),
+            (
+                sandbox(r#"{"argv": ["sh"], "environment": {"A": "1", "A": "2"}}"#),
+                "backend.sandbox.process.environment",
+                "given twice",
+            ),
+            (
+                sandbox(r#"{"argv": ["sh"], "bogus": 1}"#),
+                "backend.sandbox.process.bogus",
+                "unknown field `bogus`",
+            ),
+            (
+                sandbox(r#"{}"#),
+                "backend.sandbox.process.argv",
+                "missing field `argv`",
+            ),
+            (
+                r#"{"kind": "external", "endpoint": {"url": 5}}"#.into(),
+                "backend.endpoint.url",
+                "expected a string",
+            ),
+            (
+                r#"{"kind": "builtIn", "provider": "browser", "x": 1}"#.into(),
+                "backend.x",
+                "unknown field `x`",
+            ),
+            (
+                r#"{"kind": "sandboxx"}"#.into(),
+                "backend.kind",
+                "unknown variant `sandboxx`",
+            ),
+            (
+                r#"{"provider": "browser"}"#.into(),
+                "backend.kind",
+                "missing field `kind`",
+            ),
+            (
+                r#"[1]"#.into(),
+                "backend",
+                "expected an object with a \"kind\"",
+            ),
+        ] {
+            let (got_field, message) = backend_error(&backend);
+            assert_eq!(got_field, field, "{backend}: {message}");
+            assert!(message.contains(says), "{backend}: {message}");
+            assert!(
+                !message.contains("at `") && !message.contains(" line "),
+                "{message}"
+            );
+        }
+        // And a good one still reads, whatever the order of its keys.
+        let ok = r#"{"backend": {"provider": "browser", "kind": "builtIn"}}"#;
+        assert!(parse_json::<ServiceBody>(ok.as_bytes()).is_ok());
+    }
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use serde::de::Error as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -122,12 +123,13 @@ pub fn validate_label_value(field: &str, v: &str) -> Result<(), Error> {
 // ---------------------------------------------------------------------------------------------
 // Services
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Deserialized through [`tagged_variant`] (see there why), serialized as serde's internally
+/// tagged enum: `{"kind": "sandbox", "sandbox": {…}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(
     tag = "kind",
     rename_all = "camelCase",
-    rename_all_fields = "camelCase",
-    deny_unknown_fields
+    rename_all_fields = "camelCase"
 )]
 pub enum ServiceBackend {
     /// Nimbus launches and supervises a sandbox for the service.
@@ -142,6 +144,145 @@ pub enum ServiceBackend {
         #[serde(default)]
         health: HealthProbe,
     },
+}
+
+/// The fields of each [`ServiceBackend`] variant, as the body spells them (`kind` included,
+/// already read).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SandboxBackendFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    sandbox: SandboxSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BuiltInBackendFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    provider: BuiltInProvider,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExternalBackendFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    endpoint: ExternalEndpoint,
+    #[serde(default)]
+    auth: ExternalAuth,
+    #[serde(default)]
+    health: HealthProbe,
+}
+
+impl<'de> Deserialize<'de> for ServiceBackend {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The object's text, parsed twice: for its kind, then as that variant's fields. Text
+        // (unlike a `serde_json::Value`) keeps repeated keys, which the fields refuse (e.g. an
+        // environment variable given twice).
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let kind = tagged_kind(raw.get(), &["sandbox", "builtIn", "external"])
+            .map_err(D::Error::custom)?;
+        let backend = match kind.as_str() {
+            "sandbox" => fields_of::<SandboxBackendFields>(raw.get())
+                .map(|f| ServiceBackend::Sandbox { sandbox: f.sandbox }),
+            "builtIn" => {
+                fields_of::<BuiltInBackendFields>(raw.get()).map(|f| ServiceBackend::BuiltIn {
+                    provider: f.provider,
+                })
+            }
+            _ => fields_of::<ExternalBackendFields>(raw.get()).map(|f| ServiceBackend::External {
+                endpoint: f.endpoint,
+                auth: f.auth,
+                health: f.health,
+            }),
+        };
+        backend.map_err(D::Error::custom)
+    }
+}
+
+/// The kind of an internally tagged object (`{"kind": …, fields…}`), one of `kinds`. serde's
+/// own tagged enums buffer the object and report any error inside a variant at the enum itself
+/// (`backend: invalid type…` for a mistake deep in a sandbox spec); deserializing the
+/// variant's fields on their own keeps the path, which errors from here carry as a leading
+/// "at `path`: " (see [`NESTED_PATH_PREFIX`]).
+fn tagged_kind(text: &str, kinds: &[&str]) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct Kind {
+        kind: Option<serde_json::Value>,
+    }
+    // A struct would also take `[…]`, by position.
+    if !text.trim_start().starts_with('{') {
+        let found = serde_json::from_str::<serde_json::Value>(text)
+            .map(|v| json_type_name(&v))
+            .unwrap_or("not JSON");
+        return Err(format!(
+            "invalid type: {found}, expected an object with a \"kind\""
+        ));
+    }
+    let value = match serde_json::from_str::<Kind>(text) {
+        Ok(k) => k.kind,
+        Err(e) => {
+            // An object all the same: a repeated `kind`, say.
+            let e = e.to_string();
+            return Err(match e.rfind(" at line ") {
+                Some(i) => e[..i].to_string(),
+                None => e,
+            });
+        }
+    };
+    let expected = kinds
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match value {
+        None => Err("missing field `kind`".into()),
+        Some(serde_json::Value::String(k)) if kinds.contains(&k.as_str()) => Ok(k),
+        Some(serde_json::Value::String(k)) => Err(format!(
+            "{NESTED_PATH_PREFIX}kind`: unknown variant `{k}`, expected one of {expected}"
+        )),
+        Some(other) => Err(format!(
+            "{NESTED_PATH_PREFIX}kind`: invalid type: {}, expected one of {expected}",
+            json_type_name(&other)
+        )),
+    }
+}
+
+/// A variant's fields, with the path of an error inside them kept in its message.
+fn fields_of<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // Positions are within the object, not the request: drop them.
+        let inner = match inner.rfind(" at line ") {
+            Some(i) => inner[..i].to_string(),
+            None => inner,
+        };
+        if path == "." {
+            inner
+        } else {
+            format!("{NESTED_PATH_PREFIX}{path}`: {inner}")
+        }
+    })
+}
+
+/// How an error from inside a tagged variant names where it happened, relative to the
+/// variant: "at `sandbox.process.argv[1]`: invalid type…". The API's body extractor folds it
+/// into the error's field.
+pub const NESTED_PATH_PREFIX: &str = "at `";
+
+fn json_type_name(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
 }
 
 impl ServiceBackend {
