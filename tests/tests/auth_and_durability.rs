@@ -896,3 +896,60 @@ fn the_image_commands_make_a_new_data_dir_private() {
     let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "data dir mode {mode:o}");
 }
+
+#[tokio::test]
+async fn only_a_server_admin_may_root_a_sandbox_in_a_host_directory() {
+    // A `rootfs` root (or a build's context) shows its creator what that host directory holds;
+    // `//` was the host's whole filesystem, the server's credentials included.
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (_, tenant_admin) = credential(&s, "demo", "token", &["tenant:admin"]).await;
+    let sandbox = |root: serde_json::Value| {
+        json!({"profile": "worker", "spec": {
+            "owner": {"kind": "standalone"}, "backend": "container", "root": root,
+            "process": {"argv": ["/bin/sleep", "60"]}}})
+    };
+    let host_roots = [
+        json!({"kind": "rootfs", "path": "//"}),
+        json!({"kind": "rootfs", "path": "/etc"}),
+        json!({"kind": "oci_image", "source": {"kind": "build", "dockerfile": "FROM scratch\nCOPY shadow /\n", "context": "/etc"}}),
+    ];
+    for root in &host_roots {
+        let r = s
+            .call_as(
+                Auth::Bearer(&tenant_admin),
+                "POST",
+                &format!("{T}/sandboxes"),
+                Some(sandbox(root.clone())),
+            )
+            .await;
+        assert_error_says(&r, 403, "auth.permission_denied", "only a server admin");
+    }
+    let (_, audit) = s.call("GET", &format!("{T}/audit"), None).await;
+    assert!(
+        audit
+            .to_string()
+            .contains("names a directory on the server's host"),
+        "{audit}"
+    );
+    // The host's root, however it is spelled, is refused even to a server admin.
+    for path in ["/", "//", "/./", "/.//."] {
+        let r = s
+            .call(
+                "POST",
+                &format!("{T}/sandboxes"),
+                Some(sandbox(json!({"kind": "rootfs", "path": path}))),
+            )
+            .await;
+        assert_error_says(&r, 400, "request.invalid_argument", "the host's own root");
+    }
+    // Images stay open to tenant admins.
+    let r = s
+        .call_as(
+            Auth::Bearer(&tenant_admin),
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(json!({"kind": "oci_image", "source": {"kind": "reference", "reference": "127.0.0.1:5000/app:v1"}}))),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+}

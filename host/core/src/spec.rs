@@ -924,7 +924,10 @@ impl SandboxSpec {
             }
             Root::Rootfs { path } => {
                 check_abs_path(&f("root.path"), path)?;
-                if path == "/" {
+                // `//`, `/.` and the like are the root too.
+                if std::path::Path::new(path).components().all(|c| {
+                    c == std::path::Component::RootDir || c == std::path::Component::CurDir
+                }) {
                     return Err(Error::invalid_argument(
                         &f("root.path"),
                         "the host's own root cannot be a sandbox root",

@@ -433,7 +433,20 @@ impl Runtime {
                         reason: format!("{path} is not a directory on the host"),
                     });
                 }
-                Ok((vec![p.to_path_buf()], ContainerConfig::default()))
+                // Through symlinks too, the host's own root is never a sandbox's.
+                let real = std::fs::canonicalize(p).map_err(|e| LaunchError::BadSpec {
+                    field: "root.path".into(),
+                    reason: format!("{path} cannot be resolved on the host: {e}"),
+                })?;
+                if real == Path::new("/") {
+                    return Err(LaunchError::BadSpec {
+                        field: "root.path".into(),
+                        reason: format!(
+                            "{path} is the host's own root, which cannot be a sandbox root"
+                        ),
+                    });
+                }
+                Ok((vec![real], ContainerConfig::default()))
             }
         }
     }

@@ -48,6 +48,7 @@ pub async fn create(
         vec![],
     )
     .await?;
+    require_operator_for_host_paths(&app, &p, &tenant, &body.spec).await?;
     // A missing tenant answers 404 ahead of any complaint about the body. A valid request's
     // tenant is checked inside the write below instead of before it: the launch prepares
     // (root filesystem, network, config) while the record is written, and starts the process
@@ -95,6 +96,46 @@ pub async fn create(
         .await
         .map_err(|e| Error::internal(format!("the sandbox's write did not complete: {e}")))??;
     Ok((StatusCode::CREATED, Json(wire::sandbox(&record))))
+}
+
+/// A root read from a host directory (`rootfs`, or a build's `context`) shows the sandbox, and
+/// so its creator, whatever that directory holds; `//` would be the host's whole filesystem,
+/// credentials included. Host directories are the operator's to hand out: only a server admin
+/// may name one. Tenants use images.
+async fn require_operator_for_host_paths(
+    app: &SharedApp,
+    p: &nimbus_core::authz::Principal,
+    tenant: &nimbus_core::names::Name,
+    spec: &SandboxSpec,
+) -> Result<(), Error> {
+    use nimbus_core::spec::{ImageSource, Root};
+    let field = match &spec.root {
+        Root::Rootfs { .. } => "spec.root.path",
+        Root::OciImage {
+            source: ImageSource::Build { .. },
+        } => "spec.root.source.context",
+        Root::OciImage { .. } => return Ok(()),
+    };
+    if p.grants.iter().any(|g| g == "server:admin") {
+        return Ok(());
+    }
+    let reason = format!(
+        "{field} names a directory on the server's host, which only a server admin may use; \
+         use an image root ({{\"kind\": \"oci_image\", \"source\": {{\"kind\": \"reference\", …}}}})"
+    );
+    app.audit_denial(
+        app.event(
+            p,
+            tenant,
+            actions::SANDBOXES_CREATE,
+            "sandbox/",
+            "deny",
+            &reason,
+        ),
+        Some(p),
+    )
+    .await;
+    Err(Error::permission_denied(actions::SANDBOXES_CREATE, &reason))
 }
 
 /// Checks a create request's body and that this server can run it; returns the reason and
