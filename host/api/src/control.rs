@@ -62,8 +62,9 @@ pub trait SandboxFiles: Send + Sync {
     fn write(&self, path: &str, bytes: &[u8]) -> Result<u64, Error>;
     /// Removes the file, symlink or empty directory at `path`.
     fn delete(&self, path: &str) -> Result<(), Error>;
-    /// The entries of the directory at `path`, sorted by name.
-    fn list(&self, path: &str) -> Result<Vec<FileEntry>, Error>;
+    /// The entries of the directory at `path`, sorted by name, and whether there were more
+    /// than a listing returns.
+    fn list(&self, path: &str) -> Result<(Vec<FileEntry>, bool), Error>;
 }
 
 /// One directory entry, as the files channel lists it.

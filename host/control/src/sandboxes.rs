@@ -851,6 +851,11 @@ fn file_error(e: nimbus_runtime::files::FileError) -> Error {
             format!("no space left on this host for {path:?} in the sandbox's files"),
             serde_json::json!({ "path": path }),
         ),
+        FileError::Busy(path) => Error::conflict(
+            "file",
+            &path,
+            format!("{path:?} kept changing while it was being resolved (renames racing the lookup); retry"),
+        ),
         FileError::Io(m) => Error::internal(m),
     }
 }
@@ -868,9 +873,9 @@ impl SandboxFiles for Files {
         self.0.delete(path).map_err(file_error)
     }
 
-    fn list(&self, path: &str) -> Result<Vec<FileEntry>, Error> {
-        let entries = self.0.list(path).map_err(file_error)?;
-        Ok(entries
+    fn list(&self, path: &str) -> Result<(Vec<FileEntry>, bool), Error> {
+        let (entries, truncated) = self.0.list(path).map_err(file_error)?;
+        let entries = entries
             .into_iter()
             .map(|e| FileEntry {
                 name: e.name,
@@ -879,6 +884,7 @@ impl SandboxFiles for Files {
                 mode: e.mode,
                 modified: e.modified,
             })
-            .collect())
+            .collect();
+        Ok((entries, truncated))
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
-use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
+use nix::unistd::{fchown, fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 /// Why a file operation failed; each maps to an API error.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,6 +29,10 @@ pub enum FileError {
     /// The filesystem holding the sandbox's files is full.
     #[error("{0}: no space left for the sandbox's files on this host")]
     NoSpace(String),
+    /// The path kept changing while it was resolved (renames racing the lookup, on the
+    /// sandbox's side or anywhere on the host); the caller may retry.
+    #[error("{0}: the path changed while it was being resolved; retry")]
+    Busy(String),
     #[error("{0}")]
     Io(String),
 }
@@ -102,6 +106,7 @@ fn errno(path: &str, e: Errno) -> FileError {
             "has a name longer than 255 bytes, or is longer than 4096 bytes",
         ),
         Errno::ENOSPC | Errno::EDQUOT => FileError::NoSpace(path.to_string()),
+        Errno::EAGAIN => FileError::Busy(path.to_string()),
         other => FileError::Io(format!("{path}: {other}")),
     }
 }
@@ -148,7 +153,17 @@ impl SandboxFiles {
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS
                 | ResolveFlag::RESOLVE_NO_XDEV,
         );
-        let fd: RawFd = openat2(self.root.as_raw_fd(), path.as_str(), how)?;
+        // With RESOLVE_IN_ROOT, openat2 fails with EAGAIN when a rename (or mount) anywhere on
+        // the host may have raced its walk of a `..`: a sandbox renaming in a loop, or any
+        // other tenant's, would otherwise fail lookups through relative symlinks. Each retry
+        // is a fresh, equally safe lookup.
+        let mut attempts = 0;
+        let fd: RawFd = loop {
+            match openat2(self.root.as_raw_fd(), path.as_str(), how) {
+                Err(Errno::EAGAIN) if attempts < LOOKUP_RETRIES => attempts += 1,
+                other => break other?,
+            }
+        };
         // SAFETY: openat2 just returned this descriptor, and nothing else owns it.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
@@ -203,31 +218,48 @@ impl SandboxFiles {
                 Mode::from_bits_truncate(0o755),
             ) {
                 Ok(()) => {
-                    // Not O_PATH: fchown needs a descriptor opened for real.
-                    let made = self
-                        .open_in(
-                            &parents[..=depth],
-                            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-                            Mode::empty(),
+                    // Through the same parent descriptor, without following a link: were the
+                    // new directory swapped meanwhile, what gets chowned is still the
+                    // sandbox's own entry, and a lookup by path that fails would leave the
+                    // directory owned by host root, which the sandbox could not remove.
+                    if let Some(id) = self.owner {
+                        fchownat(
+                            Some(at.as_raw_fd()),
+                            parents[depth],
+                            Some(Uid::from_raw(id)),
+                            Some(Gid::from_raw(id)),
+                            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
                         )
                         .map_err(|e| errno(path, e))?;
-                    self.chown(&made, path)?;
+                    }
                 }
                 Err(Errno::EEXIST) => {}
                 Err(e) => return Err(errno(path, e)),
             }
         }
         let parent = self.dir(parents, path)?;
-        let tmp = format!(".nimbus-upload-{}-{}", std::process::id(), unique());
-        let mut tmp_rel: Vec<&str> = parents.to_vec();
-        tmp_rel.push(&tmp);
-        let fd = self
-            .open_in(
-                &tmp_rel,
-                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+        // Made in the parent descriptor, under a name the sandbox cannot guess: a predictable
+        // one could be taken ahead (a planted symlink), failing every upload to the directory.
+        let mut attempts = 0;
+        let (tmp, raw) = loop {
+            let tmp = upload_name();
+            match nix::fcntl::openat(
+                Some(parent.as_raw_fd()),
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o644),
-            )
-            .map_err(|e| errno(path, e))?;
+            ) {
+                Ok(fd) => break (tmp, fd),
+                Err(Errno::EEXIST) if attempts < OPEN_RETRIES => attempts += 1,
+                Err(e) => return Err(errno(path, e)),
+            }
+        };
+        // SAFETY: openat just returned this descriptor, and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let outcome = (|| {
             self.chown(&fd, path)?;
             let mut file = File::from(fd);
@@ -268,19 +300,34 @@ impl SandboxFiles {
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|e| errno(path, e))?;
-        let flag = if kind(st.st_mode) == "dir" {
-            UnlinkatFlags::RemoveDir
-        } else {
-            UnlinkatFlags::NoRemoveDir
-        };
-        unlinkat(Some(parent.as_raw_fd()), *name, flag).map_err(|e| match e {
-            Errno::ENOTEMPTY | Errno::EEXIST => invalid(path, "is a directory that is not empty"),
-            e => errno(path, e),
-        })
+        let mut dir = kind(st.st_mode) == "dir";
+        // The entry can change type between the stat and the unlink (the sandbox swapping a
+        // file and a directory): the kernel says which it now is, so try the other way.
+        let mut attempts = 0;
+        loop {
+            let flag = if dir {
+                UnlinkatFlags::RemoveDir
+            } else {
+                UnlinkatFlags::NoRemoveDir
+            };
+            match unlinkat(Some(parent.as_raw_fd()), *name, flag) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EISDIR | Errno::ENOTDIR) if attempts < OPEN_RETRIES => {
+                    attempts += 1;
+                    dir = !dir;
+                }
+                Err(Errno::EISDIR | Errno::ENOTDIR) => return Err(FileError::Busy(path.into())),
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
+                    return Err(invalid(path, "is a directory that is not empty"))
+                }
+                Err(e) => return Err(errno(path, e)),
+            }
+        }
     }
 
-    /// The entries of the directory at `path`, sorted by name.
-    pub fn list(&self, path: &str) -> Result<Vec<Entry>, FileError> {
+    /// The entries of the directory at `path`, sorted by name: at most [`MAX_LISTED`] of them
+    /// (in the directory's own order before sorting), and whether there were more.
+    pub fn list(&self, path: &str) -> Result<(Vec<Entry>, bool), FileError> {
         let rel = components(path)?;
         let dir = self
             .open_in(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
@@ -289,8 +336,13 @@ impl SandboxFiles {
         // /proc/self/fd link resolves nothing else.
         let link = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         let mut out = Vec::new();
+        let mut truncated = false;
         for entry in std::fs::read_dir(&link).map_err(|e| io(path, e))? {
             let entry = entry.map_err(|e| io(path, e))?;
+            if out.len() == MAX_LISTED {
+                truncated = true;
+                break;
+            }
             let name = entry.file_name();
             let Ok(st) = fstatat(
                 Some(dir.as_raw_fd()),
@@ -308,7 +360,7 @@ impl SandboxFiles {
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok((out, truncated))
     }
 }
 
@@ -322,17 +374,51 @@ fn kind(mode: u32) -> &'static str {
     }
 }
 
-/// A number for an upload's temporary name. Not `registry::tmp_path`: that name embeds the
-/// target's, and a target name near the 255-byte limit would make it too long.
-fn unique() -> u64 {
+/// How many times a temporary name or an unlink that lost a race is tried again.
+const OPEN_RETRIES: u32 = 32;
+
+/// How many times a lookup that raced a rename is tried again. Each try fails only if a rename
+/// lands inside its own few microseconds, but a host renaming in a tight loop (another
+/// tenant's sandbox, say) made most tries fail: 1024 keeps the chance of all of them failing
+/// negligible, and costs milliseconds at worst.
+const LOOKUP_RETRIES: u32 = 1024;
+
+/// Most entries one listing returns: a directory of 300 000 files would otherwise take seconds
+/// and tens of MiB of JSON per request.
+pub const MAX_LISTED: usize = 10_000;
+
+/// An upload's temporary name: 128 bits the sandbox cannot predict (nothing of the server's
+/// pid or a counter shows through). Not `registry::tmp_path`: that name embeds the target's,
+/// and a target name near the 255-byte limit would make it too long.
+fn upload_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // `RandomState` keys come from the OS's randomness; a fresh one per half.
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u128(now);
+        h.write_u64(salt);
+        h.finish()
+    };
+    format!(".nimbus-upload-{:016x}{:016x}", half(1), half(2))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_names_are_unpredictable() {
+        let (a, b) = (upload_name(), upload_name());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), ".nimbus-upload-".len() + 32, "{a}");
+    }
 
     #[test]
     fn paths_are_absolute_component_lists_without_dots() {

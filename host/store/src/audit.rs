@@ -92,12 +92,22 @@ impl Store {
 /// The longest text an audit field of a denied request keeps, in bytes.
 const MAX_DENIAL_FIELD_BYTES: usize = 512;
 
+/// The longest text any audit field keeps, in bytes: an allowed request's fields can carry the
+/// caller's input too (a files-channel path of 60 000 bytes, say), and each event is written
+/// and synced to disk.
+pub(crate) const MAX_AUDIT_FIELD_BYTES: usize = 4096;
+
 /// `text` cut to [`MAX_DENIAL_FIELD_BYTES`] at a character boundary, saying how long it was.
 fn clip(text: &str) -> String {
-    if text.len() <= MAX_DENIAL_FIELD_BYTES {
+    clip_to(text, MAX_DENIAL_FIELD_BYTES)
+}
+
+/// `text` cut to `max` bytes at a character boundary, saying how long it was.
+pub(crate) fn clip_to(text: &str, max: usize) -> String {
+    if text.len() <= max {
         return text.to_string();
     }
-    let mut end = MAX_DENIAL_FIELD_BYTES;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }

@@ -143,6 +143,20 @@ async fn load_by_id<T: DeserializeOwned>(
 }
 
 async fn insert_audit(tx: &mut Tx, event: &AuditEvent) -> Result<(), Error> {
+    use audit::{clip_to, MAX_AUDIT_FIELD_BYTES as MAX};
+    let long = |t: &str| t.len() > MAX;
+    let clipped;
+    let event = if long(&event.action) || long(&event.target) || long(&event.reason) {
+        clipped = AuditEvent {
+            action: clip_to(&event.action, MAX),
+            target: clip_to(&event.target, MAX),
+            reason: clip_to(&event.reason, MAX),
+            ..event.clone()
+        };
+        &clipped
+    } else {
+        event
+    };
     sqlx::query("INSERT INTO audit_events (tenant_id, doc) VALUES (?, ?)")
         .bind(&event.tenant_id)
         .bind(to_doc(event)?)

@@ -443,3 +443,28 @@ async fn deleting_a_target_closes_its_open_sessions_in_the_same_write() {
     // Two deletions and two closures, each audited.
     assert_eq!(audit_count(&store).await, audited + 4);
 }
+
+#[tokio::test]
+async fn every_audit_field_is_clipped_however_long_the_callers_input() {
+    // An allowed files-channel call put its whole path (60 000 bytes) in its event's reason;
+    // every event is written and synced, so each field is clipped.
+    let (store, _dir) = store().await;
+    store.ensure_tenant(&demo()).await.unwrap();
+    let mut event = audit("sessions.attach");
+    event.reason = format!("files of sandbox/x: GET /tmp/{}", "a".repeat(60_000));
+    store.record_audit(&event).await.unwrap();
+    let events = store.list_audit("demo", None, 10).await.unwrap().items;
+    let stored = events
+        .iter()
+        .find(|e| e.action == "sessions.attach")
+        .expect("the event");
+    assert!(stored.reason.len() < 4200, "{} bytes", stored.reason.len());
+    assert!(stored
+        .reason
+        .starts_with("files of sandbox/x: GET /tmp/aaa"));
+    assert!(
+        stored.reason.ends_with("(60029 bytes in all)"),
+        "{}",
+        &stored.reason[4000..]
+    );
+}

@@ -2,7 +2,8 @@
 //!
 //! - `GET …/files/{path}`: the file's bytes (`application/octet-stream`).
 //! - `GET …/files/{dir}/?list` (or `…/files/?list` for `/`): the directory's entries as JSON,
-//!   `{"path", "items": [{name, kind, size, mode, modified}]}`.
+//!   `{"path", "items": [{name, kind, size, mode, modified}], "truncated"}`: at most 10 000
+//!   entries; `truncated` says the directory holds more (list its subdirectories instead).
 //! - `PUT …/files/{path}`: the body becomes the file (at most [`MAX_UPLOAD`] bytes), replacing
 //!   it in one step; missing parent directories are created. Answers `{"path", "size"}`.
 //! - `DELETE …/files/{path}`: removes a file, symlink or empty directory.
@@ -29,6 +30,18 @@ use crate::error::ApiResult;
 
 /// The largest file a PUT accepts (the body is held in memory while it is written).
 pub const MAX_UPLOAD: usize = 32 << 20;
+
+/// Uploads this server holds at once, the whole server's: with [`MAX_UPLOAD`] this bounds
+/// their memory to 512 MiB. Without it, stalled uploads (a body that stops one byte short)
+/// each kept 32 MiB for as long as their connection stayed open.
+const MAX_UPLOADS_IN_FLIGHT: usize = 16;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS_IN_FLIGHT);
+
+/// How long an upload waits for a place among those in flight.
+const UPLOAD_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long an upload's body may take to arrive, once it has its place.
+const UPLOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `…/files/{*path}`.
 pub async fn with_path(
@@ -127,22 +140,47 @@ async fn read(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, Er
 
 async fn list_dir(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, Error> {
     let shown = path.clone();
-    let items = blocking(move || files.list(&path)).await?;
+    let (items, truncated) = blocking(move || files.list(&path)).await?;
     Ok(axum::response::IntoResponse::into_response(Json(
-        json!({ "path": shown, "items": items }),
+        json!({ "path": shown, "items": items, "truncated": truncated }),
     )))
 }
 
 async fn write(files: Box<dyn SandboxFiles>, path: String, body: Body) -> Result<Response, Error> {
-    let bytes = axum::body::to_bytes(body, MAX_UPLOAD).await.map_err(|e| {
-        Error::invalid_argument(
-            "body",
-            format!(
-                "could not read the upload: {e} (files up to {} MiB can be written)",
-                MAX_UPLOAD >> 20
-            ),
-        )
-    })?;
+    let _place = tokio::time::timeout(UPLOAD_QUEUE_WAIT, UPLOADS.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            Error::quota_exhausted(
+                format!(
+                    "{MAX_UPLOADS_IN_FLIGHT} uploads are in flight on this server and none \
+                     finished within {} s; retry shortly",
+                    UPLOAD_QUEUE_WAIT.as_secs()
+                ),
+                json!({ "uploadsInFlight": MAX_UPLOADS_IN_FLIGHT }),
+            )
+        })?;
+    let bytes = tokio::time::timeout(UPLOAD_DEADLINE, axum::body::to_bytes(body, MAX_UPLOAD))
+        .await
+        .map_err(|_| {
+            Error::invalid_argument(
+                "body",
+                format!(
+                    "the upload did not arrive within {} s; send the whole body at once",
+                    UPLOAD_DEADLINE.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| {
+            Error::invalid_argument(
+                "body",
+                format!(
+                    "could not read the upload: {e} (files up to {} MiB can be written)",
+                    MAX_UPLOAD >> 20
+                ),
+            )
+        })?;
     let shown = path.clone();
     let size = blocking(move || files.write(&path, &bytes)).await?;
     Ok(axum::response::IntoResponse::into_response(Json(

@@ -1,0 +1,175 @@
+//! The files channel against a hostile workload and hostile clients: what a black-box probe
+//! found, each as a test. Needs root and crun, like `sandboxes_api.rs`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nimbus_e2e::{json, Server};
+use tokio::io::AsyncWriteExt;
+
+const T: &str = "/v1/tenants/demo";
+
+/// A root filesystem with busybox-static in it, built from the host's busybox.
+fn busybox_rootfs(dir: &Path) -> String {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (scripts/setup.sh installs it)");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    for applet in ["sh", "mkdir", "ln", "touch", "sleep"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    dir.to_str().unwrap().to_string()
+}
+
+/// A ready sandbox running `script` in `root`, and a files session on it.
+async fn sandbox_with_files_session(s: &Server, root: &str, script: &str) -> (String, String) {
+    let body = json!({"profile": "worker", "spec": {
+        "owner": {"kind": "standalone"}, "backend": "container",
+        "root": {"kind": "rootfs", "path": root},
+        "process": {"argv": ["sh", "-c", script]}}});
+    let (st, created) = s.call("POST", &format!("{T}/sandboxes"), Some(body)).await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["metadata"]["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, sbx) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+        if sbx["status"]["lifecycleState"] == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {sbx}\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = json!({"target": {"sandbox": {"id": id}}, "channels": ["files"]});
+    let (st, ses) = s.call("POST", &format!("{T}/sessions"), Some(body)).await;
+    assert_eq!(st, 201, "{ses}");
+    (id, ses["metadata"]["id"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn the_files_channel_holds_against_big_directories_host_renames_and_stalled_uploads() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let script = "mkdir -p /tmp/many /tmp/d && cd /tmp/many && i=0; \
+                  while [ $i -le 10000 ]; do touch f$i; i=$((i+1)); done; \
+                  touch /tmp/d/f && ln -s ../../tmp/d /tmp/l && touch /tmp/ready; sleep 600";
+    let (_, session) = sandbox_with_files_session(&s, &root, script).await;
+    let url = |path: &str| format!("{}{T}/sessions/{session}/files{path}", s.base_url());
+    let get = |path: &str| {
+        let req = s.client.get(url(path)).bearer_auth(&s.token);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while get("/tmp/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the workload never got ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A listing stops at 10 000 entries and says there were more.
+    let (st, body) = get("/tmp/many/?list").await;
+    assert_eq!(st, 200);
+    let listing: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(listing["items"].as_array().unwrap().len(), 10_000);
+    assert_eq!(listing["truncated"], true);
+    let (_, body) = get("/tmp/d/?list").await;
+    let small: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(small["truncated"], false, "{small}");
+
+    // Renames anywhere on the host make a lookup through `..` fail with EAGAIN now and then;
+    // such lookups are retried, never answered with a 500.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renamer = {
+        let stop = stop.clone();
+        let spot = tempfile::tempdir().unwrap();
+        std::thread::spawn(move || {
+            let (a, b) = (spot.path().join("a"), spot.path().join("b"));
+            std::fs::write(&a, b"x").unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::rename(&a, &b).unwrap();
+                std::fs::rename(&b, &a).unwrap();
+            }
+        })
+    };
+    let mut failures = Vec::new();
+    for _ in 0..300 {
+        let (st, body) = get("/tmp/l/f").await;
+        if st != 200 {
+            failures.push((st, String::from_utf8_lossy(&body).into_owned()));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    renamer.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of 300 failed: {:?}",
+        failures.len(),
+        &failures[..1]
+    );
+
+    // Stalled uploads (a body that stops short) hold a bounded number of places: once 16 are
+    // in flight, the next upload waits up to 10 s and is then told to retry (429) instead of
+    // the server holding 32 MiB more.
+    let addr = s.base_url().trim_start_matches("http://").to_string();
+    let mut stalled = Vec::new();
+    for i in 0..16 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "PUT {T}/sessions/{session}/files/tmp/stalled{i} HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {}\r\nContent-Length: 1000\r\n\r\npartial",
+            s.token
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(conn);
+    }
+    let put = |path: &str| {
+        let req = s.client.put(url(path)).bearer_auth(&s.token).body("whole");
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refusal = loop {
+        // A 200 means this upload took its place before the last stalled one did.
+        let (st, body) = put("/tmp/one-too-many").await;
+        match st {
+            429 => break body,
+            200 => assert!(Instant::now() < deadline, "never refused"),
+            _ => panic!("{st} {body}"),
+        }
+    };
+    assert_eq!(refusal["error"]["code"], "quota.exhausted", "{refusal}");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry shortly"),
+        "{refusal}"
+    );
+    // Closing the stalled connections gives their places back.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, body) = put("/tmp/after").await;
+        if st == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uploads stay refused: {st} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
