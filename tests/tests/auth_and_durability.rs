@@ -615,11 +615,14 @@ async fn acknowledged_writes_survive_kill_9_in_the_middle_of_a_burst() {
     let base = s.base_url();
     let token = s.token.clone();
     let client = s.client.clone();
+    let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acks_seen = acks.clone();
     let burst = tokio::spawn(async move {
         let mut acked = Vec::new();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..400 {
             let (client, base, token) = (client.clone(), base.clone(), token.clone());
+            let acks = acks.clone();
             tasks.spawn(async move {
                 let name = format!("svc-{i}");
                 let r = client
@@ -629,7 +632,10 @@ async fn acknowledged_writes_survive_kill_9_in_the_middle_of_a_burst() {
                     .send()
                     .await;
                 match r {
-                    Ok(r) if r.status() == 201 => Some(name),
+                    Ok(r) if r.status() == 201 => {
+                        acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Some(name)
+                    }
                     _ => None,
                 }
             });
@@ -644,7 +650,13 @@ async fn acknowledged_writes_survive_kill_9_in_the_middle_of_a_burst() {
         }
         acked
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Killed once some writes are acknowledged and (the burst being 400 long) more are in
+    // flight; a fixed delay was too short on a loaded machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while acks_seen.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        assert!(std::time::Instant::now() < deadline, "no write acknowledged in 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     s.kill9();
     let acked = burst.await.unwrap();
     assert!(
