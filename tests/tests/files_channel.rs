@@ -83,6 +83,12 @@ async fn the_files_channel_holds_against_big_directories_host_renames_and_stalle
     let small: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(small["truncated"], false, "{small}");
 
+    // A trailing slash names a directory: it does not read the file.
+    let (st, body) = get("/tmp/d/f/").await;
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("ends with /"));
+    assert_eq!(get("/tmp/d/f").await.0, 200);
+
     // Renames anywhere on the host make a lookup through `..` fail with EAGAIN now and then;
     // such lookups are retried, never answered with a 500.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -189,6 +189,12 @@ impl SandboxFiles {
     /// opened for reading: opening a FIFO the sandbox made would block, and a device node
     /// would reach the host's device.
     pub fn read(&self, path: &str) -> Result<File, FileError> {
+        if path.ends_with('/') {
+            return Err(invalid(
+                path,
+                "ends with / and so names a directory; list it with ?list, or drop the / to read a file",
+            ));
+        }
         let rel = components(path)?;
         let handle = self
             .open_in(&rel, OFlag::O_PATH, Mode::empty())
