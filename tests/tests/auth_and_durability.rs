@@ -654,7 +654,10 @@ async fn acknowledged_writes_survive_kill_9_in_the_middle_of_a_burst() {
     // flight; a fixed delay was too short on a loaded machine.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while acks_seen.load(std::sync::atomic::Ordering::SeqCst) < 5 {
-        assert!(std::time::Instant::now() < deadline, "no write acknowledged in 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write acknowledged in 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     s.kill9();
