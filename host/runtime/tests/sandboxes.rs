@@ -621,7 +621,8 @@ async fn files_are_read_and_written_inside_the_sandbox_root_only() {
     assert!(!std::path::Path::new("/tmp")
         .join(format!("{marker}-up"))
         .exists());
-    let tmp = files.list("/tmp").unwrap();
+    let (tmp, truncated) = files.list("/tmp").unwrap();
+    assert!(!truncated);
     let names: Vec<&str> = tmp.iter().map(|e| e.name.as_str()).collect();
     assert!(names.contains(&marker.as_str()), "{names:?}");
     assert!(
