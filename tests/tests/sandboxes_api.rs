@@ -19,7 +19,7 @@ fn busybox_rootfs(dir: &Path) -> String {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "grep"] {
+    for applet in ["sh", "echo", "cat", "sleep", "grep", "yes"] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
     dir.to_str().unwrap().to_string()
@@ -528,6 +528,158 @@ async fn a_stdio_session_talks_to_the_process_over_a_websocket() {
     );
     let (_, audit) = s.call("GET", &format!("{T}/audit"), None).await;
     assert!(audit.to_string().contains("sessions.attach"), "{audit}");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}
+
+/// Polls `done` every 50 ms until it holds; panics with `what` after `within`.
+async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client that reads too slowly is disconnected by the monitor while the process runs: it
+/// is told so (1013, attach again), not that the process exited (1000), and can attach again.
+#[tokio::test]
+async fn a_slow_stdio_client_is_told_to_attach_again_not_that_the_process_exited() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let id = ready_sandbox(&s, &root, &format!("exec yes {}", "a".repeat(100))).await;
+    let session = open_session(&s, &id, &["stdio"]).await;
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    // Read nothing until the monitor has let this client go.
+    let monitor_log = s
+        .data_dir()
+        .join(format!("runtime/sandboxes/{id}/monitor.log"));
+    eventually(
+        Duration::from_secs(60),
+        "the monitor drops the slow client",
+        || std::fs::read_to_string(&monitor_log).is_ok_and(|l| l.contains("read too slowly")),
+    )
+    .await;
+    // Then drain: what was queued for it, and then the close.
+    let (code, reason) = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("the channel ends");
+        match msg {
+            Some(Ok(Message::Binary(_))) => {}
+            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            other => panic!("expected output or a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("attach again"), "{reason}");
+    let sbx = wait_state(&s, &id, &["ready"], Duration::from_secs(1)).await;
+    assert_eq!(sbx["status"]["lifecycleState"], "ready");
+    // It can attach again.
+    let mut again = stdio(&s, &session, &s.token).await.unwrap();
+    assert!(read_output(&mut again, "a\n").await.ends_with("a\n"));
+    drop((ws, again));
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}
+
+/// Threads and open files of the sandbox's monitor: (threads, fds).
+fn monitor_load(s: &Server, id: &str) -> (usize, usize) {
+    let pid = std::fs::read_to_string(
+        s.data_dir()
+            .join(format!("runtime/sandboxes/{id}/monitor.pid")),
+    )
+    .unwrap();
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{}/{what}", pid.trim()))
+            .unwrap()
+            .count()
+    };
+    (count("task"), count("fd"))
+}
+
+/// Input for a process that never reads its stdin: a message over 1 MiB ends the channel with
+/// 1009; clients that pushed as much as they could and left leave nothing behind in the monitor
+/// (threads, connections) or the server (their connections to it); at most 16 channels attach
+/// to a sandbox at once (429 `quota.exhausted` for one more), and a freed place can be taken.
+#[tokio::test]
+async fn stdio_input_a_process_does_not_read_is_bounded_and_leaves_nothing_behind() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let id = ready_sandbox(&s, &root, "exec sleep 3600").await;
+    let session = open_session(&s, &id, &["stdio"]).await;
+    let baseline = monitor_load(&s, &id);
+
+    // Too big a message: 1 MiB + 1 byte, in fragments, so that the server reads all of it
+    // before it refuses (a client that still has bytes of it to send may see a reset instead).
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        for i in 0..=16 {
+            let (bytes, op, last) = match i {
+                0 => (64 * 1024, Data::Binary, false),
+                16 => (1, Data::Continue, true),
+                _ => (64 * 1024, Data::Continue, false),
+            };
+            let frame = Frame::message(vec![b'x'; bytes], OpCode::Data(op), last);
+            ws.send(Message::Frame(frame)).await.unwrap();
+        }
+    }
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1009, "{reason}");
+    drop(ws);
+
+    // Clients push 1 MiB messages until the server takes no more, then vanish.
+    for _ in 0..4 {
+        let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+        for _ in 0..32 {
+            let send = ws.send(Message::binary(vec![b'x'; 1024 * 1024]));
+            match tokio::time::timeout(Duration::from_secs(2), send).await {
+                Ok(Ok(())) => {}
+                // Blocked (everything on the way is full) or refused: enough.
+                _ => break,
+            }
+        }
+        drop(ws);
+    }
+    // (The server notices vanished clients by its pings, lets their queued input go after a
+    // grace period, and the monitor then lets their connections go.)
+    eventually(
+        Duration::from_secs(60),
+        "the monitor is back to its threads and files before the attaches",
+        || monitor_load(&s, &id) == baseline,
+    )
+    .await;
+
+    // The cap.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(stdio(&s, &session, &s.token).await.unwrap());
+    }
+    let (st, body) = stdio(&s, &session, &s.token).await.err().unwrap();
+    assert_error(&(st.try_into().unwrap(), body), 429, "quota.exhausted");
+    let mut first = held.remove(0);
+    first.send(Message::Close(None)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        match stdio(&s, &session, &s.token).await {
+            Ok(ws) => break ws,
+            Err((429, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("attach after one left: {e:?}"),
+        }
+    };
+    drop((first, again, held));
+    let sbx = wait_state(&s, &id, &["ready"], Duration::from_secs(1)).await;
+    assert_eq!(sbx["status"]["lifecycleState"], "ready");
     let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
     assert_eq!(st, 200);
 }

@@ -92,10 +92,63 @@ pub enum StdinInput {
 /// A live connection to a running process's stdio.
 pub struct Attached {
     /// The process's output (stdout and stderr) from the moment of attaching; it ends when the
-    /// process has exited.
+    /// process has exited, or when the monitor disconnects this client (see `still_running`).
     pub output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     /// Input for its stdin, written in order. Dropping it leaves stdin open.
-    pub input: tokio::sync::mpsc::Sender<StdinInput>,
+    pub input: StdinSender,
+    /// The task writing `input` to the process. It ends once `input` is dropped and what was
+    /// queued is written (or cannot be); whoever drops `input` makes sure it does not outlive
+    /// that for long (a process that never reads would keep it, and its connection, forever).
+    pub writer: tokio::task::JoinHandle<()>,
+    /// Whether the process still runs. Asked once `output` has ended: if it does, the monitor
+    /// disconnected this client (too slow, or too many attached), and it can attach again.
+    /// Reads the sandbox's state dir: call it on a blocking thread.
+    pub still_running: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// The sending side of a stdin queue bounded in bytes (not in messages: a few large messages
+/// must not pin a lot of memory behind a process that does not read its stdin).
+pub struct StdinSender {
+    tx: tokio::sync::mpsc::UnboundedSender<(StdinInput, tokio::sync::OwnedSemaphorePermit)>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+    bytes: usize,
+}
+
+/// Input taken from a [`StdinSender`]; dropping the permit gives its bytes back to the queue
+/// (drop it once the input is written).
+pub type StdinReceiver =
+    tokio::sync::mpsc::UnboundedReceiver<(StdinInput, tokio::sync::OwnedSemaphorePermit)>;
+
+/// What each queued input costs beyond its bytes, so that many tiny messages are bounded too.
+const STDIN_INPUT_OVERHEAD: usize = 64;
+
+/// A stdin queue holding at most `bytes` (an input larger than that waits for an empty queue).
+pub fn stdin_queue(bytes: usize) -> (StdinSender, StdinReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let bytes = bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(bytes));
+    (StdinSender { tx, budget, bytes }, rx)
+}
+
+impl StdinSender {
+    /// Queues `input`, waiting for room; `Err` once the writer is gone.
+    pub async fn send(&self, input: StdinInput) -> Result<(), ()> {
+        let len = match &input {
+            StdinInput::Bytes(b) => b.len(),
+            StdinInput::Close => 0,
+        };
+        let cost = (len + STDIN_INPUT_OVERHEAD).min(self.bytes);
+        let room = self
+            .budget
+            .clone()
+            .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX));
+        // A writer that is gone never gives room back: do not wait for it.
+        let permit = tokio::select! {
+            permit = room => permit.map_err(|_| ())?,
+            _ = self.tx.closed() => return Err(()),
+        };
+        self.tx.send((input, permit)).map_err(|_| ())
+    }
 }
 
 #[cfg(test)]
@@ -112,5 +165,27 @@ mod tests {
         let (tx, rx) = tokio::sync::watch::channel(None::<bool>);
         drop(tx);
         assert!(!committed(rx).await);
+    }
+
+    #[tokio::test]
+    async fn a_stdin_queue_is_bounded_in_bytes() {
+        let (input, mut rx) = stdin_queue(1000);
+        let big = || StdinInput::Bytes(bytes::Bytes::from(vec![0u8; 600]));
+        input.send(big()).await.unwrap();
+        // A second one does not fit until the first is taken and written.
+        let second = tokio::time::timeout(std::time::Duration::from_millis(50), input.send(big()));
+        assert!(second.await.is_err(), "waits for room");
+        let (first, permit) = rx.recv().await.unwrap();
+        assert_eq!(first, big());
+        drop(permit);
+        input.send(big()).await.unwrap();
+        // Larger than the whole queue: still goes, once the queue is empty.
+        drop(rx.recv().await.unwrap());
+        input
+            .send(StdinInput::Bytes(bytes::Bytes::from(vec![0u8; 5000])))
+            .await
+            .unwrap();
+        drop(rx);
+        assert!(input.send(StdinInput::Close).await.is_err());
     }
 }

@@ -750,7 +750,7 @@ impl SandboxControl for ControlHandle {
     fn attach<'a>(&'a self, id: &'a SandboxId) -> BoxFuture<'a, Result<Attached, Error>> {
         Box::pin(async move {
             match self.0.runtime.attach(id).await {
-                Ok(conn) => Ok(attached(conn)),
+                Ok(conn) => Ok(attached(conn, self.0.runtime.clone(), id.clone())),
                 Err(e @ (RuntimeError::NotRunning(_) | RuntimeError::NotFound(_))) => {
                     Err(Error::invalid_transition(
                         "sandbox",
@@ -804,15 +804,17 @@ impl SandboxControl for ControlHandle {
 
 /// Wraps a connection to a monitor's attach socket: input messages become its frames (see
 /// `nimbus_runtime::attach`), written by a task of their own so that a process that does not
-/// read its stdin holds up only its input.
-fn attached(conn: tokio::net::UnixStream) -> Attached {
-    use nimbus_api::control::StdinInput;
+/// read its stdin holds up only its input. The input queue is bounded in bytes
+/// ([`STDIN_QUEUE_BYTES`]); the caller ends the writer task (see [`Attached::writer`]).
+fn attached(conn: tokio::net::UnixStream, runtime: Arc<Runtime>, id: SandboxId) -> Attached {
+    use nimbus_api::control::{stdin_queue, StdinInput};
     use nimbus_runtime::attach::{close_stdin_frame, stdin_frame, MAX_FRAME};
     use tokio::io::AsyncWriteExt;
     let (output, mut to_monitor) = conn.into_split();
-    let (input, mut rx) = tokio::sync::mpsc::channel::<StdinInput>(16);
-    tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
+    let (input, mut rx) = stdin_queue(STDIN_QUEUE_BYTES);
+    let writer = tokio::spawn(async move {
+        // The permit goes once the input is written: it is the queue's room.
+        while let Some((msg, _room)) = rx.recv().await {
             let written = match msg {
                 StdinInput::Bytes(bytes) => {
                     let mut result = Ok(());
@@ -831,11 +833,24 @@ fn attached(conn: tokio::net::UnixStream) -> Attached {
             }
         }
     });
+    // The monitor writes the exit record before it closes its clients' connections, so output
+    // that ends while the process runs means the monitor let this client go. (An older monitor
+    // closes them first: a container process that is gone counts as exited too.)
+    let still_running = Box::new(move || match runtime.observe(&id) {
+        Observed::Running { pid, .. } => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        _ => false,
+    });
     Attached {
         output: Box::new(output),
         input,
+        writer,
+        still_running,
     }
 }
+
+/// Stdin input the server holds for one attached client (the WebSocket's messages are at most
+/// 1 MiB, so one always fits).
+const STDIN_QUEUE_BYTES: usize = 1024 * 1024;
 
 /// The runtime's view of a sandbox's files, with its errors as API errors.
 struct Files(nimbus_runtime::files::SandboxFiles);

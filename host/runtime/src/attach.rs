@@ -8,7 +8,9 @@
 //! Protocol, per connection (a Unix stream socket; only root can reach the private data dir):
 //! - monitor → client: the process's output from the moment of connecting, as raw bytes (the
 //!   log keeps the history). The monitor closes the connection when the process has exited and
-//!   its output is drained.
+//!   its output is drained; `exit.json` is written before that, so a client that reads
+//!   end-of-file while the sandbox still runs was disconnected (too slow, or over
+//!   [`MAX_CLIENTS`]), not told that the process ended.
 //! - client → monitor: frames of `[kind: u8][len: u32 big-endian][len bytes]`. Kind
 //!   [`FRAME_STDIN`] writes the bytes to the process's stdin; [`FRAME_CLOSE_STDIN`] (no bytes)
 //!   closes it, so the process reads end-of-file, for every client. A connection that closes
@@ -16,14 +18,23 @@
 //!
 //! A client that reads its output too slowly is disconnected (the monitor never lets one
 //! client hold up the process's output or the log); it can attach again.
+//!
+//! Stdin is written by one thread of its own from a queue bounded in bytes
+//! ([`STDIN_QUEUE_BYTES`]); a client whose input does not fit waits (its socket fills, which
+//! holds up its sender) for as long as it stays connected. No client thread ever blocks on the
+//! pipe itself, so a process that never reads its stdin cannot pin client threads: a client
+//! that hangs up is let go (its waiting input with it, after [`DEPARTED_GRACE`]).
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// The socket's name in the sandbox's state dir.
 pub const SOCKET: &str = "attach.sock";
@@ -33,8 +44,25 @@ pub const FRAME_STDIN: u8 = 0;
 pub const FRAME_CLOSE_STDIN: u8 = 1;
 /// The largest frame the monitor accepts; larger writes are split by the client.
 pub const MAX_FRAME: usize = 64 * 1024;
+/// Clients connected at once. Each costs two small threads, so this bounds what a flood of
+/// attaches can take from the monitor; one over it is disconnected at once (it reads
+/// end-of-file while the process runs). The server refuses attaches earlier, below this.
+pub const MAX_CLIENTS: usize = 32;
+/// Stdin input queued in the monitor (all clients together, the frame being written
+/// included) before clients wait for the process to read.
+pub const STDIN_QUEUE_BYTES: usize = 256 * 1024;
+/// How long input of a client that has hung up may wait for room in the stdin queue before it
+/// is dropped with its client ("send and hang up" reaches a process that reads, without a
+/// process that does not read keeping the client's threads forever).
+pub const DEPARTED_GRACE: Duration = Duration::from_secs(5);
 /// Output chunks queued for one client before it counts as too slow and is disconnected.
 const CLIENT_QUEUE: usize = 256;
+/// How often a waiting client thread checks that its client is still connected.
+const LIVENESS_CHECK: Duration = Duration::from_millis(200);
+/// After a failed accept (out of file descriptors or memory): wait, then accept again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Client threads do little; small stacks keep [`MAX_CLIENTS`] of them cheap.
+const CLIENT_STACK: usize = 128 * 1024;
 
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET)
@@ -73,16 +101,41 @@ pub fn short_path(path: &Path) -> std::io::Result<(PathBuf, Option<File>)> {
     Ok((short, Some(dir)))
 }
 
-/// The attached clients' output queues.
-type Clients = Arc<Mutex<Vec<SyncSender<Arc<[u8]>>>>>;
+/// One client's output queue.
+type OutputQueue = SyncSender<Arc<[u8]>>;
+
+/// What the accept thread and the client threads share.
+struct Shared {
+    /// The attached clients' output queues, by client id.
+    clients: Mutex<Vec<(u64, OutputQueue)>>,
+    /// Clients whose output writer still runs, so that [`AttachServer::finish`] can let them
+    /// deliver the last output before the monitor exits.
+    writers: AtomicUsize,
+    /// Clients with a thread still running (counted against [`MAX_CLIENTS`]).
+    connected: AtomicUsize,
+    next_id: AtomicU64,
+    /// Set while attaches are refused, so that a flood is logged once, not per attach.
+    refusing: AtomicBool,
+    stdin: StdinQueue,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            clients: Mutex::default(),
+            writers: AtomicUsize::new(0),
+            connected: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            refusing: AtomicBool::new(false),
+            stdin: StdinQueue::default(),
+        })
+    }
+}
 
 /// The monitor's side: accepts clients, feeds their frames to stdin, fans output out to them.
 pub struct AttachServer {
     path: PathBuf,
-    clients: Clients,
-    /// Clients whose output writer still runs, so that [`AttachServer::finish`] can let them
-    /// deliver the last output before the monitor exits.
-    writers: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl AttachServer {
@@ -92,37 +145,31 @@ impl AttachServer {
         let _ = std::fs::remove_file(&path);
         let (addr, _dir) = short_path(&path)?;
         let listener = UnixListener::bind(&addr)?;
-        let clients = Clients::default();
-        let stdin = Arc::new(Mutex::new(Some(stdin)));
-        let writers = Arc::new(AtomicUsize::new(0));
-        let (accepting, counted) = (clients.clone(), writers.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(conn) => serve_client(conn, &accepting, &counted, &stdin),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        eprintln!("nimbus monitor: attach socket stopped accepting: {e}");
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(AttachServer {
-            path,
-            clients,
-            writers,
-        })
+        let shared = Shared::new();
+        let queue = shared.clone();
+        std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || write_stdin(&queue.stdin, stdin))?;
+        let accepting = shared.clone();
+        std::thread::Builder::new()
+            .name("attach".into())
+            .spawn(move || accept_loop(|| Some(listener.accept().map(|(c, _)| c)), &accepting))?;
+        Ok(AttachServer { path, shared })
+    }
+
+    /// Clients connected right now.
+    pub fn connected(&self) -> usize {
+        self.shared.connected.load(Ordering::SeqCst)
     }
 
     /// Sends an output chunk to every attached client; drops the ones that cannot keep up.
     pub fn broadcast(&self, chunk: &[u8]) {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients = lock(&self.shared.clients);
         if clients.is_empty() {
             return;
         }
         let chunk: Arc<[u8]> = Arc::from(chunk);
-        clients.retain(|c| match c.try_send(chunk.clone()) {
+        clients.retain(|(_, c)| match c.try_send(chunk.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 eprintln!("nimbus monitor: an attached client read too slowly; disconnected it");
@@ -134,51 +181,150 @@ impl AttachServer {
 
     /// The process is gone and its output drained: clients get the rest of it and then
     /// end-of-file (waiting up to `grace` for them), and the socket goes.
-    pub fn finish(&self, grace: std::time::Duration) {
+    pub fn finish(&self, grace: Duration) {
         let _ = std::fs::remove_file(&self.path);
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        let deadline = std::time::Instant::now() + grace;
-        while self.writers.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        lock(&self.shared.clients).clear();
+        let deadline = Instant::now() + grace;
+        while self.shared.writers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
 
-/// One client: a writer thread sends it output; a reader thread applies its frames.
-fn serve_client(
-    conn: UnixStream,
-    clients: &Clients,
-    writers: &Arc<AtomicUsize>,
-    stdin: &Arc<Mutex<Option<File>>>,
-) {
-    let Ok(mut out) = conn.try_clone() else {
-        return;
-    };
-    let (tx, rx) = sync_channel::<Arc<[u8]>>(CLIENT_QUEUE);
-    clients.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
-    writers.fetch_add(1, Ordering::SeqCst);
-    let writers = writers.clone();
-    std::thread::spawn(move || {
-        for chunk in rx {
-            if out.write_all(&chunk).is_err() {
-                break;
-            }
-        }
-        // Output is over for this client (the process ended, or it was too slow).
-        let _ = out.shutdown(std::net::Shutdown::Both);
-        writers.fetch_sub(1, Ordering::SeqCst);
-    });
-    let stdin = stdin.clone();
-    std::thread::spawn(move || apply_frames(conn, &stdin));
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Reads frames from a client until it disconnects or sends something malformed.
-fn apply_frames(mut conn: UnixStream, stdin: &Mutex<Option<File>>) {
+/// Accepts clients until `accept` says there are no more (`None`; the real listener never
+/// does). A failed accept (EMFILE, ENFILE, ENOMEM under a flood of attaches) is waited out,
+/// never a reason to stop: the sandbox would be unreachable for the rest of its life.
+fn accept_loop(
+    mut accept: impl FnMut() -> Option<std::io::Result<UnixStream>>,
+    shared: &Arc<Shared>,
+) {
+    let mut failing = false;
+    while let Some(conn) = accept() {
+        match conn {
+            Ok(conn) => {
+                failing = false;
+                admit(conn, shared);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if !failing {
+                    eprintln!("nimbus monitor: attach socket cannot accept ({e}); retrying");
+                    failing = true;
+                }
+                std::thread::sleep(ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+/// A client's place: held by both of its threads; the last one to end frees it.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.shared.clients).retain(|(id, _)| *id != self.id);
+        self.shared.connected.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One client, if there is room: a writer thread sends it output; a reader thread queues its
+/// frames for stdin.
+fn admit(conn: UnixStream, shared: &Arc<Shared>) {
+    // Only this thread adds clients, so the count cannot pass the cap between check and add.
+    if shared.connected.load(Ordering::SeqCst) >= MAX_CLIENTS {
+        if !shared.refusing.swap(true, Ordering::SeqCst) {
+            eprintln!(
+                "nimbus monitor: {MAX_CLIENTS} clients are attached; disconnecting further ones"
+            );
+        }
+        return;
+    }
+    shared.refusing.store(false, Ordering::SeqCst);
+    let Ok(out) = conn.try_clone() else {
+        return;
+    };
+    shared.connected.fetch_add(1, Ordering::SeqCst);
+    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+    let slot = Arc::new(Slot {
+        shared: shared.clone(),
+        id,
+    });
+    let (tx, rx) = sync_channel::<Arc<[u8]>>(CLIENT_QUEUE);
+    lock(&shared.clients).push((id, tx));
+    shared.writers.fetch_add(1, Ordering::SeqCst);
+    let writing = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .stack_size(CLIENT_STACK)
+        .spawn(move || {
+            send_output(out, rx);
+            writing.shared.writers.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        // Out of threads: the client goes (the closure, and its slot, were dropped).
+        shared.writers.fetch_sub(1, Ordering::SeqCst);
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+        return;
+    }
+    let closer = conn.try_clone();
+    let spawned = std::thread::Builder::new()
+        .stack_size(CLIENT_STACK)
+        .spawn(move || {
+            apply_frames(&conn, &slot.shared.stdin);
+            // Its input is over. Output goes on while the client stays connected (it may
+            // have only shut down its sending side).
+        });
+    if let (Err(_), Ok(closer)) = (spawned, closer) {
+        // No reader: disconnect it rather than ignore its input (its writer then ends).
+        let _ = closer.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Copies output chunks to the client until it is dropped (too slow, or the process ended) or
+/// hangs up. Waiting for output, it checks now and then that the client is still there: a
+/// process with no output must not keep a departed client's thread.
+fn send_output(mut out: UnixStream, rx: std::sync::mpsc::Receiver<Arc<[u8]>>) {
+    loop {
+        match rx.recv_timeout(LIVENESS_CHECK) {
+            Ok(chunk) => {
+                if out.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) if hung_up(&out) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Output is over for this client (the process ended, it was too slow, or it left).
+    let _ = out.shutdown(std::net::Shutdown::Both);
+}
+
+/// Whether the client has closed its end of the connection entirely (not just its sending
+/// side).
+fn hung_up(conn: &UnixStream) -> bool {
+    let mut fd = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for an fd `conn` keeps open, no wait. (nix's poll is not
+    // among the features the workspace builds.)
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Reads frames from a client until it disconnects or sends something malformed, or its input
+/// cannot be delivered after it has hung up.
+fn apply_frames(mut conn: &UnixStream, stdin: &StdinQueue) {
     let mut header = [0u8; 5];
-    let mut buf = Vec::new();
     loop {
         if conn.read_exact(&mut header).is_err() {
             return;
@@ -188,31 +334,132 @@ fn apply_frames(mut conn: UnixStream, stdin: &Mutex<Option<File>>) {
             eprintln!(
                 "nimbus monitor: an attached client sent a {len}-byte frame; disconnected it"
             );
+            let _ = conn.shutdown(std::net::Shutdown::Both);
             return;
         }
-        buf.resize(len, 0);
+        let mut buf = vec![0u8; len];
         if conn.read_exact(&mut buf).is_err() {
             return;
         }
-        let mut stdin = stdin.lock().unwrap_or_else(|e| e.into_inner());
-        match header[0] {
-            FRAME_STDIN => {
-                // A process that stopped reading (or exited) makes the write fail: stdin is
-                // closed for good then, like a broken pipe in a shell.
-                if let Some(f) = stdin.as_mut() {
-                    if f.write_all(&buf).is_err() {
-                        *stdin = None;
-                    }
-                }
-            }
-            FRAME_CLOSE_STDIN => *stdin = None,
+        let input = match header[0] {
+            FRAME_STDIN if buf.is_empty() => continue,
+            FRAME_STDIN => Input::Bytes(buf),
+            FRAME_CLOSE_STDIN => Input::Close,
             kind => {
                 eprintln!(
                     "nimbus monitor: an attached client sent frame kind {kind}; disconnected it"
                 );
+                let _ = conn.shutdown(std::net::Shutdown::Both);
                 return;
             }
+        };
+        if !stdin.push(input, || hung_up(conn)) {
+            eprintln!(
+                "nimbus monitor: an attached client left while the process was not reading its \
+                 input; dropped that input"
+            );
+            return;
         }
+    }
+}
+
+enum Input {
+    Bytes(Vec<u8>),
+    Close,
+}
+
+impl Input {
+    fn len(&self) -> usize {
+        match self {
+            Input::Bytes(b) => b.len(),
+            Input::Close => 0,
+        }
+    }
+}
+
+/// Input on its way to the process's stdin, in the order the clients' frames came.
+#[derive(Default)]
+struct StdinQueue {
+    state: Mutex<StdinState>,
+    /// Signalled whenever the queue or `closed` changes.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct StdinState {
+    items: VecDeque<Input>,
+    /// Bytes queued, the ones being written included.
+    bytes: usize,
+    /// Stdin is closed for good: input is dropped.
+    closed: bool,
+}
+
+impl StdinQueue {
+    /// Queues `input`, waiting for room while the client is there (`gone` says when it is no
+    /// longer). Returns false when the client has been gone for [`DEPARTED_GRACE`] with its
+    /// input still waiting: it is dropped.
+    fn push(&self, input: Input, gone: impl Fn() -> bool) -> bool {
+        let mut state = lock(&self.state);
+        let mut gone_since: Option<Instant> = None;
+        loop {
+            if state.closed {
+                return true;
+            }
+            // A frame always fits into an empty queue, whatever the budget.
+            if state.bytes == 0 || state.bytes + input.len() <= STDIN_QUEUE_BYTES {
+                state.bytes += input.len();
+                state.items.push_back(input);
+                self.changed.notify_all();
+                return true;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, LIVENESS_CHECK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if gone() {
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= DEPARTED_GRACE {
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Stdin is gone: nothing more is queued, waiting clients go on.
+    fn close(&self, state: &mut StdinState) {
+        state.closed = true;
+        state.items.clear();
+        state.bytes = 0;
+        self.changed.notify_all();
+    }
+}
+
+/// The one thread that writes stdin. Blocking on a process that does not read holds up only
+/// the queue, never a client thread or a lock. Ends when stdin is closed (a close frame, or a
+/// failed write: the process stopped reading or exited, like a broken pipe in a shell).
+fn write_stdin(queue: &StdinQueue, mut stdin: File) {
+    loop {
+        let input = {
+            let mut state = lock(&queue.state);
+            loop {
+                if let Some(input) = state.items.pop_front() {
+                    break input;
+                }
+                state = queue.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let written = match &input {
+            Input::Bytes(b) => stdin.write_all(b).is_ok(),
+            Input::Close => false,
+        };
+        let mut state = lock(&queue.state);
+        if !written {
+            queue.close(&mut state);
+            return;
+        }
+        state.bytes -= input.len();
+        queue.changed.notify_all();
     }
 }
 
@@ -263,7 +510,7 @@ mod tests {
         assert_eq!(rest, "two");
         // Both clients are registered once their reader threads run; wait for that.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while server.clients.lock().unwrap().len() < 2 {
+        while server.connected() < 2 {
             assert!(std::time::Instant::now() < deadline);
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
@@ -275,5 +522,127 @@ mod tests {
             assert_eq!(s, "out");
         }
         assert!(!socket_path(d.path()).exists());
+    }
+
+    /// Waits up to `limit` for `done`.
+    fn wait_for(limit: Duration, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A process that never reads its stdin: a client that sent more than the pipe and the
+    /// queue hold, then hung up, is let go (its threads end) rather than blocking forever on
+    /// the pipe; meanwhile other clients attach and get output, and stdin still works.
+    #[test]
+    fn a_client_whose_input_is_not_read_is_let_go_once_it_hangs_up() {
+        let d = tempfile::tempdir().unwrap();
+        // Close-on-exec: a child another test spawns must not hold the pipe open.
+        let (stdin_r, stdin_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let server = AttachServer::start(d.path(), File::from(stdin_w)).unwrap();
+        let mut a = UnixStream::connect(socket_path(d.path())).unwrap();
+        // Frames until the socket takes no more: the pipe (64 KiB), the monitor's queue and
+        // the socket's buffers are full.
+        a.set_nonblocking(true).unwrap();
+        let frame = stdin_frame(&vec![b'x'; MAX_FRAME]);
+        let mut sent = 0usize;
+        let mut pending: &[u8] = &frame;
+        let mut idle_since = Instant::now();
+        while idle_since.elapsed() < Duration::from_millis(500) {
+            match a.write(pending) {
+                Ok(n) => {
+                    sent += n;
+                    pending = &pending[n..];
+                    if pending.is_empty() {
+                        pending = &frame;
+                    }
+                    idle_since = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(sent > STDIN_QUEUE_BYTES + 64 * 1024, "{sent}");
+        wait_for(Duration::from_secs(5), "client a attached", || {
+            server.connected() == 1
+        });
+        // Another client attaches and reads output while a's input waits.
+        let mut b = UnixStream::connect(socket_path(d.path())).unwrap();
+        wait_for(Duration::from_secs(5), "client b attached", || {
+            server.connected() == 2
+        });
+        server.broadcast(b"out");
+        let mut got = [0u8; 3];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"out");
+        // a hangs up: its threads end once its input has waited out the grace period.
+        drop(a);
+        wait_for(DEPARTED_GRACE * 3, "client a let go", || {
+            server.connected() == 1
+        });
+        // Stdin still works: b closes it, the process reads what was queued, then EOF.
+        b.write_all(&close_stdin_frame()).unwrap();
+        let mut read = Vec::new();
+        File::from(stdin_r).read_to_end(&mut read).unwrap();
+        assert!(
+            read.len() < sent && read.iter().all(|&c| c == b'x'),
+            "{}",
+            read.len()
+        );
+    }
+
+    /// Clients over [`MAX_CLIENTS`] read end-of-file at once; a freed place can be taken again.
+    #[test]
+    fn attaches_over_the_cap_are_disconnected_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (_stdin_r, stdin_w) = nix::unistd::pipe().unwrap();
+        let server = AttachServer::start(d.path(), File::from(stdin_w)).unwrap();
+        let connect = || UnixStream::connect(socket_path(d.path())).unwrap();
+        let mut clients: Vec<UnixStream> = (0..MAX_CLIENTS).map(|_| connect()).collect();
+        wait_for(Duration::from_secs(5), "all attached", || {
+            server.connected() == MAX_CLIENTS
+        });
+        let mut over = connect();
+        over.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(over.read(&mut buf).unwrap(), 0, "refused: end-of-file");
+        drop(clients.pop());
+        wait_for(Duration::from_secs(5), "a place freed", || {
+            server.connected() == MAX_CLIENTS - 1
+        });
+        let mut again = connect();
+        wait_for(Duration::from_secs(5), "attached again", || {
+            server.connected() == MAX_CLIENTS
+        });
+        server.broadcast(b"hi");
+        again
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = [0u8; 2];
+        again.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+    }
+
+    /// Failed accepts (out of file descriptors or memory) are waited out; later clients are
+    /// still accepted.
+    #[test]
+    fn accept_errors_do_not_stop_the_accept_loop() {
+        let shared = Shared::new();
+        let (client, conn) = UnixStream::pair().unwrap();
+        let mut script = vec![
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE)),
+            Err(std::io::Error::from_raw_os_error(libc::ENOMEM)),
+            Err(std::io::Error::from_raw_os_error(libc::ENFILE)),
+            Ok(conn),
+        ]
+        .into_iter();
+        accept_loop(|| script.next(), &shared);
+        assert_eq!(shared.connected.load(Ordering::SeqCst), 1);
+        drop(client);
     }
 }

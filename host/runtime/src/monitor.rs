@@ -344,11 +344,10 @@ fn run(a: &Assignment, ready: Prepared) -> Result<(), String> {
     // The pipe closes when the last container process is gone; with a pid namespace that is
     // now. Give the copier a moment for buffered output, but never hang on a stray holder.
     wait_until_finished(&logger, std::time::Duration::from_secs(2));
-    // Attached clients get the rest of the output, then end-of-file.
-    if let Some(server) = attach.get() {
-        server.finish(std::time::Duration::from_secs(1));
-    }
-    record_exit(
+    // The exit is recorded before attached clients read end-of-file: a client that reads
+    // end-of-file while there is no exit record was disconnected (too slow, or one too
+    // many), and the server tells it so rather than that the process has exited.
+    let recorded = record_exit(
         &a.dir,
         &ExitRecord {
             code,
@@ -357,7 +356,12 @@ fn run(a: &Assignment, ready: Prepared) -> Result<(), String> {
             start_error: None,
             finished_at: now_secs(),
         },
-    )?;
+    );
+    // Attached clients get the rest of the output, then end-of-file.
+    if let Some(server) = attach.get() {
+        server.finish(std::time::Duration::from_secs(1));
+    }
+    recorded?;
     crun_delete(&ready.crun, a);
     Ok(())
 }

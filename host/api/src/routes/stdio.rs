@@ -7,9 +7,15 @@
 //! - server → client: the process's output (stdout and stderr, as the log has them) from the
 //!   moment of attaching, as binary messages. Earlier output is at `…/sandboxes/{id}/logs`.
 //! - The server closes the WebSocket with 1000 when the process has exited (its remaining
-//!   output sent first), and with 1008 when the session is closed or expires. A client that
-//!   disconnects leaves stdin open for the next attach.
+//!   output sent first), with 1008 when the session is closed or expires, with 1013 when the
+//!   monitor disconnected this client while the process runs (it read too slowly; it can attach
+//!   again), and with 1009 after a message over [`MAX_MESSAGE`]. A client that disconnects
+//!   leaves stdin open for the next attach.
+//! - At most [`MAX_ATTACHES`] channels per sandbox at once; one more is refused with 429
+//!   `quota.exhausted` before the upgrade.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -23,12 +29,67 @@ use nimbus_core::Error;
 use tokio::io::AsyncReadExt;
 
 use crate::app::{tenant_name, Caller, SharedApp};
-use crate::control::{Attached, StdinInput};
+use crate::control::{Attached, StdinInput, StdinSender};
 use crate::error::ApiResult;
 
 /// How often an attached channel checks that its session is still open (a close through the
 /// API ends the channel within this time).
 const SESSION_CHECK: Duration = Duration::from_secs(1);
+/// The largest message a client may send (and frame): input is queued per message, so this
+/// bounds what one message can pin in the server. Larger input is sent as several messages.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// Channels attached to one sandbox at once (each holds a connection to its monitor, which
+/// disconnects clients over its own, higher cap).
+pub const MAX_ATTACHES: usize = 16;
+/// How long input still queued when a channel ends may take to reach the process (a client
+/// that sends and hangs up) before it is dropped with its connection to the monitor.
+const INPUT_GRACE: Duration = Duration::from_secs(5);
+/// How often the server pings the client. While a client's input waits for a process that
+/// does not read, nothing reads from the client, so a client that vanished is noticed only
+/// by a write to it failing: the ping's.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// Channels attached per sandbox, in this server (only it holds connections to the monitors).
+static ATTACHES: Mutex<Option<HashMap<SandboxId, usize>>> = Mutex::new(None);
+
+/// A sandbox's place taken by one channel, from before the attach until its input is written
+/// or dropped.
+struct AttachSlot(SandboxId);
+
+impl AttachSlot {
+    fn take(sandbox: &SandboxId) -> Result<AttachSlot, Error> {
+        let mut attaches = ATTACHES.lock().unwrap_or_else(|e| e.into_inner());
+        let n = attaches
+            .get_or_insert_with(HashMap::new)
+            .entry(sandbox.clone())
+            .or_insert(0);
+        if *n >= MAX_ATTACHES {
+            return Err(Error::quota_exhausted(
+                format!(
+                    "{MAX_ATTACHES} stdio channels are attached to sandbox {sandbox}; \
+                     close one (or wait for one to end) and attach again"
+                ),
+                serde_json::json!({ "sandbox": sandbox.as_str(), "limit": MAX_ATTACHES }),
+            ));
+        }
+        *n += 1;
+        Ok(AttachSlot(sandbox.clone()))
+    }
+}
+
+impl Drop for AttachSlot {
+    fn drop(&mut self) {
+        let mut attaches = ATTACHES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = attaches.as_mut() {
+            if let Some(n) = map.get_mut(&self.0) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.0);
+                }
+            }
+        }
+    }
+}
 
 pub async fn stdio(
     State(app): State<SharedApp>,
@@ -49,12 +110,34 @@ pub async fn stdio(
     })?;
     let sandbox = attachable_sandbox(&app, &tenant, &session).await?;
     let control = super::channels::control(&app)?;
+    let slot = AttachSlot::take(&sandbox)?;
     let attached = control.attach(&sandbox).await?;
     let reason = format!("stdio of sandbox/{sandbox}");
     super::channels::audit(&app, &p, &tenant, &session, &reason).await;
     let app = app.clone();
+    let upgrade = upgrade
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE);
     Ok(upgrade.on_upgrade(move |ws| async move {
-        bridge(ws, attached, &app, &tenant, &session).await;
+        let Attached {
+            output,
+            input,
+            mut writer,
+            still_running,
+        } = attached;
+        bridge(ws, output, input, still_running, &app, &tenant, &session).await;
+        // Input still queued gets a moment to reach the process, then goes with the
+        // connection to the monitor: a process that never reads must not keep it (and the
+        // sandbox's place) forever.
+        tokio::spawn(async move {
+            if tokio::time::timeout(INPUT_GRACE, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+            drop(slot);
+        });
     }))
 }
 
@@ -86,10 +169,12 @@ async fn attachable_sandbox(
 }
 
 /// Pumps output to the client and the client's input to stdin until the process exits, the
-/// session ends, or the client leaves.
+/// session ends, or the client leaves. Returns once `input` is dropped.
 async fn bridge(
     ws: WebSocket,
-    Attached { mut output, input }: Attached,
+    mut output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    input: StdinSender,
+    still_running: Box<dyn Fn() -> bool + Send + Sync>,
     app: &SharedApp,
     tenant: &Name,
     session: &SessionRecord,
@@ -103,45 +188,91 @@ async fn bridge(
     tokio::pin!(expiry);
     let mut check = tokio::time::interval(SESSION_CHECK);
     let mut buf = vec![0u8; 32 * 1024];
-    let (code, reason) = loop {
+    let mut pumped = false;
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let end = loop {
         tokio::select! {
+            _ = keepalive.tick() => {
+                if to_client.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    break None;
+                }
+            }
             read = output.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break (1000, "the process has exited".to_string()),
-                Ok(n) => {
+                Ok(n) if n > 0 => {
                     let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
                     if to_client.send(Message::Binary(chunk)).await.is_err() {
-                        pump.abort();
-                        return;
+                        break None;
                     }
                 }
+                // The output ends when the process has exited, or when the monitor let this
+                // client go while it runs (it read too slowly): only the first is the end.
+                _ => {
+                    let running = tokio::task::spawn_blocking(still_running).await;
+                    break Some(if running.unwrap_or(false) {
+                        (1013, "disconnected for reading the output too slowly (or with too \
+                                many clients attached) while the process runs; attach again"
+                            .to_string())
+                    } else {
+                        (1000, "the process has exited".to_string())
+                    });
+                }
             },
-            // The client went away (or sent garbage): nothing left to tell it.
-            _ = &mut pump => return,
-            _ = &mut expiry => break (1008, format!("session {} expired", session.id)),
+            ended = &mut pump => {
+                pumped = true;
+                match ended {
+                    Ok(InputEnd::TooBig) => break Some((
+                        1009,
+                        format!("a message over {MAX_MESSAGE} bytes; send input in smaller messages"),
+                    )),
+                    // The client went away (or sent garbage): nothing left to tell it.
+                    _ => break None,
+                }
+            }
+            _ = &mut expiry => break Some((1008, format!("session {} expired", session.id))),
             _ = check.tick() => {
                 match app.store.get_session(tenant, session.id.as_str()).await {
                     Ok(Some(s)) if s.status.lifecycle_state == SessionState::Open => {}
-                    Ok(_) => break (1008, format!("session {} was closed", session.id)),
+                    Ok(_) => break Some((1008, format!("session {} was closed", session.id))),
                     // A store hiccup is not a reason to cut the stream; check again later.
                     Err(e) => tracing::warn!(error = %e, "stdio channel: cannot re-read its session"),
                 }
             }
         }
     };
-    pump.abort();
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = to_client.send(Message::Close(Some(frame))).await;
+    // Ending the pump drops `input`, so the writer ends once the queue is written.
+    if !pumped {
+        pump.abort();
+        let _ = pump.await;
+    }
+    if let Some((code, reason)) = end {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = to_client.send(Message::Close(Some(frame))).await;
+    }
+}
+
+/// Why a client's input ended.
+enum InputEnd {
+    /// It left (a close, or the connection went).
+    Left,
+    /// It sent a message over [`MAX_MESSAGE`].
+    TooBig,
 }
 
 /// Client messages become stdin input; an empty binary message closes stdin.
 async fn pump_input(
     mut from_client: futures_util::stream::SplitStream<WebSocket>,
-    input: tokio::sync::mpsc::Sender<StdinInput>,
-) {
-    while let Some(Ok(msg)) = from_client.next().await {
+    input: StdinSender,
+) -> InputEnd {
+    while let Some(msg) = from_client.next().await {
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) if too_big(&e) => return InputEnd::TooBig,
+            Err(_) => return InputEnd::Left,
+        };
         let sent = match msg {
             Message::Binary(b) if b.is_empty() => input.send(StdinInput::Close).await,
             Message::Binary(b) => input.send(StdinInput::Bytes(b)).await,
@@ -149,11 +280,24 @@ async fn pump_input(
                 let text: bytes::Bytes = t.into();
                 input.send(StdinInput::Bytes(text)).await
             }
-            Message::Close(_) => return,
+            Message::Close(_) => return InputEnd::Left,
             Message::Ping(_) | Message::Pong(_) => continue,
         };
         if sent.is_err() {
-            return;
+            return InputEnd::Left;
         }
     }
+    InputEnd::Left
+}
+
+/// Whether a WebSocket read failed on a message (or frame) over the size limit.
+fn too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
