@@ -144,8 +144,24 @@ fn read_image_etc(rootfs: &Path, name: &str) -> Option<String> {
             return None;
         }
     }
-    std::fs::read_to_string(file).ok()
+    // A regular file of sane size: a sparse 8 GiB "passwd" (4 KiB on disk, in a 1.5 KB layer)
+    // would otherwise be read whole at every launch.
+    let md = file.symlink_metadata().ok()?;
+    if !md.is_file() || md.len() > MAX_IMAGE_ETC_BYTES {
+        return None;
+    }
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .ok()?
+        .take(MAX_IMAGE_ETC_BYTES)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
+
+/// The largest /etc/passwd or /etc/group of an image that is read.
+const MAX_IMAGE_ETC_BYTES: u64 = 1 << 20;
 
 /// Resolves `user`, `user:group`, `uid`, `uid:gid` against the image's passwd/group files.
 /// Returns (uid, gid, home).
@@ -516,6 +532,32 @@ pub(crate) fn cgroup_path(id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_etc_file_is_read_only_when_regular_and_small() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            "app:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
+        assert!(read_image_etc(root.path(), "passwd").is_some());
+        // Sparse: 8 GiB long, nothing on disk; read whole it would take 8 GiB of memory.
+        let group = std::fs::File::create(root.path().join("etc/group")).unwrap();
+        group.set_len(8 << 30).unwrap();
+        assert!(read_image_etc(root.path(), "group").is_none());
+        std::fs::remove_file(root.path().join("etc/group")).unwrap();
+        nix::unistd::mkfifo(
+            &root.path().join("etc/group"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        assert!(
+            read_image_etc(root.path(), "group").is_none(),
+            "a FIFO would block"
+        );
+    }
 
     #[test]
     fn spec_environment_overrides_the_image_and_keeps_defaults() {

@@ -155,8 +155,26 @@ impl ImageStore {
             check_digest(&l.digest).map_err(proto)?;
         }
         check_digest(&config.digest).map_err(proto)?;
+        // Read whole at every launch: a config is a few KiB, and one the manifest says is
+        // larger than this is refused before anything is downloaded.
+        if config.size > MAX_CONFIG_BYTES {
+            return Err(proto(format!(
+                "the image config is {} bytes (at most {MAX_CONFIG_BYTES})",
+                config.size
+            )));
+        }
+        if layers.len() > MAX_LAYERS {
+            return Err(proto(format!(
+                "the image has {} layers (at most {MAX_LAYERS})",
+                layers.len()
+            )));
+        }
         write_blob_bytes(&self.blob_path(&raw.digest), &raw.bytes)?;
-        let total: u64 = layers.iter().map(|l| l.size).sum::<u64>() + config.size;
+        // Sizes come from the registry: sums saturate rather than overflow.
+        let total: u64 = std::iter::once(&config)
+            .chain(layers.iter())
+            .map(|d| d.size)
+            .fold(0, u64::saturating_add);
         // Sizes come from the manifest: refuse up front what cannot fit, before downloading.
         let missing: u64 = std::iter::once(&config)
             .chain(layers.iter())
@@ -176,7 +194,7 @@ impl ImageStore {
                     let cb = move |n: u64| {
                         progress(ProgressEvent::Pulling {
                             reference: reference.clone(),
-                            bytes_done: base + n,
+                            bytes_done: base.saturating_add(n),
                             bytes_total: total,
                         })
                     };
@@ -185,7 +203,7 @@ impl ImageStore {
                         .await?;
                 }
             }
-            done_before += d.size;
+            done_before = done_before.saturating_add(d.size);
             progress(ProgressEvent::Pulling {
                 reference: key.clone(),
                 bytes_done: done_before,
@@ -270,7 +288,20 @@ impl ImageStore {
     }
 
     fn load(&self, record: ImageRecord) -> Result<Image, RegistryError> {
-        let cfg_bytes = std::fs::read(self.blob_path(&record.config_digest))?;
+        let mut cfg_bytes = Vec::new();
+        std::fs::File::open(self.blob_path(&record.config_digest))?
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut cfg_bytes)?;
+        if cfg_bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(RegistryError::Protocol {
+                reference: record.reference.clone(),
+                registry: "(the image store)".into(),
+                cause: format!(
+                    "image config {} is over {MAX_CONFIG_BYTES} bytes; remove the image and pull it again",
+                    record.config_digest
+                ),
+            });
+        }
         let cfg: ConfigFile =
             serde_json::from_slice(&cfg_bytes).map_err(|e| RegistryError::Protocol {
                 reference: record.reference.clone(),
@@ -438,6 +469,13 @@ fn write_blob_bytes(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(tmp, dest)
 }
 
+/// The largest image config a pull accepts (they are a few KiB; each launch reads it whole).
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// The most layers an image may have: overlayfs stacks at most a few hundred lower
+/// directories, and each layer costs a mount option's worth of the page-sized option string.
+const MAX_LAYERS: usize = 500;
+
 /// Unpacks a layer tarball (plain, gzip or zstd, told apart by their magic bytes as the
 /// media type may not say), translating OCI whiteouts: `.wh.<name>` becomes a 0/0 character
 /// device and `.wh..wh..opq` the `trusted.overlay.opaque` attribute on its directory, which is
@@ -450,7 +488,8 @@ pub fn unpack_layer(blob: &Path, dest: &Path, reserve: DiskReserve) -> std::io::
     drop(f);
     let f = std::io::BufReader::new(std::fs::File::open(blob)?);
     let reader: Box<dyn Read> = if n >= 2 && magic[..2] == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(f))
+        // Every gzip member, as Docker reads them (a layer may be several concatenated).
+        Box::new(flate2::read::MultiGzDecoder::new(f))
     } else if n == 4 && crate::zstd::is_zstd(magic) {
         Box::new(crate::zstd::FramesReader::new(f))
     } else {
@@ -460,6 +499,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path, reserve: DiskReserve) -> std::io::
         "unpacking layer sha256:{}",
         blob.file_name().unwrap_or_default().to_string_lossy()
     );
+    let reader = crate::tar_guard::MetadataLimit::new(reader);
     let mut archive = tar::Archive::new(reserve.guard(reader, dest, what));
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -863,6 +903,58 @@ mod tests {
         assert!(err.to_string().starts_with("pulling b needs"), "{err}");
         drop(first);
         store.claim_room(free / 2 + 1, "pulling b").unwrap();
+    }
+
+    /// A registry serving one manifest with `config_size` and `layer_sizes`; the pull's error.
+    async fn pull_error_for(config_size: u64, layer_sizes: &'static [u64]) -> String {
+        let host = crate::registry::tests::fake_registry(move |mut out| {
+            use std::io::Write;
+            let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+            let layers: Vec<serde_json::Value> = layer_sizes
+                .iter()
+                .map(|size| {
+                    serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                                       "digest": d('1'), "size": size})
+                })
+                .collect();
+            let body = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": crate::registry::MT_OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": d('c'), "size": config_size},
+                "layers": layers,
+            })
+            .to_string();
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                crate::registry::MT_OCI_MANIFEST,
+                body.len()
+            );
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let client =
+            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
+                .unwrap();
+        let store = ImageStore::open(dir.path(), client).unwrap();
+        let r = ImageRef::parse(&format!("{host}/team/odd:v1")).unwrap();
+        store.pull(&r, &|_| {}).await.err().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_manifest_with_a_huge_config_many_layers_or_overflowing_sizes_is_refused() {
+        // Configs are read whole at every launch: 2 GiB of one would be 2 GiB of memory.
+        let text = pull_error_for(2 << 30, &[10]).await;
+        assert!(
+            text.contains("the image config is 2147483648 bytes (at most 4194304)"),
+            "{text}"
+        );
+        static MANY: [u64; 501] = [1; 501];
+        let text = pull_error_for(10, &MANY).await;
+        assert!(text.contains("501 layers (at most 500)"), "{text}");
+        // Sizes summing past 2^64 are refused as too large, not a panic.
+        let text = pull_error_for(10, &[u64::MAX, 2]).await;
+        assert!(text.contains("needs"), "{text}");
     }
 
     #[tokio::test]

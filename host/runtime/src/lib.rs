@@ -30,6 +30,7 @@ mod sandbox;
 mod sealed_exec;
 pub mod seccomp;
 mod standby;
+mod tar_guard;
 pub mod userns;
 mod zstd;
 

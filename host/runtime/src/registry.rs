@@ -28,20 +28,47 @@ const MAX_TOKEN_ANSWER_BYTES: usize = 64 << 10;
 /// that stalls is given up on, naming it, rather than waited for forever.
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Reads a whole answer of at most `cap` bytes; a longer one is refused as soon as it passes
-/// `cap`, so a registry cannot fill memory with an endless answer.
+/// How long a whole manifest or token answer may take. The idle timeout alone lets a registry
+/// that sends a byte every 29 s hold a pull (and every launch waiting on the same image)
+/// forever.
+const ANSWER_DEADLINE: std::time::Duration = if cfg!(test) {
+    std::time::Duration::from_secs(2)
+} else {
+    std::time::Duration::from_secs(60)
+};
+
+/// The slowest a blob may arrive, on average, once [`SLOW_BLOB_GRACE`] has passed.
+const MIN_BLOB_BYTES_PER_SEC: u64 = 8 << 10;
+const SLOW_BLOB_GRACE: std::time::Duration = if cfg!(test) {
+    std::time::Duration::from_secs(2)
+} else {
+    std::time::Duration::from_secs(60)
+};
+
+/// Reads a whole answer of at most `cap` bytes within [`ANSWER_DEADLINE`]; a longer one is
+/// refused as soon as it passes `cap`, so a registry cannot fill memory with an endless answer.
 async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
     if resp.content_length().is_some_and(|n| n > cap as u64) {
         return Err(format!("the answer is larger than {} KiB", cap >> 10));
     }
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
-        if out.len() + chunk.len() > cap {
-            return Err(format!("the answer is larger than {} KiB", cap >> 10));
+    let read = async {
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+            if out.len() + chunk.len() > cap {
+                return Err(format!("the answer is larger than {} KiB", cap >> 10));
+            }
+            out.extend_from_slice(&chunk);
         }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
+        Ok(out)
+    };
+    tokio::time::timeout(ANSWER_DEADLINE, read)
+        .await
+        .map_err(|_| {
+            format!(
+                "the answer did not arrive within {} s",
+                ANSWER_DEADLINE.as_secs()
+            )
+        })?
 }
 
 /// Why talking to a registry failed; the launch error mapping keeps these apart.
@@ -480,11 +507,29 @@ impl RegistryClient {
         let mut file = tokio::fs::File::create(&tmp).await?;
         let mut hasher = Sha256::new();
         let mut done = 0u64;
+        let started = std::time::Instant::now();
         let result: Result<(), RegistryError> = async {
             while let Some(chunk) = resp.chunk().await.map_err(|e| RegistryError::Unreachable {
                 registry: r.registry.clone(),
                 cause: format!("download of {digest} broke off: {}", error_chain(&e)),
             })? {
+                // A registry trickling bytes just under the idle timeout would hold the pull
+                // (and every launch of the image) for as long as the blob's declared size
+                // allows.
+                let elapsed = started.elapsed();
+                if elapsed > SLOW_BLOB_GRACE
+                    && done < MIN_BLOB_BYTES_PER_SEC.saturating_mul(elapsed.as_secs())
+                {
+                    return Err(RegistryError::Unreachable {
+                        registry: r.registry.clone(),
+                        cause: format!(
+                            "download of {digest} gave {done} bytes in {} s; Nimbus gives up \
+                             below {} KiB/s",
+                            elapsed.as_secs(),
+                            MIN_BLOB_BYTES_PER_SEC >> 10
+                        ),
+                    });
+                }
                 if done + chunk.len() as u64 > size {
                     return Err(RegistryError::Protocol {
                         reference: r.to_string(),
@@ -726,12 +771,15 @@ pub(crate) mod tests {
 
     /// A registry on a loopback port that reads each request's head and hands the connection to
     /// `answer`, on a thread of its own. Returns its `host:port`.
-    pub(crate) fn fake_registry(answer: fn(std::net::TcpStream)) -> String {
+    pub(crate) fn fake_registry(
+        answer: impl Fn(std::net::TcpStream) + Send + Clone + 'static,
+    ) -> String {
         use std::io::{BufRead, BufReader};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                let answer = answer.clone();
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().unwrap());
                     loop {
@@ -786,6 +834,38 @@ pub(crate) mod tests {
             )),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_registry_trickling_bytes_is_given_up_on() {
+        // A byte every 300 ms: never idle for long, never done (the deadlines are 2 s in tests).
+        let host = fake_registry(|mut out| {
+            use std::io::Write;
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: {MT_OCI_MANIFEST}\r\nConnection: close\r\n\r\n"
+            );
+            while out.write_all(b" ").and_then(|()| out.flush()).is_ok() {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        });
+        let r = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
+        let client =
+            RegistryClient::new(&RuntimeConfig::default(), Credentials::default()).unwrap();
+        let err = client.manifest(&r, "v1").await.err().unwrap();
+        assert!(
+            err.to_string().contains("did not arrive within 2 s"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let err = client
+            .fetch_blob(&r, &digest, 1 << 30, &dir.path().join("blob"), &|_| {})
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("gives up below 8 KiB/s"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[tokio::test]
