@@ -480,3 +480,20 @@ pub fn serve_refused(config: &str, listen: &str) -> Refusal {
             .exists(),
     }
 }
+
+/// A root filesystem in `dir` with busybox-static in it (copied from the host's), the applets
+/// `applets` linked in `/bin`, and the usual top-level directories; its path.
+pub fn busybox_rootfs(dir: &Path, applets: &[&str]) -> String {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (scripts/setup.sh installs it)");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    dir.to_str().unwrap().to_string()
+}

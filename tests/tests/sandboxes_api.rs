@@ -9,20 +9,9 @@ use nimbus_e2e::{assert_error, json, nimbus_bin, Server};
 
 const T: &str = "/v1/tenants/demo";
 
-/// A root filesystem with busybox-static in it, built from the host's /bin/busybox.
+/// A root filesystem with busybox-static in it, built from the host's busybox.
 fn busybox_rootfs(dir: &Path) -> String {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("busybox-static is installed (scripts/setup.sh installs it)");
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "sleep", "grep", "yes"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
-    }
-    dir.to_str().unwrap().to_string()
+    nimbus_e2e::busybox_rootfs(dir, &["sh", "echo", "cat", "sleep", "grep"])
 }
 
 fn sandbox(root: &str, script: &str) -> serde_json::Value {
