@@ -311,11 +311,10 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let creds = self
-            .creds
-            .get(&ep.host)
-            .or_else(|| self.creds.get(&r.registry))
-            .cloned();
+        // Each host gets its own credentials only: a mirror is another server, and the
+        // upstream registry's password is not its to see (it logs in with its own, configured
+        // under its host).
+        let creds = self.creds.get(&ep.host).cloned();
         let auth = if challenge.to_ascii_lowercase().starts_with("bearer") {
             let params = parse_challenge(&challenge);
             let realm = params.get("realm").ok_or_else(|| RegistryError::Protocol {
@@ -894,6 +893,49 @@ pub(crate) mod tests {
             std::fs::read_dir(dir.path()).unwrap().count(),
             0,
             "the partial download is removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mirror_never_sees_the_upstream_registrys_credentials() {
+        static SAW_AUTH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        // A mirror that asks for Basic credentials and notes any it is sent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mirror = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader, Write};
+            for mut stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if line.to_ascii_lowercase().starts_with("authorization:") {
+                        SAW_AUTH.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"m\"\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        let mut config = RuntimeConfig::default();
+        config
+            .mirrors
+            .insert("upstream.test".into(), vec![format!("http://{mirror}")]);
+        let mut creds = Credentials::default();
+        creds
+            .0
+            .insert("upstream.test".into(), ("bob".into(), "secret".into()));
+        let client = RegistryClient::new(&config, creds).unwrap();
+        let r = ImageRef::parse("upstream.test/team/app:v1").unwrap();
+        let _ = client.manifest(&r, "v1").await;
+        assert!(
+            !SAW_AUTH.load(std::sync::atomic::Ordering::SeqCst),
+            "the mirror was sent upstream.test's credentials"
         );
     }
 
