@@ -14,18 +14,28 @@ fn busybox_rootfs(dir: &Path) -> String {
     nimbus_e2e::busybox_rootfs(dir, &["sh", "mkdir", "ln", "touch", "sleep"])
 }
 
-/// A ready sandbox running `script` in `root`, and a files session on it.
+/// A ready sandbox of tenant demo running `script` in `root`, and a files session on it.
 async fn sandbox_with_files_session(s: &Server, root: &str, script: &str) -> (String, String) {
+    sandbox_with_files_session_in(s, T, root, script).await
+}
+
+/// The same in the tenant at `t` (`/v1/tenants/<name>`).
+async fn sandbox_with_files_session_in(
+    s: &Server,
+    t: &str,
+    root: &str,
+    script: &str,
+) -> (String, String) {
     let body = json!({"profile": "worker", "spec": {
         "owner": {"kind": "standalone"}, "backend": "container",
         "root": {"kind": "rootfs", "path": root},
         "process": {"argv": ["sh", "-c", script]}}});
-    let (st, created) = s.call("POST", &format!("{T}/sandboxes"), Some(body)).await;
+    let (st, created) = s.call("POST", &format!("{t}/sandboxes"), Some(body)).await;
     assert_eq!(st, 201, "{created}");
     let id = created["metadata"]["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, sbx) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+        let (_, sbx) = s.call("GET", &format!("{t}/sandboxes/{id}"), None).await;
         if sbx["status"]["lifecycleState"] == "ready" {
             break;
         }
@@ -33,7 +43,7 @@ async fn sandbox_with_files_session(s: &Server, root: &str, script: &str) -> (St
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let body = json!({"target": {"sandbox": {"id": id}}, "channels": ["files"]});
-    let (st, ses) = s.call("POST", &format!("{T}/sessions"), Some(body)).await;
+    let (st, ses) = s.call("POST", &format!("{t}/sessions"), Some(body)).await;
     assert_eq!(st, 201, "{ses}");
     (id, ses["metadata"]["id"].as_str().unwrap().to_string())
 }
@@ -109,23 +119,30 @@ async fn the_files_channel_holds_against_big_directories_host_renames_and_stalle
         &failures[..1]
     );
 
-    // Stalled uploads (a body that stops short) hold a bounded number of places: once 16 are
-    // in flight, the next upload waits up to 10 s and is then told to retry (429) instead of
-    // the server holding 32 MiB more.
+    // Stalled uploads (a body that stops short) hold bounded places: 4 per tenant and 16 in
+    // the server, instead of 32 MiB each for as long as their connections stay open.
     let addr = s.base_url().trim_start_matches("http://").to_string();
-    let mut stalled = Vec::new();
-    for i in 0..16 {
-        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let head = format!(
-            "PUT {T}/sessions/{session}/files/tmp/stalled{i} HTTP/1.1\r\nHost: {addr}\r\n\
-             Authorization: Bearer {}\r\nContent-Length: 1000\r\n\r\npartial",
-            s.token
-        );
-        conn.write_all(head.as_bytes()).await.unwrap();
-        stalled.push(conn);
-    }
-    let put = |path: &str| {
-        let req = s.client.put(url(path)).bearer_auth(&s.token).body("whole");
+    let stall = |t: String, session: String, i: usize| {
+        let (addr, token) = (addr.clone(), s.token.clone());
+        async move {
+            let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "PUT {t}/sessions/{session}/files/tmp/stalled{i} HTTP/1.1\r\nHost: {addr}\r\n\
+                 Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\npartial"
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn
+        }
+    };
+    let put = |t: &str, session: &str, path: &str| {
+        let req = s
+            .client
+            .put(format!(
+                "{}{t}/sessions/{session}/files{path}",
+                s.base_url()
+            ))
+            .bearer_auth(&s.token)
+            .body("whole");
         async move {
             let r = req.send().await.unwrap();
             let status = r.status().as_u16();
@@ -135,29 +152,68 @@ async fn the_files_channel_holds_against_big_directories_host_renames_and_stalle
             )
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let refusal = loop {
-        // A 200 means this upload took its place before the last stalled one did.
-        let (st, body) = put("/tmp/one-too-many").await;
-        match st {
-            429 => break body,
-            200 => assert!(Instant::now() < deadline, "never refused"),
-            _ => panic!("{st} {body}"),
+    // Opens stalled uploads in tenant `t` until one is answered within `wait`: the refusal.
+    // Each stalled upload either holds a place or is refused, so this does not race them.
+    let refused = |t: String, session: String, wait: Duration, start: usize| {
+        let stall = &stall;
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut held = Vec::new();
+            for i in start..start + 40 {
+                let mut conn = stall(t.clone(), session.clone(), i).await;
+                let mut buf = vec![0u8; 4096];
+                match tokio::time::timeout(wait, conn.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        return (held, String::from_utf8_lossy(&buf[..n]).into_owned())
+                    }
+                    Ok(_) => panic!("upload {i} in {t}: the connection closed without an answer"),
+                    Err(_) => held.push(conn), // it holds a place
+                }
+            }
+            panic!("40 uploads in {t} and none refused")
         }
     };
-    assert_eq!(refusal["error"]["code"], "quota.exhausted", "{refusal}");
+    let (mut stalled, refusal) =
+        refused(T.to_string(), session.clone(), Duration::from_secs(5), 0).await;
+    assert!(stalled.len() >= 4, "{refusal}");
+    assert!(refusal.starts_with("HTTP/1.1 429"), "{refusal}");
+    assert!(refusal.contains("quota.exhausted"), "{refusal}");
     assert!(
-        refusal["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("retry shortly"),
+        refusal.contains("tenant demo has 4 uploads in flight"),
         "{refusal}"
     );
+
+    // Three more tenants with 4 stalled uploads each: 16 in all. A fifth tenant's upload
+    // waits for a place (10 s), then is told to retry.
+    let mut others = Vec::new();
+    for name in ["fair-a", "fair-b", "fair-c", "fair-d"] {
+        let (st, v) = s
+            .call("POST", "/v1/tenants", Some(json!({"name": name})))
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let t = format!("/v1/tenants/{name}");
+        let (_, ses) = sandbox_with_files_session_in(&s, &t, &root, "sleep 600").await;
+        others.push((t, ses));
+    }
+    for (t, ses) in &others[..3] {
+        for i in 0..4 {
+            stalled.push(stall(t.clone(), ses.clone(), i).await);
+        }
+    }
+    let (t, ses) = others[3].clone();
+    let (held, refusal) = refused(t.clone(), ses.clone(), Duration::from_secs(15), 0).await;
+    stalled.extend(held);
+    assert!(refusal.starts_with("HTTP/1.1 429"), "{refusal}");
+    assert!(
+        refusal.contains("16 uploads are in flight on this server"),
+        "{refusal}"
+    );
+    assert!(refusal.contains("retry shortly"), "{refusal}");
     // Closing the stalled connections gives their places back.
     drop(stalled);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (st, body) = put("/tmp/after").await;
+        let (st, body) = put(&t, &ses, "/tmp/after").await;
         if st == 200 {
             break;
         }

@@ -37,6 +37,52 @@ pub const MAX_UPLOAD: usize = 32 << 20;
 const MAX_UPLOADS_IN_FLIGHT: usize = 16;
 static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS_IN_FLIGHT);
 
+/// Uploads one tenant may have in flight at once: one tenant's stalled uploads must not take
+/// every place of the server's for the other tenants.
+const MAX_UPLOADS_PER_TENANT: usize = 4;
+
+/// Uploads in flight per tenant, in this server.
+static TENANT_UPLOADS: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
+    std::sync::Mutex::new(None);
+
+/// A tenant's place among its uploads in flight, given back when dropped.
+struct TenantUpload(String);
+
+impl TenantUpload {
+    fn take(tenant: &nimbus_core::names::Name) -> Result<TenantUpload, Error> {
+        let mut all = TENANT_UPLOADS.lock().unwrap_or_else(|e| e.into_inner());
+        let n = all
+            .get_or_insert_with(Default::default)
+            .entry(tenant.to_string())
+            .or_insert(0);
+        if *n >= MAX_UPLOADS_PER_TENANT {
+            return Err(Error::quota_exhausted(
+                format!(
+                    "tenant {tenant} has {MAX_UPLOADS_PER_TENANT} uploads in flight (the most \
+                     one tenant may); let one finish, then retry"
+                ),
+                json!({ "tenant": tenant.as_str(), "uploadsInFlight": MAX_UPLOADS_PER_TENANT }),
+            ));
+        }
+        *n += 1;
+        Ok(TenantUpload(tenant.to_string()))
+    }
+}
+
+impl Drop for TenantUpload {
+    fn drop(&mut self) {
+        let mut all = TENANT_UPLOADS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = all.as_mut() {
+            if let Some(n) = map.get_mut(&self.0) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.0);
+                }
+            }
+        }
+    }
+}
+
 /// How long an upload waits for a place among those in flight.
 const UPLOAD_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -97,7 +143,7 @@ async fn serve(
     let response = match (method.clone(), list) {
         (Method::GET, true) => list_dir(files, path).await,
         (Method::GET, false) => read(files, path).await,
-        (Method::PUT, false) => write(files, path, body).await,
+        (Method::PUT, false) => write(files, &tenant, path, body).await,
         (Method::DELETE, false) => delete(files, path).await,
         (_, true) => Err(Error::invalid_argument(
             "query",
@@ -146,7 +192,13 @@ async fn list_dir(files: Box<dyn SandboxFiles>, path: String) -> Result<Response
     )))
 }
 
-async fn write(files: Box<dyn SandboxFiles>, path: String, body: Body) -> Result<Response, Error> {
+async fn write(
+    files: Box<dyn SandboxFiles>,
+    tenant: &nimbus_core::names::Name,
+    path: String,
+    body: Body,
+) -> Result<Response, Error> {
+    let _tenant_place = TenantUpload::take(tenant)?;
     let _place = tokio::time::timeout(UPLOAD_QUEUE_WAIT, UPLOADS.acquire())
         .await
         .ok()
