@@ -10,6 +10,7 @@ pub mod extract;
 pub mod http_metrics;
 pub mod openapi;
 pub mod pagination;
+mod places;
 pub mod reaper;
 pub mod routes;
 pub mod status;

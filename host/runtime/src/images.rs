@@ -905,10 +905,14 @@ mod tests {
         store.claim_room(free / 2 + 1, "pulling b").unwrap();
     }
 
-    /// A registry serving one manifest with `config_size` and `layer_sizes`; the pull's error.
-    async fn pull_error_for(config_size: u64, layer_sizes: &'static [u64]) -> String {
+    /// A registry serving one manifest with `config_size` and `layer_sizes`; the pull's error,
+    /// and how many requests the registry got.
+    async fn pull_failure(config_size: u64, layer_sizes: &'static [u64]) -> (RegistryError, usize) {
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
         let host = crate::registry::tests::fake_registry(move |mut out| {
             use std::io::Write;
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
             let layers: Vec<serde_json::Value> = layer_sizes
                 .iter()
@@ -938,7 +942,12 @@ mod tests {
                 .unwrap();
         let store = ImageStore::open(dir.path(), client).unwrap();
         let r = ImageRef::parse(&format!("{host}/team/odd:v1")).unwrap();
-        store.pull(&r, &|_| {}).await.err().unwrap().to_string()
+        let err = store.pull(&r, &|_| {}).await.err().unwrap();
+        (err, requests.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    async fn pull_error_for(config_size: u64, layer_sizes: &'static [u64]) -> String {
+        pull_failure(config_size, layer_sizes).await.0.to_string()
     }
 
     #[tokio::test]
@@ -959,39 +968,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_pull_whose_manifest_declares_more_than_the_disk_holds_downloads_nothing() {
-        static REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let host = crate::registry::tests::fake_registry(|mut out| {
-            use std::io::Write;
-            REQUESTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-            let body = serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": crate::registry::MT_OCI_MANIFEST,
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                           "digest": d('c'), "size": 100},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            "digest": d('1'), "size": 1u64 << 50}],
-            })
-            .to_string();
-            let _ = write!(
-                out,
-                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                crate::registry::MT_OCI_MANIFEST,
-                body.len()
-            );
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let client =
-            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
-                .unwrap();
-        let store = ImageStore::open(dir.path(), client).unwrap();
-        let r = ImageRef::parse(&format!("{host}/team/huge:v1")).unwrap();
-        let err = store.pull(&r, &|_| {}).await.err().unwrap();
+        let (err, requests) = pull_failure(100, &[1u64 << 50]).await;
         let text = err.to_string();
         assert!(
-            text.contains(&format!(
-                "pulling {host}/team/huge:v1 needs 1073741824 MiB more"
-            )),
+            text.contains("/team/odd:v1 needs 1073741824 MiB more"),
             "{text}"
         );
         // Said as it is (no "writing … failed"), and for a launch it is the host's to fix
@@ -1004,11 +984,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert_eq!(
-            REQUESTS.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "only the manifest was requested"
-        );
+        assert_eq!(requests, 1, "only the manifest was requested");
     }
 
     #[test]

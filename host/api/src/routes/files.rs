@@ -42,45 +42,21 @@ static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_U
 const MAX_UPLOADS_PER_TENANT: usize = 4;
 
 /// Uploads in flight per tenant, in this server.
-static TENANT_UPLOADS: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
-    std::sync::Mutex::new(None);
+static TENANT_UPLOADS: crate::places::Places = crate::places::Places::new();
 
 /// A tenant's place among its uploads in flight, given back when dropped.
-struct TenantUpload(String);
-
-impl TenantUpload {
-    fn take(tenant: &nimbus_core::names::Name) -> Result<TenantUpload, Error> {
-        let mut all = TENANT_UPLOADS.lock().unwrap_or_else(|e| e.into_inner());
-        let n = all
-            .get_or_insert_with(Default::default)
-            .entry(tenant.to_string())
-            .or_insert(0);
-        if *n >= MAX_UPLOADS_PER_TENANT {
-            return Err(Error::quota_exhausted(
+fn take_upload_place(tenant: &nimbus_core::names::Name) -> Result<crate::places::Place, Error> {
+    TENANT_UPLOADS
+        .take(tenant.as_str(), MAX_UPLOADS_PER_TENANT)
+        .ok_or_else(|| {
+            Error::quota_exhausted(
                 format!(
                     "tenant {tenant} has {MAX_UPLOADS_PER_TENANT} uploads in flight (the most \
                      one tenant may); let one finish, then retry"
                 ),
                 json!({ "tenant": tenant.as_str(), "uploadsInFlight": MAX_UPLOADS_PER_TENANT }),
-            ));
-        }
-        *n += 1;
-        Ok(TenantUpload(tenant.to_string()))
-    }
-}
-
-impl Drop for TenantUpload {
-    fn drop(&mut self) {
-        let mut all = TENANT_UPLOADS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(map) = all.as_mut() {
-            if let Some(n) = map.get_mut(&self.0) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&self.0);
-                }
-            }
-        }
-    }
+            )
+        })
 }
 
 /// How long an upload waits for a place among those in flight.
@@ -198,7 +174,7 @@ async fn write(
     path: String,
     body: Body,
 ) -> Result<Response, Error> {
-    let _tenant_place = TenantUpload::take(tenant)?;
+    let _tenant_place = take_upload_place(tenant)?;
     let _place = tokio::time::timeout(UPLOAD_QUEUE_WAIT, UPLOADS.acquire())
         .await
         .ok()

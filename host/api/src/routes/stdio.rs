@@ -14,8 +14,6 @@
 //! - At most [`MAX_ATTACHES`] channels per sandbox at once; one more is refused with 429
 //!   `quota.exhausted` before the upgrade.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -50,45 +48,22 @@ const INPUT_GRACE: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Channels attached per sandbox, in this server (only it holds connections to the monitors).
-static ATTACHES: Mutex<Option<HashMap<SandboxId, usize>>> = Mutex::new(None);
+static ATTACHES: crate::places::Places = crate::places::Places::new();
 
 /// A sandbox's place taken by one channel, from before the attach until its input is written
 /// or dropped.
-struct AttachSlot(SandboxId);
-
-impl AttachSlot {
-    fn take(sandbox: &SandboxId) -> Result<AttachSlot, Error> {
-        let mut attaches = ATTACHES.lock().unwrap_or_else(|e| e.into_inner());
-        let n = attaches
-            .get_or_insert_with(HashMap::new)
-            .entry(sandbox.clone())
-            .or_insert(0);
-        if *n >= MAX_ATTACHES {
-            return Err(Error::quota_exhausted(
+fn take_attach_place(sandbox: &SandboxId) -> Result<crate::places::Place, Error> {
+    ATTACHES
+        .take(sandbox.as_str(), MAX_ATTACHES)
+        .ok_or_else(|| {
+            Error::quota_exhausted(
                 format!(
                     "{MAX_ATTACHES} stdio channels are attached to sandbox {sandbox}; \
-                     close one (or wait for one to end) and attach again"
+                 close one (or wait for one to end) and attach again"
                 ),
                 serde_json::json!({ "sandbox": sandbox.as_str(), "limit": MAX_ATTACHES }),
-            ));
-        }
-        *n += 1;
-        Ok(AttachSlot(sandbox.clone()))
-    }
-}
-
-impl Drop for AttachSlot {
-    fn drop(&mut self) {
-        let mut attaches = ATTACHES.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(map) = attaches.as_mut() {
-            if let Some(n) = map.get_mut(&self.0) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&self.0);
-                }
-            }
-        }
-    }
+            )
+        })
 }
 
 pub async fn stdio(
@@ -110,7 +85,7 @@ pub async fn stdio(
     })?;
     let sandbox = attachable_sandbox(&app, &tenant, &session).await?;
     let control = super::channels::control(&app)?;
-    let slot = AttachSlot::take(&sandbox)?;
+    let slot = take_attach_place(&sandbox)?;
     let attached = control.attach(&sandbox).await?;
     let reason = format!("stdio of sandbox/{sandbox}");
     super::channels::audit(&app, &p, &tenant, &session, &reason).await;
