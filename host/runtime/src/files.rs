@@ -393,26 +393,11 @@ const LOOKUP_RETRIES: u32 = 1024;
 /// and tens of MiB of JSON per request.
 pub const MAX_LISTED: usize = 10_000;
 
-/// An upload's temporary name: 128 bits the sandbox cannot predict (nothing of the server's
-/// pid or a counter shows through). Not `registry::tmp_path`: that name embeds the target's,
-/// and a target name near the 255-byte limit would make it too long.
+/// An upload's temporary name: a random (v4) UUID the sandbox cannot predict (nothing of the
+/// server's pid or a counter shows through). Not `registry::tmp_path`: that name embeds the
+/// target's, and a target name near the 255-byte limit would make it too long.
 fn upload_name() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    // `RandomState` keys come from the OS's randomness; a fresh one per half.
-    let half = |salt: u64| {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(n);
-        h.write_u128(now);
-        h.write_u64(salt);
-        h.finish()
-    };
-    format!(".nimbus-upload-{:016x}{:016x}", half(1), half(2))
+    format!(".nimbus-upload-{}", uuid::Uuid::new_v4().simple())
 }
 
 #[cfg(test)]
