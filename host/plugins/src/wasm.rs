@@ -158,11 +158,7 @@ impl hi::log::Host for CallCtx {
         }
         let mut message = message;
         if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+            message.truncate(message.floor_char_boundary(MAX_LOG_BYTES));
             message.push('…');
         }
         let plugin = &*self.label;

@@ -107,9 +107,6 @@ pub(crate) fn clip_to(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = text.floor_char_boundary(max);
     format!("{}… ({} bytes in all)", &text[..end], text.len())
 }
