@@ -81,13 +81,29 @@ impl App {
             .cloned()
             .unwrap_or_else(|| "the policy denied the request".into());
         tracing::info!(actor = %principal.id, action, tenant = %tenant, reason, "denied");
+        Err(self
+            .refuse(principal, action, tenant, kind, name, &reason)
+            .await)
+    }
+
+    /// A 403 for `action` on the target, audited: how every denial, the policy's or a check
+    /// that needs no policy, reaches the caller.
+    pub async fn refuse(
+        &self,
+        principal: &Principal,
+        action: &str,
+        tenant: &Name,
+        kind: ResourceKind,
+        name: Option<&str>,
+        reason: &str,
+    ) -> Error {
         let target = target_of(kind, name);
         self.audit_denial(
-            self.event(principal, tenant, action, &target, "deny", &reason),
+            self.event(principal, tenant, action, &target, "deny", reason),
             Some(principal),
         )
         .await;
-        Err(Error::permission_denied(action, &reason))
+        Error::permission_denied(action, reason)
     }
 
     /// Tenant isolation that needs no policy: a credential of another tenant is refused before
@@ -111,13 +127,9 @@ impl App {
             nimbus_core::authz::quoted(&principal.tenant_id),
             nimbus_core::authz::quoted(tenant.as_str())
         );
-        let target = target_of(kind, name);
-        self.audit_denial(
-            self.event(principal, tenant, action, &target, "deny", &reason),
-            Some(principal),
-        )
-        .await;
-        Err(Error::permission_denied(action, &reason))
+        Err(self
+            .refuse(principal, action, tenant, kind, name, &reason)
+            .await)
     }
 
     /// After authorization: the tenant in the path must exist.

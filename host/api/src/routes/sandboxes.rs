@@ -101,7 +101,9 @@ pub async fn create(
 /// A root read from a host directory (`rootfs`, or a build's `context`) shows the sandbox, and
 /// so its creator, whatever that directory holds; `//` would be the host's whole filesystem,
 /// credentials included. Host directories are the operator's to hand out: only a server admin
-/// may name one. Tenants use images.
+/// may name one. Tenants use images. Checked here, like tenant isolation
+/// (`App::require_same_tenant`), rather than left to the configured policy: it guards the
+/// host, which no policy an operator swaps in should be able to give away.
 async fn require_operator_for_host_paths(
     app: &SharedApp,
     p: &nimbus_core::authz::Principal,
@@ -123,19 +125,16 @@ async fn require_operator_for_host_paths(
         "{field} names a directory on the server's host, which only a server admin may use; \
          use an image root ({{\"kind\": \"oci_image\", \"source\": {{\"kind\": \"reference\", …}}}})"
     );
-    app.audit_denial(
-        app.event(
+    Err(app
+        .refuse(
             p,
-            tenant,
             actions::SANDBOXES_CREATE,
-            "sandbox/",
-            "deny",
+            tenant,
+            ResourceKind::Sandbox,
+            None,
             &reason,
-        ),
-        Some(p),
-    )
-    .await;
-    Err(Error::permission_denied(actions::SANDBOXES_CREATE, &reason))
+        )
+        .await)
 }
 
 /// Checks a create request's body and that this server can run it; returns the reason and
