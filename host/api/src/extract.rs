@@ -64,13 +64,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     // is an object with named fields, whatever the order of the fields in the code.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         let found = match serde_json::from_slice::<serde_json::Value>(bytes) {
-            Ok(serde_json::Value::Array(_)) => Some("an array"),
-            Ok(serde_json::Value::String(_)) => Some("a string"),
-            Ok(serde_json::Value::Number(_)) => Some("a number"),
-            Ok(serde_json::Value::Bool(_)) => Some("a boolean"),
-            Ok(serde_json::Value::Null) => Some("null"),
             // Not JSON at all: the parse below says where it breaks.
             Ok(serde_json::Value::Object(_)) | Err(_) => None,
+            Ok(v) => Some(nimbus_core::spec::json_kind(&v)),
         };
         if let Some(found) = found {
             return Err(Error::invalid_argument(

@@ -215,7 +215,7 @@ fn tagged_kind(text: &str, kinds: &[&str]) -> Result<String, String> {
     // A struct would also take `[…]`, by position.
     if !text.trim_start().starts_with('{') {
         let found = serde_json::from_str::<serde_json::Value>(text)
-            .map(|v| json_type_name(&v))
+            .map(|v| json_kind(&v))
             .unwrap_or("not JSON");
         return Err(format!(
             "invalid type: {found}, expected an object with a \"kind\""
@@ -245,7 +245,7 @@ fn tagged_kind(text: &str, kinds: &[&str]) -> Result<String, String> {
         )),
         Some(other) => Err(format!(
             "{NESTED_PATH_PREFIX}kind`: invalid type: {}, expected one of {expected}",
-            json_type_name(&other)
+            json_kind(&other)
         )),
     }
 }
@@ -274,14 +274,15 @@ fn fields_of<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
 /// into the error's field.
 pub const NESTED_PATH_PREFIX: &str = "at `";
 
-fn json_type_name(v: &serde_json::Value) -> &'static str {
+/// What kind of JSON value `v` is, for messages: "an array", "a string", "null"…
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "boolean",
-        serde_json::Value::Number(_) => "number",
-        serde_json::Value::String(_) => "string",
-        serde_json::Value::Array(_) => "array",
-        serde_json::Value::Object(_) => "object",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
