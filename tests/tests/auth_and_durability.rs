@@ -967,4 +967,44 @@ async fn only_a_server_admin_may_root_a_sandbox_in_a_host_directory() {
         )
         .await;
     assert_eq!(r.0, 201, "{}", r.1);
+    // A service's sandbox is launched by the server on the service's behalf: the same rule
+    // holds for its definition, at create and at update.
+    let service = |root: serde_json::Value| {
+        json!({"name": "svc", "backend": {"kind": "sandbox", "sandbox": {
+            "owner": {"kind": "service", "serviceName": "svc"}, "backend": "container",
+            "root": root, "process": {"argv": ["/bin/sleep", "60"]}}}})
+    };
+    for root in &host_roots {
+        let r = s
+            .call_as(
+                Auth::Bearer(&tenant_admin),
+                "POST",
+                &format!("{T}/services"),
+                Some(service(root.clone())),
+            )
+            .await;
+        assert_error_says(&r, 403, "auth.permission_denied", "backend.sandbox.root");
+    }
+    let image = json!({"kind": "oci_image", "source": {"kind": "reference", "reference": "127.0.0.1:5000/app:v1"}});
+    let r = s
+        .call_as(
+            Auth::Bearer(&tenant_admin),
+            "POST",
+            &format!("{T}/services"),
+            Some(service(image)),
+        )
+        .await;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let mut update = service(json!({"kind": "rootfs", "path": "/etc"}));
+    update.as_object_mut().unwrap().remove("name");
+    update["ifMatchGeneration"] = json!(1);
+    let r = s
+        .call_as(
+            Auth::Bearer(&tenant_admin),
+            "PUT",
+            &format!("{T}/services/svc"),
+            Some(update),
+        )
+        .await;
+    assert_error_says(&r, 403, "auth.permission_denied", "only a server admin");
 }

@@ -26,6 +26,9 @@ pub struct App {
     pub limits: Limits,
     /// Runs sandboxes; `None` when the server was started without a sandbox driver.
     pub control: Option<Arc<dyn crate::control::SandboxControl>>,
+    /// Launches the sandboxes of started sandbox-backed services; `None` without a sandbox
+    /// driver.
+    pub services: Option<Arc<dyn crate::control::ServiceControl>>,
 }
 
 /// Per-tenant capacity (`[limits]` in nimbus.toml).
@@ -48,6 +51,15 @@ impl Default for Limits {
 }
 
 pub type SharedApp = Arc<App>;
+
+impl App {
+    /// Tells the service manager, if there is one, that a service changed.
+    pub fn service_changed(&self) {
+        if let Some(s) = &self.services {
+            s.changed();
+        }
+    }
+}
 
 impl App {
     /// Asks the authorizer; a denial is audited and becomes `auth.permission_denied`.

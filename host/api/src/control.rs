@@ -27,6 +27,18 @@ use nimbus_core::Error;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The seam between the API and the service manager, which launches and supervises the
+/// sandboxes of started sandbox-backed services.
+pub trait ServiceControl: Send + Sync {
+    /// A service was created, started, stopped, updated or deleted: reconcile now rather than
+    /// at the next pass.
+    fn changed(&self);
+    /// Replaces the running sandbox of `service` (tenant, uid) with a new one, now and without
+    /// waiting out a crash backoff. The current sandbox is recorded `stopping` before this
+    /// returns, so a restart the server answered survives the server's own restart.
+    fn restart<'a>(&'a self, tenant: &'a Name, uid: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+}
+
 pub trait SandboxControl: Send + Sync {
     /// Why sandboxes cannot run on this host right now (`runtime.unavailable`), if they cannot.
     fn unavailable(&self) -> Option<String>;

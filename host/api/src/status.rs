@@ -7,29 +7,90 @@ use nimbus_core::resource::{
 };
 use nimbus_core::spec::ServiceBackend;
 
-/// The `Ready` reason of a started sandbox-backed service this server cannot launch yet; the
-/// condition will not change by waiting (see `?waitUntil=`).
+/// The `Ready` reason of a started sandbox-backed service on a server without a sandbox driver;
+/// the condition will not change by waiting (see `?waitUntil=`).
 pub const LAUNCHER_UNAVAILABLE: &str = "LauncherUnavailable";
+
+/// The `Ready` reason of a sandbox-backed service while the service manager launches its
+/// sandbox.
+pub const LAUNCHING: &str = "Launching";
 
 /// The status of a service after a write, from its backend and desired run state. Keeps the
 /// previous conditions (and health, which the health controller owns) so transition times stay
-/// true.
+/// true. `launcher` says whether a service manager runs sandbox-backed services here; it
+/// refines what this says on its next pass (within a second).
 pub fn service_status(
     backend: &ServiceBackend,
     desired: DesiredRunState,
     generation: i64,
     previous: Option<&ServiceStatus>,
     now: DateTime<Utc>,
+    launcher: bool,
 ) -> ServiceStatus {
     let mut conditions = previous.map(|p| p.conditions.clone()).unwrap_or_default();
     let health = previous.map(|p| p.health).unwrap_or(Health::Unknown);
     let (state, health) = match backend {
+        ServiceBackend::Sandbox { .. } if launcher => {
+            let was = previous.map_or(ServiceState::Stopped, |p| p.lifecycle_state);
+            match desired {
+                // Started again, or relabelled, while it runs: it still runs (a changed
+                // definition is rolled out by the manager, which says so).
+                DesiredRunState::Running if was == ServiceState::Running => {
+                    if let Some(p) = previous {
+                        return ServiceStatus {
+                            observed_generation: generation,
+                            desired_state: desired,
+                            ..p.clone()
+                        };
+                    }
+                    (ServiceState::Running, health)
+                }
+                DesiredRunState::Running => {
+                    set_condition(
+                        &mut conditions,
+                        "Ready",
+                        ConditionStatus::False,
+                        LAUNCHING,
+                        "the service manager is launching the service's sandbox",
+                        now,
+                        generation,
+                    );
+                    (ServiceState::Starting, Health::Unknown)
+                }
+                DesiredRunState::Stopped
+                    if matches!(was, ServiceState::Stopped | ServiceState::Declared) =>
+                {
+                    set_condition(
+                        &mut conditions,
+                        "Ready",
+                        ConditionStatus::False,
+                        "Stopped",
+                        "the service is not started; start it to launch its sandbox",
+                        now,
+                        generation,
+                    );
+                    (ServiceState::Stopped, Health::Unknown)
+                }
+                DesiredRunState::Stopped => {
+                    set_condition(
+                        &mut conditions,
+                        "Ready",
+                        ConditionStatus::False,
+                        "Stopping",
+                        "the service manager is stopping the service's sandbox",
+                        now,
+                        generation,
+                    );
+                    (ServiceState::Stopping, Health::Unknown)
+                }
+            }
+        }
         ServiceBackend::Sandbox { .. } => {
             let (reason, message) = match desired {
                 DesiredRunState::Stopped => ("Stopped", "the service is not started; start it to launch its sandbox".to_string()),
                 DesiredRunState::Running => (
                     LAUNCHER_UNAVAILABLE,
-                    "the service is started (desired state running), but this server does not launch service sandboxes yet; the desired state is recorded".to_string(),
+                    "the service is started (desired state running), but this server runs no sandboxes (server.sandbox_driver = \"none\"); the desired state is recorded".to_string(),
                 ),
             };
             set_condition(
@@ -105,4 +166,49 @@ pub fn pending_sandbox_status(
         endpoints: vec![],
         exit_code: None,
     }
+}
+
+/// Records a stop request on sandbox `r` (`sandboxes.stop`, or the service manager replacing a
+/// service's sandbox): `stopping`, or `stopped` at once if it was never launched. Returns the
+/// state it is now in; the caller tells the controller to stop a `stopping` one.
+pub fn request_sandbox_stop(
+    r: &mut nimbus_core::resource::SandboxRecord,
+    now: DateTime<Utc>,
+) -> Result<SandboxState, nimbus_core::Error> {
+    let id = r.id.clone();
+    let next = r
+        .status
+        .lifecycle_state
+        .on(nimbus_core::lifecycle::SandboxEvent::StopRequested)
+        .map_err(|t| {
+            nimbus_core::Error::invalid_transition(
+                "sandbox",
+                id.as_str(),
+                t.from,
+                format!("sandbox {id} cannot be stopped while {}", t.from),
+            )
+        })?;
+    if next != r.status.lifecycle_state {
+        r.status.lifecycle_state = next;
+        r.status.readiness = Readiness::NotReady;
+        r.meta.updated_at = now;
+        let (reason, message) = if next == SandboxState::Stopped {
+            ("Stopped", "stopped before it was launched")
+        } else {
+            (
+                "Stopping",
+                "stop requested: SIGTERM now, SIGKILL after the grace period",
+            )
+        };
+        set_condition(
+            &mut r.status.conditions,
+            "Ready",
+            ConditionStatus::False,
+            reason,
+            message,
+            now,
+            r.meta.generation,
+        );
+    }
+    Ok(next)
 }

@@ -313,7 +313,7 @@ impl SandboxController {
     /// Launches sandbox `id`: with `spec` when the create hands it over while its record is
     /// written (see [`SandboxControl::launch`]), else the `pending` record's (adoption after a
     /// restart, with `commit` already true).
-    async fn launch_task(
+    pub(crate) async fn launch_task(
         self: Arc<Self>,
         tenant: Name,
         id: SandboxId,

@@ -32,6 +32,13 @@ pub fn is_unsafe_text_char(c: char) -> bool {
 /// starting and ending alphanumeric.
 pub type Labels = BTreeMap<String, String>;
 
+/// The label the service manager puts on each sandbox it launches: the service's name (to
+/// filter a listing by, e.g. `?labelKey=nimbus.service&labelValue=worker`).
+pub const SERVICE_LABEL: &str = "nimbus.service";
+/// The label naming the launching service's `uid`: a service deleted and created again under
+/// the same name is another service, and does not inherit the first one's sandboxes.
+pub const SERVICE_UID_LABEL: &str = "nimbus.service-uid";
+
 /// Reads a JSON object of strings, refusing a key given twice: JSON parsers disagree on which
 /// of two values wins (serde keeps the last one silently), so the caller must say which it means.
 /// For labels and environments (`#[serde(deserialize_with = "unique_keys")]`).

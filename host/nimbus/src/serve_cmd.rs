@@ -14,9 +14,10 @@ use nimbus_store::Store;
 
 use crate::bootstrap;
 use crate::config::{default_data_dir, AuthorizerKind, Config, SandboxDriver};
-use nimbus_api::control::SandboxControl;
+use nimbus_api::control::{SandboxControl, ServiceControl};
 use nimbus_control::health::HealthController;
 use nimbus_control::sandboxes::{ControlHandle, SandboxController};
+use nimbus_control::services::{ServiceHandle, ServiceManager};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -127,6 +128,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let controller_task = controller.clone().map(|c| tokio::spawn(c.run()));
+    // Sandbox-backed services are launched through the sandbox controller, so only with one.
+    let service_manager = controller
+        .clone()
+        .map(|c| ServiceManager::new(store.clone(), c, config.limits.sandboxes_per_tenant));
+    let services: Option<Arc<dyn ServiceControl>> = service_manager
+        .clone()
+        .map(|m| Arc::new(ServiceHandle(m)) as Arc<dyn ServiceControl>);
+    let service_task = service_manager.map(|m| tokio::spawn(m.run()));
     // Requests are timed only when something serves the figures.
     let http_metrics = config.server.metrics_listen.map(|addr| {
         (
@@ -154,6 +163,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         signer,
         page_tokens,
         control,
+        services,
         store: store.clone(),
         authorizer: match config.server.authorizer {
             AuthorizerKind::Plugin => plugins.authorizer(),
@@ -188,6 +198,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Sandboxes keep running: their monitors outlive the server and are adopted on the next start.
     health_task.abort();
     if let Some(t) = metrics_task {
+        t.abort();
+    }
+    if let Some(t) = service_task {
         t.abort();
     }
     if let Some(t) = controller_task {

@@ -147,6 +147,21 @@ impl Store {
         docs.iter().map(|d| from_doc(d)).collect()
     }
 
+    /// Every sandbox the service manager launched (those labelled
+    /// [`nimbus_core::spec::SERVICE_UID_LABEL`]), in every tenant, oldest first, ended ones
+    /// included.
+    pub async fn service_sandboxes(&self) -> Result<Vec<SandboxRecord>, Error> {
+        let docs: Vec<String> = sqlx::query_scalar(
+            "SELECT s.doc FROM sandboxes s JOIN sandbox_labels l ON l.sandbox_id = s.id \
+             WHERE l.key = ? ORDER BY s.id",
+        )
+        .bind(nimbus_core::spec::SERVICE_UID_LABEL)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_error)?;
+        docs.iter().map(|d| from_doc(d)).collect()
+    }
+
     /// Guarded write of one sandbox (see `update_service`).
     pub async fn update_sandbox(
         &self,

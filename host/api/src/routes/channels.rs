@@ -3,9 +3,10 @@
 
 use chrono::Utc;
 use nimbus_core::authz::{actions, Principal};
-use nimbus_core::lifecycle::SessionState;
+use nimbus_core::lifecycle::{SandboxState, SessionState};
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{Channel, SessionRecord};
+use nimbus_core::spec::SERVICE_UID_LABEL;
 use nimbus_core::Error;
 
 use crate::app::SharedApp;
@@ -53,8 +54,11 @@ pub(crate) fn control(app: &SharedApp) -> Result<&dyn SandboxControl, Error> {
     })
 }
 
-/// The sandbox an open `session` reaches through `channel`.
-pub(crate) fn channel_target(
+/// The sandbox an open `session` reaches through `channel`: its sandbox, or the sandbox its
+/// service runs now (a restart moves a service to a new sandbox; the session follows it).
+pub(crate) async fn channel_target(
+    app: &SharedApp,
+    tenant: &Name,
     session: &SessionRecord,
     channel: Channel,
 ) -> Result<SandboxId, Error> {
@@ -83,18 +87,48 @@ pub(crate) fn channel_target(
         ));
     }
     let snapshot = &session.spec.target_snapshot;
-    let Some(sandbox) = snapshot
-        .id
-        .as_deref()
-        .filter(|_| snapshot.kind == "sandbox")
-    else {
-        return Err(Error::not_supported(
-            format!(
-                "the {name} channel of a sandbox-backed service is not available yet: services \
-                 do not launch their sandboxes in this version; open the session on a sandbox"
-            ),
-            serde_json::json!({ "channel": name, "targetKind": snapshot.kind }),
-        ));
+    match (snapshot.kind.as_str(), &snapshot.id, &snapshot.name) {
+        ("sandbox", Some(sandbox), _) => SandboxId::parse("target.sandbox.id", sandbox),
+        ("service", _, Some(service)) => service_sandbox(app, tenant, service, name).await,
+        _ => Err(Error::internal(format!(
+            "session {id} has a target snapshot without its target"
+        ))),
+    }
+}
+
+/// The running sandbox of sandbox-backed service `service`, for the `channel` of a session.
+async fn service_sandbox(
+    app: &SharedApp,
+    tenant: &Name,
+    service: &str,
+    channel: &str,
+) -> Result<SandboxId, Error> {
+    let name = Name::parse("target.service.name", service)?;
+    let record = app
+        .store
+        .get_service(tenant, &name)
+        .await?
+        .ok_or_else(|| Error::not_found("service", service))?;
+    let filter = nimbus_store::SandboxFilter {
+        label_key: Some(SERVICE_UID_LABEL.into()),
+        label_value: Some(record.uid.clone()),
+        state: Some(SandboxState::Ready),
     };
-    SandboxId::parse("target.sandbox.id", sandbox)
+    let running = app.store.list_sandboxes(tenant, &filter, None, 100).await?;
+    // The newest: while a restart replaces a sandbox, the next one is the one to reach.
+    match running.items.into_iter().next_back() {
+        Some(sandbox) => Ok(sandbox.id),
+        None => {
+            let state = record.status.lifecycle_state.as_str();
+            Err(Error::invalid_transition(
+                "service",
+                service,
+                state,
+                format!(
+                    "service {service:?} has no running sandbox for the {channel} channel (it is \
+                     {state}); start it and wait until status.lifecycleState is \"running\""
+                ),
+            ))
+        }
+    }
 }

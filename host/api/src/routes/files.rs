@@ -113,7 +113,7 @@ async fn serve(
             .into())
         }
     };
-    let sandbox = super::channels::channel_target(&session, Channel::Files)?;
+    let sandbox = super::channels::channel_target(&app, &tenant, &session, Channel::Files).await?;
     let files = super::channels::control(&app)?.files(&sandbox)?;
     let what = format!("{method} {path}");
     let response = match (method.clone(), list) {

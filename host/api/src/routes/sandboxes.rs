@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use nimbus_core::authz::{actions, ResourceKind};
-use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
+use nimbus_core::lifecycle::SandboxState;
 use nimbus_core::names::SandboxId;
 use nimbus_core::resource::{set_condition, ConditionStatus, Meta, Readiness, SandboxRecord};
 use nimbus_core::spec::{
@@ -48,7 +48,19 @@ pub async fn create(
         vec![],
     )
     .await?;
-    require_operator_for_host_paths(&app, &p, &tenant, &body.spec).await?;
+    require_operator_for_host_paths(
+        &app,
+        &p,
+        HostPathUse {
+            tenant: &tenant,
+            action: actions::SANDBOXES_CREATE,
+            kind: ResourceKind::Sandbox,
+            name: None,
+            field: "spec",
+        },
+        &body.spec,
+    )
+    .await?;
     // A missing tenant answers 404 ahead of any complaint about the body. A valid request's
     // tenant is checked inside the write below instead of before it: the launch prepares
     // (root filesystem, network, config) while the record is written, and starts the process
@@ -104,18 +116,28 @@ pub async fn create(
 /// may name one. Tenants use images. Checked here, like tenant isolation
 /// (`App::require_same_tenant`), rather than left to the configured policy: it guards the
 /// host, which no policy an operator swaps in should be able to give away.
-async fn require_operator_for_host_paths(
+/// What a [`require_operator_for_host_paths`] check guards: the request's action on which
+/// resource, and where the sandbox spec sits in its body (`field`).
+pub(crate) struct HostPathUse<'a> {
+    pub tenant: &'a nimbus_core::names::Name,
+    pub action: &'a str,
+    pub kind: ResourceKind,
+    pub name: Option<&'a str>,
+    pub field: &'a str,
+}
+
+pub(crate) async fn require_operator_for_host_paths(
     app: &SharedApp,
     p: &nimbus_core::authz::Principal,
-    tenant: &nimbus_core::names::Name,
+    at: HostPathUse<'_>,
     spec: &SandboxSpec,
 ) -> Result<(), Error> {
     use nimbus_core::spec::{ImageSource, Root};
     let field = match &spec.root {
-        Root::Rootfs { .. } => "spec.root.path",
+        Root::Rootfs { .. } => format!("{}.root.path", at.field),
         Root::OciImage {
             source: ImageSource::Build { .. },
-        } => "spec.root.source.context",
+        } => format!("{}.root.source.context", at.field),
         Root::OciImage { .. } => return Ok(()),
     };
     if p.grants.iter().any(|g| g == "server:admin") {
@@ -126,14 +148,7 @@ async fn require_operator_for_host_paths(
          use an image root ({{\"kind\": \"oci_image\", \"source\": {{\"kind\": \"reference\", …}}}})"
     );
     Err(app
-        .refuse(
-            p,
-            actions::SANDBOXES_CREATE,
-            tenant,
-            ResourceKind::Sandbox,
-            None,
-            &reason,
-        )
+        .refuse(p, at.action, at.tenant, at.kind, at.name, &reason)
         .await)
 }
 
@@ -287,48 +302,7 @@ pub async fn stop(
         .update_sandbox(
             &tenant,
             id.as_str(),
-            |r| {
-                let next = r
-                    .status
-                    .lifecycle_state
-                    .on(SandboxEvent::StopRequested)
-                    .map_err(|t| {
-                        Error::invalid_transition(
-                            "sandbox",
-                            id.as_str(),
-                            t.from,
-                            format!("sandbox {id} cannot be stopped while {}", t.from),
-                        )
-                    })?;
-                if next != r.status.lifecycle_state {
-                    let now = Utc::now();
-                    r.status.lifecycle_state = next;
-                    r.status.readiness = Readiness::NotReady;
-                    r.meta.updated_at = now;
-                    if next == SandboxState::Stopped {
-                        set_condition(
-                            &mut r.status.conditions,
-                            "Ready",
-                            ConditionStatus::False,
-                            "Stopped",
-                            "stopped before it was launched",
-                            now,
-                            r.meta.generation,
-                        );
-                    } else {
-                        set_condition(
-                            &mut r.status.conditions,
-                            "Ready",
-                            ConditionStatus::False,
-                            "Stopping",
-                            "stop requested: SIGTERM now, SIGKILL after the grace period",
-                            now,
-                            r.meta.generation,
-                        );
-                    }
-                }
-                Ok(())
-            },
+            |r| status::request_sandbox_stop(r, Utc::now()).map(|_| ()),
             Some(&audit),
         )
         .await?;

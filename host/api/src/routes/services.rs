@@ -65,6 +65,15 @@ pub async fn create(
         vec![],
     )
     .await?;
+    require_operator_for_backend_paths(
+        &app,
+        &p,
+        &tenant,
+        &name,
+        actions::SERVICES_CREATE,
+        &body.backend,
+    )
+    .await?;
     app.require_tenant(&tenant).await?;
     body.backend.validate("backend", &name)?;
     validate_labels("labels", &body.labels)?;
@@ -77,6 +86,7 @@ pub async fn create(
             meta.generation,
             None,
             now,
+            app.services.is_some(),
         ),
         name: name.clone(),
         uid: uuid::Uuid::now_v7().to_string(),
@@ -176,6 +186,8 @@ pub async fn update(
     })?;
     check_generation(expected)?;
     if let Some(b) = &body.backend {
+        require_operator_for_backend_paths(&app, &p, &tenant, &name, actions::SERVICES_UPDATE, b)
+            .await?;
         b.validate("backend", &name)?;
     }
     if let Some(l) = &body.labels {
@@ -189,6 +201,7 @@ pub async fn update(
         "allow",
         "",
     );
+    let launcher = app.services.is_some();
     let record = app
         .store
         .update_service(
@@ -225,12 +238,14 @@ pub async fn update(
                     r.meta.generation,
                     Some(&r.status),
                     now,
+                    launcher,
                 );
                 Ok(())
             },
             Some(&audit),
         )
         .await?;
+    app.service_changed();
     Ok(Json(wire::service(&record)))
 }
 
@@ -291,6 +306,8 @@ pub async fn delete(
             &audit,
         )
         .await?;
+    // The service manager stops and removes its sandboxes on its next pass, now.
+    app.service_changed();
     Ok(Json(wire::service(&record)))
 }
 
@@ -333,6 +350,7 @@ async fn set_desired(
     )
     .await?;
     let audit = app.event(p, &tenant, action, &format!("service/{name}"), "allow", "");
+    let launcher = app.services.is_some();
     let record = app
         .store
         .update_service(
@@ -348,12 +366,19 @@ async fn set_desired(
                     r.meta.generation,
                     Some(&r.status),
                     now,
+                    launcher,
                 );
                 Ok(())
             },
             Some(&audit),
         )
         .await?;
+    if let Some(services) = &app.services {
+        if action == actions::SERVICES_RESTART {
+            services.restart(&tenant, &record.uid).await?;
+        }
+        services.changed();
+    }
     let record = match q.get("waitUntil") {
         Some(until) => {
             let timeout = Duration::from_millis(timeout.map_or(DEFAULT_WAIT_MS, u64::from));
@@ -362,6 +387,34 @@ async fn set_desired(
         None => record,
     };
     Ok((StatusCode::ACCEPTED, Json(wire::service(&record))))
+}
+
+/// A sandbox-backed service's sandbox rooted in a host directory needs a server admin, as a
+/// sandbox's does (see `sandboxes::require_operator_for_host_paths`).
+async fn require_operator_for_backend_paths(
+    app: &SharedApp,
+    p: &nimbus_core::authz::Principal,
+    tenant: &Name,
+    name: &Name,
+    action: &str,
+    backend: &ServiceBackend,
+) -> Result<(), Error> {
+    let ServiceBackend::Sandbox { sandbox } = backend else {
+        return Ok(());
+    };
+    super::sandboxes::require_operator_for_host_paths(
+        app,
+        p,
+        super::sandboxes::HostPathUse {
+            tenant,
+            action,
+            kind: ResourceKind::Service,
+            name: Some(name.as_str()),
+            field: "backend.sandbox",
+        },
+        sandbox,
+    )
+    .await
 }
 
 /// Generations start at 1: anything less is no generation that was ever read, so a mistake in

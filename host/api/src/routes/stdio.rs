@@ -122,7 +122,7 @@ async fn attachable_sandbox(
     tenant: &Name,
     session: &SessionRecord,
 ) -> Result<SandboxId, Error> {
-    let sandbox = super::channels::channel_target(session, Channel::Stdio)?;
+    let sandbox = super::channels::channel_target(app, tenant, session, Channel::Stdio).await?;
     let record = app
         .store
         .get_sandbox(tenant, sandbox.as_str())
