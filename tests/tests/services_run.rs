@@ -207,6 +207,9 @@ async fn a_started_service_runs_its_sandbox_and_is_relaunched_replaced_and_stopp
         .call("PUT", &format!("{T}/services/worker"), Some(update))
         .await;
     assert_eq!(st, 200, "{updated}");
+    // The new generation is not what runs yet.
+    assert_eq!(updated["status"]["lifecycleState"], "starting", "{updated}");
+    assert_eq!(updated["status"]["readiness"], "notReady");
     until(&s, "worker", "rolled out", |v| {
         v["status"]["readiness"] == "ready" && !ready_reason(v).contains(&third)
     })

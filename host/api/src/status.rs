@@ -32,26 +32,30 @@ pub fn service_status(
     let (state, health) = match backend {
         ServiceBackend::Sandbox { .. } if launcher => {
             let was = previous.map_or(ServiceState::Stopped, |p| p.lifecycle_state);
+            // Started again, or relabelled, while it runs: it still runs. A new definition
+            // (generation) is not running until the manager has replaced the sandbox.
+            let still_running = previous.filter(|p| {
+                p.lifecycle_state == ServiceState::Running && p.observed_generation == generation
+            });
+            if let (DesiredRunState::Running, Some(p)) = (desired, still_running) {
+                return ServiceStatus {
+                    desired_state: desired,
+                    ..p.clone()
+                };
+            }
             match desired {
-                // Started again, or relabelled, while it runs: it still runs (a changed
-                // definition is rolled out by the manager, which says so).
-                DesiredRunState::Running if was == ServiceState::Running => {
-                    if let Some(p) = previous {
-                        return ServiceStatus {
-                            observed_generation: generation,
-                            desired_state: desired,
-                            ..p.clone()
-                        };
-                    }
-                    (ServiceState::Running, health)
-                }
                 DesiredRunState::Running => {
+                    let message = if was == ServiceState::Running {
+                        format!("the service manager is replacing the service's sandbox with one of generation {generation}")
+                    } else {
+                        "the service manager is launching the service's sandbox".to_string()
+                    };
                     set_condition(
                         &mut conditions,
                         "Ready",
                         ConditionStatus::False,
                         LAUNCHING,
-                        "the service manager is launching the service's sandbox",
+                        message,
                         now,
                         generation,
                     );

@@ -583,3 +583,16 @@ impl ServiceControl for ServiceHandle {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_from_one_second_up_to_a_minute() {
+        let secs: Vec<i64> = (1..=9).map(|n| delay(n).num_seconds()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(delay(u32::MAX).num_seconds(), 60);
+        assert_eq!(delay(0).num_seconds(), 1);
+    }
+}
