@@ -94,8 +94,9 @@ async fn a_started_service_runs_its_sandbox_and_is_relaunched_replaced_and_stopp
     let s = Server::start().await;
     let dir = tempfile::tempdir().unwrap();
     let root = busybox_rootfs(dir.path());
-    // Exits with code 3 once /crash exists.
-    let script = "echo up; while ! test -f /crash; do sleep 0.1; done; exit 3";
+    // Exits with code 3 once /crash exists; stops at once on SIGTERM (as PID 1, sh would ignore
+    // it, and a stop would wait out the grace period).
+    let script = "trap 'exit 0' TERM; echo up; while ! test -f /crash; do sleep 0.1; done; exit 3";
     let (st, created) = s
         .call(
             "POST",
@@ -175,16 +176,13 @@ async fn a_started_service_runs_its_sandbox_and_is_relaunched_replaced_and_stopp
         )
         .await;
     assert_eq!(st, 202);
-    let restarted = if restarted["status"]["readiness"] == "ready"
-        && !ready_reason(&restarted).contains(&second)
-    {
-        restarted
-    } else {
-        until(&s, "worker", "restarted", |v| {
-            v["status"]["readiness"] == "ready" && !ready_reason(v).contains(&second)
-        })
-        .await
-    };
+    // The answer waited for the new sandbox, not the one being replaced.
+    assert_eq!(restarted["status"]["readiness"], "ready", "{restarted}");
+    assert!(
+        !ready_reason(&restarted).contains(&second),
+        "{restarted}\n{}",
+        s.log()
+    );
     let third = running_sandbox(&s, "worker").await;
     assert!(ready_reason(&restarted).contains(&third));
     let (_, replaced) = s
@@ -200,7 +198,11 @@ async fn a_started_service_runs_its_sandbox_and_is_relaunched_replaced_and_stopp
 
     // A new definition rolls out: the old sandbox stops, one of the new spec starts.
     let generation = restarted["metadata"]["generation"].as_i64().unwrap();
-    let mut update = service("worker", &root, "echo v2; sleep 600");
+    let mut update = service(
+        "worker",
+        &root,
+        "trap 'exit 0' TERM; echo v2; while true; do sleep 0.1; done",
+    );
     update["ifMatchGeneration"] = json!(generation);
     update.as_object_mut().unwrap().remove("name");
     let (st, updated) = s
@@ -244,6 +246,30 @@ async fn a_started_service_runs_its_sandbox_and_is_relaunched_replaced_and_stopp
         text.contains("service/worker: its service was restarted"),
         "{audit}"
     );
+    delete_and_wait(&s, "worker").await;
+}
+
+/// Force-deletes service `name` and waits until its sandboxes are gone (a stopped sandbox keeps
+/// its root mounted until then; the host must be left clean).
+async fn delete_and_wait(s: &Server, name: &str) {
+    let generation = get_service(s, name).await["metadata"]["generation"].clone();
+    let (st, deleted) = s
+        .call(
+            "DELETE",
+            &format!("{T}/services/{name}?ifMatchGeneration={generation}&force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{deleted}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sandboxes_of(s, name).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the sandboxes outlived service {name}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -255,7 +281,11 @@ async fn a_service_keeps_its_sandbox_across_a_server_crash_and_a_forced_delete_r
         .call(
             "POST",
             &format!("{T}/services"),
-            Some(service("keeper", &root, "sleep 600")),
+            Some(service(
+                "keeper",
+                &root,
+                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+            )),
         )
         .await;
     assert_eq!(st, 201);
@@ -291,23 +321,7 @@ async fn a_service_keeps_its_sandbox_across_a_server_crash_and_a_forced_delete_r
         )
         .await;
     assert_eq!(st, 409);
-    let (st, deleted) = s
-        .call(
-            "DELETE",
-            &format!("{T}/services/keeper?ifMatchGeneration={generation}&force=true"),
-            None,
-        )
-        .await;
-    assert_eq!(st, 200, "{deleted}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sandboxes_of(&s, "keeper").await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the sandbox outlived its service\n{}",
-            s.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    delete_and_wait(&s, "keeper").await;
     let (st, _) = s
         .call("GET", &format!("{T}/sandboxes/{before}"), None)
         .await;
@@ -336,4 +350,5 @@ async fn a_service_keeps_its_sandbox_across_a_server_crash_and_a_forced_delete_r
         .await;
     assert_eq!(st, 202);
     assert_eq!(stopped["status"]["lifecycleState"], "stopped", "{stopped}");
+    delete_and_wait(&s, "broken").await;
 }

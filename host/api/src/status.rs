@@ -172,6 +172,23 @@ pub fn pending_sandbox_status(
     }
 }
 
+/// A restarted sandbox-backed service: whatever ran is being replaced, so it is `starting` (not
+/// the `running` of the sandbox that is about to stop) until the manager sees the new one run.
+pub fn restarting(status: &mut ServiceStatus, generation: i64, now: DateTime<Utc>) {
+    status.lifecycle_state = ServiceState::Starting;
+    status.readiness = Readiness::NotReady;
+    status.health = Health::Unknown;
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        ConditionStatus::False,
+        LAUNCHING,
+        "restart requested: the service manager is replacing the service's sandbox",
+        now,
+        generation,
+    );
+}
+
 /// Records a stop request on sandbox `r` (`sandboxes.stop`, or the service manager replacing a
 /// service's sandbox): `stopping`, or `stopped` at once if it was never launched. Returns the
 /// state it is now in; the caller tells the controller to stop a `stopping` one.

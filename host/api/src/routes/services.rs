@@ -351,6 +351,16 @@ async fn set_desired(
     .await?;
     let audit = app.event(p, &tenant, action, &format!("service/{name}"), "allow", "");
     let launcher = app.services.is_some();
+    // A restart stops the running sandbox before the service's status says `starting`: from
+    // then on no pass of the manager can see the old sandbox as current and report it running.
+    if let (Some(services), true) = (&app.services, action == actions::SERVICES_RESTART) {
+        let current = app
+            .store
+            .get_service(&tenant, &name)
+            .await?
+            .ok_or_else(|| Error::not_found("service", name.as_str()))?;
+        services.restart(&tenant, &current.uid).await?;
+    }
     let record = app
         .store
         .update_service(
@@ -368,17 +378,16 @@ async fn set_desired(
                     now,
                     launcher,
                 );
+                let sandbox_backed = matches!(r.backend, ServiceBackend::Sandbox { .. });
+                if launcher && sandbox_backed && action == actions::SERVICES_RESTART {
+                    status::restarting(&mut r.status, r.meta.generation, now);
+                }
                 Ok(())
             },
             Some(&audit),
         )
         .await?;
-    if let Some(services) = &app.services {
-        if action == actions::SERVICES_RESTART {
-            services.restart(&tenant, &record.uid).await?;
-        }
-        services.changed();
-    }
+    app.service_changed();
     let record = match q.get("waitUntil") {
         Some(until) => {
             let timeout = Duration::from_millis(timeout.map_or(DEFAULT_WAIT_MS, u64::from));
