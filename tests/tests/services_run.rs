@@ -150,7 +150,7 @@ async fn a_started_service_runs_its_sandbox_and_is_relaunched_replaced_and_stopp
     assert!(
         why.contains("BackOff")
             && why.contains("exited with code 3")
-            && why.contains("relaunching in"),
+            && why.contains("relaunching at"),
         "{why}"
     );
     assert_eq!(failed["status"]["health"], "unhealthy");
@@ -275,17 +275,16 @@ async fn delete_and_wait(s: &Server, name: &str) {
 #[tokio::test]
 async fn a_service_keeps_its_sandbox_across_a_server_crash_and_a_forced_delete_removes_it() {
     let mut s = Server::start().await;
+    // Unique to this run, to find the process on the host.
+    let marker = format!("keeper-{}", std::process::id());
+    let keeper_script = format!("trap 'exit 0' TERM; while true; do sleep 0.1; done # {marker}");
     let dir = tempfile::tempdir().unwrap();
     let root = busybox_rootfs(dir.path());
     let (st, _) = s
         .call(
             "POST",
             &format!("{T}/services"),
-            Some(service(
-                "keeper",
-                &root,
-                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
-            )),
+            Some(service("keeper", &root, &keeper_script)),
         )
         .await;
     assert_eq!(st, 201);
@@ -310,6 +309,51 @@ async fn a_service_keeps_its_sandbox_across_a_server_crash_and_a_forced_delete_r
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(running_sandbox(&s, "keeper").await, before, "{after}");
     assert_eq!(sandboxes_of(&s, "keeper").await.len(), 1);
+
+    // The sandbox's monitor dies (the process goes on, orphaned): the sandbox is `Lost`, and
+    // its process is killed before the next sandbox runs, so the service never runs twice.
+    let processes = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let pids = processes();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let ppid = std::fs::read_to_string(format!("/proc/{}/stat", pids[0])).unwrap();
+    let monitor = ppid
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &monitor])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let after = until(&s, "keeper", "replaced its lost sandbox", |v| {
+        v["status"]["lifecycleState"] == "running" && !ready_reason(v).contains(&before)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now_running = processes();
+        if now_running.len() == 1 && now_running[0] != pids[0] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lost sandbox's process still runs: {now_running:?} (was {pids:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A delete without force is refused; with force the sandbox goes with the service.
     let generation = after["metadata"]["generation"].as_i64().unwrap();
@@ -340,7 +384,7 @@ async fn a_service_keeps_its_sandbox_across_a_server_crash_and_a_forced_delete_r
         v["status"]["lifecycleState"] == "failed"
     })
     .await;
-    assert!(ready_reason(&failed).contains("relaunching in"), "{failed}");
+    assert!(ready_reason(&failed).contains("relaunching at"), "{failed}");
     let (st, stopped) = s
         .call(
             "POST",

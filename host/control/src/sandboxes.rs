@@ -43,6 +43,9 @@ pub struct SandboxController {
     /// report the kill or the vanished state dir as an exit (a reader would see `failed` for
     /// a moment). Pruned once the record is gone.
     deleting: Mutex<HashSet<String>>,
+    /// Woken when a launch has ended (ready or failed) or an exit was recorded: the service
+    /// manager reacts at once instead of at its next pass.
+    pub(crate) changed: tokio::sync::Notify,
 }
 
 impl SandboxController {
@@ -57,6 +60,7 @@ impl SandboxController {
             signer,
             busy: Mutex::new(HashSet::new()),
             deleting: Mutex::new(HashSet::new()),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -299,6 +303,7 @@ impl SandboxController {
             .await;
         match result {
             Ok(r) => {
+                self.changed.notify_one();
                 tracing::info!(sandbox = %id, code, state = r.status.lifecycle_state.as_str(), "sandbox ended")
             }
             Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::InvalidTransition) => {}
@@ -325,6 +330,7 @@ impl SandboxController {
         }
         self.launch_inner(&tenant, &id, spec, commit).await;
         self.release(id.as_str());
+        self.changed.notify_one();
     }
 
     async fn launch_inner(

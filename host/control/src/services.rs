@@ -15,7 +15,7 @@
 //! between a service and its sandboxes lives in the sandbox records (labels), so a server
 //! restart loses nothing: the sandbox controller adopts what runs, and the next pass goes on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,10 +57,15 @@ pub struct ServiceManager {
     /// Per service uid: where its relaunches stand. Kept in memory: after a server restart a
     /// crash-looping service starts its backoff over, which costs one early relaunch.
     backoff: Mutex<HashMap<String, Backoff>>,
+    /// Sandboxes being torn down, each by a task of its own: a teardown can take seconds (a
+    /// sandbox caught mid-launch), and the pass must not wait for it.
+    removing: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
 struct Backoff {
+    /// The service generation the count is for: a new definition starts it over.
+    generation: i64,
     /// The newest ended sandbox already counted.
     counted: Option<SandboxId>,
     /// Sandboxes (or launch attempts) in a row that ended or failed on their own.
@@ -79,6 +84,7 @@ impl ServiceManager {
             max_live,
             wake: Notify::new(),
             backoff: Mutex::new(HashMap::new()),
+            removing: Mutex::new(HashSet::new()),
         })
     }
 
@@ -88,11 +94,16 @@ impl ServiceManager {
             if let Err(e) = self.pass().await {
                 tracing::warn!(error = %e, "service manager pass failed; retrying");
             }
-            let _ = tokio::time::timeout(PASS, self.wake.notified()).await;
+            // A change through the API, or a sandbox that became ready or ended.
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.sandboxes.changed.notified() => {}
+                _ = tokio::time::sleep(PASS) => {}
+            }
         }
     }
 
-    async fn pass(&self) -> Result<(), Error> {
+    async fn pass(self: &Arc<Self>) -> Result<(), Error> {
         let services = self.store.services_by_backend_kind("sandbox").await?;
         let mut owned: HashMap<String, Vec<SandboxRecord>> = HashMap::new();
         for s in self.store.service_sandboxes().await? {
@@ -111,8 +122,7 @@ impl ServiceManager {
             self.remove(
                 &sandbox,
                 "its service was deleted or no longer runs a sandbox",
-            )
-            .await;
+            );
         }
         if let Ok(mut backoff) = self.backoff.lock() {
             backoff.retain(|uid, _| services.iter().any(|s| &s.uid == uid));
@@ -122,7 +132,7 @@ impl ServiceManager {
 
     /// One step for one service; `mine` are its sandboxes, oldest first.
     async fn reconcile(
-        &self,
+        self: &Arc<Self>,
         service: &ServiceRecord,
         mine: Vec<SandboxRecord>,
     ) -> Result<(), Error> {
@@ -130,9 +140,21 @@ impl ServiceManager {
             return Ok(());
         };
         let desired = service.status.desired_state;
-        let (live, ended): (Vec<SandboxRecord>, Vec<SandboxRecord>) = mine
+        let (live, mut ended): (Vec<SandboxRecord>, Vec<SandboxRecord>) = mine
             .into_iter()
             .partition(|s| !s.status.lifecycle_state.is_terminal());
+        // A sandbox whose monitor was lost may still have its process running: it is torn down
+        // (which kills it) before anything replaces it, or the service would run twice.
+        let mut lost = None;
+        ended.retain(|s| {
+            if ready_reason(s) == Some("Lost") {
+                lost = Some(s.id.clone());
+                self.remove(s, "its monitor was lost; its processes are killed");
+                false
+            } else {
+                true
+            }
+        });
         // The one sandbox that should go on running: the newest of the current definition.
         let current = match desired {
             DesiredRunState::Running => live
@@ -141,7 +163,7 @@ impl ServiceManager {
                 .find(|s| s.spec == *spec && s.status.lifecycle_state != SandboxState::Stopping),
             DesiredRunState::Stopped => None,
         };
-        let mut stopping = None;
+        let mut stopping = lost;
         for s in &live {
             if current.is_some_and(|c| c.id == s.id) {
                 continue;
@@ -154,11 +176,10 @@ impl ServiceManager {
         }
         // Older ended sandboxes go; the newest stays for its logs and exit code.
         for s in ended.iter().take(ended.len().saturating_sub(1)) {
-            self.remove(s, "a newer sandbox of its service ended since")
-                .await;
+            self.remove(s, "a newer sandbox of its service ended since");
         }
         let last_ended = ended.last();
-        let wait = self.wait_before_launch(&service.uid, last_ended);
+        let wait = self.wait_before_launch(service, last_ended);
         let observed = match (desired, current, &stopping) {
             (DesiredRunState::Running, Some(s), _) => running(s),
             (DesiredRunState::Running, None, Some(old)) => Observed {
@@ -208,11 +229,21 @@ impl ServiceManager {
     /// its own (or a launch was refused) less than the backoff ago.
     fn wait_before_launch(
         &self,
-        uid: &str,
+        service: &ServiceRecord,
         last_ended: Option<&SandboxRecord>,
     ) -> Option<Observed> {
         let mut all = self.backoff.lock().ok()?;
-        let b = all.entry(uid.to_string()).or_default();
+        let b = all.entry(service.uid.clone()).or_default();
+        // A new definition, or a stop, starts the count over: what failed was another spec,
+        // or the user has stepped in.
+        if b.generation != service.meta.generation
+            || service.status.desired_state == DesiredRunState::Stopped
+        {
+            b.generation = service.meta.generation;
+            b.failures = 0;
+            b.not_before = None;
+            b.refused = None;
+        }
         if let Some(s) = last_ended.filter(|s| b.counted.as_ref() != Some(&s.id)) {
             b.counted = Some(s.id.clone());
             if ended_on_request(s) {
@@ -231,7 +262,8 @@ impl ServiceManager {
             }
             b.refused = None;
         }
-        let left = (b.not_before? - Utc::now()).to_std().ok()?;
+        let not_before = b.not_before?;
+        (not_before - Utc::now()).to_std().ok()?;
         let why = match (&b.refused, last_ended) {
             (Some(refused), _) => refused.clone(),
             (None, Some(s)) => format!("sandbox {} ended ({})", s.id, ready_message(s)),
@@ -242,8 +274,8 @@ impl ServiceManager {
             health: Health::Unhealthy,
             reason: "BackOff",
             message: format!(
-                "{why}; relaunching in {} s ({} in a row)",
-                left.as_secs().max(1),
+                "{why}; relaunching at {} ({} in a row)",
+                not_before.format("%H:%M:%S UTC"),
                 failures_phrase(b.failures)
             ),
             ..Observed::not_ready()
@@ -343,7 +375,31 @@ impl ServiceManager {
     }
 
     /// Tears `sandbox` down on the host and deletes its record.
-    async fn remove(&self, sandbox: &SandboxRecord, why: &str) {
+    /// Tears `sandbox` down on the host and deletes its record, in a task of its own (once at
+    /// a time per sandbox).
+    fn remove(self: &Arc<Self>, sandbox: &SandboxRecord, why: &str) {
+        let id = sandbox.id.to_string();
+        let claimed = self
+            .removing
+            .lock()
+            .map(|mut removing| removing.insert(id.clone()))
+            .unwrap_or(false);
+        if !claimed {
+            return;
+        }
+        let this = self.clone();
+        let sandbox = sandbox.clone();
+        let why = why.to_string();
+        tokio::spawn(async move {
+            this.remove_now(&sandbox, &why).await;
+            if let Ok(mut removing) = this.removing.lock() {
+                removing.remove(&id);
+            }
+            this.wake.notify_one();
+        });
+    }
+
+    async fn remove_now(&self, sandbox: &SandboxRecord, why: &str) {
         let handle = ControlHandle(self.sandboxes.clone());
         if let Err(e) = handle.teardown(&sandbox.id).await {
             tracing::warn!(sandbox = %sandbox.id, error = %e, "could not tear down a service's sandbox; retrying on the next pass");
@@ -485,6 +541,15 @@ fn running(s: &SandboxRecord) -> Observed {
     }
 }
 
+/// The reason of the sandbox's `Ready` condition.
+fn ready_reason(s: &SandboxRecord) -> Option<&str> {
+    s.status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Ready")
+        .map(|c| c.reason.as_str())
+}
+
 /// The sandbox's `Ready` condition, as `Reason: message`.
 fn ready_message(s: &SandboxRecord) -> String {
     match s.status.conditions.iter().find(|c| c.kind == "Ready") {
@@ -496,10 +561,7 @@ fn ready_message(s: &SandboxRecord) -> String {
 /// Whether `s` ended because someone stopped it (a restart, `sandboxes.stop`), rather than on
 /// its own: no backoff then.
 fn ended_on_request(s: &SandboxRecord) -> bool {
-    s.status
-        .conditions
-        .iter()
-        .any(|c| c.kind == "Ready" && c.reason == "Stopped")
+    ready_reason(s) == Some("Stopped")
 }
 
 /// The wait after `failures` failures in a row: 1 s, 2 s, 4 s, … up to a minute.
