@@ -1,4 +1,5 @@
-//! What the server can truthfully say about a resource it has not launched (yet).
+//! The status a write through the API gives a resource before a controller has looked at it
+//! (a service started, stopped or restarted; a sandbox accepted or asked to stop).
 
 use chrono::{DateTime, Utc};
 use nimbus_core::lifecycle::{DesiredRunState, SandboxState, ServiceState};

@@ -483,8 +483,9 @@ async fn wait_for_condition(
 }
 
 /// Whether nothing this server does will make the service ready or healthy: built-in providers
-/// are declared definitions it does not run, sandbox-backed services it cannot launch yet (their
-/// `Ready` condition says `LauncherUnavailable`), and external services without a health check.
+/// are declared definitions it does not run, sandbox-backed services on a server without a
+/// sandbox driver (their `Ready` condition says `LauncherUnavailable`), and external services
+/// without a health check.
 fn cannot_become_ready(record: &ServiceRecord) -> bool {
     match &record.backend {
         ServiceBackend::BuiltIn { .. } => true,
