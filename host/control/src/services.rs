@@ -335,10 +335,10 @@ impl ServiceManager {
             spec: spec.clone(),
         };
         let audit = server_event(
-            service,
-            "sandboxes.create",
+            &service.meta.tenant_id,
             &id,
-            &format!("service/{} is started", service.name),
+            "sandboxes.create",
+            format!("service/{} is started", service.name),
         );
         let created = self
             .store
@@ -579,33 +579,28 @@ fn failures_phrase(n: u32) -> String {
     }
 }
 
-fn server_event(service: &ServiceRecord, action: &str, id: &SandboxId, reason: &str) -> AuditEvent {
+/// An audit event of the manager's (actor `server`) on sandbox `id`.
+fn server_event(tenant: &Name, id: &SandboxId, action: &str, reason: String) -> AuditEvent {
     AuditEvent {
-        tenant_id: service.meta.tenant_id.to_string(),
+        tenant_id: tenant.to_string(),
         time: Utc::now(),
         actor: "server".into(),
         action: action.into(),
         target: format!("sandbox/{id}"),
         decision: "allow".into(),
-        reason: reason.into(),
+        reason,
     }
 }
 
+/// The same for a service's existing sandbox, the reason naming the service.
 fn sandbox_event(sandbox: &SandboxRecord, action: &str, why: &str) -> AuditEvent {
     let service = sandbox
         .meta
         .labels
         .get(SERVICE_LABEL)
         .map_or("?", String::as_str);
-    AuditEvent {
-        tenant_id: sandbox.meta.tenant_id.to_string(),
-        time: Utc::now(),
-        actor: "server".into(),
-        action: action.into(),
-        target: format!("sandbox/{}", sandbox.id),
-        decision: "allow".into(),
-        reason: format!("service/{service}: {why}"),
-    }
+    let reason = format!("service/{service}: {why}");
+    server_event(&sandbox.meta.tenant_id, &sandbox.id, action, reason)
 }
 
 /// The manager as the API sees it.
