@@ -103,6 +103,21 @@ async fn a_sandbox_runs_hardened_and_reports_output_stop_and_delete() {
         )
         .await;
     assert_eq!(st, 201);
+    // What the sandbox holds on the host while it runs (its state file names it all).
+    let state_dir = s.data_dir().join("runtime/sandboxes").join(&id);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("meta.json")).unwrap()).unwrap();
+    let net = &meta["net"];
+    let netns = Path::new(net["netns_path"].as_str().unwrap()).to_path_buf();
+    let host_if = Path::new("/sys/class/net").join(net["host_if"].as_str().unwrap());
+    let lease = s
+        .data_dir()
+        .join("runtime/net/leases")
+        .join(net["address"].as_str().unwrap());
+    assert!(
+        netns.exists() && host_if.exists() && lease.exists(),
+        "{meta}"
+    );
     // Stop: SIGTERM, then the exit is recorded.
     let (st, stopping) = s
         .call("POST", &format!("{T}/sandboxes/{id}/stop"), None)
@@ -112,6 +127,26 @@ async fn a_sandbox_runs_hardened_and_reports_output_stop_and_delete() {
     let stopped = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(30)).await;
     assert_eq!(stopped["status"]["lifecycleState"], "stopped", "{stopped}");
     assert!(stopped["status"]["exitCode"].is_i64(), "{stopped}");
+    assert_eq!(stopped["status"]["endpoints"], json!([]), "{stopped}");
+    // The ended sandbox gives its network back (namespace, interface, address), and keeps its
+    // logs and state until it is deleted.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (netns.exists() || host_if.exists() || lease.exists()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !netns.exists(),
+        "{} is left after the exit",
+        netns.display()
+    );
+    assert!(
+        !host_if.exists(),
+        "{} is left after the exit",
+        host_if.display()
+    );
+    assert!(!lease.exists(), "the address lease is kept after the exit");
+    assert!(state_dir.exists());
+    assert!(logs(&s, &id).await.contains("hello from nimbus"));
     // Delete removes it.
     assert_eq!(
         s.call("DELETE", &format!("{T}/sandboxes/{id}"), None)

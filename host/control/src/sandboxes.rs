@@ -87,12 +87,23 @@ impl SandboxController {
         let records = self.store.live_sandboxes().await?;
         let known: HashSet<String> = records.iter().map(|r| r.id.to_string()).collect();
         // Host state without a record: deleted while the server was down.
-        for (id, _) in self.runtime.adopt_all() {
-            if !known.contains(id.as_str()) && self.store_has(&id).await == Some(false) {
-                tracing::info!(sandbox = %id, "removing a sandbox whose record is gone");
-                if let Err(e) = self.runtime.delete(&id).await {
-                    tracing::warn!(sandbox = %id, error = %e, "could not remove an orphaned sandbox");
+        for (id, observed) in self.runtime.adopt_all() {
+            if known.contains(id.as_str()) {
+                continue;
+            }
+            match self.store_has(&id).await {
+                Some(false) => {
+                    tracing::info!(sandbox = %id, "removing a sandbox whose record is gone");
+                    if let Err(e) = self.runtime.delete(&id).await {
+                        tracing::warn!(sandbox = %id, error = %e, "could not remove an orphaned sandbox");
+                    }
                 }
+                // Ended before this server gave up ended sandboxes' networks, or before its
+                // release was done.
+                Some(true) if matches!(observed, Observed::Exited { .. }) => {
+                    self.release_network(&id)
+                }
+                _ => {}
             }
         }
         for r in records {
@@ -286,6 +297,8 @@ impl SandboxController {
                     r.status.lifecycle_state = next;
                     r.status.readiness = Readiness::NotReady;
                     r.status.exit_code = Some(code);
+                    // Its address is given up at exit (see `release_network`).
+                    r.status.endpoints.clear();
                     r.meta.updated_at = now;
                     set_condition(
                         &mut r.status.conditions,
@@ -304,11 +317,24 @@ impl SandboxController {
         match result {
             Ok(r) => {
                 self.changed.notify_one();
-                tracing::info!(sandbox = %id, code, state = r.status.lifecycle_state.as_str(), "sandbox ended")
+                tracing::info!(sandbox = %id, code, state = r.status.lifecycle_state.as_str(), "sandbox ended");
+                self.release_network(id);
             }
             Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::InvalidTransition) => {}
             Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not record an exit"),
         }
+    }
+
+    /// Gives up the network of an ended sandbox in the background (see
+    /// `Runtime::release_network`); a failure leaves it to the delete.
+    fn release_network(&self, id: &SandboxId) {
+        let runtime = self.runtime.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.release_network(&id).await {
+                tracing::warn!(sandbox = %id, error = %e, "could not release the network of an ended sandbox; it is freed when the sandbox is deleted");
+            }
+        });
     }
 
     fn cached_preflight(&self) -> Option<String> {

@@ -217,6 +217,11 @@ impl Network {
         }
     }
 
+    /// Gives up `owner`'s lease on `net`'s address only (its id range stays held).
+    pub fn release_address(&self, net: &SandboxNet, owner: &str) {
+        self.leases.release(&net.address.to_string(), owner);
+    }
+
     pub fn has_user_namespaces(&self) -> bool {
         self.ids.is_some()
     }

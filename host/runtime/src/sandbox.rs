@@ -73,6 +73,12 @@ struct Meta {
     net: Option<SandboxNet>,
     ports: Vec<u16>,
     created_at: u64,
+    /// Set once the process has ended and `net` has been torn down and its address given up
+    /// (see [`Runtime::release_network`]): `net` then only describes the id range, which the
+    /// sandbox's files keep until delete, and must not be torn down again (its address may
+    /// belong to another sandbox by then).
+    #[serde(default)]
+    network_released: bool,
 }
 
 pub struct Runtime {
@@ -91,6 +97,9 @@ pub struct Runtime {
     /// The last preflight and when it ran (see `recent_preflight`).
     last_preflight: std::sync::Mutex<Option<(std::time::Instant, Result<(), HostUnfit>)>>,
     host_ready: tokio::sync::OnceCell<()>,
+    /// Serialises the teardowns of one sandbox (a delete and the release of its network at
+    /// exit), so that neither tears down what the other has already given away.
+    teardowns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> LaunchError {
@@ -206,6 +215,7 @@ impl Runtime {
             sealed_crun: std::sync::OnceLock::new(),
             crun_root: data_dir.join("runtime/crun"),
             host_ready: tokio::sync::OnceCell::new(),
+            teardowns: std::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -509,6 +519,7 @@ impl Runtime {
             net: Some(net.clone()),
             ports,
             created_at: crate::monitor::now_secs(),
+            network_released: false,
         };
         if let Err(e) = write_meta(dir, &meta) {
             // Not recorded anywhere, so the cleanup would not find them: give them back now.
@@ -902,7 +913,62 @@ impl Runtime {
             .map_err(RuntimeError::Internal)
     }
 
+    /// The lock that serialises sandbox `id`'s teardowns (see `teardowns`).
+    fn teardown_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.teardowns.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_string()).or_default().clone()
+    }
+
+    fn forget_teardown_lock(&self, id: &str) {
+        let mut locks = self.teardowns.lock().unwrap_or_else(|p| p.into_inner());
+        locks.remove(id);
+    }
+
+    /// Gives up the network of a sandbox whose process has ended: its namespace, host
+    /// interface, nftables rules, tracked connections and address. A stopped sandbox uses none
+    /// of them, and addresses are the scarce part (a /24 holds about 250 sandboxes). Its root
+    /// filesystem stays, for the files channel ("fetch results after a run"), and so do its id
+    /// range (the owner of those files), logs and exit record, until `delete`.
+    /// A sandbox still running, unknown, or whose exit was not recorded (a lost monitor: its
+    /// process may live on) is left alone; releasing twice is a no-op.
+    pub async fn release_network(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let id = id.as_str();
+        let lock = self.teardown_lock(id);
+        let _serialised = lock.lock().await;
+        let dir = self.dir(id);
+        let Ok(mut meta) = read_meta(&dir) else {
+            return Ok(());
+        };
+        let Some(net) = meta.net.clone() else {
+            return Ok(());
+        };
+        if meta.network_released || read_exit(&dir).is_none() {
+            return Ok(());
+        }
+        self.network
+            .teardown(&net)
+            .await
+            .map_err(|e| RuntimeError::Internal(format!("releasing the network of {id}: {e}")))?;
+        // Recorded before the address is given up: once another sandbox may hold it, nothing
+        // must tear this network down again. A crash in between leaves the lease, which the
+        // delete gives back.
+        meta.network_released = true;
+        write_meta(&dir, &meta).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        self.network.release_address(&net, id);
+        Ok(())
+    }
+
     async fn delete_dir(&self, id: &str) -> Result<(), String> {
+        let lock = self.teardown_lock(id);
+        let _serialised = lock.lock().await;
+        let result = self.delete_dir_locked(id).await;
+        if result.is_ok() {
+            self.forget_teardown_lock(id);
+        }
+        result
+    }
+
+    async fn delete_dir_locked(&self, id: &str) -> Result<(), String> {
         let dir = self.dir(id);
         if !dir.exists() {
             return Ok(());
@@ -988,9 +1054,14 @@ impl Runtime {
         match read_meta(dir) {
             Ok(meta) => {
                 if let Some(net) = &meta.net {
-                    match self.network.teardown(net).await {
-                        Ok(()) => rules_gone = true,
-                        Err(e) => problems.push(e),
+                    if meta.network_released {
+                        // Torn down at exit; its address may be another sandbox's now.
+                        rules_gone = true;
+                    } else {
+                        match self.network.teardown(net).await {
+                            Ok(()) => rules_gone = true,
+                            Err(e) => problems.push(e),
+                        }
                     }
                     self.network.release(net, id);
                 }
