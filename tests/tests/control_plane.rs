@@ -892,6 +892,28 @@ async fn label_writes_can_be_guarded_by_the_resource_version() {
         .await;
     assert_eq!(st, 200, "{same}");
     assert_eq!(same["metadata"]["labels"]["owner"], "bob", "{same}");
+    // A write of what is already there writes nothing: the resource version holds, so a
+    // reader's guarded write still goes through.
+    assert_eq!(
+        same["metadata"]["resourceVersion"], bob["metadata"]["resourceVersion"],
+        "{same}"
+    );
+    let bob_rv = bob["metadata"]["resourceVersion"].as_str().unwrap();
+    let mut again = worker_service("lbl");
+    again.as_object_mut().unwrap().remove("name");
+    again["labels"] = json!({"owner": "bob"});
+    again["ifMatchGeneration"] = json!(1);
+    again["ifMatchResourceVersion"] = json!(bob_rv);
+    let (st, same) = s
+        .call("PUT", &format!("{T}/services/lbl"), Some(again))
+        .await;
+    assert_eq!(st, 200, "{same}");
+    assert_eq!(same["metadata"]["resourceVersion"], bob_rv, "{same}");
+    assert_eq!(same["metadata"]["generation"], 1, "{same}");
+    assert_eq!(
+        same["metadata"]["updatedAt"], bob["metadata"]["updatedAt"],
+        "{same}"
+    );
 }
 
 /// Tenants and sessions have the shape every resource has (http-api.md): metadata with a

@@ -88,7 +88,7 @@ impl Store {
 
     /// Guarded write: within one transaction, reads the service, lets `change` check and
     /// modify it (`change` sees the current record and returns an error to abort), then
-    /// stores it. `expected_generation`, when given, must equal the stored generation.
+    /// stores it, unless `change` left it as it was. `expected_generation`, when given, must equal the stored generation.
     /// `audit` is computed from the result and stored in the same transaction.
     pub async fn update_service(
         &self,
@@ -100,7 +100,13 @@ impl Store {
     ) -> Result<ServiceRecord, Error> {
         let mut tx = self.begin().await?;
         let mut record = load_for_write(&mut tx, tenant, name, expected_generation).await?;
+        let before = to_doc(&record)?;
         change(&mut record)?;
+        if to_doc(&record)? == before {
+            // Nothing changed: nothing is written (the resource version stays, so a reader's
+            // `ifMatchResourceVersion` still holds) and there is no change to audit.
+            return Ok(record);
+        }
         record.meta.resource_version = next_resource_version(&mut tx).await?;
         sqlx::query("UPDATE services SET generation = ?, backend_kind = ?, doc = ? WHERE tenant_id = ? AND name = ?")
             .bind(record.meta.generation)

@@ -90,16 +90,38 @@ async fn concurrent_updates_with_the_same_generation_have_exactly_one_winner() {
 }
 
 #[tokio::test]
-async fn every_write_bumps_the_resource_version() {
+async fn every_write_bumps_the_resource_version_and_a_change_of_nothing_writes_nothing() {
     let (store, _dir) = store().await;
     let mut s = service("a");
     store.create_service(&mut s, &audit("c")).await.unwrap();
     let first = s.meta.resource_version;
+    let audits = audit_count(&store).await;
+    let unchanged = store
+        .update_service(&demo(), &s.name, None, |_| Ok(()), Some(&audit("u")))
+        .await
+        .unwrap();
+    assert_eq!(unchanged.meta.resource_version, first);
+    assert_eq!(
+        audit_count(&store).await,
+        audits,
+        "a change of nothing is not audited"
+    );
     let updated = store
-        .update_service(&demo(), &s.name, None, |_| Ok(()), None)
+        .update_service(
+            &demo(),
+            &s.name,
+            None,
+            |r| {
+                r.meta.labels.insert("k".into(), "v".into());
+                Ok(())
+            },
+            None,
+        )
         .await
         .unwrap();
     assert!(updated.meta.resource_version > first);
+    let read = store.get_service(&demo(), &s.name).await.unwrap().unwrap();
+    assert_eq!(read.meta.resource_version, updated.meta.resource_version);
 }
 
 #[tokio::test]

@@ -221,14 +221,18 @@ pub async fn update(
                     }
                     _ => {}
                 }
-                let now = Utc::now();
-                if let Some(backend) = body.backend {
-                    if backend != r.backend {
-                        r.backend = backend;
-                        r.meta.generation += 1;
-                    }
+                let new_backend = body.backend.filter(|b| *b != r.backend);
+                let new_labels = body.labels.filter(|l| *l != r.meta.labels);
+                if new_backend.is_none() && new_labels.is_none() {
+                    // An update that changes nothing is not written (see `update_service`).
+                    return Ok(());
                 }
-                if let Some(labels) = body.labels {
+                let now = Utc::now();
+                if let Some(backend) = new_backend {
+                    r.backend = backend;
+                    r.meta.generation += 1;
+                }
+                if let Some(labels) = new_labels {
                     r.meta.labels = labels;
                 }
                 r.meta.updated_at = now;
