@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Host packages: the container runtime, networking, the image tools the tests and builds use.
-packages=(crun runc nftables conntrack iproute2 buildah docker-registry skopeo umoci busybox-static podman apache2-utils golang-github-docker-docker-dev openssl)
+packages=(crun runc nftables conntrack iproute2 e2fsprogs buildah docker-registry skopeo umoci busybox-static podman apache2-utils golang-github-docker-docker-dev openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -855,3 +855,70 @@ async fn a_files_session_reads_writes_lists_and_deletes_in_the_sandbox() {
     let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
     assert_eq!(st, 200);
 }
+
+/// A sandbox's writable layer is a disk of its own (`runtime.disk_mb`): filling it is ENOSPC
+/// inside the sandbox, not a full data dir for the server and every other sandbox.
+#[tokio::test]
+async fn a_sandbox_that_fills_its_disk_gets_enospc_inside_and_its_delete_removes_the_disk() {
+    let s = Server::start_with_config("[runtime]\ndisk_mb = 32\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = nimbus_e2e::busybox_rootfs(dir.path(), &["sh", "dd", "echo", "sleep"]);
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/sandboxes"),
+            Some(sandbox(
+                &root,
+                "dd if=/dev/zero of=/fill bs=1M count=64 2>&1; echo dd-exit=$?; exec sleep 300",
+            )),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let id = created["metadata"]["id"].as_str().unwrap().to_string();
+    let ready = wait_state(&s, &id, &["ready", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(ready["status"]["lifecycleState"], "ready", "{ready}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = logs(&s, &id).await;
+    while !out.contains("dd-exit=") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        out = logs(&s, &id).await;
+    }
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(out.contains("dd-exit=1"), "{out}");
+    // The disk is a sparse image of the configured size, named in the sandbox's state.
+    let meta: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            s.data_dir()
+                .join("runtime/sandboxes")
+                .join(&id)
+                .join("meta.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let token = meta["disk"]
+        .as_str()
+        .expect("the sandbox names its disk")
+        .to_string();
+    let image = s.data_dir().join(format!("runtime/disks/{token}.img"));
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 32 << 20);
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|m| m.ends_with(&format!("/{token}")))
+            })
+    };
+    assert!(mounted(), "the disk {token} is not mounted");
+    assert_eq!(
+        s.call("DELETE", &format!("{T}/sandboxes/{id}"), None)
+            .await
+            .0,
+        200
+    );
+    assert!(!image.exists(), "the disk image outlived its sandbox");
+    assert!(!mounted(), "the disk mount outlived its sandbox");
+}

@@ -270,20 +270,26 @@ fn main() {
         let rt = runtime(50, data.path(), |c| c.warm_pool = 2);
         rt.warm_up().await.unwrap();
         // A second runtime, its launches following the first's in every round (a same-run
-        // A/B): without user namespaces when the first has them, or with
-        // BENCH_TWIN=no-standby without standby monitors.
-        let no_standby = std::env::var("BENCH_TWIN").is_ok_and(|t| t == "no-standby");
+        // A/B): without user namespaces when the first has them, with BENCH_TWIN=no-standby
+        // without standby monitors, or with BENCH_TWIN=no-disk without sandbox disks.
+        let twin = std::env::var("BENCH_TWIN").unwrap_or_default();
+        let no_standby = twin == "no-standby";
+        let no_disk = twin == "no-disk";
         let twin_label = if no_standby {
             "without standby monitors"
+        } else if no_disk {
+            "without sandbox disks"
         } else {
             "without user namespaces"
         };
-        let plain = if rt.user_namespaces() || no_standby {
+        let plain = if rt.user_namespaces() || no_standby || no_disk {
             let plain_data = tempfile::tempdir().unwrap();
             let rt_plain = runtime(51, plain_data.path(), |c| {
                 c.warm_pool = 2;
                 if no_standby {
                     c.standby_monitors = 0;
+                } else if no_disk {
+                    c.disk_mb = 0;
                 } else {
                     c.user_namespaces = nimbus_runtime::config::UserNamespaces::Off;
                 }

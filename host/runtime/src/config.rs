@@ -43,6 +43,11 @@ pub struct RuntimeConfig {
     /// Network namespaces kept created and wired ahead of launches (the warm pool); 0 wires
     /// each sandbox's namespace during its launch.
     pub warm_pool: usize,
+    /// The size of each sandbox's disk, in MiB: its writable layer is a file system of its
+    /// own (a sparse ext4 image on a loop device), so a sandbox that fills it gets ENOSPC and
+    /// nothing else runs short. `warm_pool` of them are kept ready. 0 puts writable layers in
+    /// the data dir, unbounded.
+    pub disk_mb: u64,
     /// Monitors kept started ahead of launches, each waiting for a sandbox (see standby.rs);
     /// 0 starts each sandbox's monitor during its launch.
     pub standby_monitors: usize,
@@ -85,6 +90,7 @@ impl Default for RuntimeConfig {
             monitor: None,
             fix_cgroups: false,
             warm_pool: 2,
+            disk_mb: 10240,
             standby_monitors: 2,
             user_namespaces: UserNamespaces::Auto,
             // In the range systemd leaves to containers (524288–1879048191); 4096 ranges end at

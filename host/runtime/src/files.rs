@@ -26,8 +26,8 @@ pub enum FileError {
     NotFound(String),
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
-    /// The filesystem holding the sandbox's files is full.
-    #[error("{0}: no space left for the sandbox's files on this host")]
+    /// The filesystem holding the sandbox's files (its disk) is full.
+    #[error("{0}: no space left in the sandbox's root filesystem")]
     NoSpace(String),
     /// The path kept changing while it was resolved (renames racing the lookup, on the
     /// sandbox's side or anywhere on the host); the caller may retry.

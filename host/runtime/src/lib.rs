@@ -15,6 +15,7 @@ pub mod bundle;
 mod cmd;
 pub mod config;
 pub mod disk_reserve;
+pub mod disks;
 pub mod doctor;
 pub mod files;
 pub mod images;

@@ -18,6 +18,7 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::bundle::{build_spec, write_etc_files, BundleInput};
 use crate::config::{RuntimeConfig, UserNamespaces};
+use crate::disks::Disks;
 use crate::doctor::{self, HostUnfit};
 use crate::images::{ContainerConfig, ImageStore};
 use crate::logs::{stream_logs, LogStream};
@@ -79,6 +80,9 @@ struct Meta {
     /// belong to another sandbox by then).
     #[serde(default)]
     network_released: bool,
+    /// The token of the sandbox's disk (see disks.rs), when it has one.
+    #[serde(default)]
+    disk: Option<String>,
 }
 
 pub struct Runtime {
@@ -87,6 +91,9 @@ pub struct Runtime {
     images: ImageStore,
     network: Arc<Network>,
     pool: Arc<WarmPool>,
+    /// Each sandbox's own file system for its writable layer (`runtime.disk_mb`); `None` when
+    /// that is 0 and writable layers live in the state dir.
+    disks: Option<Arc<Disks>>,
     crun: PathBuf,
     /// A sealed copy of crun for the server's own crun calls (kill, delete): crun skips
     /// re-executing itself from such a copy (see sealed_exec.rs). Made on first use.
@@ -178,6 +185,7 @@ impl Runtime {
             ids,
         )?);
         let pool = Arc::new(WarmPool::new(config.warm_pool));
+        let disks = Disks::new(&root, config.disk_mb, config.warm_pool)?;
         let crun = find_on_path(&config.crun).unwrap_or_else(|| config.crun.clone());
         let monitor = match &config.monitor {
             Some(m) => m.clone(),
@@ -209,6 +217,7 @@ impl Runtime {
             images,
             network,
             pool,
+            disks,
             monitors,
             last_preflight: std::sync::Mutex::new(None),
             crun,
@@ -253,6 +262,7 @@ impl Runtime {
         self.host_ready
             .get_or_try_init(|| async {
                 self.pool.remove_stale(&self.network).await;
+                self.remove_stray_disks();
                 self.network.ensure_host(&self.known_nets()).await
             })
             .await
@@ -275,6 +285,9 @@ impl Runtime {
 
     fn refill_pool(&self) {
         tokio::spawn(self.pool.clone().refill(self.network.clone()));
+        if let Some(disks) = &self.disks {
+            tokio::spawn(disks.clone().refill());
+        }
         let monitors = self.monitors.clone();
         tokio::spawn(async move { monitors.refill() });
     }
@@ -284,6 +297,9 @@ impl Runtime {
     pub async fn drain_pool(&self) {
         self.monitors.drain();
         self.pool.drain(&self.network).await;
+        if let Some(disks) = &self.disks {
+            disks.drain().await;
+        }
     }
 
     /// Process ids of the monitors waiting for a sandbox (for tests).
@@ -495,6 +511,8 @@ impl Runtime {
         // Whichever way this launch ends, what it took from the warm pool is replaced, but
         // only then: preparing a namespace costs CPU the launch needs.
         let refill = RefillWhenDone(self);
+        // Its disk, named in the state file with the network.
+        let disk = TakenDisk::take(self.disks.as_deref()).await?;
         let prepared = self.pool.take();
         let net = match &prepared {
             Some(p) => self.network.assigned(p.net.clone(), id, tenant),
@@ -520,22 +538,25 @@ impl Runtime {
             ports,
             created_at: crate::monitor::now_secs(),
             network_released: false,
+            disk: disk.token().map(str::to_string),
         };
         if let Err(e) = write_meta(dir, &meta) {
-            // Not recorded anywhere, so the cleanup would not find them: give them back now.
+            // Not recorded anywhere, so the cleanup would not find them: give them back now
+            // (the disk goes back as `disk` drops).
             match &prepared {
                 Some(p) => self.pool.put_back(p.clone()),
                 None => self.network.release(&net, id),
             }
             return Err(e);
         }
+        let layer = disk.recorded(dir);
         let (transferred, bundle) = match &prepared {
             Some(p) => {
                 // The leases change hands on another thread while the bundle is prepared on
                 // this one: each is a handful of metadata writes, slow ones on some hosts.
                 std::thread::scope(|scope| {
                     let transfer = scope.spawn(|| self.network.transfer_lease(&net, &p.token, id));
-                    let bundle = self.prepare_bundle(id, spec, dir, &lower, &image, &net);
+                    let bundle = self.prepare_bundle(id, spec, dir, &layer, &lower, &image, &net);
                     let transferred = transfer
                         .join()
                         .unwrap_or_else(|_| Err("the lease transfer panicked".to_string()));
@@ -547,7 +568,7 @@ impl Runtime {
                 self.network.link(&net).await.map_err(internal)?;
                 (
                     Ok(()),
-                    self.prepare_bundle(id, spec, dir, &lower, &image, &net),
+                    self.prepare_bundle(id, spec, dir, &layer, &lower, &image, &net),
                 )
             }
         };
@@ -612,11 +633,13 @@ impl Runtime {
     /// The sandbox's root filesystem (the image layers, top first, under its own upper dir),
     /// its /etc files and its OCI config; returns the cached seccomp filter handed to crun,
     /// if there is one.
+    #[allow(clippy::too_many_arguments)]
     fn prepare_bundle(
         &self,
         id: &str,
         spec: &SandboxSpec,
         dir: &Path,
+        layer: &Path,
         lower: &[PathBuf],
         image: &ContainerConfig,
         net: &SandboxNet,
@@ -629,8 +652,8 @@ impl Runtime {
         // theirs to change, so that failure names `root.path`.
         let root_field = matches!(spec.root, Root::Rootfs { .. }).then_some("root.path");
         std::thread::scope(|scope| {
-            let mounted =
-                scope.spawn(|| mount_root(dir, &rootfs, lower, net.user.as_ref(), root_field));
+            let mounted = scope
+                .spawn(|| mount_root(dir, layer, &rootfs, lower, net.user.as_ref(), root_field));
             let written = write_etc(id, dir, net);
             let mounted = mounted
                 .join()
@@ -783,6 +806,39 @@ impl Runtime {
         let _ = crate::monitor::write_atomic(&self.seccomp_cache_path(), b64.as_bytes());
     }
 
+    /// Disk tokens named by the state of every sandbox this data dir has.
+    fn used_disks(&self) -> std::collections::HashSet<String> {
+        std::fs::read_dir(self.root.join("sandboxes"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| read_meta(&e.path()).ok())
+                    .filter_map(|m| m.disk)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Disks on the host that no sandbox names and that are not ready for a launch: left by an
+    /// earlier process (its ready ones, or one taken by a launch cut off before it recorded
+    /// it). Empty after [`Self::remove_stray_disks`], and whenever nothing leaked.
+    pub fn stray_disks(&self) -> Vec<String> {
+        match &self.disks {
+            Some(d) => d.strays(&self.used_disks()),
+            None => Vec::new(),
+        }
+    }
+
+    fn remove_stray_disks(&self) {
+        let Some(disks) = &self.disks else { return };
+        for token in disks.strays(&self.used_disks()) {
+            tracing::info!(disk = token, "removing a sandbox disk no sandbox uses");
+            if let Err(e) = disks.remove(&token) {
+                tracing::warn!(error = %e, "removing a stray sandbox disk was incomplete");
+            }
+        }
+    }
+
     /// Network plans of every sandbox this data dir has state for.
     fn known_nets(&self) -> Vec<SandboxNet> {
         std::fs::read_dir(self.root.join("sandboxes"))
@@ -790,6 +846,8 @@ impl Runtime {
                 entries
                     .flatten()
                     .filter_map(|e| read_meta(&e.path()).ok())
+                    // A released network is gone, and its address may be another's by now.
+                    .filter(|m| !m.network_released)
                     .filter_map(|m| m.net)
                     .collect()
             })
@@ -976,6 +1034,7 @@ impl Runtime {
         if matches!(self.observe_str(id), Observed::Running { .. }) {
             let _ = self.stop_str(id, Some(Duration::ZERO)).await;
         }
+        let disk = read_meta(&dir).ok().and_then(|m| m.disk);
         // With the process gone, the container's cleanup (the monitor's `crun delete`, then
         // the root's mount) and the network's (rules, namespace, tracked connections) need
         // nothing from each other: they run side by side.
@@ -984,13 +1043,19 @@ impl Runtime {
             self.remove_network(id, &dir)
         );
         problems.extend(network_problems);
+        // The disk after the root whose upper layer it holds.
+        if let (Some(disks), Some(token)) = (&self.disks, &disk) {
+            if let Err(e) = disks.remove(token) {
+                problems.push(e);
+            }
+        }
         remove_cgroups(id);
         if problems.is_empty() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 problems.push(format!("removing {}: {e}", dir.display()));
             }
         }
-        let left = self.traces(id, !rules_gone).await;
+        let left = self.traces(id, !rules_gone, disk.as_deref()).await;
         problems.extend(left);
         if problems.is_empty() {
             Ok(())
@@ -1078,13 +1143,18 @@ impl Runtime {
     /// A namespace taken from the warm pool is not named after the sandbox; `delete` checks
     /// that one by the names recorded in the sandbox's state (see `Network::teardown`).
     pub async fn leftovers(&self, id: &str) -> Vec<String> {
-        self.traces(id, true).await
+        let disk = read_meta(&self.dir(id)).ok().and_then(|m| m.disk);
+        self.traces(id, true, disk.as_deref()).await
     }
 
     /// [`Self::leftovers`], asking nftables about the sandbox's chain only with `check_rules`
-    /// (an `nft` run; a delete whose teardown succeeded knows the answer).
-    async fn traces(&self, id: &str, check_rules: bool) -> Vec<String> {
+    /// (an `nft` run; a delete whose teardown succeeded knows the answer), and about its disk
+    /// when its token is known (`disk`).
+    async fn traces(&self, id: &str, check_rules: bool, disk: Option<&str>) -> Vec<String> {
         let mut out = Vec::new();
+        if let (Some(disks), Some(token)) = (&self.disks, disk) {
+            out.extend(disks.traces(token));
+        }
         let dir = self.dir(id);
         if dir.exists() {
             out.push(format!("state dir {}", dir.display()));
@@ -1202,6 +1272,17 @@ impl Runtime {
         })
     }
 
+    /// The host directory holding what sandbox `id` wrote to its root filesystem (the
+    /// overlay's upper dir: on its disk, or in its state dir without disks).
+    pub fn writable_layer(&self, id: &SandboxId) -> Option<PathBuf> {
+        let dir = self.dir(id.as_str());
+        let meta = read_meta(&dir).ok()?;
+        Some(match (&self.disks, &meta.disk) {
+            (Some(disks), Some(token)) => disks.mount_path(token).join("upper"),
+            _ => dir.join("upper"),
+        })
+    }
+
     /// After a server restart: every sandbox the runtime has state for, with what is observed
     /// now (running ones kept running; exits that happened meanwhile reported).
     pub fn adopt_all(&self) -> Vec<(SandboxId, Observed)> {
@@ -1241,6 +1322,48 @@ const ROOTFS_MOUNTS: &str = "/run/nimbus/rootfs";
 /// moment it takes from the pool, so a launch that fails or is withdrawn by its caller (a
 /// create refused by its quota) replaces what it took as a started one does.
 struct RefillWhenDone<'a>(&'a Runtime);
+
+/// The disk a launch took: given back to the ready ones if the launch ends before the
+/// sandbox's state names it (from then on, the sandbox's delete removes it).
+struct TakenDisk<'a> {
+    disks: Option<&'a Disks>,
+    token: Option<String>,
+}
+
+impl<'a> TakenDisk<'a> {
+    async fn take(disks: Option<&'a Disks>) -> Result<TakenDisk<'a>, LaunchError> {
+        let token = match disks {
+            Some(d) => Some(
+                d.take()
+                    .await
+                    .map_err(|e| internal(format!("preparing the sandbox's disk failed: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(TakenDisk { disks, token })
+    }
+
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The state file names the disk now: returns where the sandbox's writable layer goes
+    /// (the disk, or the state dir `dir` without disks).
+    fn recorded(mut self, dir: &Path) -> PathBuf {
+        match (self.disks, self.token.take()) {
+            (Some(d), Some(token)) => d.mount_path(&token),
+            _ => dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for TakenDisk<'_> {
+    fn drop(&mut self) {
+        if let (Some(d), Some(token)) = (self.disks, self.token.take()) {
+            d.put_back(token);
+        }
+    }
+}
 
 impl Drop for RefillWhenDone<'_> {
     fn drop(&mut self) {
@@ -1284,18 +1407,19 @@ fn rootfs_gate(id: &str) -> PathBuf {
 }
 
 /// Mounts the sandbox's root filesystem at `rootfs`: the layers (`lower`, bottom first) under
-/// the sandbox's own upper dir. With a user namespace, the layers are seen through idmapped
+/// the sandbox's own upper dir, which is in `layer` (its disk, or its state dir `dir`). With a user namespace, the layers are seen through idmapped
 /// mounts (one per directory holding layers, detached once the overlay holds them) and the
 /// upper dir belongs to the sandbox's root, so files keep their image owners inside. With
 /// `root_field`, a layer that cannot be idmapped is a bad spec naming that field.
 fn mount_root(
     dir: &Path,
+    layer: &Path,
     rootfs: &Path,
     lower: &[PathBuf],
     user: Option<&UserNs>,
     root_field: Option<&'static str>,
 ) -> Result<(), LaunchError> {
-    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    let (upper, work) = (layer.join("upper"), layer.join("work"));
     if let Some(gate) = rootfs.parent() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(gate).map_err(internal)?;
@@ -1518,7 +1642,7 @@ fn is_monitor(pid: i32) -> bool {
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
-fn is_mountpoint(p: &Path) -> bool {
+pub(crate) fn is_mountpoint(p: &Path) -> bool {
     let target = p.to_string_lossy();
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|m| {

@@ -156,13 +156,18 @@ fn pool_namespaces(bridge: &str) -> usize {
 }
 
 #[tokio::test]
-async fn warm_pool_namespaces_left_by_a_killed_server_are_removed_at_the_next_start() {
+async fn warm_pool_namespaces_and_disks_left_by_a_killed_server_are_removed_at_the_next_start() {
     require_host();
     let data = tempfile::tempdir().unwrap();
     let rt = runtime(41, data.path(), |c| c.warm_pool = 3);
     rt.warm_up().await.unwrap();
+    let disks = || {
+        std::fs::read_dir(data.path().join("runtime/disks"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while pool_namespaces("nbt41") < 3 {
+    while pool_namespaces("nbt41") < 3 || disks() < 3 {
         assert!(
             std::time::Instant::now() < deadline,
             "the warm pool never filled"
@@ -172,14 +177,16 @@ async fn warm_pool_namespaces_left_by_a_killed_server_are_removed_at_the_next_st
     // A killed server: its pool is never drained.
     drop(rt);
     let rt = reopen_runtime(41, data.path(), |c| c.warm_pool = 1);
+    assert_eq!(rt.stray_disks().len(), 3, "the dead server's ready disks");
     rt.warm_up().await.unwrap();
+    assert_eq!(rt.stray_disks(), Vec::<String>::new());
     // The three stale ones go; the new server prepares its own one.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let leases = std::fs::read_dir(data.path().join("runtime/net/leases"))
             .unwrap()
             .count();
-        if pool_namespaces("nbt41") == 1 && leases == 1 {
+        if pool_namespaces("nbt41") == 1 && leases == 1 && disks() == 1 {
             break;
         }
         assert!(
@@ -203,6 +210,7 @@ async fn warm_pool_namespaces_left_by_a_killed_server_are_removed_at_the_next_st
         0,
         "drained pool left address leases"
     );
+    assert_eq!(disks(), 0, "drained pool left disks");
 }
 
 #[tokio::test]

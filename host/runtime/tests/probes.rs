@@ -262,10 +262,7 @@ async fn sandboxes_cannot_see_each_others_processes_or_files() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&ps.stdout).contains("sleep 321"));
-    assert!(data
-        .path()
-        .join(format!("runtime/sandboxes/{a}/upper/tmp/secret-a"))
-        .exists());
+    assert!(rt.writable_layer(&a).unwrap().join("tmp/secret-a").exists());
     // ...but from another sandbox it finds neither.
     let (_, logs) = run_to_end(
         &rt,
@@ -359,9 +356,7 @@ async fn each_sandbox_runs_in_its_own_user_namespace_with_its_own_host_ids() {
             out["made"], "1",
             "root inside can write its root filesystem: {logs}"
         );
-        let made = data
-            .path()
-            .join(format!("runtime/sandboxes/{id}/upper/made-inside"));
+        let made = rt.writable_layer(&id).unwrap().join("made-inside");
         assert_eq!(
             std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap()),
             first,

@@ -1,0 +1,335 @@
+//! Sandbox disks. Every sandbox's writable layer (the overlay's upper and work dirs) lives on a
+//! file system of its own: an ext4 image of `runtime.disk_mb` attached to a loop device. A
+//! sandbox that fills it gets ENOSPC inside, while the file system of the data dir (the
+//! database, other sandboxes, the image store) keeps its space. Project quotas would bound a
+//! directory instead, but the kernels Nimbus runs on are built without them (docs/security.md).
+//!
+//! Images are sparse: one takes on the data dir's disk what its sandbox wrote, plus ext4's few
+//! MiB of metadata, never more than its size. Formatting and mounting one costs 15–40 ms, so a
+//! few are kept ready (formatted, mounted, nobody's), as the warm pool keeps network namespaces;
+//! a launch that finds none makes its own.
+//!
+//! A disk is named by a token: image `<runtime>/disks/<token>.img`, mounted at
+//! `/run/nimbus/disks/<data dir hash>/<token>`. A sandbox's state (`meta.json`) names its disk's token before
+//! the disk is used, so its delete finds it; at start, disks that no sandbox names (ready ones
+//! of an earlier process, or one a launch took and was cut off before recording) are removed.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cmd::run_cmd;
+
+/// Where disks are mounted: beside the sandboxes' root mounts, outside the private data dir,
+/// in a directory of each data dir's own (several servers may share a host).
+const MOUNTS: &str = "/run/nimbus/disks";
+
+pub struct Disks {
+    images: PathBuf,
+    mounts: PathBuf,
+    bytes: u64,
+    /// Disks kept ready.
+    size: usize,
+    ready: Mutex<VecDeque<String>>,
+    /// Preparations under way, counted so concurrent refills never overshoot `size`.
+    in_flight: AtomicUsize,
+    /// Set by `drain`: preparations that finish afterwards are removed, not kept.
+    closed: AtomicBool,
+    counter: AtomicU64,
+}
+
+impl Disks {
+    /// Failed preparations after which a refill gives up until the next launch.
+    const ATTEMPTS: u32 = 3;
+
+    /// Disks of `mb` MiB for the runtime rooted at `runtime_root`, `ready` of them kept
+    /// prepared; `None` when `mb` is 0 (writable layers then live in the data dir, unbounded).
+    pub fn new(runtime_root: &Path, mb: u64, ready: usize) -> Result<Option<Arc<Disks>>, String> {
+        if mb == 0 {
+            return Ok(None);
+        }
+        let images = runtime_root.join("disks");
+        let mounts = Path::new(MOUNTS).join(data_dir_key(runtime_root));
+        for dir in [images.as_path(), mounts.as_path()] {
+            create_private_dir(dir)?;
+        }
+        Ok(Some(Arc::new(Disks {
+            images,
+            mounts,
+            bytes: mb << 20,
+            size: ready,
+            ready: Mutex::new(VecDeque::new()),
+            in_flight: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            counter: AtomicU64::new(0),
+        })))
+    }
+
+    /// Where disk `token` is mounted: the sandbox's upper and work dirs go in there.
+    pub fn mount_path(&self, token: &str) -> PathBuf {
+        self.mounts.join(token)
+    }
+
+    fn image_path(&self, token: &str) -> PathBuf {
+        self.images.join(format!("{token}.img"))
+    }
+
+    /// The size of every disk, in MiB (for messages).
+    pub fn size_mb(&self) -> u64 {
+        self.bytes >> 20
+    }
+
+    /// A ready disk, or one prepared now when none is.
+    pub async fn take(&self) -> Result<String, String> {
+        if let Some(token) = self.lock_ready().pop_front() {
+            return Ok(token);
+        }
+        let token = self.new_token();
+        self.prepare(&token).await?;
+        Ok(token)
+    }
+
+    /// Returns a disk a launch took but did not record as its own (unused: nothing was written).
+    pub fn put_back(&self, token: String) {
+        self.lock_ready().push_front(token);
+    }
+
+    fn lock_ready(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn new_token(&self) -> String {
+        // The pid and time keep tokens unique across server processes sharing a data dir's
+        // history; the counter within one.
+        format!(
+            "d{}-{}-{}",
+            std::process::id(),
+            crate::monitor::now_secs(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Creates, formats and mounts disk `token`; on failure nothing of it is left.
+    async fn prepare(&self, token: &str) -> Result<(), String> {
+        let result = self.try_prepare(token).await;
+        if result.is_err() {
+            let _ = self.remove(token);
+        }
+        result
+    }
+
+    async fn try_prepare(&self, token: &str) -> Result<(), String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let image = self.image_path(token);
+        let mount = self.mount_path(token);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&image)
+            .map_err(|e| format!("creating {}: {e}", image.display()))?;
+        file.set_len(self.bytes)
+            .map_err(|e| format!("sizing {}: {e}", image.display()))?;
+        drop(file);
+        let image_arg = image.to_string_lossy();
+        // No journal: a disk does not outlive a host crash (its sandbox is lost with it), and
+        // journal writes would cost every sandbox's writes. Lazy table init keeps the format
+        // to a few MiB of writes; `noinit_itable` keeps the kernel from zeroing the tables
+        // afterwards (a fresh sparse image reads as zeros already).
+        run_cmd(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-O",
+                "^has_journal",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+                &image_arg,
+            ],
+            None,
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "formatting {}: {e} (is e2fsprogs installed?)",
+                image.display()
+            )
+        })?;
+        create_private_dir(&mount)?;
+        // `loop` attaches the image with autoclear: the device goes when the mount does.
+        run_cmd(
+            "mount",
+            &[
+                "-t",
+                "ext4",
+                "-o",
+                "loop,noinit_itable,nodev,nosuid,noatime",
+                &image_arg,
+                &mount.to_string_lossy(),
+            ],
+            None,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "mounting {}: {e} (does this host have loop devices? see `nimbus doctor`)",
+                image.display()
+            )
+        })
+    }
+
+    /// Unmounts disk `token` and removes its image (its loop device goes with the last user of
+    /// the mount: a sandbox's root unmounted lazily may hold it a little longer).
+    pub fn remove(&self, token: &str) -> Result<(), String> {
+        let mount = self.mount_path(token);
+        let mut problems = Vec::new();
+        if crate::sandbox::is_mountpoint(&mount) {
+            if let Err(e) = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH) {
+                problems.push(format!("unmounting {}: {e}", mount.display()));
+            }
+        }
+        for (path, result) in [
+            (&mount, std::fs::remove_dir(&mount)),
+            (
+                &self.image_path(token),
+                std::fs::remove_file(self.image_path(token)),
+            ),
+        ] {
+            match result {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    problems.push(format!("removing {}: {e}", path.display()))
+                }
+                _ => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// What is left of disk `token` on the host (empty once removed).
+    pub fn traces(&self, token: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.mount_path(token).exists() {
+            out.push(format!("disk mount {}", self.mount_path(token).display()));
+        }
+        if self.image_path(token).exists() {
+            out.push(format!("disk image {}", self.image_path(token).display()));
+        }
+        out
+    }
+
+    /// Every disk on the host, ready or in use, by token.
+    pub fn all(&self) -> HashSet<String> {
+        let mut out = HashSet::new();
+        if let Ok(entries) = std::fs::read_dir(&self.images) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(token) = name.strip_suffix(".img") {
+                    out.insert(token.to_string());
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.mounts) {
+            out.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        out
+    }
+
+    /// Disks neither ready nor named in `used` (the tokens sandboxes' state names).
+    pub fn strays(&self, used: &HashSet<String>) -> Vec<String> {
+        let ready: HashSet<String> = self.lock_ready().iter().cloned().collect();
+        let mut out: Vec<String> = self
+            .all()
+            .into_iter()
+            .filter(|t| !used.contains(t) && !ready.contains(t))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Prepares disks until `size` are ready or being prepared. A failure is logged and retried
+    /// a few times; after that launches prepare their own until the next refill.
+    pub async fn refill(self: Arc<Self>) {
+        let mut failures = 0;
+        loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            let ready = self.lock_ready().len();
+            let flying = self.in_flight.fetch_add(1, Ordering::SeqCst);
+            if ready + flying >= self.size {
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+            let token = self.new_token();
+            let prepared = self.prepare(&token).await;
+            let kept = match prepared {
+                Ok(()) if self.closed.load(Ordering::SeqCst) => {
+                    let _ = self.remove(&token);
+                    false
+                }
+                Ok(()) => {
+                    self.lock_ready().push_back(token);
+                    true
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, attempt = failures, "could not prepare a sandbox disk ahead of launches");
+                    false
+                }
+            };
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if !kept {
+                if self.closed.load(Ordering::SeqCst) || failures >= Self::ATTEMPTS {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+            }
+        }
+    }
+
+    /// Removes the ready disks and stops refilling (server shutdown, tests).
+    pub async fn drain(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ready: Vec<String> = self.lock_ready().drain(..).collect();
+        for token in ready {
+            if let Err(e) = self.remove(&token) {
+                tracing::warn!(error = %e, "removing a ready sandbox disk was incomplete");
+            }
+        }
+        // Gone only if no sandbox's disk is mounted there (sandboxes outlive the server).
+        let _ = std::fs::remove_dir(&self.mounts);
+    }
+}
+
+/// Names the mount directory of the runtime rooted at `root` (a stable hash of its path).
+fn data_dir_key(root: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
+}
+
+/// Creates `dir` (and its parents) and makes it 0700: disks hold sandboxes' files.
+fn create_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
