@@ -860,7 +860,7 @@ async fn a_files_session_reads_writes_lists_and_deletes_in_the_sandbox() {
 /// inside the sandbox, not a full data dir for the server and every other sandbox.
 #[tokio::test]
 async fn a_sandbox_that_fills_its_disk_gets_enospc_inside_and_its_delete_removes_the_disk() {
-    let s = Server::start_with_config("[runtime]\ndisk_mb = 32\n").await;
+    let mut s = Server::start_with_config("[runtime]\ndisk_mb = 32\n").await;
     let dir = tempfile::tempdir().unwrap();
     let root = nimbus_e2e::busybox_rootfs(dir.path(), &["sh", "dd", "echo", "sleep"]);
     let (st, created) = s
@@ -913,6 +913,11 @@ async fn a_sandbox_that_fills_its_disk_gets_enospc_inside_and_its_delete_removes
             })
     };
     assert!(mounted(), "the disk {token} is not mounted");
+    // Disks made before are still managed by a server that makes none any more.
+    s.restart_with_config("[runtime]\ndisk_mb = 0\n").await;
+    let adopted = wait_state(&s, &id, &["ready", "failed"], Duration::from_secs(30)).await;
+    assert_eq!(adopted["status"]["lifecycleState"], "ready", "{adopted}");
+    assert!(mounted(), "a restart must not take a running sandbox's disk");
     assert_eq!(
         s.call("DELETE", &format!("{T}/sandboxes/{id}"), None)
             .await

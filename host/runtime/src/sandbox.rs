@@ -91,9 +91,9 @@ pub struct Runtime {
     images: ImageStore,
     network: Arc<Network>,
     pool: Arc<WarmPool>,
-    /// Each sandbox's own file system for its writable layer (`runtime.disk_mb`); `None` when
-    /// that is 0 and writable layers live in the state dir.
-    disks: Option<Arc<Disks>>,
+    /// Each sandbox's own file system for its writable layer (`runtime.disk_mb`; when that is
+    /// 0, new sandboxes' writable layers live in their state dir).
+    disks: Arc<Disks>,
     crun: PathBuf,
     /// A sealed copy of crun for the server's own crun calls (kill, delete): crun skips
     /// re-executing itself from such a copy (see sealed_exec.rs). Made on first use.
@@ -285,9 +285,7 @@ impl Runtime {
 
     fn refill_pool(&self) {
         tokio::spawn(self.pool.clone().refill(self.network.clone()));
-        if let Some(disks) = &self.disks {
-            tokio::spawn(disks.clone().refill());
-        }
+        tokio::spawn(self.disks.clone().refill());
         let monitors = self.monitors.clone();
         tokio::spawn(async move { monitors.refill() });
     }
@@ -297,9 +295,7 @@ impl Runtime {
     pub async fn drain_pool(&self) {
         self.monitors.drain();
         self.pool.drain(&self.network).await;
-        if let Some(disks) = &self.disks {
-            disks.drain().await;
-        }
+        self.disks.drain().await;
     }
 
     /// Process ids of the monitors waiting for a sandbox (for tests).
@@ -512,7 +508,7 @@ impl Runtime {
         // only then: preparing a namespace costs CPU the launch needs.
         let refill = RefillWhenDone(self);
         // Its disk, named in the state file with the network.
-        let disk = TakenDisk::take(self.disks.as_deref()).await?;
+        let disk = TakenDisk::take(&self.disks).await?;
         let prepared = self.pool.take();
         let net = match &prepared {
             Some(p) => self.network.assigned(p.net.clone(), id, tenant),
@@ -823,17 +819,13 @@ impl Runtime {
     /// earlier process (its ready ones, or one taken by a launch cut off before it recorded
     /// it). Empty after [`Self::remove_stray_disks`], and whenever nothing leaked.
     pub fn stray_disks(&self) -> Vec<String> {
-        match &self.disks {
-            Some(d) => d.strays(&self.used_disks()),
-            None => Vec::new(),
-        }
+        self.disks.strays(&self.used_disks())
     }
 
     fn remove_stray_disks(&self) {
-        let Some(disks) = &self.disks else { return };
-        for token in disks.strays(&self.used_disks()) {
+        for token in self.disks.strays(&self.used_disks()) {
             tracing::info!(disk = token, "removing a sandbox disk no sandbox uses");
-            if let Err(e) = disks.remove(&token) {
+            if let Err(e) = self.disks.remove(&token) {
                 tracing::warn!(error = %e, "removing a stray sandbox disk was incomplete");
             }
         }
@@ -1044,8 +1036,8 @@ impl Runtime {
         );
         problems.extend(network_problems);
         // The disk after the root whose upper layer it holds.
-        if let (Some(disks), Some(token)) = (&self.disks, &disk) {
-            if let Err(e) = disks.remove(token) {
+        if let Some(token) = &disk {
+            if let Err(e) = self.disks.remove(token) {
                 problems.push(e);
             }
         }
@@ -1152,8 +1144,8 @@ impl Runtime {
     /// when its token is known (`disk`).
     async fn traces(&self, id: &str, check_rules: bool, disk: Option<&str>) -> Vec<String> {
         let mut out = Vec::new();
-        if let (Some(disks), Some(token)) = (&self.disks, disk) {
-            out.extend(disks.traces(token));
+        if let Some(token) = disk {
+            out.extend(self.disks.traces(token));
         }
         let dir = self.dir(id);
         if dir.exists() {
@@ -1277,9 +1269,9 @@ impl Runtime {
     pub fn writable_layer(&self, id: &SandboxId) -> Option<PathBuf> {
         let dir = self.dir(id.as_str());
         let meta = read_meta(&dir).ok()?;
-        Some(match (&self.disks, &meta.disk) {
-            (Some(disks), Some(token)) => disks.mount_path(token).join("upper"),
-            _ => dir.join("upper"),
+        Some(match &meta.disk {
+            Some(token) => self.disks.mount_path(token).join("upper"),
+            None => dir.join("upper"),
         })
     }
 
@@ -1326,19 +1318,21 @@ struct RefillWhenDone<'a>(&'a Runtime);
 /// The disk a launch took: given back to the ready ones if the launch ends before the
 /// sandbox's state names it (from then on, the sandbox's delete removes it).
 struct TakenDisk<'a> {
-    disks: Option<&'a Disks>,
+    disks: &'a Disks,
     token: Option<String>,
 }
 
 impl<'a> TakenDisk<'a> {
-    async fn take(disks: Option<&'a Disks>) -> Result<TakenDisk<'a>, LaunchError> {
-        let token = match disks {
-            Some(d) => Some(
-                d.take()
+    async fn take(disks: &'a Disks) -> Result<TakenDisk<'a>, LaunchError> {
+        let token = if disks.enabled() {
+            Some(
+                disks
+                    .take()
                     .await
                     .map_err(|e| internal(format!("preparing the sandbox's disk failed: {e}")))?,
-            ),
-            None => None,
+            )
+        } else {
+            None
         };
         Ok(TakenDisk { disks, token })
     }
@@ -1350,17 +1344,17 @@ impl<'a> TakenDisk<'a> {
     /// The state file names the disk now: returns where the sandbox's writable layer goes
     /// (the disk, or the state dir `dir` without disks).
     fn recorded(mut self, dir: &Path) -> PathBuf {
-        match (self.disks, self.token.take()) {
-            (Some(d), Some(token)) => d.mount_path(&token),
-            _ => dir.to_path_buf(),
+        match self.token.take() {
+            Some(token) => self.disks.mount_path(&token),
+            None => dir.to_path_buf(),
         }
     }
 }
 
 impl Drop for TakenDisk<'_> {
     fn drop(&mut self) {
-        if let (Some(d), Some(token)) = (self.disks, self.token.take()) {
-            d.put_back(token);
+        if let Some(token) = self.token.take() {
+            self.disks.put_back(token);
         }
     }
 }
