@@ -917,7 +917,10 @@ async fn a_sandbox_that_fills_its_disk_gets_enospc_inside_and_its_delete_removes
     s.restart_with_config("[runtime]\ndisk_mb = 0\n").await;
     let adopted = wait_state(&s, &id, &["ready", "failed"], Duration::from_secs(30)).await;
     assert_eq!(adopted["status"]["lifecycleState"], "ready", "{adopted}");
-    assert!(mounted(), "a restart must not take a running sandbox's disk");
+    assert!(
+        mounted(),
+        "a restart must not take a running sandbox's disk"
+    );
     assert_eq!(
         s.call("DELETE", &format!("{T}/sandboxes/{id}"), None)
             .await

@@ -24,7 +24,26 @@ use crate::cmd::run_cmd;
 
 /// Where disks are mounted: beside the sandboxes' root mounts, outside the private data dir,
 /// in a directory of each data dir's own (several servers may share a host).
-const MOUNTS: &str = "/run/nimbus/disks";
+pub(crate) const MOUNTS: &str = "/run/nimbus/disks";
+
+/// The image file behind the disk mounted at `mount`, and whether it has been deleted (the
+/// loop device's `backing_file`); `None` when nothing is mounted there.
+pub(crate) fn backing_image(mount: &Path) -> Option<(PathBuf, bool)> {
+    let target = mount.to_string_lossy();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Fields: id parent major:minor root mount-point … - fstype source options.
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(target.as_ref()))?;
+    let source = line.split(" - ").nth(1)?.split(' ').nth(1)?;
+    let device = source.strip_prefix("/dev/")?;
+    let backing = std::fs::read_to_string(format!("/sys/block/{device}/loop/backing_file")).ok()?;
+    let backing = backing.trim_end_matches('\n');
+    Some(match backing.strip_suffix(" (deleted)") {
+        Some(path) => (PathBuf::from(path), true),
+        None => (PathBuf::from(backing), false),
+    })
+}
 
 pub struct Disks {
     images: PathBuf,

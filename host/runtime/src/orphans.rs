@@ -60,6 +60,38 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
         }
         removed.push(id);
     }
+    remove_orphan_disks_under(root);
+    removed
+}
+
+/// Removes sandbox disks (see disks.rs) whose image was under `root` and is gone (a test's
+/// temporary data dir removed while a disk of its runtime was still mounted, ready or in use),
+/// and the empty mount directories of data dirs; returns the mount points removed.
+pub fn remove_orphan_disks_under(root: &Path) -> Vec<PathBuf> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut removed = Vec::new();
+    let Ok(data_dirs) = std::fs::read_dir(crate::disks::MOUNTS) else {
+        return removed;
+    };
+    for data_dir in data_dirs.flatten() {
+        for disk in std::fs::read_dir(data_dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let mount = disk.path();
+            let orphaned = crate::disks::backing_image(&mount).is_some_and(|(image, deleted)| {
+                image.starts_with(&root) && (deleted || !image.exists())
+            });
+            if orphaned {
+                let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir(&mount);
+                removed.push(mount);
+            }
+        }
+        // Only if empty: a live data dir's disks stay.
+        let _ = std::fs::remove_dir(data_dir.path());
+    }
     removed
 }
 

@@ -349,3 +349,46 @@ async fn withdrawn_launches_leave_nothing_and_the_warm_pool_refills() {
     pool_full("withdrawn launches drained the warm pool").await;
     rt.drain_pool().await;
 }
+
+/// A test whose data dir went while disks of its runtime were still mounted (a runtime dropped
+/// without draining): the harnesses' orphan sweep unmounts them.
+#[tokio::test]
+async fn disks_of_a_vanished_data_dir_are_removed_by_the_orphan_sweep() {
+    require_host();
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(43, data.path(), |c| c.warm_pool = 2);
+    rt.warm_up().await.unwrap();
+    let images = data.path().join("runtime/disks");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no disk was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tokens: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .trim_end_matches(".img")
+                .to_string()
+        })
+        .collect();
+    let mounted = |token: &str| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|m| m.ends_with(&format!("/{token}")))
+            })
+    };
+    assert!(tokens.iter().all(|t| mounted(t)), "{tokens:?}");
+    drop(rt);
+    let parent = data.path().to_path_buf();
+    drop(data);
+    let removed = nimbus_runtime::orphans::remove_orphan_disks_under(&parent);
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(tokens.iter().all(|t| !mounted(t)), "{tokens:?}");
+}
