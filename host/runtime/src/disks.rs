@@ -183,7 +183,7 @@ impl Disks {
         .await
         .map_err(|e| {
             format!(
-                "formatting {}: {e} (is e2fsprogs installed?)",
+                "formatting {}: {e} (is e2fsprogs installed? `nimbus doctor` checks, line `disks`)",
                 image.display()
             )
         })?;
@@ -205,7 +205,7 @@ impl Disks {
         .map(|_| ())
         .map_err(|e| {
             format!(
-                "mounting {}: {e} (does this host have loop devices? see `nimbus doctor`)",
+                "mounting {}: {e} (does this host have loop devices? `nimbus doctor` checks, line `disks`)",
                 image.display()
             )
         })

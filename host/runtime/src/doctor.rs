@@ -202,6 +202,37 @@ pub fn essential_checks(crun: &Path) -> Vec<Check> {
 }
 
 /// Everything `nimbus doctor` reports: the essential checks plus informational ones.
+/// What sandbox disks (`runtime.disk_mb`, disks.rs) need: `mkfs.ext4` and loop devices.
+/// Informational, since `disk_mb = 0` needs neither; with disks, launches fail without them.
+fn disks_check() -> Check {
+    let mkfs = crun_path(Path::new("mkfs.ext4"));
+    let loop_control = Path::new("/dev/loop-control").exists();
+    let ok = mkfs.is_some() && loop_control;
+    let mut missing = Vec::new();
+    if mkfs.is_none() {
+        missing.push("mkfs.ext4 not found");
+    }
+    if !loop_control {
+        missing.push("/dev/loop-control missing (no loop devices)");
+    }
+    Check {
+        name: "disks",
+        status: if ok { Status::Ok } else { Status::Info },
+        detail: if ok {
+            "mkfs.ext4 and loop devices present (each sandbox's writable layer is a disk of its own)"
+                .into()
+        } else {
+            format!(
+                "{}: sandboxes cannot get disks and their launches fail while runtime.disk_mb is not 0",
+                missing.join("; ")
+            )
+        },
+        fix: (!ok).then(|| {
+            "apt-get install e2fsprogs and load the loop module (modprobe loop), or set runtime.disk_mb = 0 (writable layers unbounded in the data dir)".into()
+        }),
+    }
+}
+
 pub fn all_checks(crun: &Path) -> Vec<Check> {
     let mut out = essential_checks(crun);
     out.push(migrations_check());
@@ -216,6 +247,7 @@ pub fn all_checks(crun: &Path) -> Vec<Check> {
         },
         fix: None,
     });
+    out.push(disks_check());
     let buildah = crun_path(Path::new("buildah"));
     out.push(Check {
         name: "buildah",

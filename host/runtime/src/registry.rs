@@ -395,8 +395,11 @@ impl RegistryClient {
         Ok(resp)
     }
 
-    /// Tries each endpoint in turn; "not found" and unreachable fall through to the next one,
-    /// auth failures stop (a mirror that wants credentials is a configuration problem to report).
+    /// Tries each endpoint in turn (mirrors first); any failure falls through to the next one,
+    /// as Docker and containerd do, so a mirror that wants credentials it was not given does
+    /// not stop a pull the registry itself would serve. If every endpoint fails, an auth
+    /// failure is what is reported (it names the mirror and is what to fix), else the last
+    /// failure.
     async fn get_any(
         &self,
         r: &ImageRef,
@@ -404,6 +407,7 @@ impl RegistryClient {
         accept: Option<&str>,
     ) -> Result<reqwest::Response, RegistryError> {
         let mut last = None;
+        let mut auth_failed = None;
         for ep in self.endpoints(r) {
             let url = format!("{}/v2/{}/{}", ep.base, r.repository, path);
             match self.get(&ep, r, &url, accept).await {
@@ -421,14 +425,19 @@ impl RegistryClient {
                         cause: format!("GET {url} answered {}", resp.status()),
                     });
                 }
-                Err(e @ RegistryError::AuthFailed { .. }) => return Err(e),
+                Err(e @ RegistryError::AuthFailed { .. }) => {
+                    tracing::warn!(endpoint = %ep.host, image = %r, error = %e, "the registry endpoint refused the pull's credentials; trying the next one, if any");
+                    auth_failed.get_or_insert(e);
+                }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| RegistryError::Unreachable {
-            registry: r.registry.clone(),
-            cause: "no endpoint configured".into(),
-        }))
+        Err(auth_failed
+            .or(last)
+            .unwrap_or_else(|| RegistryError::Unreachable {
+                registry: r.registry.clone(),
+                cause: "no endpoint configured".into(),
+            }))
     }
 
     pub async fn manifest(

@@ -258,6 +258,48 @@ async fn configured_mirror_serves_docker_hub_references_without_the_internet() {
     assert_eq!(logs, "from mirror\n");
 }
 
+/// A mirror that wants credentials it was not given does not stop a pull the registry itself
+/// serves (as with Docker); when the registry cannot serve it either, the mirror's refusal is
+/// what is reported, since that is what to fix.
+#[tokio::test]
+async fn a_mirror_refusing_the_login_falls_through_to_the_registry() {
+    require_host();
+    let mirror = Registry::start(Some(("alice", "wonderland")));
+    mirror.push_busybox("tools/busybox", "v1").await;
+    let upstream = Registry::start(None);
+    upstream.push_busybox("tools/busybox", "v1").await;
+    let data = tempfile::tempdir().unwrap();
+    let (mirror_host, upstream_host) = (mirror.host.clone(), upstream.host.clone());
+    let rt = runtime(30, data.path(), |c| {
+        c.mirrors
+            .insert(upstream_host.clone(), vec![format!("http://{mirror_host}")]);
+    });
+    let reference = format!("{upstream_host}/tools/busybox:v1");
+    let (_, logs) = run_to_end(&rt, &spec(&reference, &["echo", "from upstream"])).await;
+    assert_eq!(logs, "from upstream\n");
+
+    // The registry gone too: the mirror's refusal names the mirror.
+    drop(upstream);
+    let data2 = tempfile::tempdir().unwrap();
+    let rt = runtime(30, data2.path(), |c| {
+        c.mirrors
+            .insert(upstream_host.clone(), vec![format!("http://{mirror_host}")]);
+    });
+    let err = rt
+        .images()
+        .pull(&ImageRef::parse(&reference).unwrap(), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&mirror_host), "{err}");
+    assert!(
+        matches!(
+            err,
+            nimbus_runtime::registry::RegistryError::AuthFailed { .. }
+        ),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_pulls_of_one_image_download_it_once() {
     require_host();

@@ -356,7 +356,7 @@ async fn withdrawn_launches_leave_nothing_and_the_warm_pool_refills() {
 async fn disks_of_a_vanished_data_dir_are_removed_by_the_orphan_sweep() {
     require_host();
     let data = tempfile::tempdir().unwrap();
-    let rt = runtime(43, data.path(), |c| c.warm_pool = 2);
+    let rt = runtime(45, data.path(), |c| c.warm_pool = 2);
     rt.warm_up().await.unwrap();
     let images = data.path().join("runtime/disks");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
