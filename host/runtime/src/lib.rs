@@ -21,6 +21,7 @@ pub mod files;
 pub mod images;
 mod leases;
 mod logs;
+mod loop_device;
 pub mod monitor;
 pub mod network;
 pub mod orphans;

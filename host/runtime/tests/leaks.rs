@@ -161,9 +161,14 @@ async fn warm_pool_namespaces_and_disks_left_by_a_killed_server_are_removed_at_t
     let data = tempfile::tempdir().unwrap();
     let rt = runtime(41, data.path(), |c| c.warm_pool = 3);
     rt.warm_up().await.unwrap();
+    // Disk images (beside them, the template they are copied from).
     let disks = || {
         std::fs::read_dir(data.path().join("runtime/disks"))
-            .map(|d| d.count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
+                    .count()
+            })
             .unwrap_or(0)
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -360,20 +365,23 @@ async fn disks_of_a_vanished_data_dir_are_removed_by_the_orphan_sweep() {
     rt.warm_up().await.unwrap();
     let images = data.path().join("runtime/disks");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0) < 2 {
+    let tokens = || -> Vec<String> {
+        std::fs::read_dir(&images)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.strip_suffix(".img").map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while tokens().len() < 2 {
         assert!(std::time::Instant::now() < deadline, "no disk was made");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let tokens: Vec<String> = std::fs::read_dir(&images)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .trim_end_matches(".img")
-                .to_string()
-        })
-        .collect();
+    let tokens = tokens();
     let mounted = |token: &str| {
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
