@@ -781,6 +781,11 @@ async fn a_bad_config_file_fails_at_start_naming_the_key() {
             "line 3",
         ),
         (
+            "[runtime]\ndisk_mb = 20000000\n",
+            "127.0.0.1:0",
+            "runtime.disk_mb = 20000000: a sandbox's disk is 16 to 1048576 MiB",
+        ),
+        (
             "[server]\nmetrics_listen = \"127.0.0.1:1\"\n",
             "127.0.0.1:1",
             "server.metrics_listen = \"127.0.0.1:1\" is the API's own address",

@@ -895,7 +895,7 @@ fn file_error(e: nimbus_runtime::files::FileError) -> Error {
             Error::invalid_argument("path", format!("{path:?} {reason}"))
         }
         FileError::NoSpace(path) => Error::quota_exhausted(
-            format!("no space left for {path:?} in the sandbox's root filesystem: its disk (runtime.disk_mb) is full; delete files in it first"),
+            format!("no space left for {path:?} in the sandbox's root filesystem: its disk (runtime.disk_mb) is full, of data or of files (inodes); delete files in it first"),
             serde_json::json!({ "path": path }),
         ),
         FileError::Busy(path) => Error::conflict(

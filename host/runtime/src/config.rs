@@ -73,6 +73,24 @@ pub enum UserNamespaces {
     Off,
 }
 
+/// The largest and smallest sandbox disk (`disk_mb`), in MiB: 1 TiB, and 16 MiB (ext4 needs a
+/// few MiB of its own).
+pub const MAX_DISK_MB: u64 = 1 << 20;
+pub const MIN_DISK_MB: u64 = 16;
+
+impl RuntimeConfig {
+    /// Checks what deserializing cannot: a message naming the key for each value out of range.
+    pub fn check(&self) -> Result<(), String> {
+        if self.disk_mb != 0 && !(MIN_DISK_MB..=MAX_DISK_MB).contains(&self.disk_mb) {
+            return Err(format!(
+                "runtime.disk_mb = {}: a sandbox's disk is {MIN_DISK_MB} to {MAX_DISK_MB} MiB (1 TiB), or 0 for none (writable layers unbounded in the data dir)",
+                self.disk_mb
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {

@@ -5,9 +5,10 @@
 //! directory instead, but the kernels Nimbus runs on are built without them (docs/security.md).
 //!
 //! Images are sparse: one takes on the data dir's disk what its sandbox wrote, plus ext4's few
-//! KiB of metadata, never more than its size. Formatting and mounting one costs 15–20 ms, so a
-//! few are kept ready (formatted, mounted, nobody's), as the warm pool keeps network namespaces;
-//! a launch that finds none makes its own.
+//! KiB of metadata, never more than its size. Each is a copy of a template formatted once,
+//! attached to a loop device and mounted from this process (about a millisecond), and a few
+//! are kept ready (mounted, nobody's), as the warm pool keeps network namespaces; a launch that
+//! finds none makes its own.
 //!
 //! A disk is named by a token: image `<runtime>/disks/<token>.img`, mounted at
 //! `/run/nimbus/disks/<data dir hash>/<token>`. A sandbox's state (`meta.json`) names its disk's token before
@@ -71,8 +72,11 @@ impl Disks {
     /// prepared. With `mb` 0 no disk is made (writable layers then live in the data dir,
     /// unbounded), but disks made before are still managed.
     pub fn new(runtime_root: &Path, mb: u64, ready: usize) -> Result<Arc<Disks>, String> {
-        let images = runtime_root.join("disks");
-        let mounts = Path::new(MOUNTS).join(data_dir_key(runtime_root));
+        // One data dir reached by two spellings (a symlink, `..`) must find the same disks.
+        let root = std::fs::canonicalize(runtime_root)
+            .map_err(|e| format!("cannot resolve {}: {e}", runtime_root.display()))?;
+        let images = root.join("disks");
+        let mounts = Path::new(MOUNTS).join(data_dir_key(&root));
         if mb > 0 {
             for dir in [images.as_path(), mounts.as_path()] {
                 create_private_dir(dir)?;
@@ -81,7 +85,7 @@ impl Disks {
         Ok(Arc::new(Disks {
             images,
             mounts,
-            bytes: mb << 20,
+            bytes: mb.min(crate::config::MAX_DISK_MB) << 20,
             size: ready,
             ready: Mutex::new(VecDeque::new()),
             in_flight: AtomicUsize::new(0),
@@ -403,7 +407,9 @@ fn mount_image(image: &Path, mount: &Path) -> Result<(), String> {
         mount,
         Some("ext4"),
         MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOATIME,
-        Some("noinit_itable"),
+        // `discard`: what a sandbox deletes is punched out of the image, so the disk takes on
+        // the host what the sandbox holds now, not the most it ever held.
+        Some("noinit_itable,discard"),
     )
     .map_err(|e| format!("mounting {} at {}: {e}", image.display(), mount.display()))
     // Dropping `device` leaves the mount holding it; it detaches when the mount goes.

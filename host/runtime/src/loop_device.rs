@@ -52,6 +52,11 @@ pub struct Attached {
 
 /// Attaches `backing` (opened read-write) to a free loop device.
 pub fn attach(backing: &File) -> io::Result<Attached> {
+    // LOOP_CTL_GET_FREE names the first free device without reserving it, so concurrent
+    // attaches in this process would all race for the same one: they take turns instead (an
+    // attach takes well under a millisecond). Other processes still may race; see below.
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let control = OpenOptions::new()
         .read(true)
         .write(true)

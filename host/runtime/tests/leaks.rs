@@ -179,12 +179,26 @@ async fn warm_pool_namespaces_and_disks_left_by_a_killed_server_are_removed_at_t
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A killed server: its pool is never drained.
+    // A killed server: its pool is never drained. The next one is given the same data dir
+    // through a symlink, and still finds its predecessor's disks.
+    let stale = rt.stray_disks();
+    assert_eq!(stale, Vec::<String>::new(), "ready disks are not strays");
     drop(rt);
-    let rt = reopen_runtime(41, data.path(), |c| c.warm_pool = 1);
-    assert_eq!(rt.stray_disks().len(), 3, "the dead server's ready disks");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = elsewhere.path().join("data");
+    std::os::unix::fs::symlink(data.path(), &link).unwrap();
+    let rt = reopen_runtime(41, &link, |c| c.warm_pool = 1);
+    let stale = rt.stray_disks();
+    assert_eq!(stale.len(), 3, "the dead server's ready disks: {stale:?}");
     rt.warm_up().await.unwrap();
     assert_eq!(rt.stray_disks(), Vec::<String>::new());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for token in &stale {
+        assert!(
+            !mountinfo.contains(&format!("/{token} ")),
+            "{token} is still mounted"
+        );
+    }
     // The three stale ones go; the new server prepares its own one.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -399,4 +413,27 @@ async fn disks_of_a_vanished_data_dir_are_removed_by_the_orphan_sweep() {
     let removed = nimbus_runtime::orphans::remove_orphan_disks_under(&parent);
     assert_eq!(removed.len(), 2, "{removed:?}");
     assert!(tokens.iter().all(|t| !mounted(t)), "{tokens:?}");
+}
+
+/// Launches that find no ready disk make their own at the same time: each gets a loop device
+/// of its own (the kernel names the same free one to every asker), and removing them leaves
+/// nothing mounted.
+#[tokio::test]
+async fn disks_made_at_the_same_time_each_get_their_own_loop_device() {
+    require_host();
+    let data = tempfile::tempdir().unwrap();
+    let disks = nimbus_runtime::disks::Disks::new(data.path(), 16, 0).unwrap();
+    let made = futures_util::future::join_all((0..16).map(|_| disks.take())).await;
+    let tokens: Vec<String> = made.into_iter().map(|t| t.unwrap()).collect();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let sources: std::collections::HashSet<&str> = mountinfo
+        .lines()
+        .filter(|l| tokens.iter().any(|t| l.contains(&format!("/{t} "))))
+        .filter_map(|l| l.split(" - ").nth(1)?.split(' ').nth(1))
+        .collect();
+    assert_eq!(sources.len(), 16, "{sources:?}");
+    for t in &tokens {
+        disks.remove(t).unwrap();
+        assert!(disks.traces(t).is_empty(), "{:?}", disks.traces(t));
+    }
 }
