@@ -46,6 +46,10 @@ pub struct SandboxController {
     /// Woken when a launch has ended (ready or failed) or an exit was recorded: the service
     /// manager reacts at once instead of at its next pass.
     pub(crate) changed: tokio::sync::Notify,
+    /// When this controller was made, before the API served anything: adoption reconciles
+    /// what is older, and leaves sandboxes created since to their own launches (the API may
+    /// serve a create while adoption runs).
+    started: std::time::SystemTime,
 }
 
 impl SandboxController {
@@ -61,6 +65,7 @@ impl SandboxController {
             busy: Mutex::new(HashSet::new()),
             deleting: Mutex::new(HashSet::new()),
             changed: tokio::sync::Notify::new(),
+            started: std::time::SystemTime::now(),
         })
     }
 
@@ -88,7 +93,9 @@ impl SandboxController {
         let known: HashSet<String> = records.iter().map(|r| r.id.to_string()).collect();
         // Host state without a record: deleted while the server was down.
         for (id, observed) in self.runtime.adopt_all() {
-            if known.contains(id.as_str()) {
+            // A state dir made since this server started is a create's launch in progress,
+            // its record perhaps not committed yet: not an orphan.
+            if known.contains(id.as_str()) || self.runtime.made_since(&id, self.started) {
                 continue;
             }
             match self.store_has(&id).await {
@@ -106,7 +113,17 @@ impl SandboxController {
                 _ => {}
             }
         }
+        let started = chrono::DateTime::<Utc>::from(self.started);
         for r in records {
+            if r.meta.created_at >= started
+                && matches!(
+                    r.status.lifecycle_state,
+                    SandboxState::Pending | SandboxState::Creating
+                )
+            {
+                // Created through this server: its own launch task is on it.
+                continue;
+            }
             let tenant = r.meta.tenant_id.clone();
             match (r.status.lifecycle_state, self.runtime.observe(&r.id)) {
                 (SandboxState::Pending, observed) => {

@@ -1264,6 +1264,14 @@ impl Runtime {
         })
     }
 
+    /// Whether sandbox `id`'s state dir was made at or after `since` (its birth time; false when
+    /// the file system cannot tell or the dir is gone).
+    pub fn made_since(&self, id: &SandboxId, since: std::time::SystemTime) -> bool {
+        std::fs::metadata(self.dir(id.as_str()))
+            .and_then(|m| m.created())
+            .is_ok_and(|born| born >= since)
+    }
+
     /// The host directory holding what sandbox `id` wrote to its root filesystem (the
     /// overlay's upper dir: on its disk, or in its state dir without disks).
     pub fn writable_layer(&self, id: &SandboxId) -> Option<PathBuf> {
