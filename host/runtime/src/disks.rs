@@ -11,9 +11,10 @@
 //! finds none makes its own.
 //!
 //! A disk is named by a token: image `<runtime>/disks/<token>.img`, mounted at
-//! `/run/nimbus/disks/<data dir hash>/<token>`. A sandbox's state (`meta.json`) names its disk's token before
-//! the disk is used, so its delete finds it; at start, disks that no sandbox names (ready ones
-//! of an earlier process, or one a launch took and was cut off before recording) are removed.
+//! `/run/nimbus/disks/<data dir hash>/<token>`. A sandbox's state (`meta.json`) names its
+//! disk's token before the disk is used, so its delete finds it; at start, disks that no
+//! sandbox names (ready ones of an earlier process, or one a launch took and was cut off before
+//! recording) are removed.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -177,8 +178,10 @@ impl Disks {
     async fn template(&self) -> Result<PathBuf, String> {
         self.template
             .get_or_try_init(|| async {
+                // Remade at every start (and any of another size, from an earlier
+                // `disk_mb`, goes): copies of a template of a stale size would be wrong.
+                remove_templates(&self.images);
                 let path = self.images.join(format!("template-{}.ext4", self.size_mb()));
-                let _ = std::fs::remove_file(&path);
                 std::fs::File::create(&path)
                     .and_then(|f| f.set_len(self.bytes))
                     .map_err(|e| format!("creating {}: {e}", path.display()))?;
@@ -413,6 +416,16 @@ fn mount_image(image: &Path, mount: &Path) -> Result<(), String> {
     )
     .map_err(|e| format!("mounting {} at {}: {e}", image.display(), mount.display()))
     // Dropping `device` leaves the mount holding it; it detaches when the mount goes.
+}
+
+/// Removes every template in `images` (`template-<mb>.ext4`).
+fn remove_templates(images: &Path) {
+    for e in std::fs::read_dir(images).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("template-") && name.ends_with(".ext4") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Names the mount directory of the runtime rooted at `root` (a stable hash of its path).
