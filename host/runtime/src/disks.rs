@@ -16,13 +16,13 @@
 //! sandbox names (ready ones of an earlier process, or one a launch took and was cut off before
 //! recording) are removed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::cmd::run_cmd;
+use crate::ready::ReadyQueue;
 
 /// Where disks are mounted: beside the sandboxes' root mounts, outside the private data dir,
 /// in a directory of each data dir's own (several servers may share a host).
@@ -53,22 +53,14 @@ pub struct Disks {
     /// The size of new disks; 0 makes none (sandboxes' disks from before are still found,
     /// removed and reported).
     bytes: u64,
-    /// Disks kept ready.
-    size: usize,
-    ready: Mutex<VecDeque<String>>,
-    /// Preparations under way, counted so concurrent refills never overshoot `size`.
-    in_flight: AtomicUsize,
+    /// Disks kept ready, by token.
+    ready: ReadyQueue<String>,
     /// The formatted file system every disk is copied from (see `template`).
     template: tokio::sync::OnceCell<PathBuf>,
-    /// Set by `drain`: preparations that finish afterwards are removed, not kept.
-    closed: AtomicBool,
     counter: AtomicU64,
 }
 
 impl Disks {
-    /// Failed preparations after which a refill gives up until the next launch.
-    const ATTEMPTS: u32 = 3;
-
     /// Disks of `mb` MiB for the runtime rooted at `runtime_root`, `ready` of them kept
     /// prepared. With `mb` 0 no disk is made (writable layers then live in the data dir,
     /// unbounded), but disks made before are still managed.
@@ -87,11 +79,8 @@ impl Disks {
             images,
             mounts,
             bytes: mb.min(crate::config::MAX_DISK_MB) << 20,
-            size: ready,
-            ready: Mutex::new(VecDeque::new()),
-            in_flight: AtomicUsize::new(0),
+            ready: ReadyQueue::new(ready),
             template: tokio::sync::OnceCell::new(),
-            closed: AtomicBool::new(false),
             counter: AtomicU64::new(0),
         }))
     }
@@ -117,7 +106,7 @@ impl Disks {
 
     /// A ready disk, or one prepared now when none is.
     pub async fn take(&self) -> Result<String, String> {
-        if let Some(token) = self.lock_ready().pop_front() {
+        if let Some(token) = self.ready.take() {
             return Ok(token);
         }
         let token = self.new_token();
@@ -127,11 +116,7 @@ impl Disks {
 
     /// Returns a disk a launch took but did not record as its own (unused: nothing was written).
     pub fn put_back(&self, token: String) {
-        self.lock_ready().push_front(token);
-    }
-
-    fn lock_ready(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
-        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+        self.ready.put_back(token);
     }
 
     fn new_token(&self) -> String {
@@ -285,7 +270,7 @@ impl Disks {
 
     /// Disks neither ready nor named in `used` (the tokens sandboxes' state names).
     pub fn strays(&self, used: &HashSet<String>) -> Vec<String> {
-        let ready: HashSet<String> = self.lock_ready().iter().cloned().collect();
+        let ready: HashSet<String> = self.ready.with_ready(|r| r.iter().cloned().collect());
         let mut out: Vec<String> = self
             .all()
             .into_iter()
@@ -295,63 +280,34 @@ impl Disks {
         out
     }
 
-    /// Prepares disks until `size` are ready or being prepared. A failure is logged and retried
-    /// a few times; after that launches prepare their own until the next refill.
+    /// Prepares disks until `warm_pool` are ready (see [`ReadyQueue::refill`]); launches
+    /// prepare their own while they are not.
     pub async fn refill(self: Arc<Self>) {
         if !self.enabled() {
             return;
         }
-        let mut failures = 0;
-        loop {
-            if self.closed.load(Ordering::SeqCst) {
-                return;
-            }
-            let ready = self.lock_ready().len();
-            let flying = self.in_flight.fetch_add(1, Ordering::SeqCst);
-            if ready + flying >= self.size {
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                return;
-            }
-            let token = self.new_token();
-            let prepared = self.prepare(&token).await;
-            let kept = match prepared {
-                Ok(()) if self.closed.load(Ordering::SeqCst) => {
-                    let _ = self.remove(&token);
-                    false
-                }
-                Ok(()) => {
-                    self.lock_ready().push_back(token);
-                    true
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, attempt = failures, "could not prepare a sandbox disk ahead of launches");
-                    false
-                }
-            };
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            if !kept {
-                if self.closed.load(Ordering::SeqCst) || failures >= Self::ATTEMPTS {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
-            }
-        }
+        let disks = &*self;
+        let prepare = || {
+            let token = disks.new_token();
+            async move { disks.prepare(&token).await.map(|()| token) }
+        };
+        let undo = |token: String| {
+            let _ = disks.remove(&token);
+            std::future::ready(())
+        };
+        disks.ready.refill("a sandbox disk", prepare, undo).await;
     }
 
     /// Removes the ready disks and stops refilling (server shutdown, tests).
     pub async fn drain(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let ready: Vec<String> = self.lock_ready().drain(..).collect();
-        for token in ready {
-            if let Err(e) = self.remove(&token) {
-                tracing::warn!(error = %e, "removing a ready sandbox disk was incomplete");
-            }
-        }
+        self.ready
+            .drain(|token| {
+                if let Err(e) = self.remove(&token) {
+                    tracing::warn!(error = %e, "removing a ready sandbox disk was incomplete");
+                }
+                std::future::ready(())
+            })
+            .await;
         // Gone only if no sandbox's disk is mounted there (sandboxes outlive the server).
         let _ = std::fs::remove_dir(&self.mounts);
     }

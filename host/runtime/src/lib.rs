@@ -26,6 +26,7 @@ pub mod monitor;
 pub mod network;
 pub mod orphans;
 pub mod pool;
+mod ready;
 pub mod reference;
 pub mod registry;
 mod sandbox;

@@ -8,12 +8,11 @@
 //! again finds and removes what its predecessor prepared and never handed out, whenever it was
 //! killed; [`WarmPool::drain`] removes them at shutdown.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::network::{Network, SandboxNet, POOL_OWNER};
+use crate::ready::ReadyQueue;
 
 /// A namespace ready to be handed to a sandbox.
 #[derive(Debug, Clone)]
@@ -24,62 +23,33 @@ pub struct Prepared {
 }
 
 pub struct WarmPool {
-    size: usize,
-    ready: Mutex<VecDeque<Prepared>>,
-    /// Preparations under way, counted so concurrent refills never overshoot `size`.
-    in_flight: AtomicUsize,
-    /// Set by `drain`: preparations that finish afterwards are removed, not kept.
-    closed: AtomicBool,
+    queue: ReadyQueue<Prepared>,
     counter: AtomicU64,
 }
 
 impl WarmPool {
-    /// Failed preparations after which a refill gives up until the next launch.
-    const ATTEMPTS: u64 = 3;
-
     pub fn new(size: usize) -> WarmPool {
         WarmPool {
-            size,
-            ready: Mutex::new(VecDeque::new()),
-            in_flight: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
+            queue: ReadyQueue::new(size),
             counter: AtomicU64::new(0),
         }
     }
 
     /// A prepared namespace, if one is ready.
     pub fn take(&self) -> Option<Prepared> {
-        self.ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front()
+        self.queue.take()
     }
 
     /// Returns a namespace a launch took but could not use (it was never recorded as the
     /// launch's). After a drain it stays on the host until the next start removes it.
     pub fn put_back(&self, prepared: Prepared) {
-        self.ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_front(prepared);
+        self.queue.put_back(prepared);
     }
 
-    /// Prepares namespaces until `size` are ready or being prepared. A failure is logged and
-    /// retried a few times (a busy host's `ip` can fail transiently); after that the pool
-    /// stays smaller until the next launch refills it, and launches wire their own namespace
-    /// meanwhile, as without a pool.
+    /// Prepares namespaces until the pool is full (see [`ReadyQueue::refill`]); launches wire
+    /// their own namespace while it is not, as without a pool.
     pub async fn refill(self: Arc<Self>, network: Arc<Network>) {
-        let mut failures = 0;
-        loop {
-            if self.closed.load(Ordering::SeqCst) {
-                return;
-            }
-            let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).len();
-            let flying = self.in_flight.fetch_add(1, Ordering::SeqCst);
-            if ready + flying >= self.size {
-                self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                return;
-            }
+        let prepare = || {
             // The bridge makes tokens (and the interface names hashed from them) unique
             // between runtimes in one process too.
             let token = format!(
@@ -89,55 +59,25 @@ impl WarmPool {
                 self.counter.fetch_add(1, Ordering::Relaxed),
                 crate::monitor::now_secs()
             );
-            let prepared = network.prepare_unassigned(&token).await;
-            let kept = match prepared {
-                Ok(net) => Some(self.keep(&network, Prepared { token, net }).await),
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt = failures + 1, "could not prepare a network namespace for the warm pool");
-                    None
-                }
-            };
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            match kept {
-                Some(true) => {}
-                // Drained meanwhile.
-                Some(false) => return,
-                None => {
-                    failures += 1;
-                    if failures >= Self::ATTEMPTS {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
-                }
+            let network = &network;
+            async move {
+                let net = network.prepare_unassigned(&token).await?;
+                Ok(Prepared { token, net })
             }
-        }
-    }
-
-    /// Queues a prepared namespace, or removes it if the pool was drained meanwhile.
-    async fn keep(&self, network: &Network, p: Prepared) -> bool {
-        if self.closed.load(Ordering::SeqCst) {
-            remove(network, &p).await;
-            return false;
-        }
-        self.ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(p);
-        true
+        };
+        self.queue
+            .refill("a network namespace for the warm pool", prepare, |p| {
+                let network = network.clone();
+                async move { remove(&network, &p).await }
+            })
+            .await;
     }
 
     /// Removes every prepared namespace and stops refilling (server shutdown, tests).
     pub async fn drain(&self, network: &Network) {
-        self.closed.store(true, Ordering::SeqCst);
-        // Preparations under way remove their own namespace when they see `closed`; wait for
-        // them so nothing outlives the drain.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        while let Some(p) = self.take() {
-            remove(network, &p).await;
-        }
+        self.queue
+            .drain(|p| async move { remove(network, &p).await })
+            .await;
     }
 
     /// Removes the namespaces a previous server process prepared and never handed out (found
