@@ -31,6 +31,15 @@
 # NIMBUS_BIN=path measures that server binary instead of building the release one (e.g. to
 # compare two builds).
 #
+# ALTERNATE=1 instead sends the GETs one at a time and moves to the next server after every
+# request (allow, native, plugin[, empty], in an order that rotates), REQUESTS (default 30000)
+# per server in blocks of 1000. Each server is idle between two of its requests, so every
+# request finds the caches cold, as on a lightly loaded server; and since the servers take
+# turns within microseconds, the machine's drift hits them alike, which makes the ratios far
+# steadier than the slices' (quartiles within a few percent). Prints each server's median
+# latency (as the client sees it) and server CPU per request, and the median and quartiles of
+# the per-block CPU ratios.
+#
 # KEEP=1 keeps the servers' work directory (logs, perf data) instead of removing it.
 #
 # CALLGRIND=1 instead runs each server under `valgrind --tool=callgrind` and counts the
@@ -193,6 +202,55 @@ for k in "${kinds[@]}"; do
   echo "$url" > "$work/$k/url"
   wrk -t1 -c"$conns" -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
 done
+if [ -n "${ALTERNATE:-}" ]; then
+  args=()
+  for k in "${kinds[@]}"; do args+=("$k" "${port_of[$k]}" "$(cat "$work/$k/token")" "$(cat "$work/$k/pid")"); done
+  python3 - "${REQUESTS:-30000}" "${args[@]}" <<'PY'
+import glob, http.client, statistics, sys, time
+per_server, specs = int(sys.argv[1]), sys.argv[2:]
+servers = [dict(kind=specs[i], port=int(specs[i + 1]), token=specs[i + 2], pid=specs[i + 3], latency=[])
+           for i in range(0, len(specs), 4)]
+for s in servers:
+    s["conn"] = http.client.HTTPConnection("127.0.0.1", s["port"])
+def cpu_ns(pid):  # run time of all the server's threads so far
+    total = 0
+    for f in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            total += int(open(f).read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total
+def get(s):
+    s["conn"].request("GET", "/v1/tenants/demo/services/worker", headers={"Authorization": "Bearer " + s["token"]})
+    r = s["conn"].getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"{s['kind']}: GET answered {r.status}")
+block, blocks, n = 1000, [], len(servers)
+for _ in range(max(1, per_server // block)):
+    before = [cpu_ns(s["pid"]) for s in servers]
+    for i in range(block):
+        for j in range(n):  # the order rotates, so that no server always follows the same one
+            s = servers[(i + j) % n]
+            t = time.perf_counter_ns()
+            get(s)
+            s["latency"].append(time.perf_counter_ns() - t)
+    blocks.append([(cpu_ns(s["pid"]) - b) / block / 1e3 for s, b in zip(servers, before)])
+print(f"GET service, one request at a time, alternating servers ({len(blocks) * block} per server)   latency µs   server CPU µs/request")
+for j, s in enumerate(servers):
+    print(f"  {s['kind']:8} {statistics.median(s['latency']) / 1e3:27.1f} {statistics.median(b[j] for b in blocks):23.1f}")
+allow = next(j for j, s in enumerate(servers) if s["kind"] == "allow")
+for j, s in enumerate(servers):
+    if j == allow:
+        continue
+    ratios = [b[j] / b[allow] for b in blocks]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    lat = statistics.median(s["latency"]) / statistics.median(servers[allow]["latency"])
+    target = " (target < 1.10x)" if s["kind"] == "plugin" else ""
+    print(f"{s['kind']} against allow-all: {statistics.median(ratios):.3f}x [{q[0]:.3f}-{q[2]:.3f}] by server CPU (median of per-block ratios [quartiles]){target}, {lat:.3f}x by median latency")
+PY
+  exit 0
+fi
 decisions_before=$(decision_us_raw "$((port_of[plugin] + 1000))")
 for r in $(seq "$rounds"); do
   # The order rotates from round to round, so that no kind always runs first, or always right
