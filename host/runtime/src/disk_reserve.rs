@@ -3,6 +3,8 @@
 //! and a layer may decompress to a thousand times its download (a gzip of zeros). The store
 //! lives beside the server's database and sandboxes' writable layers, so filling that disk
 //! would break far more than the pull; pulls and unpacks stop while a reserve is still free.
+//! Launches keep the same reserve on the file system holding the sandboxes' disks, which are
+//! sparse and can together outgrow it (see `Runtime::launch`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -49,9 +51,9 @@ impl DiskReserve {
                 std::io::ErrorKind::StorageFull,
                 format!(
                     "{what} stopped: the file system holding {} has room for {free_inodes} more \
-                     files, and Nimbus keeps room for {keep_inodes} there (so that an image of \
-                     countless small files cannot exhaust it); remove unused images or \
-                     sandboxes, then try again",
+                     files, and Nimbus keeps room for {keep_inodes} there (pulls and sandbox \
+                     launches stop short of it, so that countless small files cannot exhaust \
+                     it); remove unused images or sandboxes, then try again",
                     dir.display()
                 ),
             ));
@@ -68,8 +70,8 @@ impl DiskReserve {
             std::io::ErrorKind::StorageFull,
             format!(
                 "{needs}: the file system holding {} has {} free, and Nimbus keeps {} free there \
-                 (so that a hostile or oversized image cannot fill the disk); free some space, \
-                 then try again",
+                 (pulls and sandbox launches stop short of it, so that an oversized image or \
+                 the sandboxes' growing disks cannot fill it); free some space, then try again",
                 dir.display(),
                 mib(free),
                 mib(self.bytes)

@@ -95,6 +95,11 @@ impl Disks {
         self.mounts.join(token)
     }
 
+    /// The directory holding the disks' images, on the file system they take their space from.
+    pub fn images_dir(&self) -> PathBuf {
+        self.images.clone()
+    }
+
     fn image_path(&self, token: &str) -> PathBuf {
         self.images.join(format!("{token}.img"))
     }

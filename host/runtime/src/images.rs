@@ -85,6 +85,11 @@ impl ImageStore {
         })
     }
 
+    /// The free space pulls keep on the store's file system (launches keep the same).
+    pub fn disk_reserve(&self) -> DiskReserve {
+        self.reserve
+    }
+
     /// Keeps `reserve` free on the store's file system instead of the default 1 GiB.
     pub fn with_disk_reserve(mut self, reserve: DiskReserve) -> Self {
         self.reserve = reserve;

@@ -109,6 +109,34 @@ pub struct Runtime {
     teardowns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+impl Runtime {
+    /// Refuses a launch once the file system holding the sandboxes' writable layers is down to
+    /// the free space pulls keep (1 GiB). Sandbox disks are sparse: each takes on the host what
+    /// it holds, up to `runtime.disk_mb`, so together they can outgrow the host's free space,
+    /// and a loop device whose backing file cannot grow fails its writes with I/O errors. New
+    /// sandboxes are refused first, while the database and the running sandboxes still have
+    /// room.
+    fn ensure_room_to_launch(&self, id: &str) -> Result<(), LaunchError> {
+        let dir = if self.disks.enabled() {
+            self.disks.images_dir()
+        } else {
+            self.root.clone()
+        };
+        self.images
+            .disk_reserve()
+            .ensure_room(&dir, 0, &format!("launching sandbox {id}"))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::StorageFull => LaunchError::HostUnfit(HostUnfit {
+                    problems: vec![e.to_string()],
+                }),
+                _ => internal(format!(
+                    "cannot read the free space of {}: {e}",
+                    dir.display()
+                )),
+            })
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> LaunchError {
     LaunchError::Internal(e.to_string())
 }
@@ -501,6 +529,7 @@ impl Runtime {
             .flatten()
             .filter_map(|(k, _)| k.split('/').next().and_then(|p| p.parse().ok()))
             .collect();
+        self.ensure_room_to_launch(id)?;
         // Network first: a namespace from the warm pool, else one made and wired now. The
         // state file names it before anything is wired, so a failed launch's cleanup finds it.
         self.ensure_host().await?;

@@ -437,3 +437,79 @@ async fn disks_made_at_the_same_time_each_get_their_own_loop_device() {
         assert!(disks.traces(t).is_empty(), "{:?}", disks.traces(t));
     }
 }
+
+/// Sandbox disks are sparse, so together they can outgrow the host: once the file system
+/// holding them is down to the reserve pulls keep, launches are refused with a message saying
+/// so, and take nothing; with room again, they go on.
+#[tokio::test]
+async fn launches_are_refused_once_the_disks_file_system_is_down_to_the_reserve() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    // A data dir on a file system of its own, small enough to fill: 1.2 GiB, the reserve 1 GiB.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &data,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1200m"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    let rt = runtime(54, &data, |c| c.disk_mb = 32);
+    let (first, _) = run_to_end(&rt, &spec(&image, &["true"])).await;
+    assert!(
+        matches!(first, nimbus_runtime::Observed::Exited { code: 0, .. }),
+        "{first:?}"
+    );
+
+    // Fill it to 512 MiB short of full: below the reserve.
+    let free = |p: &std::path::Path| {
+        let st = nix::sys::statvfs::statvfs(p).unwrap();
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    };
+    let ballast = data.join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![1u8; 1 << 20];
+        while free(&data) > 512 << 20 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let id = new_id();
+    let err = rt
+        .launch(&id, "demo", &spec(&image, &["true"]), |_| {})
+        .await
+        .expect_err("a launch past the reserve must be refused");
+    assert!(
+        matches!(err, nimbus_runtime::LaunchError::HostUnfit(_)),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("launching sandbox {id}")), "{msg}");
+    assert!(msg.contains("Nimbus keeps 1024 MiB free there"), "{msg}");
+    assert!(
+        rt.leftovers(id.as_str()).await.is_empty(),
+        "{:?}",
+        rt.leftovers(id.as_str()).await
+    );
+    assert!(rt.stray_disks().is_empty(), "{:?}", rt.stray_disks());
+
+    std::fs::remove_file(&ballast).unwrap();
+    let (again, _) = run_to_end(&rt, &spec(&image, &["true"])).await;
+    assert!(
+        matches!(again, nimbus_runtime::Observed::Exited { code: 0, .. }),
+        "{again:?}"
+    );
+}
