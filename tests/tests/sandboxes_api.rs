@@ -885,6 +885,40 @@ async fn a_sandbox_that_fills_its_disk_gets_enospc_inside_and_its_delete_removes
     }
     assert!(out.contains("No space left on device"), "{out}");
     assert!(out.contains("dd-exit=1"), "{out}");
+    // An upload into the full disk is refused (429) and leaves nothing, not even the
+    // directories it made on the way.
+    let body = json!({"target": {"sandbox": {"id": id}}, "channels": ["files"]});
+    let (st, ses) = s.call("POST", &format!("{T}/sessions"), Some(body)).await;
+    assert_eq!(st, 201, "{ses}");
+    let files = format!(
+        "{}{T}/sessions/{}/files",
+        s.base_url(),
+        ses["metadata"]["id"].as_str().unwrap()
+    );
+    let r = s
+        .client
+        .put(format!("{files}/new/deep/file"))
+        .bearer_auth(&s.token)
+        .body(vec![7u8; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let refusal: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 429, "{refusal}");
+    assert_eq!(refusal["error"]["code"], "quota.exhausted", "{refusal}");
+    let r = s
+        .client
+        .get(format!("{files}/new/?list"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        404,
+        "the refused upload left /new behind"
+    );
     // The disk is a sparse image of the configured size, named in the sandbox's state.
     let meta: serde_json::Value = serde_json::from_slice(
         &std::fs::read(

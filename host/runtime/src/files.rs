@@ -210,12 +210,40 @@ impl SandboxFiles {
     }
 
     /// Writes `bytes` to `path` (mode 0644), creating missing parent directories (0755), and
-    /// replacing an existing file in one step. Returns the size written.
-    pub fn write(&self, path: &str, mut bytes: impl Read) -> Result<u64, FileError> {
+    /// replacing an existing file in one step. Returns the size written. A write that fails
+    /// (a full disk, a bad name) leaves nothing: neither the file nor the directories it made.
+    pub fn write(&self, path: &str, bytes: impl Read) -> Result<u64, FileError> {
         let rel = components(path)?;
         let Some((name, parents)) = rel.split_last() else {
             return Err(invalid(path, "names the root directory, not a file"));
         };
+        let mut made = Vec::new();
+        let outcome = self.write_making_parents(path, name, parents, bytes, &mut made);
+        if outcome.is_err() {
+            // Deepest first; one that is no longer empty (the sandbox wrote into it
+            // meanwhile) is the sandbox's now and stays.
+            for depth in made.into_iter().rev() {
+                if let Ok(at) = self.dir(&parents[..depth], path) {
+                    let _ = unlinkat(
+                        Some(at.as_raw_fd()),
+                        parents[depth],
+                        UnlinkatFlags::RemoveDir,
+                    );
+                }
+            }
+        }
+        outcome
+    }
+
+    /// [`Self::write`]'s work; `made` collects the depths of the parent directories it created.
+    fn write_making_parents(
+        &self,
+        path: &str,
+        name: &str,
+        parents: &[&str],
+        mut bytes: impl Read,
+        made: &mut Vec<usize>,
+    ) -> Result<u64, FileError> {
         for depth in 0..parents.len() {
             let at = self.dir(&parents[..depth], path)?;
             match mkdirat(
@@ -224,6 +252,7 @@ impl SandboxFiles {
                 Mode::from_bits_truncate(0o755),
             ) {
                 Ok(()) => {
+                    made.push(depth);
                     // Through the same parent descriptor, without following a link: were the
                     // new directory swapped meanwhile, what gets chowned is still the
                     // sandbox's own entry, and a lookup by path that fails would leave the
@@ -275,7 +304,7 @@ impl SandboxFiles {
                 Some(parent.as_raw_fd()),
                 tmp.as_str(),
                 Some(parent.as_raw_fd()),
-                *name,
+                name,
             )
             .map_err(|e| match e {
                 Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST => invalid(path, "is a directory"),
