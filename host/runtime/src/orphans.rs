@@ -60,7 +60,63 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
         }
         removed.push(id);
     }
+    removed.extend(remove_orphan_roots_under(root));
     remove_orphan_disks_under(root);
+    removed
+}
+
+/// Removes what sandboxes whose monitor died with them left once their state dir under `root`
+/// vanished too: their root filesystem's mount (an overlay over that dir's layers) and their
+/// network and user namespaces. Returns their ids.
+fn remove_orphan_roots_under(root: &Path) -> Vec<String> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for line in mountinfo.lines() {
+        let Some(mount) = line.split(' ').nth(4).map(Path::new) else {
+            continue;
+        };
+        // `/run/nimbus/rootfs/<id>/root`
+        let Some(id) = mount
+            .strip_prefix("/run/nimbus/rootfs")
+            .ok()
+            .filter(|rest| rest.ends_with("root"))
+            .and_then(|rest| rest.parent())
+            .and_then(|gate| gate.to_str())
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+        else {
+            continue;
+        };
+        let options = line.split(" - ").nth(1).and_then(|t| t.split(' ').nth(2));
+        let layers: Vec<&Path> = options
+            .into_iter()
+            .flat_map(|o| o.split(','))
+            .filter_map(|o| {
+                o.strip_prefix("lowerdir=")
+                    .or_else(|| o.strip_prefix("upperdir="))
+            })
+            .flat_map(|dirs| dirs.split(':'))
+            .map(Path::new)
+            .collect();
+        if !layers.iter().any(|l| l.starts_with(&root) && !l.exists()) {
+            continue;
+        }
+        let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+        let gate = Path::new("/run/nimbus/rootfs").join(id);
+        let _ = std::fs::remove_dir(gate.join("root"));
+        let _ = std::fs::remove_dir(&gate);
+        let netns = format!("nimbus-{id}");
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &netns])
+            .stderr(Stdio::null())
+            .status();
+        let userns = Path::new("/run/nimbus/userns").join(&netns);
+        let _ = nix::mount::umount2(&userns, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&userns);
+        removed.push(id.to_string());
+    }
     removed
 }
 

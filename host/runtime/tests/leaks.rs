@@ -513,3 +513,62 @@ async fn launches_are_refused_once_the_disks_file_system_is_down_to_the_reserve(
         "{again:?}"
     );
 }
+
+/// A test that failed with a sandbox running, whose monitor then died with the sandbox and
+/// whose data dir was removed, leaves a root filesystem mount and namespaces that nothing
+/// names any more: the test harnesses' orphan sweep removes them.
+#[tokio::test]
+async fn the_orphan_sweep_removes_what_sandboxes_whose_monitor_died_left() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(55, data.path(), |c| c.disk_mb = 16);
+    let id = new_id();
+    rt.launch(&id, "demo", &spec(&image, &["sleep", "300"]), |_| {})
+        .await
+        .unwrap();
+    let gate = std::path::Path::new("/run/nimbus/rootfs").join(id.as_str());
+    let netns = std::path::Path::new("/run/netns").join(format!("nimbus-{id}"));
+    assert!(gate.join("root").exists() && netns.exists());
+    // The monitor and the sandbox's process die; the data dir goes.
+    let monitors = nimbus_runtime::orphans::monitors_under(data.path());
+    assert_eq!(monitors.len(), 1, "{monitors:?}");
+    let pid = monitors[0].0;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    for p in children
+        .split_whitespace()
+        .chain([pid.to_string().as_str()])
+    {
+        let _ = Command::new("kill").args(["-9", p]).status();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor did not die"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(rt);
+    let parent = data.path().to_path_buf();
+    drop(data);
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!("/run/nimbus/rootfs/{id}/root "))
+    };
+    assert!(mounted(), "the dead sandbox's root is no longer mounted");
+
+    let removed = nimbus_runtime::orphans::remove_orphans_under(&parent);
+    assert!(removed.contains(&id.to_string()), "{removed:?}");
+    assert!(!mounted(), "its root filesystem is still mounted");
+    assert!(!gate.exists(), "{} is left", gate.display());
+    assert!(!netns.exists(), "{} is left", netns.display());
+    let disks = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !disks.lines().any(|l| l.contains(parent.to_str().unwrap())),
+        "a mount of the vanished data dir is left"
+    );
+}
