@@ -4,7 +4,7 @@
 //! lives beside the server's database and sandboxes' writable layers, so filling that disk
 //! would break far more than the pull; pulls and unpacks stop while a reserve is still free.
 //! Launches keep the same reserve on the file system holding the sandboxes' disks, which are
-//! sparse and can together outgrow it (see `Runtime::launch`).
+//! sparse and can together outgrow it (see `ensure_room_to_launch` in sandbox.rs).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
