@@ -38,19 +38,8 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
             let _ = kill(child);
         }
         let _ = kill(pid);
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &netns])
-            .stderr(Stdio::null())
-            .status();
-        let userns = Path::new("/run/nimbus/userns").join(&netns);
-        let _ = nix::mount::umount2(&userns, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&userns);
-        // `<id>/root` under its gate; `<id>` itself for sandboxes of earlier versions.
-        let gate = Path::new("/run/nimbus/rootfs").join(&id);
-        for rootfs in [gate.join("root"), gate] {
-            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_dir(&rootfs);
-        }
+        remove_namespaces(&netns);
+        remove_root_mount(&id);
         std::thread::sleep(Duration::from_millis(100));
         if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
             for h in hierarchies.flatten() {
@@ -103,21 +92,33 @@ fn remove_orphan_roots_under(root: &Path) -> Vec<String> {
         if !layers.iter().any(|l| l.starts_with(&root) && !l.exists()) {
             continue;
         }
-        let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
-        let gate = Path::new("/run/nimbus/rootfs").join(id);
-        let _ = std::fs::remove_dir(gate.join("root"));
-        let _ = std::fs::remove_dir(&gate);
-        let netns = format!("nimbus-{id}");
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &netns])
-            .stderr(Stdio::null())
-            .status();
-        let userns = Path::new("/run/nimbus/userns").join(&netns);
-        let _ = nix::mount::umount2(&userns, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_file(&userns);
+        remove_root_mount(id);
+        remove_namespaces(&format!("nimbus-{id}"));
         removed.push(id.to_string());
     }
     removed
+}
+
+/// Unmounts sandbox `id`'s root filesystem and removes its mount points: `<id>/root` under its
+/// gate, and `<id>` itself (sandboxes of earlier versions mounted there).
+fn remove_root_mount(id: &str) {
+    let gate = Path::new("/run/nimbus/rootfs").join(id);
+    for rootfs in [gate.join("root"), gate] {
+        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&rootfs);
+    }
+}
+
+/// Deletes network namespace `netns` (its veth goes with it) and the user namespace kept
+/// under the same name.
+fn remove_namespaces(netns: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "delete", netns])
+        .stderr(Stdio::null())
+        .status();
+    let userns = Path::new("/run/nimbus/userns").join(netns);
+    let _ = nix::mount::umount2(&userns, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(&userns);
 }
 
 /// Removes sandbox disks (see disks.rs) whose image was under `root` and is gone (a test's
