@@ -747,6 +747,35 @@ fn doctor_checks_what_the_operator_config_names() {
     let out = doctor(&["--crun", "crun"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok   crun"), "{text}");
+    assert!(text.contains("ok   free space"), "{text}");
+    // A data dir on a file system down to the free space pulls and launches keep fails.
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mount = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+    };
+    assert!(mount(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=64m",
+        "tmpfs",
+        small.to_str().unwrap()
+    ])
+    .unwrap()
+    .success());
+    let out = doctor(&["--crun", "crun", "--data-dir", small.to_str().unwrap()]);
+    let _ = mount(&["umount", "-l", small.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("FAIL free space  the next pull or launch stopped")
+            && text.contains("Nimbus keeps 1024 MiB free there"),
+        "{text}"
+    );
     // A config with a mistake names the key.
     std::fs::write(&config, "[runtime]\ncrun_path = \"x\"\n").unwrap();
     let out = doctor(&[]);

@@ -58,6 +58,7 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<()> {
     checks.push(doctor::user_namespaces_check(
         &data_dir.join("runtime/images"),
     ));
+    checks.push(doctor::free_space_check(&data_dir));
     let mut failed = 0;
     for c in &checks {
         let tag = match c.status {

@@ -37,6 +37,11 @@ impl DiskReserve {
         Self { bytes }
     }
 
+    /// The bytes kept free.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Succeeds if writing `more` bytes under `dir` leaves the reserve free; otherwise says what
     /// (`what`, e.g. "pulling docker.io/library/busybox:latest") could not go on, and why.
     pub fn ensure_room(&self, dir: &Path, more: u64, what: &str) -> std::io::Result<()> {
@@ -111,6 +116,13 @@ impl<R: Read> Read for Guarded<R> {
         self.since_check += n as u64;
         Ok(n)
     }
+}
+
+/// The free space ([`DiskReserve::ensure_room`]'s measure) on the file system holding `dir`.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    Ok(free_bytes(
+        &nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?,
+    ))
 }
 
 fn free_bytes(st: &nix::sys::statvfs::Statvfs) -> u64 {

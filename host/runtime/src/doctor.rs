@@ -373,6 +373,49 @@ fn nft_check(rules: &str) -> Check {
     }
 }
 
+/// Whether the file system holding `data_dir` has room above the reserve that pulls and
+/// launches keep (disk_reserve.rs): once it is down to that, both are refused.
+pub fn free_space_check(data_dir: &Path) -> Check {
+    use crate::disk_reserve::{free_space, DiskReserve};
+    // A data dir not made yet takes its space from the nearest directory that exists.
+    let dir = data_dir
+        .ancestors()
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("/"));
+    let reserve = DiskReserve::default();
+    match reserve
+        .ensure_room(dir, 0, "the next pull or launch")
+        .and_then(|()| free_space(dir))
+    {
+        Ok(free) => Check {
+            name: "free space",
+            status: Status::Ok,
+            detail: format!(
+                "{} MiB free on the file system holding {} (pulls and launches stop at {} MiB)",
+                free >> 20,
+                data_dir.display(),
+                reserve.bytes() >> 20
+            ),
+            fix: None,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => Check {
+            name: "free space",
+            status: Status::Fail,
+            detail: e.to_string(),
+            fix: Some(
+                "delete sandboxes you no longer need and unused images, or put the data dir on a larger file system"
+                    .into(),
+            ),
+        },
+        Err(e) => Check {
+            name: "free space",
+            status: Status::Info,
+            detail: format!("cannot read the free space of {}: {e}", dir.display()),
+            fix: None,
+        },
+    }
+}
+
 /// Whether sandboxes can get user namespaces with their layers under `dir` (the data dir): a
 /// user namespace and an idmapped mount are tried for real. Informational, because
 /// `runtime.user_namespaces = "auto"` runs sandboxes without them on a host that cannot.
