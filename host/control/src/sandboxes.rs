@@ -537,7 +537,9 @@ impl SandboxController {
                     Ok(_) => {}
                     // Deleted while launching: its teardown may have run before the container existed.
                     Err(e) if e.code == ErrorCode::NotFound => {
-                        let _ = self.runtime.delete(id).await;
+                        if let Err(e) = self.runtime.delete(id).await {
+                            tracing::error!(sandbox = %id, error = %e, "a sandbox deleted while it launched could not be torn down; its process may run on");
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(sandbox = %id, error = %e, "could not record a launch")

@@ -402,6 +402,15 @@ impl Runtime {
                 return Err(e);
             }
         };
+        // From here the launch makes host state. A delete of this sandbox (which takes the
+        // same lock) waits until all of it is made, or undone: one that ran alongside would
+        // remove half of a launch that then went on, leaving a process nothing tracks.
+        let lock = self.teardown_lock(id.as_str());
+        let _serialised = lock.lock().await;
+        if !dir.exists() {
+            // Deleted while its root was pulled or built: nothing is made.
+            return Err(LaunchError::Withdrawn(id.to_string()));
+        }
         match self
             .create(
                 id.as_str(),
@@ -417,7 +426,7 @@ impl Runtime {
         {
             Ok(l) => Ok(l),
             Err(e) => {
-                if let Err(cleanup) = self.delete_dir(id.as_str()).await {
+                if let Err(cleanup) = self.delete_dir_locked(id.as_str()).await {
                     tracing::warn!(sandbox = %id, "cleanup after failed launch incomplete: {cleanup}");
                 }
                 Err(e)

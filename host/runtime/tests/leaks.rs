@@ -572,3 +572,44 @@ async fn the_orphan_sweep_removes_what_sandboxes_whose_monitor_died_left() {
         "a mount of the vanished data dir is left"
     );
 }
+
+/// A delete that arrives while a launch is preparing the sandbox waits for the launch to
+/// finish (or undo) what it makes: it never removes half of a launch that then starts its
+/// process with nothing left to find it by. Whichever way each race goes, once the launch
+/// has returned and the sandbox is deleted (as the controller does for a sandbox deleted
+/// while launching), no monitor, process or trace is left.
+#[tokio::test]
+async fn a_delete_racing_a_launch_leaves_no_process_or_trace() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(56, data.path(), |c| c.disk_mb = 16);
+    // Pulled once, so that every launch below goes straight to preparing the sandbox.
+    let (first, _) = run_to_end(&rt, &spec(&image, &["true"])).await;
+    assert!(
+        matches!(first, nimbus_runtime::Observed::Exited { code: 0, .. }),
+        "{first:?}"
+    );
+    for i in 0..20u64 {
+        let id = new_id();
+        let sleeper = spec(&image, &["sleep", "1000"]);
+        let launch = rt.launch(&id, "demo", &sleeper, |_| {});
+        let delete = async {
+            tokio::time::sleep(Duration::from_micros(i * 1500)).await;
+            rt.delete(&id).await
+        };
+        let (launched, deleted) = tokio::join!(launch, delete);
+        deleted.unwrap_or_else(|e| panic!("round {i}: the racing delete failed: {e}"));
+        // The controller deletes again once the launch returns.
+        rt.delete(&id).await.unwrap();
+        let left = rt.leftovers(id.as_str()).await;
+        assert!(left.is_empty(), "round {i} ({launched:?}) left {left:?}");
+        let monitors = nimbus_runtime::orphans::monitors_under(data.path());
+        assert!(
+            monitors.is_empty(),
+            "round {i} ({launched:?}): monitors still run: {monitors:?}"
+        );
+    }
+}
