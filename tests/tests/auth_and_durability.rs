@@ -1013,3 +1013,62 @@ async fn only_a_server_admin_may_root_a_sandbox_in_a_host_directory() {
         .await;
     assert_error_says(&r, 403, "auth.permission_denied", "only a server admin");
 }
+
+/// One server per data dir: a second `serve` on a data dir in use stops at start, naming the
+/// server that holds it, and changes nothing; the data dir is free again once that server is
+/// gone, even killed.
+#[tokio::test]
+async fn a_second_server_on_a_data_dir_in_use_is_refused_and_a_killed_one_frees_it() {
+    let mut s = Server::start().await;
+    let (st, _) = s
+        .call(
+            "POST",
+            "/v1/tenants/demo/services",
+            Some(nimbus_e2e::worker_service("kept")),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let home = tempfile::tempdir().unwrap();
+    let mut second = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(s.data_dir())
+        .env("HOME", home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second server is serving the same data dir");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second server started: {err}");
+    assert!(
+        err.contains(&format!(
+            "data dir {} is in use by another nimbus server (pid ",
+            s.data_dir().display()
+        )),
+        "{err}"
+    );
+    assert!(
+        !home
+            .path()
+            .join(".config/nimbus/application_default_credentials.json")
+            .exists(),
+        "the refused server wrote a credential"
+    );
+    // The first one serves on, its data intact.
+    let (st, kept) = s.call("GET", "/v1/tenants/demo/services/kept", None).await;
+    assert_eq!(st, 200, "{kept}");
+    // Killed, it holds nothing: a new server starts on the data dir.
+    s.kill9();
+    s.restart().await;
+    let (st, _) = s.call("GET", "/v1/tenants/demo/services/kept", None).await;
+    assert_eq!(st, 200);
+}

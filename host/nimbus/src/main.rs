@@ -4,6 +4,7 @@
 mod admin_cmd;
 mod bootstrap;
 mod config;
+mod data_dir_lock;
 mod doctor_cmd;
 mod image_cmd;
 mod metrics_endpoint;

@@ -79,6 +79,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("config: {}", e.message))?;
 
+    // Before anything in the data dir is read or written: one server per data dir.
+    create_private_data_dir(&data_dir)?;
+    let _data_dir_lock = crate::data_dir_lock::lock(&data_dir)?;
     let store = open_store(&data_dir).await?;
     // Plugins: the authorization policy every request passes through, and health checks. Loaded
     // before anything else is set up, so that a bad `[plugins]` section (a plugin that is not
