@@ -1318,3 +1318,56 @@ async fn deleting_a_service_closes_its_open_sessions() {
         e["action"] == "sessions.close" && e["reason"] == "the service worker was deleted"
     }));
 }
+
+/// Label keys under `nimbus.` are the server's (the service manager marks its sandboxes with
+/// them): a client's sandbox or service may not carry them, so a client's sandbox can never
+/// pass for a service's and be stopped or deleted by the manager.
+#[tokio::test]
+async fn label_keys_in_the_servers_namespace_are_refused() {
+    let s = Server::start().await;
+    let mut sandbox = nimbus_e2e::batch_sandbox();
+    sandbox["labels"] = json!({"nimbus.service": "w1", "nimbus.service-uid": "x"});
+    let r = s
+        .call("POST", &format!("{T}/sandboxes"), Some(sandbox))
+        .await;
+    nimbus_e2e::assert_error_says(
+        &r,
+        400,
+        "request.invalid_argument",
+        "reserved for the server",
+    );
+    let mut service = worker_service("labelled");
+    service["labels"] = json!({"nimbus.team": "a"});
+    let r = s
+        .call("POST", &format!("{T}/services"), Some(service))
+        .await;
+    nimbus_e2e::assert_error_says(
+        &r,
+        400,
+        "request.invalid_argument",
+        "reserved for the server",
+    );
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/services"),
+            Some(worker_service("labelled")),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    let r = s
+        .call(
+            "PUT",
+            &format!("{T}/services/labelled"),
+            Some(json!({"labels": {"nimbus.service": "other"}, "ifMatchGeneration": 1})),
+        )
+        .await;
+    nimbus_e2e::assert_error_says(
+        &r,
+        400,
+        "request.invalid_argument",
+        "reserved for the server",
+    );
+    let (_, list) = s.call("GET", &format!("{T}/sandboxes"), None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+}

@@ -29,7 +29,7 @@ use nimbus_core::resource::{
     ServiceRecord,
 };
 use nimbus_core::spec::{
-    Labels, Profile, SandboxSpec, ServiceBackend, SERVICE_LABEL, SERVICE_UID_LABEL,
+    Labels, Owner, Profile, SandboxSpec, ServiceBackend, SERVICE_LABEL, SERVICE_UID_LABEL,
 };
 use nimbus_core::Error;
 use nimbus_store::Store;
@@ -107,6 +107,11 @@ impl ServiceManager {
         let services = self.store.services_by_backend_kind("sandbox").await?;
         let mut owned: HashMap<String, Vec<SandboxRecord>> = HashMap::new();
         for s in self.store.service_sandboxes().await? {
+            // Only what the manager launched: labels alone could have been set by a client
+            // (before such labels were refused) on a sandbox of its own.
+            if !matches!(s.spec.owner, Owner::Service { .. }) {
+                continue;
+            }
             if let Some(uid) = s.meta.labels.get(SERVICE_UID_LABEL) {
                 owned.entry(uid.clone()).or_default().push(s);
             }

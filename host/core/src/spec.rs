@@ -91,9 +91,19 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Error> {
         let at = format!("{field}.{k}");
         validate_label_key(&at, k)?;
         validate_label_value(&at, v)?;
+        if k.starts_with(RESERVED_LABEL_PREFIX) {
+            return Err(Error::invalid_argument(
+                &at,
+                format!("label keys starting with {RESERVED_LABEL_PREFIX:?} are reserved for the server (the service manager marks its sandboxes with them); choose another key"),
+            ));
+        }
     }
     Ok(())
 }
+
+/// Label keys the server sets itself ([`SERVICE_LABEL`], [`SERVICE_UID_LABEL`]); a client's
+/// labels may not use them, so a client's sandbox can never pass for a service's.
+pub const RESERVED_LABEL_PREFIX: &str = "nimbus.";
 
 fn label_charset(s: &str) -> bool {
     s.bytes()
@@ -1134,6 +1144,23 @@ mod tests {
             "root": {"kind": "oci_image", "source": {"kind": "reference", "reference": "docker.io/library/python:3.12-slim"}},
             "process": {"argv": ["python", "job.py"]}
         })
+    }
+
+    #[test]
+    fn label_keys_in_the_servers_namespace_are_refused_and_others_pass() {
+        for key in [SERVICE_LABEL, SERVICE_UID_LABEL, "nimbus.anything"] {
+            let labels = Labels::from([(key.to_string(), "x".to_string())]);
+            let e = validate_labels("labels", &labels).unwrap_err();
+            assert_eq!(e.code, crate::ErrorCode::InvalidArgument);
+            assert!(e.message.contains("reserved for the server"), "{e:?}");
+            assert!(format!("{e:?}").contains(&format!("labels.{key}")), "{e:?}");
+        }
+        let fine = Labels::from([
+            ("team".to_string(), "search".to_string()),
+            ("nimbusish".to_string(), "x".to_string()),
+            ("app.nimbus.io".to_string(), "y".to_string()),
+        ]);
+        validate_labels("labels", &fine).unwrap();
     }
 
     #[test]
