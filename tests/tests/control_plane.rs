@@ -877,6 +877,22 @@ async fn label_writes_can_be_guarded_by_the_resource_version() {
         "{}",
         stale.1
     );
+    // A value that cannot be a resourceVersion is a bad request, not a stale one.
+    for bad in ["", "v3", "-1"] {
+        let r = s
+            .call(
+                "PUT",
+                &format!("{T}/services/lbl"),
+                Some(json!({"labels": {}, "ifMatchGeneration": 1, "ifMatchResourceVersion": bad})),
+            )
+            .await;
+        assert_error_says(
+            &r,
+            400,
+            "request.invalid_argument",
+            "is not a resourceVersion",
+        );
+    }
     let (_, now) = s.call("GET", &format!("{T}/services/lbl"), None).await;
     assert_eq!(
         now["metadata"]["labels"]["owner"], "bob",

@@ -185,6 +185,15 @@ pub async fn update(
         )
     })?;
     check_generation(expected)?;
+    if let Some(v) = &body.if_match_resource_version {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::invalid_argument(
+                "ifMatchResourceVersion",
+                format!("{v:?} is not a resourceVersion: pass metadata.resourceVersion as you last read it (a string of digits), or leave it out"),
+            )
+            .into());
+        }
+    }
     if let Some(b) = &body.backend {
         require_operator_for_backend_paths(&app, &p, &tenant, &name, actions::SERVICES_UPDATE, b)
             .await?;
