@@ -134,6 +134,26 @@ async fn the_files_channel_holds_against_big_directories_host_renames_and_stalle
             conn
         }
     };
+    // A body declared larger than any file can be is refused at once: it waits for nothing
+    // and holds no place.
+    {
+        use tokio::io::AsyncReadExt;
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "PUT {T}/sessions/{session}/files/tmp/huge HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {}\r\nContent-Length: 40000000\r\n\r\nx",
+            s.token
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("an oversized upload was waited for")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("files up to 32 MiB"), "{answer}");
+    }
     let put = |t: &str, session: &str, path: &str| {
         let req = s
             .client

@@ -174,6 +174,18 @@ async fn write(
     path: String,
     body: Body,
 ) -> Result<Response, Error> {
+    // A body declared larger than any file can be is refused before it takes a place or is
+    // waited for (its Content-Length is the body's exact size).
+    let declared = axum::body::HttpBody::size_hint(&body).lower();
+    if declared > MAX_UPLOAD as u64 {
+        return Err(Error::invalid_argument(
+            "body",
+            format!(
+                "the upload is {declared} bytes; files up to {} MiB can be written",
+                MAX_UPLOAD >> 20
+            ),
+        ));
+    }
     let _tenant_place = take_upload_place(tenant)?;
     let _place = tokio::time::timeout(UPLOAD_QUEUE_WAIT, UPLOADS.acquire())
         .await
