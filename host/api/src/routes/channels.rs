@@ -115,8 +115,14 @@ async fn service_sandbox(
         state: Some(SandboxState::Ready),
     };
     let running = app.store.list_sandboxes(tenant, &filter, None, 100).await?;
-    // The newest: while a restart replaces a sandbox, the next one is the one to reach.
-    match running.items.into_iter().next_back() {
+    // The newest: while a restart replaces a sandbox, the next one is the one to reach. Only
+    // one the service owns: a client's sandbox may carry the label from before such labels
+    // were refused.
+    let mut owned = running
+        .items
+        .into_iter()
+        .filter(|s| matches!(s.spec.owner, nimbus_core::spec::Owner::Service { .. }));
+    match owned.next_back() {
         Some(sandbox) => Ok(sandbox.id),
         None => {
             let state = record.status.lifecycle_state.as_str();
