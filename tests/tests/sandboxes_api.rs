@@ -861,6 +861,19 @@ async fn a_files_session_reads_writes_lists_and_deletes_in_the_sandbox() {
         400,
         "request.invalid_argument",
     );
+    // What the sandbox mounts over its root (/proc, /sys, /dev, /etc/hosts…) is not the root
+    // filesystem the channel works on: refused, rather than a write the process never sees.
+    let (st, body) = put(files.clone(), "/etc/hosts", b"10.0.0.1 x\n").await;
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body.to_string().contains("mounts over its root filesystem"),
+        "{body}"
+    );
+    get_error(
+        get(files.clone(), "/proc/1/environ").await,
+        400,
+        "request.invalid_argument",
+    );
     let body = get_error(
         get(stdio_only.clone(), "/work/out.txt").await,
         400,

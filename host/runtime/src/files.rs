@@ -81,6 +81,22 @@ pub fn components(path: &str) -> Result<Vec<&str>, FileError> {
     Ok(parts)
 }
 
+/// Refuses a path under one of the mounts the sandbox's process sees over its root filesystem
+/// (bundle.rs: `/proc`, `/sys`, `/dev`, and the `/etc` files Nimbus writes). The files channel
+/// works on the root filesystem itself: what it read there is not what the process reads, and
+/// what it wrote there the process would never see. By name, as given.
+fn outside_mounts(path: &str, rel: &[&str]) -> Result<(), FileError> {
+    let mount = match rel {
+        [top @ ("proc" | "sys" | "dev"), ..] => format!("/{top}"),
+        ["etc", file @ ("hosts" | "hostname" | "resolv.conf")] => format!("/etc/{file}"),
+        _ => return Ok(()),
+    };
+    Err(invalid(
+        path,
+        format!("is under {mount}, which the sandbox mounts over its root filesystem: the process sees that mount, not this file; use a process (the stdio channel) to reach it"),
+    ))
+}
+
 fn invalid(path: &str, reason: impl Into<String>) -> FileError {
     FileError::Invalid {
         path: path.to_string(),
@@ -196,6 +212,7 @@ impl SandboxFiles {
             ));
         }
         let rel = components(path)?;
+        outside_mounts(path, &rel)?;
         let handle = self
             .open_in(&rel, OFlag::O_PATH, Mode::empty())
             .map_err(|e| errno(path, e))?;
@@ -214,6 +231,7 @@ impl SandboxFiles {
     /// (a full disk, a bad name) leaves nothing: neither the file nor the directories it made.
     pub fn write(&self, path: &str, bytes: impl Read) -> Result<u64, FileError> {
         let rel = components(path)?;
+        outside_mounts(path, &rel)?;
         let Some((name, parents)) = rel.split_last() else {
             return Err(invalid(path, "names the root directory, not a file"));
         };
@@ -325,6 +343,7 @@ impl SandboxFiles {
     /// Removes the file, symlink or empty directory at `path`.
     pub fn delete(&self, path: &str) -> Result<(), FileError> {
         let rel = components(path)?;
+        outside_mounts(path, &rel)?;
         let Some((name, parents)) = rel.split_last() else {
             return Err(invalid(path, "is the root directory"));
         };
@@ -438,6 +457,41 @@ mod tests {
         let (a, b) = (upload_name(), upload_name());
         assert_ne!(a, b);
         assert_eq!(a.len(), ".nimbus-upload-".len() + 32, "{a}");
+    }
+
+    #[test]
+    fn paths_under_the_sandboxs_own_mounts_are_refused_and_their_neighbours_pass() {
+        for path in [
+            "/proc/x",
+            "/proc",
+            "/sys/fs/cgroup/x",
+            "/dev/null",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/etc/hostname",
+        ] {
+            let rel = components(path).unwrap();
+            match outside_mounts(path, &rel) {
+                Err(FileError::Invalid { reason, .. }) => {
+                    assert!(
+                        reason.contains("mounts over its root filesystem"),
+                        "{path}: {reason}"
+                    )
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        for path in [
+            "/",
+            "/etc",
+            "/etc/passwd",
+            "/etc/hosts.allow",
+            "/tmp/proc",
+            "/devices",
+            "/work/dev/x",
+        ] {
+            outside_mounts(path, &components(path).unwrap()).unwrap();
+        }
     }
 
     #[test]
