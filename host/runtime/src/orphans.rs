@@ -41,12 +41,7 @@ pub fn remove_orphans_under(root: &Path) -> Vec<String> {
         remove_namespaces(&netns);
         remove_root_mount(&id);
         std::thread::sleep(Duration::from_millis(100));
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let own = crate::bundle::cgroup_path(&id);
-                let _ = std::fs::remove_dir(h.path().join(own.trim_start_matches('/')));
-            }
-        }
+        remove_cgroups(&id);
         removed.push(id);
     }
     removed.extend(remove_orphan_roots_under(root));
@@ -94,6 +89,7 @@ fn remove_orphan_roots_under(root: &Path) -> Vec<String> {
         }
         remove_root_mount(id);
         remove_namespaces(&format!("nimbus-{id}"));
+        remove_cgroups(id);
         removed.push(id.to_string());
     }
     removed
@@ -106,6 +102,17 @@ fn remove_root_mount(id: &str) {
     for rootfs in [gate.join("root"), gate] {
         let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir(&rootfs);
+    }
+}
+
+/// Removes sandbox `id`'s cgroups in every hierarchy (its processes are gone: crun's own
+/// cleanup never ran).
+fn remove_cgroups(id: &str) {
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        let own = crate::bundle::cgroup_path(id);
+        for h in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(h.path().join(own.trim_start_matches('/')));
+        }
     }
 }
 

@@ -566,6 +566,13 @@ async fn the_orphan_sweep_removes_what_sandboxes_whose_monitor_died_left() {
     assert!(!mounted(), "its root filesystem is still mounted");
     assert!(!gate.exists(), "{} is left", gate.display());
     assert!(!netns.exists(), "{} is left", netns.display());
+    let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(format!("nimbus/{id}")))
+        .filter(|c| c.exists())
+        .collect();
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
     let disks = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !disks.lines().any(|l| l.contains(parent.to_str().unwrap())),
