@@ -363,9 +363,16 @@ impl Drop for Server {
                         .filter(|n| n.starts_with(&prefix))
                     {
                         quiet("ip", &["netns", "delete", ns]);
-                        let kept = format!("/run/nimbus/userns/{ns}");
-                        quiet("umount", &["-l", &kept]);
-                        let _ = std::fs::remove_file(&kept);
+                    }
+                }
+            }
+            // ...and their user namespaces, also those whose network namespace was already
+            // gone (a teardown cut off by the server's exit, which the next start would finish).
+            if let Ok(kept) = std::fs::read_dir("/run/nimbus/userns") {
+                for e in kept.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                        quiet("umount", &["-l", &e.path().to_string_lossy()]);
+                        let _ = std::fs::remove_file(e.path());
                     }
                 }
             }
