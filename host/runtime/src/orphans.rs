@@ -151,12 +151,30 @@ pub fn remove_orphan_disks_under(root: &Path) -> Vec<PathBuf> {
                 let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
                 let _ = std::fs::remove_dir(&mount);
                 removed.push(mount);
+            } else if crate::disks::backing_image(&mount).is_none()
+                && !maker_alive(&disk.file_name().to_string_lossy())
+                && std::fs::remove_dir(&mount).is_ok()
+            {
+                // The empty mount point of a disk whose server was killed while preparing it
+                // (only that server's next start would remove it). Never mounted, so nothing
+                // is lost; `remove_dir` leaves anything not empty.
+                removed.push(mount);
             }
         }
         // Only if empty: a live data dir's disks stay.
         let _ = std::fs::remove_dir(data_dir.path());
     }
     removed
+}
+
+/// Whether the process that made disk `token` (`d<pid>-<secs>-<n>`, see disks.rs) still runs;
+/// true when the token does not say.
+fn maker_alive(token: &str) -> bool {
+    token
+        .strip_prefix('d')
+        .and_then(|t| t.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Sandbox monitors (pid, state dir) whose sandbox's state dir is, or was, under `root`.

@@ -413,6 +413,19 @@ async fn disks_of_a_vanished_data_dir_are_removed_by_the_orphan_sweep() {
     let removed = nimbus_runtime::orphans::remove_orphan_disks_under(&parent);
     assert_eq!(removed.len(), 2, "{removed:?}");
     assert!(tokens.iter().all(|t| !mounted(t)), "{tokens:?}");
+
+    // The empty mount point of a disk whose maker was killed before mounting it goes; one
+    // whose maker runs (a disk being prepared right now) stays.
+    let key = std::path::Path::new("/run/nimbus/disks/0rphan5weep0");
+    let dead = key.join("d999999999-1-0");
+    let alive = key.join(format!("d{}-1-0", std::process::id()));
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::create_dir_all(&alive).unwrap();
+    let removed = nimbus_runtime::orphans::remove_orphan_disks_under(&parent);
+    assert!(removed.contains(&dead), "{removed:?}");
+    assert!(!dead.exists() && alive.exists());
+    std::fs::remove_dir(&alive).unwrap();
+    std::fs::remove_dir(key).unwrap();
 }
 
 /// Launches that find no ready disk make their own at the same time: each gets a loop device
