@@ -101,6 +101,17 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `path` on this host is the host's own root directory, however it is reached: its
+/// spelling, a symlink, or a bind mount of `/` elsewhere (the same device and inode as `/`).
+/// False for a path that cannot be read (a launch reports that itself).
+pub fn is_host_root(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::metadata("/")) {
+        (Ok(p), Ok(root)) => p.dev() == root.dev() && p.ino() == root.ino(),
+        _ => false,
+    }
+}
+
 /// Label keys the server sets itself ([`SERVICE_LABEL`], [`SERVICE_UID_LABEL`]); a client's
 /// labels may not use them, so a client's sandbox can never pass for a service's.
 pub const RESERVED_LABEL_PREFIX: &str = "nimbus.";
@@ -1144,6 +1155,29 @@ mod tests {
             "root": {"kind": "oci_image", "source": {"kind": "reference", "reference": "docker.io/library/python:3.12-slim"}},
             "process": {"argv": ["python", "job.py"]}
         })
+    }
+
+    #[test]
+    fn the_host_root_is_recognised_through_symlinks_and_nothing_else_is() {
+        let dir = tempfile_dir();
+        let link = dir.join("to-root");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        assert!(is_host_root(std::path::Path::new("/")));
+        assert!(is_host_root(&link));
+        assert!(is_host_root(std::path::Path::new("/tmp/..")));
+        assert!(!is_host_root(std::path::Path::new("/tmp")));
+        assert!(!is_host_root(&dir));
+        assert!(!is_host_root(std::path::Path::new("/no/such/path")));
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    /// A fresh directory of this test's own under the temp dir (nimbus-core has no tempfile).
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("nimbus-core-root-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -497,7 +497,7 @@ impl Runtime {
                     field: "root.path".into(),
                     reason: format!("{path} cannot be resolved on the host: {e}"),
                 })?;
-                if real == Path::new("/") {
+                if nimbus_core::spec::is_host_root(&real) {
                     return Err(LaunchError::BadSpec {
                         field: "root.path".into(),
                         reason: format!(

@@ -141,13 +141,13 @@ pub(crate) async fn require_operator_for_host_paths(
         Root::OciImage { .. } => return Ok(()),
     };
     if p.grants.iter().any(|g| g == "server:admin") {
-        // The literal root is refused with the spec; one reached through a symlink is found
-        // here, at the request, rather than at the launch.
+        // The literal root is refused with the spec; one reached through a symlink or a bind
+        // mount is found here, at the request, rather than at the launch.
         if let Root::Rootfs { path } = &spec.root {
-            if std::fs::canonicalize(path).is_ok_and(|real| real == std::path::Path::new("/")) {
+            if nimbus_core::spec::is_host_root(std::path::Path::new(path)) {
                 return Err(Error::invalid_argument(
                     &field,
-                    format!("{path} leads to the host's own root (through a symlink), which cannot be a sandbox root"),
+                    format!("{path} leads to the host's own root (through a symlink or a bind mount), which cannot be a sandbox root"),
                 ));
             }
         }
