@@ -869,11 +869,13 @@ async fn a_files_session_reads_writes_lists_and_deletes_in_the_sandbox() {
         body.to_string().contains("mounts over its root filesystem"),
         "{body}"
     );
-    get_error(
-        get(files.clone(), "/proc/1/environ").await,
-        400,
-        "request.invalid_argument",
-    );
+    for under_a_mount in ["/proc/1/environ", "/dev/?list"] {
+        get_error(
+            get(files.clone(), under_a_mount).await,
+            400,
+            "request.invalid_argument",
+        );
+    }
     let body = get_error(
         get(stdio_only.clone(), "/work/out.txt").await,
         400,

@@ -383,6 +383,7 @@ impl SandboxFiles {
     /// (in the directory's own order before sorting), and whether there were more.
     pub fn list(&self, path: &str) -> Result<(Vec<Entry>, bool), FileError> {
         let rel = components(path)?;
+        outside_mounts(path, &rel)?;
         let dir = self
             .open_in(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
             .map_err(|e| errno(path, e))?;
