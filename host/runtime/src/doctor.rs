@@ -201,7 +201,6 @@ pub fn essential_checks(crun: &Path) -> Vec<Check> {
     out
 }
 
-/// Everything `nimbus doctor` reports: the essential checks plus informational ones.
 /// What sandbox disks (`runtime.disk_mb`, disks.rs) need: `mkfs.ext4` and loop devices.
 /// Informational, since `disk_mb = 0` needs neither; with disks, launches fail without them.
 fn disks_check() -> Check {
@@ -233,6 +232,7 @@ fn disks_check() -> Check {
     }
 }
 
+/// Everything `nimbus doctor` reports: the essential checks plus informational ones.
 pub fn all_checks(crun: &Path) -> Vec<Check> {
     let mut out = essential_checks(crun);
     out.push(migrations_check());
