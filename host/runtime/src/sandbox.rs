@@ -109,34 +109,6 @@ pub struct Runtime {
     teardowns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl Runtime {
-    /// Refuses a launch once the file system holding the sandboxes' writable layers is down to
-    /// the free space pulls keep (1 GiB). Sandbox disks are sparse: each takes on the host what
-    /// it holds, up to `runtime.disk_mb`, so together they can outgrow the host's free space,
-    /// and a loop device whose backing file cannot grow fails its writes with I/O errors. New
-    /// sandboxes are refused first, while the database and the running sandboxes still have
-    /// room.
-    fn ensure_room_to_launch(&self, id: &str) -> Result<(), LaunchError> {
-        let dir = if self.disks.enabled() {
-            self.disks.images_dir()
-        } else {
-            self.root.clone()
-        };
-        self.images
-            .disk_reserve()
-            .ensure_room(&dir, 0, &format!("launching sandbox {id}"))
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::StorageFull => LaunchError::HostUnfit(HostUnfit {
-                    problems: vec![e.to_string()],
-                }),
-                _ => internal(format!(
-                    "cannot read the free space of {}: {e}",
-                    dir.display()
-                )),
-            })
-    }
-}
-
 fn internal(e: impl std::fmt::Display) -> LaunchError {
     LaunchError::Internal(e.to_string())
 }
@@ -432,6 +404,33 @@ impl Runtime {
                 Err(e)
             }
         }
+    }
+
+    /// Refuses a launch once the file system its writable layer will take space from (the
+    /// disks' directory, which an operator may mount on a file system of its own; else the
+    /// sandbox's state dir) is down to the free space pulls keep (1 GiB). Sandbox disks are
+    /// sparse: each takes on the host what it holds, up to `runtime.disk_mb`, so together they
+    /// can outgrow the host's free space, and a loop device whose backing file cannot grow
+    /// fails its writes with I/O errors. New sandboxes are refused first, while the database
+    /// and the running sandboxes still have room.
+    fn ensure_room_to_launch(&self, id: &str) -> Result<(), LaunchError> {
+        let dir = if self.disks.enabled() {
+            self.disks.images_dir()
+        } else {
+            self.dir(id)
+        };
+        self.images
+            .disk_reserve()
+            .ensure_room(&dir, 0, &format!("launching sandbox {id}"))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::StorageFull => LaunchError::HostUnfit(HostUnfit {
+                    problems: vec![e.to_string()],
+                }),
+                _ => internal(format!(
+                    "cannot read the free space of {}: {e}",
+                    dir.display()
+                )),
+            })
     }
 
     /// Whether the spec's root needs no pull or build.
