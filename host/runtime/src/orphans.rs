@@ -144,21 +144,23 @@ pub fn remove_orphan_disks_under(root: &Path) -> Vec<PathBuf> {
             .flatten()
         {
             let mount = disk.path();
-            let orphaned = crate::disks::backing_image(&mount).is_some_and(|(image, deleted)| {
-                image.starts_with(&root) && (deleted || !image.exists())
-            });
-            if orphaned {
-                let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
-                let _ = std::fs::remove_dir(&mount);
-                removed.push(mount);
-            } else if crate::disks::backing_image(&mount).is_none()
-                && !maker_alive(&disk.file_name().to_string_lossy())
-                && std::fs::remove_dir(&mount).is_ok()
-            {
+            match crate::disks::backing_image(&mount) {
+                Some((image, deleted))
+                    if image.starts_with(&root) && (deleted || !image.exists()) =>
+                {
+                    let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+                    let _ = std::fs::remove_dir(&mount);
+                    removed.push(mount);
+                }
                 // The empty mount point of a disk whose server was killed while preparing it
                 // (only that server's next start would remove it). Never mounted, so nothing
                 // is lost; `remove_dir` leaves anything not empty.
-                removed.push(mount);
+                None if !maker_alive(&disk.file_name().to_string_lossy())
+                    && std::fs::remove_dir(&mount).is_ok() =>
+                {
+                    removed.push(mount);
+                }
+                _ => {}
             }
         }
         // Only if empty: a live data dir's disks stay.
