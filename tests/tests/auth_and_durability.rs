@@ -967,37 +967,25 @@ async fn only_a_server_admin_may_root_a_sandbox_in_a_host_directory() {
     let to_root = links.path().join("to-root");
     std::os::unix::fs::symlink("/", &to_root).unwrap();
     let to_root = to_root.to_str().unwrap();
-    let r = s
-        .call(
-            "POST",
-            &format!("{T}/sandboxes"),
-            Some(sandbox(json!({"kind": "rootfs", "path": to_root}))),
-        )
-        .await;
-    assert_error_says(
-        &r,
-        400,
-        "request.invalid_argument",
-        "leads to the host's own root",
-    );
-    let r = s
-        .call(
-            "POST",
-            &format!("{T}/services"),
-            Some(
-                json!({"name": "rooted", "backend": {"kind": "sandbox", "sandbox": {
-                "owner": {"kind": "service", "serviceName": "rooted"}, "backend": "container",
-                "root": {"kind": "rootfs", "path": to_root},
-                "process": {"argv": ["sh"]}}}}),
-            ),
-        )
-        .await;
-    assert_error_says(
-        &r,
-        400,
-        "request.invalid_argument",
-        "leads to the host's own root",
-    );
+    let service = json!({"name": "rooted", "backend": {"kind": "sandbox", "sandbox": {
+        "owner": {"kind": "service", "serviceName": "rooted"}, "backend": "container",
+        "root": {"kind": "rootfs", "path": to_root},
+        "process": {"argv": ["sh"]}}}});
+    for (path, body) in [
+        (
+            format!("{T}/sandboxes"),
+            sandbox(json!({"kind": "rootfs", "path": to_root})),
+        ),
+        (format!("{T}/services"), service),
+    ] {
+        let r = s.call("POST", &path, Some(body)).await;
+        assert_error_says(
+            &r,
+            400,
+            "request.invalid_argument",
+            "leads to the host's own root",
+        );
+    }
     // Images stay open to tenant admins.
     let r = s
         .call_as(

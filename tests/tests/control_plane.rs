@@ -1341,28 +1341,6 @@ async fn deleting_a_service_closes_its_open_sessions() {
 #[tokio::test]
 async fn label_keys_in_the_servers_namespace_are_refused() {
     let s = Server::start().await;
-    let mut sandbox = nimbus_e2e::batch_sandbox();
-    sandbox["labels"] = json!({"nimbus.service": "w1", "nimbus.service-uid": "x"});
-    let r = s
-        .call("POST", &format!("{T}/sandboxes"), Some(sandbox))
-        .await;
-    nimbus_e2e::assert_error_says(
-        &r,
-        400,
-        "request.invalid_argument",
-        "reserved for the server",
-    );
-    let mut service = worker_service("labelled");
-    service["labels"] = json!({"nimbus.team": "a"});
-    let r = s
-        .call("POST", &format!("{T}/services"), Some(service))
-        .await;
-    nimbus_e2e::assert_error_says(
-        &r,
-        400,
-        "request.invalid_argument",
-        "reserved for the server",
-    );
     let (st, created) = s
         .call(
             "POST",
@@ -1371,19 +1349,24 @@ async fn label_keys_in_the_servers_namespace_are_refused() {
         )
         .await;
     assert_eq!(st, 201, "{created}");
-    let r = s
-        .call(
-            "PUT",
-            &format!("{T}/services/labelled"),
-            Some(json!({"labels": {"nimbus.service": "other"}, "ifMatchGeneration": 1})),
-        )
-        .await;
-    nimbus_e2e::assert_error_says(
-        &r,
-        400,
-        "request.invalid_argument",
-        "reserved for the server",
-    );
+    let mut sandbox = nimbus_e2e::batch_sandbox();
+    sandbox["labels"] = json!({"nimbus.service": "w1", "nimbus.service-uid": "x"});
+    let mut service = worker_service("other");
+    service["labels"] = json!({"nimbus.team": "a"});
+    let update = json!({"labels": {"nimbus.service": "other"}, "ifMatchGeneration": 1});
+    for (method, path, body) in [
+        ("POST", format!("{T}/sandboxes"), sandbox),
+        ("POST", format!("{T}/services"), service),
+        ("PUT", format!("{T}/services/labelled"), update),
+    ] {
+        let r = s.call(method, &path, Some(body)).await;
+        assert_error_says(
+            &r,
+            400,
+            "request.invalid_argument",
+            "reserved for the server",
+        );
+    }
     let (_, list) = s.call("GET", &format!("{T}/sandboxes"), None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
 }
