@@ -379,7 +379,6 @@ impl ServiceManager {
         }
     }
 
-    /// Tears `sandbox` down on the host and deletes its record.
     /// Tears `sandbox` down on the host and deletes its record, in a task of its own (once at
     /// a time per sandbox).
     fn remove(self: &Arc<Self>, sandbox: &SandboxRecord, why: &str) {

@@ -213,7 +213,6 @@ fn create_inner(net_path: &Path, user: Option<(&Path, IdMap)>) -> Result<(), Str
     kept
 }
 
-/// Whether `fd` has something to read within `ms` milliseconds.
 /// Whether `fd` has something to read within `within`. A signal (the async runtime's SIGCHLD,
 /// frequent during a burst of launches) interrupts poll(2) whatever SA_RESTART says, so an
 /// interrupted wait goes on for the time left.
