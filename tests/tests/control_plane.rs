@@ -39,6 +39,19 @@ async fn guide_service_examples_work_as_http_requests() {
         started["status"]["conditions"][0]["reason"],
         "LauncherUnavailable"
     );
+    // A started sandbox-backed service needs force to be deleted; the error names its state.
+    let del = s
+        .call(
+            "DELETE",
+            &format!("{T}/services/worker?ifMatchGeneration=1"),
+            None,
+        )
+        .await;
+    assert_error(&del, 409, "state.invalid_transition");
+    assert_eq!(
+        del.1["error"]["details"]["state"],
+        started["status"]["lifecycleState"]
+    );
     // Get, update with the current generation.
     let (_, current) = s.call("GET", &format!("{T}/services/worker"), None).await;
     let generation = current["metadata"]["generation"].as_i64().unwrap();
@@ -52,22 +65,12 @@ async fn guide_service_examples_work_as_http_requests() {
         current["metadata"]["resourceVersion"]
     );
     assert_eq!(updated["status"]["lifecycleState"], "declared");
-    // The guide's delete uses generation + 1, which is now current; it is started, so it needs force.
-    let del = s
-        .call(
-            "DELETE",
-            &format!("{T}/services/worker?ifMatchGeneration={}", generation + 1),
-            None,
-        )
-        .await;
-    assert_error(&del, 409, "state.invalid_transition");
+    // The guide's delete uses generation + 1, which is now current. The service was started,
+    // but a built-in backend runs nothing here, so it deletes without force, as the guide shows.
     let (st, deleted) = s
         .call(
             "DELETE",
-            &format!(
-                "{T}/services/worker?ifMatchGeneration={}&force=true",
-                generation + 1
-            ),
+            &format!("{T}/services/worker?ifMatchGeneration={}", generation + 1),
             None,
         )
         .await;

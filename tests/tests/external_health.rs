@@ -13,6 +13,14 @@ const NO_DRIVER: &str = "[server]\nsandbox_driver = \"none\"\n";
 /// A minimal HTTP server on loopback answering `200 ok` to everything, until aborted: its
 /// port, the connections it accepted (one per check: it closes each), and its task.
 async fn http_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    http_server_with_delays(0).await
+}
+
+/// [`http_server`], answering its n-th connection after `(n % 3) * step_ms` milliseconds, so
+/// that successive checks measure different latencies.
+async fn http_server_with_delays(
+    step_ms: u64,
+) -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -22,10 +30,11 @@ async fn http_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
             let Ok((mut conn, _)) = listener.accept().await else {
                 return;
             };
-            count.fetch_add(1, Ordering::SeqCst);
+            let n = count.fetch_add(1, Ordering::SeqCst) as u64;
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis((n % 3) * step_ms)).await;
                 let _ = conn
                     .write_all(
                         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
@@ -125,6 +134,73 @@ async fn an_external_service_goes_healthy_then_unhealthy_when_its_server_stops()
     let body = json!({"name": "quiet", "backend": {"kind": "external", "endpoint": {"url": "http://127.0.0.1:9"}}});
     let (_, quiet) = s.call("POST", &format!("{T}/services"), Some(body)).await;
     assert_eq!(quiet["status"]["lifecycleState"], "declared");
+}
+
+/// The health checks own an external service's state: steady health is not rewritten on every
+/// check (so a labels read-modify-write guarded by resourceVersion goes through), a stop leaves
+/// the checked state and is not waited for, and the service deletes without force, since this
+/// server runs nothing for it.
+#[tokio::test]
+async fn an_external_services_checked_state_is_steady_survives_a_stop_and_deletes_without_force() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (port, accepted, _server) = http_server_with_delays(15).await;
+    let health = json!({"kind": "http", "path": "/", "intervalSeconds": 1, "timeoutMs": 2000});
+    let body = json!({"name": "web", "backend": {"kind": "external", "endpoint": {"url": format!("http://127.0.0.1:{port}")}, "auth": {"kind": "none"}, "health": health}});
+    let (st, created) = s.call("POST", &format!("{T}/services"), Some(body)).await;
+    assert_eq!(st, 201, "{created}");
+    let healthy = wait_health(&s, "web", "healthy").await;
+    let version = healthy["metadata"]["resourceVersion"].clone();
+    // Three more checks, each answered after a different delay.
+    let seen = accepted.load(Ordering::SeqCst);
+    assert!(reaches(&accepted, seen + 4, Duration::from_secs(20)).await);
+    let (_, now) = s.call("GET", &format!("{T}/services/web"), None).await;
+    assert_eq!(
+        now["metadata"]["resourceVersion"], version,
+        "steady health rewrote the service: {healthy}\n{now}"
+    );
+    let (st, labelled) = s
+        .call(
+            "PUT",
+            &format!("{T}/services/web"),
+            Some(json!({"labels": {"team": "search"}, "ifMatchGeneration": 1, "ifMatchResourceVersion": version})),
+        )
+        .await;
+    assert_eq!(st, 200, "{labelled}");
+    assert_eq!(
+        labelled["status"]["lifecycleState"], "running",
+        "{labelled}"
+    );
+    // Started then stopped: the answer (at once, as `stopped` cannot come) shows what the checks see.
+    s.call("POST", &format!("{T}/services/web/start"), None)
+        .await;
+    let asked = Instant::now();
+    let (st, stopped) = s
+        .call(
+            "POST",
+            &format!("{T}/services/web/stop?waitUntil=stopped&timeoutMs=20000"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 202, "{stopped}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "it waited");
+    assert_eq!(stopped["status"]["desiredState"], "stopped", "{stopped}");
+    assert_eq!(stopped["status"]["lifecycleState"], "running", "{stopped}");
+    assert_eq!(stopped["status"]["readiness"], "ready", "{stopped}");
+    assert_eq!(stopped["status"]["conditions"][0]["status"], "True");
+    // Started again, and deleted without force.
+    let (_, started) = s
+        .call("POST", &format!("{T}/services/web/start"), None)
+        .await;
+    assert_eq!(started["status"]["lifecycleState"], "running", "{started}");
+    let generation = started["metadata"]["generation"].as_i64().unwrap();
+    let (st, deleted) = s
+        .call(
+            "DELETE",
+            &format!("{T}/services/web?ifMatchGeneration={generation}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{deleted}");
 }
 
 /// `?waitUntil=` on start makes the server answer once the status shows the condition, or when

@@ -6,7 +6,7 @@ use nimbus_core::lifecycle::{DesiredRunState, SandboxState, ServiceState};
 use nimbus_core::resource::{
     set_condition, ConditionStatus, Health, Readiness, SandboxStatus, ServiceStatus,
 };
-use nimbus_core::spec::ServiceBackend;
+use nimbus_core::spec::{HealthProbe, ServiceBackend};
 
 /// The `Ready` reason of a started sandbox-backed service on a server without a sandbox driver;
 /// the condition will not change by waiting (see `?waitUntil=`).
@@ -17,8 +17,8 @@ pub const LAUNCHER_UNAVAILABLE: &str = "LauncherUnavailable";
 pub const LAUNCHING: &str = "Launching";
 
 /// The status of a service after a write, from its backend and desired run state. Keeps the
-/// previous conditions (and health, which the health controller owns) so transition times stay
-/// true. `launcher` says whether a service manager runs sandbox-backed services here; it
+/// previous conditions so transition times stay true, and an external service's checked state
+/// (the health controller owns it) while its definition stays the same. `launcher` says whether a service manager runs sandbox-backed services here; it
 /// refines what this says on its next pass (within a second).
 pub fn service_status(
     backend: &ServiceBackend,
@@ -29,7 +29,6 @@ pub fn service_status(
     launcher: bool,
 ) -> ServiceStatus {
     let mut conditions = previous.map(|p| p.conditions.clone()).unwrap_or_default();
-    let health = previous.map(|p| p.health).unwrap_or(Health::Unknown);
     let (state, health) = match backend {
         ServiceBackend::Sandbox { .. } if launcher => {
             let was = previous.map_or(ServiceState::Stopped, |p| p.lifecycle_state);
@@ -121,19 +120,33 @@ pub fn service_status(
             );
             (ServiceState::Declared, Health::Unknown)
         }
-        ServiceBackend::External { .. } => {
-            if !conditions.iter().any(|c| c.kind == "Ready") {
-                set_condition(
-                    &mut conditions,
-                    "Ready",
-                    ConditionStatus::Unknown,
-                    "NotChecked",
-                    "the endpoint has not been health-checked yet",
-                    now,
-                    generation,
-                );
+        ServiceBackend::External { health, .. } => {
+            // The health checks own an external service's state (Nimbus does not run it): a
+            // start, stop or label edit of the same definition leaves what they last saw.
+            if let Some(p) = previous.filter(|p| {
+                p.observed_generation == generation && p.lifecycle_state != ServiceState::Declared
+            }) {
+                return ServiceStatus {
+                    desired_state: desired,
+                    ..p.clone()
+                };
             }
-            (ServiceState::Declared, health)
+            // New, or a new definition (its endpoint may differ): nothing checked yet.
+            let message = if *health == HealthProbe::None {
+                "the service declares no health check (health.kind none); this server does not run it"
+            } else {
+                "the endpoint has not been health-checked yet"
+            };
+            set_condition(
+                &mut conditions,
+                "Ready",
+                ConditionStatus::Unknown,
+                "NotChecked",
+                message,
+                now,
+                generation,
+            );
+            (ServiceState::Declared, Health::Unknown)
         }
     };
     ServiceStatus {

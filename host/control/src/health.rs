@@ -133,15 +133,19 @@ impl HealthController {
             return;
         }
         let current = &fresh.status;
-        let unchanged = current.health == health
+        // Every status write changes the service's resourceVersion, which a client's labels
+        // read-modify-write checks: a healthy service is not rewritten for a detail that differs
+        // from check to check (a latency), only when its health changes. A failing one is, so
+        // that its condition says what fails now.
+        let same_outcome = current.health == health
             && current.lifecycle_state == state
-            && current
-                .conditions
-                .iter()
-                .any(|c| c.kind == "Ready" && c.reason == reason && c.message == message);
-        if unchanged {
+            && current.conditions.iter().any(|c| {
+                c.kind == "Ready" && c.reason == reason && (outcome.healthy || c.message == message)
+            });
+        if same_outcome {
             return;
         }
+        let health_changed = current.health != health;
         let uid = service.uid.clone();
         let result = self
             .store
@@ -178,8 +182,11 @@ impl HealthController {
             )
             .await;
         match result {
-            Ok(_) => {
+            Ok(_) if health_changed => {
                 tracing::info!(tenant = %service.meta.tenant_id, service = %service.name, healthy = outcome.healthy, detail = %outcome.detail, "external service health changed")
+            }
+            Ok(_) => {
+                tracing::debug!(tenant = %service.meta.tenant_id, service = %service.name, detail = %outcome.detail, "external service still failing, for another reason")
             }
             Err(e) => {
                 tracing::debug!(service = %service.name, error = %e, "health result not recorded")

@@ -142,8 +142,14 @@ pub struct ServiceStatus {
 }
 
 impl ServiceRecord {
-    /// Whether the service was started and not stopped since: deleting it needs `force`.
+    /// Whether deleting the service needs `force`: a sandbox-backed service that was started
+    /// and not stopped since, or whose sandbox still runs. Built-in and external services run
+    /// nothing on this server, so they delete without it (also right after an update from a
+    /// sandbox backend: the manager removes the old sandbox either way).
     pub fn is_active(&self) -> bool {
+        if !matches!(self.backend, crate::spec::ServiceBackend::Sandbox { .. }) {
+            return false;
+        }
         self.status.desired_state == DesiredRunState::Running
             || matches!(
                 self.status.lifecycle_state,

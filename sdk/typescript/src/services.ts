@@ -64,8 +64,14 @@ export function serviceReached(service: Service, until: ServiceWaitTarget): bool
     case "healthy":
       return status.health === "healthy";
     case "stopped":
-      // `declared` is a definition with nothing launched: nothing is running, so it counts as stopped.
-      return status.lifecycleState === "stopped" || status.lifecycleState === "declared";
+      // `declared` is a definition with nothing launched: nothing is running, so it counts as
+      // stopped. Nimbus never runs an external service (its state is what its health checks
+      // see), so one is as stopped as it gets at once, as the server's `waitUntil` treats it.
+      return (
+        status.lifecycleState === "stopped" ||
+        status.lifecycleState === "declared" ||
+        service.spec?.backend?.kind === "external"
+      );
   }
 }
 

@@ -265,7 +265,11 @@ export type ServiceBackendView =
   | BuiltInServiceBackend
   | { kind: "external"; endpoint: ExternalEndpoint; auth: ExternalAuthView; health: HealthProbe };
 
-/** `declared`: a definition that is not launched (built-in and external services today). */
+/**
+ * `declared`: a definition that is not launched (built-in services; external services without a
+ * health check, or not checked yet). An external service with a health check is `running` while
+ * its checks pass and `failed` while they fail.
+ */
 export type ServiceLifecycleState = "declared" | "stopped" | "starting" | "running" | "stopping" | "failed";
 export type Readiness = "ready" | "notReady";
 export type Health = "healthy" | "unhealthy" | "unknown";

@@ -307,7 +307,7 @@ pub async fn delete(
                     return Err(Error::invalid_transition(
                         "service",
                         name.as_str(),
-                        r.status.desired_state.as_str(),
+                        r.status.lifecycle_state.as_str(),
                         format!(
                             "service {:?} was started (status.desiredState is running) and not stopped since; stop it first or delete with force=true",
                             name.as_str()

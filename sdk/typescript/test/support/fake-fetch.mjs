@@ -44,7 +44,7 @@ export function fakeFetch(answers = []) {
 }
 
 export function service(overrides = {}) {
-  const { status = {}, metadata = {} } = overrides;
+  const { status = {}, metadata = {}, backend = { kind: "builtIn", provider: "browser" } } = overrides;
   return {
     metadata: {
       name: "worker",
@@ -56,7 +56,7 @@ export function service(overrides = {}) {
       labels: {},
       ...metadata,
     },
-    spec: { backend: { kind: "builtIn", provider: "browser" } },
+    spec: { backend },
     status: {
       lifecycleState: "stopped",
       readiness: "notReady",

@@ -39,6 +39,14 @@ describe("wait", () => {
     }
   });
 
+  test("stopped holds at once for an external service, which Nimbus never runs", async () => {
+    const backend = { kind: "external", endpoint: { url: "http://search:9200" }, auth: { kind: "none" }, health: { kind: "http", path: "/" } };
+    const { nimbus, calls } = client([json(200, service({ backend, status: { lifecycleState: "running", readiness: "ready", health: "healthy" } }))]);
+    const s = await nimbus.services.wait({ name: "search", until: "stopped", intervalMs: 1 });
+    assert.equal(s.status.lifecycleState, "running");
+    assert.equal(calls.length, 1);
+  });
+
   test("a status observed for an older generation does not count", async () => {
     const stale = service({ metadata: { generation: 2 }, status: { readiness: "ready", observedGeneration: 1 } });
     const fresh = service({ metadata: { generation: 2 }, status: { readiness: "ready", observedGeneration: 2 } });
