@@ -1209,6 +1209,23 @@ async fn malformed_requests_are_refused_whole_and_write_nothing() {
             .await;
         assert_eq!(st, 202, "{body:?}: {v}");
     }
+    // Nor do GET and DELETE: a body is refused before the call runs, not ignored.
+    for (method, query, body) in [
+        ("GET", "", "{\"junk\":"),
+        ("DELETE", "?ifMatchGeneration=1", "{\"bogus\":true}"),
+        ("DELETE", "?ifMatchGeneration=1", "not json at all"),
+    ] {
+        let r = s
+            .call_raw(
+                method,
+                &format!("{T}/services/kept{query}"),
+                body.as_bytes().to_vec(),
+            )
+            .await;
+        assert_error_says(&r, 400, "request.invalid_argument", "takes no request body");
+    }
+    let (st, kept) = s.call("GET", &format!("{T}/services/kept"), None).await;
+    assert_eq!(st, 200, "a refused delete deleted the service: {kept}");
 
     // A path segment that is not UTF-8: the JSON error body, not axum's plain text.
     let r = s.call("GET", &format!("{T}/services/%FF"), None).await;

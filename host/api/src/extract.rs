@@ -29,7 +29,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// The request's body, at most [`MAX_BODY_BYTES`]. A compressed body is refused by name:
 /// read as it is, it would only fail as "malformed JSON".
 async fn read_body(req: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
-    if let Some(encoding) = req.headers().get(axum::http::header::CONTENT_ENCODING) {
+    let (parts, body) = req.into_parts();
+    read_body_of(&parts.headers, body).await
+}
+
+async fn read_body_of(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, ApiError> {
+    if let Some(encoding) = headers.get(axum::http::header::CONTENT_ENCODING) {
         let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
         if !encoding.trim().eq_ignore_ascii_case("identity") {
             return Err(ApiError(Error::invalid_argument(
@@ -40,7 +48,7 @@ async fn read_body(req: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
             )));
         }
     }
-    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| {
             ApiError(Error::invalid_argument(
@@ -171,22 +179,28 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(NoBody);
-        }
-        let refuse = |field: &str, why: String| {
-            ApiError(Error::invalid_argument(
-                field,
-                format!("this call takes no request body (or an empty object): {why}"),
-            ))
-        };
-        let object = parse_json::<serde_json::Map<String, serde_json::Value>>(&bytes)
-            .map_err(|e| refuse("", e.message))?;
-        match object.keys().next() {
-            None => Ok(NoBody),
-            Some(key) => Err(refuse(key, format!("unknown field `{key}`"))),
-        }
+        let (parts, body) = req.into_parts();
+        refuse_body(&parts.headers, body).await.map(|()| NoBody)
+    }
+}
+
+/// Reads a request's body and refuses anything but an empty one or an empty JSON object.
+pub async fn refuse_body(headers: &axum::http::HeaderMap, body: Body) -> Result<(), ApiError> {
+    let bytes = read_body_of(headers, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let refuse = |field: &str, why: String| {
+        ApiError(Error::invalid_argument(
+            field,
+            format!("this call takes no request body (or an empty object): {why}"),
+        ))
+    };
+    let object = parse_json::<serde_json::Map<String, serde_json::Value>>(&bytes)
+        .map_err(|e| refuse("", e.message))?;
+    match object.keys().next() {
+        None => Ok(()),
+        Some(key) => Err(refuse(key, format!("unknown field `{key}`"))),
     }
 }
 
@@ -350,6 +364,12 @@ mod tests {
                 "backend": "container", "root": {{"kind": "rootfs", "path": "/srv/r"}}, "process": {process}}}}}"#
             )
         };
+        let sandbox_root = |root: &str| {
+            format!(
+                r#"{{"kind": "sandbox", "sandbox": {{"owner": {{"kind": "service", "serviceName": "w"}},
+                "backend": "container", "root": {root}, "process": {{"argv": ["sh"]}}}}}}"#
+            )
+        };
         for (backend, field, says) in [
             (
                 sandbox(r#"{"argv": ["sh", 5]}"#),
@@ -370,6 +390,40 @@ mod tests {
                 sandbox(r#"{}"#),
                 "backend.sandbox.process.argv",
                 "missing field `argv`",
+            ),
+            (
+                sandbox_root(r#"{"kind": "oci_image", "source": {"kind": "reference"}}"#),
+                "backend.sandbox.root.source.reference",
+                "missing field `reference`",
+            ),
+            (
+                sandbox_root(
+                    r#"{"kind": "oci_image", "source": {"kind": "build", "context": "/c"}}"#,
+                ),
+                "backend.sandbox.root.source.dockerfile",
+                "missing field `dockerfile`",
+            ),
+            (
+                sandbox_root(
+                    r#"{"kind": "oci_image", "source": {"kind": "reference", "reference": 1}}"#,
+                ),
+                "backend.sandbox.root.source.reference",
+                "expected a string",
+            ),
+            (
+                sandbox_root(r#"{"kind": "oci_image", "source": {"kind": "tarball"}}"#),
+                "backend.sandbox.root.source.kind",
+                "unknown variant `tarball`",
+            ),
+            (
+                sandbox_root(r#"{"kind": "rootfs", "path": "/r", "x": 1}"#),
+                "backend.sandbox.root.x",
+                "unknown field `x`",
+            ),
+            (
+                sandbox_root(r#"{"kind": "rootfs"}"#),
+                "backend.sandbox.root.path",
+                "missing field `path`",
             ),
             (
                 r#"{"kind": "external", "endpoint": {"url": 5}}"#.into(),

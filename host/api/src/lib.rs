@@ -363,8 +363,40 @@ pub fn router(app: SharedApp) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(no_body_on_reads_and_deletes))
         .layer(axum::middleware::map_response(json_rejections))
         .with_state(app)
+}
+
+/// GET, HEAD and DELETE take no request body: one (other than empty or `{}`) is refused with
+/// 400 before the call runs, as on the POSTs that take none, instead of being ignored while the
+/// call (a delete, a revocation) goes ahead.
+async fn no_body_on_reads_and_deletes(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let takes_none = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::DELETE
+    );
+    let headers = request.headers();
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if !takes_none || !has_body {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    if let Err(refused) = extract::refuse_body(&parts.headers, body).await {
+        return axum::response::IntoResponse::into_response(refused);
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::empty(),
+    ))
+    .await
 }
 
 /// Rejections axum's own extractors answer in plain text (a path segment that is not UTF-8

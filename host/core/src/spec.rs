@@ -693,25 +693,93 @@ pub enum SandboxBackend {
     Krun,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Root {
     OciImage { source: ImageSource },
     Rootfs { path: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(
     tag = "kind",
     rename_all = "camelCase",
-    rename_all_fields = "camelCase",
-    deny_unknown_fields
+    rename_all_fields = "camelCase"
 )]
 pub enum ImageSource {
     /// A registry image, e.g. `docker.io/library/busybox:latest` or `127.0.0.1:5000/app@sha256:…`.
     Reference { reference: String },
     /// A Dockerfile (its text) built in `context`, an absolute directory on the host.
     Build { dockerfile: String, context: String },
+}
+
+/// The fields of each [`Root`] and [`ImageSource`] variant, as the body spells them (`kind`
+/// included, already read): read on their own, so that an error inside names its own path
+/// (`root.source.reference`), not the enclosing object's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OciImageRootFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    source: ImageSource,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootfsRootFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceSourceFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    reference: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildSourceFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    dockerfile: String,
+    context: String,
+}
+
+impl<'de> Deserialize<'de> for Root {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // As [`ServiceBackend`]'s: the kind first, then that variant's fields on their own.
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let kind = tagged_kind(raw.get(), &["oci_image", "rootfs"]).map_err(D::Error::custom)?;
+        let root = match kind.as_str() {
+            "oci_image" => fields_of::<OciImageRootFields>(raw.get())
+                .map(|f| Root::OciImage { source: f.source }),
+            _ => fields_of::<RootfsRootFields>(raw.get()).map(|f| Root::Rootfs { path: f.path }),
+        };
+        root.map_err(D::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let kind = tagged_kind(raw.get(), &["reference", "build"]).map_err(D::Error::custom)?;
+        let source = match kind.as_str() {
+            "reference" => {
+                fields_of::<ReferenceSourceFields>(raw.get()).map(|f| ImageSource::Reference {
+                    reference: f.reference,
+                })
+            }
+            _ => fields_of::<BuildSourceFields>(raw.get()).map(|f| ImageSource::Build {
+                dockerfile: f.dockerfile,
+                context: f.context,
+            }),
+        };
+        source.map_err(D::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
