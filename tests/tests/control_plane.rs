@@ -938,7 +938,7 @@ async fn label_writes_can_be_guarded_by_the_resource_version() {
 /// Tenants and sessions have the shape every resource has (http-api.md): metadata with a
 /// generation and times, spec, and a status with readiness, health and a Ready condition.
 #[tokio::test]
-async fn tenants_and_sessions_have_the_shape_of_every_resource() {
+async fn tenants_sandboxes_and_sessions_have_the_shape_of_every_resource() {
     let s = Server::start_with_config(NO_DRIVER).await;
     let (st, tenant) = s.call("GET", T, None).await;
     assert_eq!(st, 200, "{tenant}");
@@ -961,7 +961,11 @@ async fn tenants_and_sessions_have_the_shape_of_every_resource() {
             Some(json!({"reason": "done"})),
         )
         .await;
-    for r in [&tenant, &open, &closed] {
+    let (st, sandbox) = s
+        .call("POST", &format!("{T}/sandboxes"), Some(batch_sandbox()))
+        .await;
+    assert_eq!(st, 201, "{sandbox}");
+    for r in [&tenant, &open, &closed, &sandbox] {
         for key in [
             "generation",
             "resourceVersion",
@@ -987,6 +991,8 @@ async fn tenants_and_sessions_have_the_shape_of_every_resource() {
     assert_eq!(closed["status"]["readiness"], "notReady");
     assert_eq!(closed["status"]["conditions"][0]["reason"], "Closed");
     assert_eq!(closed["status"]["conditions"][0]["status"], "False");
+    // A sandbox has no health check: unknown until its process runs.
+    assert_eq!(sandbox["status"]["health"], "unknown", "{sandbox}");
 }
 
 /// A read-modify-write that sends back what a read shows in place of a secret is told which

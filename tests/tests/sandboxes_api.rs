@@ -70,6 +70,7 @@ async fn a_sandbox_runs_hardened_and_reports_output_stop_and_delete() {
     let ready = wait_state(&s, &id, &["ready", "failed"], Duration::from_secs(60)).await;
     assert_eq!(ready["status"]["lifecycleState"], "ready", "{ready}");
     assert_eq!(ready["status"]["readiness"], "ready");
+    assert_eq!(ready["status"]["health"], "healthy");
     assert!(
         ready["status"]["endpoints"][0]["address"]
             .as_str()

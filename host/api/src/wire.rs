@@ -1,7 +1,7 @@
 //! Rendering stored records into the wire shape: `{metadata, spec, status}`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use nimbus_core::lifecycle::SessionState;
+use nimbus_core::lifecycle::{SandboxState, SessionState};
 use nimbus_core::resource::{
     CredentialRecord, Meta, SandboxRecord, ServiceRecord, SessionRecord, TenantRecord,
 };
@@ -39,11 +39,32 @@ pub fn sandbox(s: &SandboxRecord) -> Value {
     if let Some(obj) = spec.as_object_mut() {
         obj.insert("profile".into(), json!(s.profile.as_str()));
     }
+    let mut status = serde_json::to_value(&s.status).unwrap_or(Value::Null);
+    if let Some(obj) = status.as_object_mut() {
+        obj.insert(
+            "health".into(),
+            json!(sandbox_health(s.status.lifecycle_state)),
+        );
+    }
     json!({
         "metadata": metadata(&s.meta, json!({ "id": s.id })),
         "spec": spec,
-        "status": s.status,
+        "status": status,
     })
+}
+
+/// The `health` every resource's status has. A sandbox has no health check of its own: it is
+/// healthy while its process runs (as a sandbox-backed service is), unhealthy once it failed,
+/// and unknown otherwise.
+fn sandbox_health(state: SandboxState) -> &'static str {
+    match state {
+        SandboxState::Ready => "healthy",
+        SandboxState::Failed => "unhealthy",
+        SandboxState::Pending
+        | SandboxState::Creating
+        | SandboxState::Stopping
+        | SandboxState::Stopped => "unknown",
+    }
 }
 
 pub fn session(s: &SessionRecord) -> Value {

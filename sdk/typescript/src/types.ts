@@ -386,6 +386,8 @@ export interface SandboxEndpoint {
 export interface SandboxStatus {
   lifecycleState: SandboxLifecycleState;
   readiness: Readiness;
+  /** `healthy` while its process runs, `unhealthy` once failed, else `unknown` (no health check of its own). */
+  health: Health;
   /** How to reach the sandbox from the host; empty until it runs. */
   endpoints: SandboxEndpoint[];
   /** Set once the process has ended. */
