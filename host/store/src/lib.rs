@@ -145,21 +145,24 @@ async fn load_by_id<T: DeserializeOwned>(
 async fn insert_audit(tx: &mut Tx, event: &AuditEvent) -> Result<(), Error> {
     use audit::{clip_to, MAX_AUDIT_FIELD_BYTES as MAX};
     let long = |t: &str| t.len() > MAX;
-    let clipped;
-    let event = if long(&event.action) || long(&event.target) || long(&event.reason) {
-        clipped = AuditEvent {
+    let mut event = if long(&event.action) || long(&event.target) || long(&event.reason) {
+        AuditEvent {
             action: clip_to(&event.action, MAX),
             target: clip_to(&event.target, MAX),
             reason: clip_to(&event.reason, MAX),
             ..event.clone()
-        };
-        &clipped
+        }
     } else {
-        event
+        event.clone()
     };
+    // Events are listed in the order they are appended. Their time is when they are appended
+    // (the single writer connection runs one transaction at a time), so that the two orders
+    // agree: an event made first but appended second (a restart's stop, recorded by the
+    // service manager before the restart's own event) would otherwise list out of time order.
+    event.time = chrono::Utc::now();
     sqlx::query("INSERT INTO audit_events (tenant_id, doc) VALUES (?, ?)")
         .bind(&event.tenant_id)
-        .bind(to_doc(event)?)
+        .bind(to_doc(&event)?)
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;

@@ -490,3 +490,28 @@ async fn every_audit_field_is_clipped_however_long_the_callers_input() {
         &stored.reason[4000..]
     );
 }
+
+#[tokio::test]
+async fn audit_events_list_in_time_order_even_when_made_out_of_order() {
+    // A restart's event is made when the request arrives but appended after the stop the
+    // restart causes, which the service manager records meanwhile.
+    let (store, _dir) = store().await;
+    store.ensure_tenant(&demo()).await.unwrap();
+    let mut made_first = audit("services.restart");
+    let made_second = audit("sandboxes.stop");
+    made_first.time = made_second.time - chrono::Duration::milliseconds(5);
+    store.record_audit(&made_second).await.unwrap();
+    store.record_audit(&made_first).await.unwrap();
+    let events = store.list_audit("demo", None, 1000).await.unwrap().items;
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    let at = |action: &str| actions.iter().position(|a| *a == action).unwrap();
+    assert!(at("sandboxes.stop") < at("services.restart"), "{actions:?}");
+    assert!(
+        events.windows(2).all(|w| w[0].time <= w[1].time),
+        "listed out of time order: {:?}",
+        events
+            .iter()
+            .map(|e| (&e.action, e.time))
+            .collect::<Vec<_>>()
+    );
+}
