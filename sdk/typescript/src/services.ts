@@ -32,8 +32,9 @@ function call(req: CallOptions): CallOptions {
 }
 
 function generation(value: unknown): number {
-  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
-    throw invalid("ifMatchGeneration is required: pass the metadata.generation you last read", {
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 1) {
+    const why = typeof value === "number" && Number.isSafeInteger(value) ? ` (generations start at 1; got ${value})` : "";
+    throw invalid(`ifMatchGeneration is required: pass the metadata.generation you last read${why}`, {
       argument: "ifMatchGeneration",
       value: String(value),
     });

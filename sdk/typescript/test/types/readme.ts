@@ -13,8 +13,15 @@ const created = await nimbus.services.create({
   labels: { team: "search" },
 });
 
+await nimbus.services.update({
+  name: "worker",
+  backend: { kind: "builtIn", provider: "serviceDiscovery" },
+  ifMatchGeneration: created.metadata.generation,
+});
+
 try {
-  await nimbus.services.update({ name: "worker", labels: {}, ifMatchGeneration: created.metadata.generation - 1 });
+  // `created` is stale now: the update above moved the service to the next generation.
+  await nimbus.services.update({ name: "worker", labels: {}, ifMatchGeneration: created.metadata.generation });
 } catch (err) {
   if (err instanceof NimbusError && err.code === "op.precondition_failed") {
     // re-read and retry

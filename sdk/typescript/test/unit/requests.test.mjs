@@ -73,6 +73,7 @@ describe("services requests", () => {
     await assert.rejects(nimbus.services.get({}), { code: "client.invalid_argument" });
     await assert.rejects(nimbus.services.update({ name: "worker" }), (e) => e.code === "client.invalid_argument" && /ifMatchGeneration/.test(e.message));
     await assert.rejects(nimbus.services.delete({ name: "worker", ifMatchGeneration: "3" }), { code: "client.invalid_argument" });
+    await assert.rejects(nimbus.services.update({ name: "worker", labels: {}, ifMatchGeneration: 0 }), (e) => e.code === "client.invalid_argument" && /generations start at 1/.test(e.message));
     assert.equal(calls.length, 0);
   });
 
