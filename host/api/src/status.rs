@@ -32,12 +32,17 @@ pub fn service_status(
     let (state, health) = match backend {
         ServiceBackend::Sandbox { .. } if launcher => {
             let was = previous.map_or(ServiceState::Stopped, |p| p.lifecycle_state);
-            // Started again, or relabelled, while it runs: it still runs. A new definition
-            // (generation) is not running until the manager has replaced the sandbox.
-            let still_running = previous.filter(|p| {
-                p.lifecycle_state == ServiceState::Running && p.observed_generation == generation
+            // Started again, or relabelled, while it runs: it still runs. Likewise while it
+            // backs off after its process ended: the manager relaunches it when the backoff
+            // says (a restart relaunches at once). A new definition (generation) is not running
+            // until the manager has replaced the sandbox.
+            let unchanged = previous.filter(|p| {
+                p.observed_generation == generation
+                    && (p.lifecycle_state == ServiceState::Running
+                        || (p.lifecycle_state == ServiceState::Failed
+                            && p.desired_state == DesiredRunState::Running))
             });
-            if let (DesiredRunState::Running, Some(p)) = (desired, still_running) {
+            if let (DesiredRunState::Running, Some(p)) = (desired, unchanged) {
                 return ServiceStatus {
                     desired_state: desired,
                     ..p.clone()
@@ -246,4 +251,77 @@ pub fn request_sandbox_stop(
         );
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox_backend() -> ServiceBackend {
+        serde_json::from_value(serde_json::json!({
+            "kind": "sandbox",
+            "sandbox": {
+                "owner": {"kind": "service", "serviceName": "w"},
+                "backend": "container",
+                "root": {"kind": "rootfs", "path": "/srv/w"},
+                "process": {"argv": ["sh"]}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn backing_off(generation: i64) -> ServiceStatus {
+        let mut conditions = Vec::new();
+        set_condition(
+            &mut conditions,
+            "Ready",
+            ConditionStatus::False,
+            "BackOff",
+            "the process exited with code 3; relaunching at 12:00:01 UTC (1 in a row)",
+            Utc::now(),
+            generation,
+        );
+        ServiceStatus {
+            lifecycle_state: ServiceState::Failed,
+            readiness: Readiness::NotReady,
+            health: Health::Unhealthy,
+            observed_generation: generation,
+            desired_state: DesiredRunState::Running,
+            conditions,
+        }
+    }
+
+    #[test]
+    fn a_start_or_label_edit_during_a_backoff_leaves_the_backoff_showing() {
+        let previous = backing_off(2);
+        let after = service_status(
+            &sandbox_backend(),
+            DesiredRunState::Running,
+            2,
+            Some(&previous),
+            Utc::now(),
+            true,
+        );
+        assert_eq!(after, previous);
+        // A new definition is launched anew; a stop stops.
+        let replaced = service_status(
+            &sandbox_backend(),
+            DesiredRunState::Running,
+            3,
+            Some(&previous),
+            Utc::now(),
+            true,
+        );
+        assert_eq!(replaced.lifecycle_state, ServiceState::Starting);
+        let stopped = service_status(
+            &sandbox_backend(),
+            DesiredRunState::Stopped,
+            2,
+            Some(&previous),
+            Utc::now(),
+            true,
+        );
+        assert_eq!(stopped.desired_state, DesiredRunState::Stopped);
+        assert_ne!(stopped.lifecycle_state, ServiceState::Failed);
+    }
 }
