@@ -613,13 +613,19 @@ impl Authorizer for PluginAuthorizer {
                     "authorization policy {label} {}; denying (fail closed)",
                     failure.message()
                 );
-                Decision::deny(
+                let mut denied = Decision::deny(
                     &loaded.info.id,
                     format!(
                         "authorization policy {label} failed ({}); the request is denied",
                         failure.kind()
                     ),
-                )
+                );
+                // What went wrong, after the reason callers see (the 403 and the audit event
+                // give the first reason only; the log line above has this too).
+                denied
+                    .reasons
+                    .push(format!("{label}: {}", failure.message()));
+                denied
             }
         }
     }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use wasmtime::component::{
-    Component, ComponentExportIndex, ComponentType, HasSelf, InstancePre, Linker, Lower, TypedFunc,
+    Component, ComponentExportIndex, ComponentType, HasSelf, InstancePre, Lift, Linker, Lower,
+    TypedFunc, WasmList, WasmStr,
 };
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
@@ -377,7 +378,34 @@ struct ResourceRefRef<'a> {
     name: Option<&'a str>,
 }
 
-type DecideFunc<'a> = TypedFunc<(RequestRef<'a>,), (Result<az::Decision, az::Error>,)>;
+/// `nimbus:authz/types.decision` as a call returns it: its lists stay in the guest's memory
+/// until [`read_answer`] has checked their lengths, so an answer of millions of entries is
+/// refused by its length in microseconds instead of being copied first (outside the call's
+/// deadline, which ends when the guest returns).
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct DecisionInGuest {
+    allow: bool,
+    #[component(name = "policy-ids")]
+    policy_ids: WasmList<WasmStr>,
+    reasons: WasmList<WasmStr>,
+}
+
+/// `nimbus:authz/types.error`, its message left in the guest's memory (see [`DecisionInGuest`]).
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+enum ErrorInGuest {
+    #[component(name = "invalid-config")]
+    InvalidConfig(WasmStr),
+    #[component(name = "invalid-request")]
+    InvalidRequest(WasmStr),
+    #[component(name = "other")]
+    Other(WasmStr),
+}
+
+type Answer = Result<DecisionInGuest, ErrorInGuest>;
+
+type DecideFunc<'a> = TypedFunc<(RequestRef<'a>,), (Answer,)>;
 
 /// The `decide` function of a fresh instance of `pre`.
 fn decide_func<'a>(
@@ -567,7 +595,7 @@ fn trial_instantiate(
         let func = instance.get_func(&mut store, pre.decide).ok_or_else(|| {
             TrialFailure::Mismatch(anyhow!("the component has no decide function"))
         })?;
-        func.typed::<(RequestRef<'_>,), (Result<az::Decision, az::Error>,)>(&store)
+        func.typed::<(RequestRef<'_>,), (Answer,)>(&store)
             .map_err(|e| TrialFailure::Mismatch(anyhow!("{e:#}")))?;
     }
     Ok(())
@@ -695,24 +723,51 @@ pub(crate) fn call_authz(
     let (answer,) = decide
         .call(&mut store, (request_ref(request),))
         .map_err(|e| classify(e, store.data()))?;
-    match answer {
-        Ok(d) => {
-            check_strings("policy-ids", &d.policy_ids)?;
-            check_strings("reasons", &d.reasons)?;
-            Ok(Ok(nimbus_core::authz::Decision {
-                allow: d.allow,
-                policy_ids: d.policy_ids,
-                reasons: d.reasons,
-            }))
+    read_answer(&mut store, answer)
+}
+
+/// Checks a policy's answer and copies it out of the guest's memory: at most
+/// [`MAX_ANSWER_ITEMS`] entries per list, each of 1 to [`MAX_ANSWER_STRING`] bytes of UTF-8, and
+/// an error's message within [`MAX_ANSWER_STRING`] bytes; anything else is malformed. Lengths
+/// are checked before anything is copied.
+fn read_answer(
+    store: &mut Store<CallCtx>,
+    answer: Answer,
+) -> Result<Result<nimbus_core::authz::Decision, PolicyError>, CallFailure> {
+    let message = |store: &Store<CallCtx>, m: WasmStr| -> Result<String, CallFailure> {
+        let text = m
+            .to_str(store)
+            .map_err(|e| CallFailure::Malformed(format!("error message: {e:#}")))?;
+        if text.len() > MAX_ANSWER_STRING {
+            return Err(CallFailure::Malformed(format!(
+                "the error's message is {} bytes (at most {MAX_ANSWER_STRING})",
+                text.len()
+            )));
         }
-        Err(az::Error::InvalidConfig(m)) => Ok(Err(PolicyError::InvalidConfig(m))),
-        Err(az::Error::InvalidRequest(m)) => Ok(Err(PolicyError::InvalidRequest(m))),
-        Err(az::Error::Other(m)) => Ok(Err(PolicyError::Other(m))),
+        Ok(text.into_owned())
+    };
+    match answer {
+        Ok(d) => Ok(Ok(nimbus_core::authz::Decision {
+            allow: d.allow,
+            policy_ids: read_strings(store, "policy-ids", &d.policy_ids)?,
+            reasons: read_strings(store, "reasons", &d.reasons)?,
+        })),
+        Err(ErrorInGuest::InvalidConfig(m)) => {
+            Ok(Err(PolicyError::InvalidConfig(message(store, m)?)))
+        }
+        Err(ErrorInGuest::InvalidRequest(m)) => {
+            Ok(Err(PolicyError::InvalidRequest(message(store, m)?)))
+        }
+        Err(ErrorInGuest::Other(m)) => Ok(Err(PolicyError::Other(message(store, m)?))),
     }
 }
 
-fn check_strings(field: &str, items: &[String]) -> Result<(), CallFailure> {
-    if items.is_empty() {
+fn read_strings(
+    store: &mut Store<CallCtx>,
+    field: &str,
+    items: &WasmList<WasmStr>,
+) -> Result<Vec<String>, CallFailure> {
+    if items.len() == 0 {
         return Err(CallFailure::Malformed(format!("decision.{field} is empty")));
     }
     if items.len() > MAX_ANSWER_ITEMS {
@@ -721,16 +776,24 @@ fn check_strings(field: &str, items: &[String]) -> Result<(), CallFailure> {
             items.len()
         )));
     }
-    if let Some(s) = items
-        .iter()
-        .find(|s| s.len() > MAX_ANSWER_STRING || s.is_empty())
-    {
-        return Err(CallFailure::Malformed(format!(
-            "decision.{field} has an entry of {} bytes (1 to {MAX_ANSWER_STRING})",
-            s.len()
-        )));
+    let mut read = Vec::with_capacity(items.len());
+    for i in 0..items.len() {
+        let malformed =
+            |e: wasmtime::Error| CallFailure::Malformed(format!("decision.{field}[{i}]: {e:#}"));
+        let item = match items.get(&mut *store, i) {
+            Some(item) => item.map_err(malformed)?,
+            None => break,
+        };
+        let text = item.to_str(&*store).map_err(malformed)?;
+        if text.is_empty() || text.len() > MAX_ANSWER_STRING {
+            return Err(CallFailure::Malformed(format!(
+                "decision.{field} has an entry of {} bytes (1 to {MAX_ANSWER_STRING})",
+                text.len()
+            )));
+        }
+        read.push(text.into_owned());
     }
-    Ok(())
+    Ok(read)
 }
 
 fn request_ref(r: &nimbus_core::authz::AuthzRequest) -> RequestRef<'_> {
@@ -977,7 +1040,7 @@ impl FloorRunner {
             .and_then(|i| instance.get_func(&mut store, i))
             .ok_or_else(|| anyhow!("the component exports no decide function"))?;
         if self.decide_checked.get().is_none() {
-            func.typed::<(RequestRef<'_>,), (Result<az::Decision, az::Error>,)>(&store)
+            func.typed::<(RequestRef<'_>,), (Answer,)>(&store)
                 .map_err(|e| anyhow!("decide is not typed as a policy's: {e:#}"))?;
             let _ = self.decide_checked.set(());
         }
@@ -989,19 +1052,16 @@ impl FloorRunner {
         let (answer,) = decide
             .call(&mut store, (request_ref(request),))
             .map_err(|e| anyhow!("{e:#}"))?;
-        match answer {
-            Ok(d) => Ok(nimbus_core::authz::Decision {
-                allow: d.allow,
-                policy_ids: d.policy_ids,
-                reasons: d.reasons,
-            }),
-            Err(az::Error::InvalidConfig(m)) => {
+        match read_answer(&mut store, answer) {
+            Ok(Ok(decision)) => Ok(decision),
+            Ok(Err(PolicyError::InvalidConfig(m))) => {
                 Err(anyhow!("the component answered invalid-config: {m}"))
             }
-            Err(az::Error::InvalidRequest(m)) => {
+            Ok(Err(PolicyError::InvalidRequest(m))) => {
                 Err(anyhow!("the component answered invalid-request: {m}"))
             }
-            Err(az::Error::Other(m)) => Err(anyhow!("the component answered an error: {m}")),
+            Ok(Err(PolicyError::Other(m))) => Err(anyhow!("the component answered an error: {m}")),
+            Err(failure) => Err(anyhow!("{}", failure.message())),
         }
     }
 }

@@ -294,6 +294,29 @@ fn a_policy_that_answers_garbage_denies_as_malformed() {
 }
 
 #[test]
+fn a_policy_that_answers_too_many_reasons_is_refused_by_their_count() {
+    // The host checks the count before it copies anything out of the guest's memory, which
+    // also bounds the time spent on the answer once the call's deadline has stopped counting.
+    let mut r = admin_request();
+    r.context = vec![("reasons".into(), "100000".into())];
+    let dir = TempDir::new("many");
+    let host = host_with_policy(&dir, "garbage_policy", "");
+    let d = host.authorizer().authorize(&r);
+    assert!(!d.allow, "{d:?}");
+    assert!(d.reasons[0].contains("failed (malformed)"), "{d:?}");
+    assert_eq!(failures(&host, "malformed"), 1, "{:?}", host.metrics());
+    assert!(
+        d.reasons[1].contains("decision.reasons has 100000 entries (at most 32)"),
+        "{d:?}"
+    );
+    // Within the bounds, the answer is read whole (this policy allows with it).
+    r.context = vec![("reasons".into(), "32".into())];
+    let d = host.authorizer().authorize(&r);
+    assert!(d.allow, "{d:?}");
+    assert_eq!(d.reasons.len(), 32);
+}
+
+#[test]
 fn a_policy_whose_answer_cannot_be_lifted_denies_as_malformed() {
     let dir = TempDir::new("abi-garbage");
     let host = host_with_policy(&dir, "abi_garbage_policy", "");
