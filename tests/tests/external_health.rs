@@ -469,14 +469,20 @@ async fn https_services_are_probed_over_tls_trusting_the_configured_ca_only() {
 async fn an_unreadable_tls_ca_file_stops_the_server_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let bogus = dir.path().join("ca.pem");
-    std::fs::write(&bogus, "not a certificate").unwrap();
-    let err = nimbus_e2e::serve_refused(
-        &format!(
-            "{NO_DRIVER}[plugins]\ntls_ca_file = \"{}\"\n",
-            bogus.display()
-        ),
-        "127.0.0.1:0",
-    )
-    .stderr;
-    assert!(err.contains("plugins.tls_ca_file"), "{err}");
+    // No PEM at all, and a PEM block around bytes that are no certificate.
+    for text in [
+        "not a certificate",
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGUgYXQgYWxs\n-----END CERTIFICATE-----\n",
+    ] {
+        std::fs::write(&bogus, text).unwrap();
+        let err = nimbus_e2e::serve_refused(
+            &format!(
+                "{NO_DRIVER}[plugins]\ntls_ca_file = \"{}\"\n",
+                bogus.display()
+            ),
+            "127.0.0.1:0",
+        )
+        .stderr;
+        assert!(err.contains("plugins.tls_ca_file"), "{text:?}: {err}");
+    }
 }

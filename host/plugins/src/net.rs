@@ -164,7 +164,20 @@ pub(crate) fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<r
             builder = builder.add_root_certificate(cert);
         }
     }
-    Ok(builder.build()?)
+    // The roots are parsed when the client is built: a block that is PEM on the outside but
+    // not a certificate inside fails only here.
+    builder.build().map_err(|e| match ca_file {
+        Some(path) => anyhow::anyhow!(
+            "plugins.tls_ca_file: {} holds a certificate that cannot be used ({}); give a PEM \
+             bundle of CA certificates",
+            path.display(),
+            error_chain(&e)
+        ),
+        None => anyhow::anyhow!(
+            "the plugins' HTTP client could not be built: {}",
+            error_chain(&e)
+        ),
+    })
 }
 
 pub(crate) fn http_send(
