@@ -54,8 +54,11 @@ pub struct HealthSlots {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotConfig {
-    /// Plugin id in the plugin store (`nimbus plugin list`).
-    pub plugin: String,
+    /// Plugin id in the plugin store (`nimbus plugin list`). Without it, the slot's bundled
+    /// plugin, so that a table can set only its limits, hosts or config;
+    /// [`PluginsConfig::slot`] fills it in.
+    #[serde(default)]
+    pub plugin: Option<String>,
     /// Pin a version. Without it the slot follows the plugin's active version (the one installed
     /// last), which is what makes `nimbus plugin install` of a new version swap it in live.
     #[serde(default)]
@@ -220,15 +223,18 @@ impl PluginsConfig {
             SlotKind::HealthHttp => self.health.http.clone(),
             SlotKind::HealthTcp => self.health.tcp.clone(),
         };
-        configured.unwrap_or_else(|| SlotConfig {
-            plugin: kind.default_plugin().to_string(),
+        let mut slot = configured.unwrap_or_else(|| SlotConfig {
+            plugin: None,
             version: None,
             sha256: None,
             config: BTreeMap::new(),
             hosts: Vec::new(),
             allow_target: None,
             limits: Limits::default(),
-        })
+        });
+        slot.plugin
+            .get_or_insert_with(|| kind.default_plugin().to_string());
+        slot
     }
 
     pub fn watch_interval(&self) -> Option<Duration> {
@@ -289,10 +295,9 @@ impl PluginsConfig {
 }
 
 fn validate_slot(key: &str, slot: &SlotConfig) -> anyhow::Result<()> {
-    if !is_plugin_id(&slot.plugin) {
+    if let Some(plugin) = slot.plugin.as_deref().filter(|p| !is_plugin_id(p)) {
         bail!(
-            "{key}.plugin = {:?}: not a plugin id (lowercase letters, digits and '-', as `nimbus plugin list` shows)",
-            slot.plugin
+            "{key}.plugin = {plugin:?}: not a plugin id (lowercase letters, digits and '-', as `nimbus plugin list` shows)"
         );
     }
     if let Some(v) = &slot.version {
@@ -393,11 +398,42 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_table_without_plugin_tunes_the_bundled_plugin() {
+        let c = parse(
+            "[authz]\nlimits = { timeout_ms = 100 }\n[health.http]\nhosts = [\"*.internal:8080\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.slot(SlotKind::Authz).plugin.as_deref(),
+            Some("grants-policy")
+        );
+        assert_eq!(
+            c.effective_limits(SlotKind::Authz).timeout,
+            Duration::from_millis(100)
+        );
+        let http = c.slot(SlotKind::HealthHttp);
+        assert_eq!(http.plugin.as_deref(), Some("http-health"));
+        assert_eq!(http.hosts, ["*.internal:8080"]);
+        // Naming one that is not an id is still refused, naming the key.
+        let e = parse("[authz]\nplugin = \"\"\n").unwrap_err().to_string();
+        assert!(e.contains("plugins.authz.plugin"), "{e}");
+    }
+
+    #[test]
     fn empty_table_serves_every_slot_with_the_bundled_plugin() {
         let c = parse("").unwrap();
-        assert_eq!(c.slot(SlotKind::Authz).plugin, "grants-policy");
-        assert_eq!(c.slot(SlotKind::HealthHttp).plugin, "http-health");
-        assert_eq!(c.slot(SlotKind::HealthTcp).plugin, "tcp-health");
+        assert_eq!(
+            c.slot(SlotKind::Authz).plugin.as_deref(),
+            Some("grants-policy")
+        );
+        assert_eq!(
+            c.slot(SlotKind::HealthHttp).plugin.as_deref(),
+            Some("http-health")
+        );
+        assert_eq!(
+            c.slot(SlotKind::HealthTcp).plugin.as_deref(),
+            Some("tcp-health")
+        );
     }
 
     #[test]

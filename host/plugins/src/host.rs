@@ -407,39 +407,38 @@ fn load_for_slot(
     limits: &EffectiveLimits,
 ) -> anyhow::Result<Loaded> {
     let key = format!("plugins.{}", kind.key());
+    let plugin = cfg.plugin.as_deref().unwrap_or(kind.default_plugin());
     let pinned_by_sha = match (&cfg.version, &cfg.sha256) {
         // A sha256 pin without a version names the version: the one installed with those bytes.
-        (None, Some(pin)) => {
-            Some(version_with_sha(catalog, &cfg.plugin, pin).ok_or_else(|| {
-                let installed: Vec<String> = catalog
-                    .list()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|p| p.id == cfg.plugin)
-                    .map(|p| format!("{} ({}…)", p.version, &p.sha256[..12.min(p.sha256.len())]))
-                    .collect();
-                anyhow!(
+        (None, Some(pin)) => Some(version_with_sha(catalog, plugin, pin).ok_or_else(|| {
+            let installed: Vec<String> = catalog
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| p.id == plugin)
+                .map(|p| format!("{} ({}…)", p.version, &p.sha256[..12.min(p.sha256.len())]))
+                .collect();
+            anyhow!(
                 "{key}.sha256 = {pin:?}: no installed version of {} has those bytes (installed: \
                  {}); install the pinned component, or update the pin",
-                cfg.plugin,
+                plugin,
                 if installed.is_empty() {
                     "none".to_string()
                 } else {
                     installed.join(", ")
                 }
             )
-            })?)
-        }
+        })?),
         _ => None,
     };
     let version = match (pinned_by_sha, &cfg.version) {
         (Some(v), _) => v,
-        (None, Some(v)) if catalog.manifest(&cfg.plugin, v).is_err() => {
-            let versions = installed_versions(catalog, &cfg.plugin);
+        (None, Some(v)) if catalog.manifest(plugin, v).is_err() => {
+            let versions = installed_versions(catalog, plugin);
             bail!(
                 "{key}.version = {v:?}: {} {v} is not installed (installed versions: {}); \
                  install it, or pin one of those",
-                cfg.plugin,
+                plugin,
                 if versions.is_empty() {
                     "none".to_string()
                 } else {
@@ -448,14 +447,14 @@ fn load_for_slot(
             );
         }
         (None, Some(v)) => v.clone(),
-        (None, None) => catalog.active_version(&cfg.plugin).ok_or_else(|| {
-            let versions = installed_versions(catalog, &cfg.plugin);
+        (None, None) => catalog.active_version(plugin).ok_or_else(|| {
+            let versions = installed_versions(catalog, plugin);
             if !versions.is_empty() {
                 return anyhow!(
                     "{key}.plugin = {:?}: {} has no active version (installed: {}); pin one with \
                      {key}.version, or install it again",
-                    cfg.plugin,
-                    cfg.plugin,
+                    plugin,
+                    plugin,
                     versions.join(", ")
                 );
             }
@@ -470,14 +469,14 @@ fn load_for_slot(
             anyhow!(
                 "{key}.plugin = {:?}: no plugin with that id is installed (installed: {}); \
                  install it with `nimbus plugin install <file.wasm>`",
-                cfg.plugin,
+                plugin,
                 installed.join(", ")
             )
         })?,
     };
     let (info, prepared) = catalog
-        .load(engine, &cfg.plugin, &version)
-        .with_context(|| format!("{key}: cannot load {} {version}", cfg.plugin))?;
+        .load(engine, plugin, &version)
+        .with_context(|| format!("{key}: cannot load {} {version}", plugin))?;
     let wanted = match kind {
         SlotKind::Authz => World::Authz,
         SlotKind::HealthHttp | SlotKind::HealthTcp => World::Health,
@@ -485,7 +484,7 @@ fn load_for_slot(
     if prepared.world() != wanted {
         bail!(
             "{key}.plugin = {:?}: it implements {}, but this slot needs {}",
-            cfg.plugin,
+            plugin,
             prepared.world().name(),
             wanted.name()
         );
