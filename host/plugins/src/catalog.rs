@@ -759,7 +759,7 @@ impl Catalog {
             let actual = bytes.as_deref().map(sha256_hex);
             let problem = match &bytes {
                 Some(b) if actual.as_deref() == Some(p.sha256.as_str()) => self
-                    .check_cache(engine, &p, b)
+                    .check_contents(engine, &p, b)
                     .err()
                     .map(|e| format!("{e:#}")),
                 _ => None,
@@ -775,15 +775,38 @@ impl Catalog {
         Ok(reports)
     }
 
+    /// Checks what `p`'s manifest says against its verified `bytes`: the world the component
+    /// implements (what `list` and `inspect` show, and what install checked), and this engine's
+    /// precompiled code of it, if any.
+    fn check_contents(&self, engine: &Engine, p: &PluginInfo, bytes: &[u8]) -> anyhow::Result<()> {
+        let component = wasm::compile(engine, bytes)?;
+        let world = wasm::detect_world(engine, &component)?.name();
+        if world != p.world {
+            bail!(
+                "its manifest says it implements {}, but the component implements {world}; \
+                 reinstall it (`nimbus plugin remove {}@{}`, then `nimbus plugin install`)",
+                p.world,
+                p.id,
+                p.version
+            );
+        }
+        self.check_cache(engine, p, &component)
+    }
+
     /// Compares this engine's precompiled code of `p`, if any, with a fresh compilation of its
-    /// verified `bytes`: wasmtime's output is deterministic, so any difference is tampering or
+    /// verified bytes: wasmtime's output is deterministic, so any difference is tampering or
     /// damage (the side file's checksum proves nothing, it is written beside the code).
-    fn check_cache(&self, engine: &Engine, p: &PluginInfo, bytes: &[u8]) -> anyhow::Result<()> {
+    fn check_cache(
+        &self,
+        engine: &Engine,
+        p: &PluginInfo,
+        component: &wasmtime::component::Component,
+    ) -> anyhow::Result<()> {
         let path = self.cache_path(engine, &p.sha256);
         let Ok(cached) = fs::read(&path) else {
             return Ok(()); // none yet: loading compiles and writes it
         };
-        let fresh = wasm::serialize(&wasm::compile(engine, bytes)?)?;
+        let fresh = wasm::serialize(component)?;
         if cached != fresh {
             bail!(
                 "the precompiled code {} is not what {} {} compiles to, and a server would run it; \
@@ -1259,6 +1282,35 @@ mod tests {
 
         catalog.precompile_all(engine).unwrap();
         assert!(catalog.verify().unwrap().iter().all(VerifyReport::ok));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn verify_finds_a_manifest_that_misstates_the_world() {
+        let dir = temp_dir("world");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        catalog.ensure_bundled(engine).unwrap();
+        let path = catalog
+            .version_dir("tcp-health", "0.1.1")
+            .join("manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        manifest["world"] = serde_json::json!(crate::wasm::AUTHZ_WORLD);
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let bad: Vec<VerifyReport> = catalog
+            .verify()
+            .unwrap()
+            .into_iter()
+            .filter(|r| !r.ok())
+            .collect();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        let problem = bad[0].problem.as_deref().unwrap();
+        assert!(
+            problem.contains("manifest says it implements nimbus:authz")
+                && problem.contains("the component implements nimbus:health"),
+            "{problem}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
