@@ -273,6 +273,61 @@ async fn kill_9_of_the_server_leaves_sandboxes_running_and_a_restart_adopts_them
     );
 }
 
+/// A sandbox stopped while its launch still prepares, the server killed before that launch could
+/// undo itself: the launch goes on without the server (its monitor may start the process). The
+/// record says it never ran, so the next start removes all of it; nothing of it may run on.
+#[tokio::test]
+async fn a_launch_that_outlives_its_stop_and_a_crash_is_removed_at_the_next_start() {
+    let mut s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    for delay_ms in [20u64, 30, 40, 50, 60] {
+        let (st, created) = s
+            .call(
+                "POST",
+                &format!("{T}/sandboxes"),
+                Some(sandbox(&root, "exec sleep 100000")),
+            )
+            .await;
+        assert_eq!(st, 201, "{created}");
+        let id = created["metadata"]["id"].as_str().unwrap().to_string();
+        let (st, stopped) = s
+            .call("POST", &format!("{T}/sandboxes/{id}/stop"), None)
+            .await;
+        assert_eq!(st, 202, "{stopped}");
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        s.kill9();
+        s.restart().await;
+        let ended = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(30)).await;
+        let state_dir = s.data_dir().join("runtime/sandboxes").join(&id);
+        let netns = std::path::Path::new("/run/netns").join(format!("nimbus-{id}"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            // Never ran: nothing left. Ran and ended: its exit recorded, its network given up.
+            let clean = if ended["status"]["exitCode"].is_null() {
+                !state_dir.exists() && !netns.exists()
+            } else {
+                !netns.exists()
+            };
+            if clean {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after a kill {delay_ms} ms after the stop, {id} ({}) left its launch on the \
+                 host: state dir {}, netns {}\n{}",
+                ended["status"],
+                state_dir.exists(),
+                netns.exists(),
+                s.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+        assert_eq!(st, 200);
+    }
+}
+
 #[tokio::test]
 async fn a_host_that_cannot_run_containers_refuses_creates_with_runtime_unavailable() {
     let s = Server::start_with_config("[runtime]\ncrun = \"/nonexistent/crun\"\nbridge = \"nmbtunfit\"\nsubnet = \"10.232.0.0/24\"\n").await;

@@ -105,6 +105,15 @@ impl SandboxController {
                         tracing::warn!(sandbox = %id, error = %e, "could not remove an orphaned sandbox");
                     }
                 }
+                // Recorded as ended without ever having run (stopped while pending): a launch
+                // the restart cut off went on regardless, and may have started its process.
+                // Nothing of it is worth keeping (no output, no exit), and it must not run.
+                Some(true) if self.ended_before_running(&id).await => {
+                    tracing::info!(sandbox = %id, "removing a launch that went on after its sandbox was stopped");
+                    if let Err(e) = self.runtime.delete(&id).await {
+                        tracing::warn!(sandbox = %id, error = %e, "could not remove a launch of a stopped sandbox");
+                    }
+                }
                 // Ended before this server gave up ended sandboxes' networks, or before its
                 // release was done.
                 Some(true) if matches!(observed, Observed::Exited { .. }) => {
@@ -191,6 +200,26 @@ impl SandboxController {
     /// namespaces). Sandboxes keep running.
     pub async fn shutdown(&self) {
         self.runtime.drain_pool().await;
+    }
+
+    /// Whether `id`'s record has ended without recording an exit: it was stopped (or failed)
+    /// before its process ever ran, as far as the store knows.
+    async fn ended_before_running(&self, id: &SandboxId) -> bool {
+        let Ok(Some(tenant)) = self.store.sandbox_tenant(id.as_str()).await else {
+            return false;
+        };
+        let Ok(tenant) = Name::parse("tenant", &tenant) else {
+            return false;
+        };
+        match self.store.get_sandbox(&tenant, id.as_str()).await {
+            Ok(Some(r)) => {
+                matches!(
+                    r.status.lifecycle_state,
+                    SandboxState::Stopped | SandboxState::Failed
+                ) && r.status.exit_code.is_none()
+            }
+            _ => false,
+        }
     }
 
     async fn store_has(&self, id: &SandboxId) -> Option<bool> {
