@@ -46,6 +46,34 @@ async fn http_server_with_delays(
     (port, accepted, task)
 }
 
+/// A loopback HTTP server answering `500` with an error page that differs every time (it counts
+/// its connections), until aborted: its port, the connections it accepted, and its task.
+async fn error_page_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let body = format!("error #{n}");
+                let answer = format!(
+                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (port, accepted, task)
+}
+
 /// A loopback listener that accepts connections and never answers, holding them open, until
 /// aborted: an HTTP check of it lasts its whole timeout. Its port, the connections it
 /// accepted, and its task.
@@ -201,6 +229,33 @@ async fn an_external_services_checked_state_is_steady_survives_a_stop_and_delete
         )
         .await;
     assert_eq!(st, 200, "{deleted}");
+}
+
+/// A failing service whose error page differs on every check is not rewritten on every check
+/// either: its new detail is written at most once a minute.
+#[tokio::test]
+async fn a_failing_external_service_is_not_rewritten_for_each_new_error_page() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (port, accepted, _server) = error_page_server().await;
+    let health = json!({"kind": "http", "path": "/", "intervalSeconds": 1, "timeoutMs": 2000});
+    let body = json!({"name": "web", "backend": {"kind": "external", "endpoint": {"url": format!("http://127.0.0.1:{port}")}, "auth": {"kind": "none"}, "health": health}});
+    let (st, created) = s.call("POST", &format!("{T}/services"), Some(body)).await;
+    assert_eq!(st, 201, "{created}");
+    let failing = wait_health(&s, "web", "unhealthy").await;
+    assert!(
+        failing["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("error #"),
+        "{failing}"
+    );
+    let seen = accepted.load(Ordering::SeqCst);
+    assert!(reaches(&accepted, seen + 4, Duration::from_secs(20)).await);
+    let (_, now) = s.call("GET", &format!("{T}/services/web"), None).await;
+    assert_eq!(
+        now["metadata"]["resourceVersion"], failing["metadata"]["resourceVersion"],
+        "each error page rewrote the service: {failing}\n{now}"
+    );
 }
 
 /// `?waitUntil=` on start makes the server answer once the status shows the condition, or when

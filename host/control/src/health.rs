@@ -27,7 +27,14 @@ const MAX_CONCURRENT_CHECKS: usize = 64;
 pub struct HealthController {
     store: Store,
     plugins: Arc<PluginHost>,
+    /// When each service (by uid) last had its status written by this controller.
+    reworded: std::sync::Mutex<HashMap<String, Instant>>,
 }
+
+/// How often a failing service's status may be rewritten for a new detail alone (the same
+/// health, another message): each write changes its resourceVersion, and a detail can change
+/// on every check (an error page with a timestamp).
+const REWORD_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// One service's place in the schedule: when its latest check was started, and that check's
 /// task (still waiting for a permit, probing, or recording; or finished).
@@ -38,7 +45,11 @@ struct Scheduled {
 
 impl HealthController {
     pub fn new(store: Store, plugins: Arc<PluginHost>) -> HealthController {
-        HealthController { store, plugins }
+        HealthController {
+            store,
+            plugins,
+            reworded: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     /// Runs until aborted. Every service is scheduled on its own: a check runs in a task of
@@ -137,14 +148,20 @@ impl HealthController {
         // read-modify-write checks: a healthy service is not rewritten for a detail that differs
         // from check to check (a latency), only when its health changes. A failing one is, so
         // that its condition says what fails now.
-        let same_outcome = current.health == health
+        let same_health = current.health == health
             && current.lifecycle_state == state
-            && current.conditions.iter().any(|c| {
-                c.kind == "Ready" && c.reason == reason && (outcome.healthy || c.message == message)
-            });
-        if same_outcome {
+            && current
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Ready" && c.reason == reason);
+        let same_message = current
+            .conditions
+            .iter()
+            .any(|c| c.kind == "Ready" && c.message == message);
+        if same_health && (outcome.healthy || same_message || self.written_lately(&service.uid)) {
             return;
         }
+        self.note_written(&service.uid);
         let health_changed = current.health != health;
         let uid = service.uid.clone();
         let result = self
@@ -191,6 +208,28 @@ impl HealthController {
             Err(e) => {
                 tracing::debug!(service = %service.name, error = %e, "health result not recorded")
             }
+        }
+    }
+}
+
+impl HealthController {
+    /// Whether the service's status was written within [`REWORD_AT_MOST_EVERY`], so that a new
+    /// detail alone must wait.
+    fn written_lately(&self, uid: &str) -> bool {
+        self.reworded.lock().is_ok_and(|written| {
+            written
+                .get(uid)
+                .is_some_and(|at| at.elapsed() < REWORD_AT_MOST_EVERY)
+        })
+    }
+
+    fn note_written(&self, uid: &str) {
+        if let Ok(mut written) = self.reworded.lock() {
+            // Bounded: entries of services long gone are dropped once they are stale anyway.
+            if written.len() > 10_000 {
+                written.retain(|_, at| at.elapsed() < REWORD_AT_MOST_EVERY);
+            }
+            written.insert(uid.to_string(), Instant::now());
         }
     }
 }
