@@ -426,6 +426,16 @@ mod tests {
                 "missing field `path`",
             ),
             (
+                r#"{"kind": "external", "endpoint": {"url": "http://a"}, "health": {"kind": "http", "expectStatus": {"min": 200}}}"#.into(),
+                "backend.health.expectStatus.max",
+                "missing field `max`",
+            ),
+            (
+                r#"{"kind": "external", "endpoint": {"url": "http://a"}, "health": {"kind": "tcp", "path": "/"}}"#.into(),
+                "backend.health.path",
+                "unknown field `path`",
+            ),
+            (
                 r#"{"kind": "external", "endpoint": {"url": 5}}"#.into(),
                 "backend.endpoint.url",
                 "expected a string",

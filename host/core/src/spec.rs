@@ -532,12 +532,11 @@ impl ExternalAuth {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(
     tag = "kind",
     rename_all = "camelCase",
-    rename_all_fields = "camelCase",
-    deny_unknown_fields
+    rename_all_fields = "camelCase"
 )]
 pub enum HealthProbe {
     /// HTTP GET of `path` on the endpoint; healthy when the status is within the range.
@@ -565,6 +564,64 @@ pub enum HealthProbe {
 
 fn default_health_path() -> String {
     "/".into()
+}
+
+/// The fields of each [`HealthProbe`] variant, as the body spells them (`kind` included, already
+/// read): read on their own, so that an error inside names its own path
+/// (`health.expectStatus.max`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HttpProbeFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    #[serde(default = "default_health_path")]
+    path: String,
+    #[serde(default)]
+    expect_status: Option<StatusRange>,
+    #[serde(default)]
+    interval_seconds: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TcpProbeFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+    #[serde(default)]
+    interval_seconds: Option<u32>,
+    #[serde(default)]
+    timeout_ms: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoProbeFields {
+    #[serde(rename = "kind")]
+    _kind: serde::de::IgnoredAny,
+}
+
+impl<'de> Deserialize<'de> for HealthProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // As [`ServiceBackend`]'s: the kind first, then that variant's fields on their own.
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let kind = tagged_kind(raw.get(), &["http", "tcp", "none"]).map_err(D::Error::custom)?;
+        let probe = match kind.as_str() {
+            "http" => fields_of::<HttpProbeFields>(raw.get()).map(|f| HealthProbe::Http {
+                path: f.path,
+                expect_status: f.expect_status,
+                interval_seconds: f.interval_seconds,
+                timeout_ms: f.timeout_ms,
+            }),
+            "tcp" => fields_of::<TcpProbeFields>(raw.get()).map(|f| HealthProbe::Tcp {
+                interval_seconds: f.interval_seconds,
+                timeout_ms: f.timeout_ms,
+            }),
+            _ => fields_of::<NoProbeFields>(raw.get()).map(|_| HealthProbe::None),
+        };
+        probe.map_err(D::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
