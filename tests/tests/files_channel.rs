@@ -244,3 +244,63 @@ async fn the_files_channel_holds_against_big_directories_host_renames_and_stalle
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// An upload cut off by a server crash leaves nothing once the server is back: the restarted
+/// server removes its partial file and the directories it made when it adopts the sandbox.
+/// (The body is received whole before the file is written, so the crash must fall within the
+/// write itself; the test lays out what such a crash leaves, as the upload records it, rather
+/// than racing a kill against a write of a few milliseconds.)
+#[tokio::test]
+async fn an_upload_cut_off_by_a_server_crash_leaves_nothing_after_the_restart() {
+    let mut s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let (id, session) = sandbox_with_files_session(&s, &root, "sleep 600").await;
+    // An upload through the channel is recorded while it runs, and forgotten once done.
+    let url = format!("{}{T}/sessions/{session}/files/done/f.txt", s.base_url());
+    let r = s
+        .client
+        .put(url)
+        .bearer_auth(&s.token)
+        .body("whole")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let journal = s
+        .data_dir()
+        .join("runtime/sandboxes")
+        .join(&id)
+        .join("uploads");
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
+    // What a crash in the middle of writing `/up/deep/big.bin` leaves.
+    let sandbox_root = Path::new("/run/nimbus/rootfs").join(&id).join("root");
+    assert!(
+        sandbox_root.join("done/f.txt").is_file(),
+        "the sandbox's root is not at {}",
+        sandbox_root.display()
+    );
+    let tmp = ".nimbus-upload-00112233445566778899aabbccddeeff";
+    std::fs::create_dir_all(sandbox_root.join("up/deep")).unwrap();
+    std::fs::write(sandbox_root.join("up/deep").join(tmp), vec![b'x'; 1 << 20]).unwrap();
+    std::fs::write(
+        journal.join(format!("{tmp}.json")),
+        json!({"process": "a server that is gone", "parents": ["up", "deep"], "made": [0, 1], "tmp": tmp}).to_string(),
+    )
+    .unwrap();
+    s.kill9();
+    s.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sandbox_root.join("up").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off upload stayed\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
+    assert!(sandbox_root.join("done/f.txt").is_file());
+    let (_, sbx) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(sbx["status"]["lifecycleState"], "ready", "{sbx}");
+}

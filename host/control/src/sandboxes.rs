@@ -182,6 +182,12 @@ impl SandboxController {
                 }
                 (SandboxState::Ready, Observed::Running { .. }) => {
                     tracing::info!(sandbox = %r.id, "adopted a running sandbox");
+                    // Opening its files undoes uploads the previous server left unfinished
+                    // (see `SandboxFiles::with_upload_journal`), before the workload trips
+                    // over their partial files.
+                    if let Err(e) = self.runtime.files(&r.id) {
+                        tracing::warn!(sandbox = %r.id, error = %e, "could not check for unfinished uploads");
+                    }
                 }
                 (_, Observed::Exited { code, reason }) => {
                     self.record_exit(&tenant, &r.id, code, &reason).await

@@ -56,6 +56,8 @@ pub struct SandboxFiles {
     root: OwnedFd,
     /// The host id of root inside (with user namespaces); new files and directories get it.
     owner: Option<u32>,
+    /// Where uploads in progress are recorded, so that a crash's are undone later.
+    journal: Option<crate::upload_journal::UploadJournal>,
 }
 
 /// The components of an absolute path inside the sandbox, checked: no empty, `.` or `..`
@@ -148,7 +150,38 @@ impl SandboxFiles {
         Ok(SandboxFiles {
             root: OwnedFd::from(root),
             owner,
+            journal: None,
         })
+    }
+
+    /// Records uploads in progress under `dir` (host-side, beside the sandbox's state), and
+    /// first undoes those a server process that is gone left unfinished.
+    pub fn with_upload_journal(mut self, dir: PathBuf) -> SandboxFiles {
+        let journal = crate::upload_journal::UploadJournal::new(dir);
+        for (entry, upload) in journal.interrupted() {
+            let parents: Vec<&str> = upload.parents.iter().map(String::as_str).collect();
+            if let Ok(at) = self.dir(&parents, "") {
+                let _ = unlinkat(
+                    Some(at.as_raw_fd()),
+                    upload.tmp.as_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
+            }
+            // Deepest first; one the sandbox wrote into meanwhile is not empty and stays.
+            for depth in upload.made.iter().rev() {
+                if let Ok(at) = self.dir(&parents[..*depth], "") {
+                    let _ = unlinkat(
+                        Some(at.as_raw_fd()),
+                        parents[*depth],
+                        UnlinkatFlags::RemoveDir,
+                    );
+                }
+            }
+            tracing::info!(journal = %journal.dir().display(), tmp = %upload.tmp, "undid an upload a server crash cut off");
+            journal.end(Some(entry));
+        }
+        self.journal = Some(journal);
+        self
     }
 
     /// Opens `rel` (components from the root) with `flags`, resolved inside the root.
@@ -236,7 +269,8 @@ impl SandboxFiles {
             return Err(invalid(path, "names the root directory, not a file"));
         };
         let mut made = Vec::new();
-        let outcome = self.write_making_parents(path, name, parents, bytes, &mut made);
+        let mut entry = None;
+        let outcome = self.write_making_parents(path, name, parents, bytes, &mut made, &mut entry);
         if outcome.is_err() {
             // Deepest first; one that is no longer empty (the sandbox wrote into it
             // meanwhile) is the sandbox's now and stays.
@@ -250,10 +284,14 @@ impl SandboxFiles {
                 }
             }
         }
+        if let Some(journal) = &self.journal {
+            journal.end(entry);
+        }
         outcome
     }
 
-    /// [`Self::write`]'s work; `made` collects the depths of the parent directories it created.
+    /// [`Self::write`]'s work; `made` collects the depths of the parent directories it created,
+    /// `entry` the upload's record in the journal.
     fn write_making_parents(
         &self,
         path: &str,
@@ -261,6 +299,7 @@ impl SandboxFiles {
         parents: &[&str],
         mut bytes: impl Read,
         made: &mut Vec<usize>,
+        entry: &mut Option<PathBuf>,
     ) -> Result<u64, FileError> {
         for depth in 0..parents.len() {
             let at = self.dir(&parents[..depth], path)?;
@@ -313,6 +352,10 @@ impl SandboxFiles {
         };
         // SAFETY: openat just returned this descriptor, and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        *entry = self
+            .journal
+            .as_ref()
+            .and_then(|j| j.begin(parents, made, &tmp));
         let outcome = (|| {
             self.chown(&fd, path)?;
             let mut file = File::from(fd);
@@ -452,6 +495,99 @@ fn upload_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Files over a plain directory (the tests' stand-in for a sandbox's mounted root), its
+    /// uploads recorded in `journal`.
+    fn files_over(root: &Path, journal: &Path) -> SandboxFiles {
+        SandboxFiles {
+            root: OwnedFd::from(File::open(root).unwrap()),
+            owner: None,
+            journal: None,
+        }
+        .with_upload_journal(journal.to_path_buf())
+    }
+
+    fn journal_entries(journal: &Path) -> Vec<String> {
+        std::fs::read_dir(journal)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_upload_is_recorded_while_it_runs_and_forgotten_once_done() {
+        let (root, journal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let files = files_over(root.path(), journal.path());
+        /// Checks the journal when the upload first reads its bytes.
+        struct Body<'a> {
+            journal: &'a Path,
+            seen: Option<Vec<String>>,
+            sent: bool,
+        }
+        impl Read for Body<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.seen.is_none() {
+                    self.seen = Some(journal_entries(self.journal));
+                }
+                if self.sent {
+                    return Ok(0);
+                }
+                self.sent = true;
+                buf[..2].copy_from_slice(b"hi");
+                Ok(2)
+            }
+        }
+        let mut body = Body {
+            journal: journal.path(),
+            seen: None,
+            sent: false,
+        };
+        assert_eq!(files.write("/new/dir/f.txt", &mut body).unwrap(), 2);
+        let seen = body.seen.unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(seen[0].starts_with(".nimbus-upload-"), "{seen:?}");
+        assert!(journal_entries(journal.path()).is_empty());
+        assert_eq!(
+            std::fs::read(root.path().join("new/dir/f.txt")).unwrap(),
+            b"hi"
+        );
+    }
+
+    #[test]
+    fn uploads_a_gone_server_left_unfinished_are_undone_and_running_ones_kept() {
+        let (root, journal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // A crash's leftovers: two directories the upload made, inside one that was there,
+        // and its partial file.
+        std::fs::create_dir_all(root.path().join("kept/made/deeper")).unwrap();
+        let tmp = ".nimbus-upload-0123456789abcdef0123456789abcdef";
+        std::fs::write(root.path().join("kept/made/deeper").join(tmp), b"partial").unwrap();
+        let entry = serde_json::json!({"process": "gone", "parents": ["kept", "made", "deeper"], "made": [1, 2], "tmp": tmp});
+        std::fs::write(
+            journal.path().join(format!("{tmp}.json")),
+            entry.to_string(),
+        )
+        .unwrap();
+        // One of this process's own, in progress: left alone.
+        let files = files_over(root.path(), journal.path());
+        let running =
+            files
+                .journal
+                .as_ref()
+                .unwrap()
+                .begin(&["kept"], &[], ".nimbus-upload-running");
+        let _ = files_over(root.path(), journal.path());
+        assert!(!root.path().join("kept/made").exists());
+        assert!(root.path().join("kept").is_dir());
+        assert_eq!(
+            journal_entries(journal.path()),
+            [".nimbus-upload-running.json"]
+        );
+        files.journal.as_ref().unwrap().end(running);
+        assert!(journal_entries(journal.path()).is_empty());
+    }
 
     #[test]
     fn upload_names_are_unpredictable() {

@@ -34,6 +34,7 @@ mod sealed_exec;
 pub mod seccomp;
 mod standby;
 mod tar_guard;
+mod upload_journal;
 pub mod userns;
 mod zstd;
 

@@ -1295,10 +1295,12 @@ impl Runtime {
         } else {
             rootfs_dir(id.as_str())
         };
-        crate::files::SandboxFiles::open(&root, owner).map_err(|e| match e {
-            crate::files::FileError::NotFound(_) => RuntimeError::NotFound(id.to_string()),
-            e => RuntimeError::Internal(e.to_string()),
-        })
+        crate::files::SandboxFiles::open(&root, owner)
+            .map(|files| files.with_upload_journal(dir.join("uploads")))
+            .map_err(|e| match e {
+                crate::files::FileError::NotFound(_) => RuntimeError::NotFound(id.to_string()),
+                e => RuntimeError::Internal(e.to_string()),
+            })
     }
 
     /// Whether sandbox `id`'s state dir was made at or after `since` (its birth time; false when
