@@ -706,7 +706,7 @@ async fn bad_input_gets_a_400_naming_the_field() {
         ),
         (
             json!({"name": "ok", "backend": {"kind": "external", "endpoint": {"url": "http://x"}, "health": {"kind": "http", "path": 5}}}),
-            "backend.health",
+            "backend.health.path",
         ),
         (
             json!({"name": "ok", "backend": {"kind": "teleport"}}),

@@ -10,10 +10,45 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const T: &str = "/v1/tenants/demo";
 const NO_DRIVER: &str = "[server]\nsandbox_driver = \"none\"\n";
 
-/// A minimal HTTP server on loopback answering `200 ok` to everything, until aborted: its
-/// port, the connections it accepted (one per check: it closes each), and its task.
+/// A loopback HTTP server, until aborted: its port, the connections it accepted (one per
+/// check: it closes each), and its task. `answer` gives the n-th connection's delay and the
+/// whole response it then writes.
+async fn loopback_http(
+    answer: impl Fn(usize) -> (Duration, String) + Send + Sync + 'static,
+) -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let answer = Arc::new(answer);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let (delay, response) = answer(count.fetch_add(1, Ordering::SeqCst));
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let _ = conn.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, accepted, task)
+}
+
+/// An HTTP response with `status` (e.g. `200 OK`) and `body`, closing the connection.
+fn response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A minimal HTTP server on loopback answering `200 ok` to everything (see [`loopback_http`]).
 async fn http_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
-    http_server_with_delays(0).await
+    loopback_http(|_| (Duration::ZERO, response("200 OK", "ok"))).await
 }
 
 /// [`http_server`], answering its n-th connection after `(n % 3) * step_ms` milliseconds, so
@@ -21,57 +56,21 @@ async fn http_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
 async fn http_server_with_delays(
     step_ms: u64,
 ) -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let n = count.fetch_add(1, Ordering::SeqCst) as u64;
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf).await;
-                tokio::time::sleep(Duration::from_millis((n % 3) * step_ms)).await;
-                let _ = conn
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
-        }
-    });
-    (port, accepted, task)
+    loopback_http(move |n| {
+        let delay = Duration::from_millis((n as u64 % 3) * step_ms);
+        (delay, response("200 OK", "ok"))
+    })
+    .await
 }
 
 /// A loopback HTTP server answering `500` with an error page that differs every time (it counts
-/// its connections), until aborted: its port, the connections it accepted, and its task.
+/// its connections).
 async fn error_page_server() -> (u16, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else {
-                return;
-            };
-            let n = count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf).await;
-                let body = format!("error #{n}");
-                let answer = format!(
-                    "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    (port, accepted, task)
+    loopback_http(|n| {
+        let page = format!("error #{n}");
+        (Duration::ZERO, response("500 Internal Server Error", &page))
+    })
+    .await
 }
 
 /// A loopback listener that accepts connections and never answers, holding them open, until

@@ -1101,6 +1101,16 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// What `verify` finds wrong.
+    fn problems(catalog: &Catalog) -> Vec<VerifyReport> {
+        catalog
+            .verify()
+            .unwrap()
+            .into_iter()
+            .filter(|r| !r.ok())
+            .collect()
+    }
+
     fn corrupt_manifest(catalog: &Catalog, id: &str, version: &str) {
         let path = catalog.version_dir(id, version).join("manifest.json");
         fs::write(path, "{garbage\n").unwrap();
@@ -1150,12 +1160,7 @@ mod tests {
             "{e:#}"
         );
 
-        let bad: Vec<VerifyReport> = catalog
-            .verify()
-            .unwrap()
-            .into_iter()
-            .filter(|r| !r.ok())
-            .collect();
+        let bad = problems(&catalog);
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert_eq!(
             (bad[0].id.as_str(), bad[0].version.as_str()),
@@ -1269,12 +1274,7 @@ mod tests {
         fs::write(target.with_extension("cwasm.sha256"), sha256_hex(&swapped)).unwrap();
         assert!(catalog.cached_component(engine, &tcp.sha256).is_some());
 
-        let bad: Vec<VerifyReport> = catalog
-            .verify()
-            .unwrap()
-            .into_iter()
-            .filter(|r| !r.ok())
-            .collect();
+        let bad = problems(&catalog);
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert_eq!(bad[0].id, "tcp-health");
         let problem = bad[0].problem.as_deref().unwrap();
@@ -1298,12 +1298,7 @@ mod tests {
             serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         manifest["world"] = serde_json::json!(crate::wasm::AUTHZ_WORLD);
         fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
-        let bad: Vec<VerifyReport> = catalog
-            .verify()
-            .unwrap()
-            .into_iter()
-            .filter(|r| !r.ok())
-            .collect();
+        let bad = problems(&catalog);
         assert_eq!(bad.len(), 1, "{bad:?}");
         let problem = bad[0].problem.as_deref().unwrap();
         assert!(
