@@ -18,7 +18,7 @@ use nimbus_api::control::{
 };
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::{Name, SandboxId};
-use nimbus_core::resource::{set_condition, ConditionStatus, Endpoint, Readiness};
+use nimbus_core::resource::{set_condition, ConditionStatus, Endpoint, Readiness, SandboxRecord};
 use nimbus_core::spec::SandboxSpec;
 use nimbus_core::{Error, ErrorCode};
 use nimbus_runtime::{ExitReason, LaunchError, Observed, ProgressEvent, Runtime, RuntimeError};
@@ -98,8 +98,8 @@ impl SandboxController {
             if known.contains(id.as_str()) || self.runtime.made_since(&id, self.started) {
                 continue;
             }
-            match self.store_has(&id).await {
-                Some(false) => {
+            match self.ended_record(&id).await {
+                Some(None) => {
                     tracing::info!(sandbox = %id, "removing a sandbox whose record is gone");
                     if let Err(e) = self.runtime.delete(&id).await {
                         tracing::warn!(sandbox = %id, error = %e, "could not remove an orphaned sandbox");
@@ -108,7 +108,7 @@ impl SandboxController {
                 // Recorded as ended without ever having run (stopped while pending): a launch
                 // the restart cut off went on regardless, and may have started its process.
                 // Nothing of it is worth keeping (no output, no exit), and it must not run.
-                Some(true) if self.ended_before_running(&id).await => {
+                Some(Some(r)) if r.status.exit_code.is_none() => {
                     tracing::info!(sandbox = %id, "removing a launch that went on after its sandbox was stopped");
                     if let Err(e) = self.runtime.delete(&id).await {
                         tracing::warn!(sandbox = %id, error = %e, "could not remove a launch of a stopped sandbox");
@@ -116,7 +116,7 @@ impl SandboxController {
                 }
                 // Ended before this server gave up ended sandboxes' networks, or before its
                 // release was done.
-                Some(true) if matches!(observed, Observed::Exited { .. }) => {
+                Some(Some(_)) if matches!(observed, Observed::Exited { .. }) => {
                     self.release_network(&id)
                 }
                 _ => {}
@@ -208,33 +208,14 @@ impl SandboxController {
         self.runtime.drain_pool().await;
     }
 
-    /// Whether `id`'s record has ended without recording an exit: it was stopped (or failed)
-    /// before its process ever ran, as far as the store knows.
-    async fn ended_before_running(&self, id: &SandboxId) -> bool {
-        let Ok(Some(tenant)) = self.store.sandbox_tenant(id.as_str()).await else {
-            return false;
+    /// The record of `id`, which is not live (it ended, or is gone: `Some(None)`); `None` when
+    /// the store cannot say. Sandbox ids are unique across tenants.
+    async fn ended_record(&self, id: &SandboxId) -> Option<Option<SandboxRecord>> {
+        let tenant = match self.store.sandbox_tenant(id.as_str()).await.ok()? {
+            Some(t) => Name::parse("tenant", &t).ok()?,
+            None => return Some(None),
         };
-        let Ok(tenant) = Name::parse("tenant", &tenant) else {
-            return false;
-        };
-        match self.store.get_sandbox(&tenant, id.as_str()).await {
-            Ok(Some(r)) => {
-                matches!(
-                    r.status.lifecycle_state,
-                    SandboxState::Stopped | SandboxState::Failed
-                ) && r.status.exit_code.is_none()
-            }
-            _ => false,
-        }
-    }
-
-    async fn store_has(&self, id: &SandboxId) -> Option<bool> {
-        // Sandbox ids are unique across tenants; a terminal record still counts as known.
-        self.store
-            .sandbox_tenant(id.as_str())
-            .await
-            .ok()
-            .map(|t| t.is_some())
+        self.store.get_sandbox(&tenant, id.as_str()).await.ok()
     }
 
     async fn watch_once(self: &Arc<Self>) -> Result<(), Error> {
