@@ -28,7 +28,7 @@ pub struct HealthController {
     store: Store,
     plugins: Arc<PluginHost>,
     /// When each service (by uid) last had its status written by this controller.
-    reworded: std::sync::Mutex<HashMap<String, Instant>>,
+    last_written: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 /// How often a failing service's status may be rewritten for a new detail alone (the same
@@ -48,7 +48,7 @@ impl HealthController {
         HealthController {
             store,
             plugins,
-            reworded: std::sync::Mutex::new(HashMap::new()),
+            last_written: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -145,9 +145,10 @@ impl HealthController {
         }
         let current = &fresh.status;
         // Every status write changes the service's resourceVersion, which a client's labels
-        // read-modify-write checks: a healthy service is not rewritten for a detail that differs
-        // from check to check (a latency), only when its health changes. A failing one is, so
-        // that its condition says what fails now.
+        // read-modify-write checks: a service is rewritten when its health changes, not for a
+        // detail that differs from check to check (a latency). A failing one's new detail is
+        // written too, so that its condition says what fails now, but at most once in
+        // REWORD_AT_MOST_EVERY (an error page may carry a timestamp).
         let same_health = current.health == health
             && current.lifecycle_state == state
             && current
@@ -161,7 +162,6 @@ impl HealthController {
         if same_health && (outcome.healthy || same_message || self.written_lately(&service.uid)) {
             return;
         }
-        self.note_written(&service.uid);
         let health_changed = current.health != health;
         let uid = service.uid.clone();
         let result = self
@@ -198,6 +198,9 @@ impl HealthController {
                 None,
             )
             .await;
+        if result.is_ok() {
+            self.note_written(&service.uid);
+        }
         match result {
             Ok(_) if health_changed => {
                 tracing::info!(tenant = %service.meta.tenant_id, service = %service.name, healthy = outcome.healthy, detail = %outcome.detail, "external service health changed")
@@ -216,7 +219,7 @@ impl HealthController {
     /// Whether the service's status was written within [`REWORD_AT_MOST_EVERY`], so that a new
     /// detail alone must wait.
     fn written_lately(&self, uid: &str) -> bool {
-        self.reworded.lock().is_ok_and(|written| {
+        self.last_written.lock().is_ok_and(|written| {
             written
                 .get(uid)
                 .is_some_and(|at| at.elapsed() < REWORD_AT_MOST_EVERY)
@@ -224,7 +227,7 @@ impl HealthController {
     }
 
     fn note_written(&self, uid: &str) {
-        if let Ok(mut written) = self.reworded.lock() {
+        if let Ok(mut written) = self.last_written.lock() {
             // Bounded: entries of services long gone are dropped once they are stale anyway.
             if written.len() > 10_000 {
                 written.retain(|_, at| at.elapsed() < REWORD_AT_MOST_EVERY);
