@@ -206,28 +206,40 @@ struct ExternalBackendFields {
 
 impl<'de> Deserialize<'de> for ServiceBackend {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // The object's text, parsed twice: for its kind, then as that variant's fields. Text
-        // (unlike a `serde_json::Value`) keeps repeated keys, which the fields refuse (e.g. an
-        // environment variable given twice).
-        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
-        let kind = tagged_kind(raw.get(), &["sandbox", "builtIn", "external"])
-            .map_err(D::Error::custom)?;
-        let backend = match kind.as_str() {
-            "sandbox" => fields_of::<SandboxBackendFields>(raw.get())
-                .map(|f| ServiceBackend::Sandbox { sandbox: f.sandbox }),
-            "builtIn" => {
-                fields_of::<BuiltInBackendFields>(raw.get()).map(|f| ServiceBackend::BuiltIn {
-                    provider: f.provider,
-                })
-            }
-            _ => fields_of::<ExternalBackendFields>(raw.get()).map(|f| ServiceBackend::External {
-                endpoint: f.endpoint,
-                auth: f.auth,
-                health: f.health,
-            }),
-        };
-        backend.map_err(D::Error::custom)
+        deserialize_tagged(
+            d,
+            &["sandbox", "builtIn", "external"],
+            |kind, text| match kind {
+                "sandbox" => fields_of::<SandboxBackendFields>(text)
+                    .map(|f| ServiceBackend::Sandbox { sandbox: f.sandbox }),
+                "builtIn" => {
+                    fields_of::<BuiltInBackendFields>(text).map(|f| ServiceBackend::BuiltIn {
+                        provider: f.provider,
+                    })
+                }
+                _ => fields_of::<ExternalBackendFields>(text).map(|f| ServiceBackend::External {
+                    endpoint: f.endpoint,
+                    auth: f.auth,
+                    health: f.health,
+                }),
+            },
+        )
     }
+}
+
+/// Reads an internally tagged object (`{"kind": …, fields…}`) whose kind is one of `kinds`:
+/// `variant(kind, text)` reads that variant's fields from the object's text (with
+/// [`fields_of`]). The text is parsed twice, for its kind and then as the variant's fields;
+/// text (unlike a `serde_json::Value`) keeps repeated keys, which the fields refuse (e.g. an
+/// environment variable given twice).
+fn deserialize_tagged<'de, D: serde::Deserializer<'de>, T>(
+    d: D,
+    kinds: &[&str],
+    variant: impl FnOnce(&str, &str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    let kind = tagged_kind(raw.get(), kinds).map_err(D::Error::custom)?;
+    variant(&kind, raw.get()).map_err(D::Error::custom)
 }
 
 /// The kind of an internally tagged object (`{"kind": …, fields…}`), one of `kinds`. serde's
@@ -604,23 +616,19 @@ struct NoProbeFields {
 
 impl<'de> Deserialize<'de> for HealthProbe {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // As [`ServiceBackend`]'s: the kind first, then that variant's fields on their own.
-        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
-        let kind = tagged_kind(raw.get(), &["http", "tcp", "none"]).map_err(D::Error::custom)?;
-        let probe = match kind.as_str() {
-            "http" => fields_of::<HttpProbeFields>(raw.get()).map(|f| HealthProbe::Http {
+        deserialize_tagged(d, &["http", "tcp", "none"], |kind, text| match kind {
+            "http" => fields_of::<HttpProbeFields>(text).map(|f| HealthProbe::Http {
                 path: f.path,
                 expect_status: f.expect_status,
                 interval_seconds: f.interval_seconds,
                 timeout_ms: f.timeout_ms,
             }),
-            "tcp" => fields_of::<TcpProbeFields>(raw.get()).map(|f| HealthProbe::Tcp {
+            "tcp" => fields_of::<TcpProbeFields>(text).map(|f| HealthProbe::Tcp {
                 interval_seconds: f.interval_seconds,
                 timeout_ms: f.timeout_ms,
             }),
-            _ => fields_of::<NoProbeFields>(raw.get()).map(|_| HealthProbe::None),
-        };
-        probe.map_err(D::Error::custom)
+            _ => fields_of::<NoProbeFields>(text).map(|_| HealthProbe::None),
+        })
     }
 }
 
@@ -808,34 +816,28 @@ struct BuildSourceFields {
 
 impl<'de> Deserialize<'de> for Root {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // As [`ServiceBackend`]'s: the kind first, then that variant's fields on their own.
-        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
-        let kind = tagged_kind(raw.get(), &["oci_image", "rootfs"]).map_err(D::Error::custom)?;
-        let root = match kind.as_str() {
-            "oci_image" => fields_of::<OciImageRootFields>(raw.get())
-                .map(|f| Root::OciImage { source: f.source }),
-            _ => fields_of::<RootfsRootFields>(raw.get()).map(|f| Root::Rootfs { path: f.path }),
-        };
-        root.map_err(D::Error::custom)
+        deserialize_tagged(d, &["oci_image", "rootfs"], |kind, text| match kind {
+            "oci_image" => {
+                fields_of::<OciImageRootFields>(text).map(|f| Root::OciImage { source: f.source })
+            }
+            _ => fields_of::<RootfsRootFields>(text).map(|f| Root::Rootfs { path: f.path }),
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for ImageSource {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
-        let kind = tagged_kind(raw.get(), &["reference", "build"]).map_err(D::Error::custom)?;
-        let source = match kind.as_str() {
+        deserialize_tagged(d, &["reference", "build"], |kind, text| match kind {
             "reference" => {
-                fields_of::<ReferenceSourceFields>(raw.get()).map(|f| ImageSource::Reference {
+                fields_of::<ReferenceSourceFields>(text).map(|f| ImageSource::Reference {
                     reference: f.reference,
                 })
             }
-            _ => fields_of::<BuildSourceFields>(raw.get()).map(|f| ImageSource::Build {
+            _ => fields_of::<BuildSourceFields>(text).map(|f| ImageSource::Build {
                 dockerfile: f.dockerfile,
                 context: f.context,
             }),
-        };
-        source.map_err(D::Error::custom)
+        })
     }
 }
 
