@@ -18,8 +18,9 @@ pub const LAUNCHING: &str = "Launching";
 
 /// The status of a service after a write, from its backend and desired run state. Keeps the
 /// previous conditions so transition times stay true, and an external service's checked state
-/// (the health controller owns it) while its definition stays the same. `launcher` says whether a service manager runs sandbox-backed services here; it
-/// refines what this says on its next pass (within a second).
+/// (the health controller owns it) while its definition stays the same. `launcher` says
+/// whether a service manager runs sandbox-backed services here; it refines what this says on
+/// its next pass (within a second).
 pub fn service_status(
     backend: &ServiceBackend,
     desired: DesiredRunState,

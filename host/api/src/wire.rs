@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use nimbus_core::lifecycle::{SandboxState, SessionState};
 use nimbus_core::resource::{
-    CredentialRecord, Meta, SandboxRecord, ServiceRecord, SessionRecord, TenantRecord,
+    CredentialRecord, Health, Meta, SandboxRecord, ServiceRecord, SessionRecord, TenantRecord,
 };
 use serde_json::{json, Value};
 
@@ -56,14 +56,14 @@ pub fn sandbox(s: &SandboxRecord) -> Value {
 /// The `health` every resource's status has. A sandbox has no health check of its own: it is
 /// healthy while its process runs (as a sandbox-backed service is), unhealthy once it failed,
 /// and unknown otherwise.
-fn sandbox_health(state: SandboxState) -> &'static str {
+fn sandbox_health(state: SandboxState) -> Health {
     match state {
-        SandboxState::Ready => "healthy",
-        SandboxState::Failed => "unhealthy",
+        SandboxState::Ready => Health::Healthy,
+        SandboxState::Failed => Health::Unhealthy,
         SandboxState::Pending
         | SandboxState::Creating
         | SandboxState::Stopping
-        | SandboxState::Stopped => "unknown",
+        | SandboxState::Stopped => Health::Unknown,
     }
 }
 
