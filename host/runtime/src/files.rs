@@ -167,16 +167,7 @@ impl SandboxFiles {
                     UnlinkatFlags::NoRemoveDir,
                 );
             }
-            // Deepest first; one the sandbox wrote into meanwhile is not empty and stays.
-            for depth in upload.made.iter().rev() {
-                if let Ok(at) = self.dir(&parents[..*depth], "") {
-                    let _ = unlinkat(
-                        Some(at.as_raw_fd()),
-                        parents[*depth],
-                        UnlinkatFlags::RemoveDir,
-                    );
-                }
-            }
+            self.remove_made_dirs(&parents, &upload.made);
             tracing::info!(journal = %journal.dir().display(), tmp = %upload.tmp, "undid an upload a server crash cut off");
             journal.end(Some(entry));
         }
@@ -272,22 +263,27 @@ impl SandboxFiles {
         let mut entry = None;
         let outcome = self.write_making_parents(path, name, parents, bytes, &mut made, &mut entry);
         if outcome.is_err() {
-            // Deepest first; one that is no longer empty (the sandbox wrote into it
-            // meanwhile) is the sandbox's now and stays.
-            for depth in made.into_iter().rev() {
-                if let Ok(at) = self.dir(&parents[..depth], path) {
-                    let _ = unlinkat(
-                        Some(at.as_raw_fd()),
-                        parents[depth],
-                        UnlinkatFlags::RemoveDir,
-                    );
-                }
-            }
+            self.remove_made_dirs(parents, &made);
         }
         if let Some(journal) = &self.journal {
             journal.end(entry);
         }
         outcome
+    }
+
+    /// Removes the directories at `made` (depths in `parents`) an upload created, deepest
+    /// first. One that is no longer empty (the sandbox wrote into it meanwhile) is the
+    /// sandbox's now and stays.
+    fn remove_made_dirs(&self, parents: &[&str], made: &[usize]) {
+        for &depth in made.iter().rev() {
+            if let Ok(at) = self.dir(&parents[..depth], "") {
+                let _ = unlinkat(
+                    Some(at.as_raw_fd()),
+                    parents[depth],
+                    UnlinkatFlags::RemoveDir,
+                );
+            }
+        }
     }
 
     /// [`Self::write`]'s work; `made` collects the depths of the parent directories it created,
