@@ -48,8 +48,12 @@ impl UploadJournal {
             tmp: tmp.to_string(),
         };
         let path = self.dir.join(format!("{tmp}.json"));
-        let written = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::write(&path, serde_json::to_vec(&entry).unwrap_or_default()));
+        let written = serde_json::to_vec(&entry)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                std::fs::create_dir_all(&self.dir)?;
+                std::fs::write(&path, bytes)
+            });
         match written {
             Ok(()) => Some(path),
             Err(e) => {
@@ -75,15 +79,21 @@ impl UploadJournal {
             .flatten()
             .map(|e| e.path())
             .filter_map(|path| {
-                let upload: Upload = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-                let sane = upload.tmp.starts_with(".nimbus-upload-")
-                    && !upload.tmp.contains('/')
-                    && upload.made.iter().all(|d| *d < upload.parents.len());
-                if !sane {
-                    // Not one of ours: nothing in the sandbox is touched for it.
+                let upload = std::fs::read(&path)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<Upload>(&bytes).ok())
+                    .filter(|u| {
+                        u.tmp.starts_with(".nimbus-upload-")
+                            && !u.tmp.contains('/')
+                            && u.made.iter().all(|d| *d < u.parents.len())
+                    });
+                let Some(upload) = upload else {
+                    // Unreadable (cut off while written) or not one of ours: nothing in the
+                    // sandbox is touched for it, and it is not read again.
+                    tracing::warn!(entry = %path.display(), "dropping an upload record that cannot be read");
                     let _ = std::fs::remove_file(&path);
                     return None;
-                }
+                };
                 (upload.process != process_token()).then_some((path, upload))
             })
             .collect()
