@@ -163,9 +163,7 @@ fn build() -> anyhow::Result<Engine> {
         // that the next instance finds its pages resident: no page faults, no TLB shootdowns.
         // Plugin instances are small (the bundled guests start at one 64 KiB page).
         .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT)
-        // Scanning for dirty pages (PAGEMAP_SCAN) measured slower than rewriting one page.
-        .pagemap_scan(wasmtime::Enabled::No);
+        .table_keep_resident(KEEP_RESIDENT);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).map_err(|e| anyhow!("{e:#}"))
 }

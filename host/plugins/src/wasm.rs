@@ -101,7 +101,7 @@ impl ResourceLimiter for Limiter {
                 self.memory_bytes
             ));
             // Trap instead of letting the guest see a failed grow: a plugin at its limit is done.
-            return Err(wasmtime::format_err!("plugin memory limit reached"));
+            return Err(anyhow::anyhow!("plugin memory limit reached"));
         }
         Ok(true)
     }
@@ -415,7 +415,7 @@ fn decide_func<'a>(
 ) -> wasmtime::Result<DecideFunc<'a>> {
     let func = instance
         .get_func(&mut *store, pre.decide)
-        .ok_or_else(|| wasmtime::format_err!("the component has no decide function"))?;
+        .ok_or_else(|| anyhow::anyhow!("the component has no decide function"))?;
     // SAFETY: `pre.decide` indexes the `decide` export of the component `pre` instantiates, and
     // `prepare` type-checked that export against exactly this signature (`Func::typed` in
     // `trial_instantiate`) before the `AuthzPre` was handed out; every instance of one
@@ -503,11 +503,11 @@ pub(crate) fn prepare(engine: &Engine, component: &Component) -> anyhow::Result<
                     .exports(engine)
                     .map(|(n, _)| n.to_string())
                     .find(|n| n.starts_with("nimbus:authz/policy@"))
-                    .ok_or_else(|| wasmtime::format_err!("no nimbus:authz/policy export"))?;
+                    .ok_or_else(|| anyhow::anyhow!("no nimbus:authz/policy export"))?;
                 let decide = component
                     .get_export_index(None, &interface)
                     .and_then(|i| component.get_export_index(Some(&i), "decide"))
-                    .ok_or_else(|| wasmtime::format_err!("no {interface}#decide export"))?;
+                    .ok_or_else(|| anyhow::anyhow!("no {interface}#decide export"))?;
                 Ok(Prepared::Authz(AuthzPre { pre, decide }))
             })
         }
