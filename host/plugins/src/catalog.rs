@@ -480,21 +480,11 @@ impl Catalog {
         if !is_version(version) {
             bail!("{version:?} is not a version like 0.1.0");
         }
-        // Semver's rule: 01.2.3 would be a second spelling (and directory) of 1.2.3, sorting
-        // equal to it.
-        let core = version.split('-').next().unwrap_or_default();
-        if core.split('.').any(|n| n.len() > 1 && n.starts_with('0')) {
-            let plain: Vec<&str> = core
-                .split('.')
-                .map(|n| match n.trim_start_matches('0') {
-                    "" => "0",
-                    n => n,
-                })
-                .collect();
+        // Semver's rule: 01.2.3 (or 1.2.3-rc.01) would be a second spelling (and directory)
+        // of 1.2.3 (1.2.3-rc.1), sorting equal to it.
+        if let Some(plain) = without_leading_zeros(version) {
             bail!(
-                "{version:?} is not a version: its numbers may not have leading zeros (write {}{})",
-                plain.join("."),
-                &version[core.len()..]
+                "{version:?} is not a version: its numbers may not have leading zeros (write {plain})"
             );
         }
         let sha = sha256_hex(bytes);
@@ -922,6 +912,37 @@ impl Catalog {
     }
 }
 
+/// The version spelled without leading zeros in its numbers (those of the core and the numeric
+/// pre-release identifiers), if it has any.
+fn without_leading_zeros(version: &str) -> Option<String> {
+    let (core, pre) = match version.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (version, None),
+    };
+    // Every number of the core is numeric; in the pre-release only the numeric identifiers are
+    // numbers ("0x" is text).
+    let plain = |ids: &str| -> String {
+        ids.split('.')
+            .map(|n| {
+                if n.len() > 1 && n.bytes().all(|b| b.is_ascii_digit()) {
+                    match n.trim_start_matches('0') {
+                        "" => "0",
+                        t => t,
+                    }
+                } else {
+                    n
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let written = match pre {
+        Some(pre) => format!("{}-{}", plain(core), plain(pre)),
+        None => plain(core),
+    };
+    (written != version).then_some(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1238,6 +1259,8 @@ mod tests {
             ("01.2.3", "1.2.3"),
             ("1.00.3", "1.0.3"),
             ("1.2.03-rc.1", "1.2.3-rc.1"),
+            ("1.2.3-rc.01", "1.2.3-rc.1"),
+            ("1.2.3-rc.00.x-0", "1.2.3-rc.0.x-0"),
         ] {
             let e = catalog
                 .install(engine, &deny_all(), Some("deny-all"), Some(version))

@@ -352,7 +352,8 @@ pub fn is_plugin_id(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// `MAJOR.MINOR.PATCH` with an optional `-pre` suffix of `[0-9A-Za-z.-]`.
+/// `MAJOR.MINOR.PATCH` with an optional `-pre` suffix: dot-separated, non-empty identifiers of
+/// `[0-9A-Za-z-]`.
 pub fn is_version(s: &str) -> bool {
     let (core, pre) = match s.split_once('-') {
         Some((c, p)) => (c, Some(p)),
@@ -364,26 +365,44 @@ pub fn is_version(s: &str) -> bool {
             .iter()
             .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
         && pre.is_none_or(|p| {
-            !p.is_empty()
-                && p.len() <= 32
-                && p.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            p.len() <= 32
+                && p.split('.').all(|id| {
+                    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
         })
 }
 
-/// Compares versions numerically (pre-releases sort by text after their core).
-pub(crate) fn version_key(s: &str) -> (u64, u64, u64, bool, String) {
-    let (core, pre) = match s.split_once('-') {
-        Some((c, p)) => (c, p.to_string()),
-        None => (s, String::new()),
-    };
+/// One dot-separated identifier of a pre-release, ordered as semver orders them: numeric ones
+/// by value (a longer digit string is larger: leading zeros are refused at install) and before
+/// any alphanumeric one, which compare as text.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PreReleaseId {
+    Numeric(usize, String),
+    Alphanumeric(String),
+}
+
+/// Orders versions by semver precedence: the numbers, then a release after its pre-releases,
+/// then the pre-release identifiers one by one (`rc.2` < `rc.10` < `rc.10.1`).
+pub(crate) fn version_key(s: &str) -> (u64, u64, u64, bool, Vec<PreReleaseId>) {
+    let (core, pre) = s.split_once('-').unwrap_or((s, ""));
     let mut it = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let pre_ids = pre
+        .split('.')
+        .filter(|id| !id.is_empty())
+        .map(|id| {
+            if id.bytes().all(|b| b.is_ascii_digit()) {
+                PreReleaseId::Numeric(id.len(), id.to_string())
+            } else {
+                PreReleaseId::Alphanumeric(id.to_string())
+            }
+        })
+        .collect();
     (
         it.next().unwrap_or(0),
         it.next().unwrap_or(0),
         it.next().unwrap_or(0),
         pre.is_empty(),
-        pre,
+        pre_ids,
     )
 }
 
@@ -524,5 +543,31 @@ mod tests {
         assert!(version_key("0.10.0") > version_key("0.9.3"));
         assert!(version_key("1.0.0") > version_key("1.0.0-rc.1"));
         assert!(is_version("0.1.0") && !is_version("0.1") && !is_version("v0.1.0"));
+    }
+
+    #[test]
+    fn pre_releases_compare_by_semver_precedence() {
+        // semver.org's own example, in order.
+        let ordered = [
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0-rc.1",
+            "1.0.0",
+        ];
+        for pair in ordered.windows(2) {
+            assert!(
+                version_key(pair[0]) < version_key(pair[1]),
+                "{} sorts before {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert!(version_key("1.0.0-rc.10") > version_key("1.0.0-rc.9"));
+        assert!(is_version("1.0.0-rc.1") && is_version("1.0.0-x-y.2"));
+        assert!(!is_version("1.0.0-rc..1") && !is_version("1.0.0-") && !is_version("1.0.0-rc."));
     }
 }
