@@ -36,8 +36,8 @@ const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
 const MAX_TABLES_PER_COMPONENT: u32 = 8;
 
 /// Bytes of each memory and table slot kept resident between instances: covers the bundled
-/// guests (one 64 KiB page) with room to spare, and bounds the pool's resident memory to
-/// 256 KiB per slot used.
+/// guests (a few KiB of 1-byte pages) and guests with ordinary 64 KiB pages with room to spare,
+/// and bounds the pool's resident memory to 256 KiB per slot used.
 const KEEP_RESIDENT: usize = 256 << 10;
 
 /// Ticks without a plugin call (250 ms) after which the ticker parks until the next call: an
@@ -161,7 +161,7 @@ fn build() -> anyhow::Result<Engine> {
         .max_memory_size(max_memory)
         // Reset the low part of a memory or table by rewriting it instead of unmapping it, so
         // that the next instance finds its pages resident: no page faults, no TLB shootdowns.
-        // Plugin instances are small (the bundled guests start at one 64 KiB page).
+        // Plugin instances are small (the bundled policy's memory is 4 064 bytes).
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
