@@ -36,8 +36,8 @@ const ARCH_NAMES: &[&str] = &["amd64", "x86_64"];
 /// not govern — notably `AF_VSOCK` (40), which reaches the hypervisor and host services on a
 /// VM whatever the egress policy says — and rarely used kernel surface (`AF_ALG`, `AF_KEY`, …).
 /// Moby allows every family but `AF_VSOCK`. `socketcall(2)`, the 32-bit multiplexer whose
-/// arguments a filter cannot see, is not allowed; 32-bit programs use `socket(2)` directly on
-/// any kernel since 4.3.
+/// arguments a filter cannot see, is not allowed, and the i386 ABI is left out of the filter
+/// altogether (see `convert_moby`).
 pub const SOCKET_FAMILIES: &[u64] = &[1, 2, 10, 16];
 
 /// Converts a moby profile to OCI `linux.seccomp` JSON: keeps the rules whose `includes`
@@ -47,20 +47,19 @@ pub fn convert_moby(moby: &Value, caps: &[&str]) -> Result<Value, String> {
     let default_action = moby["defaultAction"]
         .as_str()
         .ok_or("defaultAction missing")?;
-    let architectures: Vec<Value> = moby["archMap"]
+    // x86_64 alone, without moby's sub-architectures (i386 and x32): any x86_64 process can
+    // make i386 system calls (`int $0x80`), and there libseccomp turns the `socket` rules into
+    // `socketcall(2)` sub-calls whose arguments it cannot see, so the family filter below would
+    // let `AF_VSOCK` through. A system call of another ABI gets the default action.
+    if !moby["archMap"]
         .as_array()
         .ok_or("archMap missing")?
         .iter()
-        .filter(|a| a["architecture"] == "SCMP_ARCH_X86_64")
-        .flat_map(|a| {
-            std::iter::once(a["architecture"].clone()).chain(
-                a["subArchitectures"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
+        .any(|a| a["architecture"] == "SCMP_ARCH_X86_64")
+    {
+        return Err("archMap has no SCMP_ARCH_X86_64".into());
+    }
+    let architectures = vec![json!("SCMP_ARCH_X86_64")];
     let arch_match = |v: &Value| {
         v.as_array().is_some_and(|l| {
             l.iter()

@@ -434,11 +434,40 @@ async fn with_user_namespaces_off_root_inside_is_host_root() {
     );
 }
 
-/// Tries `socket(2)` with each address family and prints `name=<errno>` (0 when it worked).
+/// Tries `socket(2)` with each address family and prints `name=<errno>` (0 when it worked). Then
+/// the same through the i386 system-call ABI (`int $0x80`, open to any x86_64 process):
+/// `socketcall(2)`'s `SYS_SOCKET`, whose arguments sit in memory a filter cannot read, and the
+/// direct `socket` (359); each in a child, printing `killed` if the call killed it.
 const SOCKET_PROBE_C: &str = r#"
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static long i386_syscall(long nr, long a, long b, long c) {
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(nr), "b"(a), "c"(b), "d"(c) : "memory");
+    return r;
+}
+static unsigned int args[3];
+static void i386_probe(const char *name, int via_socketcall, int family, int type) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        long r;
+        if (via_socketcall) {
+            args[0] = family; args[1] = type; args[2] = 0;
+            r = i386_syscall(102, 1, (long)args, 0);
+        } else {
+            r = i386_syscall(359, family, type, 0);
+        }
+        _exit(r >= 0 ? 0 : (int)-r);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status)) printf("%s=%d\n", name, WEXITSTATUS(status));
+    else printf("%s=killed\n", name);
+}
 int main(void) {
     struct { const char *name; int family, type; } t[] = {
         {"unix", 1, SOCK_STREAM}, {"inet", 2, SOCK_STREAM}, {"inet6", 10, SOCK_STREAM},
@@ -448,6 +477,12 @@ int main(void) {
         int fd = socket(t[i].family, t[i].type, 0);
         printf("%s=%d\n", t[i].name, fd >= 0 ? 0 : errno);
     }
+    fflush(stdout);
+    i386_probe("socketcall_vsock", 1, 40, SOCK_STREAM);
+    i386_probe("socketcall_alg", 1, 38, SOCK_SEQPACKET);
+    i386_probe("socketcall_inet", 1, 2, SOCK_STREAM);
+    i386_probe("i386_socket_vsock", 0, 40, SOCK_STREAM);
+    i386_probe("i386_socket_inet", 0, 2, SOCK_STREAM);
     return 0;
 }
 "#;
@@ -479,6 +514,10 @@ async fn only_socket_families_the_network_policy_governs_can_be_created() {
     let native = Command::new(&probe).output().unwrap();
     let native = parse(&String::from_utf8_lossy(&native.stdout));
     assert_eq!(native["inet"], "0", "{native:?}");
+    assert_eq!(
+        native["socketcall_inet"], "0",
+        "natively the i386 ABI works (the kernel has IA32 emulation): {native:?}"
+    );
     assert_ne!(
         native["vsock"], "1",
         "natively AF_VSOCK is not refused by a filter: {native:?}"
@@ -508,6 +547,20 @@ async fn only_socket_families_the_network_policy_governs_can_be_created() {
         assert_eq!(
             inside[refused], "1",
             "{refused} not refused with EPERM: {logs}"
+        );
+    }
+    // The i386 ABI is not in the filter at all: its first system call kills the process, so
+    // `socketcall(2)` cannot carry a family past the check above.
+    for refused in [
+        "socketcall_vsock",
+        "socketcall_alg",
+        "socketcall_inet",
+        "i386_socket_vsock",
+        "i386_socket_inet",
+    ] {
+        assert_eq!(
+            inside[refused], "killed",
+            "{refused}: an i386 system call must kill its caller: {logs}"
         );
     }
 }
