@@ -666,6 +666,52 @@ async fn a_slow_stdio_client_is_told_to_attach_again_not_that_the_process_exited
     assert_eq!(st, 200);
 }
 
+/// A client cut for reading too slowly whose process then exits is still told its output was
+/// cut (1013, the logs have it all), not that the process exited with its output sent (1000).
+#[tokio::test]
+async fn a_slow_stdio_client_is_told_its_output_was_cut_though_the_process_exited_since() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let id = ready_sandbox(&s, &root, "read go; head -c 30000000 /dev/zero; exit 3").await;
+    let session = open_session(&s, &id, &["stdio"]).await;
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    ws.send(Message::binary(b"go\n".to_vec())).await.unwrap();
+    // Read nothing until the monitor has let this client go and the process has exited.
+    let monitor_log = s
+        .data_dir()
+        .join(format!("runtime/sandboxes/{id}/monitor.log"));
+    eventually(
+        Duration::from_secs(60),
+        "the monitor drops the slow client",
+        || std::fs::read_to_string(&monitor_log).is_ok_and(|l| l.contains("read too slowly")),
+    )
+    .await;
+    let sbx = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(sbx["status"]["exitCode"], 3, "{sbx}");
+    let mut received = 0usize;
+    let (code, reason) = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("the channel ends");
+        match msg {
+            Some(Ok(Message::Binary(b))) => received += b.len(),
+            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            other => panic!("expected output or a close frame, got {other:?}"),
+        }
+    };
+    assert!(received < 30_000_000, "{received}");
+    assert_eq!(code, 1013, "{received} bytes, then {reason}");
+    assert!(
+        reason.contains("incomplete") && reason.contains("logs"),
+        "{reason}"
+    );
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}
+
 /// Threads and open files of the sandbox's monitor: (threads, fds).
 fn monitor_load(s: &Server, id: &str) -> (usize, usize) {
     let pid = std::fs::read_to_string(

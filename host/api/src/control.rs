@@ -104,7 +104,7 @@ pub enum StdinInput {
 /// A live connection to a running process's stdio.
 pub struct Attached {
     /// The process's output (stdout and stderr) from the moment of attaching; it ends when the
-    /// process has exited, or when the monitor disconnects this client (see `still_running`).
+    /// process has exited, or when the monitor disconnects this client (see `ended`).
     pub output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     /// Input for its stdin, written in order. Dropping it leaves stdin open.
     pub input: StdinSender,
@@ -112,10 +112,20 @@ pub struct Attached {
     /// queued is written (or cannot be); whoever drops `input` makes sure it does not outlive
     /// that for long (a process that never reads would keep it, and its connection, forever).
     pub writer: tokio::task::JoinHandle<()>,
-    /// Whether the process still runs. Asked once `output` has ended: if it does, the monitor
-    /// disconnected this client (too slow, or too many attached), and it can attach again.
-    /// Reads the sandbox's state dir: call it on a blocking thread.
-    pub still_running: Box<dyn Fn() -> bool + Send + Sync>,
+    /// How `output` ended; asked once it has. May read the sandbox's state dir: call it on a
+    /// blocking thread.
+    pub ended: Box<dyn Fn() -> OutputEnded + Send + Sync>,
+}
+
+/// How an attached client's output ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputEnded {
+    /// The process exited and the client was sent all of its output.
+    Exited,
+    /// The client was disconnected before the end of the output (it read too slowly, too many
+    /// clients were attached, or it was still reading when the process's monitor had to go);
+    /// `running` says whether the process still runs (then it can attach again).
+    Cut { running: bool },
 }
 
 /// The sending side of a stdin queue bounded in bytes (not in messages: a few large messages

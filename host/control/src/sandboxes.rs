@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nimbus_api::auth::{WorkloadClaims, WorkloadSigner};
 use nimbus_api::control::{
-    already_committed, committed, Attached, BoxFuture, Commit, FileEntry, SandboxControl,
-    SandboxFiles,
+    already_committed, committed, Attached, BoxFuture, Commit, FileEntry, OutputEnded,
+    SandboxControl, SandboxFiles,
 };
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{set_condition, ConditionStatus, Endpoint, Readiness, SandboxRecord};
 use nimbus_core::spec::SandboxSpec;
 use nimbus_core::{Error, ErrorCode};
+use nimbus_runtime::attach::{Attachment, OutputEnd};
 use nimbus_runtime::{ExitReason, LaunchError, Observed, ProgressEvent, Runtime, RuntimeError};
 use nimbus_store::Store;
 
@@ -873,11 +874,15 @@ impl SandboxControl for ControlHandle {
 /// `nimbus_runtime::attach`), written by a task of their own so that a process that does not
 /// read its stdin holds up only its input. The input queue is bounded in bytes
 /// ([`STDIN_QUEUE_BYTES`]); the caller ends the writer task (see [`Attached::writer`]).
-fn attached(conn: tokio::net::UnixStream, runtime: Arc<Runtime>, id: SandboxId) -> Attached {
+fn attached(conn: Attachment, runtime: Arc<Runtime>, id: SandboxId) -> Attached {
     use nimbus_api::control::{stdin_queue, StdinInput};
     use nimbus_runtime::attach::{close_stdin_frame, stdin_frame, MAX_FRAME};
     use tokio::io::AsyncWriteExt;
-    let (output, mut to_monitor) = conn.into_split();
+    let Attachment {
+        output,
+        input: mut to_monitor,
+        end,
+    } = conn;
     let (input, mut rx) = stdin_queue(STDIN_QUEUE_BYTES);
     let writer = tokio::spawn(async move {
         // The permit goes once the input is written: it is the queue's room.
@@ -900,18 +905,25 @@ fn attached(conn: tokio::net::UnixStream, runtime: Arc<Runtime>, id: SandboxId) 
             }
         }
     });
-    // The monitor writes the exit record before it closes its clients' connections, so output
-    // that ends while the process runs means the monitor let this client go. (An older monitor
-    // closes them first: a container process that is gone counts as exited too.)
-    let still_running = Box::new(move || match runtime.observe(&id) {
-        Observed::Running { pid, .. } => std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        _ => false,
+    let ended = Box::new(move || {
+        let running = || match runtime.observe(&id) {
+            Observed::Running { pid, .. } => std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            _ => false,
+        };
+        match end.get() {
+            Some(OutputEnd::Complete) => OutputEnded::Exited,
+            // A monitor of an older server sends no end record: it writes the exit record
+            // before it closes its clients' connections, so output that ends while the
+            // process runs means it let this client go.
+            Some(OutputEnd::Unknown) if !running() => OutputEnded::Exited,
+            _ => OutputEnded::Cut { running: running() },
+        }
     });
     Attached {
-        output: Box::new(output),
+        output,
         input,
         writer,
-        still_running,
+        ended,
     }
 }
 

@@ -6,11 +6,14 @@
 //! after a server restart: the monitor, not the server, holds the pipes.
 //!
 //! Protocol, per connection (a Unix stream socket; only root can reach the private data dir):
-//! - monitor → client: the process's output from the moment of connecting, as raw bytes (the
-//!   log keeps the history). The monitor closes the connection when the process has exited and
-//!   its output is drained; `exit.json` is written before that, so a client that reads
-//!   end-of-file while the sandbox still runs was disconnected (too slow, or over
-//!   [`MAX_CLIENTS`]), not told that the process ended.
+//! - monitor → client: the process's output from the moment of connecting (the log keeps the
+//!   history), in records of `[len: u32 big-endian][len bytes]`. When the process has exited
+//!   and this client has been sent all of its output, the monitor sends the end record
+//!   ([`OUTPUT_END`] as the length, no bytes) and closes the connection. A connection that
+//!   closes without it was cut: the client read too slowly, was over [`MAX_CLIENTS`], or was
+//!   still reading when the monitor had to go; its output is incomplete.
+//!   (Monitors before this protocol listened on [`LEGACY_SOCKET`] and sent raw bytes with no
+//!   end record; a client that read end-of-file while the process still ran had been cut.)
 //! - client → monitor: frames of `[kind: u8][len: u32 big-endian][len bytes]`. Kind
 //!   [`FRAME_STDIN`] writes the bytes to the process's stdin; [`FRAME_CLOSE_STDIN`] (no bytes)
 //!   closes it, so the process reads end-of-file, for every client. A connection that closes
@@ -37,7 +40,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The socket's name in the sandbox's state dir.
-pub const SOCKET: &str = "attach.sock";
+pub const SOCKET: &str = "attach-v2.sock";
+/// The socket of monitors started by an older server (raw output, no end record), which a
+/// server reaches for as long as their sandboxes run.
+pub const LEGACY_SOCKET: &str = "attach.sock";
+/// The length that marks the end record: all of the process's output was sent.
+pub const OUTPUT_END: u32 = u32::MAX;
 /// Frame kind: bytes for the process's stdin.
 pub const FRAME_STDIN: u8 = 0;
 /// Frame kind: close the process's stdin.
@@ -86,6 +94,162 @@ fn frame(kind: u8, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How a client's output ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputEnd {
+    /// The process exited and all of its output was sent (the end record came).
+    Complete,
+    /// The connection closed without the end record: the client was cut (too slow, too many
+    /// clients, or still reading when the monitor had to go), or the monitor died.
+    Cut,
+    /// A monitor of an older server, which sends no end record: whether the process still
+    /// runs tells the two apart (one that runs cut the client).
+    Unknown,
+}
+
+/// Where a client learns how its output ended, once it has.
+#[derive(Clone, Default)]
+pub struct OutputEndWatch(Arc<std::sync::OnceLock<OutputEnd>>);
+
+impl OutputEndWatch {
+    /// How the output ended; `None` while it goes on.
+    pub fn get(&self) -> Option<OutputEnd> {
+        self.0.get().copied()
+    }
+
+    fn set(&self, end: OutputEnd) {
+        let _ = self.0.set(end);
+    }
+}
+
+/// A client's connection to a sandbox's stdio: the process's output as plain bytes (the
+/// records unwrapped), and the monitor's side for stdin frames.
+pub struct Attachment {
+    /// The output; it ends when the monitor closes the connection. Set in [`Self::end`] by then.
+    pub output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    /// Where stdin frames go ([`stdin_frame`], [`close_stdin_frame`]).
+    pub input: tokio::net::unix::OwnedWriteHalf,
+    /// How the output ended.
+    pub end: OutputEndWatch,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment")
+            .field("end", &self.end.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most a client's read takes from the connection at once.
+const UNWRAP_CHUNK: usize = 64 * 1024;
+
+impl Attachment {
+    /// A connection to a monitor of this protocol: the output's records are unwrapped as the
+    /// client reads, and [`Self::end`] says how the output ended by the time it reads the end.
+    pub fn new(conn: tokio::net::UnixStream) -> Attachment {
+        let (from_monitor, input) = conn.into_split();
+        let end = OutputEndWatch::default();
+        Attachment {
+            output: Box::new(Unwrap {
+                from_monitor,
+                header: [0; 4],
+                have: 0,
+                left: 0,
+                scratch: Vec::new(),
+                end: end.clone(),
+            }),
+            input,
+            end,
+        }
+    }
+
+    /// A connection to a monitor of an older server: raw output, no end record.
+    pub fn legacy(conn: tokio::net::UnixStream) -> Attachment {
+        let (output, input) = conn.into_split();
+        let end = OutputEndWatch::default();
+        end.set(OutputEnd::Unknown);
+        Attachment {
+            output: Box::new(output),
+            input,
+            end,
+        }
+    }
+}
+
+/// Reads the output's records as plain bytes; at the end (the end record, or the connection
+/// closing without it) notes how the output ended, then reads end-of-file. It holds no task:
+/// once it and the input are dropped the connection closes, and the monitor lets the client go.
+struct Unwrap {
+    from_monitor: tokio::net::unix::OwnedReadHalf,
+    /// The length of the next record, as far as it has come.
+    header: [u8; 4],
+    have: usize,
+    /// Bytes of the current record not yet read.
+    left: u32,
+    scratch: Vec<u8>,
+    end: OutputEndWatch,
+}
+
+impl tokio::io::AsyncRead for Unwrap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.end.get().is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            if this.left > 0 {
+                let max = (this.left as usize).min(buf.remaining()).min(UNWRAP_CHUNK);
+                if max == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                this.scratch.resize(max, 0);
+                let mut part = tokio::io::ReadBuf::new(&mut this.scratch[..max]);
+                let read = std::pin::Pin::new(&mut this.from_monitor).poll_read(cx, &mut part);
+                match read {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(())) if !part.filled().is_empty() => {
+                        let n = part.filled().len();
+                        buf.put_slice(part.filled());
+                        this.left -= n as u32;
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Closed (or failed) inside a record: cut.
+                    Poll::Ready(_) => {
+                        this.end.set(OutputEnd::Cut);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            let mut header = tokio::io::ReadBuf::new(&mut this.header[this.have..]);
+            let read = std::pin::Pin::new(&mut this.from_monitor).poll_read(cx, &mut header);
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !header.filled().is_empty() => {
+                    this.have += header.filled().len();
+                }
+                // Closed (or failed) without the end record: cut.
+                Poll::Ready(_) => {
+                    this.end.set(OutputEnd::Cut);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if this.have == 4 {
+                this.have = 0;
+                match u32::from_be_bytes(this.header) {
+                    OUTPUT_END => this.end.set(OutputEnd::Complete),
+                    len => this.left = len,
+                }
+            }
+        }
+    }
+}
+
 /// A Unix socket address for `path` that fits `sun_path` (108 bytes): long paths (a deep data
 /// dir) go through `/proc/self/fd` of their directory, which the returned file keeps open.
 pub fn short_path(path: &Path) -> std::io::Result<(PathBuf, Option<File>)> {
@@ -101,8 +265,8 @@ pub fn short_path(path: &Path) -> std::io::Result<(PathBuf, Option<File>)> {
     Ok((short, Some(dir)))
 }
 
-/// One client's output queue.
-type OutputQueue = SyncSender<Arc<[u8]>>;
+/// One client's output queue, and whether the client was cut (its output stops short).
+type OutputQueue = (SyncSender<Arc<[u8]>>, Arc<AtomicBool>);
 
 /// What the accept thread and the client threads share.
 struct Shared {
@@ -169,18 +333,20 @@ impl AttachServer {
             return;
         }
         let chunk: Arc<[u8]> = Arc::from(chunk);
-        clients.retain(|(_, c)| match c.try_send(chunk.clone()) {
+        clients.retain(|(_, (queue, cut))| match queue.try_send(chunk.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 eprintln!("nimbus monitor: an attached client read too slowly; disconnected it");
+                cut.store(true, Ordering::SeqCst);
                 false
             }
             Err(TrySendError::Disconnected(_)) => false,
         });
     }
 
-    /// The process is gone and its output drained: clients get the rest of it and then
-    /// end-of-file (waiting up to `grace` for them), and the socket goes.
+    /// The process is gone and its output drained: clients get the rest of it and then the
+    /// end record (waiting up to `grace` for them; one still reading then is cut), and the
+    /// socket goes.
     pub fn finish(&self, grace: Duration) {
         let _ = std::fs::remove_file(&self.path);
         lock(&self.shared.clients).clear();
@@ -257,13 +423,14 @@ fn admit(conn: UnixStream, shared: &Arc<Shared>) {
         id,
     });
     let (tx, rx) = sync_channel::<Arc<[u8]>>(CLIENT_QUEUE);
-    lock(&shared.clients).push((id, tx));
+    let cut = Arc::new(AtomicBool::new(false));
+    lock(&shared.clients).push((id, (tx, cut.clone())));
     shared.writers.fetch_add(1, Ordering::SeqCst);
     let writing = slot.clone();
     let spawned = std::thread::Builder::new()
         .stack_size(CLIENT_STACK)
         .spawn(move || {
-            send_output(out, rx);
+            send_output(out, rx, &cut);
             writing.shared.writers.fetch_sub(1, Ordering::SeqCst);
         });
     if spawned.is_err() {
@@ -286,20 +453,32 @@ fn admit(conn: UnixStream, shared: &Arc<Shared>) {
     }
 }
 
-/// Copies output chunks to the client until it is dropped (too slow, or the process ended) or
-/// hangs up. Waiting for output, it checks now and then that the client is still there: a
-/// process with no output must not keep a departed client's thread.
-fn send_output(mut out: UnixStream, rx: std::sync::mpsc::Receiver<Arc<[u8]>>) {
+/// Copies output chunks to the client as records until it is dropped (cut, or the process
+/// ended: then the end record follows) or hangs up. Waiting for output, it checks now and then
+/// that the client is still there: a process with no output must not keep a departed client's
+/// thread.
+fn send_output(mut out: UnixStream, rx: std::sync::mpsc::Receiver<Arc<[u8]>>, cut: &AtomicBool) {
     loop {
         match rx.recv_timeout(LIVENESS_CHECK) {
             Ok(chunk) => {
-                if out.write_all(&chunk).is_err() {
+                let Ok(len) = u32::try_from(chunk.len()) else {
+                    break;
+                };
+                let sent = out
+                    .write_all(&len.to_be_bytes())
+                    .and_then(|()| out.write_all(&chunk));
+                if sent.is_err() {
                     break;
                 }
             }
             Err(RecvTimeoutError::Timeout) if hung_up(&out) => break,
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                if !cut.load(Ordering::SeqCst) {
+                    let _ = out.write_all(&OUTPUT_END.to_be_bytes());
+                }
+                break;
+            }
         }
     }
     // Output is over for this client (the process ended, it was too slow, or it left).
@@ -467,6 +646,37 @@ fn write_stdin(queue: &StdinQueue, mut stdin: File) {
 mod tests {
     use super::*;
 
+    /// Reads output records until the connection ends: the bytes, and whether the end record
+    /// came.
+    fn read_records(conn: &mut UnixStream) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            if conn.read_exact(&mut len).is_err() {
+                return (out, false);
+            }
+            let len = u32::from_be_bytes(len);
+            if len == OUTPUT_END {
+                let mut after = Vec::new();
+                conn.read_to_end(&mut after).unwrap();
+                assert!(after.is_empty(), "nothing after the end record");
+                return (out, true);
+            }
+            let mut record = vec![0u8; len as usize];
+            conn.read_exact(&mut record).unwrap();
+            out.extend_from_slice(&record);
+        }
+    }
+
+    /// One output record.
+    fn read_record(conn: &mut UnixStream) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).unwrap();
+        let mut record = vec![0u8; u32::from_be_bytes(len) as usize];
+        conn.read_exact(&mut record).unwrap();
+        record
+    }
+
     #[test]
     fn frames_carry_their_kind_and_length() {
         assert_eq!(stdin_frame(b"hi"), vec![0, 0, 0, 0, 2, b'h', b'i']);
@@ -517,9 +727,7 @@ mod tests {
         server.broadcast(b"out");
         server.finish(std::time::Duration::from_secs(5));
         for c in [&mut a, &mut b] {
-            let mut s = String::new();
-            c.read_to_string(&mut s).unwrap();
-            assert_eq!(s, "out");
+            assert_eq!(read_records(c), (b"out".to_vec(), true));
         }
         assert!(!socket_path(d.path()).exists());
     }
@@ -576,9 +784,7 @@ mod tests {
             server.connected() == 2
         });
         server.broadcast(b"out");
-        let mut got = [0u8; 3];
-        b.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"out");
+        assert_eq!(read_record(&mut b), b"out");
         // a hangs up: its threads end once its input has waited out the grace period.
         drop(a);
         wait_for(DEPARTED_GRACE * 3, "client a let go", || {
@@ -623,9 +829,38 @@ mod tests {
         again
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut got = [0u8; 2];
-        again.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"hi");
+        assert_eq!(read_record(&mut again), b"hi");
+    }
+
+    /// A client that reads too slowly is cut: it gets what was queued for it, but not the end
+    /// record, so it can tell its output is incomplete though the process then exits; a
+    /// client that keeps up gets everything and the end record.
+    #[test]
+    fn a_cut_client_gets_no_end_record() {
+        let d = tempfile::tempdir().unwrap();
+        let (_stdin_r, stdin_w) = nix::unistd::pipe().unwrap();
+        let server = AttachServer::start(d.path(), File::from(stdin_w)).unwrap();
+        let mut slow = UnixStream::connect(socket_path(d.path())).unwrap();
+        let mut steady = UnixStream::connect(socket_path(d.path())).unwrap();
+        wait_for(Duration::from_secs(5), "both attached", || {
+            server.connected() == 2
+        });
+        let steady_reader = std::thread::spawn(move || read_records(&mut steady));
+        // The slow client reads nothing until its socket and its queue are full.
+        let chunk = vec![b'x'; 64 * 1024];
+        let chunks = CLIENT_QUEUE * 2;
+        for _ in 0..chunks {
+            server.broadcast(&chunk);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let slow_reader = std::thread::spawn(move || read_records(&mut slow));
+        server.finish(Duration::from_secs(30));
+        let (got, complete) = slow_reader.join().unwrap();
+        assert!(!complete, "a cut client is not told the output is complete");
+        assert!(got.len() < chunks * chunk.len(), "{}", got.len());
+        let (got, complete) = steady_reader.join().unwrap();
+        assert!(complete);
+        assert_eq!(got.len(), chunks * chunk.len());
     }
 
     /// Failed accepts (out of file descriptors or memory) are waited out; later clients are

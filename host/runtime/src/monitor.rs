@@ -2,7 +2,7 @@
 //! own session so it outlives the server: it runs `crun run --detach` (from a sealed copy of
 //! crun, see `sealed_exec.rs`) with the container's stdio on pipes it owns, becomes the
 //! container's parent (child subreaper), copies output into a bounded log, serves stdin and live
-//! output on `attach.sock` (see `attach.rs`), records the exit (code, signal, OOM kill) in
+//! output on `attach-v2.sock` (see `attach.rs`), records the exit (code, signal, OOM kill) in
 //! `exit.json`, then deletes the crun container. One crun invocation (not `create` then
 //! `start`) is a good part of why a launch is quick; the server makes sure the network is ready
 //! before it hands the sandbox over.
@@ -357,9 +357,11 @@ fn run(a: &Assignment, ready: Prepared) -> Result<(), String> {
             finished_at: now_secs(),
         },
     );
-    // Attached clients get the rest of the output, then end-of-file.
+    // Attached clients get the rest of the output, then the end record. Up to 5 s: a client
+    // reading steadily drains a full queue in well under that; one still reading then is cut,
+    // and told so by the missing end record (the log has everything).
     if let Some(server) = attach.get() {
-        server.finish(std::time::Duration::from_secs(1));
+        server.finish(std::time::Duration::from_secs(5));
     }
     recorded?;
     crun_delete(&ready.crun, a);

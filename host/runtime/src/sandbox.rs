@@ -1243,35 +1243,34 @@ impl Runtime {
 
     /// Connects to the sandbox's stdio through its monitor's attach socket (protocol in
     /// [`crate::attach`]): output from now on, frames for stdin. Works for as long as the
-    /// process runs, across server restarts.
-    pub async fn attach(&self, id: &SandboxId) -> Result<tokio::net::UnixStream, RuntimeError> {
+    /// process runs, across server restarts (and with monitors of an older server, on their
+    /// socket).
+    pub async fn attach(&self, id: &SandboxId) -> Result<crate::attach::Attachment, RuntimeError> {
         let dir = self.dir(id.as_str());
         if !dir.is_dir() {
             return Err(RuntimeError::NotFound(id.to_string()));
         }
         let path = crate::attach::socket_path(&dir);
-        let (addr, _dir) = crate::attach::short_path(&path)
-            .map_err(|e| RuntimeError::Internal(format!("{}: {e}", path.display())))?;
-        match tokio::net::UnixStream::connect(&addr).await {
-            Ok(conn) => Ok(conn),
+        let legacy = dir.join(crate::attach::LEGACY_SOCKET);
+        let connected = match connect_unix(&path).await {
+            Err(e) if is_absent(&e) && legacy.exists() => connect_unix(&legacy)
+                .await
+                .map(crate::attach::Attachment::legacy),
+            other => other.map(crate::attach::Attachment::new),
+        };
+        match connected {
+            Ok(attachment) => Ok(attachment),
             // No socket, or nobody listening on it: the monitor is gone or not there yet --
             // unless the process runs, when the monitor could not offer one (its log says why).
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                match self.observe(id) {
-                    Observed::Running { .. } => Err(RuntimeError::Internal(format!(
-                        "sandbox {id} runs, but its monitor offers no attach socket at {}; \
-                         {} says why",
-                        path.display(),
-                        dir.join("monitor.log").display()
-                    ))),
-                    _ => Err(RuntimeError::NotRunning(id.to_string())),
-                }
-            }
+            Err(e) if is_absent(&e) => match self.observe(id) {
+                Observed::Running { .. } => Err(RuntimeError::Internal(format!(
+                    "sandbox {id} runs, but its monitor offers no attach socket at {}; \
+                     {} says why",
+                    path.display(),
+                    dir.join("monitor.log").display()
+                ))),
+                _ => Err(RuntimeError::NotRunning(id.to_string())),
+            },
             Err(e) => Err(RuntimeError::Internal(format!(
                 "cannot attach to {id} through {}: {e}",
                 path.display()
@@ -1733,6 +1732,20 @@ fn remove_cgroups(id: &str) {
             let _ = std::fs::remove_dir(&c);
         }
     }
+}
+
+/// Connects to a Unix socket, through its directory where the path is too long for an address.
+async fn connect_unix(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    let (addr, _dir) = crate::attach::short_path(path)?;
+    tokio::net::UnixStream::connect(&addr).await
+}
+
+/// Whether a connect failed for want of a listener (no socket file, or nobody behind it).
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 #[cfg(test)]

@@ -12,12 +12,12 @@ use nimbus_runtime::{attach, ExitReason, LaunchError, Observed, ProgressEvent, R
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Reads from an attached sandbox until the output so far ends with `end` (or 30 s pass).
-async fn read_until(conn: &mut tokio::net::UnixStream, end: &str) -> String {
+async fn read_until(conn: &mut attach::Attachment, end: &str) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !String::from_utf8_lossy(&got).ends_with(end) {
-        let n = tokio::time::timeout_at(deadline, conn.read(&mut buf))
+        let n = tokio::time::timeout_at(deadline, conn.output.read(&mut buf))
             .await
             .unwrap_or_else(|_| panic!("no {end:?} in {:?}", String::from_utf8_lossy(&got)))
             .unwrap();
@@ -52,6 +52,7 @@ async fn stdio_clients_attach_write_stdin_read_output_and_close_stdin() {
     let mut first = rt.attach(&id).await.unwrap();
     let mut second = rt.attach(&id).await.unwrap();
     first
+        .input
         .write_all(&attach::stdin_frame(b"hello\n"))
         .await
         .unwrap();
@@ -60,11 +61,13 @@ async fn stdio_clients_attach_write_stdin_read_output_and_close_stdin() {
     // A client that leaves without closing stdin leaves it open for the next one.
     drop(first);
     second
+        .input
         .write_all(&attach::stdin_frame(b"again\n"))
         .await
         .unwrap();
     assert_eq!(read_until(&mut second, "again\n").await, "again\n");
     second
+        .input
         .write_all(&attach::close_stdin_frame())
         .await
         .unwrap();
@@ -74,11 +77,19 @@ async fn stdio_clients_attach_write_stdin_read_output_and_close_stdin() {
     );
     // The process exited: the connection ends, and nobody can attach any more.
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), second.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        second.output.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(
+        second.end.get(),
+        Some(attach::OutputEnd::Complete),
+        "all of the output was sent"
+    );
     let o = wait_exited(&rt, &id, Duration::from_secs(30)).await;
     assert!(matches!(o, Observed::Exited { code: 0, .. }), "{o:?}");
     let err = rt.attach(&id).await.unwrap_err();
@@ -538,7 +549,8 @@ async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhil
     // The adopted sandbox is fully controllable: stdio, logs, stop, delete. Its monitor, not
     // the server, holds the process's stdin, so a client attaches after the restart.
     let mut conn = rt.attach(&long).await.unwrap();
-    conn.write_all(&attach::stdin_frame(b"after-restart\n"))
+    conn.input
+        .write_all(&attach::stdin_frame(b"after-restart\n"))
         .await
         .unwrap();
     assert_eq!(read_until(&mut conn, "\n").await, "got after-restart\n");

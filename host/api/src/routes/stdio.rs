@@ -6,10 +6,11 @@
 //!   binary message closes stdin, so the process reads end-of-file.
 //! - server → client: the process's output (stdout and stderr, as the log has them) from the
 //!   moment of attaching, as binary messages. Earlier output is at `…/sandboxes/{id}/logs`.
-//! - The server closes the WebSocket with 1000 when the process has exited (its remaining
-//!   output sent first), with 1008 when the session is closed or expires, with 1013 when the
-//!   monitor disconnected this client while the process runs (it read too slowly; it can attach
-//!   again), and with 1009 after a message over [`MAX_MESSAGE`]. A client that disconnects
+//! - The server closes the WebSocket with 1000 when the process has exited and all of its
+//!   output was sent, with 1008 when the session is closed or expires, with 1013 when the
+//!   monitor disconnected this client before the end of the output (it read too slowly: while
+//!   the process runs it can attach again; the logs have everything), and with 1009 after a
+//!   message over [`MAX_MESSAGE`]. A client that disconnects
 //!   leaves stdin open for the next attach.
 //! - At most [`MAX_ATTACHES`] channels per sandbox at once; one more is refused with 429
 //!   `quota.exhausted` before the upgrade.
@@ -27,7 +28,7 @@ use nimbus_core::Error;
 use tokio::io::AsyncReadExt;
 
 use crate::app::{tenant_name, Caller, SharedApp};
-use crate::control::{Attached, StdinInput, StdinSender};
+use crate::control::{Attached, OutputEnded, StdinInput, StdinSender};
 use crate::error::ApiResult;
 
 /// How often an attached channel checks that its session is still open (a close through the
@@ -98,9 +99,9 @@ pub async fn stdio(
             output,
             input,
             mut writer,
-            still_running,
+            ended,
         } = attached;
-        bridge(ws, output, input, still_running, &app, &tenant, &session).await;
+        bridge(ws, output, input, ended, &app, &tenant, &session).await;
         // Input still queued gets a moment to reach the process, then goes with the
         // connection to the monitor: a process that never reads must not keep it (and the
         // sandbox's place) forever.
@@ -149,7 +150,7 @@ async fn bridge(
     ws: WebSocket,
     mut output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     input: StdinSender,
-    still_running: Box<dyn Fn() -> bool + Send + Sync>,
+    ended: Box<dyn Fn() -> OutputEnded + Send + Sync>,
     app: &SharedApp,
     tenant: &Name,
     session: &SessionRecord,
@@ -180,16 +181,25 @@ async fn bridge(
                         break None;
                     }
                 }
-                // The output ends when the process has exited, or when the monitor let this
-                // client go while it runs (it read too slowly): only the first is the end.
+                // The output ends when the process has exited and all of it was sent, or when
+                // the monitor let this client go before that (it read too slowly).
                 _ => {
-                    let running = tokio::task::spawn_blocking(still_running).await;
-                    break Some(if running.unwrap_or(false) {
-                        (1013, "disconnected for reading the output too slowly (or with too \
-                                many clients attached) while the process runs; attach again"
-                            .to_string())
-                    } else {
-                        (1000, "the process has exited".to_string())
+                    let how = tokio::task::spawn_blocking(ended).await;
+                    break Some(match how {
+                        Ok(OutputEnded::Exited) => (1000, "the process has exited".to_string()),
+                        Ok(OutputEnded::Cut { running: true }) => (
+                            1013,
+                            "disconnected for reading the output too slowly (or with too many \
+                             clients attached) while the process runs; attach again"
+                                .to_string(),
+                        ),
+                        Ok(OutputEnded::Cut { running: false }) | Err(_) => (
+                            1013,
+                            // A close reason has at most 123 bytes.
+                            "output incomplete: disconnected for reading too slowly; the process \
+                             has exited, its logs have it all"
+                                .to_string(),
+                        ),
                     });
                 }
             },
