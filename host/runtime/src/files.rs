@@ -86,7 +86,8 @@ pub fn components(path: &str) -> Result<Vec<&str>, FileError> {
 /// Refuses a path under one of the mounts the sandbox's process sees over its root filesystem
 /// (bundle.rs: `/proc`, `/sys`, `/dev`, and the `/etc` files Nimbus writes). The files channel
 /// works on the root filesystem itself: what it read there is not what the process reads, and
-/// what it wrote there the process would never see. By name, as given.
+/// what it wrote there the process would never see. By name, as given; each operation checks
+/// again where the path leads once symlinks are resolved ([`SandboxFiles::resolved_outside_mounts`]).
 fn outside_mounts(path: &str, rel: &[&str]) -> Result<(), FileError> {
     let mount = match rel {
         [top @ ("proc" | "sys" | "dev"), ..] => format!("/{top}"),
@@ -208,6 +209,34 @@ impl SandboxFiles {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
+    /// [`outside_mounts`] for where `at` (then `name` in it) really is, symlinks resolved: a
+    /// link such as `rootlink -> /` must not carry `rootlink/proc` or `rootlink/etc/hosts` past
+    /// the check by name, since deleting or replacing what is under a mount tears the mount out
+    /// of the sandbox.
+    fn resolved_outside_mounts(
+        &self,
+        path: &str,
+        at: &OwnedFd,
+        name: Option<&str>,
+    ) -> Result<(), FileError> {
+        let link = |fd: RawFd| std::fs::read_link(format!("/proc/self/fd/{fd}"));
+        let (Ok(root), Ok(there)) = (link(self.root.as_raw_fd()), link(at.as_raw_fd())) else {
+            return Err(FileError::Busy(path.to_string()));
+        };
+        // Under the root by construction (RESOLVE_IN_ROOT); a directory removed meanwhile
+        // reads "… (deleted)" and is not: the sandbox is changing it, so retry.
+        let Ok(inside) = there.strip_prefix(&root) else {
+            return Err(FileError::Busy(path.to_string()));
+        };
+        let mut rel: Vec<String> = inside
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        rel.extend(name.map(str::to_string));
+        let rel: Vec<&str> = rel.iter().map(String::as_str).collect();
+        outside_mounts(path, &rel)
+    }
+
     fn dir(&self, rel: &[&str], path: &str) -> Result<OwnedFd, FileError> {
         self.open_in(rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
             .map_err(|e| errno(path, e))
@@ -240,6 +269,7 @@ impl SandboxFiles {
         let handle = self
             .open_in(&rel, OFlag::O_PATH, Mode::empty())
             .map_err(|e| errno(path, e))?;
+        self.resolved_outside_mounts(path, &handle, None)?;
         let st = nix::sys::stat::fstat(handle.as_raw_fd()).map_err(|e| errno(path, e))?;
         match kind(st.st_mode) {
             "file" => {}
@@ -326,6 +356,7 @@ impl SandboxFiles {
             }
         }
         let parent = self.dir(parents, path)?;
+        self.resolved_outside_mounts(path, &parent, Some(name))?;
         // Made in the parent descriptor, under a name the sandbox cannot guess: a predictable
         // one could be taken ahead (a planted symlink), failing every upload to the directory.
         let mut attempts = 0;
@@ -387,6 +418,7 @@ impl SandboxFiles {
             return Err(invalid(path, "is the root directory"));
         };
         let parent = self.dir(parents, path)?;
+        self.resolved_outside_mounts(path, &parent, Some(name))?;
         let st = fstatat(
             Some(parent.as_raw_fd()),
             *name,
@@ -426,6 +458,7 @@ impl SandboxFiles {
         let dir = self
             .open_in(&rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
             .map_err(|e| errno(path, e))?;
+        self.resolved_outside_mounts(path, &dir, None)?;
         // The descriptor already points inside the sandbox; reading it through its
         // /proc/self/fd link resolves nothing else.
         let link = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
@@ -625,6 +658,62 @@ mod tests {
         ] {
             outside_mounts(path, &components(path).unwrap()).unwrap();
         }
+    }
+
+    /// A symlink in the sandbox does not carry a path past the mount check: `rootlink -> /`
+    /// makes `rootlink/proc` the sandbox's `/proc`, refused like `/proc` itself.
+    #[test]
+    fn paths_through_symlinks_into_the_sandboxs_own_mounts_are_refused() {
+        let (root, journal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir_all(root.path().join("proc/1")).unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        std::fs::write(root.path().join("etc/passwd"), "root:x:0:0\n").unwrap();
+        std::os::unix::fs::symlink("/", root.path().join("rootlink")).unwrap();
+        std::os::unix::fs::symlink("../etc", root.path().join("etclink")).unwrap();
+        let files = files_over(root.path(), journal.path());
+        let refused = |outcome: Result<(), FileError>, what: &str| match outcome {
+            Err(FileError::Invalid { reason, .. }) => assert!(
+                reason.contains("mounts over its root filesystem"),
+                "{what}: {reason}"
+            ),
+            other => panic!("{what}: {other:?}"),
+        };
+        refused(files.read("/rootlink/etc/hosts").map(drop), "read");
+        refused(
+            files.read("/etclink/hosts").map(drop),
+            "read via a relative link",
+        );
+        refused(files.delete("/rootlink/proc"), "delete");
+        refused(files.delete("/rootlink/etc/hosts"), "delete a file");
+        refused(
+            files
+                .write("/rootlink/etc/resolv.conf", &b"nameserver 6.6.6.6\n"[..])
+                .map(drop),
+            "write",
+        );
+        refused(
+            files.write("/rootlink/proc/x/y", &b"z"[..]).map(drop),
+            "write under",
+        );
+        refused(files.list("/rootlink/proc").map(drop), "list");
+        assert!(root.path().join("proc/1").is_dir());
+        assert!(root.path().join("etc/hosts").is_file());
+        assert!(!root.path().join("etc/resolv.conf").exists());
+        assert!(
+            !root.path().join("proc/x").exists(),
+            "the made directory is undone"
+        );
+        // Elsewhere, links are followed as before.
+        let mut passwd = String::new();
+        files
+            .read("/rootlink/etc/passwd")
+            .unwrap()
+            .read_to_string(&mut passwd)
+            .unwrap();
+        assert_eq!(passwd, "root:x:0:0\n");
+        files.write("/rootlink/tmp/ok", &b"ok"[..]).unwrap();
+        assert!(root.path().join("tmp/ok").is_file());
     }
 
     #[test]
