@@ -304,3 +304,53 @@ async fn an_upload_cut_off_by_a_server_crash_leaves_nothing_after_the_restart() 
     let (_, sbx) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
     assert_eq!(sbx["status"]["lifecycleState"], "ready", "{sbx}");
 }
+
+/// An upload whose body is still arriving when its session is closed writes nothing: the
+/// session is checked again once the body is in (409, as for any use of a closed session).
+#[tokio::test]
+async fn an_upload_finishing_after_its_session_closed_writes_nothing() {
+    use tokio::io::AsyncReadExt;
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let (_, session) = sandbox_with_files_session(&s, &root, "sleep 600").await;
+    let addr = s.base_url().trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT {T}/sessions/{session}/files/late/dir/file HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {}\r\nContent-Length: 10\r\n\r\nfirst",
+        s.token
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, closed) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions/{session}/close"),
+            Some(json!({"reason": "done"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{closed}");
+    conn.write_all(b"final").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    assert!(answer.contains("state.invalid_transition"), "{answer}");
+    // Nothing was written: a new session finds neither the file nor its directories.
+    let body = json!({"target": {"sandbox": {"id": closed["spec"]["target"]["sandbox"]["id"]}}, "channels": ["files"]});
+    let (st, ses) = s.call("POST", &format!("{T}/sessions"), Some(body)).await;
+    assert_eq!(st, 201, "{ses}");
+    let again = ses["metadata"]["id"].as_str().unwrap();
+    let (st, body) = s
+        .call(
+            "GET",
+            &format!("{T}/sessions/{again}/files/late/?list"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 404, "{body}");
+}

@@ -73,6 +73,21 @@ pub(crate) async fn channel_target(
             ),
         ));
     }
+    require_open(session)?;
+    let snapshot = &session.spec.target_snapshot;
+    match (snapshot.kind.as_str(), &snapshot.id, &snapshot.name) {
+        ("sandbox", Some(sandbox), _) => SandboxId::parse("target.sandbox.id", sandbox),
+        ("service", _, Some(service)) => service_sandbox(app, tenant, service, name).await,
+        _ => Err(Error::internal(format!(
+            "session {id} has a target snapshot without its target"
+        ))),
+    }
+}
+
+/// 409 `state.invalid_transition` unless `session` is open (and not past its expiry, which
+/// the reaper may not have recorded yet).
+pub(crate) fn require_open(session: &SessionRecord) -> Result<(), Error> {
+    let id = session.id.as_str();
     let state = if session.spec.expires_at <= Utc::now() {
         SessionState::Expired
     } else {
@@ -86,14 +101,7 @@ pub(crate) async fn channel_target(
             format!("session {id} is {}; open a new session", state.as_str()),
         ));
     }
-    let snapshot = &session.spec.target_snapshot;
-    match (snapshot.kind.as_str(), &snapshot.id, &snapshot.name) {
-        ("sandbox", Some(sandbox), _) => SandboxId::parse("target.sandbox.id", sandbox),
-        ("service", _, Some(service)) => service_sandbox(app, tenant, service, name).await,
-        _ => Err(Error::internal(format!(
-            "session {id} has a target snapshot without its target"
-        ))),
-    }
+    Ok(())
 }
 
 /// The running sandbox of sandbox-backed service `service`, for the `channel` of a session.

@@ -20,7 +20,7 @@ use axum::response::Response;
 use axum::Json;
 use nimbus_core::authz::Principal;
 
-use nimbus_core::resource::Channel;
+use nimbus_core::resource::{Channel, SessionRecord};
 use nimbus_core::Error;
 use serde_json::{json, Value};
 
@@ -119,7 +119,7 @@ async fn serve(
     let response = match (method.clone(), list) {
         (Method::GET, true) => list_dir(files, path).await,
         (Method::GET, false) => read(files, path).await,
-        (Method::PUT, false) => write(files, &tenant, path, body).await,
+        (Method::PUT, false) => write(files, &app, &tenant, &session, path, body).await,
         (Method::DELETE, false) => delete(files, path).await,
         (_, true) => Err(Error::invalid_argument(
             "query",
@@ -170,7 +170,9 @@ async fn list_dir(files: Box<dyn SandboxFiles>, path: String) -> Result<Response
 
 async fn write(
     files: Box<dyn SandboxFiles>,
+    app: &SharedApp,
     tenant: &nimbus_core::names::Name,
+    session: &SessionRecord,
     path: String,
     body: Body,
 ) -> Result<Response, Error> {
@@ -221,6 +223,14 @@ async fn write(
                 ),
             )
         })?;
+    // The body may have taken until its deadline to arrive: the session must still be open
+    // now, when the file is written (a closed or expired session writes nothing).
+    let now = app
+        .store
+        .get_session(tenant, session.id.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("session", session.id.as_str()))?;
+    super::channels::require_open(&now)?;
     let shown = path.clone();
     let size = blocking(move || files.write(&path, &bytes)).await?;
     Ok(axum::response::IntoResponse::into_response(Json(
