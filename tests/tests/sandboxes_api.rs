@@ -712,6 +712,46 @@ async fn a_slow_stdio_client_is_told_its_output_was_cut_though_the_process_exite
     assert_eq!(st, 200);
 }
 
+/// Revoking the credential that attached a stdio channel ends the channel (1008), as it ends
+/// the credential's next request: the channel does not outlive the access it was opened with.
+#[tokio::test]
+async fn revoking_the_credential_that_attached_ends_the_stdio_channel() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let id = ready_sandbox(&s, &root, "while read l; do echo \"got $l\"; done").await;
+    let session = open_session(&s, &id, &["stdio"]).await;
+    let (st, reach) = s
+        .call(
+            "POST",
+            &format!("{T}/credentials"),
+            Some(json!({"kind": "token", "grants": [format!("sandbox:{id}:reach")]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{reach}");
+    let mut ws = stdio(&s, &session, reach["secret"].as_str().unwrap())
+        .await
+        .unwrap();
+    ws.send(Message::binary(b"one\n".to_vec())).await.unwrap();
+    assert_eq!(read_output(&mut ws, "got one\n").await, "got one\n");
+    let cred = reach["metadata"]["id"]
+        .as_str()
+        .or(reach["id"].as_str())
+        .unwrap()
+        .to_string();
+    let (st, body) = s
+        .call("DELETE", &format!("{T}/credentials/{cred}"), None)
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("revoked"), "{reason}");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}
+
 /// Threads and open files of the sandbox's monitor: (threads, fds).
 fn monitor_load(s: &Server, id: &str) -> (usize, usize) {
     let pid = std::fs::read_to_string(

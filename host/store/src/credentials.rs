@@ -44,6 +44,22 @@ impl Store {
         row.map(|r| decode(&r)).transpose()
     }
 
+    /// The credential `id` of `tenant`, revoked or not.
+    pub async fn get_credential(
+        &self,
+        tenant: &Name,
+        id: &str,
+    ) -> Result<Option<CredentialRecord>, Error> {
+        let row =
+            sqlx::query("SELECT doc, secret_hash FROM credentials WHERE tenant_id = ? AND id = ?")
+                .bind(tenant.as_str())
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(db_error)?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
     pub async fn list_credentials(
         &self,
         tenant: &Name,

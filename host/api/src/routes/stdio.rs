@@ -7,7 +7,8 @@
 //! - server → client: the process's output (stdout and stderr, as the log has them) from the
 //!   moment of attaching, as binary messages. Earlier output is at `…/sandboxes/{id}/logs`.
 //! - The server closes the WebSocket with 1000 when the process has exited and all of its
-//!   output was sent, with 1008 when the session is closed or expires, with 1013 when the
+//!   output was sent, with 1008 when the session is closed or expires (or the credential that
+//!   attached is revoked or expires), with 1013 when the
 //!   monitor disconnected this client before the end of the output (it read too slowly: while
 //!   the process runs it can attach again; the logs have everything), and with 1009 after a
 //!   message over [`MAX_MESSAGE`]. A client that disconnects
@@ -21,6 +22,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
+use nimbus_core::authz::{Principal, PrincipalKind};
 use nimbus_core::lifecycle::{SandboxState, SessionState};
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{Channel, SessionRecord};
@@ -101,7 +103,13 @@ pub async fn stdio(
             mut writer,
             ended,
         } = attached;
-        bridge(ws, output, input, ended, &app, &tenant, &session).await;
+        let lease = Lease {
+            app: &app,
+            tenant: &tenant,
+            session: &session,
+            caller: &p,
+        };
+        bridge(ws, output, input, ended, &lease).await;
         // Input still queued gets a moment to reach the process, then goes with the
         // connection to the monitor: a process that never reads must not keep it (and the
         // sandbox's place) forever.
@@ -144,17 +152,29 @@ async fn attachable_sandbox(
     Ok(sandbox)
 }
 
+/// What keeps a stdio channel open: its session, and the credential that attached.
+struct Lease<'a> {
+    app: &'a SharedApp,
+    tenant: &'a Name,
+    session: &'a SessionRecord,
+    caller: &'a Principal,
+}
+
 /// Pumps output to the client and the client's input to stdin until the process exits, the
-/// session ends, or the client leaves. Returns once `input` is dropped.
+/// session ends, the credential that attached is revoked, or the client leaves. Returns once `input` is dropped.
 async fn bridge(
     ws: WebSocket,
     mut output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     input: StdinSender,
     ended: Box<dyn Fn() -> OutputEnded + Send + Sync>,
-    app: &SharedApp,
-    tenant: &Name,
-    session: &SessionRecord,
+    lease: &Lease<'_>,
 ) {
+    let Lease {
+        app,
+        tenant,
+        session,
+        caller,
+    } = *lease;
     let (mut to_client, from_client) = ws.split();
     // Input runs on its own task: a process that does not read its stdin must not stop its
     // output from reaching the client, nor keep the server from noticing the session end.
@@ -222,6 +242,9 @@ async fn bridge(
                     // A store hiccup is not a reason to cut the stream; check again later.
                     Err(e) => tracing::warn!(error = %e, "stdio channel: cannot re-read its session"),
                 }
+                if let Some(why) = credential_ended(app, caller).await {
+                    break Some((1008, why));
+                }
             }
         }
     };
@@ -236,6 +259,30 @@ async fn bridge(
             reason: reason.into(),
         };
         let _ = to_client.send(Message::Close(Some(frame))).await;
+    }
+}
+
+/// Why the credential that attached can no longer be used (revoked, expired, deleted), if so:
+/// revoking a credential ends what it holds open, not only its next request. Workload
+/// identities end with their sandbox, which ends the channel anyway.
+async fn credential_ended(app: &SharedApp, caller: &Principal) -> Option<String> {
+    if caller.kind == PrincipalKind::Workload {
+        return None;
+    }
+    let tenant = Name::parse("tenant", &caller.tenant_id).ok()?;
+    let id = &caller.id;
+    match app.store.get_credential(&tenant, id).await {
+        Ok(Some(c)) if c.revoked_at.is_some() => Some(format!("credential {id} was revoked")),
+        Ok(Some(c)) if c.expires_at.is_some_and(|e| e <= Utc::now()) => {
+            Some(format!("credential {id} expired"))
+        }
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("credential {id} no longer exists")),
+        // A store hiccup is not a reason to cut the stream; check again later.
+        Err(e) => {
+            tracing::warn!(error = %e, "stdio channel: cannot re-read its credential");
+            None
+        }
     }
 }
 
