@@ -353,4 +353,12 @@ async fn an_upload_finishing_after_its_session_closed_writes_nothing() {
         )
         .await;
     assert_eq!(st, 404, "{body}");
+    // What the router's decoding would hide is refused as sent: an empty first component,
+    // and a / encoded inside a name.
+    for raw in ["/etc/passwd", "etc%2Fpasswd"] {
+        let (st, body) = s
+            .call("GET", &format!("{T}/sessions/{again}/files/{raw}"), None)
+            .await;
+        assert_eq!(st, 400, "{raw}: {body}");
+    }
 }

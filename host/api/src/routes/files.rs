@@ -72,9 +72,33 @@ pub async fn with_path(
     method: Method,
     Path((tenant, id, path)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
+    uri: axum::http::Uri,
     body: Body,
 ) -> ApiResult<Response> {
+    refuse_what_decoding_hides(uri.path())?;
     serve(app, p, method, tenant, id, format!("/{path}"), q, body).await
+}
+
+/// The path as sent, before the router decoded it: `files//etc/passwd` has an empty first
+/// component, which the decoded wildcard no longer shows, and `etc%2Fpasswd` is one name with
+/// a `/` in it, which no file can have (decoded, it would pass as two).
+fn refuse_what_decoding_hides(raw: &str) -> Result<(), Error> {
+    let Some((_, tail)) = raw.split_once("/files/") else {
+        return Ok(());
+    };
+    if tail.starts_with('/') {
+        return Err(Error::invalid_argument(
+            "path",
+            "the path has an empty component (a // after files); give the path from / without it",
+        ));
+    }
+    if tail.to_ascii_lowercase().contains("%2f") {
+        return Err(Error::invalid_argument(
+            "path",
+            "the path has an encoded / (%2F) in a name; names cannot contain /: write the / itself",
+        ));
+    }
+    Ok(())
 }
 
 /// `…/files/` (the root directory).
@@ -243,4 +267,26 @@ async fn delete(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, 
     blocking(move || files.delete(&path)).await?;
     let body: Value = json!({ "path": shown, "deleted": true });
     Ok(axum::response::IntoResponse::into_response(Json(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_decoding_would_hide_is_refused() {
+        let base = "/v1/tenants/demo/sessions/ses_1/files/";
+        for bad in [
+            "/etc/passwd",
+            "etc%2Fpasswd",
+            "etc%2fpasswd",
+            "a/b%2F..%2Fc",
+        ] {
+            let e = refuse_what_decoding_hides(&format!("{base}{bad}")).unwrap_err();
+            assert_eq!(e.code, nimbus_core::ErrorCode::InvalidArgument, "{bad}");
+        }
+        for good in ["etc/passwd", "a%20b/c", "x%25y"] {
+            refuse_what_decoding_hides(&format!("{base}{good}")).unwrap();
+        }
+    }
 }
