@@ -621,19 +621,8 @@ async fn eventually(within: Duration, what: &str, mut done: impl FnMut() -> bool
     }
 }
 
-/// A client that reads too slowly is disconnected by the monitor while the process runs: it
-/// is told so (1013, attach again), not that the process exited (1000), and can attach again.
-#[tokio::test]
-async fn a_slow_stdio_client_is_told_to_attach_again_not_that_the_process_exited() {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    let s = Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = busybox_rootfs(dir.path());
-    let id = ready_sandbox(&s, &root, &format!("exec yes {}", "a".repeat(100))).await;
-    let session = open_session(&s, &id, &["stdio"]).await;
-    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
-    // Read nothing until the monitor has let this client go.
+/// Waits until sandbox `id`'s monitor has disconnected a client for reading too slowly.
+async fn monitor_drops_a_slow_client(s: &Server, id: &str) {
     let monitor_log = s
         .data_dir()
         .join(format!("runtime/sandboxes/{id}/monitor.log"));
@@ -643,17 +632,42 @@ async fn a_slow_stdio_client_is_told_to_attach_again_not_that_the_process_exited
         || std::fs::read_to_string(&monitor_log).is_ok_and(|l| l.contains("read too slowly")),
     )
     .await;
-    // Then drain: what was queued for it, and then the close.
-    let (code, reason) = loop {
+}
+
+/// Reads a stdio channel to its close: the output bytes received, then the close's code and
+/// reason.
+async fn drain_to_close(ws: &mut Ws) -> (usize, u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut received = 0usize;
+    loop {
         let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
             .await
             .expect("the channel ends");
         match msg {
-            Some(Ok(Message::Binary(_))) => {}
-            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(Message::Binary(b))) => received += b.len(),
+            Some(Ok(Message::Close(Some(f)))) => {
+                return (received, u16::from(f.code), f.reason.to_string())
+            }
             other => panic!("expected output or a close frame, got {other:?}"),
         }
-    };
+    }
+}
+
+/// A client that reads too slowly is disconnected by the monitor while the process runs: it
+/// is told so (1013, attach again), not that the process exited (1000), and can attach again.
+#[tokio::test]
+async fn a_slow_stdio_client_is_told_to_attach_again_not_that_the_process_exited() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let id = ready_sandbox(&s, &root, &format!("exec yes {}", "a".repeat(100))).await;
+    let session = open_session(&s, &id, &["stdio"]).await;
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    // Read nothing until the monitor has let this client go, then drain: what was queued for
+    // it, and then the close.
+    monitor_drops_a_slow_client(&s, &id).await;
+    let (_, code, reason) = drain_to_close(&mut ws).await;
     assert_eq!(code, 1013, "{reason}");
     assert!(reason.contains("attach again"), "{reason}");
     let sbx = wait_state(&s, &id, &["ready"], Duration::from_secs(1)).await;
@@ -670,7 +684,7 @@ async fn a_slow_stdio_client_is_told_to_attach_again_not_that_the_process_exited
 /// cut (1013, the logs have it all), not that the process exited with its output sent (1000).
 #[tokio::test]
 async fn a_slow_stdio_client_is_told_its_output_was_cut_though_the_process_exited_since() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let s = Server::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -680,28 +694,10 @@ async fn a_slow_stdio_client_is_told_its_output_was_cut_though_the_process_exite
     let mut ws = stdio(&s, &session, &s.token).await.unwrap();
     ws.send(Message::binary(b"go\n".to_vec())).await.unwrap();
     // Read nothing until the monitor has let this client go and the process has exited.
-    let monitor_log = s
-        .data_dir()
-        .join(format!("runtime/sandboxes/{id}/monitor.log"));
-    eventually(
-        Duration::from_secs(60),
-        "the monitor drops the slow client",
-        || std::fs::read_to_string(&monitor_log).is_ok_and(|l| l.contains("read too slowly")),
-    )
-    .await;
+    monitor_drops_a_slow_client(&s, &id).await;
     let sbx = wait_state(&s, &id, &["stopped", "failed"], Duration::from_secs(60)).await;
     assert_eq!(sbx["status"]["exitCode"], 3, "{sbx}");
-    let mut received = 0usize;
-    let (code, reason) = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .expect("the channel ends");
-        match msg {
-            Some(Ok(Message::Binary(b))) => received += b.len(),
-            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
-            other => panic!("expected output or a close frame, got {other:?}"),
-        }
-    };
+    let (received, code, reason) = drain_to_close(&mut ws).await;
     assert!(received < 30_000_000, "{received}");
     assert_eq!(code, 1013, "{received} bytes, then {reason}");
     assert!(
