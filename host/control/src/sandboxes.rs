@@ -111,8 +111,17 @@ impl SandboxController {
                 // Nothing of it is worth keeping (no output, no exit), and it must not run.
                 Some(Some(r)) if r.status.exit_code.is_none() => {
                     tracing::info!(sandbox = %id, "removing a launch that went on after its sandbox was stopped");
-                    if let Err(e) = self.runtime.delete(&id).await {
-                        tracing::warn!(sandbox = %id, error = %e, "could not remove a launch of a stopped sandbox");
+                    // The launch may still be under way (its monitor mounting, crun creating):
+                    // a removal that meets it (a mount appearing meanwhile: EBUSY) is tried
+                    // again once it has settled.
+                    let mut attempts = 0;
+                    while let Err(e) = self.runtime.delete(&id).await {
+                        attempts += 1;
+                        if attempts == STRAY_LAUNCH_REMOVAL_ATTEMPTS {
+                            tracing::warn!(sandbox = %id, error = %e, "could not remove a launch of a stopped sandbox");
+                            break;
+                        }
+                        tokio::time::sleep(STRAY_LAUNCH_REMOVAL_PAUSE).await;
                     }
                 }
                 // Ended before this server gave up ended sandboxes' networks, or before its
@@ -869,6 +878,11 @@ impl SandboxControl for ControlHandle {
         })
     }
 }
+
+/// How often, and how far apart, adoption tries to remove a launch that went on after its
+/// sandbox was stopped and the server died (see `adopt`): a launch settles within a second or two.
+const STRAY_LAUNCH_REMOVAL_ATTEMPTS: u32 = 10;
+const STRAY_LAUNCH_REMOVAL_PAUSE: Duration = Duration::from_millis(500);
 
 /// Wraps a connection to a monitor's attach socket: input messages become its frames (see
 /// `nimbus_runtime::attach`), written by a task of their own so that a process that does not
