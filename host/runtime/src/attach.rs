@@ -832,6 +832,57 @@ mod tests {
         assert_eq!(read_record(&mut again), b"hi");
     }
 
+    /// The client's side unwraps records however the bytes arrive (a length split across
+    /// writes, a record in pieces), tells a complete end from a cut one, and a monitor of an
+    /// older server's raw output passes through as it is.
+    #[tokio::test]
+    async fn a_client_unwraps_records_and_tells_complete_from_cut() {
+        use tokio::io::AsyncReadExt;
+        let read_all = |mut a: Attachment| async move {
+            let mut out = Vec::new();
+            a.output.read_to_end(&mut out).await.unwrap();
+            (out, a.end.get())
+        };
+        let pair = || {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            ours.set_nonblocking(true).unwrap();
+            (tokio::net::UnixStream::from_std(ours).unwrap(), theirs)
+        };
+        let mut bytes = Vec::new();
+        for record in [&b"hello "[..], b"", b"world"] {
+            bytes.extend_from_slice(&(record.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(record);
+        }
+        // Complete: the end record, the bytes written a few at a time.
+        let (ours, mut monitor) = pair();
+        let mut complete = bytes.clone();
+        complete.extend_from_slice(&OUTPUT_END.to_be_bytes());
+        let writer = std::thread::spawn(move || {
+            for piece in complete.chunks(3) {
+                monitor.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let got = read_all(Attachment::new(ours)).await;
+        writer.join().unwrap();
+        assert_eq!(got, (b"hello world".to_vec(), Some(OutputEnd::Complete)));
+        // Cut: the connection closes without the end record, or inside a record.
+        for cut_at in [bytes.len(), bytes.len() - 2] {
+            let (ours, mut monitor) = pair();
+            monitor.write_all(&bytes[..cut_at]).unwrap();
+            drop(monitor);
+            let (out, end) = read_all(Attachment::new(ours)).await;
+            assert_eq!(end, Some(OutputEnd::Cut), "cut at {cut_at}");
+            assert!(b"hello world".starts_with(&out), "{out:?}");
+        }
+        // An older monitor: raw bytes, no verdict of its own.
+        let (ours, mut monitor) = pair();
+        monitor.write_all(b"raw output").unwrap();
+        drop(monitor);
+        let got = read_all(Attachment::legacy(ours)).await;
+        assert_eq!(got, (b"raw output".to_vec(), Some(OutputEnd::Unknown)));
+    }
+
     /// A client that reads too slowly is cut: it gets what was queued for it, but not the end
     /// record, so it can tell its output is incomplete though the process then exits; a
     /// client that keeps up gets everything and the end record.
