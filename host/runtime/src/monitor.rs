@@ -344,9 +344,9 @@ fn run(a: &Assignment, ready: Prepared) -> Result<(), String> {
     // The pipe closes when the last container process is gone; with a pid namespace that is
     // now. Give the copier a moment for buffered output, but never hang on a stray holder.
     wait_until_finished(&logger, std::time::Duration::from_secs(2));
-    // The exit is recorded before attached clients read end-of-file: a client that reads
-    // end-of-file while there is no exit record was disconnected (too slow, or one too
-    // many), and the server tells it so rather than that the process has exited.
+    // The exit is recorded before attached clients get their end record, so a client that has
+    // it finds the sandbox exited. (Servers that predate the end record, reading end-of-file
+    // with no exit record yet, concluded the client had been disconnected.)
     let recorded = record_exit(
         &a.dir,
         &ExitRecord {

@@ -50,7 +50,8 @@ pub fn convert_moby(moby: &Value, caps: &[&str]) -> Result<Value, String> {
     // x86_64 alone, without moby's sub-architectures (i386 and x32): any x86_64 process can
     // make i386 system calls (`int $0x80`), and there libseccomp turns the `socket` rules into
     // `socketcall(2)` sub-calls whose arguments it cannot see, so the family filter below would
-    // let `AF_VSOCK` through. A system call of another ABI gets the default action.
+    // let `AF_VSOCK` through. A system call of an ABI not listed meets libseccomp's bad-arch
+    // action, not the default one: it kills the caller (SIGSYS), as the socket probe checks.
     if !moby["archMap"]
         .as_array()
         .ok_or("archMap missing")?
