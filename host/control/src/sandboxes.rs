@@ -929,8 +929,11 @@ fn attached(conn: Attachment, runtime: Arc<Runtime>, id: SandboxId) -> Attached 
             // A monitor of an older server sends no end record: it writes the exit record
             // before it closes its clients' connections, so output that ends while the
             // process runs means it let this client go.
-            Some(OutputEnd::Unknown) if !running() => OutputEnded::Exited,
-            _ => OutputEnded::Cut { running: running() },
+            Some(OutputEnd::Unknown) => match running() {
+                true => OutputEnded::Cut { running: true },
+                false => OutputEnded::Exited,
+            },
+            Some(OutputEnd::Cut) | None => OutputEnded::Cut { running: running() },
         }
     });
     Attached {

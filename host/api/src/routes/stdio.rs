@@ -8,11 +8,10 @@
 //!   moment of attaching, as binary messages. Earlier output is at `…/sandboxes/{id}/logs`.
 //! - The server closes the WebSocket with 1000 when the process has exited and all of its
 //!   output was sent, with 1008 when the session is closed or expires (or the credential that
-//!   attached is revoked or expires), with 1013 when the
-//!   monitor disconnected this client before the end of the output (it read too slowly: while
-//!   the process runs it can attach again; the logs have everything), and with 1009 after a
-//!   message over [`MAX_MESSAGE`]. A client that disconnects
-//!   leaves stdin open for the next attach.
+//!   attached is revoked or expires), with 1013 when the monitor disconnected this client
+//!   before the end of the output (it read too slowly: while the process runs it can attach
+//!   again; the logs have everything), and with 1009 after a message over [`MAX_MESSAGE`]. A
+//!   client that disconnects leaves stdin open for the next attach.
 //! - At most [`MAX_ATTACHES`] channels per sandbox at once; one more is refused with 429
 //!   `quota.exhausted` before the upgrade.
 
@@ -161,7 +160,8 @@ struct Lease<'a> {
 }
 
 /// Pumps output to the client and the client's input to stdin until the process exits, the
-/// session ends, the credential that attached is revoked, or the client leaves. Returns once `input` is dropped.
+/// session ends, the credential that attached is revoked, or the client leaves. Returns once
+/// `input` is dropped.
 async fn bridge(
     ws: WebSocket,
     mut output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
