@@ -218,7 +218,7 @@ pub async fn authenticate(
             CredentialKind::Token => "this is a bearer token: send it as \"Authorization: Bearer <token>\", not as an API key",
         }));
     }
-    if record.revoked_at.is_some() || record.expires_at.is_some_and(|e| e <= now) {
+    if record.unusable(now).is_some() {
         return Err(unknown());
     }
     Ok(Principal {

@@ -337,6 +337,20 @@ pub struct CredentialRecord {
     pub secret_hash: String,
 }
 
+impl CredentialRecord {
+    /// Why the credential cannot be used at `now` (`"was revoked"`, `"expired"`), if so: the
+    /// one rule for authenticating a request and for ending what it holds open.
+    pub fn unusable(&self, now: DateTime<Utc>) -> Option<&'static str> {
+        if self.revoked_at.is_some() {
+            Some("was revoked")
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            Some("expired")
+        } else {
+            None
+        }
+    }
+}
+
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -272,11 +272,9 @@ async fn credential_ended(app: &SharedApp, caller: &Principal) -> Option<String>
     let tenant = Name::parse("tenant", &caller.tenant_id).ok()?;
     let id = &caller.id;
     match app.store.get_credential(&tenant, id).await {
-        Ok(Some(c)) if c.revoked_at.is_some() => Some(format!("credential {id} was revoked")),
-        Ok(Some(c)) if c.expires_at.is_some_and(|e| e <= Utc::now()) => {
-            Some(format!("credential {id} expired"))
-        }
-        Ok(Some(_)) => None,
+        Ok(Some(c)) => c
+            .unusable(Utc::now())
+            .map(|why| format!("credential {id} {why}")),
         Ok(None) => Some(format!("credential {id} no longer exists")),
         // A store hiccup is not a reason to cut the stream; check again later.
         Err(e) => {
