@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-use crate::config::{is_plugin_id, is_version, version_key};
+use crate::config::{is_plugin_id, is_version, version_key, without_leading_zeros};
 use crate::wasm::{self, Prepared};
 
 /// What `nimbus plugin list` shows for one installed version.
@@ -910,37 +910,6 @@ impl Catalog {
             }
         }
     }
-}
-
-/// The version spelled without leading zeros in its numbers (those of the core and the numeric
-/// pre-release identifiers), if it has any.
-fn without_leading_zeros(version: &str) -> Option<String> {
-    let (core, pre) = match version.split_once('-') {
-        Some((c, p)) => (c, Some(p)),
-        None => (version, None),
-    };
-    // Every number of the core is numeric; in the pre-release only the numeric identifiers are
-    // numbers ("0x" is text).
-    let plain = |ids: &str| -> String {
-        ids.split('.')
-            .map(|n| {
-                if n.len() > 1 && n.bytes().all(|b| b.is_ascii_digit()) {
-                    match n.trim_start_matches('0') {
-                        "" => "0",
-                        t => t,
-                    }
-                } else {
-                    n
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(".")
-    };
-    let written = match pre {
-        Some(pre) => format!("{}-{}", plain(core), plain(pre)),
-        None => plain(core),
-    };
-    (written != version).then_some(written)
 }
 
 #[cfg(test)]

@@ -352,13 +352,18 @@ pub fn is_plugin_id(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// A version's core (`1.2.3`) and its pre-release (after the first `-`), if any.
+fn split_version(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (s, None),
+    }
+}
+
 /// `MAJOR.MINOR.PATCH` with an optional `-pre` suffix: dot-separated, non-empty identifiers of
 /// `[0-9A-Za-z-]`.
 pub fn is_version(s: &str) -> bool {
-    let (core, pre) = match s.split_once('-') {
-        Some((c, p)) => (c, Some(p)),
-        None => (s, None),
-    };
+    let (core, pre) = split_version(s);
     let parts: Vec<&str> = core.split('.').collect();
     parts.len() == 3
         && parts
@@ -384,7 +389,8 @@ pub(crate) enum PreReleaseId {
 /// Orders versions by semver precedence: the numbers, then a release after its pre-releases,
 /// then the pre-release identifiers one by one (`rc.2` < `rc.10` < `rc.10.1`).
 pub(crate) fn version_key(s: &str) -> (u64, u64, u64, bool, Vec<PreReleaseId>) {
-    let (core, pre) = s.split_once('-').unwrap_or((s, ""));
+    let (core, pre) = split_version(s);
+    let pre = pre.unwrap_or("");
     let mut it = core.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
     let pre_ids = pre
         .split('.')
@@ -404,6 +410,34 @@ pub(crate) fn version_key(s: &str) -> (u64, u64, u64, bool, Vec<PreReleaseId>) {
         pre.is_empty(),
         pre_ids,
     )
+}
+
+/// The version spelled without leading zeros in its numbers (those of the core and the numeric
+/// pre-release identifiers), if it has any.
+pub(crate) fn without_leading_zeros(version: &str) -> Option<String> {
+    let (core, pre) = split_version(version);
+    // Every number of the core is numeric; in the pre-release only the numeric identifiers are
+    // numbers ("0x" is text).
+    let plain = |ids: &str| -> String {
+        ids.split('.')
+            .map(|n| {
+                if n.len() > 1 && n.bytes().all(|b| b.is_ascii_digit()) {
+                    match n.trim_start_matches('0') {
+                        "" => "0",
+                        t => t,
+                    }
+                } else {
+                    n
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let written = match pre {
+        Some(pre) => format!("{}-{}", plain(core), plain(pre)),
+        None => plain(core),
+    };
+    (written != version).then_some(written)
 }
 
 #[cfg(test)]
