@@ -25,8 +25,10 @@ use std::time::Duration;
 use nimbus_core::resource::AuditEvent;
 use nimbus_core::Error;
 use serde::{de::DeserializeOwned, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Sqlite, SqlitePool, Transaction};
 
 pub use sandboxes::SandboxFilter;
 pub use sessions::TargetGuard;
@@ -63,6 +65,7 @@ impl Store {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
+            .after_release(|conn, _| Box::pin(outside_transaction(conn)))
             .connect_with(base.clone())
             .await
             .map_err(|e| Error::internal(format!("opening {}: {e}", path.display())))?;
@@ -90,6 +93,31 @@ impl Store {
     async fn begin(&self) -> Result<Tx, Error> {
         self.writer.begin().await.map_err(db_error)
     }
+}
+
+/// Whether the writer connection may go back to the pool: only outside any transaction.
+///
+/// A commit that fails (`SQLITE_FULL` when the disk is full) may already have rolled the
+/// transaction back; the rollback sqlx then issues fails in turn, and sqlx still counts the
+/// connection as inside a transaction. Its next `begin` would open a savepoint inside a
+/// transaction that no commit ever ends: writes acknowledged, seen by no reader, lost at exit.
+/// Such a connection is closed instead (the pool opens a fresh one), which ends whatever
+/// SQLite still holds open.
+async fn outside_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    // The rollback of a transaction dropped without a commit is queued on the connection's
+    // worker thread; a ping runs after it.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "the database's writer connection was left inside a transaction (a commit or \
+             rollback failed, e.g. for want of disk space); reopening it"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// Maps a database error: the caller gets a generic message, the log gets the cause.

@@ -515,3 +515,98 @@ async fn audit_events_list_in_time_order_even_when_made_out_of_order() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A tmpfs of a few MiB mounted on a fresh directory (needs root, as CI has), lazily unmounted
+/// when dropped: a file system that really fills up, where SQLite's commits fail with
+/// `SQLITE_FULL`.
+struct SmallFileSystem {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFileSystem {
+    fn mount(size: &str) -> SmallFileSystem {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI runs as root)"
+        );
+        SmallFileSystem { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the file system has no space left.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("fill");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn after_the_disk_fills_up_every_acknowledged_write_is_durable() {
+    // Once a commit failed for want of space, the writer connection must not be left inside a
+    // transaction: later writes would then be acknowledged, visible to nobody else, and lost.
+    let fs = SmallFileSystem::mount("4m");
+    let db = fs.path().join("nimbus.db");
+    let store = crate::Store::open(&db).await.unwrap();
+    store.ensure_tenant(&demo()).await.unwrap();
+    let fill = fs.fill();
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..6 {
+        let name = Name::parse("t", &format!("full{i}")).unwrap();
+        match store.create_tenant(&name, &audit("tenants.create")).await {
+            Ok(_) => acknowledged.push(name),
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "no write failed on a full file system");
+    std::fs::remove_file(fill).unwrap();
+    for i in 0..3 {
+        let name = Name::parse("t", &format!("after{i}")).unwrap();
+        store
+            .create_tenant(&name, &audit("tenants.create"))
+            .await
+            .expect("writes succeed once there is space again");
+        acknowledged.push(name);
+    }
+    for name in &acknowledged {
+        assert!(
+            store.get_tenant(name).await.unwrap().is_some(),
+            "tenant {name} was acknowledged but readers do not see it"
+        );
+    }
+    store.close().await;
+    let store = crate::Store::open(&db).await.unwrap();
+    for name in &acknowledged {
+        assert!(
+            store.get_tenant(name).await.unwrap().is_some(),
+            "tenant {name} was acknowledged but lost"
+        );
+    }
+    store.close().await;
+}
