@@ -1,7 +1,8 @@
 //! Request durations per route and status code, for the metrics listener
 //! (`[server] metrics_listen`). Routes are labelled by the router's path templates
 //! (`/v1/tenants/{tenant}/services/{name}`), so the number of series stays bounded whatever
-//! paths clients send; requests no route matched share `route="unmatched"`.
+//! paths clients send; requests no route matched share `route="unmatched"`, and methods other
+//! than HTTP's standard ones (which clients may invent freely) share `method="other"`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ pub fn track(router: Router, metrics: Arc<HttpMetrics>) -> Router {
 }
 
 async fn observe(State(metrics): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method()).to_string();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -44,6 +45,27 @@ async fn observe(State(metrics): State<Arc<HttpMetrics>>, req: Request, next: Ne
     let response = next.run(req).await;
     metrics.record(method, route, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// The method's label: one of the standard methods, else `other`, so that a client sending
+/// made-up methods cannot add series (and memory) without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", Method::as_str)
 }
 
 impl HttpMetrics {
@@ -79,6 +101,17 @@ impl HttpMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        use axum::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for made_up in ["MKCOL", "M1234567", "get"] {
+            let method = Method::from_bytes(made_up.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{made_up}");
+        }
+    }
 
     #[test]
     fn requests_are_bucketed_cumulatively_per_method_route_and_code() {
