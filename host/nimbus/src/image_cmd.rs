@@ -42,7 +42,11 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => default_data_dir()?,
     };
-    crate::serve_cmd::create_private_data_dir(&data_dir)?;
+    match args.command {
+        // A pull may come before the server's first start, and makes the data dir then.
+        ImageCommand::Pull { .. } => crate::serve_cmd::create_private_data_dir(&data_dir)?,
+        ImageCommand::List => crate::serve_cmd::require_existing_data_dir(&data_dir)?,
+    }
     let runtime = nimbus_runtime::Runtime::open(&data_dir, &config.runtime)
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
     let images = runtime.images();

@@ -34,13 +34,63 @@ pub struct ServeArgs {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-/// Creates `data_dir` if needed and makes it private (mode 0700): it holds the database, keys,
-/// and unpacked image layers, whose setuid files no other local user may reach.
+/// Makes sure `data_dir` is a private directory (mode 0700): it holds the database with the
+/// server's keys, and unpacked image layers whose setuid files no other local user may reach.
+///
+/// A missing directory is created 0700. An existing one open to other users is made private
+/// only when it is Nimbus's own (it holds `nimbus.db`) or empty (made for Nimbus); one that holds
+/// other files (`/tmp`, a home directory, a mistyped path) is refused rather than changed,
+/// since its mode is not Nimbus's to take from the other users.
 pub fn create_private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    use std::os::unix::fs::DirBuilderExt;
+    let shown = data_dir.display();
+    let meta = match std::fs::metadata(data_dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(data_dir)
+                .with_context(|| format!("creating data dir {shown}"));
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading data dir {shown}")),
+    };
+    if !meta.is_dir() {
+        anyhow::bail!("data dir {shown} is not a directory: pass --data-dir a directory of its own (it is created if missing)");
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let ours = data_dir.join("nimbus.db").exists();
+    let empty = std::fs::read_dir(data_dir)
+        .with_context(|| format!("reading data dir {shown}"))?
+        .next()
+        .is_none();
+    if !ours && !empty {
+        anyhow::bail!(
+            "data dir {shown} is open to other users (mode {mode:o}) and holds files that are not \
+             Nimbus's; Nimbus keeps its keys there and needs it private (mode 0700), which it will \
+             not impose on a directory others use. Pass --data-dir a directory of its own (it is \
+             created if missing), or make this one private yourself (chmod 700 {shown})"
+        );
+    }
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting data dir {}", data_dir.display()))
+        .with_context(|| format!("making data dir {shown} private (mode 0700)"))?;
+    tracing::info!(data_dir = %shown, "made the data dir private (mode {mode:o} → 700)");
+    Ok(())
+}
+
+/// Refuses a data dir that does not exist, for commands that only read one: they would
+/// otherwise create an empty data dir at a mistyped path and report it empty.
+pub fn require_existing_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if data_dir.is_dir() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "data dir {} does not exist: pass the --data-dir your server uses",
+        data_dir.display()
+    )
 }
 
 /// Opens the store under `data_dir`, creating the directory (mode 0700) if needed.
@@ -242,5 +292,63 @@ async fn shutdown_signal() {
             tracing::warn!("cannot install signal handlers; stop the server with SIGKILL");
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn dir_with_mode(parent: &std::path::Path, name: &str, mode: u32) -> PathBuf {
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_missing_data_dir_is_created_private() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b/data");
+        create_private_data_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[test]
+    fn a_shared_directory_with_other_files_is_refused_and_left_as_it_was() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = dir_with_mode(root.path(), "shared", 0o1777);
+        std::fs::write(dir.join("someone-elses-file"), "x").unwrap();
+        let err = create_private_data_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("open to other users (mode 1777)"), "{err}");
+        assert!(err.contains("a directory of its own"), "{err}");
+        assert_eq!(mode(&dir), 0o1777);
+        assert!(!dir.join("nimbus.db").exists());
+    }
+
+    #[test]
+    fn an_empty_directory_or_nimbus_own_is_made_private() {
+        let root = tempfile::tempdir().unwrap();
+        let empty = dir_with_mode(root.path(), "empty", 0o755);
+        create_private_data_dir(&empty).unwrap();
+        assert_eq!(mode(&empty), 0o700);
+        let ours = dir_with_mode(root.path(), "ours", 0o755);
+        std::fs::write(ours.join("nimbus.db"), "").unwrap();
+        create_private_data_dir(&ours).unwrap();
+        assert_eq!(mode(&ours), 0o700);
+    }
+
+    #[test]
+    fn a_file_is_not_a_data_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let err = create_private_data_dir(&file).unwrap_err().to_string();
+        assert!(err.contains("is not a directory"), "{err}");
+        assert!(require_existing_data_dir(&root.path().join("missing")).is_err());
     }
 }
