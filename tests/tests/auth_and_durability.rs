@@ -801,6 +801,33 @@ async fn a_bad_config_file_fails_at_start_naming_the_key() {
     }
 }
 
+#[test]
+fn a_start_that_fails_late_leaves_the_credential_file_alone() {
+    // The credential file may hold the token of a server that runs (the same HOME): a start
+    // that then fails must not replace it. These fail after the store opens and the API's port
+    // is bound, at the last steps of a start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_in_use = format!(
+        "[server]\nsandbox_driver = \"none\"\nmetrics_listen = \"{}\"\n",
+        taken.local_addr().unwrap()
+    );
+    for (config, says) in [
+        (metrics_in_use.as_str(), "metrics"),
+        ("[runtime]\nsubnet = \"banana\"\n", "subnet"),
+    ] {
+        let refusal = nimbus_e2e::serve_refused(config, "127.0.0.1:0");
+        assert!(
+            refusal.stderr.contains(says),
+            "{config}: {}",
+            refusal.stderr
+        );
+        assert!(
+            !refusal.credential_written,
+            "{config}: the credential file was written by a start that failed"
+        );
+    }
+}
+
 #[tokio::test]
 async fn openapi_lists_every_route_and_every_listed_route_is_served() {
     let s = Server::start_with_config(NO_DRIVER).await;

@@ -80,8 +80,10 @@ pub async fn ensure(store: &Store, tenant: &Name, endpoint: &str) -> anyhow::Res
         decision: "allow".into(),
         reason: "server admin for the local credential file".into(),
     };
-    store.create_credential(&record, &audit).await?;
-    write_file(
+    // The file is written beside its place before the credential is recorded, so that a file
+    // that cannot be written (HOME read-only, disk full) leaves no admin credential whose
+    // secret nobody has; the rename that then puts it in place is all that is left to fail.
+    let staged = stage_file(
         &path,
         &CredentialFile {
             endpoint: endpoint.into(),
@@ -89,11 +91,22 @@ pub async fn ensure(store: &Store, tenant: &Name, endpoint: &str) -> anyhow::Res
             tenant_id: tenant.to_string(),
         },
     )?;
+    if let Err(e) = store.create_credential(&record, &audit).await {
+        let _ = std::fs::remove_file(&staged);
+        return Err(e.into());
+    }
+    std::fs::rename(&staged, &path).with_context(|| format!("replacing {}", path.display()))?;
     tracing::info!(path = %path.display(), credential = %record.id, "wrote the server-admin credential file");
     Ok(path)
 }
 
 fn write_file(path: &Path, content: &CredentialFile) -> anyhow::Result<()> {
+    let staged = stage_file(path, content)?;
+    std::fs::rename(&staged, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// Writes `content` (mode 0600, synced) beside `path`, for a rename to put in place.
+fn stage_file(path: &Path, content: &CredentialFile) -> anyhow::Result<PathBuf> {
     let dir = path
         .parent()
         .context("the credential file path has no parent directory")?;
@@ -107,8 +120,8 @@ fn write_file(path: &Path, content: &CredentialFile) -> anyhow::Result<()> {
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(serde_json::to_string_pretty(content)?.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    f.write_all(serde_json::to_string_pretty(content)?.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    Ok(tmp)
 }

@@ -157,8 +157,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         format!("http://{host}:{}", local.port())
     };
-    let credential_file = bootstrap::ensure(&store, &tenant, &endpoint).await?;
-
     let signer = WorkloadSigner::load(&store).await?;
     let (control, controller): (Option<Arc<dyn SandboxControl>>, _) = match config
         .server
@@ -181,6 +179,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (None, None)
         }
     };
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => Some((addr, crate::metrics_endpoint::bind(addr).await?)),
+        None => None,
+    };
+    // Last of what can stop a start: a start that fails leaves the credential file (which a
+    // running server's users may rely on) as it was.
+    let credential_file = bootstrap::ensure(&store, &tenant, &endpoint).await?;
+
     let controller_task = controller.clone().map(|c| tokio::spawn(c.run()));
     // Sandbox-backed services are launched through the sandbox controller, so only with one.
     let service_manager = controller
@@ -191,25 +197,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|m| Arc::new(ServiceHandle(m)) as Arc<dyn ServiceControl>);
     let service_task = service_manager.map(|m| tokio::spawn(m.run()));
     // Requests are timed only when something serves the figures.
-    let http_metrics = config.server.metrics_listen.map(|addr| {
-        (
-            addr,
-            Arc::new(nimbus_api::http_metrics::HttpMetrics::default()),
-        )
-    });
-    let metrics_task = match &http_metrics {
-        Some((addr, http)) => {
-            let addr = *addr;
-            let listener = crate::metrics_endpoint::bind(addr).await?;
+    let (metrics_task, http_metrics) = match metrics_listener {
+        Some((addr, listener)) => {
+            let http = Arc::new(nimbus_api::http_metrics::HttpMetrics::default());
             tracing::info!(metrics = %addr, "serving request and plugin metrics at http://{addr}/metrics");
             let router = crate::metrics_endpoint::router(http.clone(), plugins.clone());
-            Some(tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!("the metrics listener stopped: {e}");
                 }
-            }))
+            });
+            (Some(task), Some(http))
         }
-        None => None,
+        None => (None, None),
     };
     let health_task = tokio::spawn(HealthController::new(store.clone(), plugins.clone()).run());
     let page_tokens = nimbus_api::pagination::PageTokens::load(&store).await?;
@@ -232,7 +232,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let reaper = tokio::spawn(nimbus_api::reaper::run(app.clone()));
     let router = match http_metrics {
-        Some((_, m)) => nimbus_api::http_metrics::track(nimbus_api::router(app), m),
+        Some(m) => nimbus_api::http_metrics::track(nimbus_api::router(app), m),
         None => nimbus_api::router(app),
     };
 
