@@ -548,3 +548,47 @@ async fn a_pull_shows_its_progress_in_the_sandboxes_ready_condition() {
     assert_eq!(logs(&s, &id).await, "big\n");
     delete_all(&s, &[&id]).await;
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_server_within_its_grace_while_a_log_is_followed() {
+    // A followed log never ends while its process runs: a stopping server waits a few seconds
+    // for such requests, then cuts them, instead of waiting for the client to leave.
+    let reg = registry_with_busybox();
+    let mut s = Server::start().await;
+    let image = format!("{}/e2e/busybox:v1", reg.host);
+    let id = create(
+        &s,
+        sandbox(&image, &["sh", "-c", "echo up; exec sleep 600"]),
+    )
+    .await;
+    wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
+    let followed = s
+        .client
+        .get(format!(
+            "{}{T}/sandboxes/{id}/logs?follow=true",
+            s.base_url()
+        ))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        followed.status().is_success(),
+        "logs: {}",
+        followed.status()
+    );
+    let signalled = Instant::now();
+    let status = s.terminate();
+    assert!(status.success(), "{status}\n{}", s.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+    assert!(s.log().contains("are cut"), "{}", s.log());
+    drop(followed);
+    // The sandbox outlived the server; the next one adopts it.
+    s.restart().await;
+    wait_state(&s, &id, &["ready"], Duration::from_secs(30)).await;
+    delete_all(&s, &[&id]).await;
+}

@@ -68,6 +68,8 @@ fn main() -> std::process::ExitCode {
             Command::Plugin(args) => plugin_cmd::run(args).await,
         }
     });
+    // Tasks still running (a stdio channel's blocking read) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -244,10 +244,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
         }
     });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let serving = axum::serve(listener, router).with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            wait_for_signal("shutting down").await;
+            stopping.notify_one();
+        }
+    });
+    // Requests in flight get SHUTDOWN_GRACE to finish. Streams that never end on their own
+    // (followed logs, attached stdio) would otherwise hold the server up for as long as their
+    // clients stay; a second signal stops at once.
+    tokio::select! {
+        served = serving => served.context("serving HTTP")?,
+        () = async {
+            stopping.notified().await;
+            tokio::select! {
+                () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(
+                    "requests still open {} s after the signal (followed logs, attached sessions) are cut",
+                    SHUTDOWN_GRACE.as_secs()
+                ),
+                () = wait_for_signal("stopping at once") => {}
+            }
+        } => {}
+    }
     reaper.abort();
     // Sandboxes keep running: their monitors outlive the server and are adopted on the next start.
     health_task.abort();
@@ -277,15 +297,19 @@ impl nimbus_core::authz::Authorizer for AllowAll {
     }
 }
 
-async fn shutdown_signal() {
+/// How long a stopping server waits for the requests in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Returns at SIGTERM or SIGINT, logging which and `what` the server does now.
+async fn wait_for_signal(what: &str) {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
     match (term, int) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: {what}"),
+                _ = int.recv() => tracing::info!("SIGINT: {what}"),
             }
         }
         _ => {
