@@ -66,9 +66,28 @@ pub enum AuthorizerKind {
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
-        Config::parse(&text).map_err(|e| anyhow!("config file {}: {e}", path.display()))
+        use std::io::Read;
+        let shown = path.display();
+        let file =
+            std::fs::File::open(path).with_context(|| format!("reading config file {shown}"))?;
+        // Not a device (`/dev/zero` would be read forever) or a directory.
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            anyhow::bail!("config file {shown} is not a regular file");
+        }
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading config file {shown}"))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            anyhow::bail!("config file {shown} is over {MAX_CONFIG_BYTES} bytes");
+        }
+        let config = Config::parse(&text).map_err(|e| anyhow!("config file {shown}: {e}"))?;
+        // Every command that reads a config refuses one `serve` would refuse.
+        config
+            .runtime
+            .check()
+            .map_err(|e| anyhow!("config file {shown}: {e}"))?;
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
@@ -102,6 +121,9 @@ impl Config {
         Ok(config)
     }
 }
+
+/// Larger than any real nimbus.toml by far.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Where the config file has tables (sections, and struct- or map-typed values); `*` stands for
 /// any key (a slot or provider name). A new section or struct-typed key belongs here.

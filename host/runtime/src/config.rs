@@ -77,6 +77,10 @@ pub enum UserNamespaces {
 /// few MiB of its own).
 pub const MAX_DISK_MB: u64 = 1 << 20;
 pub const MIN_DISK_MB: u64 = 16;
+/// Least open-files limit, process limit and memory (MiB) a sandbox can start with.
+const MIN_NOFILE: u64 = 16;
+const MIN_PIDS: u64 = 4;
+const MIN_MEMORY_MB: u64 = 8;
 
 impl RuntimeConfig {
     /// Checks what deserializing cannot: a message naming the key for each value out of range.
@@ -86,6 +90,34 @@ impl RuntimeConfig {
                 "runtime.disk_mb = {}: a sandbox's disk is {MIN_DISK_MB} to {MAX_DISK_MB} MiB (1 TiB), or 0 for none (writable layers unbounded in the data dir)",
                 self.disk_mb
             ));
+        }
+        crate::network::check_bridge_name(&self.bridge)?;
+        crate::network::Subnet::parse(&self.subnet)?;
+        if self.user_namespaces != UserNamespaces::Off {
+            crate::userns::IdRanges::new(self.id_range_first, self.id_range_slots)?;
+        }
+        // Below these, every launch would fail (a shell alone opens a few files and forks).
+        for (key, value, least) in [
+            ("nofile", self.nofile, MIN_NOFILE),
+            ("default_pids", self.default_pids, MIN_PIDS),
+            ("default_memory_mb", self.default_memory_mb, MIN_MEMORY_MB),
+        ] {
+            if value < least {
+                return Err(format!(
+                    "runtime.{key} = {value}: at least {least}, or no sandbox could start"
+                ));
+            }
+        }
+        if let Some(monitor) = &self.monitor {
+            use std::os::unix::fs::PermissionsExt;
+            let runnable = std::fs::metadata(monitor)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            if !runnable {
+                return Err(format!(
+                    "runtime.monitor = {:?} is not an executable file; remove the key to use the nimbus-monitor installed with nimbus",
+                    monitor.display().to_string()
+                ));
+            }
         }
         Ok(())
     }
@@ -135,6 +167,34 @@ impl RuntimeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_no_sandbox_could_start_with_are_refused_naming_the_key() {
+        let with = |edit: &dyn Fn(&mut RuntimeConfig)| {
+            let mut c = RuntimeConfig::default();
+            edit(&mut c);
+            c.check().unwrap_err()
+        };
+        assert!(RuntimeConfig::default().check().is_ok());
+        assert!(with(&|c| c.subnet = "banana".into()).contains("runtime.subnet"));
+        assert!(with(&|c| c.subnet = "10.214.0.5/16".into()).contains("10.214.0.0/16"));
+        assert!(with(&|c| c.bridge = "a bridge".into()).contains("runtime.bridge"));
+        assert!(with(&|c| c.nofile = 0).contains("runtime.nofile = 0"));
+        assert!(with(&|c| c.default_pids = 1).contains("runtime.default_pids = 1"));
+        assert!(with(&|c| c.default_memory_mb = 0).contains("runtime.default_memory_mb"));
+        assert!(with(&|c| c.id_range_slots = 0).contains("runtime.id_range_slots = 0"));
+        assert!(with(&|c| c.id_range_first = 0).contains("runtime.id_range_first = 0"));
+        assert!(with(&|c| c.monitor = Some("/nonexistent".into())).contains("runtime.monitor"));
+        let mut off = RuntimeConfig {
+            user_namespaces: UserNamespaces::Off,
+            ..RuntimeConfig::default()
+        };
+        off.id_range_slots = 0;
+        assert!(
+            off.check().is_ok(),
+            "id ranges are unused without user namespaces"
+        );
+    }
 
     #[derive(Deserialize)]
     struct File {

@@ -43,8 +43,16 @@ impl Subnet {
             ));
         }
         let mask = u32::MAX << (32 - c.prefix);
+        let base = Ipv4Addr::from(u32::from(a) & mask);
+        if base != a {
+            // Most likely a typo in the base or the prefix: say which range it would mean.
+            return Err(format!(
+                "runtime.subnet {s:?} has bits set past its /{} prefix; the range is \"{base}/{}\"",
+                c.prefix, c.prefix
+            ));
+        }
         Ok(Subnet {
-            base: Ipv4Addr::from(u32::from(a) & mask),
+            base,
             prefix: c.prefix,
         })
     }
@@ -102,6 +110,21 @@ fn short_hash(s: &str, n: usize) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))[..n].to_string()
 }
 
+/// A bridge name the kernel takes (an interface name) and nftables can use in a table's name.
+pub(crate) fn check_bridge_name(bridge: &str) -> Result<(), String> {
+    if bridge.is_empty()
+        || bridge.len() > 15
+        || !bridge
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "runtime.bridge {bridge:?} must be 1-15 characters of [A-Za-z0-9_-]"
+        ));
+    }
+    Ok(())
+}
+
 impl Network {
     /// `ids`: give each sandbox a user namespace with a range from these (see [`crate::userns`]).
     pub fn new(
@@ -110,16 +133,7 @@ impl Network {
         state: &Path,
         ids: Option<IdRanges>,
     ) -> Result<Self, String> {
-        if bridge.is_empty()
-            || bridge.len() > 15
-            || !bridge
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(format!(
-                "runtime.bridge {bridge:?} must be 1-15 characters of [A-Za-z0-9_-]"
-            ));
-        }
+        check_bridge_name(bridge)?;
         let subnet = Subnet::parse(subnet)?;
         let leases = Leases::open(state.join("leases"))?;
         let ids = match ids {
@@ -698,8 +712,10 @@ mod tests {
 
     #[test]
     fn subnets_parse_and_give_the_first_address_to_the_gateway() {
-        let s = Subnet::parse("10.88.3.7/16").unwrap();
+        let s = Subnet::parse("10.88.0.0/16").unwrap();
         assert_eq!(s.to_string(), "10.88.0.0/16");
+        let typo = Subnet::parse("10.88.3.7/16").unwrap_err();
+        assert!(typo.contains("the range is \"10.88.0.0/16\""), "{typo}");
         assert_eq!(s.gateway(), Ipv4Addr::new(10, 88, 0, 1));
         assert!(s.contains(Ipv4Addr::new(10, 88, 200, 1)));
         assert!(!s.contains(Ipv4Addr::new(10, 89, 0, 1)));

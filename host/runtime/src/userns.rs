@@ -55,8 +55,17 @@ pub struct IdRanges {
 impl IdRanges {
     /// Checks that the ranges fit below the ids the kernel reserves (`u32::MAX` is "no id").
     pub fn new(first: u32, slots: u32) -> Result<IdRanges, String> {
+        if first == 0 {
+            return Err(
+                "runtime.id_range_first = 0: sandboxes' ids must start above 0 (the host's root)"
+                    .into(),
+            );
+        }
+        if slots == 0 {
+            return Err("runtime.id_range_slots = 0: at least 1 (each sandbox running at once takes one), or runtime.user_namespaces = \"off\"".into());
+        }
         let end = u64::from(first) + u64::from(slots) * u64::from(IDS_PER_SANDBOX);
-        if first == 0 || slots == 0 || end > u64::from(u32::MAX) {
+        if end > u64::from(u32::MAX) {
             return Err(format!(
                 "runtime.id_range_first = {first} with runtime.id_range_slots = {slots} must start above 0 and end below {} (each slot is {IDS_PER_SANDBOX} ids)",
                 u32::MAX
