@@ -25,6 +25,7 @@ mod loop_device;
 pub mod monitor;
 pub mod network;
 pub mod orphans;
+mod overlay;
 pub mod pool;
 mod ready;
 pub mod reference;

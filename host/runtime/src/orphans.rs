@@ -78,7 +78,9 @@ fn remove_orphan_roots_under(root: &Path) -> Vec<String> {
             .into_iter()
             .flat_map(|o| o.split(','))
             .filter_map(|o| {
+                // `lowerdir+=` once per layer when mounted layer by layer (Linux 6.8+).
                 o.strip_prefix("lowerdir=")
+                    .or_else(|| o.strip_prefix("lowerdir+="))
                     .or_else(|| o.strip_prefix("upperdir="))
             })
             .flat_map(|dirs| dirs.split(':'))

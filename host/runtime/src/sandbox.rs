@@ -1487,39 +1487,11 @@ fn mount_root(
         }
         lower = mapped?;
     }
-    let lowers: Vec<String> = lower
-        .iter()
-        .rev()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    if lowers.iter().any(|l| l.contains(',') || l.contains(':')) {
-        detach_all(&idmapped);
-        return Err(internal("a layer path contains ',' or ':', which overlayfs cannot take; use a data dir without them"));
-    }
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        upper.display(),
-        work.display()
-    );
-    // nodev: a device node an image carries (tar layers may) opens nothing, inside (the
-    // device cgroup denies it too) or from the host (the files channel). The sandbox's /dev is
-    // crun's own tmpfs and unaffected. nosuid: a setuid file a sandbox writes never raises
-    // whoever runs it on the host; inside, no_new_privs already makes setuid bits inert.
-    let mounted = nix::mount::mount(
-        Some("overlay"),
-        rootfs,
-        Some("overlay"),
-        nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOSUID,
-        Some(opts.as_str()),
-    );
+    let top_first: Vec<&Path> = lower.iter().rev().map(PathBuf::as_path).collect();
+    let mounted = crate::overlay::mount(rootfs, &top_first, &upper, &work);
     // The overlay keeps its own references to its layers.
     detach_all(&idmapped);
-    mounted.map_err(|e| {
-        internal(format!(
-            "mounting the overlay root filesystem failed: {e} (does `nimbus doctor` pass?)"
-        ))
-    })
+    mounted.map_err(|e| internal(format!("mounting the sandbox's root filesystem: {e}")))
 }
 
 /// The layers as seen through idmapped mounts for `user` under `<dir>/idmapped/<n>`: one mount
