@@ -592,3 +592,41 @@ async fn sigterm_stops_the_server_within_its_grace_while_a_log_is_followed() {
     wait_state(&s, &id, &["ready"], Duration::from_secs(30)).await;
     delete_all(&s, &[&id]).await;
 }
+
+#[tokio::test]
+async fn a_launch_cut_off_before_it_wrote_anything_is_launched_afresh_after_a_crash() {
+    // A registry that takes connections and never answers: the launch waits in its pull with
+    // its state dir claimed and nothing written in it yet, its record still pending.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = silent.local_addr().unwrap().to_string();
+    let mut s = Server::start().await;
+    let id = create(&s, sandbox(&format!("{host}/e2e/silent:v1"), &["true"])).await;
+    let state = s.data_dir().join(format!("runtime/sandboxes/{id}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !state.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the launch never claimed {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, v) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(v["status"]["lifecycleState"], "pending", "{v}");
+    s.kill9();
+    drop(silent);
+    assert!(
+        !state.join("meta.json").exists(),
+        "the launch got further than meant"
+    );
+    s.restart().await;
+    // Cleared and launched again (which now finds the registry gone), not failed as
+    // "already exists in the runtime" over the empty state dir.
+    let v = wait_state(&s, &id, &["failed"], Duration::from_secs(60)).await;
+    assert_eq!(
+        v["status"]["conditions"][0]["reason"],
+        "RegistryUnreachable",
+        "{v}\n{}",
+        s.log()
+    );
+    delete_all(&s, &[&id]).await;
+}

@@ -149,8 +149,10 @@ impl SandboxController {
                     // A launch starts its process once the record is committed and records
                     // `creating` only later (see `launch_inner`), so a restart can find a
                     // pending sandbox with host state, even a running process: it is cut off
-                    // like a `creating` one below.
-                    if observed != Observed::Missing {
+                    // like a `creating` one below. So is a launch cut off before it wrote
+                    // anything in the state dir it claimed (waiting on its pull): observed as
+                    // missing, its dir would still stop the next launch's claim.
+                    if observed != Observed::Missing || self.runtime.has_state_dir(&r.id) {
                         tracing::info!(sandbox = %r.id, "clearing a launch cut off before it recorded `creating`");
                         if let Err(e) = self.runtime.delete(&r.id).await {
                             tracing::warn!(sandbox = %r.id, error = %e, "could not clear an interrupted launch");

@@ -900,6 +900,11 @@ impl Runtime {
     }
 
     /// What the runtime sees of sandbox `id` right now.
+    /// Whether sandbox `id` has a state dir, even one a launch claimed and wrote nothing in.
+    pub fn has_state_dir(&self, id: &SandboxId) -> bool {
+        self.dir(id.as_str()).exists()
+    }
+
     pub fn observe(&self, id: &SandboxId) -> Observed {
         self.observe_str(id.as_str())
     }
