@@ -652,6 +652,7 @@ fn launch_failure(e: &LaunchError) -> (&'static str, String) {
         LaunchError::ImageNotFound(_) => "ImageNotFound",
         LaunchError::AuthFailed(_) => "RegistryAuthFailed",
         LaunchError::RegistryUnreachable(_) => "RegistryUnreachable",
+        LaunchError::RegistryFailed(_) => "RegistryFailed",
         LaunchError::BuildFailed(_) => "BuildFailed",
         LaunchError::BadArgv(_) => "BadArgv",
         LaunchError::BadSpec { .. } => "BadSpec",
@@ -661,7 +662,28 @@ fn launch_failure(e: &LaunchError) -> (&'static str, String) {
             "LaunchFailed"
         }
     };
-    (reason, e.to_string())
+    (reason, readable(&e.to_string()))
+}
+
+/// Longest launch failure message a condition carries.
+const MAX_FAILURE_MESSAGE: usize = 2048;
+
+/// `message` fit for a condition: control characters (a corrupt layer's bytes quoted in an
+/// unpacking error) escaped, and cut at [`MAX_FAILURE_MESSAGE`] bytes.
+fn readable(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_FAILURE_MESSAGE));
+    for c in message.chars() {
+        if out.len() >= MAX_FAILURE_MESSAGE {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Writes launch progress into the sandbox's `Ready` condition, at most every
@@ -999,5 +1021,28 @@ impl SandboxFiles for Files {
             })
             .collect();
         Ok((entries, truncated))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_launch_failure_quoting_binary_bytes_reads_as_text_and_is_bounded() {
+        let corrupt = LaunchError::Internal(format!(
+            "unpacking layer 1: numeric field did not have utf-8 text: \u{fffd}\u{14}\u{1b}[2J{}",
+            "x".repeat(10_000)
+        ));
+        let (reason, message) = launch_failure(&corrupt);
+        assert_eq!(reason, "LaunchFailed");
+        assert!(!message.chars().any(char::is_control), "{message}");
+        assert!(message.contains("\\u{14}\\u{1b}[2J"), "{message}");
+        assert!(
+            message.len() <= MAX_FAILURE_MESSAGE + 4,
+            "{}",
+            message.len()
+        );
+        assert!(message.ends_with('…'));
     }
 }

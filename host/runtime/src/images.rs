@@ -807,9 +807,11 @@ mod tests {
     #[tokio::test]
     async fn an_image_whose_config_does_not_load_is_not_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let client =
-            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
-                .unwrap();
+        let client = RegistryClient::new(
+            &crate::config::RuntimeConfig::default(),
+            crate::registry::Credentials::default(),
+        )
+        .unwrap();
         let store = ImageStore::open(dir.path(), client).unwrap();
         let put = |bytes: &[u8]| {
             let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
@@ -865,9 +867,11 @@ mod tests {
     async fn a_layer_that_decompresses_past_the_disk_reserve_is_stopped_and_removed() {
         let dir = tempfile::tempdir().unwrap();
         let fs = Tmpfs::mount(&dir.path().join("store"), 48);
-        let client =
-            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
-                .unwrap();
+        let client = RegistryClient::new(
+            &crate::config::RuntimeConfig::default(),
+            crate::registry::Credentials::default(),
+        )
+        .unwrap();
         let store = ImageStore::open(&fs.0, client)
             .unwrap()
             .with_disk_reserve(DiskReserve::new(16 << 20));
@@ -894,9 +898,11 @@ mod tests {
     #[test]
     fn concurrent_pulls_count_each_others_declared_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let client =
-            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
-                .unwrap();
+        let client = RegistryClient::new(
+            &crate::config::RuntimeConfig::default(),
+            crate::registry::Credentials::default(),
+        )
+        .unwrap();
         let store = ImageStore::open(dir.path(), client)
             .unwrap()
             .with_disk_reserve(DiskReserve::new(0));
@@ -942,9 +948,11 @@ mod tests {
             );
         });
         let dir = tempfile::tempdir().unwrap();
-        let client =
-            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
-                .unwrap();
+        let client = RegistryClient::new(
+            &crate::config::RuntimeConfig::default(),
+            crate::registry::Credentials::default(),
+        )
+        .unwrap();
         let store = ImageStore::open(dir.path(), client).unwrap();
         let r = ImageRef::parse(&format!("{host}/team/odd:v1")).unwrap();
         let err = store.pull(&r, &|_| {}).await.err().unwrap();
@@ -1004,9 +1012,11 @@ mod tests {
         let mine = blobs.join(format!(".tmp-abc-{}-0", std::process::id()));
         std::fs::write(&gone, b"x").unwrap();
         std::fs::write(&mine, b"x").unwrap();
-        let client =
-            RegistryClient::new(&crate::config::RuntimeConfig::default(), Default::default())
-                .unwrap();
+        let client = RegistryClient::new(
+            &crate::config::RuntimeConfig::default(),
+            crate::registry::Credentials::default(),
+        )
+        .unwrap();
         ImageStore::open(dir.path(), client).unwrap();
         assert!(!gone.exists());
         assert!(!layers.join(".tmp-abc-999999999").exists());

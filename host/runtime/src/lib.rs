@@ -77,6 +77,10 @@ pub enum LaunchError {
     AuthFailed(String),
     #[error("{0}")]
     RegistryUnreachable(String),
+    /// The registry (or something between it and this host) answered with something no pull
+    /// can use: a blob whose digest does not match, a malformed manifest, an unexpected status.
+    #[error("{0} (the registry, or a proxy between it and this host, is at fault rather than the reference: try again, or tell the registry's operator)")]
+    RegistryFailed(String),
     /// The image build (Dockerfile) failed; the message carries buildah's output tail.
     #[error("image build failed: {0}")]
     BuildFailed(String),
@@ -113,7 +117,8 @@ impl From<registry::RegistryError> for LaunchError {
                     problems: vec![e.to_string()],
                 })
             }
-            R::Protocol { .. } | R::Io(_) => LaunchError::Internal(e.to_string()),
+            R::Protocol { .. } => LaunchError::RegistryFailed(e.to_string()),
+            R::Io(_) => LaunchError::Internal(e.to_string()),
         }
     }
 }

@@ -76,8 +76,13 @@ async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>
 pub enum RegistryError {
     #[error("image {reference} was not found on {registry} (check the repository name and tag)")]
     NotFound { reference: String, registry: String },
-    #[error("registry {registry} refused the credentials for {reference} (check `docker login {registry}` / ~/.docker/config.json)")]
-    AuthFailed { reference: String, registry: String },
+    #[error("{}", auth_failed_message(reference, registry, *configured))]
+    AuthFailed {
+        reference: String,
+        registry: String,
+        /// Whether credentials for this registry were configured (and so refused).
+        configured: bool,
+    },
     #[error("registry {registry} is unreachable: {cause} (check the address, network and runtime.mirrors / runtime.insecure_registries)")]
     Unreachable { registry: String, cause: String },
     #[error("registry {registry} sent something unusable for {reference}: {cause}")]
@@ -90,6 +95,18 @@ pub enum RegistryError {
     NoPlatform { reference: String, offered: String },
     #[error("{}", io_message(.0))]
     Io(#[from] std::io::Error),
+}
+
+fn auth_failed_message(reference: &str, registry: &str, configured: bool) -> String {
+    let fix = format!(
+        "`docker login {registry}` as the user the server runs as, or the Docker config file \
+         runtime.docker_config names; it is read again at the next pull, no restart needed"
+    );
+    if configured {
+        format!("registry {registry} refused the credentials configured for it when pulling {reference} ({fix})")
+    } else {
+        format!("registry {registry} asks for credentials to pull {reference}, and none are configured for it ({fix})")
+    }
 }
 
 /// A refusal to fill the disk (the store's free-space reserve) says so itself; anything else
@@ -120,6 +137,57 @@ struct DockerAuthEntry {
 /// user/password pairs keyed by registry host.
 #[derive(Default, Clone)]
 pub struct Credentials(HashMap<String, (String, String)>);
+
+/// Where a client's registry credentials come from: a Docker config file, read again whenever
+/// it changes (a `docker login` takes effect at the next pull, without a restart), or a fixed
+/// set.
+pub struct CredentialSource {
+    path: Option<PathBuf>,
+    /// The file's modification time when last read, and what it held.
+    read: Mutex<(Option<std::time::SystemTime>, Credentials)>,
+}
+
+impl CredentialSource {
+    /// Reads `path` now, so that a broken file stops the server's start with its reason.
+    pub fn file(path: PathBuf) -> Result<CredentialSource, String> {
+        let modified = modified(&path);
+        let creds = Credentials::load(&path)?;
+        Ok(CredentialSource {
+            path: Some(path),
+            read: Mutex::new((modified, creds)),
+        })
+    }
+
+    fn get(&self, registry: &str) -> Option<(String, String)> {
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = &self.path {
+            let now = modified(path);
+            if now != read.0 {
+                match Credentials::load(path) {
+                    Ok(creds) => *read = (now, creds),
+                    Err(e) => {
+                        // Read again at the next pull, by which the editor may be done.
+                        tracing::warn!(error = %e, "the registry credentials file changed and cannot be read; pulls keep the credentials read before");
+                    }
+                }
+            }
+        }
+        read.1.get(registry).cloned()
+    }
+}
+
+impl From<Credentials> for CredentialSource {
+    fn from(creds: Credentials) -> Self {
+        CredentialSource {
+            path: None,
+            read: Mutex::new((None, creds)),
+        }
+    }
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
 
 impl Credentials {
     /// Reads `config.json` in the Docker client config format. A missing file means anonymous.
@@ -219,14 +287,14 @@ struct Endpoint {
 
 pub struct RegistryClient {
     http: reqwest::Client,
-    creds: Credentials,
+    creds: CredentialSource,
     mirrors: HashMap<String, Vec<String>>,
     insecure: Vec<String>,
     tokens: Mutex<HashMap<(String, String), String>>,
 }
 
 impl RegistryClient {
-    pub fn new(config: &RuntimeConfig, creds: Credentials) -> Result<Self, String> {
+    pub fn new(config: &RuntimeConfig, creds: impl Into<CredentialSource>) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("nimbus/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
@@ -235,7 +303,7 @@ impl RegistryClient {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             http,
-            creds,
+            creds: creds.into(),
             mirrors: config.mirrors.clone().into_iter().collect(),
             insecure: config.insecure_registries.clone(),
             tokens: Mutex::new(HashMap::new()),
@@ -314,7 +382,7 @@ impl RegistryClient {
         // Each host gets its own credentials only: a mirror is another server, and the
         // upstream registry's password is not its to see (it logs in with its own, configured
         // under its host).
-        let creds = self.creds.get(&ep.host).cloned();
+        let creds = self.creds.get(&ep.host);
         let auth = if challenge.to_ascii_lowercase().starts_with("bearer") {
             let params = parse_challenge(&challenge);
             let realm = params.get("realm").ok_or_else(|| RegistryError::Protocol {
@@ -345,6 +413,7 @@ impl RegistryClient {
                 return Err(RegistryError::AuthFailed {
                     reference: r.to_string(),
                     registry: ep.host.clone(),
+                    configured: creds.is_some(),
                 });
             }
             #[derive(Deserialize)]
@@ -375,6 +444,7 @@ impl RegistryClient {
                 return Err(RegistryError::AuthFailed {
                     reference: r.to_string(),
                     registry: ep.host.clone(),
+                    configured: false,
                 });
             };
             let raw = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
@@ -387,6 +457,7 @@ impl RegistryClient {
             return Err(RegistryError::AuthFailed {
                 reference: r.to_string(),
                 registry: ep.host.clone(),
+                configured: creds.is_some(),
             });
         }
         if let Ok(mut t) = self.tokens.lock() {
@@ -416,6 +487,29 @@ impl RegistryClient {
                     last = Some(RegistryError::NotFound {
                         reference: r.to_string(),
                         registry: ep.host.clone(),
+                    });
+                }
+                // Straight to 403 without a challenge: refused as it stands.
+                Ok(resp) if resp.status() == reqwest::StatusCode::FORBIDDEN => {
+                    auth_failed.get_or_insert(RegistryError::AuthFailed {
+                        reference: r.to_string(),
+                        registry: ep.host.clone(),
+                        configured: self.creds.get(&ep.host).is_some(),
+                    });
+                }
+                // Not serving now: the registry's to recover, a retry's to succeed.
+                Ok(resp)
+                    if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                        || resp.status().is_server_error() =>
+                {
+                    let hint = if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                        "it limits how often it may be pulled from; try again later, or pull through a mirror (runtime.mirrors)"
+                    } else {
+                        "try again later"
+                    };
+                    last = Some(RegistryError::Unreachable {
+                        registry: ep.host.clone(),
+                        cause: format!("GET {url} answered {}; {hint}", resp.status()),
                     });
                 }
                 Ok(resp) => {
@@ -968,5 +1062,123 @@ pub(crate) mod tests {
         let client = RegistryClient::new(&RuntimeConfig::default(), wrong).unwrap();
         let err = client.manifest(&r, "v1").await.err().unwrap();
         assert!(matches!(err, RegistryError::AuthFailed { .. }), "{err}");
+    }
+
+    /// A registry that answers every request with `status` (and, for 401, a basic challenge).
+    fn fake_status_registry(status: &'static str) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let challenge = if status.starts_with("401") {
+                    "WWW-Authenticate: Basic realm=\"r\"\r\n"
+                } else {
+                    ""
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\n{challenge}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        host
+    }
+
+    async fn pull_error(host: &str, creds: impl Into<CredentialSource>) -> RegistryError {
+        let client = RegistryClient::new(&RuntimeConfig::default(), creds).unwrap();
+        let r = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
+        client.manifest(&r, "v1").await.err().unwrap()
+    }
+
+    #[tokio::test]
+    async fn registry_refusals_and_outages_are_told_apart_and_say_what_to_do() {
+        let forbidden = pull_error(
+            &fake_status_registry("403 Forbidden"),
+            Credentials::default(),
+        )
+        .await;
+        assert!(
+            matches!(
+                forbidden,
+                RegistryError::AuthFailed {
+                    configured: false,
+                    ..
+                }
+            ),
+            "{forbidden}"
+        );
+        assert!(
+            forbidden.to_string().contains("none are configured"),
+            "{forbidden}"
+        );
+        let host = fake_status_registry("401 Unauthorized");
+        let mut creds = Credentials::default();
+        creds.0.insert(host.clone(), ("bob".into(), "wrong".into()));
+        let refused = pull_error(&host, creds).await;
+        assert!(
+            refused
+                .to_string()
+                .contains("refused the credentials configured"),
+            "{refused}"
+        );
+        let busy = pull_error(
+            &fake_status_registry("503 Service Unavailable"),
+            Credentials::default(),
+        )
+        .await;
+        assert!(matches!(busy, RegistryError::Unreachable { .. }), "{busy}");
+        assert!(busy.to_string().contains("try again later"), "{busy}");
+        let limited = pull_error(
+            &fake_status_registry("429 Too Many Requests"),
+            Credentials::default(),
+        )
+        .await;
+        assert!(limited.to_string().contains("runtime.mirrors"), "{limited}");
+        let odd = pull_error(
+            &fake_status_registry("418 I'm a teapot"),
+            Credentials::default(),
+        )
+        .await;
+        assert!(matches!(odd, RegistryError::Protocol { .. }), "{odd}");
+        let launch = crate::LaunchError::from(odd);
+        assert!(
+            matches!(launch, crate::LaunchError::RegistryFailed(_)),
+            "{launch}"
+        );
+    }
+
+    #[tokio::test]
+    async fn credentials_written_after_the_start_are_used_at_the_next_pull() {
+        let (host, _) = fake_bearer_registry(
+            r#"{"schemaVersion":2,"config":{"digest":"sha256:0","size":1},"layers":[]}"#,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        let client = RegistryClient::new(
+            &RuntimeConfig::default(),
+            CredentialSource::file(file.clone()).unwrap(),
+        )
+        .unwrap();
+        let r = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
+        let err = client.manifest(&r, "v1").await.err().unwrap();
+        assert!(err.to_string().contains("none are configured"), "{err}");
+        let auth = base64::engine::general_purpose::STANDARD.encode("bob:pw");
+        std::fs::write(
+            &file,
+            format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        client
+            .manifest(&r, "v1")
+            .await
+            .expect("the new credentials are read");
     }
 }

@@ -26,7 +26,7 @@ use crate::monitor::{Assignment, ExitRecord};
 use crate::network::{Network, SandboxNet};
 use crate::pool::WarmPool;
 use crate::reference::ImageRef;
-use crate::registry::{Credentials, RegistryClient};
+use crate::registry::{CredentialSource, Credentials, RegistryClient};
 use crate::sealed_exec::SealedCopy;
 use crate::standby::MonitorPool;
 use crate::userns::{IdRanges, UserNs};
@@ -162,9 +162,17 @@ impl Runtime {
             std::fs::create_dir_all(root.join(d))
                 .map_err(|e| format!("cannot create {}: {e}", root.join(d).display()))?;
         }
+        if let Some(named) = &config.docker_config {
+            if !named.is_file() {
+                return Err(format!(
+                    "runtime.docker_config = {:?}: no such file (it holds registry credentials in the Docker client's format; remove the key to use $DOCKER_CONFIG/config.json or ~/.docker/config.json)",
+                    named.display().to_string()
+                ));
+            }
+        }
         let creds = match config.docker_config_path() {
-            Some(p) => Credentials::load(&p)?,
-            None => Credentials::default(),
+            Some(p) => CredentialSource::file(p)?,
+            None => Credentials::default().into(),
         };
         let client = RegistryClient::new(config, creds)?;
         let images = ImageStore::open(&root.join("images"), client)
