@@ -57,7 +57,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
             let progress = ProgressPrinter::new();
             let started = Instant::now();
             let img = images
-                .pull(&r, &|e| progress.event(e))
+                .pull_latest(&r, &|e| progress.event(e))
                 .await
                 .map_err(|e| anyhow::anyhow!("pulling {r}: {e}"))?;
             progress.finish();

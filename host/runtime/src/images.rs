@@ -120,17 +120,40 @@ impl ImageStore {
         ))
     }
 
-    /// The image for `r`, pulled if this store has not resolved it before.
+    /// The image for `r`, pulled if this store has not resolved it before. A launch takes what
+    /// the store has: a tag resolved once keeps its image until `pull_latest` resolves it again.
     pub async fn pull(
         &self,
         r: &ImageRef,
         progress: &(dyn Fn(ProgressEvent) + Send + Sync),
     ) -> Result<Image, RegistryError> {
+        self.pull_from(r, progress, false).await
+    }
+
+    /// The image `r` names on its registry now: a tag is resolved again (and launches from then
+    /// on get what it names now), while a digest, which cannot name anything else, is taken
+    /// from the store if it is there. Blobs the store has are not downloaded again.
+    pub async fn pull_latest(
+        &self,
+        r: &ImageRef,
+        progress: &(dyn Fn(ProgressEvent) + Send + Sync),
+    ) -> Result<Image, RegistryError> {
+        self.pull_from(r, progress, r.digest.is_none()).await
+    }
+
+    async fn pull_from(
+        &self,
+        r: &ImageRef,
+        progress: &(dyn Fn(ProgressEvent) + Send + Sync),
+        resolve_again: bool,
+    ) -> Result<Image, RegistryError> {
         let key = r.to_string();
         let lock = self.lock_for(&format!("ref:{key}"));
         let _guard = lock.lock().await;
-        if let Some(img) = self.load_record(&key)? {
-            return Ok(img);
+        if !resolve_again {
+            if let Some(img) = self.load_record(&key)? {
+                return Ok(img);
+            }
         }
         let proto = |cause: String| RegistryError::Protocol {
             reference: key.clone(),

@@ -162,13 +162,12 @@ impl Runtime {
             std::fs::create_dir_all(root.join(d))
                 .map_err(|e| format!("cannot create {}: {e}", root.join(d).display()))?;
         }
-        if let Some(named) = &config.docker_config {
-            if !named.is_file() {
-                return Err(format!(
-                    "runtime.docker_config = {:?}: no such file (it holds registry credentials in the Docker client's format; remove the key to use $DOCKER_CONFIG/config.json or ~/.docker/config.json)",
-                    named.display().to_string()
-                ));
-            }
+        if let Some(named) = config.docker_config.as_ref().filter(|p| !p.exists()) {
+            // Read once it appears (a `docker login` there), like any change to it.
+            tracing::warn!(
+                path = %named.display(),
+                "runtime.docker_config names a file that does not exist (yet): pulls go without registry credentials until it does"
+            );
         }
         let creds = match config.docker_config_path() {
             Some(p) => CredentialSource::file(p)?,

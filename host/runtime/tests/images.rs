@@ -355,3 +355,41 @@ async fn concurrent_pulls_of_one_image_download_it_once() {
         "manifest, config and one layer, each stored once (no temp files left)"
     );
 }
+
+#[tokio::test]
+async fn a_moved_tag_is_resolved_again_by_pull_latest_and_only_by_it() {
+    require_host();
+    let reg = Registry::start(None);
+    let first = |n: u8| {
+        let mut layer = tar::Builder::new(Vec::new());
+        tar_file(&mut layer, "version", 0o644, format!("{n}\n").as_bytes());
+        layer.into_inner().unwrap()
+    };
+    let (_, one) = reg
+        .push_image("p/moving", "latest", &[first(1)], busybox_config(), "amd64")
+        .await;
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(1, data.path(), |_| {});
+    let r = ImageRef::parse(&format!("{}/p/moving:latest", reg.host)).unwrap();
+    let got = |img: &nimbus_runtime::images::Image| img.record.manifest_digest.clone();
+    assert_eq!(got(&rt.images().pull(&r, &|_| {}).await.unwrap()), one);
+    let (_, two) = reg
+        .push_image("p/moving", "latest", &[first(2)], busybox_config(), "amd64")
+        .await;
+    assert_ne!(one, two);
+    // A launch takes what the store resolved; pulling again asks the registry.
+    assert_eq!(got(&rt.images().pull(&r, &|_| {}).await.unwrap()), one);
+    assert_eq!(
+        got(&rt.images().pull_latest(&r, &|_| {}).await.unwrap()),
+        two
+    );
+    assert_eq!(got(&rt.images().pull(&r, &|_| {}).await.unwrap()), two);
+    // A digest names one image for good: no registry needed once it is stored.
+    let pinned = ImageRef::parse(&format!("{}/p/moving@{one}", reg.host)).unwrap();
+    rt.images().pull(&pinned, &|_| {}).await.unwrap();
+    drop(reg);
+    assert_eq!(
+        got(&rt.images().pull_latest(&pinned, &|_| {}).await.unwrap()),
+        one
+    );
+}
