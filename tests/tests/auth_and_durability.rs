@@ -882,6 +882,40 @@ async fn the_credential_command_refuses_unknown_tenants_and_names_its_own_flags(
     let (st, _, err) = s.cli(&["credential", "create", "--grant", "bogus"]);
     assert!(!st.success());
     assert!(err.contains("--grant"), "{err}");
+    // Flags the credential would silently go without are refused, naming them.
+    for (args, names) in [
+        (&["credential", "create"][..], "--grant"),
+        (
+            &[
+                "credential",
+                "create",
+                "--grant",
+                "tenant:read",
+                "--workload",
+                "sandbox:sbx_x",
+            ][..],
+            "--workload is for --kind workload-identity",
+        ),
+        (
+            &[
+                "credential",
+                "create",
+                "--kind",
+                "workload-identity",
+                "--workload",
+                "sandbox:sbx_x",
+                "--grant",
+                "tenant:read",
+                "--description",
+                "ci",
+            ][..],
+            "--description",
+        ),
+    ] {
+        let (st, out, err) = s.cli(args);
+        assert!(!st.success(), "{args:?}: {out}");
+        assert!(err.contains(names), "{args:?}: {err}");
+    }
     let (st, out, err) = s.cli(&["credential", "list"]);
     assert!(st.success(), "{err}");
     assert!(!out.trim().is_empty());

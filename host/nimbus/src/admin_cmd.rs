@@ -106,6 +106,15 @@ enum CredentialCommand {
     },
 }
 
+/// An error as the command's user reads it: its message, and for an internal fault its cause,
+/// which a server would only log (a command has no server log to point at).
+fn told(e: nimbus_core::Error) -> anyhow::Error {
+    match (&e.code, &e.cause) {
+        (nimbus_core::ErrorCode::Internal, Some(cause)) => anyhow!("internal error: {cause}"),
+        _ => anyhow!(e.message),
+    }
+}
+
 /// A credential request's error in the command's terms: the API's field names become the
 /// flags that set them (`ttlSeconds` → `--ttl-seconds`).
 fn as_flags(e: nimbus_core::Error) -> anyhow::Error {
@@ -118,7 +127,7 @@ fn as_flags(e: nimbus_core::Error) -> anyhow::Error {
         "ttlSeconds" => "--ttl-seconds",
         "description" => "--description",
         f if f.starts_with("grants") => "--grant",
-        _ => return anyhow!(e.message),
+        _ => return told(e),
     };
     let why = e
         .message
@@ -129,12 +138,7 @@ fn as_flags(e: nimbus_core::Error) -> anyhow::Error {
 
 /// Fails unless `tenant` exists, saying how to create it.
 async fn require_tenant(store: &Store, tenant: &Name) -> anyhow::Result<()> {
-    if store
-        .get_tenant(tenant)
-        .await
-        .map_err(|e| anyhow!(e.message))?
-        .is_none()
-    {
+    if store.get_tenant(tenant).await.map_err(told)?.is_none() {
         bail!("tenant {tenant} does not exist; create it with `nimbus tenant create {tenant}`");
     }
     Ok(())
@@ -151,11 +155,7 @@ async fn require_sandbox_workload(
     let Some(id) = workload.strip_prefix("sandbox:") else {
         bail!("--workload {workload:?}: name the sandbox as sandbox:<id>, e.g. --workload sandbox:sbx_…");
     };
-    let exists = store
-        .get_sandbox(tenant, id)
-        .await
-        .map_err(|e| anyhow!(e.message))?
-        .is_some();
+    let exists = store.get_sandbox(tenant, id).await.map_err(told)?.is_some();
     if !exists {
         bail!("--workload {workload}: tenant {tenant} has no sandbox {id:?} (GET /v1/tenants/{tenant}/sandboxes lists them)");
     }
@@ -175,7 +175,7 @@ fn cli_audit(tenant: &Name, action: &str, target: String) -> AuditEvent {
 }
 
 fn name(field: &str, v: &str) -> anyhow::Result<Name> {
-    Name::parse(field, v).map_err(|e| anyhow!(e.message))
+    Name::parse(field, v).map_err(told)
 }
 
 pub async fn run_tenant(args: TenantArgs) -> anyhow::Result<()> {
@@ -189,7 +189,7 @@ pub async fn run_tenant(args: TenantArgs) -> anyhow::Result<()> {
                     &cli_audit(&tenant, "tenants.create", format!("tenant/{tenant}")),
                 )
                 .await
-                .map_err(|e| anyhow!(e.message))?;
+                .map_err(told)?;
             println!("created tenant {tenant}");
         }
     }
@@ -214,6 +214,19 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
             description,
             workload,
         } => {
+            // Flags that would be dropped without a word are refused: a --workload given to
+            // a token (which then acts as the tenant's, not the workload's), a description a
+            // workload identity token (never stored) has nowhere to keep.
+            let workload_identity = matches!(kind, KindArg::WorkloadIdentity);
+            if workload.is_some() && !workload_identity {
+                bail!("--workload is for --kind workload-identity; a token or API key acts for no workload");
+            }
+            if description.is_some() && workload_identity {
+                bail!("--description: a workload identity token is not stored, so it has nowhere to keep one (its grants and workload are in the audit log)");
+            }
+            if grants.is_empty() {
+                bail!("--grant: give at least one (e.g. --grant tenant:admin); a credential without grants can do nothing, and its grants cannot be changed later");
+            }
             let tenant = name("--tenant", &tenant)?;
             require_tenant(store, &tenant).await?;
             let kind = match kind {
@@ -224,13 +237,11 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                     require_sandbox_workload(store, &tenant, &workload).await?;
                     for (i, g) in grants.iter().enumerate() {
                         nimbus_api::auth::validate_grant(&format!("--grant[{i}]"), g)
-                            .map_err(|e| anyhow!(e.message))?;
+                            .map_err(told)?;
                     }
                     let now = chrono::Utc::now().timestamp();
                     let ttl = i64::try_from(ttl_seconds.unwrap_or(3600)).unwrap_or(3600);
-                    let signer = WorkloadSigner::load(store)
-                        .await
-                        .map_err(|e| anyhow!(e.message))?;
+                    let signer = WorkloadSigner::load(store).await.map_err(told)?;
                     // Recorded before the token is shown: a token nobody can list must at
                     // least leave a trace of who minted it, for what, with which grants.
                     let mut audit = cli_audit(
@@ -242,10 +253,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                         "nimbus command line: workload identity token, grants [{}], valid {ttl} s",
                         grants.join(" ")
                     );
-                    store
-                        .record_audit(&audit)
-                        .await
-                        .map_err(|e| anyhow!(e.message))?;
+                    store.record_audit(&audit).await.map_err(told)?;
                     let token = signer.mint(&WorkloadClaims {
                         tenant_id: tenant.to_string(),
                         workload,
@@ -270,7 +278,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                     ),
                 )
                 .await
-                .map_err(|e| anyhow!(e.message))?;
+                .map_err(told)?;
             eprintln!(
                 "created {} {} (the secret below is shown once)",
                 record.kind.as_str(),
@@ -287,7 +295,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                 let page = store
                     .list_credentials(&tenant, after.as_deref(), 500)
                     .await
-                    .map_err(|e| anyhow!(e.message))?;
+                    .map_err(told)?;
                 listed += page.items.len();
                 for c in &page.items {
                     let state = if c.revoked_at.is_some() {
@@ -328,7 +336,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
                     true,
                 )
                 .await
-                .map_err(|e| anyhow!(e.message))?;
+                .map_err(told)?;
             println!("revoked {}", record.id);
         }
     }
