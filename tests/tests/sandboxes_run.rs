@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nimbus_e2e::{json, Server};
+use nimbus_e2e::{assert_error, json, Server};
 use serde_json::Value;
 
 const T: &str = "/v1/tenants/demo";
@@ -627,6 +627,83 @@ async fn a_launch_cut_off_before_it_wrote_anything_is_launched_afresh_after_a_cr
         "RegistryUnreachable",
         "{v}\n{}",
         s.log()
+    );
+    delete_all(&s, &[&id]).await;
+}
+
+#[tokio::test]
+async fn a_delete_whose_client_goes_away_still_completes() {
+    let reg = registry_with_busybox();
+    let s = Server::start().await;
+    let image = format!("{}/e2e/busybox:v1", reg.host);
+    let id = create(&s, sandbox(&image, &["sleep", "300"])).await;
+    wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
+    // The client gives up long before the teardown is done.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    let cut = impatient
+        .delete(format!("{}{T}/sandboxes/{id}", s.base_url()))
+        .bearer_auth(&s.token)
+        .send()
+        .await;
+    assert!(cut.is_err(), "the delete answered within 30 ms: {cut:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, v) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+        if st == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the delete never completed: {v}\n{}",
+            s.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, audit) = s.call("GET", &format!("{T}/audit"), None).await;
+    assert!(audit.to_string().contains("sandboxes.delete"), "{audit}");
+    delete_all(&s, &[]).await;
+}
+
+#[tokio::test]
+async fn once_a_create_is_refused_for_quota_the_next_ones_prepare_nothing() {
+    let reg = registry_with_busybox();
+    let s = Server::start_with_config("[limits]\nsandboxes_per_tenant = 1\n").await;
+    let image = format!("{}/e2e/busybox:v1", reg.host);
+    let id = create(&s, sandbox(&image, &["sleep", "300"])).await;
+    wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
+    let refused = || async {
+        let r = s
+            .call(
+                "POST",
+                &format!("{T}/sandboxes"),
+                Some(sandbox(&image, &["true"])),
+            )
+            .await;
+        assert_error(&r, 429, "quota.exhausted");
+    };
+    // The first refusal prepared a launch and withdrew it; let that settle.
+    refused().await;
+    let states = s.data_dir().join("runtime/sandboxes");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&states).unwrap().count() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the withdrawn launch was not undone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = std::fs::metadata(&states).unwrap().modified().unwrap();
+    for _ in 0..5 {
+        refused().await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = std::fs::metadata(&states).unwrap().modified().unwrap();
+    assert_eq!(
+        before, after,
+        "a refused create claimed (and removed) a state dir"
     );
     delete_all(&s, &[&id]).await;
 }

@@ -29,6 +29,8 @@ pub struct App {
     /// Launches the sandboxes of started sandbox-backed services; `None` without a sandbox
     /// driver.
     pub services: Option<Arc<dyn crate::control::ServiceControl>>,
+    /// Tenants whose creates check their sandbox quota before preparing a launch.
+    pub quota_refusals: crate::quota_refusals::QuotaRefusals,
 }
 
 /// Per-tenant capacity (`[limits]` in nimbus.toml).

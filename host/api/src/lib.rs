@@ -11,6 +11,7 @@ pub mod http_metrics;
 pub mod openapi;
 pub mod pagination;
 mod places;
+pub mod quota_refusals;
 pub mod reaper;
 pub mod routes;
 pub mod status;

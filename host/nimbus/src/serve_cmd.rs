@@ -228,6 +228,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         },
         reaper_wake: tokio::sync::Notify::new(),
+        quota_refusals: Default::default(),
         limits: config.limits,
     });
     let reaper = tokio::spawn(nimbus_api::reaper::run(app.clone()));

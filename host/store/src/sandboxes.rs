@@ -19,7 +19,31 @@ pub struct SandboxFilter {
     pub state: Option<SandboxState>,
 }
 
+fn sandbox_quota_exhausted(tenant: &str, live: i64, max_live: u32) -> Error {
+    Error::quota_exhausted(
+        format!("tenant {tenant:?} has {live} sandboxes running or pending, its limit; stop or delete some first"),
+        serde_json::json!({ "kind": "sandbox", "limit": max_live, "current": live }),
+    )
+}
+
 impl Store {
+    /// Refuses a create, as `create_sandbox` would, when the tenant already has `max_live`
+    /// sandboxes running or pending; a read only, so a create may still be refused by its
+    /// write (which alone decides).
+    pub async fn check_sandbox_quota(&self, tenant: &str, max_live: u32) -> Result<(), Error> {
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sandboxes WHERE tenant_id = ? AND state NOT IN ('stopped', 'failed')",
+        )
+        .bind(tenant)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db_error)?;
+        if live >= i64::from(max_live) {
+            return Err(sandbox_quota_exhausted(tenant, live, max_live));
+        }
+        Ok(())
+    }
+
     /// Writes a new sandbox record with its audit event, or refuses it: `resource.not_found`
     /// when its tenant does not exist, `quota.exhausted` when the tenant has `max_live`
     /// sandboxes running or pending.
@@ -49,10 +73,7 @@ impl Store {
             return Err(Error::not_found("tenant", tenant));
         }
         if live >= i64::from(max_live) {
-            return Err(Error::quota_exhausted(
-                format!("tenant {tenant:?} has {live} sandboxes running or pending, its limit; stop or delete some first"),
-                serde_json::json!({ "kind": "sandbox", "limit": max_live, "current": live }),
-            ));
+            return Err(sandbox_quota_exhausted(tenant, live, max_live));
         }
         record.meta.resource_version = version;
         sqlx::query("INSERT INTO sandboxes (id, tenant_id, state, doc) VALUES (?, ?, ?, ?)")

@@ -72,6 +72,12 @@ pub async fn create(
             return Err(e.into());
         }
     };
+    let max_live = app.limits.sandboxes_per_tenant;
+    if app.quota_refusals.check_first(tenant.as_str()) {
+        app.store
+            .check_sandbox_quota(tenant.as_str(), max_live)
+            .await?;
+    }
     let (commit_tx, commit) = tokio::sync::watch::channel(None);
     let id = SandboxId::generate();
     if let Some(control) = &app.control {
@@ -98,15 +104,22 @@ pub async fn create(
     // client that went away mid-commit must not leave a committed record whose launch was
     // told it was refused (it would stay pending, without a process, until a restart).
     let store = app.store.clone();
-    let max_live = app.limits.sandboxes_per_tenant;
     let write = tokio::spawn(async move {
         let created = store.create_sandbox(&mut record, max_live, &audit).await;
         let _ = commit_tx.send(Some(created.is_ok()));
         created.map(|()| record)
     });
-    let record = write
+    let written = write
         .await
-        .map_err(|e| Error::internal(format!("the sandbox's write did not complete: {e}")))??;
+        .map_err(|e| Error::internal(format!("the sandbox's write did not complete: {e}")))?;
+    match &written {
+        Ok(_) => app.quota_refusals.accepted(tenant.as_str()),
+        Err(e) if e.code == nimbus_core::ErrorCode::QuotaExhausted => {
+            app.quota_refusals.refused(tenant.as_str())
+        }
+        Err(_) => {}
+    }
+    let record = written?;
     Ok((StatusCode::CREATED, Json(wire::sandbox(&record))))
 }
 
@@ -351,13 +364,21 @@ pub async fn delete(
         return Err(Error::not_found("sandbox", id.as_str()).into());
     }
     // Host first, record second: if teardown fails the record stays and delete can be retried.
-    if let Some(control) = &app.control {
-        control.teardown(&id).await?;
-    }
-    let mut record = app
-        .store
-        .delete_sandbox(&tenant, id.as_str(), |_| Ok(()), &audit)
-        .await?;
+    // Both run as a task of their own: a client that goes away mid-delete (its handler
+    // dropped) must not leave the process killed and the record still saying it runs,
+    // holding the tenant's quota.
+    let (control, store) = (app.control.clone(), app.store.clone());
+    let deleting = tokio::spawn(async move {
+        if let Some(control) = &control {
+            control.teardown(&id).await?;
+        }
+        store
+            .delete_sandbox(&tenant, id.as_str(), |_| Ok(()), &audit)
+            .await
+    });
+    let mut record = deleting
+        .await
+        .map_err(|e| Error::internal(format!("the sandbox's delete did not complete: {e}")))??;
     mark_deleted(&mut record, Utc::now());
     Ok(Json(wire::sandbox(&record)))
 }
