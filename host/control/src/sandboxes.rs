@@ -636,7 +636,10 @@ impl SandboxController {
 /// The `Ready` condition's reason and message for an exit.
 fn exit_condition(code: i32, reason: &ExitReason, stopping: bool) -> (&'static str, String) {
     match reason {
-        ExitReason::OomKilled => ("OOMKilled", format!("the process was killed at the sandbox's memory limit (exit code {code}); raise spec.resources.memoryMb")),
+        // The kernel's OOM killer may have taken a child, after which the main process ended
+        // on its own: say what is known, not that the main process was killed.
+        ExitReason::OomKilled if code == 137 => ("OOMKilled", "the process was killed at the sandbox's memory limit (exit code 137); raise spec.resources.memoryMb".to_string()),
+        ExitReason::OomKilled => ("OOMKilled", format!("a process in the sandbox was killed at its memory limit, and the main process then exited with code {code}; raise spec.resources.memoryMb")),
         ExitReason::StartFailed(why) => ("StartFailed", format!("the process did not start: {why}")),
         ExitReason::Lost => ("Lost", "the sandbox's monitor is gone without recording an exit (for example the host rebooted)".to_string()),
         _ if stopping => ("Stopped", format!("stopped on request (exit code {code})")),
@@ -700,6 +703,9 @@ struct ProgressWriter {
 struct ProgressState {
     last_write: Option<Instant>,
     last_reason: &'static str,
+    /// The layer the last `Unpacking` write named: each layer is a step of its own, written
+    /// when it starts (a large layer's unpack would otherwise show the one before it).
+    last_layer: Option<usize>,
     pending: Option<(&'static str, String)>,
 }
 
@@ -782,10 +788,15 @@ impl ProgressWriter {
             // a durable write each would only slow the launch down.
             ProgressEvent::Creating | ProgressEvent::Started { .. } => return,
         };
+        let layer = match &e {
+            ProgressEvent::Unpacking { index, .. } => Some(*index),
+            _ => None,
+        };
         let Ok(mut st) = self.state.lock() else {
             return;
         };
         let due = st.last_reason != reason
+            || (layer.is_some() && layer != st.last_layer)
             || st
                 .last_write
                 .is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
@@ -793,6 +804,7 @@ impl ProgressWriter {
         if due {
             st.last_write = Some(Instant::now());
             st.last_reason = reason;
+            st.last_layer = layer;
             if let Some((reason, message)) = st.pending.take() {
                 self.write(reason, message);
             }
