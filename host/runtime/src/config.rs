@@ -91,6 +91,7 @@ impl RuntimeConfig {
                 self.disk_mb
             ));
         }
+        self.check_registries()?;
         crate::network::check_bridge_name(&self.bridge)?;
         crate::network::Subnet::parse(&self.subnet)?;
         if self.user_namespaces != UserNamespaces::Off {
@@ -117,6 +118,44 @@ impl RuntimeConfig {
                     "runtime.monitor = {:?} is not an executable file; remove the key to use the nimbus-monitor installed with nimbus",
                     monitor.display().to_string()
                 ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RuntimeConfig {
+    /// Registry hosts as references name them (`host[:port]`, lowercase), and mirrors as
+    /// http(s) URLs or hosts: an entry that can never match or be reached is refused rather
+    /// than skipped at every pull.
+    fn check_registries(&self) -> Result<(), String> {
+        let host = |key: &str, h: &str| {
+            crate::reference::check_registry_host(h)
+                .map_err(|why| format!("{key}: {h:?}: {why} (a host[:port], e.g. \"registry.lab:5000\", no scheme or path)"))?;
+            if h != h.to_ascii_lowercase() {
+                return Err(format!(
+                    "{key}: {h:?}: write host names in lowercase, as references are matched"
+                ));
+            }
+            Ok(())
+        };
+        for h in &self.insecure_registries {
+            host("runtime.insecure_registries", h)?;
+        }
+        for (registry, mirrors) in &self.mirrors {
+            let key = format!("runtime.mirrors.{registry:?}");
+            host(&key, registry)?;
+            for m in mirrors {
+                let rest = m
+                    .strip_prefix("https://")
+                    .or_else(|| m.strip_prefix("http://"))
+                    .unwrap_or(m);
+                if rest.contains("://") {
+                    return Err(format!(
+                        "{key}: {m:?}: a mirror is an http:// or https:// URL, or a host[:port]"
+                    ));
+                }
+                host(&key, rest.split('/').next().unwrap_or(rest))?;
             }
         }
         Ok(())
@@ -185,6 +224,30 @@ mod tests {
         assert!(with(&|c| c.id_range_slots = 0).contains("runtime.id_range_slots = 0"));
         assert!(with(&|c| c.id_range_first = 0).contains("runtime.id_range_first = 0"));
         assert!(with(&|c| c.monitor = Some("/nonexistent".into())).contains("runtime.monitor"));
+        assert!(
+            with(&|c| c.insecure_registries = vec!["http://reg.lab:5000".into()])
+                .contains("runtime.insecure_registries")
+        );
+        assert!(with(&|c| c.insecure_registries = vec!["Reg.Lab".into()]).contains("lowercase"));
+        let mirror = |m: &str| {
+            with(&|c| {
+                c.mirrors.insert("docker.io".into(), vec![m.to_string()]);
+            })
+        };
+        assert!(mirror("ftp://mirror.lab").contains("http:// or https://"));
+        assert!(mirror("https://mirror lab").contains("runtime.mirrors"));
+        let mut ok = RuntimeConfig {
+            insecure_registries: vec!["registry.lab:5000".into()],
+            ..RuntimeConfig::default()
+        };
+        ok.mirrors.insert(
+            "docker.io".into(),
+            vec![
+                "https://mirror.lab/dockerhub".into(),
+                "mirror2.lab:5000".into(),
+            ],
+        );
+        assert!(ok.check().is_ok(), "{:?}", ok.check());
         let mut off = RuntimeConfig {
             user_namespaces: UserNamespaces::Off,
             ..RuntimeConfig::default()

@@ -29,6 +29,34 @@ pub struct BadReference {
     pub reason: &'static str,
 }
 
+/// A registry as `host[:port]`: a name of letters, digits, '.', '-' and '_' (or a bracketed
+/// IPv6 address), and a port from 1 to 65535, refused at the request rather than at the pull.
+pub(crate) fn check_registry_host(registry: &str) -> Result<(), &'static str> {
+    let (host, port) = match registry.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !registry.ends_with(']') => (h, Some(p)),
+        _ => (registry, None),
+    };
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    let name_ok = bracketed
+        || (!host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+    if !name_ok {
+        return Err("registry host must be a name of [A-Za-z0-9._-] or a bracketed IPv6 address");
+    }
+    if let Some(p) = port {
+        let ok = !p.is_empty()
+            && p.len() <= 5
+            && p.chars().all(|c| c.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n));
+        if !ok {
+            return Err("registry port must be 1 to 65535");
+        }
+    }
+    Ok(())
+}
+
 impl ImageRef {
     pub fn parse(input: &str) -> Result<Self, BadReference> {
         let bad = |reason| BadReference {
@@ -84,6 +112,9 @@ impl ImageRef {
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
+        // Host names are case-insensitive: `DOCKER.IO/x` is Docker Hub, and one store entry.
+        let registry = registry.to_ascii_lowercase();
+        check_registry_host(&registry).map_err(bad)?;
         let registry = if registry == "index.docker.io" {
             DOCKER_HUB.to_string()
         } else {
@@ -202,6 +233,15 @@ mod tests {
     }
 
     #[test]
+    fn registry_hosts_are_case_insensitive() {
+        let r = ImageRef::parse("DOCKER.IO/library/alpine").unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/alpine:latest");
+        let r = ImageRef::parse("Reg.Example:5000/a/b:v1").unwrap();
+        assert_eq!(r.registry, "reg.example:5000");
+        assert!(ImageRef::parse("[::1]:5000/a/b").is_ok());
+    }
+
+    #[test]
     fn digest_references_keep_no_implicit_tag() {
         let d = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("ghcr.io/o/r@{d}")).unwrap();
@@ -218,6 +258,11 @@ mod tests {
             "x@sha256:zz",
             "repo:-tag",
             "reg.io//x",
+            "127.0.0.1:99999/p/bb",
+            "127.0.0.1:0/p/bb",
+            "reg.io:/p/bb",
+            "reg.io:5x/p/bb",
+            "re%g.io/p/bb",
         ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be rejected");
         }
