@@ -963,17 +963,26 @@ fn the_image_commands_make_a_new_data_dir_private() {
     use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
-    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
-        .args(["image", "list", "--data-dir"])
-        .arg(&data)
-        .env("HOME", root.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let image = |args: &[&str]| {
+        std::process::Command::new(nimbus_e2e::nimbus_bin())
+            .arg("image")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("HOME", root.path())
+            .output()
+            .unwrap()
+    };
+    // Listing reads a data dir: a mistyped one is refused, not made.
+    let out = image(&["list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!data.exists(), "image list made the data dir");
+    // A pull may come before the server's first start: it makes the data dir, private (here
+    // it then fails: nothing listens on port 1).
+    let out = image(&["pull", "127.0.0.1:1/nothing/here:v1"]);
+    assert!(!out.status.success());
     let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "data dir mode {mode:o}");
 }

@@ -94,11 +94,9 @@ pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => crate::config::default_data_dir()?,
     };
-    match args.command {
-        // An install may come before the server's first start, and makes the data dir then.
-        PluginCommand::Install { .. } => crate::serve_cmd::create_private_data_dir(&data_dir)?,
-        _ => crate::serve_cmd::require_existing_data_dir(&data_dir)?,
-    }
+    // Every plugin command may come before the server's first start (to see the bundled
+    // plugins, or install one): the store, with the bundled plugins, is made on first use.
+    crate::serve_cmd::create_private_data_dir(&data_dir)?;
     // Compiling components is CPU work; keep it off the async runtime's threads.
     tokio::task::spawn_blocking(move || execute(data_dir, args.command))
         .await
