@@ -931,6 +931,55 @@ async fn the_credential_command_refuses_unknown_tenants_and_names_its_own_flags(
     );
 }
 
+#[tokio::test]
+async fn the_admin_commands_take_their_defaults_from_the_server_config() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (st, _, err) = s.cli(&["tenant", "create", "team-x"]);
+    assert!(st.success(), "{err}");
+    let (st, _, err) = s.cli(&[
+        "credential",
+        "create",
+        "--tenant",
+        "team-x",
+        "--grant",
+        "tenant:read",
+        "--description",
+        "for team x",
+    ]);
+    assert!(st.success(), "{err}");
+    // No --data-dir and no --tenant: the server's config says both.
+    let config = s.home().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nsandbox_driver = \"none\"\ndata_dir = {:?}\ndefault_tenant = \"team-x\"\n",
+            s.data_dir().display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["credential", "list", "--config"])
+        .arg(&config)
+        .env("HOME", s.home())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("tenant:read"), "{stdout}");
+    assert!(!stdout.contains("server:admin"), "listed demo's: {stdout}");
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["plugin", "list", "--config"])
+        .arg(&config)
+        .env("HOME", s.home())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("grants-policy"));
+}
+
 #[test]
 fn tenant_and_credential_commands_refuse_a_data_dir_no_server_has_used() {
     // A mistyped --data-dir must not quietly become a new, empty data dir that no server reads.

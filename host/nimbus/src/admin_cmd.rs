@@ -15,17 +15,38 @@ use crate::serve_cmd::open_store;
 
 #[derive(clap::Args)]
 pub struct DataDirArg {
-    /// The server's data dir (default: $HOME/.local/share/nimbus).
+    /// The server's data dir (default: server.data_dir from --config, else
+    /// $HOME/.local/share/nimbus).
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// The operator configuration the server runs with (nimbus.toml): its server.data_dir and
+    /// server.default_tenant are the defaults of --data-dir and --tenant.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
 }
 
 impl DataDirArg {
+    fn config(&self) -> anyhow::Result<crate::config::Config> {
+        match &self.config {
+            Some(p) => crate::config::Config::load(p),
+            None => Ok(crate::config::Config::default()),
+        }
+    }
+
     fn resolve(&self) -> anyhow::Result<PathBuf> {
-        match &self.data_dir {
-            Some(d) => Ok(d.clone()),
+        match self.data_dir.clone().or(self.config()?.server.data_dir) {
+            Some(d) => Ok(d),
             None => default_data_dir(),
         }
+    }
+
+    /// The tenant a command acts on without `--tenant`: the server's default tenant.
+    fn default_tenant(&self) -> anyhow::Result<String> {
+        Ok(self
+            .config()?
+            .server
+            .default_tenant
+            .unwrap_or_else(|| "demo".to_string()))
     }
 
     /// Opens the store of a server that has run at least once. Tenants and credentials written
@@ -78,8 +99,9 @@ enum KindArg {
 enum CredentialCommand {
     /// Create a credential and print its secret (shown once).
     Create {
-        #[arg(long, default_value = "demo")]
-        tenant: String,
+        /// The tenant (default: server.default_tenant from --config, else demo).
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long, value_enum, default_value = "token")]
         kind: KindArg,
         /// A grant, e.g. tenant:admin or service:worker:session (repeatable).
@@ -95,13 +117,15 @@ enum CredentialCommand {
     },
     /// List a tenant's credentials (never their secrets).
     List {
-        #[arg(long, default_value = "demo")]
-        tenant: String,
+        /// The tenant (default: server.default_tenant from --config, else demo).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Revoke a credential at once.
     Revoke {
-        #[arg(long, default_value = "demo")]
-        tenant: String,
+        /// The tenant (default: server.default_tenant from --config, else demo).
+        #[arg(long)]
+        tenant: Option<String>,
         id: String,
     },
 }
@@ -198,13 +222,19 @@ pub async fn run_tenant(args: TenantArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run_credential(args: CredentialArgs) -> anyhow::Result<()> {
+    let default_tenant = args.data_dir.default_tenant()?;
     let store = args.data_dir.open_existing().await?;
-    let result = credential(&store, args.command).await;
+    let result = credential(&store, args.command, &default_tenant).await;
     store.close().await;
     result
 }
 
-async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> anyhow::Result<()> {
+async fn credential(
+    store: &nimbus_store::Store,
+    command: CredentialCommand,
+    default_tenant: &str,
+) -> anyhow::Result<()> {
+    let tenant_or_default = |t: Option<String>| t.unwrap_or_else(|| default_tenant.to_string());
     match command {
         CredentialCommand::Create {
             tenant,
@@ -227,7 +257,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
             if grants.is_empty() {
                 bail!("--grant: give at least one (e.g. --grant tenant:admin); a credential without grants can do nothing, and its grants cannot be changed later");
             }
-            let tenant = name("--tenant", &tenant)?;
+            let tenant = name("--tenant", &tenant_or_default(tenant))?;
             require_tenant(store, &tenant).await?;
             let kind = match kind {
                 KindArg::Token => CredentialKind::Token,
@@ -287,7 +317,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
             println!("{secret}");
         }
         CredentialCommand::List { tenant } => {
-            let tenant = name("--tenant", &tenant)?;
+            let tenant = name("--tenant", &tenant_or_default(tenant))?;
             require_tenant(store, &tenant).await?;
             let mut after: Option<String> = None;
             let mut listed = 0usize;
@@ -327,7 +357,7 @@ async fn credential(store: &nimbus_store::Store, command: CredentialCommand) -> 
             }
         }
         CredentialCommand::Revoke { tenant, id } => {
-            let tenant = name("--tenant", &tenant)?;
+            let tenant = name("--tenant", &tenant_or_default(tenant))?;
             let record = store
                 .revoke_credential(
                     &tenant,

@@ -9,9 +9,13 @@ use nimbus_plugins::{PluginInfo, PluginStore};
 
 #[derive(clap::Args)]
 pub struct PluginArgs {
-    /// Where the server keeps its state (default: $HOME/.local/share/nimbus), as for `serve`.
+    /// Where the server keeps its state (default: server.data_dir from --config, else
+    /// $HOME/.local/share/nimbus), as for `serve`.
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// The operator configuration the server runs with (nimbus.toml), for its data dir.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: PluginCommand,
 }
@@ -90,7 +94,11 @@ fn read_component(file: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 pub async fn run(args: PluginArgs) -> anyhow::Result<()> {
-    let data_dir = match args.data_dir {
+    let configured = match &args.config {
+        Some(p) => crate::config::Config::load(p)?.server.data_dir,
+        None => None,
+    };
+    let data_dir = match args.data_dir.or(configured) {
         Some(d) => d,
         None => crate::config::default_data_dir()?,
     };

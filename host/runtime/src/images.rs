@@ -491,17 +491,23 @@ fn check_digest(d: &str) -> Result<(), String> {
     }
 }
 
+/// Writes `bytes` to `dest` whole or not at all: through a file beside it, synced before the
+/// rename, so that after a power loss `dest` is either absent or complete (a record naming an
+/// empty manifest would be trusted at every launch).
 fn write_blob_bytes(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = crate::registry::tmp_path(dest);
-    std::fs::write(&tmp, bytes)?;
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     std::fs::rename(tmp, dest)
 }
 
 /// The largest image config a pull accepts (they are a few KiB; each launch reads it whole).
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
-/// The most layers an image may have: overlayfs stacks at most a few hundred lower
-/// directories, and each layer costs a mount option's worth of the page-sized option string.
+/// The most layers an image may have: overlayfs stacks at most 500 lower directories (see
+/// `overlay.rs` for kernels before 6.8, whose one options string holds far fewer).
 const MAX_LAYERS: usize = 500;
 
 /// Unpacks a layer tarball (plain, gzip or zstd, told apart by their magic bytes as the
