@@ -169,6 +169,14 @@ async fn create(s: &Server, body: Value) -> String {
     v["metadata"]["id"].as_str().unwrap().to_string()
 }
 
+/// A sandbox of the registry's busybox image running `argv`, once it is ready.
+async fn running(s: &Server, reg: &Registry, argv: &[&str]) -> String {
+    let image = format!("{}/e2e/busybox:v1", reg.host);
+    let id = create(s, sandbox(&image, argv)).await;
+    wait_state(s, &id, &["ready"], Duration::from_secs(120)).await;
+    id
+}
+
 /// Polls until the sandbox's lifecycleState is one of `states`.
 async fn wait_state(s: &Server, id: &str, states: &[&str], within: Duration) -> Value {
     let deadline = Instant::now() + within;
@@ -555,13 +563,7 @@ async fn sigterm_stops_the_server_within_its_grace_while_a_log_is_followed() {
     // for such requests, then cuts them, instead of waiting for the client to leave.
     let reg = registry_with_busybox();
     let mut s = Server::start().await;
-    let image = format!("{}/e2e/busybox:v1", reg.host);
-    let id = create(
-        &s,
-        sandbox(&image, &["sh", "-c", "echo up; exec sleep 600"]),
-    )
-    .await;
-    wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
+    let id = running(&s, &reg, &["sh", "-c", "echo up; exec sleep 600"]).await;
     let followed = s
         .client
         .get(format!(
@@ -635,9 +637,7 @@ async fn a_launch_cut_off_before_it_wrote_anything_is_launched_afresh_after_a_cr
 async fn a_delete_whose_client_goes_away_still_completes() {
     let reg = registry_with_busybox();
     let s = Server::start().await;
-    let image = format!("{}/e2e/busybox:v1", reg.host);
-    let id = create(&s, sandbox(&image, &["sleep", "300"])).await;
-    wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
+    let id = running(&s, &reg, &["sleep", "300"]).await;
     // The client gives up long before the teardown is done.
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(30))
@@ -671,9 +671,8 @@ async fn a_delete_whose_client_goes_away_still_completes() {
 async fn once_a_create_is_refused_for_quota_the_next_ones_prepare_nothing() {
     let reg = registry_with_busybox();
     let s = Server::start_with_config("[limits]\nsandboxes_per_tenant = 1\n").await;
+    let id = running(&s, &reg, &["sleep", "300"]).await;
     let image = format!("{}/e2e/busybox:v1", reg.host);
-    let id = create(&s, sandbox(&image, &["sleep", "300"])).await;
-    wait_state(&s, &id, &["ready"], Duration::from_secs(120)).await;
     let refused = || async {
         let r = s
             .call(

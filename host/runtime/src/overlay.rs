@@ -234,6 +234,15 @@ mod tests {
             .collect()
     }
 
+    /// An upper dir, a work dir and a mount point under `dir`, made.
+    fn scratch(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let made = (dir.join("u"), dir.join("w"), dir.join("r"));
+        for d in [&made.0, &made.1, &made.2] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        made
+    }
+
     #[test]
     fn an_image_of_hundreds_of_layers_mounts_with_the_top_layer_winning() {
         // 300 paths of ~110 bytes: 33 KiB of lower dirs, eight times what one mount(2) options
@@ -243,14 +252,7 @@ mod tests {
             .path()
             .join("a-data-dir-with-a-longish-path/runtime/sandboxes");
         let bottom_first = layers(&deep, 300);
-        let (upper, work, root) = (
-            dir.path().join("u"),
-            dir.path().join("w"),
-            dir.path().join("r"),
-        );
-        for d in [&upper, &work, &root] {
-            std::fs::create_dir_all(d).unwrap();
-        }
+        let (upper, work, root) = scratch(dir.path());
         let top_first: Vec<&Path> = bottom_first.iter().rev().map(PathBuf::as_path).collect();
         mount(&root, &top_first, &upper, &work).expect("mounted");
         let seen = (
@@ -268,11 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bottom_first = layers(dir.path(), 60);
         let top_first: Vec<&Path> = bottom_first.iter().rev().map(PathBuf::as_path).collect();
-        let (upper, work, root) = (
-            dir.path().join("u"),
-            dir.path().join("w"),
-            dir.path().join("r"),
-        );
+        let (upper, work, root) = scratch(dir.path());
         let err = mount_legacy(&root, &top_first, &upper, &work).unwrap_err();
         assert!(err.contains("60 layers do not fit"), "{err}");
         assert!(err.contains("Linux 6.8"), "{err}");
@@ -281,14 +279,7 @@ mod tests {
     #[test]
     fn a_missing_layer_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let (upper, work, root) = (
-            dir.path().join("u"),
-            dir.path().join("w"),
-            dir.path().join("r"),
-        );
-        for d in [&upper, &work, &root] {
-            std::fs::create_dir_all(d).unwrap();
-        }
+        let (upper, work, root) = scratch(dir.path());
         let missing = dir.path().join("no-such-layer");
         let err = mount(&root, &[missing.as_path()], &upper, &work).unwrap_err();
         assert!(err.contains("no-such-layer"), "{err}");
