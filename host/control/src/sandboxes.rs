@@ -646,6 +646,7 @@ fn exit_condition(code: i32, reason: &ExitReason, stopping: bool) -> (&'static s
         ExitReason::Signaled(sig) => ("Signaled", format!("the process was killed by signal {sig}")),
         ExitReason::Exited if code == 0 => ("Completed", "the process exited with code 0".to_string()),
         ExitReason::Exited => ("Error", format!("the process exited with code {code}; see GET …/logs")),
+        ExitReason::PidsLimit { refused } => ("PidsLimit", format!("the process exited with code {code} after the sandbox refused it a new process {refused} time(s) at its process limit; raise spec.resources.pids, or look for a fork loop in GET …/logs")),
     }
 }
 

@@ -44,6 +44,9 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     #[serde(default)]
     pub oom_killed: bool,
+    /// How many times the sandbox was refused a new process at its process limit.
+    #[serde(default)]
+    pub pids_refused: u64,
     /// Set when the container never started; the message says why.
     #[serde(default)]
     pub start_error: Option<String>,
@@ -341,6 +344,7 @@ fn run(a: &Assignment, ready: Prepared) -> Result<(), String> {
 
     let (code, signal) = wait_for(pid);
     let oom_killed = oom_kills(&a.id) > 0;
+    let pids_refused = pids_refused(&a.id);
     // The pipe closes when the last container process is gone; with a pid namespace that is
     // now. Give the copier a moment for buffered output, but never hang on a stray holder.
     wait_until_finished(&logger, std::time::Duration::from_secs(2));
@@ -353,6 +357,7 @@ fn run(a: &Assignment, ready: Prepared) -> Result<(), String> {
             code,
             signal,
             oom_killed,
+            pids_refused,
             start_error: None,
             finished_at: now_secs(),
         },
@@ -396,6 +401,7 @@ fn fail(a: &Assignment, crun: &Path, msg: &str) {
             code: -1,
             signal: None,
             oom_killed: false,
+            pids_refused: 0,
             start_error: Some(msg.to_string()),
             finished_at: now_secs(),
         },
@@ -430,6 +436,23 @@ fn oom_kills(id: &str) -> u64 {
         if let Ok(text) = std::fs::read_to_string(&p) {
             for line in text.lines() {
                 if let Some(n) = line.strip_prefix("oom_kill ") {
+                    return n.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Forks the container's pids cgroup refused at its limit (`max` in `pids.events`, v1 or v2).
+fn pids_refused(id: &str) -> u64 {
+    let own = crate::bundle::cgroup_path(id);
+    let v1 = format!("/sys/fs/cgroup/pids{own}/pids.events");
+    let v2 = format!("/sys/fs/cgroup{own}/pids.events");
+    for p in [v1, v2] {
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            for line in text.lines() {
+                if let Some(n) = line.strip_prefix("max ") {
                     return n.trim().parse().unwrap_or(0);
                 }
             }

@@ -54,6 +54,9 @@ pub enum ExitReason {
     Signaled(i32),
     /// The kernel's OOM killer ended it at the sandbox's memory limit.
     OomKilled,
+    /// It failed after the sandbox refused it new processes (`refused` times) at its process
+    /// limit: a fork that fails is the likely cause.
+    PidsLimit { refused: u64 },
     /// The container never started; the message says why.
     StartFailed(String),
     /// Its monitor is gone without recording an exit (for example the host rebooted).
@@ -1593,6 +1596,10 @@ fn exit_reason(rec: &ExitRecord) -> ExitReason {
         // cause (the process itself, or a child whose death it passed on). A process that
         // exits 0 after a child was killed handled it, and completed.
         ExitReason::OomKilled
+    } else if rec.pids_refused > 0 && rec.code != 0 && rec.signal.is_none() {
+        ExitReason::PidsLimit {
+            refused: rec.pids_refused,
+        }
     } else if let Some(s) = rec.signal {
         ExitReason::Signaled(s)
     } else {

@@ -175,13 +175,21 @@ async fn fork_loop_stops_at_the_pids_limit() {
         pids: Some(16),
         ..Default::default()
     };
-    let (_, logs) = run_to_end(&rt, &s).await;
+    let (observed, logs) = run_to_end(&rt, &s).await;
     let forked = logs.matches("forked").count();
     assert!(
         forked < 16,
         "forked {forked} times under a pids limit of 16: {logs}"
     );
     assert!(logs.contains("can't fork"), "{logs}");
+    // The shell gave up on the failed fork: the exit says the limit was the cause.
+    assert!(
+        matches!(
+            observed,
+            Observed::Exited { code, reason: ExitReason::PidsLimit { refused } } if code != 0 && refused > 0
+        ),
+        "{observed:?}"
+    );
 }
 
 #[tokio::test]
