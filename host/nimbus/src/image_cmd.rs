@@ -31,6 +31,11 @@ pub enum ImageCommand {
     Pull { reference: String },
     /// List the images in the store: reference, manifest digest, layer count.
     List,
+    /// Forget the image a reference resolved to (launches of it pull again); `prune` then
+    /// frees its layers.
+    Remove { reference: String },
+    /// Free the blobs and layers no image in the store names and no sandbox on this host uses.
+    Prune,
 }
 
 pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
@@ -45,7 +50,9 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
     match args.command {
         // A pull may come before the server's first start, and makes the data dir then.
         ImageCommand::Pull { .. } => crate::serve_cmd::create_private_data_dir(&data_dir)?,
-        ImageCommand::List => crate::serve_cmd::require_existing_data_dir(&data_dir)?,
+        ImageCommand::List | ImageCommand::Remove { .. } | ImageCommand::Prune => {
+            crate::serve_cmd::require_existing_data_dir(&data_dir)?
+        }
     }
     let runtime = nimbus_runtime::Runtime::open(&data_dir, &config.runtime)
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
@@ -85,6 +92,31 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
                     if rec.layers.len() == 1 { "" } else { "s" }
                 );
             }
+        }
+        ImageCommand::Remove { reference } => {
+            let r = ImageRef::parse(&reference)
+                .map_err(|e| anyhow::anyhow!("{reference:?} is not an image reference: {e}"))?;
+            match images
+                .remove(&r.to_string())
+                .with_context(|| format!("removing {r}"))?
+            {
+                Some(rec) => println!(
+                    "removed {r} ({}); `nimbus image prune` frees its layers once nothing else uses them",
+                    rec.manifest_digest
+                ),
+                None => anyhow::bail!("the store has no image {r} (`nimbus image list` shows what it has)"),
+            }
+        }
+        ImageCommand::Prune => {
+            let pruned = runtime.prune_images().context("pruning the image store")?;
+            println!(
+                "removed {} blob{} and {} layer{}, {:.1} MiB",
+                pruned.blobs,
+                if pruned.blobs == 1 { "" } else { "s" },
+                pruned.layers,
+                if pruned.layers == 1 { "" } else { "s" },
+                pruned.bytes as f64 / f64::from(1 << 20)
+            );
         }
     }
     Ok(())

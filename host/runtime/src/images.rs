@@ -2,7 +2,7 @@
 //! `blobs/sha256/<hex>` (verified by digest), `layers/<hex>/` (each layer unpacked once, OCI
 //! whiteouts turned into overlayfs whiteouts) and `images/<key>.json` (what a reference resolved to).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -434,6 +434,87 @@ impl ImageStore {
     pub fn lookup(&self, key: &str) -> Result<Option<Image>, RegistryError> {
         self.load_record(key)
     }
+
+    /// Forgets the image `key` (a normalised reference) resolved to; its blobs and layers stay
+    /// until [`ImageStore::prune`]. `None` when the store has no such image.
+    pub fn remove(&self, key: &str) -> std::io::Result<Option<ImageRecord>> {
+        let path = self.record_path(key);
+        let record = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<ImageRecord>(&bytes).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        std::fs::remove_file(&path)?;
+        Ok(record)
+    }
+
+    /// Removes the blobs and unpacked layers no image record names and no mounted root uses
+    /// (`in_use`: layer directory names, the digests' hex, as sandboxes' overlays show them),
+    /// and returns how many of each went and the bytes freed.
+    pub fn prune(&self, in_use: &HashSet<String>) -> std::io::Result<Pruned> {
+        let mut kept: HashSet<String> = in_use.clone();
+        for r in self.list()? {
+            let digests = [&r.manifest_digest, &r.config_digest]
+                .into_iter()
+                .chain(r.layers.iter());
+            kept.extend(digests.map(|d| d.trim_start_matches("sha256:").to_string()));
+        }
+        let mut pruned = Pruned::default();
+        for (dir, is_layer) in [
+            (self.root.join("blobs/sha256"), false),
+            (self.root.join("layers"), true),
+        ] {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Temporary files of pulls and unpacks under way are not this sweep's.
+                let is_digest = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+                if !is_digest || kept.contains(&name) {
+                    continue;
+                }
+                let path = entry.path();
+                let bytes = disk_usage(&path);
+                if is_layer {
+                    std::fs::remove_dir_all(&path)?;
+                    pruned.layers += 1;
+                } else {
+                    std::fs::remove_file(&path)?;
+                    pruned.blobs += 1;
+                }
+                pruned.bytes = pruned.bytes.saturating_add(bytes);
+            }
+        }
+        Ok(pruned)
+    }
+}
+
+/// What [`ImageStore::prune`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub blobs: usize,
+    pub layers: usize,
+    pub bytes: u64,
+}
+
+/// Bytes the files under `path` take (not following links), for a report.
+fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| disk_usage(&e.path()))
+        .fold(meta.len(), u64::saturating_add)
 }
 
 /// Removes the temporary files and directories (`.tmp-<name>-<pid>[-<n>]`) that a pull or an

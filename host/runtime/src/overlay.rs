@@ -137,6 +137,29 @@ fn mount_layer_by_layer(
     Ok(Ok(()))
 }
 
+/// The layer directories (by name: a digest's 64 hex digits) that mounted overlays on this
+/// host use, from `/proc/self/mountinfo`: a sandbox's root, running or kept for its files,
+/// holds its image's layers (through idmapped mounts of the store's directory, whose entries
+/// have the same names).
+pub(crate) fn layers_in_use() -> std::collections::HashSet<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(" - ").nth(1))
+        .filter(|fs| fs.starts_with("overlay "))
+        .filter_map(|fs| fs.split(' ').nth(2))
+        .flat_map(|options| options.split(','))
+        .filter_map(|o| {
+            o.strip_prefix("lowerdir=")
+                .or_else(|| o.strip_prefix("lowerdir+="))
+        })
+        .flat_map(|dirs| dirs.split(':'))
+        .filter_map(|dir| dir.rsplit('/').next())
+        .filter(|name| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .collect()
+}
+
 fn set_string(context: &OwnedFd, key: &str, value: &Path) -> std::io::Result<()> {
     let key = CString::new(key).map_err(std::io::Error::other)?;
     let value = CString::new(value.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
@@ -260,9 +283,16 @@ mod tests {
             root.join("own-0").exists(),
             root.join("own-299").exists(),
         );
+        let in_use = layers_in_use();
         let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
         assert_eq!(seen.0.unwrap(), "299");
         assert!(seen.1 && seen.2, "every layer's files are there");
+        for n in [0usize, 150, 299] {
+            assert!(
+                in_use.contains(&format!("{n:064x}")),
+                "layer {n} is not seen in use"
+            );
+        }
     }
 
     #[test]

@@ -1361,6 +1361,12 @@ impl Runtime {
     }
 
     /// The image store (pulls without launching, e.g. to pre-warm).
+    /// Removes the image store's blobs and layers that no image record names and no
+    /// sandbox's root on this host uses (see [`ImageStore::prune`]).
+    pub fn prune_images(&self) -> std::io::Result<crate::images::Pruned> {
+        self.images.prune(&crate::overlay::layers_in_use())
+    }
+
     pub fn images(&self) -> &ImageStore {
         &self.images
     }

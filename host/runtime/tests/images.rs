@@ -393,3 +393,62 @@ async fn a_moved_tag_is_resolved_again_by_pull_latest_and_only_by_it() {
         one
     );
 }
+
+#[tokio::test]
+async fn prune_frees_what_no_image_names_and_no_sandbox_uses() {
+    require_host();
+    let reg = Registry::start(None);
+    let extra = |text: &str| {
+        let mut layer = tar::Builder::new(Vec::new());
+        tar_file(&mut layer, "extra", 0o644, text.as_bytes());
+        layer.into_inner().unwrap()
+    };
+    for (repo, text) in [("p/running", "a"), ("p/unused", "b")] {
+        reg.push_image(
+            repo,
+            "v1",
+            &[busybox_layer(), extra(text)],
+            busybox_config(),
+            "amd64",
+        )
+        .await;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(2, data.path(), |_| {});
+    let running = format!("{}/p/running:v1", reg.host);
+    let unused = ImageRef::parse(&format!("{}/p/unused:v1", reg.host)).unwrap();
+    rt.images().pull(&unused, &|_| {}).await.unwrap();
+    let id = new_id();
+    rt.launch(&id, "demo", &spec(&running, &["sleep", "60"]), |_| {})
+        .await
+        .unwrap();
+    let layers_dir = data.path().join("runtime/images/layers");
+    let layer_count = || {
+        std::fs::read_dir(&layers_dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().len() == 64)
+            .count()
+    };
+    assert_eq!(layer_count(), 3, "busybox, and each image's own layer");
+    // Nothing to free while both images are recorded.
+    assert_eq!(rt.prune_images().unwrap().layers, 0);
+    for r in [running.as_str(), &unused.to_string()] {
+        let key = ImageRef::parse(r).unwrap().to_string();
+        assert!(rt.images().remove(&key).unwrap().is_some());
+    }
+    // The running sandbox's root holds busybox and its own layer: only the other one goes.
+    let pruned = rt.prune_images().unwrap();
+    assert_eq!(pruned.layers, 1, "{pruned:?}");
+    assert!(pruned.blobs >= 2, "{pruned:?}");
+    assert_eq!(layer_count(), 2);
+    assert!(all_running(&rt, &id), "the sandbox runs on");
+    delete_leaving_nothing(&rt, &id).await;
+    assert_eq!(rt.prune_images().unwrap().layers, 2);
+    assert_eq!(layer_count(), 0);
+    // Pulled again from scratch when next needed.
+    rt.images().pull(&unused, &|_| {}).await.unwrap();
+}
+
+fn all_running(rt: &nimbus_runtime::Runtime, id: &nimbus_core::names::SandboxId) -> bool {
+    matches!(rt.observe(id), nimbus_runtime::Observed::Running { .. })
+}
