@@ -110,6 +110,19 @@ fn short_hash(s: &str, n: usize) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))[..n].to_string()
 }
 
+/// The first IPv4 address in `ip -4 -o addr show` output that is not `ours` (`a.b.c.d/p`).
+fn foreign_address(listing: &str, ours: &str) -> Option<String> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next()
+        })
+        .find(|addr| *addr != ours)
+        .map(str::to_string)
+}
+
 /// A bridge name the kernel takes (an interface name) and nftables can use in a table's name.
 pub(crate) fn check_bridge_name(bridge: &str) -> Result<(), String> {
     if bridge.is_empty()
@@ -165,11 +178,30 @@ impl Network {
     pub async fn ensure_host(&self, known: &[SandboxNet]) -> Result<(), String> {
         let br = &self.bridge;
         let gw = self.subnet.gateway();
-        if !Path::new("/sys/class/net").join(br).exists() {
+        let sys = Path::new("/sys/class/net").join(br);
+        if !sys.exists() {
             run_cmd("ip", &["link", "add", br, "type", "bridge"], None).await?;
+        } else if !sys.join("bridge").is_dir() {
+            // `lo` or `eth0`: an address and a firewall that drops new connections would be
+            // put on the host's own interface.
+            return Err(format!(
+                "runtime.bridge {br:?} names an existing network interface that is not a bridge; \
+                 Nimbus would take it over (an address, rules that drop new connections). Name a \
+                 bridge of Nimbus's own: it is created if missing"
+            ));
+        }
+        let addrs = run_cmd("ip", &["-4", "-o", "addr", "show", "dev", br], None).await?;
+        let ours = format!("{gw}/{}", self.subnet.prefix);
+        if let Some(other) = foreign_address(&addrs, &ours) {
+            return Err(format!(
+                "bridge {br} carries {other}, not this server's gateway {ours} (runtime.subnet): \
+                 another Nimbus server with another subnet, or something else, uses it, and two \
+                 servers on one bridge rewrite each other's sandbox rules. Give each server a \
+                 bridge of its own (runtime.bridge); if the address is left from an earlier \
+                 subnet, remove it (ip addr del {other} dev {br})"
+            ));
         }
         pin_bridge_address(br).await?;
-        let addrs = run_cmd("ip", &["-4", "-o", "addr", "show", "dev", br], None).await?;
         if !addrs.contains(&format!("inet {gw}/")) {
             run_cmd(
                 "ip",
@@ -709,6 +741,19 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use nimbus_core::spec::{EgressPolicy, EgressRule};
+
+    #[test]
+    fn another_address_on_the_bridge_is_found() {
+        let listing = "5: nbt0    inet 10.88.0.1/16 brd 10.88.255.255 scope global nbt0\\       valid_lft forever preferred_lft forever\n";
+        assert_eq!(foreign_address(listing, "10.88.0.1/16"), None);
+        assert_eq!(foreign_address("", "10.88.0.1/16"), None);
+        let two =
+            format!("{listing}5: nbt0    inet 10.99.0.1/16 brd 10.99.255.255 scope global nbt0\n");
+        assert_eq!(
+            foreign_address(&two, "10.88.0.1/16").as_deref(),
+            Some("10.99.0.1/16")
+        );
+    }
 
     #[test]
     fn subnets_parse_and_give_the_first_address_to_the_gateway() {

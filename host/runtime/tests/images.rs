@@ -369,7 +369,7 @@ async fn a_moved_tag_is_resolved_again_by_pull_latest_and_only_by_it() {
         .push_image("p/moving", "latest", &[first(1)], busybox_config(), "amd64")
         .await;
     let data = tempfile::tempdir().unwrap();
-    let rt = runtime(1, data.path(), |_| {});
+    let rt = runtime(8, data.path(), |_| {});
     let r = ImageRef::parse(&format!("{}/p/moving:latest", reg.host)).unwrap();
     let got = |img: &nimbus_runtime::images::Image| img.record.manifest_digest.clone();
     assert_eq!(got(&rt.images().pull(&r, &|_| {}).await.unwrap()), one);
@@ -414,7 +414,7 @@ async fn prune_frees_what_no_image_names_and_no_sandbox_uses() {
         .await;
     }
     let data = tempfile::tempdir().unwrap();
-    let rt = runtime(2, data.path(), |_| {});
+    let rt = runtime(9, data.path(), |_| {});
     let running = format!("{}/p/running:v1", reg.host);
     let unused = ImageRef::parse(&format!("{}/p/unused:v1", reg.host)).unwrap();
     rt.images().pull(&unused, &|_| {}).await.unwrap();

@@ -585,3 +585,37 @@ async fn a_sandbox_that_forges_a_siblings_address_gets_nothing_through() {
     rt.drain_pool().await;
     drop(net);
 }
+
+#[tokio::test]
+async fn a_bridge_setting_that_names_another_interface_or_a_busy_bridge_is_refused_untouched() {
+    require_host();
+    let out = |cmd: &str| {
+        let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // An interface that is not a bridge (as `lo` or `eth0` would be).
+    let dummy = "nbtveth36";
+    let _ = Command::new("ip").args(["link", "delete", dummy]).status();
+    sh(&format!("ip link add {dummy} type veth peer name {dummy}p"));
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(36, data.path(), |c| c.bridge = dummy.into());
+    let refused = rt.warm_up().await.err().map(|e| e.to_string());
+    let addresses = out(&format!("ip -4 -o addr show dev {dummy}"));
+    let tables = out("nft list tables");
+    sh(&format!("ip link delete {dummy}"));
+    let refused = refused.expect("a veth was taken for the bridge");
+    assert!(refused.contains("not a bridge"), "{refused}");
+    assert!(addresses.is_empty(), "{addresses}");
+    assert!(!tables.contains(&format!("nimbus_{dummy}")), "{tables}");
+
+    // A bridge another server's subnet is on.
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(37, data.path(), |_| {});
+    sh("ip link add nbt37 type bridge && ip addr add 10.250.37.1/24 dev nbt37");
+    let refused = rt.warm_up().await.err().map(|e| e.to_string());
+    let addresses = out("ip -4 -o addr show dev nbt37");
+    sh("ip link delete nbt37");
+    let refused = refused.expect("a bridge carrying another subnet was shared");
+    assert!(refused.contains("carries 10.250.37.1/24"), "{refused}");
+    assert!(!addresses.contains("10.137.0.1"), "{addresses}");
+}
