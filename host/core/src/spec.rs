@@ -961,6 +961,37 @@ fn check_abs_path(field: &str, path: &str) -> Result<(), Error> {
 }
 
 /// Image references: `[registry/]repository[:tag][@sha256:hex]`, lowercase repository.
+/// A registry as `host[:port]`: a name of letters, digits, '.' and '-' (or a bracketed IPv6
+/// address), and a port from 1 to 65535. The one rule for requests (here) and for pulls
+/// (`nimbus_runtime::reference`), so that what a create accepts a launch can pull from.
+pub fn check_registry_host(registry: &str) -> Result<(), &'static str> {
+    let (host, port) = match registry.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !registry.ends_with(']') => (h, Some(p)),
+        _ => (registry, None),
+    };
+    let bracketed = host.len() > 2 && host.starts_with('[') && host.ends_with(']');
+    let name_ok = bracketed
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')));
+    if !name_ok {
+        return Err(
+            "the registry host must be a name of letters, digits, '.' and '-', or a bracketed IPv6 address",
+        );
+    }
+    if let Some(p) = port {
+        let ok = !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n));
+        if !ok {
+            return Err("the registry port must be 1 to 65535");
+        }
+    }
+    Ok(())
+}
+
 fn check_reference(field: &str, reference: &str) -> Result<(), Error> {
     let bad = |why: &str| {
         Error::invalid_argument(
@@ -1020,14 +1051,7 @@ fn check_reference(field: &str, reference: &str) -> Result<(), Error> {
         && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost");
     if first_is_registry {
         let registry = parts.remove(0);
-        if !registry
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-        {
-            return Err(bad(
-                "the registry host is not a host name with an optional port",
-            ));
-        }
+        check_registry_host(registry).map_err(bad)?;
     }
     if parts.is_empty()
         || parts.iter().any(|p| {
@@ -1409,10 +1433,23 @@ mod tests {
             "docker.io/library/node:22-alpine",
             "127.0.0.1:5000/app/x:v1",
             "localhost/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "[::1]:5000/app/x",
+            "REG.example:443/app/x",
         ] {
             check_reference("r", ok).unwrap();
         }
-        for bad in ["", "a b", "app:", "app@sha256:zz", "App/x"] {
+        for bad in [
+            "",
+            "a b",
+            "app:",
+            "app@sha256:zz",
+            "App/x",
+            "127.0.0.1:99999/app/x",
+            "127.0.0.1:0/app/x",
+            "127.0.0.1:/app/x",
+            "localhost:0/x",
+            "reg_x.lab:5000/app/x",
+        ] {
             assert!(check_reference("r", bad).is_err(), "{bad}");
         }
     }

@@ -29,32 +29,9 @@ pub struct BadReference {
     pub reason: &'static str,
 }
 
-/// A registry as `host[:port]`: a name of letters, digits, '.', '-' and '_' (or a bracketed
-/// IPv6 address), and a port from 1 to 65535, refused at the request rather than at the pull.
+/// The request's rule for a registry host (see [`nimbus_core::spec::check_registry_host`]).
 pub(crate) fn check_registry_host(registry: &str) -> Result<(), &'static str> {
-    let (host, port) = match registry.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') && !registry.ends_with(']') => (h, Some(p)),
-        _ => (registry, None),
-    };
-    let bracketed = host.starts_with('[') && host.ends_with(']');
-    let name_ok = bracketed
-        || (!host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
-    if !name_ok {
-        return Err("registry host must be a name of [A-Za-z0-9._-] or a bracketed IPv6 address");
-    }
-    if let Some(p) = port {
-        let ok = !p.is_empty()
-            && p.len() <= 5
-            && p.chars().all(|c| c.is_ascii_digit())
-            && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n));
-        if !ok {
-            return Err("registry port must be 1 to 65535");
-        }
-    }
-    Ok(())
+    nimbus_core::spec::check_registry_host(registry)
 }
 
 impl ImageRef {
