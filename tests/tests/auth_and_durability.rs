@@ -1028,6 +1028,25 @@ fn the_image_commands_make_a_new_data_dir_private() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not exist"), "{err}");
     assert!(!data.exists(), "image list made the data dir");
+    // ...and an existing one is only read: nothing is made in it.
+    let elsewhere = root.path().join("someone-elses");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+        .args(["image", "list", "--data-dir"])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "image list wrote there"
+    );
     // A pull may come before the server's first start: it makes the data dir, private (here
     // it then fails: nothing listens on port 1).
     let out = image(&["pull", "127.0.0.1:1/nothing/here:v1"]);

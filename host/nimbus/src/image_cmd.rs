@@ -54,6 +54,24 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
             crate::serve_cmd::require_existing_data_dir(&data_dir)?
         }
     }
+    if let ImageCommand::List = args.command {
+        // Read only: nothing is created in the data dir (it may not be a server's at all).
+        let mut out = std::io::stdout().lock();
+        let store = std::path::absolute(&data_dir)?.join("runtime/images");
+        for rec in
+            nimbus_runtime::images::list_records(&store).context("reading the image store")?
+        {
+            let _ = writeln!(
+                out,
+                "{}\t{}\t{} layer{}",
+                rec.reference,
+                rec.manifest_digest,
+                rec.layers.len(),
+                if rec.layers.len() == 1 { "" } else { "s" }
+            );
+        }
+        return Ok(());
+    }
     let runtime = nimbus_runtime::Runtime::open(&data_dir, &config.runtime)
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
     let images = runtime.images();
@@ -80,19 +98,7 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        ImageCommand::List => {
-            let mut out = std::io::stdout().lock();
-            for rec in images.list().context("reading the image store")? {
-                let _ = writeln!(
-                    out,
-                    "{}\t{}\t{} layer{}",
-                    rec.reference,
-                    rec.manifest_digest,
-                    rec.layers.len(),
-                    if rec.layers.len() == 1 { "" } else { "s" }
-                );
-            }
-        }
+        ImageCommand::List => {} // answered above, without opening the store
         ImageCommand::Remove { reference } => {
             let r = ImageRef::parse(&reference)
                 .map_err(|e| anyhow::anyhow!("{reference:?} is not an image reference: {e}"))?;

@@ -58,11 +58,31 @@ pub fn create_private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()>
     if !meta.is_dir() {
         anyhow::bail!("data dir {shown} is not a directory: pass --data-dir a directory of its own (it is created if missing)");
     }
+    // Another user who owns the directory (or a database planted in it) could read the
+    // server's keys or rewrite its credentials, whatever the mode is made.
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let owned_by_another = |path: &std::path::Path| {
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| m.uid())
+            .filter(|uid| *uid != me)
+    };
+    for path in [data_dir.to_path_buf(), data_dir.join("nimbus.db")] {
+        if let Some(uid) = owned_by_another(&path) {
+            anyhow::bail!(
+                "{} belongs to user {uid}, not to the user running nimbus ({me}); the data dir \
+                 holds the server's keys, and its owner could read or change them. Pass --data-dir \
+                 a directory of your own (it is created if missing)",
+                path.display()
+            );
+        }
+    }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 == 0 {
         return Ok(());
     }
-    let ours = data_dir.join("nimbus.db").exists();
+    let ours = data_dir.join("nimbus.db").is_file();
     let empty = std::fs::read_dir(data_dir)
         .with_context(|| format!("reading data dir {shown}"))?
         .next()
@@ -86,6 +106,12 @@ pub fn create_private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()>
 pub fn require_existing_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
     if data_dir.is_dir() {
         return Ok(());
+    }
+    if data_dir.exists() {
+        anyhow::bail!(
+            "data dir {} is not a directory: pass the --data-dir your server uses",
+            data_dir.display()
+        );
     }
     anyhow::bail!(
         "data dir {} does not exist: pass the --data-dir your server uses",
@@ -365,6 +391,23 @@ mod tests {
         std::fs::write(ours.join("nimbus.db"), "").unwrap();
         create_private_data_dir(&ours).unwrap();
         assert_eq!(mode(&ours), 0o700);
+    }
+
+    #[test]
+    fn a_directory_or_database_of_another_user_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let theirs = dir_with_mode(root.path(), "theirs", 0o755);
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let err = create_private_data_dir(&theirs).unwrap_err().to_string();
+        assert!(err.contains("belongs to user 65534"), "{err}");
+        assert_eq!(mode(&theirs), 0o755);
+        // A shared directory where another user planted a database.
+        let shared = dir_with_mode(root.path(), "shared", 0o1777);
+        std::fs::write(shared.join("nimbus.db"), "").unwrap();
+        std::os::unix::fs::chown(shared.join("nimbus.db"), Some(65534), Some(65534)).unwrap();
+        let err = create_private_data_dir(&shared).unwrap_err().to_string();
+        assert!(err.contains("nimbus.db belongs to user 65534"), "{err}");
+        assert_eq!(mode(&shared), 0o1777);
     }
 
     #[test]

@@ -417,18 +417,7 @@ impl ImageStore {
 
     /// Every image this store has resolved, sorted by reference.
     pub fn list(&self) -> std::io::Result<Vec<ImageRecord>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(self.root.join("images"))? {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                // A record being written is a temp file; a malformed one is skipped, as `pull` does.
-                if let Ok(rec) = serde_json::from_slice::<ImageRecord>(&std::fs::read(&path)?) {
-                    out.push(rec);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.reference.cmp(&b.reference));
-        Ok(out)
+        list_records(&self.root)
     }
 
     pub fn lookup(&self, key: &str) -> Result<Option<Image>, RegistryError> {
@@ -491,6 +480,28 @@ impl ImageStore {
         }
         Ok(pruned)
     }
+}
+
+/// The image records of the store at `root` (`<data dir>/runtime/images`), sorted by
+/// reference, read without opening the store (nothing is created; a store never used has none).
+pub fn list_records(root: &Path) -> std::io::Result<Vec<ImageRecord>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(root.join("images")) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            // A record being written is a temp file; a malformed one is skipped, as `pull` does.
+            if let Ok(rec) = serde_json::from_slice::<ImageRecord>(&std::fs::read(&path)?) {
+                out.push(rec);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.reference.cmp(&b.reference));
+    Ok(out)
 }
 
 /// What [`ImageStore::prune`] removed.
