@@ -68,10 +68,15 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         use std::io::Read;
         let shown = path.display();
+        // Not a device (`/dev/zero` would be read forever), a FIFO (opening it waits for a
+        // writer) or a directory: checked before opening, then again on what was opened.
+        let regular = |m: std::io::Result<std::fs::Metadata>| m.is_ok_and(|m| m.is_file());
+        if std::fs::metadata(path).is_ok() && !regular(std::fs::metadata(path)) {
+            anyhow::bail!("config file {shown} is not a regular file");
+        }
         let file =
             std::fs::File::open(path).with_context(|| format!("reading config file {shown}"))?;
-        // Not a device (`/dev/zero` would be read forever) or a directory.
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
+        if !regular(file.metadata()) {
             anyhow::bail!("config file {shown} is not a regular file");
         }
         let mut text = String::new();
@@ -204,6 +209,23 @@ pub fn default_data_dir() -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_path_that_is_no_regular_file_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let link = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        for path in [fifo.as_path(), Path::new("/dev/zero"), &link, dir.path()] {
+            let err = Config::load(path).unwrap_err().to_string();
+            assert!(
+                err.contains("is not a regular file"),
+                "{}: {err}",
+                path.display()
+            );
+        }
+    }
 
     #[test]
     fn authorizer_kinds_parse_and_the_baseline_is_spelled_out() {

@@ -185,15 +185,19 @@ impl ImageStore {
         check_digest(&config.digest).map_err(proto)?;
         // Read whole at every launch: a config is a few KiB, and one the manifest says is
         // larger than this is refused before anything is downloaded.
+        let unsupported = |cause: String| RegistryError::Unsupported {
+            reference: key.clone(),
+            cause,
+        };
         if config.size > MAX_CONFIG_BYTES {
-            return Err(proto(format!(
-                "the image config is {} bytes (at most {MAX_CONFIG_BYTES})",
+            return Err(unsupported(format!(
+                "its config is {} bytes (at most {MAX_CONFIG_BYTES})",
                 config.size
             )));
         }
         if layers.len() > MAX_LAYERS {
-            return Err(proto(format!(
-                "the image has {} layers (at most {MAX_LAYERS})",
+            return Err(unsupported(format!(
+                "it has {} layers, more than the {MAX_LAYERS} an overlay stacks; squash some (e.g. a multi-stage build)",
                 layers.len()
             )));
         }

@@ -110,7 +110,9 @@ impl From<registry::RegistryError> for LaunchError {
         match e {
             R::NotFound { .. } | R::NoPlatform { .. } => LaunchError::ImageNotFound(e.to_string()),
             R::AuthFailed { .. } => LaunchError::AuthFailed(e.to_string()),
-            R::Unreachable { .. } => LaunchError::RegistryUnreachable(e.to_string()),
+            R::Unreachable { .. } | R::Unavailable { .. } => {
+                LaunchError::RegistryUnreachable(e.to_string())
+            }
             // The disk's free-space reserve: the host's to fix, not an internal fault.
             R::Io(ref io) if io.kind() == std::io::ErrorKind::StorageFull => {
                 LaunchError::HostUnfit(HostUnfit {
@@ -118,6 +120,10 @@ impl From<registry::RegistryError> for LaunchError {
                 })
             }
             R::Protocol { .. } => LaunchError::RegistryFailed(e.to_string()),
+            R::Unsupported { .. } => LaunchError::BadSpec {
+                field: "spec.root.source.reference".into(),
+                reason: e.to_string(),
+            },
             R::Io(_) => LaunchError::Internal(e.to_string()),
         }
     }

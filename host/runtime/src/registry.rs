@@ -85,16 +85,38 @@ pub enum RegistryError {
     },
     #[error("registry {registry} is unreachable: {cause} (check the address, network and runtime.mirrors / runtime.insecure_registries)")]
     Unreachable { registry: String, cause: String },
+    /// Reached, but not serving now (429, 5xx): a retry, not a fix, is what it takes.
+    #[error("registry {registry} is not serving now: {cause}")]
+    Unavailable { registry: String, cause: String },
     #[error("registry {registry} sent something unusable for {reference}: {cause}")]
     Protocol {
         reference: String,
         registry: String,
         cause: String,
     },
+    /// The image is served fine but is beyond what Nimbus runs (too many layers, a huge
+    /// config): the image is to change, not the registry.
+    #[error("image {reference} cannot run here: {cause}")]
+    Unsupported { reference: String, cause: String },
     #[error("image {reference} has no linux/amd64 variant (platforms offered: {offered})")]
     NoPlatform { reference: String, offered: String },
     #[error("{}", io_message(.0))]
     Io(#[from] std::io::Error),
+}
+
+/// A registry's (or its token endpoint's) answer that says it is not serving now: 429 or 5xx.
+fn not_serving(registry: &str, url: &str, status: reqwest::StatusCode) -> Option<RegistryError> {
+    let hint = if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        "it limits how often it may be pulled from; try again later, or pull through a mirror (runtime.mirrors)"
+    } else if status.is_server_error() {
+        "try again later"
+    } else {
+        return None;
+    };
+    Some(RegistryError::Unavailable {
+        registry: registry.to_string(),
+        cause: format!("GET {url} answered {status}; {hint}"),
+    })
 }
 
 fn auth_failed_message(reference: &str, registry: &str, configured: bool) -> String {
@@ -416,6 +438,16 @@ impl RegistryClient {
                     configured: creds.is_some(),
                 });
             }
+            if let Some(e) = not_serving(&ep.host, realm, tresp.status()) {
+                return Err(e);
+            }
+            if !tresp.status().is_success() {
+                return Err(RegistryError::Protocol {
+                    reference: r.to_string(),
+                    registry: ep.host.clone(),
+                    cause: format!("token endpoint {realm} answered {}", tresp.status()),
+                });
+            }
             #[derive(Deserialize)]
             struct Tok {
                 token: Option<String>,
@@ -498,19 +530,8 @@ impl RegistryClient {
                     });
                 }
                 // Not serving now: the registry's to recover, a retry's to succeed.
-                Ok(resp)
-                    if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
-                        || resp.status().is_server_error() =>
-                {
-                    let hint = if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                        "it limits how often it may be pulled from; try again later, or pull through a mirror (runtime.mirrors)"
-                    } else {
-                        "try again later"
-                    };
-                    last = Some(RegistryError::Unreachable {
-                        registry: ep.host.clone(),
-                        cause: format!("GET {url} answered {}; {hint}", resp.status()),
-                    });
+                Ok(resp) if not_serving(&ep.host, &url, resp.status()).is_some() => {
+                    last = not_serving(&ep.host, &url, resp.status());
                 }
                 Ok(resp) => {
                     last = Some(RegistryError::Protocol {
@@ -1134,7 +1155,8 @@ pub(crate) mod tests {
             Credentials::default(),
         )
         .await;
-        assert!(matches!(busy, RegistryError::Unreachable { .. }), "{busy}");
+        assert!(matches!(busy, RegistryError::Unavailable { .. }), "{busy}");
+        assert!(!busy.to_string().contains("check the address"), "{busy}");
         assert!(busy.to_string().contains("try again later"), "{busy}");
         let limited = pull_error(
             &fake_status_registry("429 Too Many Requests"),
@@ -1153,6 +1175,36 @@ pub(crate) mod tests {
             matches!(launch, crate::LaunchError::RegistryFailed(_)),
             "{launch}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_token_endpoint_that_is_not_serving_is_an_outage_not_a_broken_registry() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let realm = format!("http://{host}/token");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let answer = if request.contains("/token") {
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".to_string()
+                } else {
+                    format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"r\"\r\nContent-Length: 0\r\n\r\n")
+                };
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        let err = pull_error(&host, Credentials::default()).await;
+        assert!(matches!(err, RegistryError::Unavailable { .. }), "{err}");
+        assert!(err.to_string().contains("try again later"), "{err}");
     }
 
     #[tokio::test]
