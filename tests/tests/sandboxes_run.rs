@@ -177,6 +177,22 @@ async fn running(s: &Server, reg: &Registry, argv: &[&str]) -> String {
     id
 }
 
+/// The sandbox's log, followed (`?follow=true`): the response, its body still streaming.
+async fn follow_logs(s: &Server, id: &str) -> reqwest::Response {
+    let resp = s
+        .client
+        .get(format!(
+            "{}{T}/sandboxes/{id}/logs?follow=true",
+            s.base_url()
+        ))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "logs: {}", resp.status());
+    resp
+}
+
 /// Polls until the sandbox's lifecycleState is one of `states`.
 async fn wait_state(s: &Server, id: &str, states: &[&str], within: Duration) -> Value {
     let deadline = Instant::now() + within;
@@ -477,17 +493,7 @@ async fn image_pull_from_the_cli_shows_progress_and_sandboxes_then_start_without
     drop(reg);
     let id = create(&s, sandbox(&reference, &["echo", "from the store"])).await;
     // Following the logs right after the create waits for the launch and streams the output.
-    let resp = s
-        .client
-        .get(format!(
-            "{}{T}/sandboxes/{id}/logs?follow=true",
-            s.base_url()
-        ))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "logs: {}", resp.status());
+    let resp = follow_logs(&s, &id).await;
     let text = tokio::time::timeout(Duration::from_secs(60), resp.text())
         .await
         .expect("the followed log ends when the process exits")
@@ -564,21 +570,7 @@ async fn sigterm_stops_the_server_within_its_grace_while_a_log_is_followed() {
     let reg = registry_with_busybox();
     let mut s = Server::start().await;
     let id = running(&s, &reg, &["sh", "-c", "echo up; exec sleep 600"]).await;
-    let followed = s
-        .client
-        .get(format!(
-            "{}{T}/sandboxes/{id}/logs?follow=true",
-            s.base_url()
-        ))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        followed.status().is_success(),
-        "logs: {}",
-        followed.status()
-    );
+    let followed = follow_logs(&s, &id).await;
     let signalled = Instant::now();
     let status = s.terminate();
     assert!(status.success(), "{status}\n{}", s.log());

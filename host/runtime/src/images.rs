@@ -1093,12 +1093,15 @@ mod tests {
         // Configs are read whole at every launch: 2 GiB of one would be 2 GiB of memory.
         let text = pull_error_for(2 << 30, &[10]).await;
         assert!(
-            text.contains("the image config is 2147483648 bytes (at most 4194304)"),
+            text.contains("its config is 2147483648 bytes (at most 4194304)"),
             "{text}"
         );
         static MANY: [u64; 501] = [1; 501];
         let text = pull_error_for(10, &MANY).await;
-        assert!(text.contains("501 layers (at most 500)"), "{text}");
+        assert!(
+            text.contains("it has 501 layers, more than the 500"),
+            "{text}"
+        );
         // Sizes summing past 2^64 are refused as too large, not a panic.
         let text = pull_error_for(10, &[u64::MAX, 2]).await;
         assert!(text.contains("needs"), "{text}");

@@ -427,32 +427,36 @@ fn wait_for(pid: i32) -> (i32, Option<i32>) {
     }
 }
 
-/// OOM kills recorded for the container's memory cgroup (v1 or v2 layout).
+/// OOM kills recorded for the container's memory cgroup.
 fn oom_kills(id: &str) -> u64 {
-    let own = crate::bundle::cgroup_path(id);
-    let v1 = format!("/sys/fs/cgroup/memory{own}/memory.oom_control");
-    let v2 = format!("/sys/fs/cgroup{own}/memory.events");
-    for p in [v1, v2] {
-        if let Ok(text) = std::fs::read_to_string(&p) {
-            for line in text.lines() {
-                if let Some(n) = line.strip_prefix("oom_kill ") {
-                    return n.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-    }
-    0
+    cgroup_event_count(
+        id,
+        ("memory", "memory.oom_control"),
+        "memory.events",
+        "oom_kill",
+    )
 }
 
-/// Forks the container's pids cgroup refused at its limit (`max` in `pids.events`, v1 or v2).
+/// Forks the container's pids cgroup refused at its limit.
 fn pids_refused(id: &str) -> u64 {
+    cgroup_event_count(id, ("pids", "pids.events"), "pids.events", "max")
+}
+
+/// The count `key` in one of the container's cgroup files: `v1` is (controller, file) in the
+/// v1 layout, `v2` the file in the unified one; 0 when neither can be read.
+fn cgroup_event_count(id: &str, v1: (&str, &str), v2: &str, key: &str) -> u64 {
     let own = crate::bundle::cgroup_path(id);
-    let v1 = format!("/sys/fs/cgroup/pids{own}/pids.events");
-    let v2 = format!("/sys/fs/cgroup{own}/pids.events");
-    for p in [v1, v2] {
+    let paths = [
+        format!("/sys/fs/cgroup/{}{own}/{}", v1.0, v1.1),
+        format!("/sys/fs/cgroup{own}/{v2}"),
+    ];
+    for p in paths {
         if let Ok(text) = std::fs::read_to_string(&p) {
             for line in text.lines() {
-                if let Some(n) = line.strip_prefix("max ") {
+                if let Some(n) = line
+                    .strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                {
                     return n.trim().parse().unwrap_or(0);
                 }
             }

@@ -430,6 +430,14 @@ async fn prune_frees_what_no_image_names_and_no_sandbox_uses() {
             .count()
     };
     assert_eq!(layer_count(), 3, "busybox, and each image's own layer");
+    // Each image's own layer is this test's alone; busybox's may be in use by other tests'
+    // sandboxes on this host, which a prune keeps too.
+    let own_layer = |r: &str| {
+        let key = ImageRef::parse(r).unwrap().to_string();
+        let digest = rt.images().lookup(&key).unwrap().unwrap().record.layers[1].clone();
+        layers_dir.join(digest.trim_start_matches("sha256:"))
+    };
+    let (running_own, unused_own) = (own_layer(&running), own_layer(&unused.to_string()));
     // Nothing to free while both images are recorded.
     assert_eq!(rt.prune_images().unwrap().layers, 0);
     for r in [running.as_str(), &unused.to_string()] {
@@ -441,10 +449,14 @@ async fn prune_frees_what_no_image_names_and_no_sandbox_uses() {
     assert_eq!(pruned.layers, 1, "{pruned:?}");
     assert!(pruned.blobs >= 2, "{pruned:?}");
     assert_eq!(layer_count(), 2);
+    assert!(!unused_own.exists() && running_own.exists());
     assert!(all_running(&rt, &id), "the sandbox runs on");
     delete_leaving_nothing(&rt, &id).await;
-    assert_eq!(rt.prune_images().unwrap().layers, 2);
-    assert_eq!(layer_count(), 0);
+    assert!(rt.prune_images().unwrap().layers >= 1);
+    assert!(
+        !running_own.exists(),
+        "the deleted sandbox's layer was kept"
+    );
     // Pulled again from scratch when next needed.
     rt.images().pull(&unused, &|_| {}).await.unwrap();
 }
