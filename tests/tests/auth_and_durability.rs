@@ -1055,6 +1055,44 @@ fn the_image_commands_make_a_new_data_dir_private() {
     assert_eq!(mode, 0o700, "data dir mode {mode:o}");
 }
 
+#[test]
+fn image_prune_removes_nothing_through_what_another_user_controls() {
+    let root = tempfile::tempdir().unwrap();
+    let prune = |data: &std::path::Path| {
+        let out = std::process::Command::new(nimbus_e2e::nimbus_bin())
+            .args(["image", "prune", "--data-dir"])
+            .arg(data)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "pruned {}", data.display());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A store whose layers directory is a link to somewhere else.
+    let victim = root.path().join("victim");
+    let precious = victim.join("a".repeat(64));
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("f"), "precious").unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir_all(data.join("runtime/images/blobs/sha256")).unwrap();
+    std::fs::create_dir_all(data.join("runtime/images/images")).unwrap();
+    std::os::unix::fs::symlink(&victim, data.join("runtime/images/layers")).unwrap();
+    let err = prune(&data);
+    assert!(err.contains("is not a directory (a link?)"), "{err}");
+    assert!(precious.join("f").exists(), "the link was followed");
+    // A data dir another user owns.
+    let theirs = root.path().join("theirs");
+    std::fs::create_dir_all(theirs.join("runtime/images")).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let err = prune(&theirs);
+    assert!(err.contains("belongs to user 65534"), "{err}");
+    // A directory that holds no image store is left as it was.
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let err = prune(&elsewhere);
+    assert!(err.contains("holds no image store"), "{err}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+}
+
 #[tokio::test]
 async fn only_a_server_admin_may_root_a_sandbox_in_a_host_directory() {
     // A `rootfs` root (or a build's context) shows its creator what that host directory holds;

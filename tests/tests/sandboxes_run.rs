@@ -698,3 +698,31 @@ async fn once_a_create_is_refused_for_quota_the_next_ones_prepare_nothing() {
     );
     delete_all(&s, &[&id]).await;
 }
+
+#[tokio::test]
+async fn image_prune_keeps_the_layers_of_a_running_sandbox() {
+    // busybox here is one layer: mapped into the sandbox's user namespace by itself, so its
+    // mount does not show the layer's name; the sandbox's own record of its layers does.
+    let reg = registry_with_busybox();
+    let s = Server::start().await;
+    let id = running(&s, &reg, &["sleep", "300"]).await;
+    let layers = s.data_dir().join("runtime/images/layers");
+    let count = || {
+        std::fs::read_dir(&layers)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().len() == 64)
+            .count()
+    };
+    assert_eq!(count(), 1);
+    let reference = format!("{}/e2e/busybox:v1", reg.host);
+    let (st, _, err) = s.cli(&["image", "remove", &reference]);
+    assert!(st.success(), "{err}");
+    let (st, out, err) = s.cli(&["image", "prune"]);
+    assert!(st.success(), "{err}");
+    assert!(out.contains("0 layers"), "{out}");
+    assert_eq!(count(), 1, "the running sandbox's layer was pruned");
+    delete_all(&s, &[&id]).await;
+    // Then it goes (unless another test's sandbox on this host mounts the same layer).
+    let (st, _, err) = s.cli(&["image", "prune"]);
+    assert!(st.success(), "{err}");
+}

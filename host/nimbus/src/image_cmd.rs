@@ -15,7 +15,8 @@ use crate::config::{default_data_dir, Config};
 
 #[derive(clap::Args)]
 pub struct ImageArgs {
-    /// Where the server keeps its state (default: $HOME/.local/share/nimbus), as for `serve`.
+    /// Where the server keeps its state (default: server.data_dir from --config, else
+    /// $HOME/.local/share/nimbus), as for `serve`.
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Operator configuration (nimbus.toml): registry mirrors, plain-HTTP registries.
@@ -72,6 +73,43 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Removals touch only what is there, after checking who controls it: nothing is created,
+    // and the store is not opened (which would set up the runtime's directories).
+    match &args.command {
+        ImageCommand::Remove { reference } => {
+            let r = ImageRef::parse(reference)
+                .map_err(|e| anyhow::anyhow!("{reference:?} is not an image reference: {e}"))?;
+            let store = own_image_store(&data_dir)?;
+            match nimbus_runtime::images::remove_record(&store, &r.to_string())
+                .with_context(|| format!("removing {r}"))?
+            {
+                Some(rec) => println!(
+                    "removed {r} ({}); `nimbus image prune` frees its layers once nothing else uses them",
+                    rec.manifest_digest
+                ),
+                None => anyhow::bail!("the store has no image {r} (`nimbus image list` shows what it has)"),
+            }
+            return Ok(());
+        }
+        ImageCommand::Prune => {
+            let store = own_image_store(&data_dir)?;
+            let runtime_root = store.parent().unwrap_or(&store).to_path_buf();
+            let in_use = nimbus_runtime::layers_in_use(&runtime_root)
+                .map_err(|e| anyhow::anyhow!("nothing pruned: {e}"))?;
+            let pruned = nimbus_runtime::images::prune_store(&store, &in_use)
+                .context("pruning the image store")?;
+            println!(
+                "removed {} blob{} and {} layer{}, {:.1} MiB",
+                pruned.blobs,
+                if pruned.blobs == 1 { "" } else { "s" },
+                pruned.layers,
+                if pruned.layers == 1 { "" } else { "s" },
+                pruned.bytes as f64 / f64::from(1 << 20)
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     let runtime = nimbus_runtime::Runtime::open(&data_dir, &config.runtime)
         .map_err(|e| anyhow::anyhow!("opening the image store: {e}"))?;
     let images = runtime.images();
@@ -99,33 +137,54 @@ pub async fn run(args: ImageArgs) -> anyhow::Result<()> {
             );
         }
         ImageCommand::List => {} // answered above, without opening the store
-        ImageCommand::Remove { reference } => {
-            let r = ImageRef::parse(&reference)
-                .map_err(|e| anyhow::anyhow!("{reference:?} is not an image reference: {e}"))?;
-            match images
-                .remove(&r.to_string())
-                .with_context(|| format!("removing {r}"))?
-            {
-                Some(rec) => println!(
-                    "removed {r} ({}); `nimbus image prune` frees its layers once nothing else uses them",
-                    rec.manifest_digest
-                ),
-                None => anyhow::bail!("the store has no image {r} (`nimbus image list` shows what it has)"),
-            }
-        }
-        ImageCommand::Prune => {
-            let pruned = runtime.prune_images().context("pruning the image store")?;
-            println!(
-                "removed {} blob{} and {} layer{}, {:.1} MiB",
-                pruned.blobs,
-                if pruned.blobs == 1 { "" } else { "s" },
-                pruned.layers,
-                if pruned.layers == 1 { "" } else { "s" },
-                pruned.bytes as f64 / f64::from(1 << 20)
-            );
-        }
+        ImageCommand::Remove { .. } | ImageCommand::Prune => {} // answered above
     }
     Ok(())
+}
+
+/// The image store under `data_dir` (`runtime/images`), for a command that removes from it.
+/// Every directory on the way must be a real directory (not a link) of the user running
+/// nimbus: one that another user controls could steer the removals to files elsewhere.
+fn own_image_store(data_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let data_dir = std::path::absolute(data_dir)?;
+    let store = data_dir.join("runtime/images");
+    let owner_of = |meta: &std::fs::Metadata, path: &std::path::Path| {
+        if meta.uid() != me {
+            anyhow::bail!(
+                "{} belongs to user {}, not to the user running nimbus ({me}); refusing to remove anything under it",
+                path.display(),
+                meta.uid()
+            );
+        }
+        Ok(())
+    };
+    // The data dir itself may be reached through a link the operator made.
+    let meta =
+        std::fs::metadata(&data_dir).with_context(|| format!("data dir {}", data_dir.display()))?;
+    owner_of(&meta, &data_dir)?;
+    for dir in [
+        data_dir.join("runtime"),
+        store.clone(),
+        store.join("images"),
+        store.join("layers"),
+        store.join("blobs"),
+        store.join("blobs/sha256"),
+        data_dir.join("runtime/sandboxes"),
+    ] {
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => owner_of(&meta, &dir)?,
+            Ok(_) => anyhow::bail!(
+                "{} is not a directory (a link?); refusing to remove anything under it",
+                dir.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.starts_with(&store) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != store => {}
+            Err(_) => anyhow::bail!("{} holds no image store", data_dir.display()),
+        }
+    }
+    Ok(store)
 }
 
 /// Prints pull progress on stderr: one self-updating line on a terminal, otherwise a line per

@@ -34,7 +34,8 @@ enum Command {
     Credential(admin_cmd::CredentialArgs),
     /// Check that this host can run sandboxes, and say exactly what to fix.
     Doctor(doctor_cmd::DoctorArgs),
-    /// Pull images into the store ahead of time (with progress) and list them.
+    /// Pull images into the store ahead of time (with progress), list them, remove them and
+    /// free the space they no longer need.
     Image(image_cmd::ImageArgs),
     /// Manage the WebAssembly plugin store.
     Plugin(plugin_cmd::PluginArgs),

@@ -114,10 +114,7 @@ impl ImageStore {
     }
 
     fn record_path(&self, key: &str) -> PathBuf {
-        self.root.join("images").join(format!(
-            "{}.json",
-            hex::encode(Sha256::digest(key.as_bytes()))
-        ))
+        record_path_at(&self.root, key)
     }
 
     /// The image for `r`, pulled if this store has not resolved it before. A launch takes what
@@ -428,62 +425,80 @@ impl ImageStore {
         self.load_record(key)
     }
 
-    /// Forgets the image `key` (a normalised reference) resolved to; its blobs and layers stay
-    /// until [`ImageStore::prune`]. `None` when the store has no such image.
+    /// Forgets the image `key` resolved to (see [`remove_record`]).
     pub fn remove(&self, key: &str) -> std::io::Result<Option<ImageRecord>> {
-        let path = self.record_path(key);
-        let record = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<ImageRecord>(&bytes).ok(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        std::fs::remove_file(&path)?;
-        Ok(record)
+        remove_record(&self.root, key)
     }
 
-    /// Removes the blobs and unpacked layers no image record names and no mounted root uses
-    /// (`in_use`: layer directory names, the digests' hex, as sandboxes' overlays show them),
-    /// and returns how many of each went and the bytes freed.
+    /// Frees what no record names and `in_use` does not hold (see [`prune_store`]).
     pub fn prune(&self, in_use: &HashSet<String>) -> std::io::Result<Pruned> {
-        let mut kept: HashSet<String> = in_use.clone();
-        for r in self.list()? {
-            let digests = [&r.manifest_digest, &r.config_digest]
-                .into_iter()
-                .chain(r.layers.iter());
-            kept.extend(digests.map(|d| d.trim_start_matches("sha256:").to_string()));
-        }
-        let mut pruned = Pruned::default();
-        for (dir, is_layer) in [
-            (self.root.join("blobs/sha256"), false),
-            (self.root.join("layers"), true),
-        ] {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                // Temporary files of pulls and unpacks under way are not this sweep's.
-                let is_digest = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-                if !is_digest || kept.contains(&name) {
-                    continue;
-                }
-                let path = entry.path();
-                let bytes = disk_usage(&path);
-                if is_layer {
-                    std::fs::remove_dir_all(&path)?;
-                    pruned.layers += 1;
-                } else {
-                    std::fs::remove_file(&path)?;
-                    pruned.blobs += 1;
-                }
-                pruned.bytes = pruned.bytes.saturating_add(bytes);
-            }
-        }
-        Ok(pruned)
+        prune_store(&self.root, in_use)
     }
+}
+
+/// Where the record of `key` lives in the store at `root`.
+fn record_path_at(root: &Path, key: &str) -> PathBuf {
+    root.join("images").join(format!(
+        "{}.json",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    ))
+}
+
+/// Forgets the image `key` (a normalised reference) resolved to; its blobs and layers stay
+/// until [`prune_store`]. `None` when the store has no such image.
+pub fn remove_record(root: &Path, key: &str) -> std::io::Result<Option<ImageRecord>> {
+    let path = record_path_at(root, key);
+    let record = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<ImageRecord>(&bytes).ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    std::fs::remove_file(&path)?;
+    Ok(record)
+}
+
+/// Removes the blobs and unpacked layers no image record names and no mounted root uses
+/// (`in_use`: layer directory names, the digests' hex, as sandboxes' overlays show them),
+/// and returns how many of each went and the bytes freed.
+pub fn prune_store(root: &Path, in_use: &HashSet<String>) -> std::io::Result<Pruned> {
+    let mut kept: HashSet<String> = in_use.clone();
+    for r in list_records(root)? {
+        let digests = [&r.manifest_digest, &r.config_digest]
+            .into_iter()
+            .chain(r.layers.iter());
+        kept.extend(digests.map(|d| d.trim_start_matches("sha256:").to_string()));
+    }
+    let mut pruned = Pruned::default();
+    for (dir, is_layer) in [
+        (root.join("blobs/sha256"), false),
+        (root.join("layers"), true),
+    ] {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Temporary files of pulls and unpacks under way are not this sweep's.
+            let is_digest = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_digest || kept.contains(&name) {
+                continue;
+            }
+            let path = entry.path();
+            let bytes = disk_usage(&path);
+            if is_layer {
+                std::fs::remove_dir_all(&path)?;
+                pruned.layers += 1;
+            } else {
+                std::fs::remove_file(&path)?;
+                pruned.blobs += 1;
+            }
+            pruned.bytes = pruned.bytes.saturating_add(bytes);
+        }
+    }
+    Ok(pruned)
 }
 
 /// The image records of the store at `root` (`<data dir>/runtime/images`), sorted by

@@ -42,7 +42,7 @@ mod zstd;
 pub use config::RuntimeConfig;
 pub use doctor::HostUnfit;
 pub use logs::LogStream;
-pub use sandbox::{Endpoint, ExitReason, Launched, Observed, Runtime};
+pub use sandbox::{layers_in_use, Endpoint, ExitReason, Launched, Observed, Runtime};
 
 /// Progress of a launch, in order; feeds the sandbox's conditions.
 #[derive(Debug, Clone, PartialEq, Eq)]

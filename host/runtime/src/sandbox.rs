@@ -1364,7 +1364,8 @@ impl Runtime {
     /// Removes the image store's blobs and layers that no image record names and no
     /// sandbox's root on this host uses (see [`ImageStore::prune`]).
     pub fn prune_images(&self) -> std::io::Result<crate::images::Pruned> {
-        self.images.prune(&crate::overlay::layers_in_use())
+        let in_use = layers_in_use(&self.root).map_err(std::io::Error::other)?;
+        self.images.prune(&in_use)
     }
 
     pub fn images(&self) -> &ImageStore {
@@ -1499,6 +1500,7 @@ fn mount_root(
         std::fs::create_dir_all(&empty).map_err(internal)?;
         lower.push(empty);
     }
+    record_layers(dir, &lower)?;
     let mut idmapped = Vec::new();
     if let Some(user) = user {
         chown_to(user, 0, &[&upper])?;
@@ -1513,6 +1515,63 @@ fn mount_root(
     // The overlay keeps its own references to its layers.
     detach_all(&idmapped);
     mounted.map_err(|e| internal(format!("mounting the sandbox's root filesystem: {e}")))
+}
+
+/// The file in a sandbox's state dir that names the image store's layers its root uses.
+const LAYERS_FILE: &str = "layers";
+
+/// Writes which of the store's layers (by directory name, a digest's hex) the root about to be
+/// mounted uses, before it is mounted: `nimbus image prune` keeps them for as long as the
+/// sandbox's state dir exists (its root serves its files after it stops, too).
+fn record_layers(dir: &Path, lower: &[PathBuf]) -> Result<(), LaunchError> {
+    let names: Vec<String> = lower
+        .iter()
+        .filter_map(|l| l.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| is_layer_name(n))
+        .collect();
+    let path = dir.join(LAYERS_FILE);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, names.join("\n")).map_err(internal)?;
+    std::fs::rename(&tmp, &path).map_err(internal)
+}
+
+fn is_layer_name(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The image store's layers that sandboxes of the data dir whose runtime state is `root`
+/// (`<data dir>/runtime`) use, and any overlay mounted on this host shows. A sandbox launched
+/// by an earlier version did not record its layers: the answer is then an error naming it, so
+/// that nothing it may use is freed.
+pub fn layers_in_use(root: &Path) -> Result<std::collections::HashSet<String>, String> {
+    let mut used = crate::overlay::layers_in_use();
+    let sandboxes = root.join("sandboxes");
+    let entries = match std::fs::read_dir(&sandboxes) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(used),
+        Err(e) => return Err(format!("reading {}: {e}", sandboxes.display())),
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        match std::fs::read_to_string(dir.join(LAYERS_FILE)) {
+            Ok(text) => used.extend(
+                text.lines()
+                    .filter(|l| is_layer_name(l))
+                    .map(str::to_string),
+            ),
+            // A launch that has not reached its root yet records its layers before mounting.
+            Err(_) if !dir.join("meta.json").exists() => {}
+            Err(_) => {
+                return Err(format!(
+                    "sandbox {} was launched by an earlier version of Nimbus, which did not record \
+                     the layers its root uses; prune once it is deleted",
+                    entry.file_name().to_string_lossy()
+                ))
+            }
+        }
+    }
+    Ok(used)
 }
 
 /// The layers as seen through idmapped mounts for `user` under `<dir>/idmapped/<n>`: one mount
@@ -1747,6 +1806,30 @@ fn is_absent(e: &std::io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{layers_in_use, LAYERS_FILE};
+
+    #[test]
+    fn layers_in_use_come_from_each_sandbox_and_an_unrecorded_one_stops_the_answer() {
+        let root = tempfile::tempdir().unwrap();
+        let sandboxes = root.path().join("sandboxes");
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        for (id, layers) in [
+            ("sbx_one", Some(format!("{a}\n{b}"))),
+            ("sbx_launching", None),
+        ] {
+            std::fs::create_dir_all(sandboxes.join(id)).unwrap();
+            if let Some(l) = layers {
+                std::fs::write(sandboxes.join(id).join(LAYERS_FILE), l).unwrap();
+            }
+        }
+        let used = layers_in_use(root.path()).unwrap();
+        assert!(used.contains(&a) && used.contains(&b), "{used:?}");
+        std::fs::create_dir_all(sandboxes.join("sbx_old")).unwrap();
+        std::fs::write(sandboxes.join("sbx_old/meta.json"), "{}").unwrap();
+        let err = layers_in_use(root.path()).unwrap_err();
+        assert!(err.contains("sbx_old"), "{err}");
+    }
+
     use super::in_sandbox_cgroup;
 
     #[test]

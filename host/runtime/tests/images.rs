@@ -438,6 +438,18 @@ async fn prune_frees_what_no_image_names_and_no_sandbox_uses() {
         layers_dir.join(digest.trim_start_matches("sha256:"))
     };
     let (running_own, unused_own) = (own_layer(&running), own_layer(&unused.to_string()));
+    // The sandbox says which layers its root uses (mounts do not always show their names: a
+    // one-layer image's layer is mapped itself).
+    let recorded =
+        std::fs::read_to_string(data.path().join(format!("runtime/sandboxes/{id}/layers")))
+            .unwrap();
+    let own_name = running_own
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(recorded.lines().any(|l| l == own_name), "{recorded}");
+    assert_eq!(recorded.lines().count(), 2, "{recorded}");
     // Nothing to free while both images are recorded.
     assert_eq!(rt.prune_images().unwrap().layers, 0);
     for r in [running.as_str(), &unused.to_string()] {
