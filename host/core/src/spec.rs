@@ -969,15 +969,25 @@ pub fn check_registry_host(registry: &str) -> Result<(), &'static str> {
         Some((h, p)) if !h.ends_with(':') && !registry.ends_with(']') => (h, Some(p)),
         _ => (registry, None),
     };
-    let bracketed = host.len() > 2 && host.starts_with('[') && host.ends_with(']');
-    let name_ok = bracketed
-        || (!host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')));
+    let name_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) => inner.parse::<std::net::Ipv6Addr>().is_ok(),
+        // DNS labels: 1-63 letters, digits and '-', not starting or ending with '-'.
+        None => {
+            !host.is_empty()
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        }
+    };
     if !name_ok {
         return Err(
-            "the registry host must be a name of letters, digits, '.' and '-', or a bracketed IPv6 address",
+            "the registry host must be a DNS name (labels of letters, digits and '-') or a bracketed IPv6 address",
         );
     }
     if let Some(p) = port {
@@ -1449,6 +1459,11 @@ mod tests {
             "127.0.0.1:/app/x",
             "localhost:0/x",
             "reg_x.lab:5000/app/x",
+            "reg-.lab/app/x",
+            "-reg.lab/app/x",
+            "a..b/app/x",
+            "[zz]:5000/app/x",
+            "[1.2.3.4]:5000/app/x",
         ] {
             assert!(check_reference("r", bad).is_err(), "{bad}");
         }

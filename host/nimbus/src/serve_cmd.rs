@@ -68,7 +68,13 @@ pub fn create_private_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()>
             .map(|m| m.uid())
             .filter(|uid| *uid != me)
     };
-    for path in [data_dir.to_path_buf(), data_dir.join("nimbus.db")] {
+    // What is in it, too: a subtree another user made (runtime/, plugins/) stays theirs to
+    // write however private the top is made.
+    let entries: Vec<std::path::PathBuf> = std::fs::read_dir(data_dir)
+        .with_context(|| format!("reading data dir {shown}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    for path in std::iter::once(data_dir.to_path_buf()).chain(entries) {
         if let Some(uid) = owned_by_another(&path) {
             anyhow::bail!(
                 "{} belongs to user {uid}, not to the user running nimbus ({me}); the data dir \
@@ -401,6 +407,12 @@ mod tests {
         let err = create_private_data_dir(&theirs).unwrap_err().to_string();
         assert!(err.contains("belongs to user 65534"), "{err}");
         assert_eq!(mode(&theirs), 0o755);
+        // A directory of ours holding another user's subtree.
+        let mixed = dir_with_mode(root.path(), "mixed", 0o700);
+        std::fs::create_dir(mixed.join("runtime")).unwrap();
+        std::os::unix::fs::chown(mixed.join("runtime"), Some(65534), Some(65534)).unwrap();
+        let err = create_private_data_dir(&mixed).unwrap_err().to_string();
+        assert!(err.contains("runtime belongs to user 65534"), "{err}");
         // A shared directory where another user planted a database.
         let shared = dir_with_mode(root.path(), "shared", 0o1777);
         std::fs::write(shared.join("nimbus.db"), "").unwrap();
