@@ -960,9 +960,8 @@ fn check_abs_path(field: &str, path: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Image references: `[registry/]repository[:tag][@sha256:hex]`, lowercase repository.
-/// A registry as `host[:port]`: a name of letters, digits, '.' and '-' (or a bracketed IPv6
-/// address), and a port from 1 to 65535. The one rule for requests (here) and for pulls
+/// A registry as `host[:port]`: a DNS name (labels of letters, digits and '-') or a bracketed
+/// IPv6 address, and a port from 1 to 65535. The one rule for requests (here) and for pulls
 /// (`nimbus_runtime::reference`), so that what a create accepts a launch can pull from.
 pub fn check_registry_host(registry: &str) -> Result<(), &'static str> {
     let (host, port) = match registry.rsplit_once(':') {
@@ -1002,6 +1001,7 @@ pub fn check_registry_host(registry: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Image references: `[registry/]repository[:tag][@sha256:hex]`, lowercase repository.
 fn check_reference(field: &str, reference: &str) -> Result<(), Error> {
     let bad = |why: &str| {
         Error::invalid_argument(

@@ -278,6 +278,11 @@ impl Runtime {
             .await
             .map(|_| ())
             .map_err(|e| {
+                // A bridge setting that would take over another interface, or share another
+                // server's bridge, is the operator's to change, and says how itself.
+                if e.starts_with("runtime.bridge") || e.starts_with("bridge ") {
+                    return LaunchError::HostUnfit(HostUnfit { problems: vec![e] });
+                }
                 internal(format!(
                     "setting up the sandbox bridge failed: {e}; `nimbus doctor` checks whether \
                      this host's kernel takes the sandbox network's nftables rules"
