@@ -57,7 +57,6 @@ pub struct Disks {
     ready: ReadyQueue<String>,
     /// The formatted file system every disk is copied from (see `template`).
     template: tokio::sync::OnceCell<PathBuf>,
-    counter: AtomicU64,
 }
 
 impl Disks {
@@ -81,7 +80,6 @@ impl Disks {
             bytes: mb.min(crate::config::MAX_DISK_MB) << 20,
             ready: ReadyQueue::new(ready),
             template: tokio::sync::OnceCell::new(),
-            counter: AtomicU64::new(0),
         }))
     }
 
@@ -126,12 +124,14 @@ impl Disks {
 
     fn new_token(&self) -> String {
         // The pid and time keep tokens unique across server processes sharing a data dir's
-        // history; the counter within one.
+        // history; the counter within one, whatever number of runtimes it opens (a runtime
+        // opened again on the same data dir in the same second took its predecessor's names).
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         format!(
             "d{}-{}-{}",
             std::process::id(),
             crate::monitor::now_secs(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
+            COUNTER.fetch_add(1, Ordering::Relaxed)
         )
     }
 
