@@ -1365,7 +1365,6 @@ impl Runtime {
         out
     }
 
-    /// The image store (pulls without launching, e.g. to pre-warm).
     /// Removes the image store's blobs and layers that no image record names and no
     /// sandbox's root on this host uses (see [`ImageStore::prune`]).
     pub fn prune_images(&self) -> std::io::Result<crate::images::Pruned> {
@@ -1373,6 +1372,7 @@ impl Runtime {
         self.images.prune(&in_use)
     }
 
+    /// The image store (pulls without launching, e.g. to pre-warm).
     pub fn images(&self) -> &ImageStore {
         &self.images
     }
