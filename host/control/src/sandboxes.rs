@@ -114,11 +114,26 @@ impl SandboxController {
                     // The launch may still be under way (its monitor mounting, crun creating):
                     // a removal that meets it (a mount appearing meanwhile: EBUSY) is tried
                     // again once it has settled.
+                    // The first attempts hold the start up a little; later ones go on in the
+                    // background, a while longer, rather than leave it for good.
                     let mut attempts = 0;
                     while let Err(e) = self.runtime.delete(&id).await {
                         attempts += 1;
                         if attempts == STRAY_LAUNCH_REMOVAL_ATTEMPTS {
-                            tracing::warn!(sandbox = %id, error = %e, "could not remove a launch of a stopped sandbox");
+                            tracing::warn!(sandbox = %id, error = %e, "could not remove a launch of a stopped sandbox yet; trying again in the background");
+                            let (me, id) = (self.clone(), id.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..STRAY_LAUNCH_BACKGROUND_ATTEMPTS {
+                                    tokio::time::sleep(STRAY_LAUNCH_REMOVAL_PAUSE * 4).await;
+                                    match me.runtime.delete(&id).await {
+                                        Ok(()) => return,
+                                        Err(e) => {
+                                            tracing::debug!(sandbox = %id, error = %e, "the stray launch is still busy")
+                                        }
+                                    }
+                                }
+                                tracing::warn!(sandbox = %id, "gave up removing a launch of a stopped sandbox; deleting the sandbox removes it");
+                            });
                             break;
                         }
                         tokio::time::sleep(STRAY_LAUNCH_REMOVAL_PAUSE).await;
@@ -920,6 +935,8 @@ impl SandboxControl for ControlHandle {
 /// sandbox was stopped and the server died (see `adopt`): a launch settles within a second or two.
 const STRAY_LAUNCH_REMOVAL_ATTEMPTS: u32 = 10;
 const STRAY_LAUNCH_REMOVAL_PAUSE: Duration = Duration::from_millis(500);
+/// Then, in the background, this many more, 2 s apart.
+const STRAY_LAUNCH_BACKGROUND_ATTEMPTS: u32 = 30;
 
 /// Wraps a connection to a monitor's attach socket: input messages become its frames (see
 /// `nimbus_runtime::attach`), written by a task of their own so that a process that does not
