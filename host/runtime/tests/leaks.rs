@@ -588,6 +588,11 @@ async fn the_orphan_sweep_removes_what_sandboxes_whose_monitor_died_left() {
         swept_by_another_test || removed.contains(&id.to_string()),
         "{removed:?}"
     );
+    // A sweep by another test may still be under way: give it a moment to finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (mounted() || gate.exists() || netns.exists()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!mounted(), "its root filesystem is still mounted");
     assert!(!gate.exists(), "{} is left", gate.display());
     assert!(!netns.exists(), "{} is left", netns.display());
