@@ -76,12 +76,15 @@ async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>
 pub enum RegistryError {
     #[error("image {reference} was not found on {registry} (check the repository name and tag)")]
     NotFound { reference: String, registry: String },
-    #[error("{}", auth_failed_message(reference, registry, *configured))]
+    #[error("{}", auth_failed_message(reference, registry, *configured, unreadable.as_deref()))]
     AuthFailed {
         reference: String,
         registry: String,
         /// Whether credentials for this registry were configured (and so refused).
         configured: bool,
+        /// Why the Docker config file, changed since it was last read, cannot be read now: the
+        /// credentials the user just added may be in it.
+        unreadable: Option<String>,
     },
     #[error("registry {registry} is unreachable: {cause} (check the address, network and runtime.mirrors / runtime.insecure_registries)")]
     Unreachable { registry: String, cause: String },
@@ -119,7 +122,24 @@ fn not_serving(registry: &str, url: &str, status: reqwest::StatusCode) -> Option
     })
 }
 
-fn auth_failed_message(reference: &str, registry: &str, configured: bool) -> String {
+fn auth_failed_message(
+    reference: &str,
+    registry: &str,
+    configured: bool,
+    unreadable: Option<&str>,
+) -> String {
+    if let Some(problem) = unreadable {
+        let held = if configured {
+            "refused the credentials read before that"
+        } else {
+            "asks for credentials, and none were configured for it before that"
+        };
+        return format!(
+            "registry {registry} {held} when pulling {reference}, and the Docker config file \
+             changed since and cannot be read: {problem} (fix the file; it is read again at the \
+             next pull, no restart needed)"
+        );
+    }
     let fix = format!(
         "`docker login {registry}` as the user the server runs as, or the Docker config file \
          runtime.docker_config names; it is read again at the next pull, no restart needed"
@@ -165,8 +185,7 @@ pub struct Credentials(HashMap<String, (String, String)>);
 /// set.
 pub struct CredentialSource {
     path: Option<PathBuf>,
-    /// The file's modification time when last read, and what it held.
-    read: Mutex<(Option<std::time::SystemTime>, Credentials)>,
+    read: Mutex<CredentialsRead>,
 }
 
 impl CredentialSource {
@@ -176,7 +195,11 @@ impl CredentialSource {
         let creds = Credentials::load(&path)?;
         Ok(CredentialSource {
             path: Some(path),
-            read: Mutex::new((modified, creds)),
+            read: Mutex::new(CredentialsRead {
+                modified,
+                creds,
+                unreadable: None,
+            }),
         })
     }
 
@@ -184,25 +207,51 @@ impl CredentialSource {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(path) = &self.path {
             let now = modified(path);
-            if now != read.0 {
+            if now != read.modified {
                 match Credentials::load(path) {
-                    Ok(creds) => *read = (now, creds),
+                    Ok(creds) => {
+                        *read = CredentialsRead {
+                            modified: now,
+                            creds,
+                            unreadable: None,
+                        }
+                    }
                     Err(e) => {
                         // Read again at the next pull, by which the editor may be done.
                         tracing::warn!(error = %e, "the registry credentials file changed and cannot be read; pulls keep the credentials read before");
+                        read.unreadable = Some(e);
                     }
                 }
             }
         }
-        read.1.get(registry).cloned()
+        read.creds.get(registry).cloned()
     }
+
+    /// Why the file, changed since it was last read, cannot be read now (as of the last
+    /// [`get`](Self::get)); `None` when it reads fine.
+    fn unreadable(&self) -> Option<String> {
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.unreadable.clone()
+    }
+}
+
+/// What a [`CredentialSource`] file held when last read, and why its newest version cannot be
+/// read, if it cannot.
+struct CredentialsRead {
+    modified: Option<std::time::SystemTime>,
+    creds: Credentials,
+    unreadable: Option<String>,
 }
 
 impl From<Credentials> for CredentialSource {
     fn from(creds: Credentials) -> Self {
         CredentialSource {
             path: None,
-            read: Mutex::new((None, creds)),
+            read: Mutex::new(CredentialsRead {
+                modified: None,
+                creds,
+                unreadable: None,
+            }),
         }
     }
 }
@@ -436,6 +485,7 @@ impl RegistryClient {
                     reference: r.to_string(),
                     registry: ep.host.clone(),
                     configured: creds.is_some(),
+                    unreadable: self.creds.unreadable(),
                 });
             }
             if let Some(e) = not_serving(&ep.host, realm, tresp.status()) {
@@ -477,6 +527,7 @@ impl RegistryClient {
                     reference: r.to_string(),
                     registry: ep.host.clone(),
                     configured: false,
+                    unreadable: self.creds.unreadable(),
                 });
             };
             let raw = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
@@ -490,6 +541,7 @@ impl RegistryClient {
                 reference: r.to_string(),
                 registry: ep.host.clone(),
                 configured: creds.is_some(),
+                unreadable: self.creds.unreadable(),
             });
         }
         if let Ok(mut t) = self.tokens.lock() {
@@ -527,6 +579,7 @@ impl RegistryClient {
                         reference: r.to_string(),
                         registry: ep.host.clone(),
                         configured: self.creds.get(&ep.host).is_some(),
+                        unreadable: self.creds.unreadable(),
                     });
                 }
                 // Not serving now: the registry's to recover, a retry's to succeed.
@@ -1232,5 +1285,46 @@ pub(crate) mod tests {
             .manifest(&r, "v1")
             .await
             .expect("the new credentials are read");
+    }
+
+    #[tokio::test]
+    async fn a_credentials_file_broken_after_the_start_is_named_when_a_pull_needs_it() {
+        let (host, _) = fake_bearer_registry(
+            r#"{"schemaVersion":2,"config":{"digest":"sha256:0","size":1},"layers":[]}"#,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        std::fs::write(&file, r#"{"auths":{}}"#).unwrap();
+        let client = RegistryClient::new(
+            &RuntimeConfig::default(),
+            CredentialSource::file(file.clone()).unwrap(),
+        )
+        .unwrap();
+        let r = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
+        // A half-written login: the credentials it was to add cannot be read.
+        std::fs::write(&file, r#"{"auths":{"#).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let err = client.manifest(&r, "v1").await.err().unwrap();
+        let told = err.to_string();
+        assert!(
+            matches!(
+                err,
+                RegistryError::AuthFailed {
+                    configured: false,
+                    unreadable: Some(_),
+                    ..
+                }
+            ),
+            "{told}"
+        );
+        assert!(told.contains("cannot be read"), "{told}");
+        assert!(told.contains("config.json"), "{told}");
+        assert!(!told.contains("none are configured"), "{told}");
     }
 }
