@@ -289,7 +289,7 @@ impl ImageStore {
                 index: i + 1,
                 count,
             });
-            self.unpack(digest).await?;
+            self.unpack(&record.reference, digest).await?;
         }
         let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
         write_blob_bytes(&self.record_path(key), &json)?;
@@ -349,8 +349,11 @@ impl ImageStore {
         })
     }
 
-    /// Unpacks one layer blob into `layers/<hex>` unless that already happened.
-    async fn unpack(&self, digest: &str) -> Result<(), RegistryError> {
+    /// Unpacks one layer blob into `layers/<hex>` unless that already happened. A layer that
+    /// does not decode is told apart from a host fault: a blob that no longer matches its
+    /// digest was damaged in the store (it is removed, so that the next pull fetches it again),
+    /// one that still matches is the image's own fault.
+    async fn unpack(&self, reference: &str, digest: &str) -> Result<(), RegistryError> {
         let dest = self.layer_dir(digest);
         if dest.is_dir() {
             return Ok(());
@@ -389,9 +392,42 @@ impl ImageStore {
         })
         .await
         .map_err(|e| std::io::Error::other(format!("layer unpack task failed: {e}")))?;
-        result
-            .map_err(|e| std::io::Error::new(e.kind(), format!("unpacking layer {digest}: {e}")))?;
-        Ok(())
+        let Err(e) = result else {
+            return Ok(());
+        };
+        // Decoding errors (gzip, zstd, tar, and the unpacker's own refusals) have these kinds;
+        // the file system's errors (a full disk, the disk reserve's refusal, EIO, EACCES) are
+        // the host's, even as the tar crate wraps them.
+        use std::io::ErrorKind as K;
+        let decoding = matches!(
+            e.kind(),
+            K::Other | K::InvalidData | K::UnexpectedEof | K::InvalidInput
+        ) && e.raw_os_error().is_none();
+        if !decoding {
+            return Err(
+                std::io::Error::new(e.kind(), format!("unpacking layer {digest}: {e}")).into(),
+            );
+        }
+        let blob = self.blob_path(digest);
+        let matches = tokio::task::spawn_blocking({
+            let (blob, digest) = (blob.clone(), digest.to_string());
+            move || file_has_digest(&blob, &digest)
+        })
+        .await
+        .unwrap_or(Ok(true))?;
+        if !matches {
+            std::fs::remove_file(&blob)?;
+            return Err(std::io::Error::other(format!(
+                "layer {digest} of {reference} was damaged in the image store (its bytes no \
+                 longer match its digest, so the disk under the data dir may be failing); it \
+                 was removed, and the next launch or `nimbus image pull` downloads it again"
+            ))
+            .into());
+        }
+        Err(RegistryError::Unsupported {
+            reference: reference.to_string(),
+            cause: format!("layer {digest} cannot be unpacked: {e}"),
+        })
     }
 
     /// Adds a blob from a local file (image builds feed the store through this), verifying the digest.
@@ -587,6 +623,13 @@ fn remove_stale_temporaries(dir: &Path) {
             std::fs::remove_file(&path)
         };
     }
+}
+
+/// Whether the file's sha256 is `digest` (`sha256:<hex>`).
+fn file_has_digest(path: &Path, digest: &str) -> std::io::Result<bool> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok(format!("sha256:{}", hex::encode(h.finalize())) == digest)
 }
 
 fn check_digest(d: &str) -> Result<(), String> {
@@ -1003,6 +1046,61 @@ mod tests {
         }
     }
 
+    /// A store in `dir` holding `bytes` as a layer blob; returns the store and the digest.
+    fn store_with_blob(dir: &Path, bytes: &[u8]) -> (ImageStore, String) {
+        let client = RegistryClient::new(
+            &crate::config::RuntimeConfig::default(),
+            crate::registry::Credentials::default(),
+        )
+        .unwrap();
+        let store = ImageStore::open(&dir.join("store"), client).unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let src = dir.join("src");
+        std::fs::write(&src, bytes).unwrap();
+        store.import_blob(&digest, &src).unwrap();
+        (store, digest)
+    }
+
+    #[tokio::test]
+    async fn a_layer_that_does_not_decode_is_the_images_fault_and_says_which_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        // gzip's magic, then bytes no gzip stream holds.
+        let mut bytes = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        bytes.extend_from_slice(&[0xff; 64]);
+        let (store, digest) = store_with_blob(dir.path(), &bytes);
+        let err = store.unpack("lab/app:v1", &digest).await.unwrap_err();
+        let told = err.to_string();
+        assert!(matches!(err, RegistryError::Unsupported { .. }), "{told}");
+        assert!(told.contains("lab/app:v1"), "{told}");
+        assert!(
+            told.contains(&format!("layer {digest} cannot be unpacked")),
+            "{told}"
+        );
+        assert!(store.blob_path(&digest).exists(), "a sound blob is kept");
+    }
+
+    #[tokio::test]
+    async fn a_layer_blob_damaged_in_the_store_is_removed_so_the_next_pull_fetches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &layer(&[("hello", Some(b"hi"))])).unwrap();
+        let (store, digest) = store_with_blob(dir.path(), &gz.finish().unwrap());
+        // The disk flips the stream's bytes after the download was verified.
+        let blob = store.blob_path(&digest);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        for b in &mut bytes[10..] {
+            *b = !*b;
+        }
+        std::fs::write(&blob, &bytes).unwrap();
+        let err = store.unpack("lab/app:v1", &digest).await.unwrap_err();
+        let told = err.to_string();
+        assert!(matches!(err, RegistryError::Io(_)), "{told}");
+        assert!(told.contains("damaged in the image store"), "{told}");
+        assert!(told.contains("downloads it again"), "{told}");
+        assert!(!blob.exists(), "the damaged blob is removed");
+        assert!(!store.layer_dir(&digest).exists());
+    }
+
     #[tokio::test]
     async fn a_layer_that_decompresses_past_the_disk_reserve_is_stopped_and_removed() {
         let dir = tempfile::tempdir().unwrap();
@@ -1025,7 +1123,7 @@ mod tests {
         std::fs::write(&src, &bytes).unwrap();
         store.import_blob(&digest, &src).unwrap();
 
-        let err = store.unpack(&digest).await.unwrap_err().to_string();
+        let err = store.unpack("x", &digest).await.unwrap_err().to_string();
         assert!(err.contains("unpacking layer sha256:"), "{err}");
         assert!(err.contains("Nimbus keeps 16 MiB free there"), "{err}");
         let left: Vec<_> = std::fs::read_dir(fs.0.join("layers")).unwrap().collect();
