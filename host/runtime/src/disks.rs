@@ -69,10 +69,11 @@ impl Disks {
             .map_err(|e| format!("cannot resolve {}: {e}", runtime_root.display()))?;
         let images = root.join("disks");
         let mounts = Path::new(MOUNTS).join(data_dir_key(&root));
+        // The mounts' directory (under /run, outside the data dir) is made with the first
+        // disk: commands that open the runtime without launching (`nimbus image …`, a start
+        // that fails) leave nothing there.
         if mb > 0 {
-            for dir in [images.as_path(), mounts.as_path()] {
-                create_private_dir(dir)?;
-            }
+            create_private_dir(&images)?;
         }
         Ok(Arc::new(Disks {
             images,
@@ -170,6 +171,7 @@ impl Disks {
             .get_or_try_init(|| async {
                 // Remade at every start (and any of another size, from an earlier
                 // `disk_mb`, goes): copies of a template of a stale size would be wrong.
+                create_private_dir(&self.mounts)?;
                 remove_templates(&self.images);
                 let path = self.images.join(format!("template-{}.ext4", self.size_mb()));
                 std::fs::File::create(&path)

@@ -458,6 +458,29 @@ async fn disks_made_at_the_same_time_each_get_their_own_loop_device() {
     }
 }
 
+/// Opening the runtime without launching (`nimbus image …`, a start that fails) makes nothing
+/// under /run: the disks' mount directory comes with the first disk (private), and goes when
+/// the last is removed and the runtime drains.
+#[tokio::test]
+async fn disks_take_their_mount_directory_only_when_one_is_made() {
+    use std::os::unix::fs::PermissionsExt;
+    require_host();
+    let data = tempfile::tempdir().unwrap();
+    let disks = nimbus_runtime::disks::Disks::new(data.path(), 16, 0).unwrap();
+    let mounts = disks.mount_path("any").parent().unwrap().to_path_buf();
+    assert!(
+        !mounts.exists(),
+        "{} made before any disk",
+        mounts.display()
+    );
+    let token = disks.take().await.unwrap();
+    let mode = std::fs::metadata(&mounts).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", mounts.display());
+    disks.remove(&token).unwrap();
+    disks.drain().await;
+    assert!(!mounts.exists(), "{} left behind", mounts.display());
+}
+
 /// Sandbox disks are sparse, so together they can outgrow the host: once the file system
 /// holding them is down to the reserve pulls keep, launches are refused with a message saying
 /// so, and take nothing; with room again, they go on.
