@@ -708,6 +708,78 @@ async fn a_slow_stdio_client_is_told_its_output_was_cut_though_the_process_exite
     assert_eq!(st, 200);
 }
 
+/// A client that breaks the WebSocket protocol, or sends a text message that is not UTF-8, is
+/// told so in the close (1002, 1007), and the process runs on for the next client.
+#[tokio::test]
+async fn a_stdio_client_breaking_the_protocol_is_told_why_in_the_close() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let id = ready_sandbox(&s, &root, "while read l; do echo \"got $l\"; done").await;
+    let session = open_session(&s, &id, &["stdio"]).await;
+
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    let not_utf8 = Frame::message(
+        vec![b'a', 0xff, 0xfe, b'\n'],
+        OpCode::Data(Data::Text),
+        true,
+    );
+    ws.send(Message::Frame(not_utf8)).await.unwrap();
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1007, "{reason}");
+    assert!(reason.contains("binary"), "{reason}");
+
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    let mut reserved = Frame::message(b"x\n".to_vec(), OpCode::Data(Data::Binary), true);
+    reserved.header_mut().rsv1 = true;
+    ws.send(Message::Frame(reserved)).await.unwrap();
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("protocol"), "{reason}");
+
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    ws.send(Message::binary(b"two\n".to_vec())).await.unwrap();
+    assert_eq!(read_output(&mut ws, "got two\n").await, "got two\n");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}
+
+/// A stopping server closes attached stdio channels with 1001 and a reason (the process runs
+/// on), instead of holding its shutdown for them and then cutting them without a word.
+#[tokio::test]
+async fn a_stopping_server_tells_attached_stdio_clients_why_the_channel_closes() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let id = ready_sandbox(&s, &root, "while read l; do echo \"got $l\"; done").await;
+    let session = open_session(&s, &id, &["stdio"]).await;
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    ws.send(Message::binary(b"one\n".to_vec())).await.unwrap();
+    assert_eq!(read_output(&mut ws, "got one\n").await, "got one\n");
+    let stopping = tokio::task::spawn_blocking(move || {
+        let status = s.terminate();
+        (s, status)
+    });
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1001, "{reason}");
+    assert!(reason.contains("attach again"), "{reason}");
+    let (mut s, status) = stopping.await.unwrap();
+    assert!(status.success(), "{status}\n{}", s.log());
+    assert!(!s.log().contains("are cut"), "{}", s.log());
+    // The process ran on; the next server adopts it.
+    s.restart().await;
+    let v = wait_state(&s, &id, &["ready"], Duration::from_secs(30)).await;
+    assert_eq!(v["status"]["lifecycleState"], "ready", "{v}");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}
+
 /// Revoking the credential that attached a stdio channel ends the channel (1008), as it ends
 /// the credential's next request: the channel does not outlive the access it was opened with.
 #[tokio::test]

@@ -31,6 +31,33 @@ pub struct App {
     pub services: Option<Arc<dyn crate::control::ServiceControl>>,
     /// Tenants whose creates check their sandbox quota before preparing a launch.
     pub quota_refusals: crate::quota_refusals::QuotaRefusals,
+    /// Set once the server starts to stop: attached stdio channels close with a reason.
+    pub stopping: Stopping,
+}
+
+/// Tells streams that never end on their own (attached stdio) that the server is stopping,
+/// so that they close with a reason their client can act on, instead of being cut at the end
+/// of the shutdown grace without a word.
+pub struct Stopping(tokio::sync::watch::Sender<bool>);
+
+impl Default for Stopping {
+    fn default() -> Self {
+        Stopping(tokio::sync::watch::channel(false).0)
+    }
+}
+
+impl Stopping {
+    /// The server has begun to stop.
+    pub fn begin(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Returns once the server has begun to stop (at once if it has).
+    pub async fn begun(&self) {
+        let mut seen = self.0.subscribe();
+        // The sender lives as long as the app, so this only returns once it is set.
+        let _ = seen.wait_for(|stopping| *stopping).await;
+    }
 }
 
 /// Per-tenant capacity (`[limits]` in nimbus.toml).

@@ -261,9 +261,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         reaper_wake: tokio::sync::Notify::new(),
         quota_refusals: Default::default(),
+        stopping: Default::default(),
         limits: config.limits,
     });
     let reaper = tokio::spawn(nimbus_api::reaper::run(app.clone()));
+    let signalled = app.clone();
     let router = match http_metrics {
         Some(m) => nimbus_api::http_metrics::track(nimbus_api::router(app), m),
         None => nimbus_api::router(app),
@@ -282,6 +284,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let stopping = stopping.clone();
         async move {
             wait_for_signal("shutting down").await;
+            signalled.stopping.begin();
             stopping.notify_one();
         }
     });

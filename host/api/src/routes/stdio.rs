@@ -10,8 +10,10 @@
 //!   output was sent, with 1008 when the session is closed or expires (or the credential that
 //!   attached is revoked or expires), with 1013 when the monitor disconnected this client
 //!   before the end of the output (it read too slowly: while the process runs it can attach
-//!   again; the logs have everything), and with 1009 after a message over [`MAX_MESSAGE`]. A
-//!   client that disconnects leaves stdin open for the next attach.
+//!   again; the logs have everything), with 1009 after a message over [`MAX_MESSAGE`], with
+//!   1001 when the server is stopping, and with 1002 / 1007 after a frame that breaks the
+//!   protocol / a text message that is not UTF-8. A client that disconnects leaves stdin open
+//!   for the next attach.
 //! - At most [`MAX_ATTACHES`] channels per sandbox at once; one more is refused with 429
 //!   `quota.exhausted` before the upgrade.
 
@@ -187,8 +189,17 @@ async fn bridge(
     let mut pumped = false;
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let stopping = app.stopping.begun();
+    tokio::pin!(stopping);
     let end = loop {
         tokio::select! {
+            // The process runs on (sandboxes outlive the server); the client can attach again
+            // once the server is back.
+            () = &mut stopping => break Some((
+                1001,
+                "the server is stopping; the process runs on: attach again once it is back"
+                    .to_string(),
+            )),
             _ = keepalive.tick() => {
                 if to_client.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
                     break None;
@@ -230,6 +241,7 @@ async fn bridge(
                         1009,
                         format!("a message over {MAX_MESSAGE} bytes; send input in smaller messages"),
                     )),
+                    Ok(InputEnd::Broken { code, why }) => break Some((code, why)),
                     // The client went away (or sent garbage): nothing left to tell it.
                     _ => break None,
                 }
@@ -290,6 +302,9 @@ enum InputEnd {
     Left,
     /// It sent a message over [`MAX_MESSAGE`].
     TooBig,
+    /// It broke the WebSocket protocol (1002), or sent a text message that is not UTF-8
+    /// (1007): told why, as RFC 6455 asks, before the connection ends.
+    Broken { code: u16, why: String },
 }
 
 /// Client messages become stdin input; an empty binary message closes stdin.
@@ -301,7 +316,7 @@ async fn pump_input(
         let msg = match msg {
             Ok(msg) => msg,
             Err(e) if too_big(&e) => return InputEnd::TooBig,
-            Err(_) => return InputEnd::Left,
+            Err(e) => return broken(&e).unwrap_or(InputEnd::Left),
         };
         let sent = match msg {
             Message::Binary(b) if b.is_empty() => input.send(StdinInput::Close).await,
@@ -318,6 +333,31 @@ async fn pump_input(
         }
     }
     InputEnd::Left
+}
+
+/// The close a WebSocket read error calls for, if the client broke the protocol (rather than
+/// went away).
+fn broken(e: &axum::Error) -> Option<InputEnd> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        match err.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Protocol(p)) => {
+                let mut why = format!("WebSocket protocol error: {p}");
+                // A close reason has at most 123 bytes.
+                why.truncate(why.floor_char_boundary(123));
+                return Some(InputEnd::Broken { code: 1002, why });
+            }
+            Some(tungstenite::Error::Utf8(_)) => {
+                return Some(InputEnd::Broken {
+                    code: 1007,
+                    why: "a text message that is not UTF-8; send bytes as binary messages".into(),
+                })
+            }
+            _ => {}
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// Whether a WebSocket read failed on a message (or frame) over the size limit.
