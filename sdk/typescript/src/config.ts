@@ -238,8 +238,16 @@ export async function resolveConfig(options: NimbusOptions): Promise<ResolvedCon
   }
 
   let credential = explicitCredential(options) ?? envCredential(env);
-  let tenantId: string | undefined = present(options.tenantId) ? options.tenantId : undefined;
-  let tenantSource: SettingSource | undefined = tenantId !== undefined ? "tenantId option" : undefined;
+  let tenantId: string | undefined;
+  let tenantSource: SettingSource | undefined;
+  if (present(options.tenantId)) {
+    tenantId = options.tenantId;
+    tenantSource = "tenantId option";
+  } else if (present(env["NIMBUS_TENANT"])) {
+    // For a token from the environment (CI jobs, containers), whose tenant the file cannot give.
+    tenantId = env["NIMBUS_TENANT"];
+    tenantSource = "NIMBUS_TENANT";
+  }
 
   const file = endpoint === undefined || credential === undefined ? await readCredentialFile(env) : undefined;
   if (file !== undefined) {

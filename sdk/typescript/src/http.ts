@@ -55,7 +55,7 @@ export class Transport {
     throw new NimbusError({
       code: "client.not_configured",
       message:
-        "no tenant: pass {tenantId} to new Nimbus() or to this call (a credential file supplies one only with its own token)",
+        "no tenant: pass {tenantId} to new Nimbus() or to this call, or set NIMBUS_TENANT (a credential file supplies one only with its own token)",
       details: { missing: ["tenantId"] },
     });
   }

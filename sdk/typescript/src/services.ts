@@ -42,6 +42,18 @@ function generation(value: unknown): number {
   return value;
 }
 
+/** An optional `ifMatchResourceVersion`: absent, or the string `metadata.resourceVersion` holds. */
+function resourceVersion(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "string" || value === "") {
+    throw invalid("ifMatchResourceVersion must be the metadata.resourceVersion you last read (a string)", {
+      argument: "ifMatchResourceVersion",
+      value: String(value),
+    });
+  }
+  return value;
+}
+
 /** A poll option: `fallback` when absent, else a positive number of milliseconds. */
 export function positive(value: number | undefined, fallback: number, what: string): number {
   if (value === undefined) return fallback;
@@ -179,7 +191,12 @@ export class Services {
       method: "PUT",
       path,
       call: call(req),
-      body: { backend: req.backend, labels: req.labels, ifMatchGeneration: generation(req.ifMatchGeneration) },
+      body: {
+        backend: req.backend,
+        labels: req.labels,
+        ifMatchGeneration: generation(req.ifMatchGeneration),
+        ifMatchResourceVersion: resourceVersion(req.ifMatchResourceVersion),
+      },
     });
   }
 

@@ -321,6 +321,12 @@ export interface UpdateServiceRequest extends CallOptions {
   labels?: Labels | undefined;
   /** The generation you last read; a stale value fails with `op.precondition_failed`. */
   ifMatchGeneration: number;
+  /**
+   * The `metadata.resourceVersion` you last read, to guard a read-modify-write of `labels`:
+   * labels do not move the generation, so two label edits at the same generation would
+   * otherwise both succeed. A stale value fails with `op.precondition_failed`.
+   */
+  ifMatchResourceVersion?: string | undefined;
 }
 
 export interface DeleteServiceRequest extends CallOptions {
@@ -398,8 +404,12 @@ export interface SandboxStatus {
 
 export interface Sandbox {
   metadata: SandboxMetadata;
-  /** The spec as created (launch inputs redacted) plus the profile it was created with. */
-  spec: SandboxSpecView<StandaloneOwner> & { profile: SandboxProfile };
+  /**
+   * The spec as created (launch inputs redacted) plus the profile it was created with. The
+   * owner is `standalone` for sandboxes created through `sandboxes.create`, `service` for the
+   * sandboxes a service runs (listed with the `nimbus.service` label).
+   */
+  spec: SandboxSpecView<SandboxOwner> & { profile: SandboxProfile };
   status: SandboxStatus;
 }
 

@@ -52,6 +52,12 @@ async function calls(): Promise<void> {
     profile: "desktop",
     spec: { owner: { kind: "standalone" }, backend: "container", root: { kind: "rootfs", path: "/r" }, process: { argv: ["x"] } },
   });
+  // Sandboxes a service runs come back with their owner.
+  if (sb.spec.owner.kind === "service") {
+    const owner: string = sb.spec.owner.serviceName;
+    void owner;
+  }
+  await nimbus.services.update({ name: "w", labels: {}, ifMatchGeneration: 1, ifMatchResourceVersion: "7" });
   const count: number = sb.spec.process.argv.valueCount;
   void count;
   // @ts-expect-error argv comes back redacted, not as strings

@@ -47,6 +47,25 @@ async function notConfigured(options, ...mustMention) {
   return err;
 }
 
+describe("tenant discovery", () => {
+  test("NIMBUS_TENANT gives a token from the environment its tenant; the option wins over it", async () => {
+    const env = { HOME: await emptyHome(), NIMBUS_ENDPOINT: "http://env:3", NIMBUS_TOKEN: "t-env", NIMBUS_TENANT: "team-a" };
+    assert.equal((await sent({ env })).url.pathname, "/v1/tenants/team-a/services/worker");
+    assert.equal((await sent({ env, tenantId: "team-b" })).url.pathname, "/v1/tenants/team-b/services/worker");
+  });
+
+  test("NIMBUS_TENANT wins over the credential file's tenant", async () => {
+    const home = await homeWithFile({ endpoint: "http://file:1", token: "t-file", tenantId: "demo" });
+    const req = await sent({ env: { HOME: home, NIMBUS_TENANT: "team-a" } });
+    assert.equal(req.url.pathname, "/v1/tenants/team-a/services/worker");
+  });
+
+  test("without any tenant, a call says every way to give one", async () => {
+    const env = { HOME: await emptyHome(), NIMBUS_ENDPOINT: "http://env:3", NIMBUS_TOKEN: "t-env" };
+    await notConfigured({ env }, "tenantId", "NIMBUS_TENANT");
+  });
+});
+
 describe("endpoint discovery", () => {
   test("the endpoint option wins over NIMBUS_ENDPOINT and the credential file", async () => {
     const home = await homeWithFile({ endpoint: "http://file:1", token: "t-file", tenantId: "demo" });

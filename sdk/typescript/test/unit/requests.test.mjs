@@ -47,6 +47,7 @@ describe("services requests", () => {
     await nimbus.services.start({ name: "worker" });
     await nimbus.services.stop({ name: "worker" });
     await nimbus.services.restart({ name: "worker" });
+    await nimbus.services.update({ name: "worker", labels: { a: "c" }, ifMatchGeneration: 3, ifMatchResourceVersion: "17" });
     assert.deepEqual(calls.map(path), [
       "GET /v1/tenants/demo/services/worker",
       "GET /v1/tenants/demo/services",
@@ -57,8 +58,11 @@ describe("services requests", () => {
       "POST /v1/tenants/demo/services/worker/start",
       "POST /v1/tenants/demo/services/worker/stop",
       "POST /v1/tenants/demo/services/worker/restart",
+      "PUT /v1/tenants/demo/services/worker",
     ]);
     assert.deepEqual(calls[3].body, { labels: { a: "b" }, ifMatchGeneration: 3 });
+    // Labels do not move the generation: the resource version guards their read-modify-write.
+    assert.deepEqual(calls[9].body, { labels: { a: "c" }, ifMatchGeneration: 3, ifMatchResourceVersion: "17" });
     for (const c of [calls[0], calls[4], calls[6]]) assert.equal(c.body, undefined);
   });
 

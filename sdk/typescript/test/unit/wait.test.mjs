@@ -65,10 +65,10 @@ describe("wait", () => {
       },
     });
     const { nimbus, calls } = client([json(200, failing)]);
-    const err = await nimbus.services.wait({ name: "worker", until: "ready", timeoutMs: 60, intervalMs: 10 }).catch((e) => e);
+    const err = await nimbus.services.wait({ name: "worker", until: "ready", timeoutMs: 500, intervalMs: 5 }).catch((e) => e);
     assert.equal(err.code, "client.deadline_exceeded");
     assert.equal(err.status, undefined);
-    assert.match(err.message, /service "worker" in tenant "demo" did not become ready within 60 ms/);
+    assert.match(err.message, /service "worker" in tenant "demo" did not become ready within 500 ms/);
     assert.match(err.message, /last observed status: lifecycleState=failed readiness=notReady health=unknown/);
     assert.match(err.message, /Ready=False \(ImagePullFailed: registry unreachable\)/);
     assert.deepEqual(err.details.lastStatus, failing.status);
