@@ -5,14 +5,18 @@
 //! modification times).
 //!
 //! `RUN` steps get no network (`--network none`): a build is not covered by the sandbox egress
-//! policy yet, so it fails closed. Base images in `FROM` are pulled by buildah itself.
+//! policy yet, so it fails closed. Base images in `FROM` are pulled by buildah itself, told of
+//! the registries pulls treat specially (loopback and `runtime.insecure_registries` over plain
+//! HTTP, `runtime.mirrors`) through a registries.conf of the build's own.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::config::RuntimeConfig;
 use crate::images::{Image, ImageRecord, ImageStore};
+use crate::reference::{is_loopback_host, ImageRef};
 use crate::{LaunchError, ProgressEvent};
 
 #[derive(Deserialize)]
@@ -72,6 +76,7 @@ pub async fn build(
     work: &Path,
     dockerfile: &str,
     context: &Path,
+    config: &RuntimeConfig,
     progress: &(dyn Fn(ProgressEvent) + Send + Sync),
 ) -> Result<Image, LaunchError> {
     let bad_ctx = |reason: String| LaunchError::BadSpec {
@@ -112,6 +117,12 @@ pub async fn build(
     let result = async {
         let df = tmp.join("Dockerfile");
         std::fs::write(&df, dockerfile).map_err(|e| internal(e.to_string()))?;
+        let conf = tmp.join("registries.conf");
+        let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
+        if let Some(text) = registries_conf(dockerfile, config) {
+            std::fs::write(&conf, text).map_err(|e| internal(e.to_string()))?;
+            env.push(("CONTAINERS_REGISTRIES_CONF", conf.as_os_str()));
+        }
         let tag = format!("localhost/nimbus-build:{}", &key_hex[..32]);
         let base = |sub: &str| -> Vec<String> {
             vec![
@@ -135,7 +146,7 @@ pub async fn build(
             context.display().to_string(),
         ]);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        crate::cmd::run_cmd("buildah", &argv, None)
+        crate::cmd::run_cmd_env("buildah", &argv, None, &env)
             .await
             .map_err(|e| {
                 let tail: String = e
@@ -165,6 +176,83 @@ pub async fn build(
     let _ = std::fs::remove_dir_all(&tmp);
     let record = result?;
     Ok(store.finish(&key, record, progress).await?)
+}
+
+/// The registries.conf a build's base-image pulls need to reach what pulls reach: the
+/// registries of `FROM` lines on loopback and `runtime.insecure_registries` over plain HTTP,
+/// and `runtime.mirrors`. `None` when nothing is special, so buildah keeps the host's own
+/// configuration. Hosts are validated by the config and the reference parser, so they need no
+/// quoting beyond TOML's strings.
+fn registries_conf(dockerfile: &str, config: &RuntimeConfig) -> Option<String> {
+    use std::collections::BTreeMap;
+    let plain_http =
+        |host: &str| is_loopback_host(host) || config.insecure_registries.iter().any(|h| h == host);
+    // location → (plain HTTP, mirrors as (location, plain HTTP))
+    let mut registries: BTreeMap<String, (bool, Vec<(String, bool)>)> = BTreeMap::new();
+    for host in base_image_registries(dockerfile)
+        .into_iter()
+        .filter(|h| is_loopback_host(h))
+        .chain(config.insecure_registries.iter().cloned())
+    {
+        registries.insert(host, (true, Vec::new()));
+    }
+    for (registry, mirrors) in &config.mirrors {
+        let entry = registries
+            .entry(registry.clone())
+            .or_insert_with(|| (plain_http(registry), Vec::new()));
+        for m in mirrors {
+            let host = m
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            entry.1.push((host.to_string(), m.starts_with("http://")));
+        }
+    }
+    if registries.is_empty() {
+        return None;
+    }
+    // Unqualified names keep meaning Docker Hub, as they do for pulls.
+    let mut out = String::from("unqualified-search-registries = [\"docker.io\"]\n");
+    for (location, (insecure, mirrors)) in registries {
+        out.push_str(&format!(
+            "\n[[registry]]\nlocation = {location:?}\ninsecure = {insecure}\n"
+        ));
+        for (mirror, insecure) in mirrors {
+            out.push_str(&format!(
+                "[[registry.mirror]]\nlocation = {mirror:?}\ninsecure = {insecure}\n"
+            ));
+        }
+    }
+    Some(out)
+}
+
+/// The registries the `FROM` lines of a Dockerfile pull from (not `scratch`, earlier stages or
+/// references built from `ARG`s, which buildah resolves itself).
+fn base_image_registries(dockerfile: &str) -> Vec<String> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
+        let Some(image) = rest.first() else { continue };
+        let lower = image.to_ascii_lowercase();
+        let earlier_stage = stages.contains(&lower);
+        if let [_, as_word, name] = rest.as_slice() {
+            if as_word.eq_ignore_ascii_case("AS") {
+                stages.push(name.to_ascii_lowercase());
+            }
+        }
+        if lower == "scratch" || image.contains('$') || earlier_stage {
+            continue;
+        }
+        if let Ok(r) = ImageRef::parse(image) {
+            out.push(r.registry);
+        }
+    }
+    out
 }
 
 /// Imports the single image of an OCI layout directory into the store's blobs.
@@ -199,4 +287,60 @@ pub fn import_layout(store: &ImageStore, layout: &Path, key: &str) -> Result<Ima
         config_digest: manifest.config.digest,
         layers: manifest.layers.into_iter().map(|l| l.digest).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_images_name_their_registries_but_not_scratch_stages_or_args() {
+        let dockerfile = "FROM 127.0.0.1:5000/base:v1 AS deps\n\
+                          from --platform=linux/amd64 registry.lab/tools\n\
+                          FROM deps\n\
+                          FROM ${BASE}\n\
+                          FROM scratch\n\
+                          FROM busybox\n\
+                          RUN echo FROM nowhere\n";
+        assert_eq!(
+            base_image_registries(dockerfile),
+            ["127.0.0.1:5000", "registry.lab", "docker.io"]
+        );
+    }
+
+    #[test]
+    fn a_build_gets_a_registries_conf_only_for_registries_pulls_treat_specially() {
+        let plain = RuntimeConfig::default();
+        assert_eq!(registries_conf("FROM busybox\n", &plain), None);
+        let conf = registries_conf("FROM localhost:5000/base:v1\nFROM busybox\n", &plain).unwrap();
+        assert!(
+            conf.starts_with("unqualified-search-registries = [\"docker.io\"]"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains("[[registry]]\nlocation = \"localhost:5000\"\ninsecure = true\n"),
+            "{conf}"
+        );
+        assert!(!conf.contains("\"docker.io\"\ninsecure"), "{conf}");
+
+        let mut config = RuntimeConfig {
+            insecure_registries: vec!["registry.lab:5000".into()],
+            ..Default::default()
+        };
+        config
+            .mirrors
+            .insert("docker.io".into(), vec!["http://mirror.lab:5000".into()]);
+        let conf = registries_conf("FROM busybox\n", &config).unwrap();
+        assert!(
+            conf.contains("location = \"registry.lab:5000\"\ninsecure = true\n"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains(
+                "location = \"docker.io\"\ninsecure = false\n\
+                 [[registry.mirror]]\nlocation = \"mirror.lab:5000\"\ninsecure = true\n"
+            ),
+            "{conf}"
+        );
+    }
 }

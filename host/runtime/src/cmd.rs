@@ -7,8 +7,19 @@ use tokio::io::AsyncWriteExt;
 /// Runs `prog args…`, feeding `input` on stdin; returns stdout, or an error naming the command
 /// and quoting its stderr.
 pub async fn run_cmd(prog: &str, args: &[&str], input: Option<&[u8]>) -> Result<String, String> {
+    run_cmd_env(prog, args, input, &[]).await
+}
+
+/// [`run_cmd`] with `env` added to the child's environment.
+pub async fn run_cmd_env(
+    prog: &str,
+    args: &[&str],
+    input: Option<&[u8]>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {

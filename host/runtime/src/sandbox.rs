@@ -493,6 +493,7 @@ impl Runtime {
                     &self.root.join("buildah"),
                     dockerfile,
                     Path::new(context),
+                    &self.config,
                     progress,
                 )
                 .await?;

@@ -475,6 +475,39 @@ async fn dockerfile_builds_feed_the_same_store_and_run() {
     );
 }
 
+/// A build's `FROM` reaches a loopback registry over plain HTTP, as pulls do (buildah alone
+/// would insist on HTTPS).
+#[tokio::test]
+async fn a_build_from_a_base_image_on_a_loopback_registry_runs() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("hello.txt"), "on a loopback base\n").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(57, data.path(), |_| {});
+    let mut s = spec("unused", &["sh", "-c", "cat /hello.txt"]);
+    s.root = Root::OciImage {
+        source: ImageSource::Build {
+            dockerfile: format!(
+                "FROM {}/tools/busybox:v1\nCOPY hello.txt /hello.txt\n",
+                reg.host
+            ),
+            context: ctx.path().display().to_string(),
+        },
+    };
+    let (o, logs) = run_to_end(&rt, &s).await;
+    assert_eq!(
+        o,
+        Observed::Exited {
+            code: 0,
+            reason: ExitReason::Exited
+        },
+        "{logs}"
+    );
+    assert_eq!(logs, "on a loopback base\n");
+}
+
 #[tokio::test]
 async fn a_new_runtime_adopts_running_sandboxes_and_exits_that_happened_meanwhile() {
     require_host();
