@@ -71,7 +71,7 @@ async fn plugin_list_on_a_servers_data_dir_shows_the_bundled_plugins_with_their_
     );
     for r in &rows {
         let bundled = if r[0] == "grants-policy" {
-            "0.1.4"
+            "0.1.5"
         } else {
             "0.1.1"
         };
@@ -382,7 +382,7 @@ fn a_corrupt_manifest_only_disables_its_own_version() {
     let (status, out, err) = store_cli(dir, &["plugin", "list"]);
     assert!(status.success(), "{err}");
     assert!(
-        out.contains("grants-policy 0.1.4") && !out.contains("tcp-health"),
+        out.contains("grants-policy 0.1.5") && !out.contains("tcp-health"),
         "{out}"
     );
     assert!(
@@ -397,7 +397,7 @@ fn a_corrupt_manifest_only_disables_its_own_version() {
     let (status, out, err) = store_cli(dir, &["plugin", "verify"]);
     assert!(!status.success());
     assert!(out.contains("CORRUPT tcp-health 0.1.1"), "{out}");
-    assert!(out.contains("ok grants-policy 0.1.4"), "{out}");
+    assert!(out.contains("ok grants-policy 0.1.5"), "{out}");
     assert!(err.contains("1 corrupt"), "{err}");
 
     let deny_all = guest("deny_all_policy");
@@ -527,7 +527,7 @@ fn plugin_precompile_does_every_plugin_and_fails_at_the_end() {
     let (status, _, err) = store_cli(dir, &["plugin", "list"]);
     assert!(status.success(), "{err}");
     std::fs::write(
-        store_file(dir, "installed/grants-policy/0.1.4/component.wasm"),
+        store_file(dir, "installed/grants-policy/0.1.5/component.wasm"),
         b"tampered",
     )
     .unwrap();
@@ -542,7 +542,7 @@ fn plugin_precompile_does_every_plugin_and_fails_at_the_end() {
     let (status, _, err) = store_cli(dir, &["plugin", "precompile"]);
     assert!(!status.success());
     assert!(err.contains("cannot precompile 1 of 3 plugins"), "{err}");
-    assert!(err.contains("grants-policy 0.1.4 fails its pin"), "{err}");
+    assert!(err.contains("grants-policy 0.1.5 fails its pin"), "{err}");
     let cached = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
     assert_eq!(
         cached, 4,

@@ -279,11 +279,23 @@ pub fn decide_by_grants(request: &AuthzRequest) -> Decision {
                     request.resource.kind.as_str(),
                     quoted(n)
                 ),
-                None => format!(
-                    "no grant allows {} in tenant {}",
-                    request.action,
-                    quoted(&request.resource.tenant_id)
-                ),
+                // A session being opened has no name yet: its target says what was refused.
+                None => match (
+                    request.context_value("targetKind"),
+                    request.context_value("targetName"),
+                ) {
+                    (Some(kind), Some(target)) => format!(
+                        "no grant allows {} on {} {}",
+                        request.action,
+                        kind,
+                        quoted(target)
+                    ),
+                    _ => format!(
+                        "no grant allows {} in tenant {}",
+                        request.action,
+                        quoted(&request.resource.tenant_id)
+                    ),
+                },
             },
         ),
     }
@@ -337,6 +349,26 @@ mod tests {
             },
             context: vec![],
         }
+    }
+
+    #[test]
+    fn a_refused_session_open_names_its_target() {
+        let mut r = req(
+            principal("demo", &["service:br:session"]),
+            actions::SESSIONS_OPEN,
+            ResourceKind::Session,
+            None,
+        );
+        r.context = vec![
+            ("targetKind".into(), "service".into()),
+            ("targetName".into(), "browser".into()),
+        ];
+        let d = decide_by_grants(&r);
+        assert!(!d.allow);
+        assert_eq!(
+            d.reasons,
+            ["no grant allows sessions.open on service \"browser\""]
+        );
     }
 
     #[test]

@@ -981,7 +981,7 @@ mod tests {
         catalog.ensure_bundled(engine).unwrap();
         assert_eq!(
             catalog.active_version("grants-policy").as_deref(),
-            Some("0.1.4")
+            Some("0.1.5")
         );
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -995,7 +995,7 @@ mod tests {
         let plugin_dir = catalog.plugin_dir("grants-policy");
         // A crash after the version was written and before `active` was renamed into place.
         fs::remove_file(plugin_dir.join("active")).unwrap();
-        fs::write(plugin_dir.join(".active.tmp-4242"), "0.1.4").unwrap();
+        fs::write(plugin_dir.join(".active.tmp-4242"), "0.1.5").unwrap();
         // A crash after a removal and before its fallback: `active` names a version that is gone.
         fs::write(catalog.plugin_dir("tcp-health").join("active"), "9.9.9").unwrap();
         assert_eq!(catalog.active_version("grants-policy"), None);
@@ -1004,7 +1004,7 @@ mod tests {
         catalog.ensure_bundled(engine).unwrap();
         assert_eq!(
             catalog.active_version("grants-policy").as_deref(),
-            Some("0.1.4")
+            Some("0.1.5")
         );
         assert!(catalog.active_version("tcp-health").is_some());
         assert!(!plugin_dir.join(".active.tmp-4242").exists());
@@ -1023,7 +1023,7 @@ mod tests {
         let catalog = Catalog::open(&dir).unwrap();
         catalog.ensure_bundled(engine).unwrap();
         let policy = bundled("grants-policy");
-        let before = catalog.manifest("grants-policy", "0.1.4").unwrap();
+        let before = catalog.manifest("grants-policy", "0.1.5").unwrap();
         let generation = catalog.generation();
         let again = catalog.install(engine, policy, None, None).unwrap();
         assert_eq!(again, before);
@@ -1041,13 +1041,13 @@ mod tests {
         // A component file changed on disk (what `verify` reports) is repaired by reinstalling
         // the trusted bytes, and stays bundled.
         let file = catalog
-            .version_dir("grants-policy", "0.1.4")
+            .version_dir("grants-policy", "0.1.5")
             .join("component.wasm");
         fs::write(&file, b"tampered").unwrap();
         let repaired = catalog.install(engine, policy, None, None).unwrap();
         assert_eq!(repaired.source, "bundled");
         assert_eq!(fs::read(&file).unwrap(), policy);
-        assert!(catalog.load(engine, "grants-policy", "0.1.4").is_ok());
+        assert!(catalog.load(engine, "grants-policy", "0.1.5").is_ok());
         assert!(
             catalog.generation() > generation,
             "running servers reload the repaired file"
@@ -1086,7 +1086,7 @@ mod tests {
         assert!(catalog.manifest("grants-policy", "0.3.0").is_err());
         assert_eq!(
             catalog.active_version("grants-policy").as_deref(),
-            Some("0.1.4")
+            Some("0.1.5")
         );
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -1128,7 +1128,7 @@ mod tests {
             .iter()
             .map(|p| format!("{}@{}", p.id, p.version))
             .collect();
-        assert_eq!(listed, ["grants-policy@0.1.4", "http-health@0.1.1"]);
+        assert_eq!(listed, ["grants-policy@0.1.5", "http-health@0.1.1"]);
         assert!(catalog.load(engine, "http-health", "0.1.1").is_ok());
         let e = load_error(&catalog, "tcp-health", "0.1.1");
         assert!(
@@ -1202,7 +1202,7 @@ mod tests {
         catalog.ensure_bundled(engine).unwrap();
         assert_eq!(
             catalog.active_version("grants-policy").as_deref(),
-            Some("0.1.4")
+            Some("0.1.5")
         );
         // Removing the last version of an id leaves a corrupt one in place.
         catalog
@@ -1343,7 +1343,7 @@ mod tests {
         let catalog = Catalog::open(&dir).unwrap();
         catalog.ensure_bundled(engine).unwrap();
         let component = catalog
-            .version_dir("grants-policy", "0.1.4")
+            .version_dir("grants-policy", "0.1.5")
             .join("component.wasm");
         fs::write(component, b"tampered").unwrap();
         corrupt_manifest(&catalog, "tcp-health", "0.1.1");
@@ -1353,7 +1353,7 @@ mod tests {
 
         let e = format!("{:#}", catalog.precompile_all(engine).unwrap_err());
         assert!(e.contains("cannot precompile 2 of 3 plugins"), "{e}");
-        assert!(e.contains("grants-policy 0.1.4 fails its pin"), "{e}");
+        assert!(e.contains("grants-policy 0.1.5 fails its pin"), "{e}");
         assert!(
             e.contains("tcp-health/0.1.1/manifest.json is corrupt"),
             "{e}"
@@ -1378,7 +1378,7 @@ mod tests {
             catalog.active_version("grants-policy").as_deref(),
             Some("0.0.5")
         );
-        assert!(catalog.manifest("grants-policy", "0.1.4").is_ok());
+        assert!(catalog.manifest("grants-policy", "0.1.5").is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

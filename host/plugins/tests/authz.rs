@@ -173,7 +173,7 @@ fn a_request_larger_than_the_policys_initial_memory_is_decided_like_the_native_r
 fn grants_policy_component_agrees_with_the_native_rules_on_every_request_in_the_table() {
     let dir = TempDir::new("agree");
     let host = PluginHost::open(dir.path(), &config("")).unwrap();
-    assert_eq!(host.serving("authz").unwrap(), "grants-policy@0.1.4");
+    assert_eq!(host.serving("authz").unwrap(), "grants-policy@0.1.5");
     let authz = host.authorizer();
     let table = request_table();
     let (mut allowed, mut denied) = (0, 0);
@@ -453,7 +453,7 @@ fn a_pinned_version_is_not_swapped_by_a_newer_install() {
     let dir = TempDir::new("pinned");
     let host = PluginHost::open(
         dir.path(),
-        &config("[authz]\nplugin = \"grants-policy\"\nversion = \"0.1.4\"\n"),
+        &config("[authz]\nplugin = \"grants-policy\"\nversion = \"0.1.5\"\n"),
     )
     .unwrap();
     PluginStore::open(dir.path())

@@ -25,7 +25,7 @@ fn a_fresh_store_lists_the_bundled_plugins_as_active() {
     assert_eq!(
         got,
         vec![
-            ("grants-policy", "0.1.4", AUTHZ_WORLD, true),
+            ("grants-policy", "0.1.5", AUTHZ_WORLD, true),
             ("http-health", "0.1.1", HEALTH_WORLD, true),
             ("tcp-health", "0.1.1", HEALTH_WORLD, true),
         ]
@@ -112,7 +112,7 @@ fn an_installed_version_is_never_replaced_by_other_bytes() {
         .install(
             &guest("deny_all_policy"),
             Some("grants-policy"),
-            Some("0.1.4"),
+            Some("0.1.5"),
         )
         .unwrap_err();
     assert!(err.to_string().contains("never replaced"), "{err:#}");
@@ -132,7 +132,7 @@ fn verify_and_load_catch_a_component_changed_on_disk() {
     assert!(store.verify().unwrap().iter().all(|r| r.ok()));
     let file = store
         .root()
-        .join("installed/grants-policy/0.1.4/component.wasm");
+        .join("installed/grants-policy/0.1.5/component.wasm");
     std::fs::write(&file, guest("deny_all_policy")).unwrap();
     let reports = store.verify().unwrap();
     let bad: Vec<_> = reports.iter().filter(|r| !r.ok()).collect();
@@ -182,7 +182,7 @@ fn inspect_prints_the_world_the_component_implements() {
     let dir = TempDir::new("inspect");
     let store = PluginStore::open(dir.path()).unwrap();
     let (info, wit) = store.inspect("grants-policy").unwrap();
-    assert_eq!(info.version, "0.1.4");
+    assert_eq!(info.version, "0.1.5");
     assert!(wit.contains("export nimbus:authz/policy@0.1.0;"), "{wit}");
     assert!(
         wit.contains("decide: func(request: request) -> result<decision, error>"),
@@ -226,7 +226,7 @@ fn configuration_naming_a_missing_plugin_or_a_wrong_world_fails_with_the_key() {
     let msg = format!("{err:#}");
     assert!(
         msg.starts_with("plugins.authz.version = \"9.9.9\"")
-            && msg.contains("installed versions: 0.1.4"),
+            && msg.contains("installed versions: 0.1.5"),
         "{msg}"
     );
 

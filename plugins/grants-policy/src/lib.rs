@@ -186,10 +186,22 @@ fn decide_by_grants(request: &Request) -> Decision {
                     why.push(' ');
                     push_quoted(&mut why, n);
                 }
-                None => {
-                    why.push_str(" in tenant ");
-                    push_quoted(&mut why, &request.resource.tenant_id);
-                }
+                // A session being opened has no name yet: its target says what was refused.
+                None => match (
+                    context_value(request, "targetKind"),
+                    context_value(request, "targetName"),
+                ) {
+                    (Some(kind), Some(target)) => {
+                        why.push_str(" on ");
+                        why.push_str(kind);
+                        why.push(' ');
+                        push_quoted(&mut why, target);
+                    }
+                    _ => {
+                        why.push_str(" in tenant ");
+                        push_quoted(&mut why, &request.resource.tenant_id);
+                    }
+                },
             }
             deny(why)
         }
