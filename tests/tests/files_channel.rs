@@ -362,3 +362,138 @@ async fn an_upload_finishing_after_its_session_closed_writes_nothing() {
         assert_eq!(st, 400, "{raw}: {body}");
     }
 }
+
+/// A credential of tenant demo that may reach sandbox `id` (and so use its sessions' channels):
+/// its secret and its id.
+async fn reach_credential(s: &Server, id: &str) -> (String, String) {
+    let (st, cred) = s
+        .call(
+            "POST",
+            &format!("{T}/credentials"),
+            Some(json!({"kind": "token", "grants": [format!("sandbox:{id}:reach")]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{cred}");
+    let cred_id = cred["metadata"]["id"]
+        .as_str()
+        .or(cred["id"].as_str())
+        .unwrap()
+        .to_string();
+    (cred["secret"].as_str().unwrap().to_string(), cred_id)
+}
+
+/// Reads `resp`'s body until it ends or fails; whether it failed, and the bytes read.
+async fn read_to_end_or_cut(mut resp: reqwest::Response, within: Duration) -> (bool, u64) {
+    let mut read = 0u64;
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await {
+            Ok(Ok(Some(c))) => read += c.len() as u64,
+            Ok(Ok(None)) => return (false, read),
+            Ok(Err(_)) => return (true, read),
+            Err(_) => panic!("the read stalled after {read} bytes"),
+        }
+    }
+    panic!("the read went on for {within:?} ({read} bytes)")
+}
+
+/// A file being read is as bound to the session and the credential as an attached stdio is:
+/// revoking the credential, or closing the session (as deleting the sandbox does), cuts the
+/// read within about a second, instead of letting it stream for as long as the file lasts.
+#[tokio::test]
+async fn a_file_being_read_stops_when_its_credential_is_revoked_or_its_session_closes() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = nimbus_e2e::busybox_rootfs(dir.path(), &["sh", "truncate", "sleep"]);
+    let (id, session) =
+        sandbox_with_files_session(&s, &root, "truncate -s 64G /big; sleep 600").await;
+    let (secret, cred) = reach_credential(&s, &id).await;
+    let url = format!("{}{T}/sessions/{session}/files/big", s.base_url());
+    let client = reqwest::Client::new();
+    let mut resp = client.get(&url).bearer_auth(&secret).send().await.unwrap();
+    for _ in 0..50 {
+        if resp.status() == 200 {
+            break;
+        }
+        // The sandbox may not have made the file yet.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resp = client.get(&url).bearer_auth(&secret).send().await.unwrap();
+    }
+    assert_eq!(resp.status(), 200);
+    let (st, body) = s
+        .call("DELETE", &format!("{T}/credentials/{cred}"), None)
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let revoked = Instant::now();
+    let (cut, read) = read_to_end_or_cut(resp, Duration::from_secs(30)).await;
+    assert!(cut, "the read ended as if whole after {read} bytes");
+    assert!(
+        revoked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        revoked.elapsed()
+    );
+
+    let resp = client.get(&url).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (st, body) = s
+        .call(
+            "POST",
+            &format!("{T}/sessions/{session}/close"),
+            Some(json!({"reason": "done"})),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let closed = Instant::now();
+    let (cut, read) = read_to_end_or_cut(resp, Duration::from_secs(30)).await;
+    assert!(cut, "the read ended as if whole after {read} bytes");
+    assert!(
+        closed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        closed.elapsed()
+    );
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}
+
+/// An upload whose credential is revoked while its body arrives writes nothing: the
+/// credential is checked again once the body is in, as the session is.
+#[tokio::test]
+async fn an_upload_whose_credential_was_revoked_meanwhile_writes_nothing() {
+    use tokio::io::AsyncReadExt;
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let (id, session) = sandbox_with_files_session(&s, &root, "sleep 600").await;
+    let (secret, cred) = reach_credential(&s, &id).await;
+    let addr = s.base_url().trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT {T}/sessions/{session}/files/after-revoke HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {secret}\r\nContent-Length: 10\r\n\r\nabc"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (st, body) = s
+        .call("DELETE", &format!("{T}/credentials/{cred}"), None)
+        .await;
+    assert_eq!(st, 200, "{body}");
+    conn.write_all(b"REVOKED").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), conn.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("not written"), "{answer}");
+    let (st, body) = s
+        .call(
+            "GET",
+            &format!("{T}/sessions/{session}/files/after-revoke"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 404, "{body}");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}

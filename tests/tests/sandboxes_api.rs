@@ -744,6 +744,14 @@ async fn a_stdio_client_breaking_the_protocol_is_told_why_in_the_close() {
     let mut ws = stdio(&s, &session, &s.token).await.unwrap();
     ws.send(Message::binary(b"two\n".to_vec())).await.unwrap();
     assert_eq!(read_output(&mut ws, "got two\n").await, "got two\n");
+    // A client's own close is echoed.
+    let bye = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    ws.send(Message::Close(Some(bye))).await.unwrap();
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1000, "{reason}");
     let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
     assert_eq!(st, 200);
 }

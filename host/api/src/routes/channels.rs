@@ -1,8 +1,10 @@
 //! What the session channels (stdio, files) check before they serve: the session was opened
 //! with the channel, is still open, and targets a sandbox.
 
+use std::time::Duration;
+
 use chrono::Utc;
-use nimbus_core::authz::{actions, Principal};
+use nimbus_core::authz::{actions, Principal, PrincipalKind};
 use nimbus_core::lifecycle::{SandboxState, SessionState};
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{Channel, SessionRecord};
@@ -43,6 +45,74 @@ pub(crate) async fn audit(
         reason,
     );
     app.audit_best_effort(event).await;
+}
+
+/// How often a channel in use (an attached stdio, a file being read or uploaded) checks that
+/// its session is still open and its credential still usable: a close or a revocation through
+/// the API ends it within this time.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
+
+/// Returns why a channel used through `session` by `caller` must end, once it must: the
+/// session expired, was closed (also by its target's delete), or the credential that opened
+/// the channel was revoked, expired or deleted. Never returns while none of that happens.
+pub(crate) async fn lease_ended(
+    app: &SharedApp,
+    tenant: &Name,
+    session: &SessionRecord,
+    caller: &Principal,
+) -> String {
+    let left = session.spec.expires_at - Utc::now();
+    let expiry = tokio::time::sleep(left.to_std().unwrap_or_default());
+    tokio::pin!(expiry);
+    let mut check = tokio::time::interval(LEASE_CHECK);
+    loop {
+        tokio::select! {
+            () = &mut expiry => return format!("session {} expired", session.id),
+            _ = check.tick() => {
+                if let Some(why) = lease_problem(app, tenant, session, caller).await {
+                    return why;
+                }
+            }
+        }
+    }
+}
+
+/// Why the session is no longer open or the caller's credential no longer usable, if so now.
+pub(crate) async fn lease_problem(
+    app: &SharedApp,
+    tenant: &Name,
+    session: &SessionRecord,
+    caller: &Principal,
+) -> Option<String> {
+    match app.store.get_session(tenant, session.id.as_str()).await {
+        Ok(Some(s)) if s.status.lifecycle_state == SessionState::Open => {}
+        Ok(_) => return Some(format!("session {} was closed", session.id)),
+        // A store hiccup is not a reason to cut the channel; check again later.
+        Err(e) => tracing::warn!(error = %e, "a session channel cannot re-read its session"),
+    }
+    credential_ended(app, caller).await
+}
+
+/// Why the credential that attached can no longer be used (revoked, expired, deleted), if so:
+/// revoking a credential ends what it holds open, not only its next request. Workload
+/// identities end with their sandbox, which ends the channel anyway.
+async fn credential_ended(app: &SharedApp, caller: &Principal) -> Option<String> {
+    if caller.kind == PrincipalKind::Workload {
+        return None;
+    }
+    let tenant = Name::parse("tenant", &caller.tenant_id).ok()?;
+    let id = &caller.id;
+    match app.store.get_credential(&tenant, id).await {
+        Ok(Some(c)) => c
+            .unusable(Utc::now())
+            .map(|why| format!("credential {id} {why}")),
+        Ok(None) => Some(format!("credential {id} no longer exists")),
+        // A store hiccup is not a reason to cut the channel; check again later.
+        Err(e) => {
+            tracing::warn!(error = %e, "a session channel cannot re-read its credential");
+            None
+        }
+    }
 }
 
 /// The sandbox driver the channels reach sandboxes through.

@@ -142,8 +142,8 @@ async fn serve(
     let what = format!("{method} {path}");
     let response = match (method.clone(), list) {
         (Method::GET, true) => list_dir(files, path).await,
-        (Method::GET, false) => read(files, path).await,
-        (Method::PUT, false) => write(files, &app, &tenant, &session, path, body).await,
+        (Method::GET, false) => read(files, path, lease(&app, &tenant, &session, &p)).await,
+        (Method::PUT, false) => write(files, &app, &tenant, &session, &p, path, body).await,
         (Method::DELETE, false) => delete(files, path).await,
         (_, true) => Err(Error::invalid_argument(
             "query",
@@ -169,10 +169,43 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::internal(format!("file operation task: {e}")))?
 }
 
-async fn read(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, Error> {
+/// Ends (with the reason) once the session or the caller's credential does: a file being read
+/// stops streaming then, as an attached stdio does.
+fn lease(
+    app: &SharedApp,
+    tenant: &nimbus_core::names::Name,
+    session: &SessionRecord,
+    caller: &Principal,
+) -> impl std::future::Future<Output = String> + Send + 'static {
+    let (app, tenant, session, caller) =
+        (app.clone(), tenant.clone(), session.clone(), caller.clone());
+    async move { super::channels::lease_ended(&app, &tenant, &session, &caller).await }
+}
+
+async fn read(
+    files: Box<dyn SandboxFiles>,
+    path: String,
+    lease: impl std::future::Future<Output = String> + Send + 'static,
+) -> Result<Response, Error> {
+    use futures_util::StreamExt;
     let file = blocking(move || files.read(&path)).await?;
     let len = file.metadata().map(|m| m.len()).ok();
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    // The body ends in an error once the lease does, so the client sees a cut response (its
+    // Content-Length unmet), never a short file that looks whole.
+    let ended = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let noted = ended.clone();
+    let lease = async move {
+        let why = lease.await;
+        *noted.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    };
+    let cut = futures_util::stream::once(async move {
+        let why = ended.lock().unwrap_or_else(|p| p.into_inner()).take();
+        why.map(|why| Err(std::io::Error::other(format!("the read was cut: {why}"))))
+    })
+    .filter_map(std::future::ready);
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file))
+        .take_until(lease)
+        .chain(cut);
     let mut response = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream");
@@ -197,6 +230,7 @@ async fn write(
     app: &SharedApp,
     tenant: &nimbus_core::names::Name,
     session: &SessionRecord,
+    caller: &Principal,
     path: String,
     body: Body,
 ) -> Result<Response, Error> {
@@ -255,6 +289,12 @@ async fn write(
         .await?
         .ok_or_else(|| Error::not_found("session", session.id.as_str()))?;
     super::channels::require_open(&now)?;
+    // So must the credential that sent it: one revoked meanwhile writes nothing either.
+    if let Some(why) = super::channels::lease_problem(app, tenant, session, caller).await {
+        return Err(Error::unauthenticated(format!(
+            "{why}; the upload was not written"
+        )));
+    }
     let shown = path.clone();
     let size = blocking(move || files.write(&path, &bytes)).await?;
     Ok(axum::response::IntoResponse::into_response(Json(

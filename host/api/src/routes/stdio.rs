@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use chrono::Utc;
 use futures_util::{SinkExt, StreamExt};
-use nimbus_core::authz::{Principal, PrincipalKind};
-use nimbus_core::lifecycle::{SandboxState, SessionState};
+use nimbus_core::authz::Principal;
+use nimbus_core::lifecycle::SandboxState;
 use nimbus_core::names::{Name, SandboxId};
 use nimbus_core::resource::{Channel, SessionRecord};
 use nimbus_core::Error;
@@ -34,9 +33,6 @@ use crate::app::{tenant_name, Caller, SharedApp};
 use crate::control::{Attached, OutputEnded, StdinInput, StdinSender};
 use crate::error::ApiResult;
 
-/// How often an attached channel checks that its session is still open (a close through the
-/// API ends the channel within this time).
-const SESSION_CHECK: Duration = Duration::from_secs(1);
 /// The largest message a client may send (and frame): input is queued per message, so this
 /// bounds what one message can pin in the server. Larger input is sent as several messages.
 pub const MAX_MESSAGE: usize = 1024 * 1024;
@@ -181,10 +177,8 @@ async fn bridge(
     // Input runs on its own task: a process that does not read its stdin must not stop its
     // output from reaching the client, nor keep the server from noticing the session end.
     let mut pump = tokio::spawn(pump_input(from_client, input));
-    let left = session.spec.expires_at - Utc::now();
-    let expiry = tokio::time::sleep(left.to_std().unwrap_or_default());
-    tokio::pin!(expiry);
-    let mut check = tokio::time::interval(SESSION_CHECK);
+    let lease = super::channels::lease_ended(app, tenant, session, caller);
+    tokio::pin!(lease);
     let mut buf = vec![0u8; 32 * 1024];
     let mut pumped = false;
     let mut keepalive =
@@ -246,18 +240,7 @@ async fn bridge(
                     _ => break None,
                 }
             }
-            _ = &mut expiry => break Some((1008, format!("session {} expired", session.id))),
-            _ = check.tick() => {
-                match app.store.get_session(tenant, session.id.as_str()).await {
-                    Ok(Some(s)) if s.status.lifecycle_state == SessionState::Open => {}
-                    Ok(_) => break Some((1008, format!("session {} was closed", session.id))),
-                    // A store hiccup is not a reason to cut the stream; check again later.
-                    Err(e) => tracing::warn!(error = %e, "stdio channel: cannot re-read its session"),
-                }
-                if let Some(why) = credential_ended(app, caller).await {
-                    break Some((1008, why));
-                }
-            }
+            why = &mut lease => break Some((1008, why)),
         }
     };
     // Ending the pump drops `input`, so the writer ends once the queue is written.
@@ -265,33 +248,18 @@ async fn bridge(
         pump.abort();
         let _ = pump.await;
     }
-    if let Some((code, reason)) = end {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = to_client.send(Message::Close(Some(frame))).await;
-    }
-}
-
-/// Why the credential that attached can no longer be used (revoked, expired, deleted), if so:
-/// revoking a credential ends what it holds open, not only its next request. Workload
-/// identities end with their sandbox, which ends the channel anyway.
-async fn credential_ended(app: &SharedApp, caller: &Principal) -> Option<String> {
-    if caller.kind == PrincipalKind::Workload {
-        return None;
-    }
-    let tenant = Name::parse("tenant", &caller.tenant_id).ok()?;
-    let id = &caller.id;
-    match app.store.get_credential(&tenant, id).await {
-        Ok(Some(c)) => c
-            .unusable(Utc::now())
-            .map(|why| format!("credential {id} {why}")),
-        Ok(None) => Some(format!("credential {id} no longer exists")),
-        // A store hiccup is not a reason to cut the stream; check again later.
-        Err(e) => {
-            tracing::warn!(error = %e, "stdio channel: cannot re-read its credential");
-            None
+    match end {
+        Some((code, reason)) => {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = to_client.send(Message::Close(Some(frame))).await;
+        }
+        // A client that closed gets its close echoed, as RFC 6455 asks (on a connection that
+        // went away this fails, which is fine).
+        None => {
+            let _ = to_client.close().await;
         }
     }
 }
