@@ -1021,6 +1021,7 @@ fn file_error(e: nimbus_runtime::files::FileError) -> Error {
             &path,
             format!("{path:?} kept changing while it was being resolved (renames racing the lookup); retry"),
         ),
+        FileError::HostUnfit(m) => Error::runtime_unavailable(m),
         FileError::Io(m) => Error::internal(m),
     }
 }

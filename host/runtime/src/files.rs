@@ -9,7 +9,7 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,11 @@ pub enum FileError {
     /// The filesystem holding the sandbox's files (its disk) is full.
     #[error("{0}: no space left in the sandbox's root filesystem")]
     NoSpace(String),
+    /// The host cannot take the write: the file system under the data dir (holding the
+    /// sandbox disks' sparse images and the upload journal) is down to its reserve, or the
+    /// sandbox's disk failed to store what was written.
+    #[error("{0}")]
+    HostUnfit(String),
     /// The path kept changing while it was resolved (renames racing the lookup, on the
     /// sandbox's side or anywhere on the host); the caller may retry.
     #[error("{0}: the path changed while it was being resolved; retry")]
@@ -58,6 +63,9 @@ pub struct SandboxFiles {
     owner: Option<u32>,
     /// Where uploads in progress are recorded, so that a crash's are undone later.
     journal: Option<crate::upload_journal::UploadJournal>,
+    /// Uploads stop while the file system at this path (where the sandbox's writes take host
+    /// space) is down to the reserve, as launches do.
+    room: Option<(crate::disk_reserve::DiskReserve, PathBuf)>,
 }
 
 /// The components of an absolute path inside the sandbox, checked: no empty, `.` or `..`
@@ -152,7 +160,20 @@ impl SandboxFiles {
             root: OwnedFd::from(root),
             owner,
             journal: None,
+            room: None,
         })
+    }
+
+    /// Refuses uploads while the file system holding `dir` is down to `reserve`: a sandbox
+    /// disk is a sparse file, and one that cannot grow on the host fails its writes with I/O
+    /// errors underneath (data the kernel took into its cache, never stored).
+    pub fn with_room_check(
+        mut self,
+        reserve: crate::disk_reserve::DiskReserve,
+        dir: PathBuf,
+    ) -> SandboxFiles {
+        self.room = Some((reserve, dir));
+        self
     }
 
     /// Records uploads in progress under `dir` (host-side, beside the sandbox's state), and
@@ -289,6 +310,14 @@ impl SandboxFiles {
         let Some((name, parents)) = rel.split_last() else {
             return Err(invalid(path, "names the root directory, not a file"));
         };
+        if let Some((reserve, dir)) = &self.room {
+            reserve
+                .ensure_room(dir, 0, &format!("the upload of {path}"))
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::StorageFull => FileError::HostUnfit(e.to_string()),
+                    _ => io(path, e),
+                })?;
+        }
         let mut made = Vec::new();
         let mut entry = None;
         let outcome = self.write_making_parents(path, name, parents, bytes, &mut made, &mut entry);
@@ -379,15 +408,27 @@ impl SandboxFiles {
         };
         // SAFETY: openat just returned this descriptor, and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        *entry = self
-            .journal
-            .as_ref()
-            .and_then(|j| j.begin(parents, made, &tmp));
         let outcome = (|| {
+            if let Some(journal) = &self.journal {
+                *entry = Some(
+                    journal
+                        .begin(parents, made, &tmp)
+                        .map_err(|e| FileError::HostUnfit(format!("{path}: not written: {e}")))?,
+                );
+            }
             self.chown(&fd, path)?;
             let mut file = File::from(fd);
             let written = std::io::copy(&mut bytes, &mut file).map_err(|e| io(path, e))?;
-            file.flush().map_err(|e| io(path, e))?;
+            // Stored, not only cached, before it is answered: a disk that cannot take the
+            // bytes (its sparse image unable to grow on a full host) fails here, not later
+            // and silently.
+            file.sync_data().map_err(|e| match e.raw_os_error() {
+                Some(libc::EIO) => FileError::HostUnfit(format!(
+                    "{path}: not written: the sandbox's disk could not store it (an I/O error; \
+                     the host file system holding the sandbox disks may be full)"
+                )),
+                _ => io(path, e),
+            })?;
             nix::fcntl::renameat(
                 Some(parent.as_raw_fd()),
                 tmp.as_str(),
@@ -532,6 +573,7 @@ mod tests {
             root: OwnedFd::from(File::open(root).unwrap()),
             owner: None,
             journal: None,
+            room: None,
         }
         .with_upload_journal(journal.to_path_buf())
     }
@@ -585,6 +627,108 @@ mod tests {
         );
     }
 
+    /// Every top-level entry of `root` but the journal: what an upload left.
+    fn left_in(root: &Path) -> Vec<String> {
+        journal_entries(root)
+    }
+
+    #[test]
+    fn an_upload_that_cannot_be_recorded_or_finds_the_host_at_its_reserve_writes_nothing() {
+        let (root, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // The journal's directory cannot be made (a file is in the way), as when the data
+        // dir's file system is full.
+        let blocked = scratch.path().join("file");
+        std::fs::write(&blocked, "").unwrap();
+        let files = files_over(root.path(), &blocked.join("uploads"));
+        let err = files.write("/new/f.txt", &b"hi"[..]).unwrap_err();
+        assert!(matches!(err, FileError::HostUnfit(_)), "{err}");
+        assert!(
+            err.to_string().contains("cannot record the upload"),
+            "{err}"
+        );
+        assert!(
+            left_in(root.path()).is_empty(),
+            "{:?}",
+            left_in(root.path())
+        );
+
+        let journal = scratch.path().join("uploads");
+        let files = files_over(root.path(), &journal).with_room_check(
+            crate::disk_reserve::DiskReserve::new(u64::MAX / 4),
+            scratch.path().to_path_buf(),
+        );
+        let err = files.write("/new/f.txt", &b"hi"[..]).unwrap_err();
+        assert!(matches!(err, FileError::HostUnfit(_)), "{err}");
+        assert!(
+            err.to_string().contains("the upload of /new/f.txt"),
+            "{err}"
+        );
+        assert!(
+            left_in(root.path()).is_empty(),
+            "{:?}",
+            left_in(root.path())
+        );
+    }
+
+    /// A sandbox disk is a sparse image: on a host file system without room for it to grow,
+    /// the kernel takes an upload into its cache and fails to store it later. The upload syncs
+    /// its data, so it fails then and there instead of answering that it was written.
+    #[test]
+    fn an_upload_to_a_disk_that_cannot_grow_on_the_host_fails_instead_of_being_lost() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let (host, mnt) = (scratch.path().join("host"), scratch.path().join("mnt"));
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let run = |cmd: &str, args: &[&str]| {
+            let st = std::process::Command::new(cmd).args(args).status().unwrap();
+            assert!(st.success(), "{cmd} {args:?}");
+        };
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=8m",
+                "tmpfs",
+                host.to_str().unwrap(),
+            ],
+        );
+        let image = host.join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        run(
+            "mkfs.ext4",
+            &["-q", "-F", "-O", "^has_journal", image.to_str().unwrap()],
+        );
+        run(
+            "mount",
+            &["-o", "loop", image.to_str().unwrap(), mnt.to_str().unwrap()],
+        );
+        let outcome = {
+            let files = SandboxFiles::open(&mnt, None).unwrap();
+            // Bytes that do not compress or dedupe away: 24 MiB, three times the host's room.
+            let mut data = vec![0u8; 24 << 20];
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (i.wrapping_mul(2654435761) >> 13) as u8;
+            }
+            files.write("/big", &data[..])
+        };
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        let _ = std::process::Command::new("umount").arg(&host).status();
+        let err = outcome.unwrap_err();
+        assert!(
+            matches!(err, FileError::HostUnfit(_) | FileError::NoSpace(_)),
+            "{err}"
+        );
+    }
+
     #[test]
     fn uploads_a_gone_server_left_unfinished_are_undone_and_running_ones_kept() {
         let (root, journal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -601,12 +745,12 @@ mod tests {
         .unwrap();
         // One of this process's own, in progress: left alone.
         let files = files_over(root.path(), journal.path());
-        let running =
-            files
-                .journal
-                .as_ref()
-                .unwrap()
-                .begin(&["kept"], &[], ".nimbus-upload-running");
+        let running = files
+            .journal
+            .as_ref()
+            .unwrap()
+            .begin(&["kept"], &[], ".nimbus-upload-running")
+            .unwrap();
         let _ = files_over(root.path(), journal.path());
         assert!(!root.path().join("kept/made").exists());
         assert!(root.path().join("kept").is_dir());
@@ -614,7 +758,7 @@ mod tests {
             journal_entries(journal.path()),
             [".nimbus-upload-running.json"]
         );
-        files.journal.as_ref().unwrap().end(running);
+        files.journal.as_ref().unwrap().end(Some(running));
         assert!(journal_entries(journal.path()).is_empty());
     }
 

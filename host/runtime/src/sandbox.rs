@@ -421,6 +421,16 @@ impl Runtime {
         }
     }
 
+    /// Where what sandbox `id` writes takes host space: the disks' directory (which an operator
+    /// may mount on a file system of its own), or without disks the sandbox's state dir.
+    fn writes_dir(&self, id: &str) -> PathBuf {
+        if self.disks.enabled() {
+            self.disks.images_dir()
+        } else {
+            self.dir(id)
+        }
+    }
+
     /// Refuses a launch once the file system its writable layer will take space from (the
     /// disks' directory, which an operator may mount on a file system of its own; else the
     /// sandbox's state dir) is down to the free space pulls keep (1 GiB). Sandbox disks are
@@ -429,11 +439,7 @@ impl Runtime {
     /// fails its writes with I/O errors. New sandboxes are refused first, while the database
     /// and the running sandboxes still have room.
     fn ensure_room_to_launch(&self, id: &str) -> Result<(), LaunchError> {
-        let dir = if self.disks.enabled() {
-            self.disks.images_dir()
-        } else {
-            self.dir(id)
-        };
+        let dir = self.writes_dir(id);
         self.images
             .disk_reserve()
             .ensure_room(&dir, 0, &format!("launching sandbox {id}"))
@@ -1315,8 +1321,13 @@ impl Runtime {
         } else {
             rootfs_dir(id.as_str())
         };
+        let reserve = self.images.disk_reserve();
         crate::files::SandboxFiles::open(&root, owner)
-            .map(|files| files.with_upload_journal(dir.join("uploads")))
+            .map(|files| {
+                files
+                    .with_upload_journal(dir.join("uploads"))
+                    .with_room_check(reserve, self.writes_dir(id.as_str()))
+            })
             .map_err(|e| match e {
                 crate::files::FileError::NotFound(_) => RuntimeError::NotFound(id.to_string()),
                 e => RuntimeError::Internal(e.to_string()),

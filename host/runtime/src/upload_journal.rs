@@ -37,10 +37,16 @@ impl UploadJournal {
         UploadJournal { dir }
     }
 
-    /// Records an upload before its bytes are written; the entry to pass to [`Self::end`].
-    /// Best effort: an upload whose entry cannot be written still runs (only a crash during it
-    /// would then leave its temporary file).
-    pub(crate) fn begin(&self, parents: &[&str], made: &[usize], tmp: &str) -> Option<PathBuf> {
+    /// Records an upload before its bytes are written; the entry to pass to [`Self::end`]. An
+    /// upload whose entry cannot be written does not run: a crash during it could not be
+    /// undone, and what stops the entry (the data dir's file system full) would stop the
+    /// upload's own bytes too.
+    pub(crate) fn begin(
+        &self,
+        parents: &[&str],
+        made: &[usize],
+        tmp: &str,
+    ) -> std::io::Result<PathBuf> {
         let entry = Upload {
             process: process_token().to_string(),
             parents: parents.iter().map(|p| p.to_string()).collect(),
@@ -55,10 +61,13 @@ impl UploadJournal {
                 std::fs::write(&path, bytes)
             });
         match written {
-            Ok(()) => Some(path),
+            Ok(()) => Ok(path),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "could not record an upload in progress");
-                None
+                let _ = std::fs::remove_file(&path);
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot record the upload in {}: {e}", self.dir.display()),
+                ))
             }
         }
     }
