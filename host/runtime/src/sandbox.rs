@@ -188,6 +188,7 @@ impl Runtime {
             tracing::warn!(error = %e, "cannot create {ROOTFS_MOUNTS}; sandbox launches will fail");
         }
         let ids = id_ranges(config, &root.join("images"))?;
+        check_network_unchanged(&root, &config.bridge, &config.subnet)?;
         let network = Arc::new(Network::new(
             &config.bridge,
             &config.subnet,
@@ -1699,6 +1700,75 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), LaunchError> {
     std::fs::write(&tmp, json)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| internal(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The bridge and subnet this data dir's sandboxes were wired to, as recorded at the last start.
+#[derive(Serialize, Deserialize, PartialEq, Eq)]
+struct NetworkIdentity {
+    bridge: String,
+    subnet: String,
+}
+
+/// Refuses a start whose `runtime.bridge` or `runtime.subnet` differ from those this data dir's
+/// sandboxes still have their network on: the new bridge would carry the same routes as the
+/// old one (traffic to the sandboxes goes astray), and their teardown would look for their
+/// firewall rules in the new bridge's table, leaving the old ones behind. With no sandbox on
+/// the network, the change is taken, and recorded.
+fn check_network_unchanged(root: &Path, bridge: &str, subnet: &str) -> Result<(), String> {
+    let path = root.join("net/network.json");
+    let now = NetworkIdentity {
+        bridge: bridge.to_string(),
+        subnet: subnet.to_string(),
+    };
+    let before: Option<NetworkIdentity> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(before) = before.filter(|b| *b != now) {
+        let on_it = sandboxes_on_the_network(root);
+        if !on_it.is_empty() {
+            let shown: Vec<&str> = on_it.iter().take(5).map(String::as_str).collect();
+            let more = if on_it.len() > 5 { ", …" } else { "" };
+            return Err(format!(
+                "runtime.bridge / runtime.subnet changed to {:?} / {:?}, but {} sandbox(es) of \
+                 this data dir ({}{more}) have their network on bridge {:?} with subnet {:?}: \
+                 set runtime.bridge and runtime.subnet back, delete those sandboxes, then \
+                 change them",
+                now.bridge,
+                now.subnet,
+                on_it.len(),
+                shown.join(", "),
+                before.bridge,
+                before.subnet
+            ));
+        }
+    } else if path.exists() {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(&now).map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::create_dir_all(root.join("net"))
+        .and_then(|()| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| {
+            format!(
+                "cannot record the sandbox network in {}: {e}",
+                path.display()
+            )
+        })
+}
+
+/// Sandboxes of the runtime at `root` whose network is set up (not yet released at their end).
+fn sandboxes_on_the_network(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root.join("sandboxes")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter(|e| read_meta(&e.path()).is_ok_and(|m| m.net.is_some() && !m.network_released))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
 }
 
 fn read_meta(dir: &Path) -> Result<Meta, String> {

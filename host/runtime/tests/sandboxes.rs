@@ -896,3 +896,46 @@ async fn a_standby_monitor_that_dies_with_its_assignment_is_replaced_by_a_fresh_
     delete_leaving_nothing(&rt, &id).await;
     rt.drain_pool().await;
 }
+
+/// Moving the sandbox network (`runtime.bridge`, `runtime.subnet`) while sandboxes are on it is
+/// refused at start, naming them; once none is, the move is taken.
+#[tokio::test]
+async fn a_start_that_moves_the_network_from_under_its_sandboxes_is_refused() {
+    require_host();
+    let reg = Registry::start(None);
+    reg.push_busybox("tools/busybox", "v1").await;
+    let image = format!("{}/tools/busybox:v1", reg.host);
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime(58, data.path(), |_| {});
+    let id = new_id();
+    rt.launch(&id, "demo", &spec(&image, &["sleep", "300"]), |_| {})
+        .await
+        .unwrap();
+    let moved = |bridge: &str, subnet: &str| {
+        let cfg = nimbus_runtime::RuntimeConfig {
+            bridge: bridge.into(),
+            subnet: subnet.into(),
+            docker_config: Some(data.path().join("no-docker-config.json")),
+            monitor: Some(std::path::PathBuf::from(env!(
+                "CARGO_BIN_EXE_nimbus-monitor"
+            ))),
+            warm_pool: 0,
+            ..Default::default()
+        };
+        nimbus_runtime::Runtime::open(data.path(), &cfg)
+    };
+    for (bridge, subnet) in [("nbt58b", "10.158.0.0/16"), ("nbt58", "10.159.0.0/16")] {
+        let err = moved(bridge, subnet).err().expect("the move is refused");
+        assert!(err.contains(id.as_str()), "{err}");
+        assert!(
+            err.contains("\"nbt58\"") && err.contains("10.158.0.0/16"),
+            "{err}"
+        );
+        assert!(
+            err.contains("set runtime.bridge and runtime.subnet back"),
+            "{err}"
+        );
+    }
+    rt.delete(&id).await.unwrap();
+    assert!(moved("nbt58b", "10.158.0.0/16").is_ok());
+}
