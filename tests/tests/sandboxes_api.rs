@@ -244,6 +244,10 @@ async fn kill_9_of_the_server_leaves_sandboxes_running_and_a_restart_adopts_them
     // The short one exits while the server is down.
     tokio::time::sleep(Duration::from_secs(4)).await;
     s.restart().await;
+    // From the first answer on, the restarted server says it ended: its record was reconciled
+    // with the host before the server served.
+    let (_, first) = s.call("GET", &format!("{T}/sandboxes/{short}"), None).await;
+    assert_eq!(first["status"]["lifecycleState"], "failed", "{first}");
     let adopted = wait_state(
         &s,
         &long,

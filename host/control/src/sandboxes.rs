@@ -70,11 +70,13 @@ impl SandboxController {
         })
     }
 
-    /// Reconciles the store with the host after a (re)start, then watches for exits forever.
-    pub async fn run(self: Arc<Self>) {
+    /// Reconciles the store with the host after a (re)start (then says so on `adopted`), then
+    /// watches for exits forever.
+    pub async fn run(self: Arc<Self>, adopted: tokio::sync::oneshot::Sender<()>) {
         if let Err(e) = self.adopt().await {
             tracing::error!(error = %e, "adopting sandboxes after start failed; they will be reconciled by the watcher");
         }
+        let _ = adopted.send(());
         // Networks for the first launches are prepared now rather than during them.
         if self.cached_preflight().is_none() {
             if let Err(e) = self.runtime.warm_up().await {

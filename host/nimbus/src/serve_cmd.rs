@@ -219,7 +219,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // running server's users may rely on) as it was.
     let credential_file = bootstrap::ensure(&store, &tenant, &endpoint).await?;
 
-    let controller_task = controller.clone().map(|c| tokio::spawn(c.run()));
+    let (adopted, adoption) = tokio::sync::oneshot::channel();
+    let controller_task = controller.clone().map(|c| tokio::spawn(c.run(adopted)));
     // Sandbox-backed services are launched through the sandbox controller, so only with one.
     let service_manager = controller
         .clone()
@@ -271,6 +272,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => nimbus_api::router(app),
     };
 
+    // Records first say what the host holds: a sandbox that ended while the server was down
+    // must not be read as ready. Requests wait in the listener's backlog meanwhile. (Without a
+    // sandbox driver the sender is gone, and this returns at once.)
+    if tokio::time::timeout(ADOPTION_WAIT, adoption).await.is_err() {
+        tracing::warn!(
+            "adopting the sandboxes takes over {} s; serving meanwhile (their records catch up as it goes)",
+            ADOPTION_WAIT.as_secs()
+        );
+    }
     tracing::info!(%endpoint, data_dir = %data_dir.display(), credentials = %credential_file.display(), "nimbus is serving");
     // No Nagle: streamed responses (followed logs, events) are many small writes, and each
     // would otherwise wait for the client's delayed ACK of the one before it.
@@ -332,6 +342,10 @@ impl nimbus_core::authz::Authorizer for AllowAll {
         nimbus_core::authz::Decision::allow("allow-all-benchmark-only", "benchmark baseline")
     }
 }
+
+/// How long a start waits for the sandboxes' records to be reconciled with the host before
+/// it serves anyway.
+const ADOPTION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a stopping server waits for the requests in flight.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
