@@ -74,7 +74,9 @@ pub fn components(path: &str) -> Result<Vec<&str>, FileError> {
     if path.contains('\0') {
         return Err(invalid(path, "contains a NUL byte"));
     }
-    let trimmed = path.trim_start_matches('/').trim_end_matches('/');
+    // One trailing / (a directory's spelling) is dropped; more would be empty components.
+    let trimmed = path.trim_start_matches('/');
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
     if trimmed.is_empty() {
         return Ok(Vec::new());
     }
@@ -310,6 +312,12 @@ impl SandboxFiles {
         let Some((name, parents)) = rel.split_last() else {
             return Err(invalid(path, "names the root directory, not a file"));
         };
+        if path.ends_with('/') {
+            return Err(invalid(
+                path,
+                "ends with / and so names a directory; drop the / to write a file",
+            ));
+        }
         if let Some((reserve, dir)) = &self.room {
             reserve
                 .ensure_room(dir, 0, &format!("the upload of {path}"))
@@ -467,6 +475,12 @@ impl SandboxFiles {
         )
         .map_err(|e| errno(path, e))?;
         let mut dir = kind(st.st_mode) == "dir";
+        if path.ends_with('/') && !dir {
+            return Err(invalid(
+                path,
+                "ends with / and so names a directory, but is not one; drop the / to delete it",
+            ));
+        }
         // The entry can change type between the stat and the unlink (the sandbox swapping a
         // file and a directory): the kernel says which it now is, so try the other way.
         let mut attempts = 0;
@@ -865,11 +879,27 @@ mod tests {
         assert_eq!(components("/a/b.txt").unwrap(), vec!["a", "b.txt"]);
         assert_eq!(components("a/b/").unwrap(), vec!["a", "b"]);
         assert!(components("/").unwrap().is_empty());
-        for bad in ["/a/../b", "/a/./b", "/a//b", "/a\0b", ".."] {
+        for bad in ["/a/../b", "/a/./b", "/a//b", "/a\0b", "..", "/a/b//"] {
             assert!(
                 matches!(components(bad), Err(FileError::Invalid { .. })),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_trailing_slash_names_a_directory_for_writes_and_deletes_too() {
+        let (root, journal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let files = files_over(root.path(), journal.path());
+        let err = files.write("/new/", &b"hi"[..]).unwrap_err();
+        assert!(err.to_string().contains("ends with /"), "{err}");
+        assert!(!root.path().join("new").exists());
+        files.write("/f", &b"hi"[..]).unwrap();
+        let err = files.delete("/f/").unwrap_err();
+        assert!(err.to_string().contains("is not one"), "{err}");
+        assert!(root.path().join("f").exists());
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        files.delete("/d/").unwrap();
+        assert!(!root.path().join("d").exists());
     }
 }
