@@ -760,6 +760,33 @@ async fn a_stdio_client_breaking_the_protocol_is_told_why_in_the_close() {
     assert_eq!(st, 200);
 }
 
+/// A monitor killed under an attached client ends the channel saying the sandbox is lost, not
+/// that the client read too slowly or that the process exited.
+#[tokio::test]
+async fn a_stdio_client_whose_sandbox_monitor_dies_is_told_the_sandbox_is_lost() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let id = ready_sandbox(&s, &root, "while read l; do echo \"got $l\"; done").await;
+    let session = open_session(&s, &id, &["stdio"]).await;
+    let mut ws = stdio(&s, &session, &s.token).await.unwrap();
+    let pid = std::fs::read_to_string(
+        s.data_dir()
+            .join(format!("runtime/sandboxes/{id}/monitor.pid")),
+    )
+    .unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (code, reason) = closed_with(&mut ws).await;
+    assert_eq!(code, 1011, "{reason}");
+    assert!(reason.contains("lost"), "{reason}");
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}
+
 /// A stopping server closes attached stdio channels with 1001 and a reason (the process runs
 /// on), instead of holding its shutdown for them and then cutting them without a word.
 #[tokio::test]

@@ -126,6 +126,9 @@ pub enum OutputEnded {
     /// clients were attached, or it was still reading when the process's monitor had to go);
     /// `running` says whether the process still runs (then it can attach again).
     Cut { running: bool },
+    /// The sandbox's monitor, which holds the process's stdio, is gone: the sandbox is lost
+    /// (its status says so), and attaching again cannot work.
+    Lost,
 }
 
 /// The sending side of a stdin queue bounded in bytes (not in messages: a few large messages

@@ -989,7 +989,13 @@ fn attached(conn: Attachment, runtime: Arc<Runtime>, id: SandboxId) -> Attached 
                 true => OutputEnded::Cut { running: true },
                 false => OutputEnded::Exited,
             },
-            Some(OutputEnd::Cut) | None => OutputEnded::Cut { running: running() },
+            Some(OutputEnd::Cut) | None => match runtime.observe(&id) {
+                Observed::Exited {
+                    reason: ExitReason::Lost,
+                    ..
+                } => OutputEnded::Lost,
+                _ => OutputEnded::Cut { running: running() },
+            },
         }
     });
     Attached {

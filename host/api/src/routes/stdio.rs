@@ -218,6 +218,12 @@ async fn bridge(
                              clients attached) while the process runs; attach again"
                                 .to_string(),
                         ),
+                        Ok(OutputEnded::Lost) => (
+                            1011,
+                            "the sandbox's monitor, which holds the process's stdio, is gone: the \
+                             sandbox is lost (see its status)"
+                                .to_string(),
+                        ),
                         Ok(OutputEnded::Cut { running: false }) | Err(_) => (
                             1013,
                             // A close reason has at most 123 bytes.
