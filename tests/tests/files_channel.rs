@@ -497,3 +497,50 @@ async fn an_upload_whose_credential_was_revoked_meanwhile_writes_nothing() {
     let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
     assert_eq!(st, 200);
 }
+
+/// HEAD tells a file's size (and whether it exists) without reading it.
+#[tokio::test]
+async fn head_gives_a_files_size_without_its_bytes() {
+    let s = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = busybox_rootfs(dir.path());
+    let (id, session) =
+        sandbox_with_files_session(&s, &root, "echo hello > /hello.txt; sleep 600").await;
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("{}{T}/sessions/{session}/files/{p}", s.base_url());
+    let mut resp = client
+        .head(url("hello.txt"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        if resp.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resp = client
+            .head(url("hello.txt"))
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()[reqwest::header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap(),
+        "6"
+    );
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let missing = client
+        .head(url("nothing.txt"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let (st, _) = s.call("DELETE", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 200);
+}

@@ -142,7 +142,11 @@ async fn serve(
     let what = format!("{method} {path}");
     let response = match (method.clone(), list) {
         (Method::GET, true) => list_dir(files, path).await,
-        (Method::GET, false) => read(files, path, lease(&app, &tenant, &session, &p)).await,
+        // HEAD answers as GET does, without the body (the server drops it): a file's size and
+        // whether it exists, without reading it.
+        (Method::GET | Method::HEAD, false) => {
+            read(files, path, lease(&app, &tenant, &session, &p)).await
+        }
         (Method::PUT, false) => write(files, &app, &tenant, &session, &p, path, body).await,
         (Method::DELETE, false) => delete(files, path).await,
         (_, true) => Err(Error::invalid_argument(
@@ -151,7 +155,7 @@ async fn serve(
         )),
         (m, _) => Err(Error::invalid_argument(
             "method",
-            format!("the files channel takes GET, PUT and DELETE, not {m}"),
+            format!("the files channel takes GET, HEAD, PUT and DELETE, not {m}"),
         )),
     };
     let failed = if response.is_ok() { "" } else { " (failed)" };
