@@ -474,7 +474,7 @@ async fn a_credential_of_another_tenant_is_refused_on_every_route_before_existen
         .call(
             "POST",
             &format!("{T}/sessions"),
-            Some(json!({"target": {"service": {"name": "worker"}}, "channels": []})),
+            Some(json!({"target": {"service": {"name": "worker"}}, "channels": ["stdio"]})),
         )
         .await;
     let ses = ses["metadata"]["id"].as_str().unwrap().to_string();
@@ -518,7 +518,7 @@ async fn a_credential_of_another_tenant_is_refused_on_every_route_before_existen
                 "services.update" => Some(json!({"labels": {}, "ifMatchGeneration": 1})),
                 "sandboxes.create" => Some(batch_sandbox()),
                 "sessions.open" => {
-                    Some(json!({"target": {"service": {"name": name}}, "channels": []}))
+                    Some(json!({"target": {"service": {"name": name}}, "channels": ["stdio"]}))
                 }
                 "sessions.close" => Some(json!({"reason": "x"})),
                 _ => None,
@@ -748,7 +748,7 @@ async fn tenant_capacity_is_enforced_with_quota_exhausted() {
         Some(worker_service("worker")),
     )
     .await;
-    let open = json!({"target": {"service": {"name": "worker"}}, "channels": []});
+    let open = json!({"target": {"service": {"name": "worker"}}, "channels": ["stdio"]});
     assert_eq!(
         s.call("POST", &format!("{T}/sessions"), Some(open.clone()))
             .await

@@ -469,7 +469,7 @@ async fn sessions_open_list_close_with_snapshot_ttl_and_channel_rules() {
         )
         .await;
     assert_eq!(d["spec"]["ttlMs"], 15 * 60 * 1000);
-    let (_, c) = s.call("POST", &format!("{T}/sessions"), Some(json!({"target": {"service": {"name": "worker"}}, "channels": [], "requestedTtlMs": 7_200_000}))).await;
+    let (_, c) = s.call("POST", &format!("{T}/sessions"), Some(json!({"target": {"service": {"name": "worker"}}, "channels": ["stdio"], "requestedTtlMs": 7_200_000}))).await;
     assert_eq!(
         (
             c["spec"]["ttlMs"].as_i64(),
@@ -658,20 +658,22 @@ async fn a_session_whose_service_changed_mid_open_is_a_conflict_or_pins_the_new_
     // Race updates against opens: every open either pins a generation that existed, or is a
     // resource.conflict; never a 5xx.
     let s = Server::start_with_config(NO_DRIVER).await;
-    s.call(
-        "POST",
-        &format!("{T}/services"),
-        Some(json!({"name": "w", "backend": {"kind": "builtIn", "provider": "browser"}})),
-    )
-    .await;
-    let providers = ["loadBalancer", "browser"];
+    s.call("POST", &format!("{T}/services"), Some(worker_service("w")))
+        .await;
     let mut conflicts = 0;
     for round in 0..20i64 {
-        let update = s.call("PUT", "/v1/tenants/demo/services/w", Some(json!({"backend": {"kind": "builtIn", "provider": providers[(round % 2) as usize]}, "ifMatchGeneration": round + 1})));
+        // A new definition each round (another argv), offering the same channels.
+        let mut backend = worker_service("w")["backend"].clone();
+        backend["sandbox"]["process"]["argv"] = json!(["node", format!("server-{round}.js")]);
+        let update = s.call(
+            "PUT",
+            "/v1/tenants/demo/services/w",
+            Some(json!({"backend": backend, "ifMatchGeneration": round + 1})),
+        );
         let open = s.call(
             "POST",
             "/v1/tenants/demo/sessions",
-            Some(json!({"target": {"service": {"name": "w"}}, "channels": []})),
+            Some(json!({"target": {"service": {"name": "w"}}, "channels": ["stdio"]})),
         );
         let (u, o) = tokio::join!(update, open);
         assert_eq!(u.0, 200, "{}", u.1);
@@ -950,7 +952,7 @@ async fn tenants_sandboxes_and_sessions_have_the_shape_of_every_resource() {
         .call(
             "POST",
             &format!("{T}/sessions"),
-            Some(json!({"target": {"service": {"name": "w"}}, "channels": []})),
+            Some(json!({"target": {"service": {"name": "w"}}, "channels": ["stdio"]})),
         )
         .await;
     let id = open["metadata"]["id"].as_str().unwrap().to_string();
@@ -1043,7 +1045,7 @@ async fn free_text_with_invisible_formatting_characters_is_refused() {
         .call(
             "POST",
             &format!("{T}/sessions"),
-            Some(json!({"target": {"service": {"name": "w"}}, "channels": []})),
+            Some(json!({"target": {"service": {"name": "w"}}, "channels": ["stdio"]})),
         )
         .await;
     let id = ses["metadata"]["id"].as_str().unwrap();
@@ -1315,7 +1317,8 @@ async fn deleting_a_service_closes_its_open_sessions() {
             .await;
         assert_eq!(st, 201);
     }
-    let open = |name: &str| Some(json!({"target": {"service": {"name": name}}, "channels": []}));
+    let open =
+        |name: &str| Some(json!({"target": {"service": {"name": name}}, "channels": ["stdio"]}));
     let sessions = format!("{T}/sessions");
     let (_, on_worker) = s.call("POST", &sessions, open("worker")).await;
     let (_, on_other) = s.call("POST", &sessions, open("other")).await;

@@ -1,5 +1,6 @@
 //! Request parsing at the edge: JSON bodies with a size limit and field-named errors, and
-//! query strings with known keys only.
+//! query strings with known keys only. The extractors also refuse HTTP's conditional request
+//! headers (see [`refuse_conditional_headers`]).
 
 use std::collections::HashMap;
 
@@ -20,6 +21,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
+        refuse_conditional_headers(req.headers())?;
         // The body must parse as JSON whatever Content-Type says (curl's default is a form type).
         let bytes = read_body(req).await?;
         parse_json(&bytes).map(JsonBody).map_err(ApiError)
@@ -104,10 +106,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         {
             field = join_path(&field, missing);
         }
-        let message = if inner.is_syntax() || inner.is_eof() {
+        // serde_json calls a value of the wrong kind where it reads an enum (a channel, a
+        // profile: `5`, `{}`) a syntax error; in a body that is JSON all the same, it is not.
+        let body: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
+        let message = if (inner.is_syntax() || inner.is_eof()) && body.is_none() {
             field = String::new();
             format!("malformed JSON: {inner}")
-        } else if let Some(at) = redacted_value_in(bytes) {
+        } else if let Some(at) = redacted_value_in(body.as_ref()) {
             // A read-modify-write sent back what a read shows in place of a secret; serde's
             // "invalid type: map" (at the enclosing tagged field at best) would not say so.
             field = at;
@@ -115,11 +120,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
              arguments or environments); send the value itself"
                 .to_string()
         } else {
-            // serde's own text, without its line/column suffix for data errors.
-            match text.rfind(" at line ") {
+            // serde's own text, without its line/column suffix, in words.
+            let text = match text.rfind(" at line ") {
                 Some(i) => text[..i].to_string(),
                 None => text,
-            }
+            };
+            let received = body.as_ref().and_then(|b| value_at(b, &field));
+            in_words(&text, received)
         };
         Error::invalid_argument(&field, message)
     })?;
@@ -146,9 +153,139 @@ fn join_path(parent: &str, child: &str) -> String {
     }
 }
 
+/// serde's data error `text` in words a user of the API knows: JSON's kinds of value rather
+/// than Rust's types (`expected u64` is "expected a whole number of 0 or more"), with the value
+/// received. `received` is the value at the error's field, where it is known. Text that is
+/// not one of serde's forms (the spec's own messages) is kept as it is.
+fn in_words(text: &str, received: Option<&serde_json::Value>) -> String {
+    // "invalid type: string \"1\", expected i64" (or "invalid value"); the received part may
+    // hold ", expected " itself (a string value), the expected part never does.
+    let typed = text
+        .strip_prefix("invalid type: ")
+        .or_else(|| text.strip_prefix("invalid value: "))
+        .and_then(|rest| rest.rsplit_once(", expected "));
+    if let Some((got, expected)) = typed {
+        return format!(
+            "expected {}, got {}",
+            expected_in_words(expected),
+            received_in_words(got)
+        );
+    }
+    // "invalid length 0, expected struct SessionTarget with 2 elements": an array where an
+    // object belongs (serde reads a struct from an array by position).
+    if let Some((_, expected)) = text
+        .strip_prefix("invalid length ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        return format!("expected {}, got an array", expected_in_words(expected));
+    }
+    // An enum's value must be a string (see `parse_json`).
+    if text == "expected value" {
+        return match received {
+            Some(v) => format!("expected a string, got {}", describe(v)),
+            None => "expected a string".to_string(),
+        };
+    }
+    // "unknown variant `tarball`, expected `reference` or `build`"
+    if let Some((value, expected)) = text
+        .strip_prefix("unknown variant `")
+        .and_then(|rest| rest.rsplit_once("`, expected "))
+    {
+        return format!(
+            "unknown value {value:?}; expected {}",
+            expected.replace('`', "\"")
+        );
+    }
+    text.to_string()
+}
+
+/// What serde expected (`u64`, `struct ServiceTarget`, `a sequence`), in JSON's words.
+fn expected_in_words(expected: &str) -> String {
+    let words = match expected {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "u128" | "usize" => "a whole number of 0 or more",
+        "i8" => "an integer from -128 to 127",
+        "i16" => "an integer from -32768 to 32767",
+        "i32" => "an integer from -2147483648 to 2147483647",
+        "i64" | "i128" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "an array",
+        "a map" => "an object",
+        "a character" => "a string of one character",
+        "unit" => "null",
+        e if e.starts_with("struct ") => "an object",
+        e if e.starts_with("internally tagged enum ") => "an object with a \"kind\"",
+        e => {
+            if let Some(n) = e
+                .strip_prefix("a tuple of size ")
+                .or_else(|| e.strip_prefix("tuple struct "))
+            {
+                return format!("an array of {n} items");
+            }
+            return e.replace('`', "\"");
+        }
+    };
+    words.to_string()
+}
+
+/// What serde received (`integer \`-5\``, `string "br"`, `map`), in JSON's words.
+fn received_in_words(got: &str) -> String {
+    let quoted = |kind: &str| {
+        got.strip_prefix(kind)
+            .and_then(|r| r.strip_prefix(" `"))
+            .and_then(|r| r.strip_suffix('`'))
+    };
+    if let Some(v) = quoted("integer")
+        .or_else(|| quoted("floating point"))
+        .or_else(|| quoted("boolean"))
+    {
+        return v.to_string();
+    }
+    if let Some(s) = got.strip_prefix("string ") {
+        return format!("the string {s}");
+    }
+    match got {
+        "map" => "an object".to_string(),
+        "sequence" => "an array".to_string(),
+        "unit" | "null" => "null".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON value as a message shows what was received.
+fn describe(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => format!("the string {s:?}"),
+        serde_json::Value::Array(_) => "an array".to_string(),
+        serde_json::Value::Object(_) => "an object".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The value at `path` (`spec.process.argv[1]`, as errors name fields) in `body`.
+fn value_at<'a>(body: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    let mut at = body;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            at = at.get(key)?;
+        }
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            at = at.get(index.strip_suffix(']')?.parse::<usize>().ok()?)?;
+        }
+    }
+    Some(at)
+}
+
 /// The path (`backend.auth.token`) of the first object in the body that is a redaction marker
 /// (`{"redacted": true, …}`), as responses show secrets and sandbox inputs.
-fn redacted_value_in(bytes: &[u8]) -> Option<String> {
+fn redacted_value_in(value: Option<&serde_json::Value>) -> Option<String> {
     fn find(v: &serde_json::Value, path: String) -> Option<String> {
         let join = |k: &str| {
             if path.is_empty() {
@@ -167,8 +304,7 @@ fn redacted_value_in(bytes: &[u8]) -> Option<String> {
             _ => None,
         }
     }
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    find(&value, String::new())
+    find(value?, String::new())
 }
 
 /// For calls that take no request body (`POST …/start`): an empty body, or an empty JSON
@@ -180,6 +316,7 @@ impl<S: Send + Sync> FromRequest<S> for NoBody {
 
     async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
+        refuse_conditional_headers(&parts.headers)?;
         refuse_body(&parts.headers, body).await.map(|()| NoBody)
     }
 }
@@ -215,10 +352,47 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NoQuery {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
+        refuse_conditional_headers(&parts.headers)?;
         QueryParams::parse(parts.uri.query(), &[])
             .map(|_| NoQuery)
             .map_err(ApiError)
     }
+}
+
+/// For calls that take a query of their own and no body (lists, a service's delete, logs):
+/// refuses conditional request headers, as [`JsonBody`], [`NoBody`] and [`NoQuery`] do.
+pub struct Unconditional;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Unconditional {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        refuse_conditional_headers(&parts.headers).map(|()| Unconditional)
+    }
+}
+
+/// HTTP's preconditions `If-Match` and `If-None-Match` are refused rather than ignored: the
+/// API has no ETags, and a client that sent `If-Match` believes its write is guarded when it is
+/// not. The API's own preconditions are `ifMatchGeneration` (an update's body, a delete's
+/// query) and `ifMatchResourceVersion` (an update's body).
+pub fn refuse_conditional_headers(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    use axum::http::header::{IF_MATCH, IF_NONE_MATCH};
+    let name = if headers.contains_key(IF_MATCH) {
+        "If-Match"
+    } else if headers.contains_key(IF_NONE_MATCH) {
+        "If-None-Match"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError(Error::invalid_argument(
+        name,
+        "conditional request headers are not supported (the API has no ETags); guard a write \
+         with ifMatchGeneration instead (in an update's body, or ?ifMatchGeneration= on a \
+         delete), and with ifMatchResourceVersion in an update's body",
+    )))
 }
 
 /// A query string as known key/value pairs. Unknown keys are rejected so typos are noticed.
@@ -413,7 +587,7 @@ mod tests {
             (
                 sandbox_root(r#"{"kind": "oci_image", "source": {"kind": "tarball"}}"#),
                 "backend.sandbox.root.source.kind",
-                "unknown variant `tarball`",
+                "unknown value \"tarball\"; expected one of \"reference\", \"build\"",
             ),
             (
                 sandbox_root(r#"{"kind": "rootfs", "path": "/r", "x": 1}"#),
@@ -448,7 +622,7 @@ mod tests {
             (
                 r#"{"kind": "sandboxx"}"#.into(),
                 "backend.kind",
-                "unknown variant `sandboxx`",
+                "unknown value \"sandboxx\"; expected one of \"sandbox\", \"builtIn\", \"external\"",
             ),
             (
                 r#"{"provider": "browser"}"#.into(),
@@ -499,6 +673,116 @@ mod tests {
         assert_eq!(e.details["field"], "inner.count");
         let e = parse_json::<Body>(b"{not json").unwrap_err();
         assert!(e.message.starts_with("malformed JSON"));
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Typed {
+        #[serde(default)]
+        ttl_ms: Option<u64>,
+        #[serde(default)]
+        generation: Option<i64>,
+        #[serde(default)]
+        port: Option<u16>,
+        #[serde(default)]
+        cpus: Option<f64>,
+        #[serde(default)]
+        on: Option<bool>,
+        #[serde(default)]
+        names: Option<Vec<String>>,
+        #[serde(default)]
+        inner: Option<Inner>,
+        #[serde(default)]
+        profile: Option<nimbus_core::spec::Profile>,
+        #[serde(default)]
+        profiles: Option<Vec<nimbus_core::spec::Profile>>,
+    }
+
+    #[test]
+    fn type_errors_say_what_was_expected_in_words_and_what_came() {
+        for (body, field, says) in [
+            (
+                r#"{"ttlMs": -5}"#,
+                "ttlMs",
+                "expected a whole number of 0 or more, got -5",
+            ),
+            (
+                r#"{"ttlMs": 1.5}"#,
+                "ttlMs",
+                "expected a whole number of 0 or more, got 1.5",
+            ),
+            (
+                r#"{"generation": "1"}"#,
+                "generation",
+                "expected an integer, got the string \"1\"",
+            ),
+            (
+                r#"{"port": 70000}"#,
+                "port",
+                "expected a whole number from 0 to 65535, got 70000",
+            ),
+            (r#"{"cpus": true}"#, "cpus", "expected a number, got true"),
+            (
+                r#"{"on": "yes"}"#,
+                "on",
+                "expected true or false, got the string \"yes\"",
+            ),
+            (
+                r#"{"names": "a"}"#,
+                "names",
+                "expected an array, got the string \"a\"",
+            ),
+            (
+                r#"{"names": {}}"#,
+                "names",
+                "expected an array, got an object",
+            ),
+            (
+                r#"{"names": [null]}"#,
+                "names[0]",
+                "expected a string, got null",
+            ),
+            (
+                r#"{"inner": "br"}"#,
+                "inner",
+                "expected an object, got the string \"br\"",
+            ),
+            (
+                r#"{"inner": []}"#,
+                "inner",
+                "expected an object, got an array",
+            ),
+            (
+                r#"{"inner": {"count": []}}"#,
+                "inner.count",
+                "expected a whole number from 0 to 4294967295, got an array",
+            ),
+            (r#"{"profile": 5}"#, "profile", "expected a string, got 5"),
+            (
+                r#"{"profiles": ["worker", {}]}"#,
+                "profiles[1]",
+                "expected a string, got an object",
+            ),
+            (
+                r#"{"profile": "big"}"#,
+                "profile",
+                "unknown value \"big\"; expected \"worker\" or \"desktop\"",
+            ),
+            // A string value holding serde's own separator is still read right.
+            (
+                r#"{"generation": "x, expected y"}"#,
+                "generation",
+                "expected an integer, got the string \"x, expected y\"",
+            ),
+        ] {
+            let e = parse_json::<Typed>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.details["field"], field, "{body}: {}", e.message);
+            assert_eq!(e.message, format!("{field}: {says}"), "{body}");
+        }
+        // Malformed JSON is still said to be.
+        let e = parse_json::<Typed>(br#"{"profile": }"#).unwrap_err();
+        assert!(e.message.starts_with("malformed JSON"), "{}", e.message);
     }
 
     #[test]

@@ -139,11 +139,15 @@ impl Error {
     }
 
     pub fn already_exists(kind: &str, name: &str) -> Self {
+        // A tenant is its name alone: there is no call that updates one.
+        let advice = if kind == "tenant" {
+            "choose another name, or use the existing one"
+        } else {
+            "choose another name or update the existing one"
+        };
         Error::new(
             ErrorCode::AlreadyExists,
-            format!(
-                "{kind} {name:?} already exists; choose another name or update the existing one"
-            ),
+            format!("{kind} {name:?} already exists; {advice}"),
             json!({ "kind": kind, "name": name }),
         )
     }
@@ -205,6 +209,19 @@ impl Error {
 
     pub fn runtime_unavailable(message: impl Into<String>) -> Self {
         Error::new(ErrorCode::RuntimeUnavailable, message, json!({}))
+    }
+
+    /// The host cannot run container sandboxes: each problem says what is wrong and how to
+    /// fix it, and `details.problems` lists them.
+    pub fn host_unfit(problems: &[String]) -> Self {
+        Error::new(
+            ErrorCode::RuntimeUnavailable,
+            format!(
+                "this host cannot run container sandboxes: {}",
+                problems.join("; ")
+            ),
+            json!({ "problems": problems }),
+        )
     }
 
     /// An unexpected fault. The caller sees a generic message; `cause` goes to the log.
@@ -280,5 +297,26 @@ mod tests {
         assert_eq!(e.code.http_status(), 412);
         assert!(e.message.contains("generation 4, not 3"));
         assert_eq!(e.details["currentGeneration"], 4);
+    }
+
+    #[test]
+    fn a_taken_tenant_name_is_not_advised_an_update() {
+        assert!(Error::already_exists("service", "w")
+            .message
+            .contains("update the existing one"));
+        let e = Error::already_exists("tenant", "demo");
+        assert!(!e.message.contains("update"), "{}", e.message);
+    }
+
+    #[test]
+    fn host_unfit_lists_its_problems_in_details() {
+        let problems = vec!["crun: not found".to_string(), "root: not root".to_string()];
+        let e = Error::host_unfit(&problems);
+        assert_eq!(e.code.http_status(), 503);
+        assert_eq!(
+            e.message,
+            "this host cannot run container sandboxes: crun: not found; root: not root"
+        );
+        assert_eq!(e.details["problems"], json!(problems));
     }
 }

@@ -246,6 +246,13 @@ pub enum Channel {
 }
 
 impl Channel {
+    pub const ALL: [Channel; 4] = [Channel::Stdio, Channel::Files, Channel::Cdp, Channel::Page];
+
+    /// The channel named `name` as requests and records spell it (`stdio`), if there is one.
+    pub fn parse(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Stdio => "stdio",

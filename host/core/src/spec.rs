@@ -722,6 +722,8 @@ impl Profile {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SandboxSpec {
     pub owner: Owner,
+    /// `container` when left out: the guides call it the process-capable default.
+    #[serde(default)]
     pub backend: SandboxBackend,
     pub root: Root,
     pub process: Process,
@@ -751,9 +753,10 @@ pub enum Owner {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub enum SandboxBackend {
+    #[default]
     Container,
     Krun,
 }
@@ -1362,6 +1365,13 @@ mod tests {
     fn the_guide_example_parses_and_validates() {
         let spec = sandbox(base()).unwrap();
         spec.validate("spec").unwrap();
+    }
+
+    #[test]
+    fn a_backend_left_out_is_container() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("backend");
+        assert_eq!(sandbox(v).unwrap().backend, SandboxBackend::Container);
     }
 
     #[test]

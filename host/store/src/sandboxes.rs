@@ -20,8 +20,13 @@ pub struct SandboxFilter {
 }
 
 fn sandbox_quota_exhausted(tenant: &str, live: i64, max_live: u32) -> Error {
+    // The count and the limit apart: a limit lowered below the count is met all the same.
+    let (sandboxes, some) = match live {
+        1 => ("sandbox", "it"),
+        _ => ("sandboxes", "some"),
+    };
     Error::quota_exhausted(
-        format!("tenant {tenant:?} has {live} sandboxes running or pending, its limit; stop or delete some first"),
+        format!("tenant {tenant:?} has {live} {sandboxes} running or pending and its limit is {max_live}; stop or delete {some} first"),
         serde_json::json!({ "kind": "sandbox", "limit": max_live, "current": live }),
     )
 }

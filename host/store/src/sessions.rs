@@ -131,8 +131,13 @@ impl Store {
         .await
         .map_err(db_error)?;
         if open >= i64::from(max_open) {
+            // The count and the limit apart: a limit lowered below the count is met all the same.
+            let (sessions, some) = match open {
+                1 => ("session", "it"),
+                _ => ("sessions", "some"),
+            };
             return Err(Error::quota_exhausted(
-                format!("tenant {tenant:?} has {open} open sessions, its limit; close some first"),
+                format!("tenant {tenant:?} has {open} open {sessions} and its limit is {max_open}; close {some} first"),
                 serde_json::json!({ "kind": "session", "limit": max_open, "current": open }),
             ));
         }

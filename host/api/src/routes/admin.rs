@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::auth::{hash_secret, new_secret, validate_grant};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, NoQuery, QueryParams};
+use crate::extract::{JsonBody, NoQuery, QueryParams, Unconditional};
 use crate::pagination::Paging;
 use crate::wire;
 
@@ -189,6 +189,7 @@ pub async fn create_credential(
 pub async fn list_credentials(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: Unconditional,
     Path(tenant): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -271,6 +272,7 @@ pub async fn revoke_credential(
 pub async fn list_audit(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: Unconditional,
     Path(tenant): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, NoBody, NoQuery, QueryParams};
+use crate::extract::{JsonBody, NoBody, NoQuery, QueryParams, Unconditional};
 use crate::pagination::Paging;
 use crate::{status, wire};
 
@@ -189,23 +189,46 @@ fn check_create(
     }
     body.spec.validate("spec")?;
     validate_labels("labels", &body.labels)?;
-    if body.spec.backend == SandboxBackend::Krun {
-        return Err(Error::not_supported(
-            "the krun backend does not run processes yet: its network egress enforcement is not at parity with the container backend, so it fails closed; use backend \"container\"",
-            serde_json::json!({ "backend": "krun" }),
-        ));
-    }
+    refuse_krun(&body.spec, "spec.backend")?;
     match &app.control {
         Some(control) => {
             if let Some(why) = control.unavailable() {
-                return Err(Error::runtime_unavailable(format!(
-                    "this host cannot run container sandboxes: {why}"
-                )));
+                return Err(host_unfit(&why));
             }
             Ok(("Scheduled", "accepted; the sandbox controller is launching it"))
         }
         None => Ok(("DriverUnavailable", "no sandbox driver is running in this server (server.sandbox_driver = \"none\"); the sandbox is recorded and waits for one")),
     }
+}
+
+/// Refuses a spec on the krun backend, which does not run processes yet: a standalone sandbox
+/// at its create, a service's at the service's create or update (rather than a service
+/// accepted and then relaunched forever). `field` is where the backend sits in the request.
+pub(crate) fn refuse_krun(spec: &SandboxSpec, field: &str) -> Result<(), Error> {
+    if spec.backend == SandboxBackend::Krun {
+        return Err(Error::not_supported(
+            "the krun backend does not run processes yet: its network egress enforcement is not at parity with the container backend, so it fails closed; use backend \"container\"",
+            serde_json::json!({ "backend": "krun", "field": field }),
+        ));
+    }
+    Ok(())
+}
+
+/// What the controller's `unavailable` says starts with this, as the runtime's `HostUnfit`
+/// words it; the error says it once.
+const HOST_UNFIT_PREFIX: &str = "this host cannot run container sandboxes: ";
+
+/// `runtime.unavailable` with the host's problems in `details.problems`: one per line of
+/// `why` (the runtime joins them with "; " today, so they arrive as one).
+fn host_unfit(why: &str) -> Error {
+    let why = why.strip_prefix(HOST_UNFIT_PREFIX).unwrap_or(why);
+    let problems: Vec<String> = why
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    Error::host_unfit(&problems)
 }
 
 fn parse_id(raw: &str) -> Result<SandboxId, Error> {
@@ -240,6 +263,7 @@ pub async fn get(
 pub async fn list(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: Unconditional,
     Path(tenant): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -408,6 +432,7 @@ fn mark_deleted(record: &mut SandboxRecord, now: chrono::DateTime<Utc>) {
 pub async fn logs(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: Unconditional,
     Path((tenant, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<axum::response::Response> {

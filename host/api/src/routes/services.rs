@@ -9,7 +9,9 @@ use chrono::Utc;
 use nimbus_core::authz::{actions, ResourceKind};
 use nimbus_core::lifecycle::{DesiredRunState, ServiceState};
 use nimbus_core::names::Name;
-use nimbus_core::resource::{Health, Meta, Readiness, ServiceRecord};
+use nimbus_core::resource::{
+    set_condition, ConditionStatus, Health, Meta, Readiness, ServiceRecord,
+};
 use nimbus_core::spec::{
     unique_keys, unique_keys_opt, validate_labels, HealthProbe, Labels, ServiceBackend,
 };
@@ -19,7 +21,7 @@ use serde_json::Value;
 
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, NoBody, NoQuery, QueryParams};
+use crate::extract::{JsonBody, NoBody, NoQuery, QueryParams, Unconditional};
 use crate::pagination::Paging;
 use crate::{status, wire};
 
@@ -77,6 +79,7 @@ pub async fn create(
     app.require_tenant(&tenant).await?;
     body.backend.validate("backend", &name)?;
     validate_labels("labels", &body.labels)?;
+    refuse_krun(&body.backend)?;
     let now = Utc::now();
     let meta = Meta::new(tenant.clone(), body.labels, now);
     let mut record = ServiceRecord {
@@ -133,6 +136,7 @@ pub async fn get(
 pub async fn list(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: Unconditional,
     Path(tenant): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -198,6 +202,7 @@ pub async fn update(
         require_operator_for_backend_paths(&app, &p, &tenant, &name, actions::SERVICES_UPDATE, b)
             .await?;
         b.validate("backend", &name)?;
+        refuse_krun(b)?;
     }
     if let Some(l) = &body.labels {
         validate_labels("labels", l)?;
@@ -265,6 +270,7 @@ pub async fn update(
 pub async fn delete(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: Unconditional,
     Path((tenant, name)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -296,7 +302,7 @@ pub async fn delete(
         "allow",
         if force { "force" } else { "" },
     );
-    let record = app
+    let mut record = app
         .store
         .delete_service(
             &tenant,
@@ -321,7 +327,60 @@ pub async fn delete(
         .await?;
     // The service manager stops and removes its sandboxes on its next pass, now.
     app.service_changed();
+    mark_deleted(&mut record, Utc::now());
     Ok(Json(wire::service(&record)))
+}
+
+/// The final object a delete answers with says the service is deleted (its `Ready` condition
+/// `False` with reason `Deleted`, as a deleted sandbox's), not what its record last held: it
+/// is not ready and nothing checks its health any more. A sandbox-backed service whose sandbox
+/// may still run is `stopping`: the service manager stops and removes that sandbox on its
+/// next pass (the delete does not wait for it, unlike a sandbox's). An external service's
+/// state was what its health checks saw, and none follow: `declared`, as before its first.
+fn mark_deleted(record: &mut ServiceRecord, now: chrono::DateTime<Utc>) {
+    let status = &mut record.status;
+    let was = status.lifecycle_state.as_str();
+    let message = match &record.backend {
+        ServiceBackend::Sandbox { .. } => {
+            if matches!(
+                status.lifecycle_state,
+                ServiceState::Starting | ServiceState::Running | ServiceState::Stopping
+            ) {
+                status.lifecycle_state = ServiceState::Stopping;
+                status.health = Health::Unknown;
+                format!("deleted while {was}; the service manager stops and removes its sandbox")
+            } else {
+                format!("deleted while {was}; the service manager removes its ended sandboxes")
+            }
+        }
+        ServiceBackend::External { .. } => {
+            status.lifecycle_state = ServiceState::Declared;
+            status.health = Health::Unknown;
+            format!("deleted while {was}; this server no longer checks its endpoint (which it does not run)")
+        }
+        ServiceBackend::BuiltIn { .. } => format!("deleted while {was}"),
+    };
+    status.readiness = Readiness::NotReady;
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        ConditionStatus::False,
+        "Deleted",
+        message,
+        now,
+        record.meta.generation,
+    );
+}
+
+/// A sandbox-backed service on the krun backend is refused at its create or update, as a
+/// krun sandbox is: accepted, it would be relaunched forever, failing each time.
+fn refuse_krun(backend: &ServiceBackend) -> Result<(), Error> {
+    match backend {
+        ServiceBackend::Sandbox { sandbox } => {
+            super::sandboxes::refuse_krun(sandbox, "backend.sandbox.backend")
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn set_desired(

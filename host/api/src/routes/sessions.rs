@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::app::{tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
-use crate::extract::{JsonBody, NoQuery, QueryParams};
+use crate::extract::{JsonBody, NoQuery, QueryParams, Unconditional};
 use crate::pagination::Paging;
 use crate::wire;
 
@@ -30,7 +30,9 @@ pub const MIN_TTL_MS: u64 = 1000;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OpenSession {
     target: SessionTarget,
-    channels: Vec<Channel>,
+    /// Names, read into [`Channel`]s once the target is known, so that an unknown one is
+    /// refused saying what the target offers.
+    channels: Vec<String>,
     #[serde(default)]
     requested_ttl_ms: Option<u64>,
 }
@@ -64,41 +66,103 @@ fn allowed_channels(backend: &ServiceBackend) -> &'static [Channel] {
     }
 }
 
+/// A service target as messages name it: "sandbox-backed service", "built-in browser
+/// service", "external service".
+fn service_target_kind(backend: &ServiceBackend) -> String {
+    match backend {
+        ServiceBackend::Sandbox { .. } => "sandbox-backed service".to_string(),
+        ServiceBackend::BuiltIn { provider } => format!(
+            "built-in {} service",
+            serde_json::to_value(provider)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ),
+        ServiceBackend::External { .. } => "external service".to_string(),
+    }
+}
+
+/// `kind` with its indefinite article: "a sandbox", "an external service".
+fn with_article(kind: &str) -> String {
+    let vowel = kind
+        .chars()
+        .next()
+        .is_some_and(|c| "aeiouAEIOU".contains(c));
+    format!("{} {kind}", if vowel { "an" } else { "a" })
+}
+
+/// Reads the requested channel names into channels `target_kind` offers (`allowed`): one or
+/// more, each known, offered and listed once. Errors name the channel and the target's kind,
+/// and say what it offers.
 fn check_channels(
-    channels: &[Channel],
+    names: &[String],
     allowed: &[Channel],
     target_kind: &str,
-) -> Result<(), Error> {
-    let offer = || {
-        if allowed.is_empty() {
-            "no channels".to_string()
-        } else {
+) -> Result<Vec<Channel>, Error> {
+    let target = format!("{} target", with_article(target_kind));
+    let offers = if allowed.is_empty() {
+        "no channels: sessions cannot be opened on it".to_string()
+    } else {
+        allowed
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let refuse = |field: &str, channel: Option<&str>, message: String| {
+        let mut e = Error::invalid_argument(field, message);
+        if let Some(c) = channel {
+            e.details.insert("channel".into(), c.into());
+        }
+        e.details.insert("targetKind".into(), target_kind.into());
+        e.details.insert(
+            "offered".into(),
             allowed
                 .iter()
                 .map(|c| c.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
-        }
+                .into(),
+        );
+        e
     };
-    for (i, c) in channels.iter().enumerate() {
-        if channels[..i].contains(c) {
-            return Err(Error::invalid_argument(
-                &format!("channels[{i}]"),
-                format!("channel {:?} is listed twice", c.as_str()),
-            ));
-        }
-        if !allowed.contains(c) {
-            return Err(Error::invalid_argument(
-                &format!("channels[{i}]"),
+    if names.is_empty() {
+        let message = if allowed.is_empty() {
+            format!("{target} offers {offers}")
+        } else {
+            format!("is empty: a session is opened for one or more channels, and {target} offers {offers}")
+        };
+        return Err(refuse("channels", None, message));
+    }
+    let mut channels = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let field = format!("channels[{i}]");
+        let Some(c) = Channel::parse(name) else {
+            let all = Channel::ALL.map(Channel::as_str).join(", ");
+            return Err(refuse(
+                &field,
+                Some(name),
                 format!(
-                    "channel {:?} is not offered by a {target_kind} target, which offers {}",
-                    c.as_str(),
-                    offer()
+                    "unknown channel {name:?}; channels are {all}, and {target} offers {offers}"
                 ),
             ));
+        };
+        if channels.contains(&c) {
+            return Err(refuse(
+                &field,
+                Some(name),
+                format!("channel {name:?} is listed twice"),
+            ));
         }
+        if !allowed.contains(&c) {
+            return Err(refuse(
+                &field,
+                Some(name),
+                format!("channel {name:?} is not offered by {target}, which offers {offers}"),
+            ));
+        }
+        channels.push(c);
     }
-    Ok(())
+    Ok(channels)
 }
 
 fn session_context(s: &SessionRecord) -> Vec<(String, String)> {
@@ -150,19 +214,20 @@ pub async fn open(
             .into());
         }
     }
-    let (snapshot, guard) = match (&body.target.service, &body.target.sandbox) {
+    let (channels, snapshot, guard) = match (&body.target.service, &body.target.sandbox) {
         (Some(s), _) => {
             let service = app
                 .store
                 .get_service(&tenant, &s.name)
                 .await?
                 .ok_or_else(|| Error::not_found("service", s.name.as_str()))?;
-            check_channels(
+            let channels = check_channels(
                 &body.channels,
                 allowed_channels(&service.backend),
-                &format!("{} service", service.backend.kind()),
+                &service_target_kind(&service.backend),
             )?;
             (
+                channels,
                 TargetSnapshot {
                     kind: "service".into(),
                     name: Some(s.name.to_string()),
@@ -182,12 +247,14 @@ pub async fn open(
                 .get_sandbox(&tenant, s.id.as_str())
                 .await?
                 .ok_or_else(|| Error::not_found("sandbox", s.id.as_str()))?;
-            check_channels(&body.channels, &[Channel::Stdio, Channel::Files], "sandbox")?;
+            let channels =
+                check_channels(&body.channels, &[Channel::Stdio, Channel::Files], "sandbox")?;
             let state = sandbox.status.lifecycle_state;
             if state != SandboxState::Ready {
                 return Err(Error::invalid_transition("sandbox", s.id.as_str(), state.as_str(), format!("sandbox {} is {}; sessions need a ready sandbox — wait until status.lifecycleState is \"ready\"", s.id, state.as_str())).into());
             }
             (
+                channels,
                 TargetSnapshot {
                     kind: "sandbox".into(),
                     name: None,
@@ -212,7 +279,7 @@ pub async fn open(
         created_by: p.id.clone(),
         spec: SessionSpec {
             target: body.target,
-            channels: body.channels,
+            channels,
             requested_ttl_ms: ttl_requested,
             ttl_ms,
             ttl_clamped: wanted > MAX_TTL_MS,
@@ -330,6 +397,7 @@ pub async fn get(
 pub async fn list(
     State(app): State<SharedApp>,
     Caller(p): Caller,
+    _: Unconditional,
     Path(tenant): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -377,8 +445,14 @@ pub async fn close(
 ) -> ApiResult<Json<Value>> {
     let tenant = tenant_name(&tenant)?;
     let record = load(&app, &p, &tenant, &id, actions::SESSIONS_CLOSE).await?;
-    if body.reason.trim().is_empty()
-        || body.reason.chars().count() > 1024
+    if body.reason.trim().is_empty() {
+        return Err(Error::invalid_argument(
+            "reason",
+            "is blank: say why the session is closed, in 1-1024 characters; a reason of only spaces (or other whitespace) does not count",
+        )
+        .into());
+    }
+    if body.reason.chars().count() > 1024
         || body
             .reason
             .chars()
@@ -410,4 +484,73 @@ pub async fn close(
         )
         .await?;
     Ok(Json(wire::session(&closed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn channels_are_checked_against_what_the_target_offers() {
+        let sandbox = [Channel::Stdio, Channel::Files];
+        assert_eq!(
+            check_channels(&names(&["files", "stdio"]), &sandbox, "sandbox").unwrap(),
+            vec![Channel::Files, Channel::Stdio]
+        );
+        for (list, allowed, kind, field, says) in [
+            (
+                &[][..],
+                &sandbox[..],
+                "sandbox",
+                "channels",
+                "channels: is empty: a session is opened for one or more channels, and a sandbox target offers stdio, files",
+            ),
+            (
+                &[],
+                &[],
+                "external service",
+                "channels",
+                "channels: an external service target offers no channels: sessions cannot be opened on it",
+            ),
+            (
+                &["bogus"],
+                &sandbox,
+                "sandbox",
+                "channels[0]",
+                "channels[0]: unknown channel \"bogus\"; channels are stdio, files, cdp, page, and a sandbox target offers stdio, files",
+            ),
+            (
+                &["stdio"],
+                &[],
+                "built-in loadBalancer service",
+                "channels[0]",
+                "channels[0]: channel \"stdio\" is not offered by a built-in loadBalancer service target, which offers no channels: sessions cannot be opened on it",
+            ),
+            (
+                &["stdio", "stdio"],
+                &sandbox,
+                "sandbox",
+                "channels[1]",
+                "channels[1]: channel \"stdio\" is listed twice",
+            ),
+        ] {
+            let e = check_channels(&names(list), allowed, kind).unwrap_err();
+            assert_eq!(e.details["field"], field);
+            assert_eq!(e.message, says);
+        }
+    }
+
+    #[test]
+    fn articles_fit_the_word() {
+        assert_eq!(with_article("external service"), "an external service");
+        assert_eq!(with_article("sandbox"), "a sandbox");
+        assert_eq!(
+            with_article("built-in browser service"),
+            "a built-in browser service"
+        );
+    }
 }
