@@ -163,7 +163,8 @@ export interface ResourceLimits {
 /** A sandbox spec as sent in a request. `owner` is generic so service backends can require a service owner. */
 export interface SandboxSpec<Owner extends SandboxOwner = SandboxOwner> {
   owner: Owner;
-  backend: SandboxBackendKind;
+  /** `"container"` (the process-capable default) when left out. */
+  backend?: SandboxBackendKind | undefined;
   root: SandboxRoot;
   process: ProcessSpec;
   network?: NetworkPolicy | undefined;
@@ -172,9 +173,10 @@ export interface SandboxSpec<Owner extends SandboxOwner = SandboxOwner> {
   workloadIdentity?: boolean | undefined;
 }
 
-/** A sandbox spec as returned by the server (launch inputs redacted). */
+/** A sandbox spec as returned by the server (launch inputs redacted; the backend always set). */
 export interface SandboxSpecView<Owner extends SandboxOwner = SandboxOwner>
-  extends Omit<SandboxSpec<Owner>, "process"> {
+  extends Omit<SandboxSpec<Owner>, "process" | "backend"> {
+  backend: SandboxBackendKind;
   process: ProcessView;
 }
 

@@ -58,6 +58,13 @@ async function calls(): Promise<void> {
     void owner;
   }
   await nimbus.services.update({ name: "w", labels: {}, ifMatchGeneration: 1, ifMatchResourceVersion: "7" });
+  // The backend may be left out (it is then container), and always comes back.
+  const plain: Sandbox = await nimbus.sandboxes.create({
+    profile: "worker",
+    spec: { owner: { kind: "standalone" }, root: { kind: "rootfs", path: "/r" }, process: { argv: ["x"] } },
+  });
+  const kind: "container" | "krun" = plain.spec.backend;
+  void kind;
   const count: number = sb.spec.process.argv.valueCount;
   void count;
   // @ts-expect-error argv comes back redacted, not as strings
