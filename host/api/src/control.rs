@@ -40,8 +40,9 @@ pub trait ServiceControl: Send + Sync {
 }
 
 pub trait SandboxControl: Send + Sync {
-    /// Why sandboxes cannot run on this host right now (`runtime.unavailable`), if they cannot.
-    fn unavailable(&self) -> Option<String>;
+    /// What stops sandboxes from running on this host right now (`runtime.unavailable`), one
+    /// problem each, if anything does.
+    fn unavailable(&self) -> Option<Vec<String>>;
     /// Sandbox `id` with `spec` is being recorded as `pending`: launch it. The launch may
     /// prepare while the record is written, and starts the process only once `commit` says the
     /// write committed (it is undone if not).

@@ -847,8 +847,8 @@ impl ProgressWriter {
 pub struct ControlHandle(pub Arc<SandboxController>);
 
 impl SandboxControl for ControlHandle {
-    fn unavailable(&self) -> Option<String> {
-        self.0.cached_preflight()
+    fn unavailable(&self) -> Option<Vec<String>> {
+        self.0.runtime.recent_preflight().err().map(|e| e.problems)
     }
 
     fn launch(&self, tenant: Name, id: SandboxId, spec: SandboxSpec, commit: Commit) {

@@ -192,8 +192,8 @@ fn check_create(
     refuse_krun(&body.spec, "spec.backend")?;
     match &app.control {
         Some(control) => {
-            if let Some(why) = control.unavailable() {
-                return Err(host_unfit(&why));
+            if let Some(problems) = control.unavailable() {
+                return Err(Error::host_unfit(&problems));
             }
             Ok(("Scheduled", "accepted; the sandbox controller is launching it"))
         }
@@ -212,23 +212,6 @@ pub(crate) fn refuse_krun(spec: &SandboxSpec, field: &str) -> Result<(), Error> 
         ));
     }
     Ok(())
-}
-
-/// What the controller's `unavailable` says starts with this, as the runtime's `HostUnfit`
-/// words it; the error says it once.
-const HOST_UNFIT_PREFIX: &str = "this host cannot run container sandboxes: ";
-
-/// `runtime.unavailable` with the host's problems in `details.problems`: one per line of
-/// `why` (the runtime joins them with "; " today, so they arrive as one).
-fn host_unfit(why: &str) -> Error {
-    let why = why.strip_prefix(HOST_UNFIT_PREFIX).unwrap_or(why);
-    let problems: Vec<String> = why
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    Error::host_unfit(&problems)
 }
 
 fn parse_id(raw: &str) -> Result<SandboxId, Error> {
