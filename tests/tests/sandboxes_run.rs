@@ -424,6 +424,57 @@ db.commit()
         .arg(id));
 }
 
+/// Marks sandbox `id`'s record as a delete does before its teardown (the `Deleting`
+/// condition), as if the server had been killed right after.
+fn mark_deleting(s: &Server, id: &str) {
+    let script = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+(doc,) = db.execute("SELECT doc FROM sandboxes WHERE id = ?", (sys.argv[2],)).fetchone()
+doc = json.loads(doc)
+mark = dict(doc["status"]["conditions"][0])
+mark.update({"type": "Deleting", "status": "True", "reason": "DeleteRequested"})
+doc["status"]["conditions"].append(mark)
+db.execute("UPDATE sandboxes SET doc = ? WHERE id = ?", (json.dumps(doc), sys.argv[2]))
+db.commit()
+"#;
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(s.data_dir().join("nimbus.db"))
+        .arg(id));
+}
+
+/// A delete the server was killed in (its record marked, its teardown cut off) is finished by
+/// the next start: the record goes with the host state, instead of the sandbox staying as if
+/// its process had failed.
+#[tokio::test]
+async fn a_delete_cut_off_by_a_crash_is_finished_at_the_next_start() {
+    let reg = registry_with_busybox();
+    let mut s = Server::start().await;
+    let id = running(&s, &reg, &["sh", "-c", "echo up; exec sleep 600"]).await;
+    s.kill9();
+    mark_deleting(&s, &id);
+    s.restart().await;
+    let (st, body) = s.call("GET", &format!("{T}/sandboxes/{id}"), None).await;
+    assert_eq!(st, 404, "{body}\n{}", s.log());
+    assert_eq!(count_monitors(&s), 0, "its monitor is gone");
+    assert!(
+        !s.data_dir()
+            .join(format!("runtime/sandboxes/{id}"))
+            .exists(),
+        "its state dir is gone"
+    );
+    let (st, audit) = s
+        .call("GET", "/v1/tenants/demo/audit?limit=1000", None)
+        .await;
+    assert_eq!(st, 200, "{audit}");
+    assert!(
+        audit.to_string().contains("finished a delete"),
+        "no audit event for the finished delete: {audit}"
+    );
+}
+
 #[tokio::test]
 async fn a_sandbox_started_before_its_launch_recorded_creating_is_started_afresh_after_a_crash() {
     let reg = registry_with_busybox();

@@ -16,9 +16,12 @@ use nimbus_api::control::{
     already_committed, committed, Attached, BoxFuture, Commit, FileEntry, OutputEnded,
     SandboxControl, SandboxFiles,
 };
+use nimbus_core::authz::actions;
 use nimbus_core::lifecycle::{SandboxEvent, SandboxState};
 use nimbus_core::names::{Name, SandboxId};
-use nimbus_core::resource::{set_condition, ConditionStatus, Endpoint, Readiness, SandboxRecord};
+use nimbus_core::resource::{
+    set_condition, AuditEvent, ConditionStatus, Endpoint, Readiness, SandboxRecord,
+};
 use nimbus_core::spec::SandboxSpec;
 use nimbus_core::{Error, ErrorCode};
 use nimbus_runtime::attach::{Attachment, OutputEnd};
@@ -92,6 +95,7 @@ impl SandboxController {
     }
 
     async fn adopt(self: &Arc<Self>) -> Result<(), Error> {
+        self.finish_cut_off_deletes().await?;
         let records = self.store.live_sandboxes().await?;
         let known: HashSet<String> = records.iter().map(|r| r.id.to_string()).collect();
         // Host state without a record: deleted while the server was down.
@@ -401,6 +405,42 @@ impl SandboxController {
 
     fn cached_preflight(&self) -> Option<String> {
         self.runtime.recent_preflight().err().map(|e| e.to_string())
+    }
+
+    /// Finishes the deletes the previous server was cut off in (their records carry
+    /// [`nimbus_core::resource::DELETING_CONDITION`]): the host state goes, then the record. One whose teardown fails
+    /// again stays marked, for a retried delete or the next start.
+    async fn finish_cut_off_deletes(&self) -> Result<(), Error> {
+        for r in self.store.sandboxes_being_deleted().await? {
+            let tenant = r.meta.tenant_id.clone();
+            tracing::info!(sandbox = %r.id, "finishing a delete a restart cut off");
+            if let Err(e) = self.runtime.delete(&r.id).await {
+                tracing::warn!(sandbox = %r.id, error = %e, "could not finish the delete of a sandbox; deleting it again retries");
+                continue;
+            }
+            let audit = AuditEvent {
+                tenant_id: tenant.to_string(),
+                time: Utc::now(),
+                actor: "server".into(),
+                action: actions::SANDBOXES_DELETE.into(),
+                target: format!("sandbox/{}", r.id),
+                decision: "allow".into(),
+                reason: "finished a delete the server's restart cut off".into(),
+            };
+            match self
+                .store
+                .delete_sandbox(&tenant, r.id.as_str(), |_| Ok(()), &audit)
+                .await
+            {
+                Ok(_)
+                | Err(Error {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Launches sandbox `id`: with `spec` when the create hands it over while its record is

@@ -69,6 +69,11 @@ pub struct Condition {
     pub observed_generation: i64,
 }
 
+/// The condition a sandbox carries from the moment its delete is asked for until its record
+/// goes: a delete cut off by the server's end is finished by the next start, instead of the
+/// sandbox staying as if its process had failed.
+pub const DELETING_CONDITION: &str = "Deleting";
+
 /// Sets condition `kind`, keeping `lastTransitionTime` when its status did not change.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,

@@ -162,6 +162,22 @@ impl Store {
         Ok(paginate(items, limit, |s| s.id.to_string()))
     }
 
+    /// Every sandbox whose delete was asked for and not finished (its condition
+    /// [`nimbus_core::resource::DELETING_CONDITION`] is there), in any state and tenant: a
+    /// delete the server's end cut off, for the next start to finish.
+    pub async fn sandboxes_being_deleted(&self) -> Result<Vec<SandboxRecord>, Error> {
+        let docs: Vec<String> = sqlx::query_scalar(
+            "SELECT doc FROM sandboxes WHERE EXISTS (SELECT 1 FROM \
+             json_each(doc, '$.status.conditions') WHERE json_extract(value, '$.type') = ?) \
+             ORDER BY id",
+        )
+        .bind(nimbus_core::resource::DELETING_CONDITION)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_error)?;
+        docs.iter().map(|d| from_doc(d)).collect()
+    }
+
     /// Every sandbox not yet in a terminal state, in every tenant (for controllers).
     pub async fn live_sandboxes(&self) -> Result<Vec<SandboxRecord>, Error> {
         let docs: Vec<String> = sqlx::query_scalar(

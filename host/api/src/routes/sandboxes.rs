@@ -7,7 +7,9 @@ use chrono::Utc;
 use nimbus_core::authz::{actions, ResourceKind};
 use nimbus_core::lifecycle::SandboxState;
 use nimbus_core::names::SandboxId;
-use nimbus_core::resource::{set_condition, ConditionStatus, Meta, Readiness, SandboxRecord};
+use nimbus_core::resource::{
+    set_condition, ConditionStatus, Meta, Readiness, SandboxRecord, DELETING_CONDITION,
+};
 use nimbus_core::spec::{
     unique_keys, validate_labels, Labels, Owner, Profile, SandboxBackend, SandboxSpec,
 };
@@ -376,6 +378,29 @@ pub async fn delete(
     // holding the tenant's quota.
     let (control, store) = (app.control.clone(), app.store.clone());
     let deleting = tokio::spawn(async move {
+        // Recorded first: a server that ends mid-delete (killed, the host down) leaves the
+        // mark, and the next start finishes the delete.
+        store
+            .update_sandbox(
+                &tenant,
+                id.as_str(),
+                |r| {
+                    let now = Utc::now();
+                    set_condition(
+                        &mut r.status.conditions,
+                        DELETING_CONDITION,
+                        ConditionStatus::True,
+                        "DeleteRequested",
+                        "its delete was asked for: its process is being stopped and its host state removed",
+                        now,
+                        r.meta.generation,
+                    );
+                    r.meta.updated_at = now;
+                    Ok(())
+                },
+                None,
+            )
+            .await?;
         if let Some(control) = &control {
             control.teardown(&id).await?;
         }
