@@ -455,6 +455,13 @@ async fn conditional_request_headers_are_refused_pointing_to_if_match_generation
             c.post(url("services/worker/start")).header("If-Match", "*"),
             "ifMatchGeneration",
         ),
+        // The files channel too (refused before the session is even looked up).
+        (
+            c.put(url("sessions/ses_00000000000000000000000000/files/a.txt"))
+                .body("x")
+                .header("If-None-Match", "*"),
+            "ifMatchGeneration",
+        ),
     ];
     for (req, says) in cases {
         let r = send(req.bearer_auth(t)).await;

@@ -365,6 +365,7 @@ pub fn router(app: SharedApp) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(no_body_on_reads_and_deletes))
+        .layer(axum::middleware::from_fn(no_conditional_headers))
         .layer(axum::middleware::map_response(json_rejections))
         .with_state(app)
 }
@@ -372,6 +373,18 @@ pub fn router(app: SharedApp) -> Router {
 /// GET, HEAD and DELETE take no request body: one (other than empty or `{}`) is refused with
 /// 400 before the call runs, as on the POSTs that take none, instead of being ignored while the
 /// call (a delete, a revocation) goes ahead.
+/// Refuses HTTP's conditional request headers on every route, the files channel's included
+/// (see [`extract::refuse_conditional_headers`]).
+async fn no_conditional_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match extract::refuse_conditional_headers(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => axum::response::IntoResponse::into_response(refused),
+    }
+}
+
 async fn no_body_on_reads_and_deletes(
     request: axum::extract::Request,
     next: axum::middleware::Next,
