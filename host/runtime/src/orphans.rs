@@ -86,7 +86,7 @@ fn remove_orphan_roots_under(root: &Path) -> Vec<String> {
             .flat_map(|dirs| dirs.split(':'))
             .map(Path::new)
             .collect();
-        if !layers.iter().any(|l| l.starts_with(&root) && !l.exists()) {
+        if !state_dir_vanished(&layers, id, &root) {
             continue;
         }
         remove_root_mount(id);
@@ -95,6 +95,28 @@ fn remove_orphan_roots_under(root: &Path) -> Vec<String> {
         removed.push(id.to_string());
     }
     removed
+}
+
+/// Whether sandbox `id`, whose root mount names `layers` (lower and upper dirs), belongs to a
+/// data dir under `root` whose state for it is gone: its `<data>/runtime/sandboxes/<id>`, found
+/// from the layers under `root`. Not whether the layer paths exist: an image's layers are
+/// mounted through idmapped mounts that are detached once the root is mounted, so a live
+/// sandbox's lower dirs do not exist as paths.
+fn state_dir_vanished(layers: &[&Path], id: &str, root: &Path) -> bool {
+    layers.iter().filter(|l| l.starts_with(root)).any(|layer| {
+        let Some(text) = layer.to_str() else {
+            return false;
+        };
+        // Everything below a data dir's `runtime/` is named by Nimbus (hex, ids), so the last
+        // `/runtime/` in the path is the data dir's.
+        match text.rfind("/runtime/") {
+            Some(at) => !Path::new(&text[..at])
+                .join("runtime/sandboxes")
+                .join(id)
+                .exists(),
+            None => !layer.exists(),
+        }
+    })
 }
 
 /// Unmounts sandbox `id`'s root filesystem and removes its mount points: `<id>/root` under its
@@ -234,4 +256,33 @@ fn monitor_dir(pid: i32, args: &[String]) -> Option<PathBuf> {
     Some(PathBuf::from(
         cwd.strip_suffix(" (deleted)").unwrap_or(&cwd),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live sandbox's idmapped lower dirs do not exist as paths (the mounts are detached once
+    /// the root is mounted): that alone must not make it an orphan; its state dir gone does.
+    #[test]
+    fn a_root_is_orphaned_by_its_state_dir_not_by_lower_dirs_that_are_not_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let state = root.join("data/runtime/sandboxes/sbx_1");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(root.join("data/runtime/images/layers/aa")).unwrap();
+        let idmapped = state.join("idmapped/0/bb");
+        let plain = root.join("data/runtime/images/layers/aa");
+        let upper = state.join("upper");
+        let layers = [idmapped.as_path(), plain.as_path(), upper.as_path()];
+        assert!(!state_dir_vanished(&layers, "sbx_1", root));
+        std::fs::remove_dir_all(&state).unwrap();
+        assert!(state_dir_vanished(&layers, "sbx_1", root));
+        // The whole data dir gone (a test's temporary dir removed).
+        std::fs::remove_dir_all(root.join("data")).unwrap();
+        assert!(state_dir_vanished(&layers[1..2], "sbx_1", root));
+        // Layers outside `root` are another data dir's business.
+        let elsewhere = Path::new("/nonexistent/runtime/sandboxes/sbx_1/upper");
+        assert!(!state_dir_vanished(&[elsewhere], "sbx_1", root));
+    }
 }
