@@ -265,7 +265,7 @@ async fn write(
                 json!({ "uploadsInFlight": MAX_UPLOADS_IN_FLIGHT }),
             )
         })?;
-    let bytes = tokio::time::timeout(UPLOAD_DEADLINE, axum::body::to_bytes(body, MAX_UPLOAD))
+    let bytes = tokio::time::timeout(UPLOAD_DEADLINE, read_upload(body, declared))
         .await
         .map_err(|_| {
             Error::invalid_argument(
@@ -304,6 +304,23 @@ async fn write(
     Ok(axum::response::IntoResponse::into_response(Json(
         json!({ "path": shown, "size": size }),
     )))
+}
+
+/// The upload's body, read into one buffer sized by its declared length: `to_bytes` keeps the
+/// received chunks and copies them into a new buffer at the end, twice the upload's size at
+/// that moment, which would break the memory bound [`MAX_UPLOADS_IN_FLIGHT`] sets.
+async fn read_upload(body: Body, declared: u64) -> Result<Vec<u8>, String> {
+    use futures_util::StreamExt;
+    let mut out = Vec::with_capacity(declared.min(MAX_UPLOAD as u64) as usize);
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        if out.len() + chunk.len() > MAX_UPLOAD {
+            return Err("the body is over the limit".into());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 async fn delete(files: Box<dyn SandboxFiles>, path: String) -> Result<Response, Error> {
