@@ -306,7 +306,12 @@ impl SandboxFiles {
     /// Writes `bytes` to `path` (mode 0644), creating missing parent directories (0755), and
     /// replacing an existing file in one step. Returns the size written. A write that fails
     /// (a full disk, a bad name) leaves nothing: neither the file nor the directories it made.
-    pub fn write(&self, path: &str, bytes: impl Read) -> Result<u64, FileError> {
+    pub fn write(&self, path: &str, bytes: &[u8]) -> Result<u64, FileError> {
+        self.write_from(path, bytes, bytes.len() as u64)
+    }
+
+    /// [`Self::write`] from a reader of `len` bytes (what the free-space check counts).
+    pub fn write_from(&self, path: &str, bytes: impl Read, len: u64) -> Result<u64, FileError> {
         let rel = components(path)?;
         outside_mounts(path, &rel)?;
         let Some((name, parents)) = rel.split_last() else {
@@ -320,7 +325,7 @@ impl SandboxFiles {
         }
         if let Some((reserve, dir)) = &self.room {
             reserve
-                .ensure_room(dir, 0, &format!("the upload of {path}"))
+                .ensure_room(dir, len, &format!("the upload of {path}"))
                 .map_err(|e| match e.kind() {
                     std::io::ErrorKind::StorageFull => FileError::HostUnfit(e.to_string()),
                     _ => io(path, e),
@@ -630,7 +635,7 @@ mod tests {
             seen: None,
             sent: false,
         };
-        assert_eq!(files.write("/new/dir/f.txt", &mut body).unwrap(), 2);
+        assert_eq!(files.write_from("/new/dir/f.txt", &mut body, 2).unwrap(), 2);
         let seen = body.seen.unwrap();
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert!(seen[0].starts_with(".nimbus-upload-"), "{seen:?}");
@@ -682,6 +687,35 @@ mod tests {
             "{:?}",
             left_in(root.path())
         );
+    }
+
+    /// The free-space check counts the upload itself: one that would take the host into the
+    /// reserve is refused, not only the uploads after it.
+    #[test]
+    fn an_upload_that_would_reach_into_the_reserve_is_refused() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let (root, journal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let host = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(host.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let files = files_over(root.path(), journal.path()).with_room_check(
+            crate::disk_reserve::DiskReserve::new(32 << 20),
+            host.path().to_path_buf(),
+        );
+        let big = files.write("/big", &vec![7u8; 40 << 20]);
+        let small = files.write("/small", &[7u8; 1024]);
+        let _ = nix::mount::umount2(host.path(), nix::mount::MntFlags::MNT_DETACH);
+        let err = big.unwrap_err();
+        assert!(matches!(err, FileError::HostUnfit(_)), "{err}");
+        assert!(!root.path().join("big").exists());
+        assert_eq!(small.unwrap(), 1024);
     }
 
     /// A sandbox disk is a sparse image: on a host file system without room for it to grow,
