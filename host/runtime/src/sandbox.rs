@@ -1741,6 +1741,18 @@ fn check_network_unchanged(root: &Path, bridge: &str, subnet: &str) -> Result<()
                 before.subnet
             ));
         }
+        // Nothing is on the old network: the bridge's old gateway address (this server's own,
+        // as recorded) goes, so that the new one can take the bridge.
+        if before.bridge == now.bridge {
+            if let Ok(old) = crate::network::Subnet::parse(&before.subnet) {
+                let address = format!("{}/{}", old.gateway(), old.prefix);
+                let _ = std::process::Command::new("ip")
+                    .args(["addr", "del", &address, "dev", &before.bridge])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                tracing::info!(bridge = %before.bridge, %address, "runtime.subnet changed: removed the earlier gateway address from the bridge");
+            }
+        }
     } else if path.exists() {
         return Ok(());
     }
