@@ -455,6 +455,11 @@ async fn conditional_request_headers_are_refused_pointing_to_if_match_generation
             c.post(url("services/worker/start")).header("If-Match", "*"),
             "ifMatchGeneration",
         ),
+        (
+            c.delete(url("services/worker?ifMatchGeneration=1&force=true"))
+                .header("If-Unmodified-Since", "Wed, 01 Jan 2020 00:00:00 GMT"),
+            "ifMatchGeneration",
+        ),
         // The files channel too (refused before the session is even looked up).
         (
             c.put(url("sessions/ses_00000000000000000000000000/files/a.txt"))

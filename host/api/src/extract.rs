@@ -238,11 +238,13 @@ fn received_in_words(got: &str) -> String {
             .and_then(|r| r.strip_prefix(" `"))
             .and_then(|r| r.strip_suffix('`'))
     };
-    if let Some(v) = quoted("integer")
-        .or_else(|| quoted("floating point"))
-        .or_else(|| quoted("boolean"))
-    {
+    if let Some(v) = quoted("integer").or_else(|| quoted("boolean")) {
         return v.to_string();
+    }
+    // `1e3`, `-0` and integers past 2^64 arrive as floating point: say so, or "expected a
+    // whole number, got 1000.0" reads as a contradiction.
+    if let Some(v) = quoted("floating point") {
+        return format!("{v} (a number with a fraction or an exponent, or too large)");
     }
     if let Some(s) = got.strip_prefix("string ") {
         return format!("the string {s}");
@@ -379,11 +381,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Unconditional {
 /// not. The API's own preconditions are `ifMatchGeneration` (an update's body, a delete's
 /// query) and `ifMatchResourceVersion` (an update's body).
 pub fn refuse_conditional_headers(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    use axum::http::header::IF_UNMODIFIED_SINCE;
     use axum::http::header::{IF_MATCH, IF_NONE_MATCH};
     let name = if headers.contains_key(IF_MATCH) {
         "If-Match"
     } else if headers.contains_key(IF_NONE_MATCH) {
         "If-None-Match"
+    } else if headers.contains_key(IF_UNMODIFIED_SINCE) {
+        "If-Unmodified-Since"
     } else {
         return Ok(());
     };
@@ -710,7 +715,12 @@ mod tests {
             (
                 r#"{"ttlMs": 1.5}"#,
                 "ttlMs",
-                "expected a whole number of 0 or more, got 1.5",
+                "expected a whole number of 0 or more, got 1.5 (a number with a fraction or an exponent, or too large)",
+            ),
+            (
+                r#"{"ttlMs": 1e3}"#,
+                "ttlMs",
+                "expected a whole number of 0 or more, got 1000.0 (a number with a fraction or an exponent, or too large)",
             ),
             (
                 r#"{"generation": "1"}"#,
