@@ -324,7 +324,7 @@ fn broken(e: &axum::Error) -> Option<InputEnd> {
             Some(tungstenite::Error::Utf8(_)) => {
                 return Some(InputEnd::Broken {
                     code: 1007,
-                    why: "a text message that is not UTF-8; send bytes as binary messages".into(),
+                    why: "a text message (or close reason) that is not UTF-8; send bytes as binary messages".into(),
                 })
             }
             _ => {}
