@@ -201,11 +201,11 @@ fn registries_conf(dockerfile: &str, config: &RuntimeConfig) -> Option<String> {
             .entry(registry.clone())
             .or_insert_with(|| (plain_http(registry), Vec::new()));
         for m in mirrors {
-            let host = m
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/');
-            entry.1.push((host.to_string(), m.starts_with("http://")));
+            // Plain HTTP where pulls use it (see `RegistryClient::endpoints`).
+            let (host, says_http) = crate::registry::mirror_host(m);
+            entry
+                .1
+                .push((host.to_string(), says_http || plain_http(host)));
         }
     }
     if registries.is_empty() {

@@ -297,6 +297,16 @@ impl Credentials {
     }
 }
 
+/// A `runtime.mirrors` entry's host, and whether it says plain HTTP itself (`http://`); one
+/// without a scheme is plain HTTP only where its host is (loopback, `insecure_registries`).
+pub(crate) fn mirror_host(mirror: &str) -> (&str, bool) {
+    let host = mirror
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    (host, mirror.starts_with("http://"))
+}
+
 /// `https://index.docker.io/v1/` → `docker.io`; `https://host:5000` → `host:5000`.
 fn normalise_auth_key(key: &str) -> String {
     let k = key
@@ -393,15 +403,8 @@ impl RegistryClient {
     fn endpoints(&self, r: &ImageRef) -> Vec<Endpoint> {
         let mut out = Vec::new();
         for m in self.mirrors.get(&r.registry).into_iter().flatten() {
-            let host = m
-                .trim_start_matches("https://")
-                .trim_start_matches("http://")
-                .trim_end_matches('/');
-            let scheme = if m.starts_with("http://") {
-                "http"
-            } else {
-                self.scheme_for(host)
-            };
+            let (host, plain) = mirror_host(m);
+            let scheme = if plain { "http" } else { self.scheme_for(host) };
             out.push(Endpoint {
                 host: host.to_string(),
                 base: format!("{scheme}://{host}"),
