@@ -423,11 +423,12 @@ impl SandboxFiles {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let outcome = (|| {
             if let Some(journal) = &self.journal {
-                *entry = Some(
-                    journal
-                        .begin(parents, made, &tmp)
-                        .map_err(|e| FileError::HostUnfit(format!("{path}: not written: {e}")))?,
-                );
+                *entry = Some(journal.begin(parents, made, &tmp).map_err(|e| {
+                    FileError::HostUnfit(format!(
+                        "{path}: not written: {e} (free space on the host's file system \
+                         holding the data dir, then upload again)"
+                    ))
+                })?);
             }
             self.chown(&fd, path)?;
             let mut file = File::from(fd);
@@ -438,7 +439,8 @@ impl SandboxFiles {
             file.sync_data().map_err(|e| match e.raw_os_error() {
                 Some(libc::EIO) => FileError::HostUnfit(format!(
                     "{path}: not written: the sandbox's disk could not store it (an I/O error; \
-                     the host file system holding the sandbox disks may be full)"
+                     the host file system holding the sandbox disks may be full: free space \
+                     there, then upload again)"
                 )),
                 _ => io(path, e),
             })?;
