@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-use crate::config::{is_plugin_id, is_version, version_key, without_leading_zeros};
+use crate::config::{is_plugin_id, version_key, version_problem};
 use crate::wasm::{self, Prepared};
 
 /// What `nimbus plugin list` shows for one installed version.
@@ -450,6 +450,17 @@ impl Catalog {
             };
             bail!("the file is not a WebAssembly component: it is {what}");
         }
+        // A damaged file is said to be damaged, before anything it would have named (its id
+        // and version) is asked for.
+        if let Some(Err(e)) = wasmparser::Parser::new(0)
+            .parse_all(bytes)
+            .find(Result::is_err)
+        {
+            bail!(
+                "the file is not a whole WebAssembly component ({e}); it may be truncated or \
+                 corrupted: build or copy it again"
+            );
+        }
         let embedded = embedded_metadata(bytes);
         let id = id
             .map(str::to_string)
@@ -477,15 +488,8 @@ impl Catalog {
         if !is_plugin_id(id) {
             bail!("{id:?} is not a plugin id: use 1-64 lowercase letters, digits and '-', starting with a letter");
         }
-        if !is_version(version) {
-            bail!("{version:?} is not a version like 0.1.0");
-        }
-        // Semver's rule: 01.2.3 (or 1.2.3-rc.01) would be a second spelling (and directory)
-        // of 1.2.3 (1.2.3-rc.1), sorting equal to it.
-        if let Some(plain) = without_leading_zeros(version) {
-            bail!(
-                "{version:?} is not a version: its numbers may not have leading zeros (write {plain})"
-            );
+        if let Some(problem) = version_problem(version) {
+            bail!("{version:?} is {problem}");
         }
         let sha = sha256_hex(bytes);
         let component = wasm::compile(engine, bytes)
@@ -653,6 +657,10 @@ impl Catalog {
             Some((i, v)) => (i, Some(v)),
             None => (spec, None),
         };
+        // A misspelt version is not "not installed": say how to write it.
+        if let Some(problem) = version.and_then(version_problem) {
+            bail!("{spec:?}: the version after '@' is {problem}");
+        }
         Ok(self
             .scan()?
             .into_iter()
@@ -1248,6 +1256,28 @@ mod tests {
             .map(|p| p.version)
             .collect();
         assert_eq!(versions, ["0.10.0"]);
+        // Naming a version that way is refused the same way, not answered "not installed".
+        let e = catalog.resolve("deny-all@00.10.0").unwrap_err().to_string();
+        assert!(e.contains("(write 0.10.0)"), "{e}");
+        let e = catalog.remove("deny-all@0.10").unwrap_err().to_string();
+        assert!(e.contains("not a version like 0.1.0"), "{e}");
+        assert_eq!(catalog.resolve("deny-all@0.10.0").unwrap().len(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_truncated_component_is_called_damaged_before_its_id_is_asked_for() {
+        let dir = temp_dir("truncated");
+        let engine = crate::engine::engine().unwrap();
+        let catalog = Catalog::open(&dir).unwrap();
+        let whole = deny_all();
+        let e = catalog
+            .install(engine, &whole[..whole.len() / 2], None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated or corrupted"), "{e}");
+        assert!(!e.contains("--id"), "{e}");
+        assert!(catalog.list().unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -301,8 +301,8 @@ fn validate_slot(key: &str, slot: &SlotConfig) -> anyhow::Result<()> {
         );
     }
     if let Some(v) = &slot.version {
-        if !is_version(v) {
-            bail!("{key}.version = {v:?}: not a version like 0.1.0");
+        if let Some(problem) = version_problem(v) {
+            bail!("{key}.version = {v:?}: {problem}");
         }
     }
     if let Some(s) = &slot.sha256 {
@@ -375,6 +375,18 @@ pub fn is_version(s: &str) -> bool {
                     !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 })
         })
+}
+
+/// What is wrong with `v` as a plugin version, if anything, in words that say how to write it.
+/// Semver's rule on leading zeros holds: 01.2.3 (or 1.2.3-rc.01) would be a second spelling
+/// (and directory) of 1.2.3 (1.2.3-rc.1), sorting equal to it.
+pub(crate) fn version_problem(v: &str) -> Option<String> {
+    if !is_version(v) {
+        return Some("not a version like 0.1.0".into());
+    }
+    without_leading_zeros(v).map(|plain| {
+        format!("not a version: its numbers may not have leading zeros (write {plain})")
+    })
 }
 
 /// One dot-separated identifier of a pre-release, ordered as semver orders them: numeric ones
@@ -577,6 +589,15 @@ mod tests {
         assert!(version_key("0.10.0") > version_key("0.9.3"));
         assert!(version_key("1.0.0") > version_key("1.0.0-rc.1"));
         assert!(is_version("0.1.0") && !is_version("0.1") && !is_version("v0.1.0"));
+    }
+
+    #[test]
+    fn a_pinned_version_with_leading_zeros_is_refused_saying_how_to_write_it() {
+        let e = parse("[authz]\nplugin = \"p\"\nversion = \"01.2.3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("authz.version = \"01.2.3\""), "{e}");
+        assert!(e.contains("(write 1.2.3)"), "{e}");
     }
 
     #[test]
