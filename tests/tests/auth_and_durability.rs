@@ -165,6 +165,18 @@ async fn exact_grants_decide_session_opens() {
         403,
         "auth.permission_denied",
     );
+    // The refusal is audited under what the session was to reach.
+    let (_, audit) = s.call("GET", &format!("{T}/audit?limit=1000"), None).await;
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "sessions.open"
+                && e["decision"] == "deny"
+                && e["target"] == "service/worker2"),
+        "{audit}"
+    );
     // Denied before existence: an unknown name is also 403, not 404.
     assert_error(
         &s.call_as(

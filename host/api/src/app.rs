@@ -102,6 +102,24 @@ impl App {
         name: Option<&str>,
         context: Vec<(String, String)>,
     ) -> Result<(), Error> {
+        let target = target_of(kind, name);
+        self.authorize_audited_as(principal, action, tenant, kind, name, context, &target)
+            .await
+    }
+
+    /// [`App::authorize`] for a request whose denial is best audited under another target than
+    /// the resource it asks about: opening a session names the service or sandbox to reach.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn authorize_audited_as(
+        &self,
+        principal: &Principal,
+        action: &str,
+        tenant: &Name,
+        kind: ResourceKind,
+        name: Option<&str>,
+        context: Vec<(String, String)>,
+        audited_target: &str,
+    ) -> Result<(), Error> {
         let request = AuthzRequest {
             principal: principal.clone(),
             action: action.to_string(),
@@ -121,9 +139,9 @@ impl App {
             .first()
             .cloned()
             .unwrap_or_else(|| "the policy denied the request".into());
-        tracing::info!(actor = %principal.id, action, tenant = %tenant, reason, "denied");
+        tracing::info!(actor = %principal.id, action, tenant = %tenant, target = audited_target, reason, "denied");
         Err(self
-            .refuse(principal, action, tenant, kind, name, &reason)
+            .refuse_audited_as(principal, action, tenant, audited_target, &reason)
             .await)
     }
 
@@ -139,8 +157,20 @@ impl App {
         reason: &str,
     ) -> Error {
         let target = target_of(kind, name);
+        self.refuse_audited_as(principal, action, tenant, &target, reason)
+            .await
+    }
+
+    async fn refuse_audited_as(
+        &self,
+        principal: &Principal,
+        action: &str,
+        tenant: &Name,
+        target: &str,
+        reason: &str,
+    ) -> Error {
         self.audit_denial(
-            self.event(principal, tenant, action, &target, "deny", reason),
+            self.event(principal, tenant, action, target, "deny", reason),
             Some(principal),
         )
         .await;

@@ -194,13 +194,16 @@ pub async fn open(
         ("targetKind".to_string(), kind.to_string()),
         ("targetName".to_string(), key.clone()),
     ];
-    app.authorize(
+    // A refusal is audited under what the session was to reach: that is what a reader of the
+    // audit log asks about.
+    app.authorize_audited_as(
         &p,
         actions::SESSIONS_OPEN,
         &tenant,
         ResourceKind::Session,
         None,
         context,
+        &format!("{kind}/{key}"),
     )
     .await?;
     app.require_tenant(&tenant).await?;
