@@ -540,3 +540,99 @@ async fn an_unreadable_tls_ca_file_stops_the_server_naming_the_key() {
         assert!(err.contains("plugins.tls_ca_file"), "{text:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_stop_during_health_checks_in_flight_is_clean_and_records_nothing() {
+    let mut s = Server::start_with_config(NO_DRIVER).await;
+    let (silent_port, silent_accepted, silent) = silent_server().await;
+    for i in 0..4 {
+        let (st, created) = s
+            .call(
+                "POST",
+                &format!("{T}/services"),
+                Some(json!({"name": format!("slow{i}"), "backend": {"kind": "external",
+                    "endpoint": {"url": format!("http://127.0.0.1:{silent_port}")}, "auth": {"kind": "none"},
+                    "health": {"kind": "http", "intervalSeconds": 1, "timeoutMs": 20_000}}})),
+            )
+            .await;
+        assert_eq!(st, 201, "{created}");
+    }
+    // Every check is in flight, waiting for answers that never come.
+    assert!(
+        reaches(&silent_accepted, 4, Duration::from_secs(10)).await,
+        "the services were never checked\n{}",
+        s.log()
+    );
+    let asked = Instant::now();
+    let status = s.terminate();
+    let log = s.log();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "the stop waited for the checks' 20 s timeouts\n{log}"
+    );
+    // The checks' requests ran on the runtime that shut down: none may outlive it (a panic in
+    // a blocking thread), and none of their cut-short outcomes is recorded.
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    s.restart().await;
+    for i in 0..4 {
+        let (_, svc) = s.call("GET", &format!("{T}/services/slow{i}"), None).await;
+        assert_eq!(svc["status"]["health"], "unknown", "{svc}");
+    }
+    silent.abort();
+}
+
+#[tokio::test]
+async fn endpoints_that_hang_until_their_timeout_do_not_hold_up_services_that_answer() {
+    let s = Server::start_with_config(NO_DRIVER).await;
+    let (silent_port, silent_accepted, silent) = silent_server().await;
+    // About twice as many hanging endpoints as checks may run at once in a lane (64): in one
+    // queue, every other check would wait for a timeout.
+    const HANGING: usize = 130;
+    for i in 0..HANGING {
+        let (st, created) = s
+            .call(
+                "POST",
+                &format!("{T}/services"),
+                Some(json!({"name": format!("hangs{i}"), "backend": {"kind": "external",
+                    "endpoint": {"url": format!("http://127.0.0.1:{silent_port}")}, "auth": {"kind": "none"},
+                    "health": {"kind": "http", "intervalSeconds": 1, "timeoutMs": 3000}}})),
+            )
+            .await;
+        assert_eq!(st, 201, "{created}");
+    }
+    // Every one has been checked once (the last ones after the first 64 timed out), and has
+    // timed out.
+    assert!(
+        reaches(&silent_accepted, HANGING, Duration::from_secs(30)).await,
+        "{} of the hanging services were checked\n{}",
+        silent_accepted.load(Ordering::SeqCst),
+        s.log()
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (port, answered, fast) = http_server().await;
+    let (st, created) = s
+        .call(
+            "POST",
+            &format!("{T}/services"),
+            Some(json!({"name": "answers", "backend": {"kind": "external",
+                "endpoint": {"url": format!("http://127.0.0.1:{port}")}, "auth": {"kind": "none"},
+                "health": {"kind": "http", "intervalSeconds": 1, "timeoutMs": 2000}}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    // Checked every second: three checks take about 3 s. Were it queued behind the hanging
+    // ones, it would get one check per 3 s timeout at best.
+    assert!(
+        reaches(&answered, 3, Duration::from_secs(6)).await,
+        "the answering service was checked {} times in 6 s\n{}",
+        answered.load(Ordering::SeqCst),
+        s.log()
+    );
+    // The hanging ones are still checked, in their own lane.
+    let before = silent_accepted.load(Ordering::SeqCst);
+    assert!(reaches(&silent_accepted, before + 32, Duration::from_secs(10)).await);
+    silent.abort();
+    fast.abort();
+}

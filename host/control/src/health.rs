@@ -18,11 +18,18 @@ use tokio::task::{AbortHandle, JoinSet};
 /// How often the controller looks for services that are due.
 const TICK: Duration = Duration::from_millis(500);
 
-/// Checks that may run at once, across all services and tenants. Each running check holds a
-/// blocking thread and a plugin instance from the pool the authorization policy also draws
-/// from, so an unbounded number of slow endpoints must not exhaust either; checks beyond the
-/// cap wait for a free permit.
+/// Checks that may run at once, across all services and tenants, in each of the two lanes.
+/// Each running check holds a blocking thread and a plugin instance from the pool the
+/// authorization policy also draws from, so an unbounded number of slow endpoints must not
+/// exhaust either; checks beyond a lane's cap wait for a free permit in it.
 const MAX_CONCURRENT_CHECKS: usize = 64;
+const MAX_CONCURRENT_SLOW_CHECKS: usize = 32;
+
+/// A service whose latest check took longer than this is checked in the slow lane, so that
+/// endpoints that hang until their timeout (many at once, in an outage) cannot hold every
+/// permit and delay the checks of services that answer. A service returns to the fast lane
+/// once a check of it is quick again.
+const SLOW_CHECK: Duration = Duration::from_secs(2);
 
 pub struct HealthController {
     store: Store,
@@ -41,6 +48,14 @@ const REWORD_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 struct Scheduled {
     started: Instant,
     check: AbortHandle,
+    /// Whether the latest finished check took longer than [`SLOW_CHECK`] (set by the check).
+    slow: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The two lanes' permits.
+struct Lanes {
+    fast: Arc<Semaphore>,
+    slow: Arc<Semaphore>,
 }
 
 impl HealthController {
@@ -58,7 +73,10 @@ impl HealthController {
     /// `checks`, which aborts the checks in flight.
     pub async fn run(self) {
         let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS));
+        let lanes = Lanes {
+            fast: Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS)),
+            slow: Arc::new(Semaphore::new(MAX_CONCURRENT_SLOW_CHECKS)),
+        };
         // Keyed by tenant/name/uid, so a service deleted and created again starts afresh.
         let mut schedule: HashMap<String, Scheduled> = HashMap::new();
         let mut checks = JoinSet::new();
@@ -83,12 +101,27 @@ impl HealthController {
                 let Some((target, interval)) = target_of(&service) else {
                     continue;
                 };
-                if !is_due(schedule.get(&key), interval) {
+                let previous = schedule.get(&key);
+                if !is_due(previous, interval) {
                     continue;
                 }
-                let check = checks.spawn(this.clone().check(service, target, permits.clone()));
+                // A new service starts in the fast lane.
+                let slow = previous.map_or_else(Default::default, |p| p.slow.clone());
+                let permits = match slow.load(std::sync::atomic::Ordering::SeqCst) {
+                    true => lanes.slow.clone(),
+                    false => lanes.fast.clone(),
+                };
+                let check =
+                    checks.spawn(this.clone().check(service, target, permits, slow.clone()));
                 let started = Instant::now();
-                schedule.insert(key, Scheduled { started, check });
+                schedule.insert(
+                    key,
+                    Scheduled {
+                        started,
+                        check,
+                        slow,
+                    },
+                );
             }
             // Forget deleted services. A check of one still in flight finishes on its own; its
             // result is then not recorded (the service is gone).
@@ -96,18 +129,29 @@ impl HealthController {
         }
     }
 
-    /// Checks one service once, when a permit is free, and records the outcome.
+    /// Checks one service once, when a permit of its lane is free, records the outcome, and
+    /// notes in `slow` which lane its next check goes to.
     async fn check(
         self: Arc<Self>,
         service: ServiceRecord,
         target: HealthTarget,
         permits: Arc<Semaphore>,
+        slow: Arc<std::sync::atomic::AtomicBool>,
     ) {
         // The semaphore is never closed; should it be, there is nothing to do.
         let Ok(_permit) = permits.acquire_owned().await else {
             return;
         };
+        let began = Instant::now();
         let outcome = self.plugins.check_health(target).await;
+        slow.store(
+            began.elapsed() > SLOW_CHECK,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        // A check cut short by the server's stop says nothing about the service.
+        if self.plugins.is_stopping() {
+            return;
+        }
         self.record(&service, &outcome).await;
     }
 

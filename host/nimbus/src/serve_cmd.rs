@@ -317,6 +317,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     reaper.abort();
     // Sandboxes keep running: their monitors outlive the server and are adopted on the next start.
     health_task.abort();
+    // Health checks run on blocking threads that make their HTTP requests on this runtime;
+    // they must end before it shuts down.
+    plugins.stop().await;
     if let Some(t) = metrics_task {
         t.abort();
     }

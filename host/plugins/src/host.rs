@@ -68,7 +68,34 @@ pub struct PluginHost {
     /// Per slot, the last swap failure logged: a failed swap is retried on every watch tick
     /// (it may have been transient, e.g. a deadline missed under load), but logged once.
     swap_failures: Mutex<std::collections::HashMap<&'static str, String>>,
+    /// Set by [`PluginHost::stop`]: health checks' outbound HTTP ends at once, because it runs
+    /// on the server's tokio runtime, which is about to shut down under it.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Health checks started and not yet ended (waiting for a blocking thread, or running).
+    checks_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Counts one health check in [`PluginHost::checks_in_flight`] until dropped, whether the
+/// check ran or its blocking task was dropped unstarted.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How long [`PluginHost::stop`] waits for health checks in flight to end. HTTP checks end at
+/// once; a TCP check ends at its next deadline, which may be later: it holds no runtime
+/// resource, and the process may exit under it.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for PluginHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -210,6 +237,8 @@ impl PluginHost {
             http_client: crate::net::http_client(config.tls_ca_file.as_deref())?,
             seen_generation: Mutex::new(generation),
             swap_failures: Mutex::new(std::collections::HashMap::new()),
+            stopping: tokio::sync::watch::Sender::new(false),
+            checks_in_flight: Arc::default(),
         });
         for slot in host.slots() {
             let l = slot.current();
@@ -263,8 +292,11 @@ impl PluginHost {
         let client = self.http_client.clone();
         let engine = self.engine;
         let runtime = tokio::runtime::Handle::current();
+        let stopping = self.stopping.subscribe();
+        let in_flight = InFlight::new(&self.checks_in_flight);
         let task = tokio::task::spawn_blocking(move || {
-            run_health(engine, &slot, client, runtime, &target)
+            let _in_flight = in_flight;
+            run_health(engine, &slot, client, runtime, stopping, &target)
         });
         match task.await {
             Ok(outcome) => outcome,
@@ -275,6 +307,29 @@ impl PluginHost {
                 checked_by: "nimbus".into(),
             },
         }
+    }
+
+    /// Ends the health checks in flight before the server's runtime shuts down: their outbound
+    /// HTTP answers "the server is stopping" at once, and new checks make no request. Waits up
+    /// to [`STOP_WAIT`] for them to end. Their outcomes must not be recorded (the caller has
+    /// stopped the health controller first).
+    pub async fn stop(&self) {
+        self.stopping.send_replace(true);
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while self
+            .checks_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether [`PluginHost::stop`] was called: a health outcome from then on may be the stop's
+    /// doing, not the service's.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
     }
 
     /// Looks at the plugin store now and swaps every slot whose plugin changed (a new active
@@ -635,6 +690,7 @@ fn run_health(
     slot: &Slot,
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
+    stopping: tokio::sync::watch::Receiver<bool>,
     target: &HealthTarget,
 ) -> HealthOutcome {
     let loaded = slot.current();
@@ -659,6 +715,7 @@ fn run_health(
         },
         client,
         runtime,
+        stopping,
     };
     let ctx = CallCtx::new(
         loaded.label.clone(),

@@ -183,6 +183,7 @@ pub(crate) fn http_client(ca_file: Option<&std::path::Path>) -> anyhow::Result<r
 pub(crate) fn http_send(
     client: &reqwest::Client,
     runtime: &tokio::runtime::Handle,
+    stopping: &tokio::sync::watch::Receiver<bool>,
     grants: &NetGrants,
     req: HttpRequest,
 ) -> Result<HttpResponse, NetFailure> {
@@ -217,7 +218,14 @@ pub(crate) fn http_send(
     let limit = req.max_body_bytes.min(MAX_READ_BYTES) as usize;
     let started = Instant::now();
     let deadline = started + req.timeout;
-    runtime.block_on(async move {
+    // The request runs on the server's runtime. Once the server is stopping, that runtime
+    // shuts down, and its timers panic under a request still waiting: none is started then,
+    // and one in flight is abandoned (its check's outcome is not recorded anyway).
+    if *stopping.borrow() {
+        return Err(NetFailure::Io(SERVER_STOPPING.into()));
+    }
+    let mut stopping = stopping.clone();
+    let exchange = async move {
         let mut resp = builder.send().await.map_err(classify_reqwest)?;
         let status = resp.status().as_u16();
         let headers = resp
@@ -249,8 +257,18 @@ pub(crate) fn http_send(
             body,
             elapsed: started.elapsed(),
         })
+    };
+    runtime.block_on(async move {
+        tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stopping| *stopping) => Err(NetFailure::Io(SERVER_STOPPING.into())),
+            done = exchange => done,
+        }
     })
 }
+
+/// What a health check's request answers when the server stops under it.
+const SERVER_STOPPING: &str = "the server is stopping";
 
 fn classify_reqwest(e: reqwest::Error) -> NetFailure {
     if e.is_timeout() {

@@ -79,6 +79,8 @@ pub(crate) struct NetAccess {
     pub grants: NetGrants,
     pub client: reqwest::Client,
     pub runtime: tokio::runtime::Handle,
+    /// True once the server is stopping: see `net::http_send`.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Enforces the memory limit and remembers that it did, so the failure is reported as a memory
@@ -229,6 +231,7 @@ impl hi::http::Host for CallCtx {
         let result = net::http_send(
             &access.client,
             &access.runtime,
+            &access.stopping,
             &access.grants,
             net::HttpRequest {
                 method: request.method,
