@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cost of the WebAssembly authorization policy on real API requests: the same server and
-# request (GET one service) with `[server] authorizer = "plugin"` (grants-policy.wasm, a fresh
-# instance per decision), `"native"` (the same grant rules in Rust) and
+# request (GET one service) with `[server] authorizer = "plugin"` (grants-policy.wasm, as the
+# server runs it by default: its decisions memoized, so the same request asked again is
+# answered without a call), the same with `memoize_decisions = false` ("fresh": every decision
+# a fresh instance and a call), `"native"` (the same grant rules in Rust) and
 # `"allow-all-benchmark-only"` (no policy at all), side by side. Target: the plugin costs under
 # 10% more than the native allow-all baseline; the ratio to the native rules is printed too.
 #
@@ -13,7 +15,7 @@
 # CPU time per request (the sum of its threads' run time, from /proc/<pid>/task/*/schedstat,
 # ns precision). The script prints each server's medians, the median and
 # quartiles of the per-round ratios (the figure to read), and the mean wall time of one decision
-# inside the plugin server, from its call-duration histogram (`metrics_listen`, on the API's
+# inside the fresh plugin server, from its call-duration histogram (`metrics_listen`, on the API's
 # port + 1000). CONNS (default 8) sets wrk's connections; CONNS=1 sends one request at a time.
 # EMPTY=1 adds a fourth server whose authz slot holds the bench-only empty policy
 # (plugins/testdata/empty-policy: the same world, no logic, allows everything): what wasmtime's
@@ -82,9 +84,12 @@ start_server() { # $1 = authorizer kind, $2 = port, $3 = dir, then an optional l
     "${kind%%:*}" "$((port + 1000))" > "$dir/nimbus.toml"
   if [ "$kind" = plugin:empty-policy ]; then
     # The bench-only policy without logic, installed into this server's store and put in the
-    # authz slot: what any policy costs on the API before its logic runs.
+    # authz slot: what any policy costs on the API before its logic runs, on every request.
     "$bin" plugin install "$empty_policy_wasm" --data-dir "$dir/data" >/dev/null
-    printf '[plugins.authz]\nplugin = "empty-policy"\n' >> "$dir/nimbus.toml"
+    printf '[plugins.authz]\nplugin = "empty-policy"\nmemoize_decisions = false\n' >> "$dir/nimbus.toml"
+  fi
+  if [ "$kind" = plugin:fresh ]; then
+    printf '[plugins.authz]\nmemoize_decisions = false\n' >> "$dir/nimbus.toml"
   fi
   HOME="$dir/home" "$@" "$bin" serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --config "$dir/nimbus.toml" > "$dir/log" 2>&1 &
   pid=$!
@@ -174,23 +179,26 @@ if [ -n "${CALLGRIND:-}" ]; then
   allow=$(callgrind_run allow-all-benchmark-only 18933)
   native=$(callgrind_run native 18931)
   plugin=$(callgrind_run plugin 18932)
-  python3 - "$allow" "$native" "$plugin" <<'PY'
+  fresh=$(callgrind_run plugin:fresh 18935)
+  python3 - "$allow" "$native" "$plugin" "$fresh" <<'PY'
 import sys
-allow, native, plugin = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+allow, native, plugin, fresh = (int(a) for a in sys.argv[1:5])
 print("GET service, instructions executed by the server per request (callgrind)")
 print(f"  authorized by grants-policy.wasm               {plugin:10d}")
+print(f"  the same, every decision a call (no memo)      {fresh:10d}")
 print(f"  authorized natively (grant rules in Rust)      {native:10d}")
 print(f"  allowed without a policy (native allow-all)    {allow:10d}")
 print(f"cost of the plugin per request: {plugin / allow:.3f}x of allow-all (target < 1.10x), {plugin / native:.3f}x of the native rules, by instructions")
+print(f"every decision a call: {fresh / allow:.3f}x of allow-all")
 PY
   exit 0
 fi
 
 duration=${duration:-3}
 results="$work/results"
-kinds=(allow native plugin)
-declare -A kind_of=([allow]=allow-all-benchmark-only [native]=native [plugin]=plugin [empty]=plugin:empty-policy)
-declare -A port_of=([allow]=18933 [native]=18931 [plugin]=18932 [empty]=18934)
+kinds=(allow native plugin fresh)
+declare -A kind_of=([allow]=allow-all-benchmark-only [native]=native [plugin]=plugin [fresh]=plugin:fresh [empty]=plugin:empty-policy)
+declare -A port_of=([allow]=18933 [native]=18931 [plugin]=18932 [fresh]=18935 [empty]=18934)
 if [ -n "${EMPTY:-}" ]; then
   kinds+=(empty)
   empty_policy_wasm="$(dirname "$(dirname "$bin")")/nimbus-plugins-wasm/wasm32-wasip2/release/empty_policy.wasm"
@@ -251,7 +259,7 @@ for j, s in enumerate(servers):
 PY
   exit 0
 fi
-decisions_before=$(decision_us_raw "$((port_of[plugin] + 1000))")
+decisions_before=$(decision_us_raw "$((port_of[fresh] + 1000))")
 for r in $(seq "$rounds"); do
   # The order rotates from round to round, so that no kind always runs first, or always right
   # after another; each line records its round.
@@ -260,7 +268,7 @@ for r in $(seq "$rounds"); do
     echo "$k $r $(slice "$k" "$r")" >> "$results"
   done
 done
-decisions_after=$(decision_us_raw "$((port_of[plugin] + 1000))")
+decisions_after=$(decision_us_raw "$((port_of[fresh] + 1000))")
 python3 - "$results" "$duration" "$decisions_before" "$decisions_after" <<'PY'
 import statistics, sys
 # kind round req/s cpu-µs-per-request, in the order they ran
@@ -270,13 +278,14 @@ def med(kind, col):
 def quartiles(values):
     q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
     return q[0], statistics.median(values), q[2]
-kinds = [k for k in ("allow", "native", "plugin", "empty") if any(r[0] == k for r in rows)]
+kinds = [k for k in ("allow", "native", "plugin", "fresh", "empty") if any(r[0] == k for r in rows)]
 for kind in kinds:
     runs = ", ".join(f"{float(r[2]):.0f}/{float(r[3]):.1f}" for r in rows if r[0] == kind)
     print(f"  {kind} slices (req/s / server CPU µs per request): {runs}")
 n_rounds = len({r[1] for r in rows})
 print(f"GET service ({n_rounds} rounds, {sys.argv[2]}s per server per round, medians)     req/s   server CPU µs/request")
 for kind, label in (("plugin", "authorized by grants-policy.wasm           "),
+                    ("fresh", "the same, every decision a call (no memo)   "),
                     ("empty", "authorized by the empty policy (no logic)   "),
                     ("native", "authorized natively (grant rules in Rust)  "),
                     ("allow", "allowed without a policy (native allow-all)")):
@@ -292,7 +301,7 @@ def ratios(kind):
     cpu = [b[kind][1] / b["allow"][1] for b in by_round.values() if kind in b and "allow" in b]
     rps = [b["allow"][0] / b[kind][0] for b in by_round.values() if kind in b and "allow" in b]
     return quartiles(cpu), quartiles(rps)
-for kind, name in (("plugin", "the plugin"), ("empty", "the empty policy"), ("native", "the native rules")):
+for kind, name in (("plugin", "the plugin"), ("fresh", "the plugin, every decision a call"), ("empty", "the empty policy"), ("native", "the native rules")):
     if kind not in kinds:
         continue
     (c1, c2, c3), (r1, r2, r3) = ratios(kind)
@@ -301,5 +310,5 @@ for kind, name in (("plugin", "the plugin"), ("empty", "the empty policy"), ("na
 (before, after) = (sys.argv[3].split(), sys.argv[4].split())
 if len(before) == 2 and len(after) == 2 and float(after[1]) > float(before[1]):
     mean = (float(after[0]) - float(before[0])) / (float(after[1]) - float(before[1]))
-    print(f"one decision inside the plugin server (its call-duration histogram, over the slices): {mean * 1e6:.1f} µs wall")
+    print(f"one decision inside the fresh plugin server (its call-duration histogram, over the slices): {mean * 1e6:.1f} µs wall")
 PY

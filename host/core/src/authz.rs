@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Who is asking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct Principal {
     /// Credential id (`cred_…`) or, for workload identity, the workload (`sandbox:sbx_…`).
@@ -32,7 +32,7 @@ pub struct Principal {
     pub grants: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub enum PrincipalKind {
     Token,
@@ -52,7 +52,7 @@ impl PrincipalKind {
 
 /// What is being acted on. `name` is a service name, sandbox id, session id, credential id or
 /// tenant id; `None` for collection actions (`list`, `create` before a name exists).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRef {
     pub tenant_id: String,
@@ -60,7 +60,7 @@ pub struct ResourceRef {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub enum ResourceKind {
     Tenant,
@@ -88,7 +88,7 @@ impl ResourceKind {
 /// `sessions.open` (see [`actions`]). `context` carries facts the policy may need, e.g. for
 /// `sessions.open` the target (`targetKind` = `service`|`sandbox`, `targetName`), and for
 /// `sessions.get`/`sessions.close`/`sessions.attach` the session's `createdBy` and its target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthzRequest {
     pub principal: Principal,

@@ -175,12 +175,17 @@ fn main() {
             .unwrap_or(10),
     );
     let dir = std::env::temp_dir().join(format!("nimbus-plugins-bench-{}", std::process::id()));
-    let config: PluginsConfig = PluginsConfig {
-        watch_interval_ms: Some(0),
-        ..PluginsConfig::default()
-    };
+    // Every decision a call: the memo of a pure policy's decisions (the server's default)
+    // would answer the same request from memory. Its own case below measures that.
+    let config: PluginsConfig =
+        toml::from_str("watch_interval_ms = 0\n[authz]\nmemoize_decisions = false\n")
+            .expect("grants-policy config");
     let host = PluginHost::open(&dir, &config).expect("open plugin host");
     let authz = host.authorizer();
+    let memo_config: PluginsConfig =
+        toml::from_str("watch_interval_ms = 0\n").expect("grants-policy config");
+    let memo_host = PluginHost::open(&dir, &memo_config).expect("open plugin host");
+    let memoized = memo_host.authorizer();
     let req = request();
     assert_eq!(
         authz.authorize(&req),
@@ -202,9 +207,10 @@ fn main() {
             None,
         )
         .expect("install the empty policy");
-    let empty_policy_config: PluginsConfig =
-        toml::from_str("watch_interval_ms = 0\n[authz]\nplugin = \"empty-policy\"\n")
-            .expect("empty-policy config");
+    let empty_policy_config: PluginsConfig = toml::from_str(
+        "watch_interval_ms = 0\n[authz]\nplugin = \"empty-policy\"\nmemoize_decisions = false\n",
+    )
+    .expect("empty-policy config");
     let empty_policy_host =
         PluginHost::open(&empty_policy_dir, &empty_policy_config).expect("open plugin host");
     let empty_policy = empty_policy_host.authorizer();
@@ -277,6 +283,13 @@ fn main() {
             }),
         ),
         case(
+            "memoized",
+            "grants-policy, the same request again (memoized)   ",
+            Box::new(|| {
+                black_box(memoized.authorize(black_box(&req)));
+            }),
+        ),
+        case(
             "native",
             "native decide_by_grants                            ",
             Box::new(|| {
@@ -335,6 +348,7 @@ fn main() {
             ("floor-decide", "plugin / floor for decide (target <= 1.5x)"),
             ("floor-authz", "plugin / empty authz policy"),
             ("native", "plugin / native"),
+            ("memoized", "plugin / the same decision from the memo"),
         ] {
             if let Some(other) = get(name) {
                 println!("  {what}: {}", ratios(plugin, other));

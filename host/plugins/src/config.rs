@@ -77,6 +77,11 @@ pub struct SlotConfig {
     /// check. Default true; set false to confine checks to `hosts`.
     #[serde(default)]
     pub allow_target: Option<bool>,
+    /// `authz` only: remember the decisions of a policy that decides from the request alone
+    /// (one that does not import `nimbus:host/clock`), and answer a request asked again from
+    /// memory instead of calling the policy. Default true; see `memo`.
+    #[serde(default)]
+    pub memoize_decisions: Option<bool>,
     /// Overrides of `[plugins.limits]` for this slot.
     #[serde(default)]
     pub limits: Limits,
@@ -230,6 +235,7 @@ impl PluginsConfig {
             config: BTreeMap::new(),
             hosts: Vec::new(),
             allow_target: None,
+            memoize_decisions: None,
             limits: Limits::default(),
         });
         slot.plugin
@@ -282,6 +288,11 @@ impl PluginsConfig {
             }
             if kind == SlotKind::Authz && slot.allow_target.is_some() {
                 bail!("{key}.allow_target: only health slots check targets; remove the key");
+            }
+            if kind != SlotKind::Authz && slot.memoize_decisions.is_some() {
+                bail!(
+                    "{key}.memoize_decisions: only the authz slot makes decisions; remove the key"
+                );
             }
         }
         if let Some(name) = self.providers.keys().next() {

@@ -12,6 +12,7 @@ use wasmtime::Engine;
 use crate::catalog::{Catalog, PluginInfo, VerifyReport};
 use crate::config::{EffectiveLimits, PluginsConfig, SlotConfig, SlotKind};
 use crate::health::{endpoint_host_port, HealthOutcome, HealthProbe, HealthTarget};
+use crate::memo::DecisionMemo;
 use crate::metrics::{Counters, MetricSample, Metrics};
 use crate::net::{HostPattern, NetGrants};
 use crate::wasm::{self, CallCtx, HealthAnswer, NetAccess, PolicyError, Prepared, World};
@@ -23,6 +24,9 @@ struct Loaded {
     label: Arc<str>,
     prepared: Prepared,
     counters: Arc<Counters>,
+    /// The decisions of an authorization policy that decides from the request alone, unless
+    /// the slot turns that off (`memoize_decisions = false`).
+    memo: Option<DecisionMemo>,
 }
 
 /// A slot (`authz`, `health.http`, `health.tcp`) and the plugin currently serving it.
@@ -247,6 +251,7 @@ impl PluginHost {
                 slot = slot.kind.key(),
                 plugin = &*l.label,
                 sha256 = %l.info.sha256,
+                memoized = l.memo.is_some(),
                 "plugin slot {} served by {}",
                 slot.kind.key(),
                 l.label
@@ -566,11 +571,16 @@ fn load_for_slot(
         )
     })?;
     let label = format!("{}@{}", info.id, info.version);
+    let memo = (kind == SlotKind::Authz
+        && cfg.memoize_decisions != Some(false)
+        && prepared.decides_from_the_request_alone())
+    .then(DecisionMemo::new);
     Ok(Loaded {
         counters: metrics.counters(kind.key(), &label),
         label: Arc::from(label),
         info,
         prepared,
+        memo,
     })
 }
 
@@ -612,6 +622,17 @@ impl Authorizer for PluginAuthorizer {
         let slot = &self.slot;
         let loaded = slot.current();
         let label = &*loaded.label;
+        let memo_key = match &loaded.memo {
+            Some(memo) => {
+                let key = memo.key(request);
+                if let Some(decision) = memo.get(&key, request) {
+                    loaded.counters.memoized();
+                    return decision;
+                }
+                Some(key)
+            }
+            None => None,
+        };
         loaded.counters.call();
         let ctx = CallCtx::new(
             loaded.label.clone(),
@@ -636,7 +657,12 @@ impl Authorizer for PluginAuthorizer {
         };
         loaded.counters.observe(started.elapsed());
         match result {
-            Ok(Ok(decision)) => decision,
+            Ok(Ok(decision)) => {
+                if let (Some(memo), Some(key)) = (&loaded.memo, memo_key) {
+                    memo.put(key, request, &decision);
+                }
+                decision
+            }
             Ok(Err(error)) => {
                 let msg = match error {
                     PolicyError::InvalidConfig(m) => format!("invalid configuration: {m}"),

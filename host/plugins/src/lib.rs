@@ -17,6 +17,7 @@ mod config;
 mod engine;
 mod health;
 mod host;
+mod memo;
 mod metrics;
 mod net;
 mod wasm;

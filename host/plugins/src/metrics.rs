@@ -28,6 +28,8 @@ pub(crate) const KINDS: [&str; 7] = [
 #[derive(Debug)]
 pub(crate) struct Counters {
     calls: AtomicU64,
+    /// Decisions given from the memo, without a call.
+    memoized: AtomicU64,
     failures: [AtomicU64; KINDS.len()],
     durations: Histogram,
 }
@@ -36,6 +38,7 @@ impl Default for Counters {
     fn default() -> Self {
         Counters {
             calls: AtomicU64::new(0),
+            memoized: AtomicU64::new(0),
             failures: Default::default(),
             durations: Histogram::new(&DURATION_BUCKETS),
         }
@@ -45,6 +48,10 @@ impl Default for Counters {
 impl Counters {
     pub fn call(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn memoized(&self) {
+        self.memoized.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long a call took, from the start of instantiation to the host's check of
@@ -69,7 +76,7 @@ pub(crate) struct Metrics {
 /// One counter value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricSample {
-    /// `calls` or `failures`.
+    /// `calls`, `memoized` or `failures`.
     pub name: &'static str,
     pub slot: String,
     /// `id@version`.
@@ -132,6 +139,16 @@ impl Metrics {
                 kind: "-".into(),
                 value: c.calls.load(Ordering::Relaxed),
             });
+            let memoized = c.memoized.load(Ordering::Relaxed);
+            if memoized > 0 {
+                out.push(MetricSample {
+                    name: "memoized",
+                    slot: slot.clone(),
+                    plugin: plugin.clone(),
+                    kind: "-".into(),
+                    value: memoized,
+                });
+            }
             for (i, kind) in KINDS.iter().enumerate() {
                 let value = c.failures[i].load(Ordering::Relaxed);
                 if value > 0 {
@@ -149,13 +166,21 @@ impl Metrics {
     }
 }
 
-/// `nimbus_plugin_calls_total` and `nimbus_plugin_failures_total` in Prometheus text format.
+/// `nimbus_plugin_calls_total`, `nimbus_plugin_memoized_decisions_total` and
+/// `nimbus_plugin_failures_total` in Prometheus text format.
 pub fn render_prometheus(samples: &[MetricSample]) -> String {
     let mut out = String::new();
     out.push_str("# TYPE nimbus_plugin_calls_total counter\n");
     for s in samples.iter().filter(|s| s.name == "calls") {
         out.push_str(&format!(
             "nimbus_plugin_calls_total{{slot=\"{}\",plugin=\"{}\"}} {}\n",
+            s.slot, s.plugin, s.value
+        ));
+    }
+    out.push_str("# TYPE nimbus_plugin_memoized_decisions_total counter\n");
+    for s in samples.iter().filter(|s| s.name == "memoized") {
+        out.push_str(&format!(
+            "nimbus_plugin_memoized_decisions_total{{slot=\"{}\",plugin=\"{}\"}} {}\n",
             s.slot, s.plugin, s.value
         ));
     }

@@ -348,6 +348,9 @@ pub(crate) enum Prepared {
 pub(crate) struct AuthzPre {
     pre: InstancePre<CallCtx>,
     decide: ComponentExportIndex,
+    /// Whether the component imports `nimbus:host/clock`: without it, its decisions depend on
+    /// the request and the slot's config alone (see `memo`).
+    reads_clock: bool,
 }
 
 /// `nimbus:authz/types.request`, borrowed from the host's [`nimbus_core::authz::AuthzRequest`]:
@@ -428,6 +431,14 @@ fn decide_func<'a>(
 }
 
 impl Prepared {
+    /// Whether this is an authorization policy whose decision is a function of the request
+    /// (and the slot's config): one that cannot read the time. Its world offers it nothing
+    /// else that changes from call to call (no network, no WASI), and each call gets a fresh
+    /// instance.
+    pub fn decides_from_the_request_alone(&self) -> bool {
+        matches!(self, Prepared::Authz(pre) if !pre.reads_clock)
+    }
+
     pub fn world(&self) -> World {
         match self {
             Prepared::Authz(_) => World::Authz,
@@ -511,7 +522,11 @@ pub(crate) fn prepare(engine: &Engine, component: &Component) -> anyhow::Result<
                     .get_export_index(None, &interface)
                     .and_then(|i| component.get_export_index(Some(&i), "decide"))
                     .ok_or_else(|| anyhow::anyhow!("no {interface}#decide export"))?;
-                Ok(Prepared::Authz(AuthzPre { pre, decide }))
+                Ok(Prepared::Authz(AuthzPre {
+                    pre,
+                    decide,
+                    reads_clock: imports.iter().any(|i| i.starts_with("nimbus:host/clock@")),
+                }))
             })
         }
         World::Health => {

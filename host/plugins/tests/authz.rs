@@ -467,3 +467,70 @@ fn a_pinned_version_is_not_swapped_by_a_newer_install() {
     assert!(host.refresh().is_empty());
     assert!(host.authorizer().authorize(&admin_request()).allow);
 }
+
+/// The authz slot's counter `name` (`calls`, `memoized`), summed over its plugins.
+fn counted(host: &PluginHost, name: &str) -> u64 {
+    host.metrics()
+        .iter()
+        .filter(|s| s.name == name && s.slot == "authz")
+        .map(|s| s.value)
+        .sum()
+}
+
+#[test]
+fn a_policy_that_decides_from_the_request_alone_is_called_once_per_distinct_request() {
+    let dir = TempDir::new("memo");
+    // A spread of the table that fits in the memo (4096 requests).
+    let table: Vec<_> = request_table().into_iter().step_by(12).collect();
+    let memoized = PluginHost::open(dir.path(), &config("")).unwrap();
+    let called =
+        PluginHost::open(dir.path(), &config("[authz]\nmemoize_decisions = false\n")).unwrap();
+    let first: Vec<_> = table
+        .iter()
+        .map(|r| memoized.authorizer().authorize(r))
+        .collect();
+    let calls = counted(&memoized, "calls");
+    assert!(calls > 1500, "{calls}");
+    let again: Vec<_> = table
+        .iter()
+        .map(|r| memoized.authorizer().authorize(r))
+        .collect();
+    // The same answers, the second time without a call.
+    assert_eq!(first, again);
+    assert_eq!(counted(&memoized, "calls"), calls);
+    assert_eq!(
+        counted(&memoized, "memoized"),
+        2 * table.len() as u64 - calls
+    );
+    // And the same answers the policy gives when asked every time.
+    for (r, remembered) in table.iter().zip(&again) {
+        assert_eq!(&called.authorizer().authorize(r), remembered, "{r:?}");
+    }
+    assert_eq!(counted(&called, "calls"), table.len() as u64);
+    assert_eq!(counted(&called, "memoized"), 0);
+}
+
+#[test]
+fn a_policy_that_reads_the_clock_is_asked_every_time() {
+    let dir = TempDir::new("clock");
+    let host = host_with_policy(&dir, "clock_policy", "");
+    let r = admin_request();
+    let first = host.authorizer().authorize(&r);
+    let second = host.authorizer().authorize(&r);
+    assert!(first.allow && second.allow);
+    assert_ne!(
+        first.reasons, second.reasons,
+        "each decision reads the clock"
+    );
+    assert_eq!(counted(&host, "calls"), 2);
+    assert_eq!(counted(&host, "memoized"), 0);
+}
+
+#[test]
+fn memoize_decisions_is_a_key_of_the_authz_slot_only() {
+    let e = config("[health.http]\nmemoize_decisions = true\n")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("plugins.health.http.memoize_decisions"), "{e}");
+}
