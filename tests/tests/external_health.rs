@@ -587,17 +587,18 @@ async fn a_stop_during_health_checks_in_flight_is_clean_and_records_nothing() {
 async fn endpoints_that_hang_until_their_timeout_do_not_hold_up_services_that_answer() {
     let s = Server::start_with_config(NO_DRIVER).await;
     let (silent_port, silent_accepted, silent) = silent_server().await;
-    // About twice as many hanging endpoints as checks may run at once in a lane (64): in one
-    // queue, every other check would wait for a timeout.
-    const HANGING: usize = 130;
+    // About three times as many hanging endpoints as checks may run at once in a lane (64): in
+    // one queue, every check would wait for two timeouts.
+    const HANGING: usize = 200;
     for i in 0..HANGING {
         let (st, created) = s
             .call(
                 "POST",
                 &format!("{T}/services"),
+                // The default probe timeout (2 s).
                 Some(json!({"name": format!("hangs{i}"), "backend": {"kind": "external",
                     "endpoint": {"url": format!("http://127.0.0.1:{silent_port}")}, "auth": {"kind": "none"},
-                    "health": {"kind": "http", "intervalSeconds": 1, "timeoutMs": 3000}}})),
+                    "health": {"kind": "http", "intervalSeconds": 1}}})),
             )
             .await;
         assert_eq!(st, 201, "{created}");
@@ -610,7 +611,7 @@ async fn endpoints_that_hang_until_their_timeout_do_not_hold_up_services_that_an
         silent_accepted.load(Ordering::SeqCst),
         s.log()
     );
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (port, answered, fast) = http_server().await;
     let (st, created) = s
         .call(
@@ -623,7 +624,7 @@ async fn endpoints_that_hang_until_their_timeout_do_not_hold_up_services_that_an
         .await;
     assert_eq!(st, 201, "{created}");
     // Checked every second: three checks take about 3 s. Were it queued behind the hanging
-    // ones, it would get one check per 3 s timeout at best.
+    // ones, it would get one check per 2 s timeout at best.
     assert!(
         reaches(&answered, 3, Duration::from_secs(6)).await,
         "the answering service was checked {} times in 6 s\n{}",

@@ -25,11 +25,21 @@ const TICK: Duration = Duration::from_millis(500);
 const MAX_CONCURRENT_CHECKS: usize = 64;
 const MAX_CONCURRENT_SLOW_CHECKS: usize = 32;
 
-/// A service whose latest check took longer than this is checked in the slow lane, so that
-/// endpoints that hang until their timeout (many at once, in an outage) cannot hold every
-/// permit and delay the checks of services that answer. A service returns to the fast lane
-/// once a check of it is quick again.
+/// A service whose latest check took longer than this, or than most of its probe's timeout
+/// (see [`slow_after`]), is checked in the slow lane, so that endpoints that hang until their
+/// timeout (many at once, in an outage) cannot hold every permit and delay the checks of
+/// services that answer. A service returns to the fast lane once a check of it is quick again.
 const SLOW_CHECK: Duration = Duration::from_secs(2);
+
+/// How long a check of `target` may take and still count as quick: [`SLOW_CHECK`], or 80% of
+/// the probe's timeout if that is shorter (a check that ran into a short timeout is slow too).
+fn slow_after(target: &HealthTarget) -> Duration {
+    let timeout = match &target.probe {
+        nimbus_plugins::HealthProbe::Http(p) => p.timeout,
+        nimbus_plugins::HealthProbe::Tcp(p) => p.timeout,
+    };
+    SLOW_CHECK.min(timeout * 4 / 5)
+}
 
 pub struct HealthController {
     store: Store,
@@ -143,9 +153,10 @@ impl HealthController {
             return;
         };
         let began = Instant::now();
+        let quick_within = slow_after(&target);
         let outcome = self.plugins.check_health(target).await;
         slow.store(
-            began.elapsed() > SLOW_CHECK,
+            began.elapsed() > quick_within,
             std::sync::atomic::Ordering::SeqCst,
         );
         // A check cut short by the server's stop says nothing about the service.
@@ -361,4 +372,28 @@ fn target_of(service: &ServiceRecord) -> Option<(HealthTarget, Duration)> {
         },
         interval,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http_target(timeout_ms: u64) -> HealthTarget {
+        HealthTarget {
+            endpoint: "http://127.0.0.1:1".into(),
+            auth: HealthAuth::None,
+            probe: nimbus_plugins::HealthProbe::Http(HttpProbe {
+                timeout: Duration::from_millis(timeout_ms),
+                ..HttpProbe::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_check_is_slow_past_two_seconds_or_most_of_its_timeout() {
+        // The default probe timeout (2 s): a check that ran into it is slow.
+        assert_eq!(slow_after(&http_target(2000)), Duration::from_millis(1600));
+        assert_eq!(slow_after(&http_target(100)), Duration::from_millis(80));
+        assert_eq!(slow_after(&http_target(30_000)), SLOW_CHECK);
+    }
 }

@@ -18,6 +18,7 @@ use nimbus_api::control::{SandboxControl, ServiceControl};
 use nimbus_control::health::HealthController;
 use nimbus_control::sandboxes::{ControlHandle, SandboxController};
 use nimbus_control::services::{ServiceHandle, ServiceManager};
+use nimbus_plugins::PluginHost;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -245,6 +246,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => (None, None),
     };
     let health_task = tokio::spawn(HealthController::new(store.clone(), plugins.clone()).run());
+    // However this function returns (an error below included), health checks' HTTP, which runs
+    // on this runtime, must end before the runtime shuts down under it.
+    let _end_health_checks = EndHealthChecks(plugins.clone());
     let page_tokens = nimbus_api::pagination::PageTokens::load(&store).await?;
     let app = Arc::new(App {
         signer,
@@ -369,6 +373,16 @@ async fn wait_for_signal(what: &str) {
             tracing::warn!("cannot install signal handlers; stop the server with SIGKILL");
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// Cuts the health checks' outbound HTTP when dropped ([`PluginHost::begin_stop`]); the clean
+/// path also waits for the checks to end ([`PluginHost::stop`]).
+struct EndHealthChecks(Arc<PluginHost>);
+
+impl Drop for EndHealthChecks {
+    fn drop(&mut self) {
+        self.0.begin_stop();
     }
 }
 

@@ -261,6 +261,8 @@ pub(crate) fn http_send(
     runtime.block_on(async move {
         tokio::select! {
             biased;
+            // Also when the plugin host is gone (`wait_for` fails at once): nothing would be
+            // left to take the answer.
             _ = stopping.wait_for(|stopping| *stopping) => Err(NetFailure::Io(SERVER_STOPPING.into())),
             done = exchange => done,
         }
