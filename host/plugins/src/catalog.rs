@@ -657,15 +657,20 @@ impl Catalog {
             Some((i, v)) => (i, Some(v)),
             None => (spec, None),
         };
-        // A misspelt version is not "not installed": say how to write it.
-        if let Some(problem) = version.and_then(version_problem) {
-            bail!("{spec:?}: the version after '@' is {problem}");
-        }
-        Ok(self
+        let found: Vec<Entry> = self
             .scan()?
             .into_iter()
             .filter(|e| e.id == id && version.is_none_or(|v| e.version == v))
-            .collect())
+            .collect();
+        // A misspelt version is not "not installed": say how to write it. (Only when nothing
+        // has that spelling: a version installed by a server that allowed it stays nameable.)
+        if let Some(problem) = version
+            .and_then(version_problem)
+            .filter(|_| found.is_empty())
+        {
+            bail!("{spec:?}: the version after '@' is {problem}");
+        }
+        Ok(found)
     }
 
     /// Resolves `id` or `id@version` to installed versions.

@@ -319,7 +319,7 @@ impl PluginHost {
     /// to [`STOP_WAIT`] for them to end. Their outcomes must not be recorded (the caller has
     /// stopped the health controller first).
     pub async fn stop(&self) {
-        self.stopping.send_replace(true);
+        self.begin_stop();
         let deadline = tokio::time::Instant::now() + STOP_WAIT;
         while self
             .checks_in_flight
@@ -329,6 +329,12 @@ impl PluginHost {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The first half of [`PluginHost::stop`], for paths that cannot wait (a start that fails
+    /// after the health controller started): health checks' HTTP ends at once.
+    pub fn begin_stop(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Whether [`PluginHost::stop`] was called: a health outcome from then on may be the stop's
@@ -364,6 +370,7 @@ impl PluginHost {
                         slot = slot.kind.key(),
                         from = &*current.label,
                         to = &*next.label,
+                        memoized = next.memo.is_some(),
                         "plugin slot {} now served by {}",
                         slot.kind.key(),
                         next.label
@@ -494,6 +501,9 @@ fn load_for_slot(
     let version = match (pinned_by_sha, &cfg.version) {
         (Some(v), _) => v,
         (None, Some(v)) if catalog.manifest(plugin, v).is_err() => {
+            if let Some(problem) = crate::config::version_problem(v) {
+                bail!("{key}.version = {v:?}: {problem}");
+            }
             let versions = installed_versions(catalog, plugin);
             bail!(
                 "{key}.version = {v:?}: {} {v} is not installed (installed versions: {}); \
@@ -622,17 +632,13 @@ impl Authorizer for PluginAuthorizer {
         let slot = &self.slot;
         let loaded = slot.current();
         let label = &*loaded.label;
-        let memo_key = match &loaded.memo {
-            Some(memo) => {
-                let key = memo.key(request);
-                if let Some(decision) = memo.get(&key, request) {
-                    loaded.counters.memoized();
-                    return decision;
-                }
-                Some(key)
+        let memo_key = loaded.memo.as_ref().and_then(|memo| memo.key(request));
+        if let (Some(memo), Some(key)) = (&loaded.memo, &memo_key) {
+            if let Some(decision) = memo.get(key, request) {
+                loaded.counters.memoized();
+                return decision;
             }
-            None => None,
-        };
+        }
         loaded.counters.call();
         let ctx = CallCtx::new(
             loaded.label.clone(),

@@ -7,8 +7,9 @@
 //! the same answer twice. The memo answers the second time without a call: a hash and a
 //! comparison instead of a store, an instance, the request lowered into it and the answer lifted.
 //!
-//! It is exact, not a cache with a lifetime. Only decisions are remembered, never failures (a
-//! trap, a deadline missed under load) nor the policy's own errors, which are retried. Every
+//! It is exact, not a cache with a lifetime: it gives the decision the policy gives whenever its
+//! call completes. Only decisions are remembered, never failures (a trap, a deadline missed
+//! under load) nor the policy's own errors, which are retried. Every
 //! field of the request is part of the key, compared in full on a hit, so a credential with other
 //! grants, another action, resource or context is another entry. A memo belongs to one loaded
 //! plugin version: a hot swap starts the new version with an empty one. What a hit skips is the
@@ -16,8 +17,8 @@
 //! memoized instead).
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex};
 
 use nimbus_core::authz::{AuthzRequest, Decision};
 
@@ -26,10 +27,50 @@ const SHARDS: usize = 16;
 /// Entries per shard. A shard that is full is emptied: requests vary by credential and resource,
 /// and the ones asked often are back after one call each. Bounds the memo to 4096 requests.
 const SHARD_CAPACITY: usize = 256;
+/// A request whose strings take more than this is not memoized (a credential with hundreds of
+/// grants): with the entry bound, the memo stays within 16 MiB however large requests are.
+const MAX_REQUEST_BYTES: usize = 4096;
+
+type Shard = HashMap<u64, (AuthzRequest, Arc<Decision>), BuildHasherDefault<KeyHasher>>;
 
 pub(crate) struct DecisionMemo {
     hasher: std::collections::hash_map::RandomState,
-    shards: [Mutex<HashMap<u64, (AuthzRequest, Decision)>>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+/// The map's keys are already hashes (of the request, seeded): used as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are u64); anything else folds in byte by byte.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Bytes of text a request carries, for [`MAX_REQUEST_BYTES`].
+fn request_bytes(r: &AuthzRequest) -> usize {
+    r.principal.id.len()
+        + r.principal.tenant_id.len()
+        + r.principal.grants.iter().map(String::len).sum::<usize>()
+        + r.action.len()
+        + r.resource.tenant_id.len()
+        + r.resource.name.as_ref().map_or(0, String::len)
+        + r.context
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
 }
 
 /// A request's place in the memo, computed once per request.
@@ -45,14 +86,13 @@ impl DecisionMemo {
         }
     }
 
-    pub fn key(&self, request: &AuthzRequest) -> MemoKey {
-        MemoKey(self.hasher.hash_one(request))
+    /// The request's place in the memo; `None` for a request too large to be memoized.
+    pub fn key(&self, request: &AuthzRequest) -> Option<MemoKey> {
+        (request_bytes(request) <= MAX_REQUEST_BYTES)
+            .then(|| MemoKey(self.hasher.hash_one(request)))
     }
 
-    fn shard(
-        &self,
-        key: &MemoKey,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, (AuthzRequest, Decision)>> {
+    fn shard(&self, key: &MemoKey) -> std::sync::MutexGuard<'_, Shard> {
         let shard = &self.shards[(key.0 % SHARDS as u64) as usize];
         // A poisoned shard only means a panic elsewhere while holding it; the map is intact.
         shard.lock().unwrap_or_else(|p| p.into_inner())
@@ -60,19 +100,22 @@ impl DecisionMemo {
 
     /// The decision made for exactly this request, if one is remembered.
     pub fn get(&self, key: &MemoKey, request: &AuthzRequest) -> Option<Decision> {
-        match self.shard(key).get(&key.0) {
+        let found = match self.shard(key).get(&key.0) {
             Some((asked, decision)) if asked == request => Some(decision.clone()),
             _ => None,
-        }
+        };
+        // Copied out of the lock.
+        found.map(|d| Decision::clone(&d))
     }
 
     /// Remembers the policy's decision for this request.
     pub fn put(&self, key: MemoKey, request: &AuthzRequest, decision: &Decision) {
+        let entry = (request.clone(), Arc::new(decision.clone()));
         let mut shard = self.shard(&key);
         if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&key.0) {
             shard.clear();
         }
-        shard.insert(key.0, (request.clone(), decision.clone()));
+        shard.insert(key.0, entry);
     }
 
     #[cfg(test)]
@@ -111,9 +154,13 @@ mod tests {
     fn a_decision_is_given_back_for_exactly_the_same_request_only() {
         let memo = DecisionMemo::new();
         let asked = request(&["service:a:read"], "a");
-        memo.put(memo.key(&asked), &asked, &Decision::allow("p", "granted"));
+        memo.put(
+            memo.key(&asked).unwrap(),
+            &asked,
+            &Decision::allow("p", "granted"),
+        );
         assert_eq!(
-            memo.get(&memo.key(&asked), &asked),
+            memo.get(&memo.key(&asked).unwrap(), &asked),
             Some(Decision::allow("p", "granted"))
         );
         for other in [
@@ -121,11 +168,53 @@ mod tests {
             request(&["service:a:read"], "b"),
             request(&[], "a"),
         ] {
-            assert_eq!(memo.get(&memo.key(&other), &other), None, "{other:?}");
+            assert_eq!(
+                memo.get(&memo.key(&other).unwrap(), &other),
+                None,
+                "{other:?}"
+            );
         }
         let mut with_context = asked.clone();
         with_context.context.push(("targetName".into(), "a".into()));
-        assert_eq!(memo.get(&memo.key(&with_context), &with_context), None);
+        // Every other field on its own makes another request too.
+        let mut others = vec![with_context];
+        let mut o = asked.clone();
+        o.principal.id = "cred_2".into();
+        others.push(o);
+        let mut o = asked.clone();
+        o.principal.kind = PrincipalKind::ApiKey;
+        others.push(o);
+        let mut o = asked.clone();
+        o.principal.tenant_id = "other".into();
+        others.push(o);
+        let mut o = asked.clone();
+        o.action = "services.delete".into();
+        others.push(o);
+        let mut o = asked.clone();
+        o.resource.tenant_id = "other".into();
+        others.push(o);
+        let mut o = asked.clone();
+        o.resource.kind = ResourceKind::Sandbox;
+        others.push(o);
+        let mut o = asked.clone();
+        o.resource.name = None;
+        others.push(o);
+        for other in others {
+            assert_eq!(
+                memo.get(&memo.key(&other).unwrap(), &other),
+                None,
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_with_hundreds_of_grants_is_not_memoized() {
+        let memo = DecisionMemo::new();
+        let grants: Vec<String> = (0..300).map(|i| format!("service:s{i}:read")).collect();
+        let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
+        assert!(memo.key(&request(&grants, "a")).is_none());
+        assert!(memo.key(&request(&grants[..10], "a")).is_some());
     }
 
     #[test]
@@ -134,8 +223,8 @@ mod tests {
         let a = request(&[], "a");
         let b = request(&[], "b");
         // As if b hashed to a's key: the stored request is compared, so b misses.
-        memo.put(memo.key(&a), &a, &Decision::allow("p", "a"));
-        assert_eq!(memo.get(&memo.key(&a), &b), None);
+        memo.put(memo.key(&a).unwrap(), &a, &Decision::allow("p", "a"));
+        assert_eq!(memo.get(&memo.key(&a).unwrap(), &b), None);
     }
 
     #[test]
@@ -143,10 +232,10 @@ mod tests {
         let memo = DecisionMemo::new();
         for i in 0..(SHARDS * SHARD_CAPACITY * 3) {
             let r = request(&[], &format!("s{i}"));
-            memo.put(memo.key(&r), &r, &Decision::deny("p", "no"));
+            memo.put(memo.key(&r).unwrap(), &r, &Decision::deny("p", "no"));
         }
         assert!(memo.len() <= SHARDS * SHARD_CAPACITY, "{}", memo.len());
         let last = request(&[], &format!("s{}", SHARDS * SHARD_CAPACITY * 3 - 1));
-        assert!(memo.get(&memo.key(&last), &last).is_some());
+        assert!(memo.get(&memo.key(&last).unwrap(), &last).is_some());
     }
 }

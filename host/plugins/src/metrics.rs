@@ -139,8 +139,9 @@ impl Metrics {
                 kind: "-".into(),
                 value: c.calls.load(Ordering::Relaxed),
             });
+            // Always for the authz slot, so that a rate over it has a series from the start.
             let memoized = c.memoized.load(Ordering::Relaxed);
-            if memoized > 0 {
+            if memoized > 0 || slot == "authz" {
                 out.push(MetricSample {
                     name: "memoized",
                     slot: slot.clone(),

@@ -239,6 +239,11 @@ fn assert_contained(host: &PluginHost, kind: &str) {
     let again = host.authorizer().authorize(&admin_request());
     assert!(!again.allow);
     assert_eq!(failures(host, kind), 2);
+    assert_eq!(
+        counted(host, "memoized"),
+        0,
+        "a failure is never remembered"
+    );
     assert_eq!(host.serving("health.tcp").unwrap(), "tcp-health@0.1.1");
     // Failed calls are timed like the others.
     let timed: u64 = host
@@ -533,4 +538,14 @@ fn memoize_decisions_is_a_key_of_the_authz_slot_only() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("plugins.health.http.memoize_decisions"), "{e}");
+}
+
+#[test]
+fn a_pinned_version_with_leading_zeros_is_refused_saying_how_to_write_it() {
+    let dir = TempDir::new("zeros-pin");
+    let e = PluginHost::open(dir.path(), &config("[authz]\nversion = \"00.1.5\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("plugins.authz.version = \"00.1.5\""), "{e}");
+    assert!(e.contains("(write 0.1.5)"), "{e}");
 }
