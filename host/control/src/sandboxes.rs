@@ -886,6 +886,17 @@ impl ProgressWriter {
 /// The controller as the API sees it.
 pub struct ControlHandle(pub Arc<SandboxController>);
 
+/// A delete whose teardown failed on the host: a 503, since the delete can be retried (the
+/// record stays, marked `Deleting`, and the next start finishes it too), with the cause in the
+/// server log rather than in the answer (it names host paths and commands).
+fn teardown_failed(id: &SandboxId, cause: &RuntimeError) -> Error {
+    tracing::error!(sandbox = %id, error = %cause, "tearing down the sandbox failed; its record is kept");
+    Error::runtime_unavailable(format!(
+        "the host could not tear down sandbox {id}; it is kept, marked Deleting: retry the \
+         delete (the server log says what failed; `nimbus doctor` checks the host)"
+    ))
+}
+
 impl SandboxControl for ControlHandle {
     fn unavailable(&self) -> Option<Vec<String>> {
         self.0.runtime.recent_preflight().err().map(|e| e.problems)
@@ -910,7 +921,7 @@ impl SandboxControl for ControlHandle {
                 .runtime
                 .delete(id)
                 .await
-                .map_err(|e| Error::internal(format!("tearing down {id}: {e}")));
+                .map_err(|e| teardown_failed(id, &e));
             if result.is_err() {
                 self.0.set_deleting(id.as_str(), false);
             }
@@ -1106,6 +1117,21 @@ impl SandboxFiles for Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_teardown_is_a_503_that_says_to_retry_without_host_details() {
+        let id = SandboxId::generate();
+        let e = teardown_failed(
+            &id,
+            &RuntimeError::Internal("umount /run/nimbus/rootfs/x/root: EBUSY".into()),
+        );
+        assert_eq!(e.code.http_status(), 503);
+        assert_eq!(e.body()["error"]["code"], "runtime.unavailable");
+        let message = e.body()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("retry the delete"), "{message}");
+        assert!(message.contains(id.as_str()), "{message}");
+        assert!(!message.contains("/run/nimbus"), "{message}");
+    }
 
     #[test]
     fn a_launch_failure_quoting_binary_bytes_reads_as_text_and_is_bounded() {

@@ -406,7 +406,8 @@ impl ServiceManager {
     async fn remove_now(&self, sandbox: &SandboxRecord, why: &str) {
         let handle = ControlHandle(self.sandboxes.clone());
         if let Err(e) = handle.teardown(&sandbox.id).await {
-            tracing::warn!(sandbox = %sandbox.id, error = %e, "could not tear down a service's sandbox; retrying on the next pass");
+            // The teardown logged its cause.
+            tracing::debug!(sandbox = %sandbox.id, error = %e, "could not tear down a service's sandbox; retrying on the next pass");
             return;
         }
         let audit = sandbox_event(sandbox, "sandboxes.delete", why);

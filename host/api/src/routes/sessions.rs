@@ -16,7 +16,7 @@ use nimbus_store::TargetGuard;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::app::{tenant_name, Caller, SharedApp};
+use crate::app::{target_of, tenant_name, Caller, SharedApp};
 use crate::error::ApiResult;
 use crate::extract::{JsonBody, NoQuery, QueryParams, Unconditional};
 use crate::pagination::Paging;
@@ -44,10 +44,10 @@ pub struct CloseSession {
 }
 
 /// `(kind, name-or-id)` of a target that names exactly one thing.
-fn target_key(target: &SessionTarget) -> Result<(&'static str, String), Error> {
+fn target_key(target: &SessionTarget) -> Result<(ResourceKind, String), Error> {
     match (&target.service, &target.sandbox) {
-        (Some(s), None) => Ok(("service", s.name.to_string())),
-        (None, Some(s)) => Ok(("sandbox", s.id.to_string())),
+        (Some(s), None) => Ok((ResourceKind::Service, s.name.to_string())),
+        (None, Some(s)) => Ok((ResourceKind::Sandbox, s.id.to_string())),
         _ => Err(Error::invalid_argument(
             "target",
             "give exactly one of {\"service\": {\"name\": …}} or {\"sandbox\": {\"id\": …}}",
@@ -191,7 +191,7 @@ pub async fn open(
     let tenant = tenant_name(&tenant)?;
     let (kind, key) = target_key(&body.target)?;
     let context = vec![
-        ("targetKind".to_string(), kind.to_string()),
+        ("targetKind".to_string(), kind.as_str().to_string()),
         ("targetName".to_string(), key.clone()),
     ];
     // A refusal is audited under what the session was to reach: that is what a reader of the
@@ -203,7 +203,7 @@ pub async fn open(
         ResourceKind::Session,
         None,
         context,
-        &format!("{kind}/{key}"),
+        &target_of(kind, Some(&key)),
     )
     .await?;
     app.require_tenant(&tenant).await?;
@@ -301,7 +301,7 @@ pub async fn open(
         actions::SESSIONS_OPEN,
         &format!("session/{id}"),
         "allow",
-        &format!("target {kind}/{key}"),
+        &format!("target {}", target_of(kind, Some(&key))),
     );
     app.store
         .open_session(
